@@ -1,0 +1,198 @@
+//! The engine's error type: one enum, every variant names the object it is about.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::hash::{ChunkId, FileId, PackId};
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine. Each variant names the object
+/// (pack, chunk, file, ref, path) so a one-line message is actionable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error on a named path.
+    #[error("I/O error during {op} on {}: {source}", path.display())]
+    Io {
+        /// What the engine was doing.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// No store at the given directory.
+    #[error("no tessera store at {} (run `tessera put` to create one)", path.display())]
+    StoreNotFound {
+        /// The directory that was opened.
+        path: PathBuf,
+    },
+
+    /// A store, pack or recipe written by a format version this build cannot read.
+    #[error("{object}: unsupported format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The object carrying the version.
+        object: String,
+        /// Version found on disk.
+        found: u32,
+        /// Version this build understands.
+        supported: u32,
+    },
+
+    /// The store was created with other chunking parameters than requested.
+    #[error("store at {} uses chunking {stored}, but {requested} was requested; chunk parameters are part of the format and cannot be mixed", path.display())]
+    ChunkParamsMismatch {
+        /// The store directory.
+        path: PathBuf,
+        /// Parameters in the store's config.
+        stored: String,
+        /// Parameters the caller asked for.
+        requested: String,
+    },
+
+    /// The store config file is damaged.
+    #[error("store config {} is corrupt: {detail}", path.display())]
+    ConfigCorrupt {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A chunk's bytes do not hash to its id (or fail to decompress).
+    #[error("chunk {chunk} in pack {pack} at offset {offset} is corrupt: {detail}")]
+    ChunkCorrupt {
+        /// The pack holding the chunk.
+        pack: PackId,
+        /// Byte offset of the chunk record in the pack.
+        offset: u64,
+        /// The chunk's expected id.
+        chunk: ChunkId,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A pack's structure (header, chunk table, trailer) is damaged.
+    #[error("pack {pack} is corrupt: {detail}")]
+    PackCorrupt {
+        /// The pack.
+        pack: PackId,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A pack file is shorter than its structure requires.
+    #[error("pack {pack} is truncated: {len} bytes, {detail}")]
+    PackTruncated {
+        /// The pack.
+        pack: PackId,
+        /// Its length on disk.
+        len: u64,
+        /// What is missing.
+        detail: String,
+    },
+
+    /// The index names a pack whose file does not exist.
+    #[error("pack {pack} is missing: {} does not exist", path.display())]
+    PackMissing {
+        /// The pack.
+        pack: PackId,
+        /// Where it should be.
+        path: PathBuf,
+    },
+
+    /// A recipe (file reconstruction) is damaged or inconsistent.
+    #[error("recipe of file {file} is corrupt: {detail}")]
+    RecipeCorrupt {
+        /// The file whose recipe it is.
+        file: FileId,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// An index entry in sled could not be decoded.
+    #[error("index entry {key} in tree {tree} is corrupt: {detail}")]
+    IndexCorrupt {
+        /// The sled tree.
+        tree: &'static str,
+        /// The key, in hex or text.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// The sled index reported an error.
+    #[error("index error: {0}")]
+    Index(#[from] sled::Error),
+
+    /// A file id, sha256, ref or other named object does not exist.
+    #[error("{kind} not found: {name}")]
+    NotFound {
+        /// "file", "ref", "sha256", "pack", …
+        kind: &'static str,
+        /// The name that was looked up.
+        name: String,
+    },
+
+    /// A byte range outside the file.
+    #[error("range {offset}+{len} is past the end of file {file} ({size} bytes)")]
+    RangeOutOfBounds {
+        /// The file.
+        file: FileId,
+        /// Requested start.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// The file's size.
+        size: u64,
+    },
+
+    /// A caller-supplied argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A previous write or sync failed; the store refuses writes until reopened.
+    #[error("store is poisoned by an earlier I/O failure ({0}); reopen it before writing again")]
+    Poisoned(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// True for "not found" errors (unknown id, sha256 or ref).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// True when the error means stored data is damaged (a chunk, pack,
+    /// recipe or index entry failed its checks), as opposed to a missing
+    /// object, a bad argument or an I/O failure.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::ChunkCorrupt { .. }
+                | Error::PackCorrupt { .. }
+                | Error::PackTruncated { .. }
+                | Error::RecipeCorrupt { .. }
+                | Error::IndexCorrupt { .. }
+                | Error::ConfigCorrupt { .. }
+        )
+    }
+}

@@ -1,0 +1,396 @@
+//! The sled index: a cache of what the packs, recipe files and ref files hold,
+//! for fast lookups. Nothing here is the only copy of anything.
+//!
+//! Trees and value encodings (all integers little-endian) are specified in
+//! `format-spec/SPEC.md` ("Index").
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::error::{Error, Result};
+use crate::format::{ChunkEntry, Compression, Cursor};
+use crate::hash::{ChunkId, FileId, PackId, Sha256};
+
+/// Where a chunk lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// The sealed pack.
+    pub pack: PackId,
+    /// Index in the pack's chunk table.
+    pub index: u32,
+    /// Record offset, lengths and compression.
+    pub entry: ChunkEntry,
+}
+
+const CHUNK_VALUE_LEN: usize = 32 + 4 + 8 + 4 + 4 + 1;
+
+impl ChunkLocation {
+    fn encode(&self) -> [u8; CHUNK_VALUE_LEN] {
+        let mut v = [0u8; CHUNK_VALUE_LEN];
+        v[0..32].copy_from_slice(&self.pack.0);
+        v[32..36].copy_from_slice(&self.index.to_le_bytes());
+        v[36..44].copy_from_slice(&self.entry.offset.to_le_bytes());
+        v[44..48].copy_from_slice(&self.entry.stored_len.to_le_bytes());
+        v[48..52].copy_from_slice(&self.entry.raw_len.to_le_bytes());
+        v[52] = self.entry.compression as u8;
+        v
+    }
+
+    fn decode(id: ChunkId, v: &[u8]) -> Option<Self> {
+        if v.len() != CHUNK_VALUE_LEN {
+            return None;
+        }
+        let mut c = Cursor::new(v);
+        let pack = PackId(c.array()?);
+        let index = c.u32()?;
+        let offset = c.u64()?;
+        let stored_len = c.u32()?;
+        let raw_len = c.u32()?;
+        let compression = Compression::from_code(c.u8()?)?;
+        Some(ChunkLocation {
+            pack,
+            index,
+            entry: ChunkEntry {
+                id,
+                offset,
+                stored_len,
+                raw_len,
+                compression,
+            },
+        })
+    }
+}
+
+/// What the index records about a sealed pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackInfo {
+    /// Pack file length.
+    pub size: u64,
+    /// Number of chunks.
+    pub chunk_count: u32,
+    /// Sum of the raw lengths of its chunks.
+    pub raw_bytes: u64,
+}
+
+impl PackInfo {
+    fn encode(&self) -> [u8; 20] {
+        let mut v = [0u8; 20];
+        v[0..8].copy_from_slice(&self.size.to_le_bytes());
+        v[8..12].copy_from_slice(&self.chunk_count.to_le_bytes());
+        v[12..20].copy_from_slice(&self.raw_bytes.to_le_bytes());
+        v
+    }
+    fn decode(v: &[u8]) -> Option<Self> {
+        let mut c = Cursor::new(v);
+        let info = PackInfo {
+            size: c.u64()?,
+            chunk_count: c.u32()?,
+            raw_bytes: c.u64()?,
+        };
+        (v.len() == 20).then_some(info)
+    }
+}
+
+/// Counters kept in the `meta` tree, updated in the same transactions as the
+/// entries they count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Distinct files.
+    pub files: u64,
+    /// Refs.
+    pub refs: u64,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Sealed packs.
+    pub packs: u64,
+    /// Sum of distinct files' sizes.
+    pub logical_bytes: u64,
+    /// Sum of pack file sizes.
+    pub stored_bytes: u64,
+    /// Sum of distinct chunks' raw sizes.
+    pub chunk_bytes: u64,
+}
+
+const COUNTER_NAMES: [&str; 7] = [
+    "files",
+    "refs",
+    "chunks",
+    "packs",
+    "logical_bytes",
+    "stored_bytes",
+    "chunk_bytes",
+];
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+fn add_counter(
+    meta: &sled::transaction::TransactionalTree,
+    name: &str,
+    delta: i64,
+) -> TxResult<()> {
+    let cur = match meta.get(name)? {
+        Some(v) => <[u8; 8]>::try_from(v.as_ref())
+            .map(u64::from_le_bytes)
+            .map_err(|_| {
+                ConflictableTransactionError::Abort(Error::IndexCorrupt {
+                    tree: "meta",
+                    key: name.to_string(),
+                    detail: "counter is not 8 bytes".into(),
+                })
+            })?,
+        None => 0,
+    };
+    let new = cur.saturating_add_signed(delta);
+    meta.insert(name, &new.to_le_bytes())?;
+    Ok(())
+}
+
+fn tx_err(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => Error::Index(e),
+    }
+}
+
+/// The sled database with its trees.
+pub struct Index {
+    db: sled::Db,
+    chunks: sled::Tree,
+    files: sled::Tree,
+    sha256: sled::Tree,
+    refs: sled::Tree,
+    packs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Opens (or creates) the index at `dir`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
+        Ok(Index {
+            chunks: db.open_tree("chunks")?,
+            files: db.open_tree("files")?,
+            sha256: db.open_tree("sha256")?,
+            refs: db.open_tree("refs")?,
+            packs: db.open_tree("packs")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Makes everything inserted so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Looks up a chunk.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        match self.chunks.get(id.0)? {
+            None => Ok(None),
+            Some(v) => {
+                ChunkLocation::decode(*id, &v)
+                    .map(Some)
+                    .ok_or_else(|| Error::IndexCorrupt {
+                        tree: "chunks",
+                        key: id.to_hex(),
+                        detail: format!("undecodable {}-byte value", v.len()),
+                    })
+            }
+        }
+    }
+
+    /// Records a newly sealed pack and all its chunks, atomically.
+    pub fn add_pack(&self, pack: PackId, info: PackInfo, chunks: &[ChunkEntry]) -> Result<()> {
+        (&self.chunks, &self.packs, &self.meta)
+            .transaction(|(ct, pt, mt)| {
+                let mut new_chunks = 0i64;
+                let mut new_bytes = 0i64;
+                for (i, e) in chunks.iter().enumerate() {
+                    let loc = ChunkLocation {
+                        pack,
+                        index: i as u32,
+                        entry: *e,
+                    };
+                    if ct.insert(&e.id.0, &loc.encode()[..])?.is_none() {
+                        new_chunks += 1;
+                        new_bytes += i64::from(e.raw_len);
+                    }
+                }
+                if pt.insert(&pack.0, &info.encode()[..])?.is_none() {
+                    add_counter(mt, "packs", 1)?;
+                    add_counter(mt, "stored_bytes", info.size as i64)?;
+                }
+                add_counter(mt, "chunks", new_chunks)?;
+                add_counter(mt, "chunk_bytes", new_bytes)?;
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// The recipe bytes of a file.
+    pub fn recipe_bytes(&self, file: &FileId) -> Result<Option<sled::IVec>> {
+        Ok(self.files.get(file.0)?)
+    }
+
+    /// Whether a file is known.
+    pub fn has_file(&self, file: &FileId) -> Result<bool> {
+        Ok(self.files.contains_key(file.0)?)
+    }
+
+    /// Records a file (recipe, sha256 alias and optionally refs), atomically.
+    /// Returns whether the file was new.
+    pub fn add_file(
+        &self,
+        file: FileId,
+        sha: Sha256,
+        size: u64,
+        recipe: &[u8],
+        refs: &[String],
+    ) -> Result<bool> {
+        (&self.files, &self.sha256, &self.refs, &self.meta)
+            .transaction(|(ft, st, rt, mt)| {
+                let new = ft.get(file.0)?.is_none();
+                if new {
+                    ft.insert(&file.0, recipe)?;
+                    add_counter(mt, "files", 1)?;
+                    add_counter(mt, "logical_bytes", size as i64)?;
+                }
+                if st.get(sha.0)?.is_none() {
+                    st.insert(&sha.0, &file.0)?;
+                }
+                for r in refs {
+                    if rt.insert(r.as_bytes(), &file.0)?.is_none() {
+                        add_counter(mt, "refs", 1)?;
+                    }
+                }
+                Ok(new)
+            })
+            .map_err(tx_err)
+    }
+
+    /// File id for a sha256 alias.
+    pub fn by_sha256(&self, sha: &Sha256) -> Result<Option<FileId>> {
+        self.id_value(&self.sha256, "sha256", &sha.0)
+    }
+
+    fn id_value(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<FileId>> {
+        match tree.get(key)? {
+            None => Ok(None),
+            Some(v) => FileId::from_slice(&v)
+                .map(Some)
+                .ok_or_else(|| Error::IndexCorrupt {
+                    tree: name,
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    detail: format!("{}-byte value, expected 32", v.len()),
+                }),
+        }
+    }
+
+    /// Sets a ref.
+    pub fn set_ref(&self, name: &str, file: FileId) -> Result<()> {
+        (&self.refs, &self.meta)
+            .transaction(|(rt, mt)| {
+                if rt.insert(name.as_bytes(), &file.0)?.is_none() {
+                    add_counter(mt, "refs", 1)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// Deletes a ref; returns whether it existed.
+    pub fn delete_ref(&self, name: &str) -> Result<bool> {
+        (&self.refs, &self.meta)
+            .transaction(|(rt, mt)| {
+                let existed = rt.remove(name.as_bytes())?.is_some();
+                if existed {
+                    add_counter(mt, "refs", -1)?;
+                }
+                Ok(existed)
+            })
+            .map_err(tx_err)
+    }
+
+    /// Resolves a ref.
+    pub fn get_ref(&self, name: &str) -> Result<Option<FileId>> {
+        self.id_value(&self.refs, "refs", name.as_bytes())
+    }
+
+    /// Refs whose names start with `prefix`, in name order.
+    pub fn refs_with_prefix(&self, prefix: &str) -> Result<Vec<(String, FileId)>> {
+        let mut out = Vec::new();
+        for kv in self.refs.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let id = FileId::from_slice(&v).ok_or_else(|| Error::IndexCorrupt {
+                tree: "refs",
+                key: name.clone(),
+                detail: format!("{}-byte value, expected 32", v.len()),
+            })?;
+            out.push((name, id));
+        }
+        Ok(out)
+    }
+
+    /// What is recorded about a pack.
+    pub fn pack(&self, pack: &PackId) -> Result<Option<PackInfo>> {
+        match self.packs.get(pack.0)? {
+            None => Ok(None),
+            Some(v) => PackInfo::decode(&v)
+                .map(Some)
+                .ok_or_else(|| Error::IndexCorrupt {
+                    tree: "packs",
+                    key: pack.to_hex(),
+                    detail: format!("undecodable {}-byte value", v.len()),
+                }),
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut vals = [0u64; 7];
+        for (slot, name) in vals.iter_mut().zip(COUNTER_NAMES) {
+            if let Some(v) = self.meta.get(name)? {
+                *slot = <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::IndexCorrupt {
+                        tree: "meta",
+                        key: name.to_string(),
+                        detail: "counter is not 8 bytes".into(),
+                    })?;
+            }
+        }
+        let [files, refs, chunks, packs, logical_bytes, stored_bytes, chunk_bytes] = vals;
+        Ok(Counters {
+            files,
+            refs,
+            chunks,
+            packs,
+            logical_bytes,
+            stored_bytes,
+            chunk_bytes,
+        })
+    }
+
+    /// On-disk size of the index directory as sled reports it.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}

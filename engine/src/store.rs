@@ -1,0 +1,1036 @@
+//! The store: the one public façade (open, ingest, read, refs, stats).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use rayon::prelude::*;
+use sha2::Digest;
+
+use crate::chunking::{ChunkParams, Chunker};
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_ref, encode_ref, ConfigError, Recipe, RecipeError, StoreConfig, Term, CHUNK_HEADER_LEN,
+    FORMAT_VERSION, MAX_REF_LEN, TABLE_ENTRY_LEN,
+};
+use crate::hash::{ChunkId, FileId, FileIdHasher, PackId, Sha256};
+use crate::index::{Counters, Index, PackInfo};
+use crate::pack::{encode_chunk, OpenPack, PackReader};
+use crate::reader::FileReader;
+use crate::recipe::Layout;
+use crate::storage::{FsStorage, ReadMode, Storage};
+
+/// Name of the config file at the store root.
+pub const CONFIG_FILE: &str = "tessera.store";
+
+/// How to open a store. The defaults suit a registry server.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Chunking parameters. `None` accepts whatever the store was created
+    /// with (and uses the default when creating); `Some` must match.
+    pub chunking: Option<ChunkParams>,
+    /// Create the store if the directory holds none.
+    pub create: bool,
+    /// Seal a pack once it would exceed this many bytes.
+    pub pack_target_bytes: u64,
+    /// zstd level for chunk compression (0 disables compression).
+    pub zstd_level: i32,
+    /// Store a chunk compressed only if that saves at least this fraction.
+    pub min_compression_savings: f64,
+    /// Bytes read and chunked per batch while ingesting (memory bound).
+    pub ingest_batch_bytes: usize,
+    /// How packs are read.
+    pub read_mode: ReadMode,
+    /// Number of open packs kept.
+    pub pack_cache: usize,
+    /// Number of decoded recipes kept.
+    pub recipe_cache: usize,
+    /// sled page-cache size.
+    pub index_cache_bytes: u64,
+    /// Chunks decoded ahead by a sequential [`FileReader`].
+    pub read_ahead_chunks: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunking: None,
+            create: false,
+            pack_target_bytes: 64 << 20,
+            zstd_level: 3,
+            min_compression_savings: 0.05,
+            ingest_batch_bytes: 16 << 20,
+            read_mode: ReadMode::Mmap,
+            pack_cache: 512,
+            recipe_cache: 64,
+            index_cache_bytes: 256 << 20,
+            read_ahead_chunks: 16,
+        }
+    }
+}
+
+/// What one ingest added.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PutReport {
+    /// The file id.
+    pub file_id: FileId,
+    /// SHA-256 of the content.
+    pub sha256: Sha256,
+    /// Size in bytes.
+    pub size: u64,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Chunks this ingest stored (not already in the store).
+    pub new_chunks: u64,
+    /// Bytes this ingest added on disk: chunk records and table entries of
+    /// its new chunks, plus its recipe file if it was new.
+    pub new_bytes: u64,
+    /// Whether the file was not in the store before.
+    pub new_file: bool,
+}
+
+/// Summary of a stored file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileInfo {
+    /// The file id.
+    pub file_id: FileId,
+    /// SHA-256 of the content.
+    pub sha256: Sha256,
+    /// Size in bytes.
+    pub size: u64,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Number of recipe terms.
+    pub terms: u64,
+    /// Distinct packs holding its chunks.
+    pub packs: Vec<PackId>,
+}
+
+/// Store-wide figures.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Distinct files.
+    pub files: u64,
+    /// Refs.
+    pub refs: u64,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Sealed packs.
+    pub packs: u64,
+    /// Sum of distinct files' sizes.
+    pub logical_bytes: u64,
+    /// Sum of pack sizes on disk.
+    pub stored_bytes: u64,
+    /// Sum of distinct chunks' raw sizes.
+    pub unique_bytes: u64,
+    /// `logical_bytes / stored_bytes` (1.0 for an empty store).
+    pub dedup_ratio: f64,
+    /// The chunking parameters.
+    #[serde(skip)]
+    pub chunking: ChunkParams,
+}
+
+impl serde::Serialize for FileId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+impl serde::Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+impl serde::Serialize for PackId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+/// Where a chunk of a staged file lives.
+#[derive(Clone, Copy, Debug)]
+enum Loc {
+    Sealed { pack: PackId, index: u32 },
+    Open { seq: u64 },
+}
+
+struct WriterState {
+    open: Option<OpenPack>,
+    /// Sequence number of the open (or next) pack.
+    seq: u64,
+    /// Chunks in the open pack.
+    pending: HashSet<ChunkId>,
+}
+
+struct Inner {
+    root: PathBuf,
+    storage: Arc<dyn Storage>,
+    opts: StoreOptions,
+    config: StoreConfig,
+    index: Index,
+    writer: Mutex<WriterState>,
+    packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
+    recipes: Mutex<HashMap<FileId, Arc<Layout>>>,
+    poison: Mutex<Option<String>>,
+    tmp_seq: AtomicU64,
+}
+
+/// A content-addressed chunk store. Cheap to clone; `Send + Sync`, usable
+/// from many threads at once.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind (no
+    // invariant spans a panic point), so a poisoned mutex is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fanout(dir: &str, hex: &str, ext: &str) -> String {
+    format!("{dir}/{}/{hex}.{ext}", &hex[..2])
+}
+
+/// Relative path of a recipe file.
+pub fn recipe_path(file: &FileId) -> String {
+    fanout("recipes", &file.to_hex(), "recipe")
+}
+
+/// Relative path of a ref file (named by the BLAKE3 of the ref name).
+pub fn ref_path(name: &str) -> String {
+    fanout("refs", &blake3::hash(name.as_bytes()).to_hex(), "ref")
+}
+
+fn validate_ref(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_REF_LEN || name.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "bad ref name {name:?}: must be 1..={MAX_REF_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens the store at `root` (creating it if `opts.create`).
+    pub fn open(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(&root, opts.read_mode));
+        Self::open_with(root, storage, opts)
+    }
+
+    /// Opens a store over a given storage backend (for fault injection and
+    /// other backends). The sled index lives at `root/index`.
+    pub fn open_with(
+        root: PathBuf,
+        storage: Arc<dyn Storage>,
+        opts: StoreOptions,
+    ) -> Result<Store> {
+        let io = |op, rel: &str, e| Error::io(op, root.join(rel), e);
+        let config = match storage.read(CONFIG_FILE) {
+            Ok(bytes) => Self::check_config(&root, &bytes, &opts)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !opts.create {
+                    return Err(Error::StoreNotFound { path: root });
+                }
+                Self::create_layout(&root, storage.as_ref(), &opts)?
+            }
+            Err(e) => return Err(io("read config", CONFIG_FILE, e)),
+        };
+        if let Some(p) = opts.chunking {
+            p.validate()?;
+        }
+        let index = Index::open(&root.join("index"), opts.index_cache_bytes)?;
+        // The index holds the store lock (sled locks its directory), so no
+        // other writer can be using tmp/: whatever is there is left over from
+        // a crash and was never acknowledged.
+        for name in storage.list_dir("tmp").map_err(|e| io("list", "tmp", e))? {
+            let rel = format!("tmp/{name}");
+            storage
+                .remove_file(&rel)
+                .map_err(|e| io("remove temp file", &rel, e))?;
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                root,
+                storage,
+                opts,
+                config,
+                index,
+                writer: Mutex::new(WriterState {
+                    open: None,
+                    seq: 0,
+                    pending: HashSet::new(),
+                }),
+                packs: Mutex::new(HashMap::new()),
+                recipes: Mutex::new(HashMap::new()),
+                poison: Mutex::new(None),
+                tmp_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn check_config(root: &Path, bytes: &[u8], opts: &StoreOptions) -> Result<StoreConfig> {
+        let path = root.join(CONFIG_FILE);
+        let cfg = StoreConfig::decode(bytes).map_err(|e| match e {
+            ConfigError::Version(v) => Error::UnsupportedVersion {
+                object: format!("store {}", root.display()),
+                found: v,
+                supported: FORMAT_VERSION,
+            },
+            ConfigError::Corrupt(detail) => Error::ConfigCorrupt {
+                path: path.clone(),
+                detail,
+            },
+        })?;
+        if let Some(p) = opts.chunking {
+            if p != cfg.chunking {
+                return Err(Error::ChunkParamsMismatch {
+                    path: root.to_path_buf(),
+                    stored: cfg.chunking.to_string(),
+                    requested: p.to_string(),
+                });
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn create_layout(
+        root: &Path,
+        storage: &dyn Storage,
+        opts: &StoreOptions,
+    ) -> Result<StoreConfig> {
+        let chunking = opts.chunking.unwrap_or_default();
+        chunking.validate()?;
+        let io = |op, rel: &str, e| Error::io(op, root.join(rel), e);
+        storage
+            .create_dir_all("")
+            .map_err(|e| io("create directory", "", e))?;
+        for top in ["packs", "recipes", "refs"] {
+            for i in 0..=255u8 {
+                let d = format!("{top}/{i:02x}");
+                storage
+                    .create_dir_all(&d)
+                    .map_err(|e| io("create directory", &d, e))?;
+            }
+            storage
+                .sync_dir(top)
+                .map_err(|e| io("fsync directory", top, e))?;
+        }
+        storage
+            .create_dir_all("tmp")
+            .map_err(|e| io("create directory", "tmp", e))?;
+        let config = StoreConfig {
+            version: FORMAT_VERSION,
+            chunking,
+        };
+        // The config is written last: its presence means the layout is complete.
+        write_atomic(
+            storage,
+            root,
+            "tmp/config.new",
+            CONFIG_FILE,
+            &config.encode(),
+        )?;
+        Ok(config)
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The chunking parameters of this store.
+    pub fn chunk_params(&self) -> ChunkParams {
+        self.inner.config.chunking
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.opts
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*lock(&self.inner.poison) {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison_on<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if matches!(e, Error::Io { .. } | Error::Index(_)) {
+                let mut p = lock(&self.inner.poison);
+                if p.is_none() {
+                    *p = Some(e.to_string());
+                }
+            }
+        }
+        r
+    }
+
+    fn tmp_name(&self, kind: &str) -> String {
+        format!(
+            "tmp/{}-{}.{kind}",
+            std::process::id(),
+            self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    // ------------------------------------------------------------ ingest
+
+    /// Starts a group of ingests that are made durable together by
+    /// [`Ingest::commit`] (one pack seal, one index flush for many files).
+    pub fn ingest(&self) -> Ingest<'_> {
+        Ingest {
+            store: self,
+            staged: Vec::new(),
+        }
+    }
+
+    /// Ingests one file and commits it; `refs` are set to it.
+    pub fn put(&self, reader: impl Read, refs: &[&str]) -> Result<PutReport> {
+        let mut ing = self.ingest();
+        ing.add(reader, refs, &mut |_| {})?;
+        let mut reports = ing.commit()?;
+        reports
+            .pop()
+            .ok_or_else(|| Error::InvalidArgument("ingest produced no report".into()))
+    }
+
+    /// Puts a byte slice (convenience for small data and tests).
+    pub fn put_bytes(&self, data: &[u8], refs: &[&str]) -> Result<PutReport> {
+        self.put(data, refs)
+    }
+
+    /// Appends new chunks of a batch to the shared open pack. Returns each
+    /// chunk's location and the (count, bytes) this call stored.
+    fn store_chunks(&self, ids: &[ChunkId], chunks: &[Bytes]) -> Result<(Vec<Loc>, u64, u64)> {
+        let inner = &*self.inner;
+        let mut locs: Vec<Option<Loc>> = Vec::with_capacity(ids.len());
+        let mut candidates = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            match inner.index.chunk(id)? {
+                Some(l) => locs.push(Some(Loc::Sealed {
+                    pack: l.pack,
+                    index: l.index,
+                })),
+                None => {
+                    locs.push(None);
+                    if seen.insert(*id) {
+                        candidates.push(i);
+                    }
+                }
+            }
+        }
+        // Compress outside the writer lock, in parallel.
+        let (level, savings) = (inner.opts.zstd_level, inner.opts.min_compression_savings);
+        let encoded: Vec<_> = candidates
+            .par_iter()
+            .map(|&i| encode_chunk(&chunks[i], &ids[i], level, savings).map(|e| (i, e)))
+            .collect::<Result<_>>()?;
+
+        let mut new_chunks = 0u64;
+        let mut new_bytes = 0u64;
+        let mut placed: HashMap<ChunkId, Loc> = HashMap::new();
+        {
+            let mut w = lock(&inner.writer);
+            self.check_poison()?;
+            for (i, (compression, stored)) in encoded {
+                let id = ids[i];
+                // Re-check under the lock: another thread may have stored it.
+                if w.pending.contains(&id) {
+                    placed.insert(id, Loc::Open { seq: w.seq });
+                    continue;
+                }
+                if let Some(l) = inner.index.chunk(&id)? {
+                    placed.insert(
+                        id,
+                        Loc::Sealed {
+                            pack: l.pack,
+                            index: l.index,
+                        },
+                    );
+                    continue;
+                }
+                let r =
+                    self.append_locked(&mut w, id, chunks[i].len() as u32, compression, &stored);
+                self.poison_on(r)?;
+                placed.insert(id, Loc::Open { seq: w.seq });
+                new_chunks += 1;
+                new_bytes += (CHUNK_HEADER_LEN + stored.len() + TABLE_ENTRY_LEN) as u64;
+            }
+        }
+        let locs = locs
+            .into_iter()
+            .zip(ids)
+            .map(|(l, id)| {
+                l.or_else(|| placed.get(id).copied())
+                    .ok_or_else(|| Error::InvalidArgument(format!("chunk {id} was not placed")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((locs, new_chunks, new_bytes))
+    }
+
+    fn append_locked(
+        &self,
+        w: &mut WriterState,
+        id: ChunkId,
+        raw_len: u32,
+        compression: crate::format::Compression,
+        stored: &[u8],
+    ) -> Result<()> {
+        let storage = self.inner.storage.as_ref();
+        if let Some(open) = &w.open {
+            if !open.entries.is_empty()
+                && open.sealed_len_with(stored.len()) > self.inner.opts.pack_target_bytes
+            {
+                self.seal_locked(w)?;
+            }
+        }
+        if w.open.is_none() {
+            w.open = Some(OpenPack::create(storage, self.tmp_name("pack"))?);
+        }
+        if let Some(open) = w.open.as_mut() {
+            open.append(storage, id, raw_len, compression, stored)?;
+        }
+        w.pending.insert(id);
+        Ok(())
+    }
+
+    /// Seals the open pack (durably) and records it in the index.
+    fn seal_locked(&self, w: &mut WriterState) -> Result<()> {
+        let Some(open) = w.open.take() else {
+            return Ok(());
+        };
+        let sealed = open.seal(self.inner.storage.as_ref())?;
+        let info = PackInfo {
+            size: sealed.size,
+            chunk_count: sealed.entries.len() as u32,
+            raw_bytes: sealed.raw_bytes,
+        };
+        self.inner
+            .index
+            .add_pack(sealed.id, info, &sealed.entries)?;
+        tracing::debug!(pack = %sealed.id, chunks = sealed.entries.len(), size = sealed.size, "sealed pack");
+        w.pending.clear();
+        w.seq += 1;
+        Ok(())
+    }
+
+    /// Makes sure pack `seq` is sealed.
+    fn ensure_sealed(&self, seq: u64) -> Result<()> {
+        let mut w = lock(&self.inner.writer);
+        self.check_poison()?;
+        if w.seq == seq && w.open.is_some() {
+            let r = self.seal_locked(&mut w);
+            self.poison_on(r)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ refs
+
+    /// Points ref `name` at `file` (durably).
+    pub fn set_ref(&self, name: &str, file: FileId) -> Result<()> {
+        validate_ref(name)?;
+        self.check_poison()?;
+        if !self.inner.index.has_file(&file)? {
+            return Err(Error::not_found("file", file.to_hex()));
+        }
+        let r = self.write_ref_file(name, &file);
+        self.poison_on(r)?;
+        self.inner.index.set_ref(name, file)?;
+        let r = self.inner.index.flush();
+        self.poison_on(r)
+    }
+
+    fn write_ref_file(&self, name: &str, file: &FileId) -> Result<()> {
+        let tmp = self.tmp_name("ref");
+        write_atomic(
+            self.inner.storage.as_ref(),
+            &self.inner.root,
+            &tmp,
+            &ref_path(name),
+            &encode_ref(name, file),
+        )
+    }
+
+    /// Resolves a ref.
+    pub fn resolve_ref(&self, name: &str) -> Result<FileId> {
+        self.inner
+            .index
+            .get_ref(name)?
+            .ok_or_else(|| Error::not_found("ref", name))
+    }
+
+    /// Deletes a ref (durably). Deleting a missing ref is "not found".
+    pub fn delete_ref(&self, name: &str) -> Result<()> {
+        self.check_poison()?;
+        if self.inner.index.get_ref(name)?.is_none() {
+            return Err(Error::not_found("ref", name));
+        }
+        let rel = ref_path(name);
+        let storage = self.inner.storage.as_ref();
+        let r = match storage.remove_file(&rel) {
+            Ok(()) => storage
+                .sync_dir(parent(&rel))
+                .map_err(|e| Error::io("fsync directory", self.inner.root.join(parent(&rel)), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove ref", self.inner.root.join(&rel), e)),
+        };
+        self.poison_on(r)?;
+        self.inner.index.delete_ref(name)?;
+        let r = self.inner.index.flush();
+        self.poison_on(r)
+    }
+
+    /// Refs whose names start with `prefix` (all refs for ""), by name.
+    pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, FileId)>> {
+        self.inner.index.refs_with_prefix(prefix)
+    }
+
+    /// Reads a ref file from disk (the durable copy of a ref).
+    pub fn read_ref_file(&self, name: &str) -> Result<Option<FileId>> {
+        let rel = ref_path(name);
+        match self.inner.storage.read(&rel) {
+            Ok(b) => {
+                let (n, id) = decode_ref(&b).map_err(|detail| Error::IndexCorrupt {
+                    tree: "refs",
+                    key: name.to_string(),
+                    detail: format!("ref file {rel}: {detail}"),
+                })?;
+                Ok((n == name).then_some(id))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read ref", self.inner.root.join(rel), e)),
+        }
+    }
+
+    // ------------------------------------------------------------ reads
+
+    /// Resolves a user-supplied name: a file id, a sha256 of the content, or a ref.
+    pub fn resolve(&self, name: &str) -> Result<FileId> {
+        if let Some(id) = FileId::from_hex(name) {
+            if self.inner.index.has_file(&id)? {
+                return Ok(id);
+            }
+            if let Some(f) = self.inner.index.by_sha256(&Sha256(id.0))? {
+                return Ok(f);
+            }
+            if self.inner.index.get_ref(name)?.is_none() {
+                return Err(Error::not_found("file id or sha256", name));
+            }
+        }
+        self.resolve_ref(name)
+    }
+
+    /// Looks a file up by the sha256 of its content.
+    pub fn by_sha256(&self, sha: &Sha256) -> Result<FileId> {
+        self.inner
+            .index
+            .by_sha256(sha)?
+            .ok_or_else(|| Error::not_found("sha256", sha.to_hex()))
+    }
+
+    /// Whether a file is in the store.
+    pub fn contains(&self, file: &FileId) -> Result<bool> {
+        self.inner.index.has_file(file)
+    }
+
+    /// The checked recipe of a file, with its prefix sums. Falls back to the
+    /// recipe file when the index copy is damaged.
+    pub fn layout(&self, file: &FileId) -> Result<Arc<Layout>> {
+        if let Some(l) = lock(&self.inner.recipes).get(file) {
+            return Ok(l.clone());
+        }
+        let bytes = self
+            .inner
+            .index
+            .recipe_bytes(file)?
+            .ok_or_else(|| Error::not_found("file", file.to_hex()))?;
+        let recipe = match Recipe::decode(*file, &bytes) {
+            Ok(r) => r,
+            Err(first) => {
+                let rel = recipe_path(file);
+                let from_disk = self
+                    .inner
+                    .storage
+                    .read(&rel)
+                    .ok()
+                    .map(|b| Recipe::decode(*file, &b));
+                match from_disk {
+                    Some(Ok(r)) => {
+                        tracing::warn!(file = %file, "index copy of recipe is damaged; using recipe file");
+                        r
+                    }
+                    _ => return Err(recipe_error(*file, first)),
+                }
+            }
+        };
+        let layout = Arc::new(Layout::new(recipe));
+        let mut cache = lock(&self.inner.recipes);
+        if cache.len() >= self.inner.opts.recipe_cache.max(1) {
+            cache.clear();
+        }
+        cache.insert(*file, layout.clone());
+        Ok(layout)
+    }
+
+    /// Size, chunks, terms, packs and sha256 of a file.
+    pub fn info(&self, file: &FileId) -> Result<FileInfo> {
+        let l = self.layout(file)?;
+        Ok(FileInfo {
+            file_id: *file,
+            sha256: l.recipe.sha256,
+            size: l.size(),
+            chunks: l.chunk_count() as u64,
+            terms: l.recipe.terms.len() as u64,
+            packs: l.packs(),
+        })
+    }
+
+    /// An open, checked pack (cached).
+    pub fn pack(&self, id: &PackId) -> Result<Arc<PackReader>> {
+        if let Some(p) = lock(&self.inner.packs).get(id) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(PackReader::open(self.inner.storage.as_ref(), *id)?);
+        let mut cache = lock(&self.inner.packs);
+        if cache.len() >= self.inner.opts.pack_cache.max(1) {
+            cache.clear();
+        }
+        cache.insert(*id, p.clone());
+        Ok(p)
+    }
+
+    /// Reads chunk `i` of a layout, verified.
+    pub(crate) fn read_chunk(&self, layout: &Layout, i: usize) -> Result<Bytes> {
+        let c = layout.chunk(i).ok_or_else(|| Error::RecipeCorrupt {
+            file: layout.recipe.file,
+            detail: format!("chunk {i} out of range"),
+        })?;
+        self.pack(&c.pack)?.read_chunk(c.pack_index, &c.id)
+    }
+
+    /// A streaming, seekable reader over a file's content.
+    pub fn read(&self, file: &FileId) -> Result<FileReader> {
+        Ok(FileReader::new(self.clone(), self.layout(file)?))
+    }
+
+    /// Reads `len` bytes at `offset`, touching only the chunks that cover them.
+    pub fn read_range(&self, file: &FileId, offset: u64, len: u64) -> Result<Bytes> {
+        let layout = self.layout(file)?;
+        let size = layout.size();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::RangeOutOfBounds {
+                file: *file,
+                offset,
+                len,
+                size,
+            });
+        }
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = offset + len;
+        let first = layout.chunk_at(offset);
+        let last = layout.chunk_at(end - 1);
+        let parts: Vec<Bytes> = (first..=last)
+            .into_par_iter()
+            .map(|i| {
+                let data = self.read_chunk(&layout, i)?;
+                let start = layout.chunk(i).map_or(0, |c| c.file_offset);
+                let lo = offset.saturating_sub(start) as usize;
+                let hi = ((end - start) as usize).min(data.len());
+                Ok(data.slice(lo.min(hi)..hi))
+            })
+            .collect::<Result<_>>()?;
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().unwrap_or_default());
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Store-wide figures.
+    pub fn stats(&self) -> Result<Stats> {
+        let Counters {
+            files,
+            refs,
+            chunks,
+            packs,
+            logical_bytes,
+            stored_bytes,
+            chunk_bytes,
+        } = self.inner.index.counters()?;
+        Ok(Stats {
+            files,
+            refs,
+            chunks,
+            packs,
+            logical_bytes,
+            stored_bytes,
+            unique_bytes: chunk_bytes,
+            dedup_ratio: if stored_bytes == 0 {
+                1.0
+            } else {
+                logical_bytes as f64 / stored_bytes as f64
+            },
+            chunking: self.inner.config.chunking,
+        })
+    }
+
+    /// Flushes the index (everything acknowledged is already durable; this
+    /// only shortens recovery).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.index.flush()
+    }
+}
+
+fn recipe_error(file: FileId, e: RecipeError) -> Error {
+    match e {
+        RecipeError::Corrupt(detail) => Error::RecipeCorrupt { file, detail },
+        RecipeError::Version(v) => Error::UnsupportedVersion {
+            object: format!("recipe of file {file}"),
+            found: v,
+            supported: FORMAT_VERSION,
+        },
+    }
+}
+
+fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// Writes `data` to `dest` durably: temp file → fsync → rename → fsync directory.
+fn write_atomic(
+    storage: &dyn Storage,
+    root: &Path,
+    tmp: &str,
+    dest: &str,
+    data: &[u8],
+) -> Result<()> {
+    let mut h = storage
+        .create_new(tmp)
+        .map_err(|e| Error::io("create", root.join(tmp), e))?;
+    h.write_all(data)
+        .map_err(|e| Error::io("write", root.join(tmp), e))?;
+    h.sync()
+        .map_err(|e| Error::io("fsync", root.join(tmp), e))?;
+    drop(h);
+    storage
+        .rename(tmp, dest)
+        .map_err(|e| Error::io("rename", root.join(dest), e))?;
+    let dir = parent(dest);
+    storage
+        .sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", root.join(dir), e))
+}
+
+/// A file ingested but not yet committed.
+struct Staged {
+    file: FileId,
+    sha: Sha256,
+    size: u64,
+    chunks: Vec<(ChunkId, u32)>,
+    locs: Vec<Loc>,
+    refs: Vec<String>,
+    new_chunks: u64,
+    new_bytes: u64,
+}
+
+/// A group of ingests made durable together. Nothing is acknowledged until
+/// [`Ingest::commit`] returns; dropping an uncommitted ingest leaves only
+/// unreferenced chunks behind.
+pub struct Ingest<'s> {
+    store: &'s Store,
+    staged: Vec<Staged>,
+}
+
+impl Ingest<'_> {
+    /// Chunks, hashes, dedups and stores the new chunks of one file, streaming
+    /// from `reader` in bounded batches. `progress` is called with the bytes
+    /// consumed so far. Returns the file id (not yet durable).
+    pub fn add(
+        &mut self,
+        reader: impl Read,
+        refs: &[&str],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<FileId> {
+        let store = self.store;
+        store.check_poison()?;
+        for r in refs {
+            validate_ref(r)?;
+        }
+        let opts = &store.inner.opts;
+        let mut chunker =
+            Chunker::new(reader, store.inner.config.chunking, opts.ingest_batch_bytes)?;
+        let mut sha = sha2::Sha256::new();
+        let mut fid = FileIdHasher::new();
+        let mut size = 0u64;
+        let mut chunks = Vec::new();
+        let mut locs = Vec::new();
+        let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
+        loop {
+            let batch = chunker.next_batch().map_err(|e| Error::Io {
+                op: "read input",
+                path: PathBuf::from("<input>"),
+                source: e,
+            })?;
+            let Some(batch) = batch else { break };
+            let pieces: Vec<Bytes> = batch.chunk_bytes().collect();
+            let (ids, ()) = rayon::join(
+                || {
+                    pieces
+                        .par_iter()
+                        .map(|c| ChunkId::of(c))
+                        .collect::<Vec<_>>()
+                },
+                || sha.update(&batch.data),
+            );
+            let (l, n, b) = store.store_chunks(&ids, &pieces)?;
+            for (id, p) in ids.iter().zip(&pieces) {
+                fid.push(id, p.len() as u64);
+                chunks.push((*id, p.len() as u32));
+            }
+            locs.extend(l);
+            new_chunks += n;
+            new_bytes += b;
+            size += batch.data.len() as u64;
+            progress(size);
+        }
+        let file = fid.finish();
+        self.staged.push(Staged {
+            file,
+            sha: Sha256(sha.finalize().into()),
+            size,
+            chunks,
+            locs,
+            refs: refs.iter().map(|s| s.to_string()).collect(),
+            new_chunks,
+            new_bytes,
+        });
+        Ok(file)
+    }
+
+    /// Number of files staged.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Makes every staged file durable and acknowledges it: packs sealed and
+    /// fsynced → recipe and ref files written → index updated and flushed.
+    pub fn commit(self) -> Result<Vec<PutReport>> {
+        let store = self.store;
+        let inner = &*store.inner;
+        let mut seqs: Vec<u64> = self
+            .staged
+            .iter()
+            .flat_map(|s| s.locs.iter())
+            .filter_map(|l| match l {
+                Loc::Open { seq } => Some(*seq),
+                Loc::Sealed { .. } => None,
+            })
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        for seq in seqs {
+            store.ensure_sealed(seq)?;
+        }
+        let mut reports = Vec::with_capacity(self.staged.len());
+        for s in self.staged {
+            // Resolve chunks that were in an open pack to their sealed pack.
+            let mut terms: Vec<Term> = Vec::new();
+            for ((id, len), loc) in s.chunks.iter().zip(&s.locs) {
+                let (pack, index) = match *loc {
+                    Loc::Sealed { pack, index } => (pack, index),
+                    Loc::Open { .. } => {
+                        let l = inner.index.chunk(id)?.ok_or_else(|| {
+                            Error::Poisoned(format!("chunk {id} was not sealed by its pack writer"))
+                        })?;
+                        (l.pack, l.index)
+                    }
+                };
+                match terms.last_mut() {
+                    Some(t)
+                        if t.pack == pack
+                            && t.first_chunk.checked_add(t.chunk_count) == Some(index) =>
+                    {
+                        t.chunk_count += 1;
+                        t.unpacked_len += u64::from(*len);
+                    }
+                    _ => terms.push(Term {
+                        pack,
+                        first_chunk: index,
+                        chunk_count: 1,
+                        unpacked_len: u64::from(*len),
+                    }),
+                }
+            }
+            let recipe = Recipe {
+                file: s.file,
+                sha256: s.sha,
+                size: s.size,
+                terms,
+                chunks: s.chunks,
+            };
+            let bytes = recipe.encode();
+            let rel = recipe_path(&s.file);
+            let mut new_bytes = s.new_bytes;
+            let exists = inner
+                .storage
+                .exists(&rel)
+                .map_err(|e| Error::io("stat", inner.root.join(&rel), e))?;
+            if !exists {
+                let r = write_atomic(
+                    inner.storage.as_ref(),
+                    &inner.root,
+                    &store.tmp_name("recipe"),
+                    &rel,
+                    &bytes,
+                );
+                store.poison_on(r)?;
+                new_bytes += bytes.len() as u64;
+            }
+            for r in &s.refs {
+                let w = store.write_ref_file(r, &s.file);
+                store.poison_on(w)?;
+            }
+            let new_file = inner
+                .index
+                .add_file(s.file, s.sha, s.size, &bytes, &s.refs)?;
+            reports.push(PutReport {
+                file_id: s.file,
+                sha256: s.sha,
+                size: s.size,
+                chunks: recipe.chunks.len() as u64,
+                new_chunks: s.new_chunks,
+                new_bytes,
+                new_file,
+            });
+        }
+        let r = inner.index.flush();
+        store.poison_on(r)?;
+        Ok(reports)
+    }
+}
