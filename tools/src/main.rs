@@ -1,1 +1,453 @@
-fn main() {}
+//! `tessera`: the command line of the Tessera chunk store.
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera::{Error, Store, StoreOptions};
+
+mod demo;
+
+/// Tessera: a content-addressed chunk store for ML model files.
+///
+/// Files are split into content-defined chunks, deduplicated across every
+/// file, version and repo in the store, compressed when it pays, and packed
+/// into immutable pack files. Any file or byte range is rebuilt and verified
+/// chunk by chunk.
+///
+/// Exit status: 0 on success, 1 on any error (one line on stderr naming the
+/// object), 2 on a usage error, 3 when a named file, sha256 or ref does not
+/// exist, 4 when stored data is damaged.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about, long_about)]
+struct Cli {
+    /// Store directory (created by the first `put`).
+    #[arg(long, env = "TESSERA_STORE", global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Store files; prints `<file-id>  <path>` per file.
+    ///
+    /// Files are acknowledged (printed) only once their chunks, recipe and
+    /// index entries are durable. Small files are grouped into one commit.
+    Put {
+        /// Files to store.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Name the file with this ref (e.g. `org/model@rev:path`); only with one FILE.
+        #[arg(long = "ref", value_name = "NAME")]
+        ref_name: Option<String>,
+        /// Name each file `PREFIX` + its path as given (e.g. `org/model@v2:`).
+        #[arg(long, value_name = "PREFIX", conflicts_with = "ref_name")]
+        ref_prefix: Option<String>,
+        /// One JSON object per line: file_id, sha256, path, size, new_bytes, chunks, new_chunks.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file (or a byte range of it) to stdout.
+    ///
+    /// Every chunk is verified before any of its bytes are written; on damage
+    /// the command stops with an error naming the pack, offset and chunk.
+    Cat {
+        /// A file id, the sha256 of the content, or a ref.
+        name: String,
+        /// Start at this byte offset.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Write this many bytes (default: to the end).
+        #[arg(long)]
+        length: Option<u64>,
+    },
+    /// List refs (all, or those starting with PREFIX) as `<file-id>  <ref>`.
+    Refs {
+        /// Only refs starting with this.
+        prefix: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set or delete a ref.
+    Ref {
+        #[command(subcommand)]
+        action: RefCmd,
+    },
+    /// Describe a stored file: size, chunks, terms, packs touched, sha256.
+    Info {
+        /// A file id, the sha256 of the content, or a ref.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store-wide figures: files, refs, chunks, packs, logical and stored bytes.
+    Stat {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a synthetic model repository in five versions, store them, print
+    /// a dedup table, and read every file back to check it.
+    ///
+    /// Uses a temporary store unless --store/TESSERA_STORE is given.
+    Demo {
+        /// Size of the model weights file in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Seed of the synthetic model.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RefCmd {
+    /// Point NAME at a file (by id, sha256 or another ref).
+    Set {
+        /// The ref name.
+        name: String,
+        /// The file.
+        target: String,
+    },
+    /// Delete NAME.
+    Rm {
+        /// The ref name.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CliError {
+    Engine(Error),
+    Usage(String),
+    File(PathBuf, io::Error),
+    Output(io::Error),
+    BrokenPipe,
+    Check(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Engine(e) => write!(f, "{e}"),
+            CliError::Usage(s) => write!(f, "{s}"),
+            CliError::File(p, e) => write!(f, "{}: {e}", p.display()),
+            CliError::Output(e) => write!(f, "writing output: {e}"),
+            CliError::BrokenPipe => write!(f, "broken pipe"),
+            CliError::Check(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Engine(e) if e.is_not_found() => 3,
+            CliError::Engine(e) if e.is_corruption() => 4,
+            _ => 1,
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Engine(e)
+    }
+}
+
+fn out_err(e: io::Error) -> CliError {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return CliError::BrokenPipe;
+    }
+    // Errors raised by the engine inside a reader come back as engine errors.
+    match tessera::reader::unwrap_io(e) {
+        Error::Io { source, .. } => CliError::Output(source),
+        other => CliError::Engine(other),
+    }
+}
+
+type CliResult<T = ()> = Result<T, CliError>;
+
+fn store_dir(cli_store: &Option<PathBuf>) -> CliResult<PathBuf> {
+    cli_store.clone().ok_or_else(|| {
+        CliError::Usage("no store given: pass --store DIR or set TESSERA_STORE".into())
+    })
+}
+
+fn open_store(dir: &Path, create: bool) -> CliResult<Store> {
+    Ok(Store::open(
+        dir,
+        StoreOptions {
+            create,
+            ..Default::default()
+        },
+    )?)
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.cmd {
+        Cmd::Put {
+            files,
+            ref_name,
+            ref_prefix,
+            json,
+        } => {
+            if ref_name.is_some() && files.len() != 1 {
+                return Err(CliError::Usage(
+                    "--ref names one file; use --ref-prefix for several".into(),
+                ));
+            }
+            let store = open_store(&store_dir(&cli.store)?, true)?;
+            put(&store, &files, ref_name, ref_prefix, json)
+        }
+        Cmd::Cat {
+            name,
+            offset,
+            length,
+        } => {
+            let store = open_store(&store_dir(&cli.store)?, false)?;
+            cat(&store, &name, offset, length)
+        }
+        Cmd::Refs { prefix, json } => {
+            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let mut out = BufWriter::new(io::stdout().lock());
+            for (name, id) in store.list_refs(prefix.as_deref().unwrap_or(""))? {
+                if json {
+                    let v = serde_json::json!({"ref": name, "file_id": id.to_hex()});
+                    writeln!(out, "{v}").map_err(out_err)?;
+                } else {
+                    writeln!(out, "{id}  {name}").map_err(out_err)?;
+                }
+            }
+            out.flush().map_err(out_err)
+        }
+        Cmd::Ref { action } => {
+            let store = open_store(&store_dir(&cli.store)?, false)?;
+            match action {
+                RefCmd::Set { name, target } => {
+                    let id = store.resolve(&target)?;
+                    store.set_ref(&name, id)?;
+                    println!("{id}  {name}");
+                }
+                RefCmd::Rm { name } => store.delete_ref(&name)?,
+            }
+            Ok(())
+        }
+        Cmd::Info { name, json } => {
+            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let info = store.info(&store.resolve(&name)?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&info).map_err(|e| CliError::Check(e.to_string()))?
+                );
+            } else {
+                println!("file_id  {}", info.file_id);
+                println!("sha256   {}", info.sha256);
+                println!("size     {}", info.size);
+                println!("chunks   {}", info.chunks);
+                println!("terms    {}", info.terms);
+                println!("packs    {}", info.packs.len());
+                for p in &info.packs {
+                    println!("  {p}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Stat { json } => {
+            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let s = store.stats()?;
+            if json {
+                let mut v = serde_json::to_value(&s).map_err(|e| CliError::Check(e.to_string()))?;
+                v["chunking"] = serde_json::json!(s.chunking.to_string());
+                println!("{v}");
+            } else {
+                println!("files          {}", s.files);
+                println!("refs           {}", s.refs);
+                println!("chunks         {}", s.chunks);
+                println!("packs          {}", s.packs);
+                println!(
+                    "logical_bytes  {}  ({})",
+                    s.logical_bytes,
+                    human(s.logical_bytes)
+                );
+                println!(
+                    "unique_bytes   {}  ({})",
+                    s.unique_bytes,
+                    human(s.unique_bytes)
+                );
+                println!(
+                    "stored_bytes   {}  ({})",
+                    s.stored_bytes,
+                    human(s.stored_bytes)
+                );
+                println!("dedup_ratio    {:.3}", s.dedup_ratio);
+                println!("chunking       {}", s.chunking);
+            }
+            Ok(())
+        }
+        Cmd::Demo { size_mib, seed } => demo::run(cli.store.as_deref(), size_mib, seed),
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+pub(crate) fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Commit after this many staged bytes so small files share a commit but a
+/// large batch does not hold acknowledgements back for long.
+const COMMIT_EVERY_BYTES: u64 = 64 << 20;
+
+fn put(
+    store: &Store,
+    files: &[PathBuf],
+    ref_name: Option<String>,
+    ref_prefix: Option<String>,
+    json: bool,
+) -> CliResult {
+    let total: u64 = files
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let pb = progress_bar(total);
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut ingest = store.ingest();
+    let mut staged_paths: Vec<&PathBuf> = Vec::new();
+    let mut staged_bytes = 0u64;
+    let mut done = 0u64;
+    for (i, path) in files.iter().enumerate() {
+        let f = File::open(path).map_err(|e| CliError::File(path.clone(), e))?;
+        if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(CliError::File(
+                path.clone(),
+                io::Error::new(io::ErrorKind::InvalidInput, "is a directory"),
+            ));
+        }
+        let name = match (&ref_name, &ref_prefix) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(p)) => Some(format!("{p}{}", path.display())),
+            _ => None,
+        };
+        let refs: Vec<&str> = name.iter().map(|s| s.as_str()).collect();
+        pb.set_message(path.display().to_string());
+        let base = done;
+        let size = {
+            let mut last = 0;
+            ingest
+                .add(io::BufReader::with_capacity(1 << 20, f), &refs, &mut |n| {
+                    pb.set_position(base + n);
+                    last = n;
+                })
+                .map_err(|e| match e {
+                    Error::Io {
+                        op: "read input",
+                        source,
+                        ..
+                    } => CliError::File(path.clone(), source),
+                    e => CliError::Engine(e),
+                })?;
+            last
+        };
+        done += size;
+        staged_bytes += size;
+        staged_paths.push(path);
+        if staged_bytes >= COMMIT_EVERY_BYTES || i + 1 == files.len() {
+            let reports = std::mem::replace(&mut ingest, store.ingest()).commit()?;
+            for (rep, p) in reports.iter().zip(staged_paths.drain(..)) {
+                if json {
+                    let v = serde_json::json!({
+                        "file_id": rep.file_id.to_hex(),
+                        "sha256": rep.sha256.to_hex(),
+                        "path": p.display().to_string(),
+                        "size": rep.size,
+                        "new_bytes": rep.new_bytes,
+                        "chunks": rep.chunks,
+                        "new_chunks": rep.new_chunks,
+                        "new_file": rep.new_file,
+                    });
+                    pb.suspend(|| writeln!(out, "{v}")).map_err(out_err)?;
+                } else {
+                    pb.suspend(|| writeln!(out, "{}  {}", rep.file_id, p.display()))
+                        .map_err(out_err)?;
+                }
+            }
+            out.flush().map_err(out_err)?;
+            staged_bytes = 0;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+fn cat(store: &Store, name: &str, offset: u64, length: Option<u64>) -> CliResult {
+    let id = store.resolve(name)?;
+    let mut reader = store.read(&id)?;
+    let size = reader.size();
+    let len = length.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::RangeOutOfBounds {
+            file: id,
+            offset,
+            len,
+            size,
+        }
+        .into());
+    }
+    reader.seek(SeekFrom::Start(offset)).map_err(out_err)?;
+    let mut out = io::stdout().lock();
+    io::copy(&mut reader.take(len), &mut out).map_err(out_err)?;
+    out.flush().map_err(out_err)
+}
