@@ -32,6 +32,7 @@ pub mod reader;
 pub mod recipe;
 pub mod storage;
 pub mod store;
+pub mod synth;
 
 pub use chunking::ChunkParams;
 pub use error::{Error, Result};

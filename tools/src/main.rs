@@ -143,7 +143,7 @@ fn main() -> ExitCode {
 }
 
 #[derive(Debug)]
-enum CliError {
+pub(crate) enum CliError {
     Engine(Error),
     Usage(String),
     File(PathBuf, io::Error),
@@ -182,7 +182,7 @@ impl From<Error> for CliError {
     }
 }
 
-fn out_err(e: io::Error) -> CliError {
+pub(crate) fn out_err(e: io::Error) -> CliError {
     if e.kind() == io::ErrorKind::BrokenPipe {
         return CliError::BrokenPipe;
     }
@@ -193,7 +193,7 @@ fn out_err(e: io::Error) -> CliError {
     }
 }
 
-type CliResult<T = ()> = Result<T, CliError>;
+pub(crate) type CliResult<T = ()> = Result<T, CliError>;
 
 fn store_dir(cli_store: &Option<PathBuf>) -> CliResult<PathBuf> {
     cli_store.clone().ok_or_else(|| {
