@@ -24,6 +24,9 @@ pub struct ChunkLocation {
     pub entry: ChunkEntry,
 }
 
+/// sled log segment size. Fixed per store: sled refuses to reopen with another.
+pub const SLED_SEGMENT_BYTES: usize = 128 * 1024;
+
 const CHUNK_VALUE_LEN: usize = 32 + 4 + 8 + 4 + 4 + 1;
 
 impl ChunkLocation {
@@ -177,6 +180,9 @@ impl Index {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
+            // sled pads its log to a whole segment when a store is reopened; a
+            // small segment keeps that one-off growth small (see SPEC §9).
+            .segment_size(SLED_SEGMENT_BYTES)
             .open()?;
         Ok(Index {
             chunks: db.open_tree("chunks")?,
@@ -259,6 +265,18 @@ impl Index {
         recipe: &[u8],
         refs: &[String],
     ) -> Result<bool> {
+        // Re-ingesting a known file must not write to the index at all.
+        if self.files.contains_key(file.0)?
+            && self.sha256.contains_key(sha.0)?
+            && refs
+                .iter()
+                .map(|r| Ok(self.refs.get(r.as_bytes())?.as_deref() == Some(&file.0[..])))
+                .collect::<Result<Vec<bool>>>()?
+                .into_iter()
+                .all(|x| x)
+        {
+            return Ok(false);
+        }
         (&self.files, &self.sha256, &self.refs, &self.meta)
             .transaction(|(ft, st, rt, mt)| {
                 let new = ft.get(file.0)?.is_none();

@@ -177,3 +177,26 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
     );
     Ok(())
 }
+
+/// Writes the demo repository as files under `dir`.
+pub fn write_repo(dir: &Path, size_mib: u64, seed: u64) -> CliResult {
+    for v in demo_repo(seed, size_mib << 20) {
+        let vdir = dir.join(&v.repo).join(&v.rev);
+        std::fs::create_dir_all(&vdir).map_err(|e| CliError::File(vdir.clone(), e))?;
+        for (path, spec) in &v.files {
+            let p = vdir.join(path);
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&p).map_err(|e| CliError::File(p.clone(), e))?,
+            );
+            spec.write_to(&mut f)
+                .and_then(|_| std::io::Write::flush(&mut f))
+                .map_err(|e| CliError::File(p.clone(), e))?;
+        }
+        for (path, bytes) in &v.small_files {
+            let p = vdir.join(path);
+            std::fs::write(&p, bytes).map_err(|e| CliError::File(p.clone(), e))?;
+        }
+        println!("{}  {}", vdir.display(), v.note);
+    }
+    Ok(())
+}

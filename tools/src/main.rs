@@ -105,6 +105,18 @@ enum Cmd {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Write the demo's synthetic repository to DIR as ordinary files
+    /// (DIR/<repo>/<rev>/<file>), for benchmarks and experiments.
+    Synth {
+        /// Output directory (created).
+        dir: PathBuf,
+        /// Size of the model weights file in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Seed of the synthetic model.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -314,6 +326,11 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Cmd::Demo { size_mib, seed } => demo::run(cli.store.as_deref(), size_mib, seed),
+        Cmd::Synth {
+            dir,
+            size_mib,
+            seed,
+        } => demo::write_repo(&dir, size_mib, seed),
     }
 }
 
