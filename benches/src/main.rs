@@ -21,6 +21,7 @@ struct Args {
     runs: usize,
     json: bool,
     dir: Option<std::path::PathBuf>,
+    zstd_level: i32,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -29,6 +30,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 3,
         json: false,
         dir: None,
+        zstd_level: StoreOptions::default().zstd_level,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -42,6 +44,12 @@ fn parse_args() -> Result<Args, String> {
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).ok_or("--runs N")?,
             "--dir" => a.dir = Some(it.next().ok_or("--dir DIR")?.into()),
             "--json" => a.json = true,
+            "--zstd-level" => {
+                a.zstd_level = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--zstd-level N")?
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: tessera-bench [--size-mib N (256)] [--runs N (3)] [--dir DIR] [--json]"

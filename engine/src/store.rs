@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 use sha2::Digest;
 
-use crate::chunking::{ChunkParams, Chunker};
+use crate::chunking::{Batch, ChunkParams, Chunker};
 use crate::error::{Error, Result};
 use crate::format::{
     decode_ref, encode_ref, ConfigError, Recipe, RecipeError, StoreConfig, Term, CHUNK_HEADER_LEN,
@@ -399,7 +399,7 @@ impl Store {
     }
 
     /// Ingests one file and commits it; `refs` are set to it.
-    pub fn put(&self, reader: impl Read, refs: &[&str]) -> Result<PutReport> {
+    pub fn put(&self, reader: impl Read + Send, refs: &[&str]) -> Result<PutReport> {
         let mut ing = self.ingest();
         ing.add(reader, refs, &mut |_| {})?;
         let mut reports = ing.commit()?;
@@ -868,7 +868,7 @@ impl Ingest<'_> {
     /// consumed so far. Returns the file id (not yet durable).
     pub fn add(
         &mut self,
-        reader: impl Read,
+        reader: impl Read + Send,
         refs: &[&str],
         progress: &mut dyn FnMut(u64),
     ) -> Result<FileId> {
@@ -878,46 +878,67 @@ impl Ingest<'_> {
             validate_ref(r)?;
         }
         let opts = &store.inner.opts;
-        let mut chunker =
-            Chunker::new(reader, store.inner.config.chunking, opts.ingest_batch_bytes)?;
-        let mut sha = sha2::Sha256::new();
+        let chunker = Chunker::new(reader, store.inner.config.chunking, opts.ingest_batch_bytes)?;
         let mut fid = FileIdHasher::new();
         let mut size = 0u64;
         let mut chunks = Vec::new();
         let mut locs = Vec::new();
         let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
-        loop {
-            let batch = chunker.next_batch().map_err(|e| Error::Io {
-                op: "read input",
-                path: PathBuf::from("<input>"),
-                source: e,
-            })?;
-            let Some(batch) = batch else { break };
-            let pieces: Vec<Bytes> = batch.chunk_bytes().collect();
-            let (ids, ()) = rayon::join(
-                || {
-                    pieces
-                        .par_iter()
-                        .map(|c| ChunkId::of(c))
-                        .collect::<Vec<_>>()
-                },
-                || sha.update(&batch.data),
-            );
-            let (l, n, b) = store.store_chunks(&ids, &pieces)?;
-            for (id, p) in ids.iter().zip(&pieces) {
-                fid.push(id, p.len() as u64);
-                chunks.push((*id, p.len() as u32));
+        let input_err = |e| Error::Io {
+            op: "read input",
+            path: PathBuf::from("<input>"),
+            source: e,
+        };
+        // Two-stage pipeline: a producer thread reads, cuts and SHA-256s the
+        // next batch while this thread hashes, dedups and stores the current
+        // one. The channel holds one batch, so at most three batches are in
+        // memory at once.
+        let sha = std::thread::scope(|scope| -> Result<Sha256> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(1);
+            let producer = scope.spawn(move || {
+                let mut chunker = chunker;
+                let mut sha = sha2::Sha256::new();
+                loop {
+                    match chunker.next_batch() {
+                        Ok(Some(b)) => {
+                            sha.update(&b.data);
+                            if tx.send(Ok(b)).is_err() {
+                                return None;
+                            }
+                        }
+                        Ok(None) => return Some(Sha256(sha.finalize().into())),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return None;
+                        }
+                    }
+                }
+            });
+            for batch in rx {
+                let batch = batch.map_err(input_err)?;
+                let pieces: Vec<Bytes> = batch.chunk_bytes().collect();
+                let ids: Vec<ChunkId> = pieces.par_iter().map(|c| ChunkId::of(c)).collect();
+                let (l, n, b) = store.store_chunks(&ids, &pieces)?;
+                for (id, p) in ids.iter().zip(&pieces) {
+                    fid.push(id, p.len() as u64);
+                    chunks.push((*id, p.len() as u32));
+                }
+                locs.extend(l);
+                new_chunks += n;
+                new_bytes += b;
+                size += batch.data.len() as u64;
+                progress(size);
             }
-            locs.extend(l);
-            new_chunks += n;
-            new_bytes += b;
-            size += batch.data.len() as u64;
-            progress(size);
-        }
+            producer
+                .join()
+                .ok()
+                .flatten()
+                .ok_or_else(|| input_err(std::io::Error::other("input reader thread failed")))
+        })?;
         let file = fid.finish();
         self.staged.push(Staged {
             file,
-            sha: Sha256(sha.finalize().into()),
+            sha,
             size,
             chunks,
             locs,

@@ -2,7 +2,7 @@
 //! tabulated and read back.
 
 use std::collections::HashSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -56,6 +56,7 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
             tmp.path().join("store")
         }
     };
+    let mut out = std::io::stdout().lock();
     let store = Store::open(
         &dir,
         StoreOptions {
@@ -63,8 +64,13 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
             ..Default::default()
         },
     )?;
-    println!("tessera demo: synthetic model repository, {size_mib} MiB weights, seed {seed}");
-    println!(
+    writeln!(
+        out,
+        "tessera demo: synthetic model repository, {size_mib} MiB weights, seed {seed}"
+    )
+    .map_err(crate::out_err)?;
+    writeln!(
+        out,
         "store: {}{}",
         dir.display(),
         if store_dir.is_none() {
@@ -72,13 +78,16 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
         } else {
             ""
         }
-    );
-    println!();
+    )
+    .map_err(crate::out_err)?;
+    writeln!(out).map_err(crate::out_err)?;
     let versions = demo_repo(seed, size_mib << 20);
-    println!(
+    writeln!(
+        out,
         "{:<24} {:>5} {:>11} {:>11} {:>7} {:>11} {:>8}  what changed",
         "version", "files", "logical", "new bytes", "new %", "changed", "new/chg"
-    );
+    )
+    .map_err(crate::out_err)?;
     let mut seen: HashSet<(String, u64, u64)> = HashSet::new();
     let (mut put_bytes, mut put_secs) = (0u64, 0f64);
     for v in &versions {
@@ -111,7 +120,8 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
         } else {
             format!("{:.2}x", new as f64 / changed as f64)
         };
-        println!(
+        writeln!(
+            out,
             "{:<24} {:>5} {:>11} {:>11} {:>6.1}% {:>11} {:>8}  {}",
             format!("{}@{}", v.repo, v.rev),
             reports.len(),
@@ -121,11 +131,12 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
             human(changed),
             ratio,
             v.note
-        );
+        )
+        .map_err(crate::out_err)?;
     }
     let s = store.stats()?;
-    println!();
-    println!(
+    writeln!(out).map_err(crate::out_err)?;
+    writeln!(out,
         "store: {} files, {} refs, {} chunks in {} packs; logical {}, stored {} (dedup ratio {:.2}x)",
         s.files,
         s.refs,
@@ -134,13 +145,15 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
         human(s.logical_bytes),
         human(s.stored_bytes),
         s.dedup_ratio
-    );
-    println!(
+    ).map_err(crate::out_err)?;
+    writeln!(
+        out,
         "put: {} in {:.2} s ({:.0} MB/s, generation included)",
         human(put_bytes),
         put_secs,
         put_bytes as f64 / 1e6 / put_secs.max(1e-9)
-    );
+    )
+    .map_err(crate::out_err)?;
 
     // Read every file back through its ref and compare with the generator.
     let t = Instant::now();
@@ -170,16 +183,19 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
             bytes += data.len() as u64;
         }
     }
-    println!(
+    writeln!(
+        out,
         "verify: {files} files, {} read back byte-identical in {:.2} s (generation included)",
         human(bytes),
         t.elapsed().as_secs_f64()
-    );
+    )
+    .map_err(crate::out_err)?;
     Ok(())
 }
 
 /// Writes the demo repository as files under `dir`.
 pub fn write_repo(dir: &Path, size_mib: u64, seed: u64) -> CliResult {
+    let mut out = std::io::stdout().lock();
     for v in demo_repo(seed, size_mib << 20) {
         let vdir = dir.join(&v.repo).join(&v.rev);
         std::fs::create_dir_all(&vdir).map_err(|e| CliError::File(vdir.clone(), e))?;
@@ -196,7 +212,7 @@ pub fn write_repo(dir: &Path, size_mib: u64, seed: u64) -> CliResult {
             let p = vdir.join(path);
             std::fs::write(&p, bytes).map_err(|e| CliError::File(p.clone(), e))?;
         }
-        println!("{}  {}", vdir.display(), v.note);
+        writeln!(out, "{}  {}", vdir.display(), v.note).map_err(crate::out_err)?;
     }
     Ok(())
 }

@@ -262,11 +262,12 @@ fn run(cli: Cli) -> CliResult {
         }
         Cmd::Ref { action } => {
             let store = open_store(&store_dir(&cli.store)?, false)?;
+            let mut out = io::stdout().lock();
             match action {
                 RefCmd::Set { name, target } => {
                     let id = store.resolve(&target)?;
                     store.set_ref(&name, id)?;
-                    println!("{id}  {name}");
+                    writeln!(out, "{id}  {name}").map_err(out_err)?;
                 }
                 RefCmd::Rm { name } => store.delete_ref(&name)?,
             }
@@ -274,54 +275,64 @@ fn run(cli: Cli) -> CliResult {
         }
         Cmd::Info { name, json } => {
             let store = open_store(&store_dir(&cli.store)?, false)?;
+            let mut out = io::stdout().lock();
             let info = store.info(&store.resolve(&name)?)?;
             if json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string(&info).map_err(|e| CliError::Check(e.to_string()))?
-                );
+                )
+                .map_err(out_err)?;
             } else {
-                println!("file_id  {}", info.file_id);
-                println!("sha256   {}", info.sha256);
-                println!("size     {}", info.size);
-                println!("chunks   {}", info.chunks);
-                println!("terms    {}", info.terms);
-                println!("packs    {}", info.packs.len());
+                writeln!(out, "file_id  {}", info.file_id).map_err(out_err)?;
+                writeln!(out, "sha256   {}", info.sha256).map_err(out_err)?;
+                writeln!(out, "size     {}", info.size).map_err(out_err)?;
+                writeln!(out, "chunks   {}", info.chunks).map_err(out_err)?;
+                writeln!(out, "terms    {}", info.terms).map_err(out_err)?;
+                writeln!(out, "packs    {}", info.packs.len()).map_err(out_err)?;
                 for p in &info.packs {
-                    println!("  {p}");
+                    writeln!(out, "  {p}").map_err(out_err)?;
                 }
             }
             Ok(())
         }
         Cmd::Stat { json } => {
             let store = open_store(&store_dir(&cli.store)?, false)?;
+            let mut out = io::stdout().lock();
             let s = store.stats()?;
             if json {
                 let mut v = serde_json::to_value(&s).map_err(|e| CliError::Check(e.to_string()))?;
                 v["chunking"] = serde_json::json!(s.chunking.to_string());
-                println!("{v}");
+                writeln!(out, "{v}").map_err(out_err)?;
             } else {
-                println!("files          {}", s.files);
-                println!("refs           {}", s.refs);
-                println!("chunks         {}", s.chunks);
-                println!("packs          {}", s.packs);
-                println!(
+                writeln!(out, "files          {}", s.files).map_err(out_err)?;
+                writeln!(out, "refs           {}", s.refs).map_err(out_err)?;
+                writeln!(out, "chunks         {}", s.chunks).map_err(out_err)?;
+                writeln!(out, "packs          {}", s.packs).map_err(out_err)?;
+                writeln!(
+                    out,
                     "logical_bytes  {}  ({})",
                     s.logical_bytes,
                     human(s.logical_bytes)
-                );
-                println!(
+                )
+                .map_err(out_err)?;
+                writeln!(
+                    out,
                     "unique_bytes   {}  ({})",
                     s.unique_bytes,
                     human(s.unique_bytes)
-                );
-                println!(
+                )
+                .map_err(out_err)?;
+                writeln!(
+                    out,
                     "stored_bytes   {}  ({})",
                     s.stored_bytes,
                     human(s.stored_bytes)
-                );
-                println!("dedup_ratio    {:.3}", s.dedup_ratio);
-                println!("chunking       {}", s.chunking);
+                )
+                .map_err(out_err)?;
+                writeln!(out, "dedup_ratio    {:.3}", s.dedup_ratio).map_err(out_err)?;
+                writeln!(out, "chunking       {}", s.chunking).map_err(out_err)?;
             }
             Ok(())
         }
