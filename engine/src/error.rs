@@ -155,6 +155,15 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// Another process has the store open.
+    #[error("store {} is locked by pid {pid} (only one process may open a store at a time)", path.display())]
+    StoreLocked {
+        /// The store directory.
+        path: PathBuf,
+        /// The pid recorded by the lock holder (0 if unknown).
+        pid: u32,
+    },
+
     /// A previous write or sync failed; the store refuses writes until reopened.
     #[error("store is poisoned by an earlier I/O failure ({0}); reopen it before writing again")]
     Poisoned(String),

@@ -175,6 +175,8 @@ struct Inner {
     recipes: Mutex<HashMap<FileId, Arc<Layout>>>,
     poison: Mutex<Option<String>>,
     tmp_seq: AtomicU64,
+    /// Held (flock) for the life of the store: one process at a time.
+    _lock: std::fs::File,
 }
 
 /// A content-addressed chunk store. Cheap to clone; `Send + Sync`, usable
@@ -237,13 +239,28 @@ impl Store {
         opts: StoreOptions,
     ) -> Result<Store> {
         let io = |op, rel: &str, e| Error::io(op, root.join(rel), e);
-        let config = match storage.read(CONFIG_FILE) {
-            Ok(bytes) => Self::check_config(&root, &bytes, &opts)?,
+        let (config, lock_file) = match storage.read(CONFIG_FILE) {
+            Ok(bytes) => {
+                let config = Self::check_config(&root, &bytes, &opts)?;
+                (config, lock_store(&root)?)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !opts.create {
                     return Err(Error::StoreNotFound { path: root });
                 }
-                Self::create_layout(&root, storage.as_ref(), &opts)?
+                storage
+                    .create_dir_all("")
+                    .map_err(|e| io("create directory", "", e))?;
+                let lock_file = lock_store(&root)?;
+                // Another process may have created the store meanwhile.
+                let config = match storage.read(CONFIG_FILE) {
+                    Ok(bytes) => Self::check_config(&root, &bytes, &opts)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Self::create_layout(&root, storage.as_ref(), &opts)?
+                    }
+                    Err(e) => return Err(io("read config", CONFIG_FILE, e)),
+                };
+                (config, lock_file)
             }
             Err(e) => return Err(io("read config", CONFIG_FILE, e)),
         };
@@ -251,9 +268,9 @@ impl Store {
             p.validate()?;
         }
         let index = Index::open(&root.join("index"), opts.index_cache_bytes)?;
-        // The index holds the store lock (sled locks its directory), so no
-        // other writer can be using tmp/: whatever is there is left over from
-        // a crash and was never acknowledged.
+        // We hold the store lock, so no other process can be using tmp/:
+        // whatever is there is left over from a crash and was never
+        // acknowledged.
         for name in storage.list_dir("tmp").map_err(|e| io("list", "tmp", e))? {
             let rel = format!("tmp/{name}");
             storage
@@ -276,6 +293,7 @@ impl Store {
                 recipes: Mutex::new(HashMap::new()),
                 poison: Mutex::new(None),
                 tmp_seq: AtomicU64::new(0),
+                _lock: lock_file,
             }),
         })
     }
@@ -800,6 +818,41 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.inner.index.flush()
     }
+}
+
+/// Takes the store's exclusive lock (`STORE/lock`, an advisory `flock`
+/// released by the kernel when the process exits, however it exits) and
+/// records our pid in it for the error message of the next would-be opener.
+fn lock_store(root: &Path) -> Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    let path = root.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            return Err(Error::StoreLocked {
+                path: root.to_path_buf(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+    }
+    let r = f
+        .set_len(0)
+        .and_then(|()| f.seek(std::io::SeekFrom::Start(0)))
+        .and_then(|_| writeln!(f, "{}", std::process::id()));
+    r.map_err(|e| Error::io("write lock file", &path, e))?;
+    Ok(f)
 }
 
 fn recipe_error(file: FileId, e: RecipeError) -> Error {

@@ -187,3 +187,17 @@ mod sha2_hex {
     pub use sha2::Digest;
     pub type Sha = sha2::Sha256;
 }
+
+#[test]
+fn a_second_opener_gets_store_locked_with_our_pid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    match Store::open(dir.path(), common::opts()) {
+        Err(Error::StoreLocked { pid, .. }) => assert_eq!(pid, std::process::id()),
+        other => panic!("expected StoreLocked, got {other:?}"),
+    }
+    drop(store);
+    // Released on drop.
+    let again = Store::open(dir.path(), common::opts()).expect("reopen after drop");
+    assert_eq!(again.stats().expect("stats").files, 0);
+}
