@@ -71,11 +71,23 @@ impl FileReader {
             return Ok(());
         }
         let end = (chunk + self.ahead).min(self.layout.chunk_count());
-        let decoded: Vec<Bytes> = (chunk..end)
+        let decoded: Vec<Result<Bytes, Error>> = (chunk..end)
             .into_par_iter()
             .map(|i| self.store.read_chunk(&self.layout, i))
-            .collect::<Result<_, _>>()?;
-        self.window = decoded.into();
+            .collect();
+        // Keep the verified chunks up to the first failure. A failure in the
+        // read-ahead is only reported once the reader actually reaches that
+        // chunk (it is refetched then), so a read that stops before damage
+        // succeeds.
+        let mut window = VecDeque::with_capacity(decoded.len());
+        for r in decoded {
+            match r {
+                Ok(b) => window.push_back(b),
+                Err(e) if window.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        self.window = window;
         self.window_first = chunk;
         Ok(())
     }
