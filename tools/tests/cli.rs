@@ -1,0 +1,634 @@
+//! The `tessera` binary end to end: output formats, exit codes and messages.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tessera::{FileId, ReadMode, Store, StoreOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// Deterministic incompressible bytes (xorshift64*).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// A temp dir with a store path (not yet created) and room for input files.
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.tmp.path().join("store")
+    }
+
+    /// Writes an input file; returns its path.
+    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        fs::write(&p, data).expect("write input");
+        p
+    }
+
+    /// The binary with a clean environment, run in the temp dir.
+    fn bare(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_remove("TESSERA_STORE")
+            .env_remove("TESSERA_LOG")
+            .current_dir(self.tmp.path());
+        c
+    }
+
+    /// The binary pointed at the store.
+    fn cmd(&self) -> Command {
+        let mut c = self.bare();
+        c.arg("--store").arg(self.store());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run tessera")
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "tessera {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn ok_text(&self, args: &[&str]) -> String {
+        String::from_utf8(self.ok(args)).expect("utf-8 output")
+    }
+
+    /// Puts one file (by path relative to the temp dir) and returns its id.
+    fn put(&self, name: &str, data: &[u8], extra: &[&str]) -> String {
+        self.file(name, data);
+        let mut args = vec!["put", name];
+        args.extend_from_slice(extra);
+        let out = self.ok_text(&args);
+        let (id, path) = out.trim_end().split_once("  ").expect("`<id>  <path>`");
+        assert_eq!(path, name);
+        id.to_string()
+    }
+
+    /// Opens the store with the library (the binary must not be running).
+    fn open_store(&self) -> Store {
+        Store::open(
+            self.store(),
+            StoreOptions {
+                read_mode: ReadMode::Pread,
+                ..Default::default()
+            },
+        )
+        .expect("open store")
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A failed run: its exit code and its single stderr line.
+fn failure(out: &Output) -> (i32, String) {
+    assert!(!out.status.success(), "expected failure, got success");
+    let err = String::from_utf8(out.stderr.clone()).expect("utf-8 stderr");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "stderr must be exactly one line: {err:?}"
+    );
+    assert!(err.starts_with("tessera: error: "), "{err}");
+    (out.status.code().expect("exit code"), err)
+}
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+// ------------------------------------------------------------ put / cat
+
+#[test]
+fn put_prints_ids_and_cat_round_trips() {
+    let env = Env::new();
+    let files = [
+        ("big.bin", noise(3 * 1024 * 1024 + 11, 1)),
+        ("small.bin", noise(1000, 2)),
+        ("empty.bin", Vec::new()),
+    ];
+    for (name, data) in &files {
+        env.file(name, data);
+    }
+    let out = env.ok_text(&["put", "big.bin", "small.bin", "empty.bin"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), files.len(), "{out}");
+    let mut ids = Vec::new();
+    for (line, (name, data)) in lines.iter().zip(&files) {
+        let (id, path) = line.split_once("  ").expect("two spaces");
+        assert!(is_hex64(id), "{line}");
+        assert_eq!(path, *name);
+        let back = env.ok(&["cat", id]);
+        assert!(back == *data, "{name} did not round-trip");
+        ids.push(id.to_string());
+    }
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        3
+    );
+    // The printed ids are the engine's file ids.
+    let store = env.open_store();
+    for (id, (_, data)) in ids.iter().zip(&files) {
+        let id: FileId = id.parse().expect("file id");
+        assert_eq!(store.info(&id).expect("info").size, data.len() as u64);
+    }
+}
+
+#[test]
+fn put_json_reports_every_field() {
+    let env = Env::new();
+    env.file("abc.txt", b"abc");
+    let data = noise(2 * 1024 * 1024, 3);
+    env.file("w.bin", &data);
+    let out = env.ok_text(&["put", "--json", "abc.txt", "w.bin"]);
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 2, "{out}");
+    // SHA-256 known answer for "abc".
+    assert_eq!(
+        v[0]["sha256"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(v[0]["path"], "abc.txt");
+    assert_eq!(v[0]["size"], 3);
+    assert_eq!(v[0]["chunks"], 1);
+    assert_eq!(v[0]["new_chunks"], 1);
+    let w = &v[1];
+    assert_eq!(w["path"], "w.bin");
+    assert_eq!(w["size"], data.len() as u64);
+    for key in ["file_id", "sha256"] {
+        assert!(is_hex64(w[key].as_str().expect(key)), "{key}: {w}");
+    }
+    let chunks = w["chunks"].as_u64().expect("chunks");
+    assert!(chunks >= 8, "{w}");
+    assert_eq!(w["new_chunks"].as_u64(), Some(chunks));
+    assert!(w["new_bytes"].as_u64().expect("new_bytes") >= data.len() as u64);
+
+    // The same file again, under a ref: same ids, nothing new.
+    let again = json_lines(&env.ok_text(&["put", "--json", "--ref", "o/m@v2:w", "w.bin"]));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["file_id"], w["file_id"]);
+    assert_eq!(again[0]["sha256"], w["sha256"]);
+    assert_eq!(again[0]["chunks"], w["chunks"]);
+    assert_eq!(again[0]["new_chunks"], 0);
+    assert_eq!(again[0]["new_bytes"], 0);
+    // The sha256 and the ref name the file.
+    for name in [w["sha256"].as_str().expect("sha"), "o/m@v2:w"] {
+        assert!(env.ok(&["cat", name]) == data, "cat {name}");
+    }
+}
+
+#[test]
+fn cat_offset_and_length() {
+    let env = Env::new();
+    let data = noise(1024 * 1024 + 500, 4);
+    let id = env.put("f.bin", &data, &["--ref", "t/f"]);
+    let n = data.len() as u64;
+    let cases: [(u64, Option<u64>); 8] = [
+        (0, Some(1)),
+        (0, Some(n)),
+        (12_345, Some(300_000)),
+        (n - 1, Some(1)),
+        (n - 100, None),
+        (500_000, None),
+        (70_000, Some(0)),
+        (n, None),
+    ];
+    for (off, len) in cases {
+        let off_s = off.to_string();
+        let mut args = vec!["cat", "t/f", "--offset", &off_s];
+        let len_s = len.map(|l| l.to_string());
+        if let Some(l) = &len_s {
+            args.extend_from_slice(&["--length", l]);
+        }
+        let out = env.ok(&args);
+        let end = len.map_or(n, |l| off + l);
+        assert!(
+            out[..] == data[off as usize..end as usize],
+            "cat --offset {off} --length {len:?}"
+        );
+    }
+    // By id too.
+    assert!(env.ok(&["cat", &id, "--offset", "10", "--length", "5"])[..] == data[10..15]);
+}
+
+#[test]
+fn range_past_the_end_fails_naming_the_file() {
+    let env = Env::new();
+    let data = noise(100_000, 5);
+    let id = env.put("f.bin", &data, &[]);
+    for args in [
+        vec!["cat", &id, "--offset", "99999", "--length", "2"],
+        vec!["cat", &id, "--offset", "100001"],
+        vec!["cat", &id, "--length", "100001"],
+        vec![
+            "cat",
+            &id,
+            "--offset",
+            "18446744073709551615",
+            "--length",
+            "2",
+        ],
+    ] {
+        let out = env.run(&args);
+        let (code, err) = failure(&out);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(&id), "{args:?}: {err}");
+        assert!(err.contains("past the end"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} wrote output");
+    }
+}
+
+#[test]
+fn unknown_names_exit_3() {
+    let env = Env::new();
+    let id = env.put("f.bin", b"some bytes", &["--ref", "t/known"]);
+    let unknown = "ab".repeat(32);
+    for args in [
+        vec!["cat", "no/such@ref:file"],
+        vec!["cat", &unknown],
+        vec!["info", "no/such@ref:file"],
+        vec!["ref", "rm", "no/such@ref:file"],
+        vec!["ref", "set", "t/new", &unknown],
+        vec!["ref", "set", "t/new", "no/such@ref:file"],
+    ] {
+        let out = env.run(&args);
+        let (code, err) = failure(&out);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(err.contains("not found"), "{args:?}: {err}");
+        let named = args.last().expect("name");
+        assert!(err.contains(named), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    // Nothing changed.
+    assert_eq!(env.ok_text(&["refs"]), format!("{id}  t/known\n"));
+}
+
+// ------------------------------------------------------------ refs
+
+#[test]
+fn refs_list_set_and_rm() {
+    let env = Env::new();
+    for (i, name) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
+        env.file(name, &noise(10_000 + i, 10 + i as u64));
+    }
+    let out = env.ok_text(&[
+        "put",
+        "--ref-prefix",
+        "org/m@v1:",
+        "a.bin",
+        "b.bin",
+        "c.bin",
+    ]);
+    let ids: Vec<String> = out
+        .lines()
+        .map(|l| l.split_once("  ").expect("line").0.to_string())
+        .collect();
+    let other = env.put("d.bin", b"d", &["--ref", "org/n@v1:d.bin"]);
+
+    let expect_v1: String = ["a.bin", "b.bin", "c.bin"]
+        .iter()
+        .zip(&ids)
+        .map(|(n, id)| format!("{id}  org/m@v1:{n}\n"))
+        .collect();
+    assert_eq!(env.ok_text(&["refs", "org/m@"]), expect_v1);
+    let all = env.ok_text(&["refs"]);
+    assert_eq!(all, format!("{expect_v1}{other}  org/n@v1:d.bin\n"));
+    assert_eq!(env.ok_text(&["refs", "org/"]), all);
+    assert_eq!(env.ok_text(&["refs", "zzz"]), "");
+    let json = json_lines(&env.ok_text(&["refs", "--json", "org/n"]));
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["ref"], "org/n@v1:d.bin");
+    assert_eq!(json[0]["file_id"], other.as_str());
+
+    // set: by id, and through another ref.
+    assert_eq!(
+        env.ok_text(&["ref", "set", "alias/x", &ids[1]]),
+        format!("{}  alias/x\n", ids[1])
+    );
+    assert_eq!(
+        env.ok_text(&["ref", "set", "alias/y", "org/n@v1:d.bin"]),
+        format!("{other}  alias/y\n")
+    );
+    assert!(env.ok(&["cat", "alias/x"]) == noise(10_001, 11));
+    assert_eq!(
+        env.ok_text(&["refs", "alias/"]),
+        format!("{}  alias/x\n{other}  alias/y\n", ids[1])
+    );
+    // Moving a ref.
+    env.ok(&["ref", "set", "alias/x", &ids[2]]);
+    assert!(env.ok(&["cat", "alias/x"]) == noise(10_002, 12));
+
+    // rm: gone, and a second rm is "not found".
+    assert_eq!(env.ok_text(&["ref", "rm", "alias/x"]), "");
+    assert_eq!(
+        env.ok_text(&["refs", "alias/"]),
+        format!("{other}  alias/y\n")
+    );
+    let (code, err) = failure(&env.run(&["cat", "alias/x"]));
+    assert_eq!(code, 3, "{err}");
+    let (code, err) = failure(&env.run(&["ref", "rm", "alias/x"]));
+    assert_eq!(code, 3, "{err}");
+    // The file itself is still there.
+    assert!(env.ok(&["cat", &ids[2]]) == noise(10_002, 12));
+}
+
+// ------------------------------------------------------------ info / stat
+
+#[test]
+fn info_and_stat_json() {
+    let env = Env::new();
+    let big = noise(2 * 1024 * 1024 + 3, 20);
+    let small = noise(50_000, 21);
+    let big_id = env.put("big.bin", &big, &["--ref", "t/big"]);
+    env.put("small.bin", &small, &[]);
+    env.put("copy.bin", &big, &["--ref", "t/copy"]);
+
+    let info: Value =
+        serde_json::from_str(&env.ok_text(&["info", "--json", "t/big"])).expect("json");
+    assert_eq!(info["file_id"], big_id.as_str());
+    assert!(is_hex64(info["sha256"].as_str().expect("sha256")));
+    assert_eq!(info["size"], big.len() as u64);
+    let chunks = info["chunks"].as_u64().expect("chunks");
+    assert!(chunks >= 8);
+    assert!(info["terms"].as_u64().expect("terms") >= 1);
+    let packs = info["packs"].as_array().expect("packs");
+    assert!(!packs.is_empty());
+    assert!(packs.iter().all(|p| is_hex64(p.as_str().expect("pack id"))));
+    // The text form carries the same figures.
+    let text = env.ok_text(&["info", &big_id]);
+    assert!(text.contains(&format!("size     {}", big.len())), "{text}");
+    assert!(text.contains(&format!("chunks   {chunks}")), "{text}");
+
+    let stat: Value = serde_json::from_str(&env.ok_text(&["stat", "--json"])).expect("json");
+    assert_eq!(stat["files"], 2);
+    assert_eq!(stat["refs"], 2);
+    assert_eq!(stat["logical_bytes"], (big.len() + small.len()) as u64);
+    let store_chunks = stat["chunks"].as_u64().expect("chunks");
+    assert!(store_chunks > chunks, "{stat}");
+    // Packs and stored bytes are what is on disk.
+    let mut pack_files = 0u64;
+    let mut pack_bytes = 0u64;
+    for sub in fs::read_dir(env.store().join("packs"))
+        .expect("packs")
+        .flatten()
+    {
+        for f in fs::read_dir(sub.path()).expect("fanout").flatten() {
+            pack_files += 1;
+            pack_bytes += f.metadata().expect("stat").len();
+        }
+    }
+    assert_eq!(stat["packs"], pack_files);
+    assert_eq!(stat["stored_bytes"], pack_bytes);
+    assert!(pack_bytes >= (big.len() + small.len()) as u64);
+    assert!(stat["chunking"]
+        .as_str()
+        .expect("chunking")
+        .contains("FastCDC"));
+    // And what the library reports.
+    let s = env.open_store().stats().expect("stats");
+    assert_eq!(stat["chunks"], s.chunks);
+    assert_eq!(stat["unique_bytes"], s.unique_bytes);
+}
+
+#[test]
+fn store_from_the_environment() {
+    let env = Env::new();
+    let data = noise(70_000, 30);
+    env.file("f.bin", &data);
+    let out = env
+        .bare()
+        .env("TESSERA_STORE", env.store())
+        .args(["put", "f.bin"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).expect("utf-8");
+    let id = line.split_once("  ").expect("line").0.to_string();
+    let out = env
+        .bare()
+        .env("TESSERA_STORE", env.store())
+        .args(["cat", &id])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(out.stdout == data);
+    // The environment made the same store --store names.
+    assert!(env.ok(&["cat", &id]) == data);
+    // --store wins over the environment.
+    let elsewhere = env.tmp.path().join("elsewhere");
+    let out = env
+        .bare()
+        .env("TESSERA_STORE", &elsewhere)
+        .arg("--store")
+        .arg(env.store())
+        .args(["cat", &id])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(out.stdout == data);
+    assert!(!elsewhere.exists());
+}
+
+// ------------------------------------------------------------ damage
+
+#[test]
+fn damaged_chunk_exits_4_without_writing_its_bytes() {
+    let env = Env::new();
+    let data = noise(4 * 1024 * 1024, 40);
+    let id = env.put("f.bin", &data, &["--ref", "t/f"]);
+    let other = noise(300_000, 41);
+    env.put("other.bin", &other, &["--ref", "t/other"]);
+
+    // Find a chunk in the middle of the file and flip a byte of its data.
+    let (chunk, entry) = {
+        let store = env.open_store();
+        let fid: FileId = id.parse().expect("id");
+        let layout = store.layout(&fid).expect("layout");
+        let chunk = layout.chunk(layout.chunk_count() / 2).expect("chunk");
+        let entry = store
+            .pack(&chunk.pack)
+            .expect("pack")
+            .entry(chunk.pack_index)
+            .expect("entry");
+        (chunk, entry)
+    };
+    let pack_file = env.store().join(tessera::pack::pack_path(&chunk.pack));
+    let mut b = fs::read(&pack_file).expect("read pack");
+    b[(entry.data_offset() + u64::from(entry.stored_len) / 3) as usize] ^= 1;
+    fs::write(&pack_file, &b).expect("write pack");
+
+    let start = chunk.file_offset;
+    let end = start + u64::from(chunk.len);
+    for args in [
+        vec!["cat".to_string(), "t/f".to_string()],
+        vec!["cat".into(), id.clone()],
+        vec![
+            "cat".into(),
+            id.clone(),
+            "--offset".into(),
+            (start + 7).to_string(),
+        ],
+        vec![
+            "cat".into(),
+            id.clone(),
+            "--offset".into(),
+            "0".into(),
+            "--length".into(),
+            (start + 1).to_string(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = env.run(&args);
+        let (code, err) = failure(&out);
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(err.contains(&chunk.id.to_hex()), "{args:?}: {err}");
+        assert!(err.contains(&chunk.pack.to_hex()), "{args:?}: {err}");
+        assert!(err.contains("corrupt"), "{args:?}: {err}");
+        // What reached stdout is the original bytes from the requested
+        // offset and stops before the damaged chunk: a strict prefix, and
+        // none of the damaged chunk's bytes. (It is in fact every intact byte
+        // before it: the damage is reported when the reader reaches it.)
+        let off = args
+            .iter()
+            .position(|a| *a == "--offset")
+            .map_or(0, |i| args[i + 1].parse::<u64>().expect("offset"));
+        let got = &out.stdout;
+        assert!(
+            off + got.len() as u64 <= start.max(off),
+            "{args:?}: wrote {} bytes from {off}, the damaged chunk is {start}..{end}",
+            got.len()
+        );
+        assert!(
+            got[..] == data[off as usize..off as usize + got.len()],
+            "{args:?}: output is not the original"
+        );
+        assert_eq!(
+            got.len() as u64,
+            start.saturating_sub(off),
+            "{args:?}: intact bytes before the damage were held back"
+        );
+    }
+    // The rest of the file and the store still read.
+    assert!(env.ok(&["cat", "t/f", "--length", &start.to_string()])[..] == data[..start as usize]);
+    assert!(env.ok(&["cat", "t/f", "--offset", &end.to_string()])[..] == data[end as usize..]);
+    assert!(env.ok(&["cat", "t/other"]) == other);
+}
+
+// ------------------------------------------------------------ usage
+
+#[test]
+fn missing_store_is_a_usage_error() {
+    let env = Env::new();
+    env.file("f.bin", b"x");
+    for args in [
+        vec!["put", "f.bin"],
+        vec!["cat", "t/x"],
+        vec!["refs"],
+        vec!["ref", "rm", "t/x"],
+        vec!["info", "t/x"],
+        vec!["stat"],
+    ] {
+        let out = env.bare().args(&args).output().expect("run");
+        let (code, err) = failure(&out);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("--store") && err.contains("TESSERA_STORE"),
+            "{err}"
+        );
+    }
+    // Nothing was created in the working directory.
+    let entries: Vec<_> = fs::read_dir(env.tmp.path())
+        .expect("ls")
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 1);
+}
+
+#[test]
+fn other_usage_errors_exit_2() {
+    let env = Env::new();
+    env.file("a", b"a");
+    env.file("b", b"b");
+    let out = env.run(&["put", "--ref", "t/x", "a", "b"]);
+    let (code, err) = failure(&out);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        !env.store().exists(),
+        "a usage error must not create the store"
+    );
+    // clap's own usage errors use the same code.
+    for args in [vec!["frobnicate"], vec!["put"], vec!["cat"]] {
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn help_mentions_every_subcommand() {
+    let env = Env::new();
+    let out = env.bare().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).expect("utf-8");
+    for sub in ["put", "cat", "refs", "ref", "info", "stat", "demo"] {
+        assert!(
+            help.lines()
+                .any(|l| l.split_whitespace().next() == Some(sub)),
+            "--help does not list `{sub}`:\n{help}"
+        );
+    }
+    assert!(help.contains("TESSERA_STORE"), "{help}");
+    assert!(help.contains("Exit status"), "{help}");
+}
+
+#[test]
+fn put_of_a_missing_file_names_it() {
+    let env = Env::new();
+    let out = env.run(&["put", "does-not-exist.bin"]);
+    let (code, err) = failure(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does-not-exist.bin"), "{err}");
+    let dir = env.tmp.path().join("a-dir");
+    fs::create_dir(&dir).expect("mkdir");
+    let (code, err) = failure(&env.run(&["put", "a-dir"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a-dir"), "{err}");
+}
