@@ -138,6 +138,10 @@ pub const CHUNK_HEADER_LEN: usize = 52;
 pub const TABLE_ENTRY_LEN: usize = 56;
 /// Pack trailer (the last bytes of a pack).
 pub const TRAILER_LEN: usize = 56;
+/// Largest raw chunk length any valid store can hold (FastCDC's maximum
+/// `max`); larger lengths in a pack are corruption, and readers never
+/// allocate by them.
+pub const MAX_CHUNK_LEN: u32 = 16 * 1024 * 1024;
 
 /// How a chunk's bytes are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

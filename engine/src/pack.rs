@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::{
     check_pack_header, pack_header, ChunkEntry, Compression, PackHeaderError, Trailer,
-    CHUNK_HEADER_LEN, FORMAT_VERSION, PACK_HEADER_LEN, TABLE_ENTRY_LEN, TRAILER_LEN,
+    CHUNK_HEADER_LEN, FORMAT_VERSION, MAX_CHUNK_LEN, PACK_HEADER_LEN, TABLE_ENTRY_LEN, TRAILER_LEN,
 };
 use crate::hash::{ChunkId, PackId, PackIdHasher};
 use crate::storage::{ReadHandle, Storage, WriteHandle};
@@ -264,6 +264,12 @@ impl PackReader {
             .ok_or_else(|| corrupt(format!("table entry {index} out of range")))?;
         let e = ChunkEntry::decode_table_entry(raw)
             .map_err(|d| corrupt(format!("table entry {index}: {d}")))?;
+        if e.raw_len > MAX_CHUNK_LEN {
+            return Err(corrupt(format!(
+                "table entry {index} claims a {}-byte chunk (limit {MAX_CHUNK_LEN})",
+                e.raw_len
+            )));
+        }
         let end = e.offset.checked_add(e.record_len());
         if e.offset < PACK_HEADER_LEN as u64 || end.is_none_or(|end| end > self.table_offset) {
             return Err(corrupt(format!(

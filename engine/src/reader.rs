@@ -24,6 +24,8 @@ pub struct FileReader {
     window: VecDeque<Bytes>,
     window_first: usize,
     ahead: usize,
+    /// Read-ahead never decodes chunks at or past this byte offset.
+    end: u64,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -45,7 +47,14 @@ impl FileReader {
             window: VecDeque::new(),
             window_first: 0,
             ahead,
+            end: u64::MAX,
         }
+    }
+
+    /// Tells the reader no byte at or past `end` will be wanted, so
+    /// read-ahead stops there (for streaming a byte range).
+    pub fn limit_read_ahead(&mut self, end: u64) {
+        self.end = end;
     }
 
     /// The file's size.
@@ -70,7 +79,12 @@ impl FileReader {
             }
             return Ok(());
         }
-        let end = (chunk + self.ahead).min(self.layout.chunk_count());
+        let mut end = (chunk + self.ahead).min(self.layout.chunk_count());
+        if self.end < self.layout.size() {
+            // The chunk holding byte end-1 is the last one wanted.
+            let last = self.layout.chunk_at(self.end.saturating_sub(1));
+            end = end.min(last + 1).max(chunk + 1);
+        }
         let decoded: Vec<Result<Bytes, Error>> = (chunk..end)
             .into_par_iter()
             .map(|i| self.store.read_chunk(&self.layout, i))

@@ -475,6 +475,7 @@ fn cat(store: &Store, name: &str, offset: u64, length: Option<u64>) -> CliResult
         .into());
     }
     reader.seek(SeekFrom::Start(offset)).map_err(out_err)?;
+    reader.limit_read_ahead(offset + len);
     let mut out = io::stdout().lock();
     io::copy(&mut reader.take(len), &mut out).map_err(out_err)?;
     out.flush().map_err(out_err)

@@ -608,7 +608,7 @@ fn help_mentions_every_subcommand() {
     let out = env.bare().arg("--help").output().expect("run");
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).expect("utf-8");
-    for sub in ["put", "cat", "refs", "ref", "info", "stat", "demo"] {
+    for sub in ["put", "cat", "refs", "ref", "info", "stat", "demo", "synth"] {
         assert!(
             help.lines()
                 .any(|l| l.split_whitespace().next() == Some(sub)),
