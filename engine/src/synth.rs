@@ -780,7 +780,7 @@ impl ModelSpec {
             offset = end;
         }
         s.push('}');
-        while s.len() % 8 != 0 {
+        while !s.len().is_multiple_of(8) {
             s.push(' ');
         }
         s
@@ -1135,7 +1135,7 @@ fn tokenizer_json(seed: u64) -> String {
         let r = rng.next_u64();
         let len = 2 + (r % 6) as usize;
         let mut w = String::new();
-        if (r >> 8) % 3 == 0 {
+        if (r >> 8).is_multiple_of(3) {
             w.push('\u{0120}'); // "Ġ"
         }
         let mut bits = r >> 16;
