@@ -125,6 +125,13 @@ pub enum Error {
         detail: String,
     },
 
+    /// The store exists but its index directory does not.
+    #[error("index {} of an existing store is missing; run `tessera repair index` to rebuild it from the packs, recipes and refs", path.display())]
+    IndexMissing {
+        /// The index directory.
+        path: PathBuf,
+    },
+
     /// The sled index reported an error.
     #[error("index error: {0}")]
     Index(#[from] sled::Error),
@@ -201,6 +208,7 @@ impl Error {
                 | Error::PackTruncated { .. }
                 | Error::RecipeCorrupt { .. }
                 | Error::IndexCorrupt { .. }
+                | Error::IndexMissing { .. }
                 | Error::ConfigCorrupt { .. }
         )
     }

@@ -219,20 +219,38 @@ impl Index {
 
     /// Records a newly sealed pack and all its chunks, atomically.
     pub fn add_pack(&self, pack: PackId, info: PackInfo, chunks: &[ChunkEntry]) -> Result<()> {
+        let indexed: Vec<(u32, ChunkEntry)> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u32, *e))
+            .collect();
+        self.add_pack_chunks(pack, info, &indexed)
+    }
+
+    /// Records a pack and the given (index in pack, entry) chunks of it,
+    /// atomically. A chunk already indexed elsewhere keeps its entry.
+    pub fn add_pack_chunks(
+        &self,
+        pack: PackId,
+        info: PackInfo,
+        chunks: &[(u32, ChunkEntry)],
+    ) -> Result<()> {
         (&self.chunks, &self.packs, &self.meta)
             .transaction(|(ct, pt, mt)| {
                 let mut new_chunks = 0i64;
                 let mut new_bytes = 0i64;
-                for (i, e) in chunks.iter().enumerate() {
+                for (i, e) in chunks {
                     let loc = ChunkLocation {
                         pack,
-                        index: i as u32,
+                        index: *i,
                         entry: *e,
                     };
-                    if ct.insert(&e.id.0, &loc.encode()[..])?.is_none() {
-                        new_chunks += 1;
-                        new_bytes += i64::from(e.raw_len);
+                    if ct.get(e.id.0)?.is_some() {
+                        continue;
                     }
+                    ct.insert(&e.id.0, &loc.encode()[..])?;
+                    new_chunks += 1;
+                    new_bytes += i64::from(e.raw_len);
                 }
                 if pt.insert(&pack.0, &info.encode()[..])?.is_none() {
                     add_counter(mt, "packs", 1)?;
@@ -404,6 +422,54 @@ impl Index {
             logical_bytes,
             stored_bytes,
             chunk_bytes,
+        })
+    }
+
+    /// Every pack entry, in id order.
+    pub fn packs(&self) -> impl Iterator<Item = Result<(PackId, PackInfo)>> + '_ {
+        self.packs.iter().map(|kv| {
+            let (k, v) = kv?;
+            let id = PackId::from_slice(&k).ok_or_else(|| Error::IndexCorrupt {
+                tree: "packs",
+                key: hex::encode(&k),
+                detail: "key is not 32 bytes".into(),
+            })?;
+            let info = PackInfo::decode(&v).ok_or_else(|| Error::IndexCorrupt {
+                tree: "packs",
+                key: id.to_hex(),
+                detail: format!("undecodable {}-byte value", v.len()),
+            })?;
+            Ok((id, info))
+        })
+    }
+
+    /// Every chunk entry, in id order.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
+        self.chunks.iter().map(|kv| {
+            let (k, v) = kv?;
+            let id = ChunkId::from_slice(&k).ok_or_else(|| Error::IndexCorrupt {
+                tree: "chunks",
+                key: hex::encode(&k),
+                detail: "key is not 32 bytes".into(),
+            })?;
+            ChunkLocation::decode(id, &v).ok_or_else(|| Error::IndexCorrupt {
+                tree: "chunks",
+                key: id.to_hex(),
+                detail: format!("undecodable {}-byte value", v.len()),
+            })
+        })
+    }
+
+    /// Every file id with its recipe bytes, in id order.
+    pub fn files(&self) -> impl Iterator<Item = Result<(FileId, sled::IVec)>> + '_ {
+        self.files.iter().map(|kv| {
+            let (k, v) = kv?;
+            let id = FileId::from_slice(&k).ok_or_else(|| Error::IndexCorrupt {
+                tree: "files",
+                key: hex::encode(&k),
+                detail: "key is not 32 bytes".into(),
+            })?;
+            Ok((id, v))
         })
     }
 

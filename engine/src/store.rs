@@ -52,6 +52,9 @@ pub struct StoreOptions {
     pub index_cache_bytes: u64,
     /// Chunks decoded ahead by a sequential [`FileReader`].
     pub read_ahead_chunks: usize,
+    /// Open an existing store whose index directory is missing, with an
+    /// empty index (only `repair index` wants this).
+    pub allow_missing_index: bool,
 }
 
 impl Default for StoreOptions {
@@ -68,6 +71,7 @@ impl Default for StoreOptions {
             recipe_cache: 64,
             index_cache_bytes: 256 << 20,
             read_ahead_chunks: 16,
+            allow_missing_index: false,
         }
     }
 }
@@ -164,12 +168,12 @@ struct WriterState {
     pending: HashSet<ChunkId>,
 }
 
-struct Inner {
-    root: PathBuf,
-    storage: Arc<dyn Storage>,
+pub(crate) struct Inner {
+    pub(crate) root: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
     opts: StoreOptions,
     config: StoreConfig,
-    index: Index,
+    pub(crate) index: Index,
     writer: Mutex<WriterState>,
     packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
     recipes: Mutex<HashMap<FileId, Arc<Layout>>>,
@@ -183,7 +187,7 @@ struct Inner {
 /// from many threads at once.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Store {
@@ -242,7 +246,14 @@ impl Store {
         let (config, lock_file) = match storage.read(CONFIG_FILE) {
             Ok(bytes) => {
                 let config = Self::check_config(&root, &bytes, &opts)?;
-                (config, lock_store(&root)?)
+                let lock = lock_store(&root)?;
+                // An existing store without its index would look empty:
+                // refuse, and say how to rebuild it.
+                let index_dir = root.join("index");
+                if !opts.allow_missing_index && !index_dir.exists() {
+                    return Err(Error::IndexMissing { path: index_dir });
+                }
+                (config, lock)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !opts.create {
@@ -823,7 +834,7 @@ impl Store {
 /// Takes the store's exclusive lock (`STORE/lock`, an advisory `flock`
 /// released by the kernel when the process exits, however it exits) and
 /// records our pid in it for the error message of the next would-be opener.
-fn lock_store(root: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_store(root: &Path) -> Result<std::fs::File> {
     use std::io::{Seek, Write};
     let path = root.join("lock");
     let mut f = std::fs::OpenOptions::new()
@@ -855,7 +866,7 @@ fn lock_store(root: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-fn recipe_error(file: FileId, e: RecipeError) -> Error {
+pub(crate) fn recipe_error(file: FileId, e: RecipeError) -> Error {
     match e {
         RecipeError::Corrupt(detail) => Error::RecipeCorrupt { file, detail },
         RecipeError::Version(v) => Error::UnsupportedVersion {

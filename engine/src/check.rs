@@ -1,0 +1,537 @@
+//! `verify` (is the store intact?) and `repair index` (rebuild the sled
+//! index from the packs, recipe files and ref files alone).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::{decode_ref, ChunkEntry, Recipe};
+use crate::hash::{FileId, PackId, PackIdHasher};
+use crate::index::{Index, PackInfo};
+use crate::pack::{pack_path, PackReader};
+use crate::storage::Storage;
+use crate::store::{recipe_path, ref_path, Store, StoreOptions};
+
+/// What `verify` checks.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyOptions {
+    /// Share of packs (0–100) whose data is read: the whole pack is hashed
+    /// and compared to its name, and every chunk in it is decompressed and
+    /// re-hashed. Packs are sampled deterministically by id.
+    pub sample_percent: f64,
+    /// Read data at all (false: structure only).
+    pub read_data: bool,
+}
+
+impl Default for VerifyOptions {
+    /// Everything: structure plus every byte of every pack.
+    fn default() -> Self {
+        VerifyOptions {
+            sample_percent: 100.0,
+            read_data: true,
+        }
+    }
+}
+
+/// One damaged or inconsistent object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The object: `pack <id>`, `chunk <id>`, `file <id>`, `ref <name>`, `index`, a path.
+    pub object: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// The outcome of `verify`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Pack files found.
+    pub packs: u64,
+    /// Packs whose data was read and hashed.
+    pub packs_read: u64,
+    /// Chunk index entries checked.
+    pub chunks: u64,
+    /// Chunks decompressed and re-hashed.
+    pub chunks_read: u64,
+    /// Bytes of pack data read.
+    pub bytes_read: u64,
+    /// Files (recipes) checked.
+    pub files: u64,
+    /// Refs checked.
+    pub refs: u64,
+    /// Damage and inconsistencies; the store is clean when this is empty.
+    pub problems: Vec<Problem>,
+    /// Reads that failed once and succeeded on retry (not damage, but worth a look).
+    pub transient: Vec<Problem>,
+    /// Sealed packs no index entry names (left by a crash between sealing and
+    /// indexing; harmless, reclaimable).
+    pub orphan_packs: Vec<PackId>,
+}
+
+impl VerifyReport {
+    /// True when no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, object: impl Into<String>, detail: impl Into<String>) {
+        self.problems.push(Problem {
+            object: object.into(),
+            detail: detail.into(),
+        });
+    }
+}
+
+/// The outcome of `repair index`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RepairReport {
+    /// Packs whose chunks were indexed.
+    pub packs: u64,
+    /// Chunks indexed.
+    pub chunks: u64,
+    /// Files restored from recipe files.
+    pub files: u64,
+    /// Refs restored from ref files.
+    pub refs: u64,
+    /// What could not be recovered, by name.
+    pub problems: Vec<Problem>,
+}
+
+/// All sealed pack files on disk: (pack id, relative path), plus problems
+/// for files in `packs/` that are not named like packs.
+fn list_packs(storage: &dyn Storage) -> Result<(Vec<(PackId, String)>, Vec<Problem>)> {
+    let mut out = Vec::new();
+    let mut odd = Vec::new();
+    for dir in list(storage, "packs")? {
+        let d = format!("packs/{dir}");
+        for name in list(storage, &d)? {
+            let rel = format!("{d}/{name}");
+            let id = name
+                .strip_suffix(".pack")
+                .and_then(PackId::from_hex)
+                .filter(|id| pack_path(id) == rel);
+            match id {
+                Some(id) => out.push((id, rel)),
+                None => odd.push(Problem {
+                    object: rel,
+                    detail: "unexpected file in packs/ (not named <pack id>.pack)".into(),
+                }),
+            }
+        }
+    }
+    Ok((out, odd))
+}
+
+fn list(storage: &dyn Storage, rel: &str) -> Result<Vec<String>> {
+    storage
+        .list_dir(rel)
+        .map_err(|e| Error::io("list directory", storage.root().join(rel), e))
+}
+
+/// Hashes a whole pack file in 1 MiB pieces and compares it with its name.
+fn check_pack_name(
+    storage: &dyn Storage,
+    id: &PackId,
+    rel: &str,
+) -> std::result::Result<u64, String> {
+    let h = storage.open_read(rel).map_err(|e| format!("open: {e}"))?;
+    let len = h.len();
+    let mut hasher = PackIdHasher::new();
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(1 << 20) as usize;
+        let b = h
+            .read_at(off, n)
+            .map_err(|e| format!("read at {off}: {e}"))?;
+        hasher.update(&b);
+        off += n as u64;
+    }
+    if hasher.finish() != *id {
+        return Err(format!(
+            "content hashes to {}, not to its name (the pack was modified)",
+            hasher.finish()
+        ));
+    }
+    Ok(len)
+}
+
+/// Deterministic sampling: a pack is read when the first 8 bytes of its id,
+/// as a fraction of 2^64, fall below the sample share.
+fn sampled(id: &PackId, percent: f64) -> bool {
+    if percent >= 100.0 {
+        return true;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    (u64::from_le_bytes(b) as f64 / u64::MAX as f64) * 100.0 < percent
+}
+
+impl Store {
+    /// Checks the store: every index entry points into an existing, intact
+    /// sealed pack at a valid position; every recipe decodes, matches its
+    /// file id and its recipe file, and names chunks that exist; every ref
+    /// names a stored file and matches its ref file. With `read_data`, the
+    /// sampled packs are hashed against their names and every chunk in them
+    /// is decompressed and re-hashed; a failing read is retried once to tell
+    /// a transient error from damage. `progress` gets (packs done, packs total).
+    pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
+        self.verify_with_progress(opts, &mut |_, _| {})
+    }
+
+    /// [`Store::verify`] with a progress callback.
+    pub fn verify_with_progress(
+        &self,
+        opts: VerifyOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport> {
+        let storage = self.inner.storage.as_ref();
+        let index = &self.inner.index;
+        let mut rep = VerifyReport::default();
+        let (on_disk, odd) = list_packs(storage)?;
+        rep.problems.extend(odd);
+        rep.packs = on_disk.len() as u64;
+
+        // Packs: open (header, trailer, table checksum) and, if sampled,
+        // hash the file and re-hash every chunk.
+        let mut readers: BTreeMap<PackId, Arc<PackReader>> = BTreeMap::new();
+        let total = on_disk.len() as u64;
+        for (n, (id, rel)) in on_disk.iter().enumerate() {
+            progress(n as u64, total);
+            let reader = match PackReader::open(storage, *id) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    rep.problem(format!("pack {id}"), e.to_string());
+                    continue;
+                }
+            };
+            if opts.read_data && sampled(id, opts.sample_percent) {
+                rep.packs_read += 1;
+                match check_pack_name(storage, id, rel)
+                    .or_else(|_| check_pack_name(storage, id, rel))
+                {
+                    Ok(len) => rep.bytes_read += len,
+                    Err(detail) => rep.problem(format!("pack {id}"), detail),
+                }
+                for i in 0..reader.chunk_count() {
+                    let entry = match reader.entry(i) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            rep.problem(format!("pack {id}"), e.to_string());
+                            continue;
+                        }
+                    };
+                    rep.chunks_read += 1;
+                    if let Err(first) = reader.read_chunk(i, &entry.id) {
+                        // Retry through a fresh open to rule out a transient read error.
+                        let again =
+                            PackReader::open(storage, *id).and_then(|r| r.read_chunk(i, &entry.id));
+                        let p = Problem {
+                            object: format!("chunk {}", entry.id),
+                            detail: first.to_string(),
+                        };
+                        match again {
+                            Ok(_) => rep.transient.push(p),
+                            Err(_) => rep.problems.push(p),
+                        }
+                    }
+                }
+            }
+            readers.insert(*id, reader);
+        }
+        progress(total, total);
+
+        // Index → packs.
+        let mut indexed_packs = HashSet::new();
+        for item in index.packs() {
+            let (id, info) = item?;
+            indexed_packs.insert(id);
+            if !on_disk.iter().any(|(p, _)| *p == id) {
+                rep.problem(
+                    format!("pack {id}"),
+                    "named by the index but missing on disk",
+                );
+            } else if let Some(r) = readers.get(&id) {
+                if r.chunk_count() != info.chunk_count {
+                    rep.problem(
+                        format!("pack {id}"),
+                        format!(
+                            "index says {} chunks, pack has {}",
+                            info.chunk_count,
+                            r.chunk_count()
+                        ),
+                    );
+                }
+            }
+        }
+        for (id, _) in &on_disk {
+            if !indexed_packs.contains(id) {
+                rep.orphan_packs.push(*id);
+            }
+        }
+
+        // Chunk entries → positions in sealed packs.
+        for item in index.chunks() {
+            let loc = item?;
+            rep.chunks += 1;
+            let obj = || format!("chunk {}", loc.entry.id);
+            match readers.get(&loc.pack) {
+                None if indexed_packs.contains(&loc.pack) => {} // reported with its pack
+                None => rep.problem(
+                    obj(),
+                    format!("index names pack {} which is not in the index", loc.pack),
+                ),
+                Some(r) => match r.entry(loc.index) {
+                    Ok(e) if e == loc.entry => {}
+                    Ok(_) => rep.problem(
+                        obj(),
+                        format!(
+                            "index entry disagrees with pack {} table entry {}",
+                            loc.pack, loc.index
+                        ),
+                    ),
+                    Err(e) => rep.problem(obj(), e.to_string()),
+                },
+            }
+        }
+
+        // Recipes.
+        for item in index.files() {
+            let (file, bytes) = item?;
+            rep.files += 1;
+            let obj = format!("file {file}");
+            let recipe = match Recipe::decode(file, &bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    rep.problem(
+                        obj,
+                        format!(
+                            "index copy of recipe: {}",
+                            crate::store::recipe_error(file, e)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            match storage.read(&recipe_path(&file)) {
+                Ok(b) if b[..] == bytes[..] => {}
+                Ok(_) => rep.problem(obj.clone(), "recipe file differs from the index copy"),
+                Err(e) => rep.problem(obj.clone(), format!("recipe file unreadable: {e}")),
+            }
+            let mut next = 0usize;
+            for t in &recipe.terms {
+                let Some(r) = readers.get(&t.pack) else {
+                    rep.problem(
+                        obj.clone(),
+                        format!("term names pack {} which is missing or damaged", t.pack),
+                    );
+                    next += t.chunk_count as usize;
+                    continue;
+                };
+                for k in 0..t.chunk_count {
+                    let expect = recipe.chunks.get(next).map(|c| c.0);
+                    next += 1;
+                    match (r.entry(t.first_chunk.saturating_add(k)), expect) {
+                        (Ok(e), Some(id)) if e.id == id => {}
+                        (Ok(e), Some(id)) => rep.problem(
+                            obj.clone(),
+                            format!(
+                                "expects chunk {id} at pack {} index {}, pack holds {}",
+                                t.pack,
+                                t.first_chunk + k,
+                                e.id
+                            ),
+                        ),
+                        (Err(e), _) => rep.problem(obj.clone(), e.to_string()),
+                        (Ok(_), None) => rep.problem(obj.clone(), "terms run past the chunk list"),
+                    }
+                }
+            }
+        }
+
+        // Refs.
+        for (name, file) in self.list_refs("")? {
+            rep.refs += 1;
+            if !index.has_file(&file)? {
+                rep.problem(
+                    format!("ref {name}"),
+                    format!("names file {file}, which is not stored"),
+                );
+            }
+            match self.read_ref_file(&name) {
+                Ok(Some(f)) if f == file => {}
+                Ok(_) => rep.problem(
+                    format!("ref {name}"),
+                    "ref file missing or names another file",
+                ),
+                Err(e) => rep.problem(format!("ref {name}"), e.to_string()),
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Rebuilds the whole index from the packs, recipe files and ref files
+    /// alone. The current index directory (if any) is deleted first. Damaged
+    /// packs, recipes and refs are reported by name; everything else is
+    /// recovered. Chunks are indexed only after their data re-hashes to
+    /// their id.
+    pub fn repair_index(root: impl AsRef<Path>, opts: StoreOptions) -> Result<RepairReport> {
+        let root = root.as_ref();
+        let index_dir = root.join("index");
+        {
+            // Checks the config and holds the store lock while the old
+            // index is deleted.
+            let _lock = match std::fs::read(root.join(crate::store::CONFIG_FILE)) {
+                Ok(_) => crate::store::lock_store(root)?,
+                Err(_) => {
+                    return Err(Error::StoreNotFound {
+                        path: root.to_path_buf(),
+                    })
+                }
+            };
+            if index_dir.exists() {
+                std::fs::remove_dir_all(&index_dir)
+                    .map_err(|e| Error::io("remove index", &index_dir, e))?;
+            }
+        }
+        let store = Store::open(
+            root,
+            StoreOptions {
+                create: false,
+                allow_missing_index: true,
+                ..opts
+            },
+        )?;
+        store.rebuild_index()
+    }
+
+    fn rebuild_index(&self) -> Result<RepairReport> {
+        let storage = self.inner.storage.as_ref();
+        let index: &Index = &self.inner.index;
+        let mut rep = RepairReport::default();
+        let (packs, odd) = list_packs(storage)?;
+        rep.problems.extend(odd);
+        for (id, rel) in packs {
+            let reader = match PackReader::open(storage, id) {
+                Ok(r) => r,
+                Err(e) => {
+                    rep.problems.push(Problem {
+                        object: format!("pack {id}"),
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if let Err(detail) = check_pack_name(storage, &id, &rel) {
+                // Index its intact chunks anyway: each is verified below.
+                rep.problems.push(Problem {
+                    object: format!("pack {id}"),
+                    detail,
+                });
+            }
+            let mut good: Vec<(u32, ChunkEntry)> = Vec::new();
+            let mut raw = 0u64;
+            for i in 0..reader.chunk_count() {
+                let verified = reader
+                    .entry(i)
+                    .and_then(|e| reader.read_chunk(i, &e.id).map(|_| e));
+                match verified {
+                    Ok(e) => {
+                        raw += u64::from(e.raw_len);
+                        good.push((i, e));
+                    }
+                    Err(e) => rep.problems.push(Problem {
+                        object: format!("pack {id} chunk {i}"),
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+            let size = storage.open_read(&rel).map(|h| h.len()).unwrap_or(0);
+            let info = PackInfo {
+                size,
+                chunk_count: reader.chunk_count(),
+                raw_bytes: raw,
+            };
+            index.add_pack_chunks(id, info, &good)?;
+            rep.packs += 1;
+            rep.chunks += good.len() as u64;
+        }
+        for dir in list(storage, "recipes")? {
+            let d = format!("recipes/{dir}");
+            for name in list(storage, &d)? {
+                let rel = format!("{d}/{name}");
+                let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
+                    rep.problems.push(Problem {
+                        object: rel,
+                        detail: "unexpected file in recipes/".into(),
+                    });
+                    continue;
+                };
+                let bytes = match storage.read(&rel) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        rep.problems.push(Problem {
+                            object: format!("file {file}"),
+                            detail: format!("recipe file unreadable: {e}"),
+                        });
+                        continue;
+                    }
+                };
+                match Recipe::decode(file, &bytes) {
+                    Ok(r) => {
+                        let missing = r
+                            .chunks
+                            .iter()
+                            .filter(|(c, _)| !matches!(index.chunk(c), Ok(Some(_))))
+                            .count();
+                        if missing > 0 {
+                            rep.problems.push(Problem {
+                                object: format!("file {file}"),
+                                detail: format!("{missing} of its chunks are missing or damaged; reads will fail there"),
+                            });
+                        }
+                        index.add_file(file, r.sha256, r.size, &bytes, &[])?;
+                        rep.files += 1;
+                    }
+                    Err(e) => rep.problems.push(Problem {
+                        object: format!("file {file}"),
+                        detail: crate::store::recipe_error(file, e).to_string(),
+                    }),
+                }
+            }
+        }
+        for dir in list(storage, "refs")? {
+            let d = format!("refs/{dir}");
+            for name in list(storage, &d)? {
+                let rel = format!("{d}/{name}");
+                match storage
+                    .read(&rel)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| decode_ref(&b))
+                {
+                    Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
+                        if index.has_file(&file)? {
+                            index.set_ref(&ref_name, file)?;
+                            rep.refs += 1;
+                        } else {
+                            rep.problems.push(Problem {
+                                object: format!("ref {ref_name}"),
+                                detail: format!("names file {file}, which could not be recovered"),
+                            });
+                        }
+                    }
+                    Ok(_) => rep.problems.push(Problem {
+                        object: rel,
+                        detail: "ref file stored under the wrong name".into(),
+                    }),
+                    Err(detail) => rep.problems.push(Problem {
+                        object: rel,
+                        detail: format!("ref file: {detail}"),
+                    }),
+                }
+            }
+        }
+        index.flush()?;
+        Ok(rep)
+    }
+}

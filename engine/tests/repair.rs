@@ -1,0 +1,218 @@
+//! `verify` and `repair index`: a clean store verifies clean; damage is found
+//! and named; a deleted index is rebuilt from packs, recipes and refs alone.
+
+mod common;
+
+use common::{noise, pack_files};
+use tessera::check::VerifyOptions;
+use tessera::{Error, FileId, Store, StoreOptions};
+
+fn small_packs() -> StoreOptions {
+    StoreOptions {
+        create: true,
+        pack_target_bytes: 1 << 20,
+        ..Default::default()
+    }
+}
+
+/// A store with several files over several packs and refs; returns the files.
+fn populate(dir: &std::path::Path) -> Vec<(FileId, Vec<u8>, String)> {
+    let store = Store::open(dir, small_packs()).expect("open");
+    let mut out = Vec::new();
+    for (i, n) in [0usize, 1, 300_000, 3_000_000, 2_500_000]
+        .into_iter()
+        .enumerate()
+    {
+        let data = noise(n, 100 + i as u64);
+        let name = format!("org/m@v{i}:w.bin");
+        let rep = store.put_bytes(&data, &[&name]).expect("put");
+        out.push((rep.file_id, data, name));
+    }
+    // A second ref to the same file.
+    store.set_ref("org/fork@v1:w.bin", out[3].0).expect("ref");
+    store.delete_ref("org/m@v1:w.bin").expect("delete ref");
+    out[1].2 = String::new();
+    out
+}
+
+fn check_all(store: &Store, files: &[(FileId, Vec<u8>, String)]) {
+    for (id, data, name) in files {
+        let back = store.read(id).expect("open").read_all().expect("read");
+        assert!(back == *data, "file {id} differs");
+        if !name.is_empty() {
+            assert_eq!(store.resolve_ref(name).expect("ref"), *id);
+        }
+    }
+    assert_eq!(
+        store.resolve_ref("org/fork@v1:w.bin").expect("fork ref"),
+        files[3].0
+    );
+    assert!(store
+        .resolve_ref("org/m@v1:w.bin")
+        .expect_err("deleted")
+        .is_not_found());
+}
+
+#[test]
+fn clean_store_verifies_clean_with_and_without_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let store = Store::open(dir.path(), small_packs()).expect("reopen");
+    let rep = store.verify(VerifyOptions::default()).expect("verify");
+    assert!(rep.is_clean(), "{:?}", rep.problems);
+    assert_eq!(rep.packs as usize, pack_files(dir.path()).len());
+    assert_eq!(rep.packs_read, rep.packs);
+    assert_eq!(rep.chunks_read, rep.chunks);
+    assert_eq!(rep.files, 5);
+    assert_eq!(rep.refs, 5);
+    assert!(rep.orphan_packs.is_empty());
+    let quick = store
+        .verify(VerifyOptions {
+            sample_percent: 0.0,
+            read_data: true,
+        })
+        .expect("verify");
+    assert!(quick.is_clean());
+    assert_eq!(quick.packs_read, 0);
+    check_all(&store, &files);
+}
+
+#[test]
+fn repair_rebuilds_a_deleted_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let before = Store::open(dir.path(), small_packs())
+        .expect("open")
+        .stats()
+        .expect("stats");
+    std::fs::remove_dir_all(dir.path().join("index")).expect("delete index");
+    // Without repair, the store refuses to open rather than look empty.
+    match Store::open(dir.path(), small_packs()) {
+        Err(e @ Error::IndexMissing { .. }) => assert!(e.to_string().contains("repair index")),
+        other => panic!("expected IndexMissing, got {other:?}"),
+    }
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    assert_eq!(rep.files, 5);
+    assert_eq!(rep.refs, 5);
+    let store = Store::open(dir.path(), small_packs()).expect("open repaired");
+    let after = store.stats().expect("stats");
+    assert_eq!(
+        (
+            after.files,
+            after.refs,
+            after.chunks,
+            after.packs,
+            after.logical_bytes,
+            after.stored_bytes
+        ),
+        (
+            before.files,
+            before.refs,
+            before.chunks,
+            before.packs,
+            before.logical_bytes,
+            before.stored_bytes
+        )
+    );
+    check_all(&store, &files);
+    assert!(store
+        .verify(VerifyOptions::default())
+        .expect("verify")
+        .is_clean());
+    // The repaired store takes new writes and dedups against the old data.
+    let again = store.put_bytes(&files[3].1, &[]).expect("re-put");
+    assert_eq!(again.new_chunks, 0);
+}
+
+#[test]
+fn repair_replaces_a_garbage_index_and_reports_damaged_packs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    // Damage one pack's chunk data: find the pack holding file 4's first chunk.
+    let damaged_pack = {
+        let store = Store::open(dir.path(), small_packs()).expect("open");
+        store.layout(&files[4].0).expect("layout").recipe.terms[0].pack
+    };
+    let path = pack_files(dir.path())
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(&damaged_pack.to_hex()))
+        .expect("pack file");
+    let mut bytes = std::fs::read(&path).expect("read pack");
+    bytes[16 + 52 + 10] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("write pack");
+    // Replace the index with garbage.
+    let index = dir.path().join("index");
+    std::fs::remove_dir_all(&index).expect("rm");
+    std::fs::create_dir_all(&index).expect("mkdir");
+    std::fs::write(index.join("db"), noise(100_000, 1)).expect("garbage");
+    std::fs::write(index.join("conf"), b"garbage").expect("garbage");
+
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    let text = format!("{:?}", rep.problems);
+    assert!(text.contains(&damaged_pack.to_hex()), "{text}");
+    assert!(text.contains(&format!("file {}", files[4].0)), "{text}");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    // Everything not in the damaged pack is back.
+    for (id, data, _) in &files[..4] {
+        let info = store.info(id).expect("info");
+        if !info.packs.contains(&damaged_pack) {
+            assert!(store.read(id).expect("open").read_all().expect("read") == *data);
+        }
+    }
+    match store.read(&files[4].0).expect("open").read_all() {
+        Err(Error::ChunkCorrupt { pack, .. }) => assert_eq!(pack, damaged_pack),
+        other => panic!("expected ChunkCorrupt, got {:?}", other.map(|v| v.len())),
+    }
+    let v = store.verify(VerifyOptions::default()).expect("verify");
+    assert!(!v.is_clean());
+    assert!(v
+        .problems
+        .iter()
+        .any(|p| p.object == format!("pack {damaged_pack}")));
+}
+
+#[test]
+fn verify_names_missing_and_orphan_packs_and_open_clears_temp_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let packs = pack_files(dir.path());
+    // A missing pack: move one away. Then make it an orphan: rebuild the
+    // index without it and put it back.
+    let victim = packs.last().expect("a pack").clone();
+    let hidden = dir.path().join("hidden.pack");
+    std::fs::rename(&victim, &hidden).expect("hide pack");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let v = store.verify(VerifyOptions::default()).expect("verify");
+    let name = victim
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.object == format!("pack {name}") && p.detail.contains("missing")),
+        "{:?}",
+        v.problems
+    );
+    drop(store);
+    // Rebuild without the pack, then put it back: now it is an orphan.
+    Store::repair_index(dir.path(), small_packs()).expect("repair");
+    std::fs::rename(&hidden, &victim).expect("restore pack");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let v = store.verify(VerifyOptions::default()).expect("verify");
+    assert_eq!(v.orphan_packs.len(), 1);
+    assert_eq!(v.orphan_packs[0].to_hex(), name);
+    // A leftover temp file is removed at open.
+    drop(store);
+    std::fs::write(dir.path().join("tmp/123-0.pack"), b"partial").expect("tmp");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+    drop((store, files));
+}
