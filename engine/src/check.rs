@@ -98,9 +98,12 @@ pub struct RepairReport {
     pub problems: Vec<Problem>,
 }
 
+/// Pack files found on disk: (pack id, relative path).
+type PackFiles = Vec<(PackId, String)>;
+
 /// All sealed pack files on disk: (pack id, relative path), plus problems
 /// for files in `packs/` that are not named like packs.
-fn list_packs(storage: &dyn Storage) -> Result<(Vec<(PackId, String)>, Vec<Problem>)> {
+fn list_packs(storage: &dyn Storage) -> Result<(PackFiles, Vec<Problem>)> {
     let mut out = Vec::new();
     let mut odd = Vec::new();
     for dir in list(storage, "packs")? {
