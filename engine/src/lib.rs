@@ -25,6 +25,7 @@ pub mod check;
 pub mod chunking;
 mod error;
 pub mod format;
+pub mod fuzzing;
 pub mod hash;
 pub mod index;
 mod mmap;
