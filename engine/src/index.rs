@@ -41,7 +41,7 @@ impl ChunkLocation {
         v
     }
 
-    fn decode(id: ChunkId, v: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(id: ChunkId, v: &[u8]) -> Option<Self> {
         if v.len() != CHUNK_VALUE_LEN {
             return None;
         }
@@ -85,7 +85,7 @@ impl PackInfo {
         v[12..20].copy_from_slice(&self.raw_bytes.to_le_bytes());
         v
     }
-    fn decode(v: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(v: &[u8]) -> Option<Self> {
         let mut c = Cursor::new(v);
         let info = PackInfo {
             size: c.u64()?,

@@ -96,19 +96,47 @@ fn bless() {
     let pack = std::fs::read(&walk("packs")[0]).expect("pack");
     write("headers", "seed-chunk-header", &pack[16..16 + 52]);
     write("headers", "seed-trailer", &pack[pack.len() - 56..]);
+    // Index values straight from sled.
+    drop(store);
+    let db = sled::Config::new()
+        .path(dir.path().join("index"))
+        .segment_size(tessera::index::SLED_SEGMENT_BYTES)
+        .open()
+        .expect("sled");
+    for (tree, name) in [
+        ("chunks", "seed-chunk-location"),
+        ("packs", "seed-pack-info"),
+    ] {
+        if let Some(Ok((_, v))) = db.open_tree(tree).expect("tree").iter().next() {
+            write("index_values", name, &v);
+        }
+    }
+    // A whole store: config, pack, recipe, ref, each with a u16 length prefix.
+    let mut whole = Vec::new();
+    let config = std::fs::read(dir.path().join("tessera.store")).expect("config");
+    let reff = std::fs::read(&walk("refs")[0]).expect("ref");
+    for part in [&config[..], &pack[..], &recipe[..], &reff[..]] {
+        whole.extend_from_slice(&(part.len() as u16).to_le_bytes());
+        whole.extend_from_slice(part);
+    }
+    write("store", "seed-store", &whole);
 }
 
-fn replay(target: &str, f: fn(&[u8])) {
+fn replay(target: &str, f: &dyn Fn(&[u8])) {
+    replay_with(target, f, 200, 500);
+}
+
+fn replay_with(target: &str, f: &dyn Fn(&[u8]), truncations: usize, flips: usize) {
     let seeds = files(&corpus_dir(target));
     assert!(!seeds.is_empty(), "fuzz/corpus/{target} has no seed files");
     let mut runs = 0usize;
     for seed in &seeds {
         f(seed);
-        for n in (0..seed.len()).step_by((seed.len() / 200).max(1)) {
+        for n in (0..seed.len()).step_by((seed.len() / truncations).max(1)) {
             f(&seed[..n]);
             runs += 1;
         }
-        let step = (seed.len() * 8 / 500).max(1);
+        let step = (seed.len() * 8 / flips).max(1);
         for bit in (0..seed.len() * 8).step_by(step) {
             let mut m = seed.clone();
             m[bit / 8] ^= 1 << (bit % 8);
@@ -124,7 +152,18 @@ fn fuzz_corpus_replays_without_panics() {
     if std::env::var_os("TESSERA_BLESS").is_some() {
         bless();
     }
-    replay("pack", fuzzing::pack);
-    replay("recipe", fuzzing::recipe);
-    replay("headers", fuzzing::headers);
+    replay("pack", &fuzzing::pack);
+    replay("recipe", &fuzzing::recipe);
+    replay("headers", &fuzzing::headers);
+    replay("index_values", &fuzzing::index_values);
+    // Each store input costs a directory and a sled database: fewer variants.
+    replay_with(
+        "store",
+        &|d: &[u8]| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fuzzing::store_files(dir.path(), d);
+        },
+        2,
+        6,
+    );
 }
