@@ -30,16 +30,22 @@ impl Rng {
     }
 }
 
-/// Source files built from a shared pool of blocks, so puts dedup.
-fn make_sources(dir: &Path, rng: &mut Rng, count: usize) -> Vec<PathBuf> {
-    let blocks: Vec<Vec<u8>> = (0..24)
+/// A pool of random blocks that source files are built from, so puts dedup.
+fn make_blocks(rng: &mut Rng) -> Vec<Vec<u8>> {
+    (0..24)
         .map(|_| {
             let mut b = vec![0u8; 256 * 1024];
             let mut r = tessera::synth::SplitMix64::new(rng.next());
             r.fill_bytes(&mut b);
             b
         })
-        .collect();
+        .collect()
+}
+
+/// `count` new source files in `dir`: pool blocks in random order, cut to a
+/// random length (so almost every file is distinct, and most chunks dedup).
+fn make_sources(dir: &Path, rng: &mut Rng, blocks: &[Vec<u8>], count: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).expect("mkdir");
     (0..count)
         .map(|i| {
             let mut data = Vec::new();
@@ -96,7 +102,8 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
     let mut rng = Rng(seed);
     let work = tempfile::tempdir().expect("tempdir");
     let store = work.path().join("store");
-    let sources = make_sources(work.path(), &mut rng, 16);
+    let blocks = make_blocks(&mut rng);
+    let sources = make_sources(&work.path().join("warm"), &mut rng, &blocks, 4);
 
     // Calibrate: how long does an uninterrupted put of 4 files take?
     let t = Instant::now();
@@ -124,6 +131,7 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
         );
     }
     let mut killed_mid_run = 0;
+    let mut acked_puts = acked.len();
     for k in 0..kills {
         let n = 1 + rng.below(5) as usize;
         let mut args: Vec<String> = vec![
@@ -132,12 +140,8 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
             "put".into(),
             "--json".into(),
         ];
-        for _ in 0..n {
-            args.push(
-                sources[rng.below(sources.len() as u64) as usize]
-                    .display()
-                    .to_string(),
-            );
+        for src in make_sources(&work.path().join(format!("k{k}")), &mut rng, &blocks, n) {
+            args.push(src.display().to_string());
         }
         let mut child = Command::new(BIN)
             .args(&args)
@@ -166,6 +170,7 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
                 continue;
             };
             acked.insert(id.to_string(), PathBuf::from(path));
+            acked_puts += 1;
             check_file(&store, id, Path::new(path));
         }
         // Reopening cleans tmp/; spot-check two earlier acknowledged files.
@@ -197,5 +202,8 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
-    println!("kill test: {kills} kills ({killed_mid_run} mid-run), {} acknowledged files intact, verify clean", acked.len());
+    println!(
+        "kill test: {kills} kills ({killed_mid_run} mid-run), {acked_puts} acknowledged puts of {} distinct files intact, verify clean",
+        acked.len()
+    );
 }
