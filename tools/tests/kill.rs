@@ -149,7 +149,7 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn put");
-        let delay = full.mul_f64(rng.below(1200) as f64 / 1000.0 * n as f64 / 4.0);
+        let delay = full.mul_f64(rng.below(900) as f64 / 1000.0 * n as f64 / 4.0);
         std::thread::sleep(delay);
         let finished = child.try_wait().expect("try_wait").is_some();
         let _ = child.kill(); // SIGKILL
