@@ -1082,11 +1082,16 @@ impl Ingest<'_> {
             let bytes = recipe.encode();
             let rel = recipe_path(&s.file);
             let mut new_bytes = s.new_bytes;
-            let exists = inner
-                .storage
-                .exists(&rel)
-                .map_err(|e| Error::io("stat", inner.root.join(&rel), e))?;
-            if !exists {
+            // The recipe file must say exactly what the index will say. A
+            // file left by an ingest that crashed before its index flush may
+            // name packs the index no longer knows (their chunks were then
+            // stored again elsewhere): replace it.
+            let current = match inner.storage.read(&rel) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io("read recipe", inner.root.join(&rel), e)),
+            };
+            if current.as_deref() != Some(&bytes[..]) {
                 let r = write_atomic(
                     inner.storage.as_ref(),
                     &inner.root,
