@@ -24,6 +24,7 @@
 pub mod check;
 pub mod chunking;
 mod error;
+pub mod fault;
 pub mod format;
 pub mod fuzzing;
 pub mod hash;
