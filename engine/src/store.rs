@@ -359,6 +359,18 @@ impl Store {
         storage
             .create_dir_all("tmp")
             .map_err(|e| io("create directory", "tmp", e))?;
+        // The top-level directories must be durable before the config is:
+        // otherwise a crash could keep the config but lose `tmp/` or `packs/`.
+        storage
+            .sync_dir("")
+            .map_err(|e| io("fsync directory", "", e))?;
+        // A creation that crashed may have left its temp config behind (we
+        // hold the store lock, so nobody else is creating this store).
+        match storage.remove_file("tmp/config.new") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove stale temp config", "tmp/config.new", e)),
+        }
         let config = StoreConfig {
             version: FORMAT_VERSION,
             chunking,
