@@ -1,0 +1,1401 @@
+//! Model-based crash tests over [`tessera::fault::FaultStorage`].
+//!
+//! Each seed runs a random sequence of puts (single and grouped), abandoned
+//! ingests, ref updates, ref deletions and reads against an in-memory model of
+//! what the store has acknowledged, fails the N-th storage operation (usually
+//! "sticky": every later operation fails too, i.e. the process died there),
+//! takes the crash image (power loss, power loss with part of the unsynced
+//! state written back, or kill -9), sometimes rolls the real sled index back
+//! to its copy taken right after the last acknowledged operation (sled losing
+//! unflushed writes), reopens, sometimes crashes again during recovery, and
+//! checks:
+//!
+//! * every acknowledged file reads back byte-identical, by id and through its
+//!   refs, and its recipe file (the durable copy) is there and names packs
+//!   that are there;
+//! * a file of the operation in flight is wholly readable and identical, or
+//!   "not found" — never other bytes or another error;
+//! * acknowledged refs are there (a ref of the operation in flight may have
+//!   either value), no ref appears from nowhere, and the ref files agree with
+//!   the index for every ref the crash did not touch;
+//! * `tmp/` is empty after reopening, and the index counters match the model.
+//!
+//! Environment:
+//! * `TESSERA_CRASH_SEED=<n>` runs only that seed (failures print theirs);
+//! * `TESSERA_CRASH_ITERS=<n>` runs seeds 1..=n plus one random seed
+//!   (default: a CI-sized run);
+//! * `TESSERA_CRASH_STRICT=1` also fails when, after a crash in the middle
+//!   of a ref update or put, a ref file disagrees with the index (see the
+//!   report printed at the end of a run);
+//! * `TESSERA_CRASH_VERBOSE=1` prints every operation.
+//!
+//! Long run: `TESSERA_CRASH_ITERS=10000 cargo test -p tessera --release
+//! --test crash -- --nocapture`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera::fault::{CrashMode, Fault, FaultStorage, OpKind};
+use tessera::format::Recipe;
+use tessera::hash::FileIdHasher;
+use tessera::pack::pack_path;
+use tessera::storage::Storage;
+use tessera::store::{recipe_path, ref_path};
+use tessera::{ChunkId, ChunkParams, Error, FileId, Store, StoreOptions};
+
+mod common;
+
+// ---------------------------------------------------------------- helpers
+
+const PARAMS: ChunkParams = ChunkParams {
+    min: 4096,
+    avg: 16384,
+    max: 65536,
+    normalization: 1,
+};
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        pack_target_bytes: 256 << 10,
+        chunking: Some(PARAMS),
+        create: true,
+        index_cache_bytes: 16 << 20,
+        ..Default::default()
+    }
+}
+
+const REF_NAMES: [&str; 8] = [
+    "acme/llm@v1:model.safetensors",
+    "acme/llm@v2:model.safetensors",
+    "acme/llm@main:config.json",
+    "r/a",
+    "r/b",
+    "base",
+    "x:y z",
+    "ünïcødé/ref",
+];
+
+/// splitmix64.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.below(den) < num
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// The file id the store must assign to `data` (the in-memory chunker is the
+/// reference the streaming one agrees with).
+fn expected_id(data: &[u8]) -> FileId {
+    let mut h = FileIdHasher::new();
+    for r in PARAMS.boundaries(data) {
+        h.push(&ChunkId::of(&data[r.clone()]), r.len() as u64);
+    }
+    h.finish()
+}
+
+/// A pool of blocks files are made of, so that files share chunks.
+struct Pool {
+    blocks: Vec<Vec<u8>>,
+}
+
+impl Pool {
+    fn new(rng: &mut Rng) -> Pool {
+        let blocks = (0..24)
+            .map(|_| {
+                let n = rng.range(1024, 96 * 1024) as usize;
+                match rng.below(10) {
+                    0 => vec![0u8; n],
+                    1 | 2 => {
+                        // Compressible: a small alphabet with some noise.
+                        (0..n)
+                            .map(|_| {
+                                if rng.chance(1, 16) {
+                                    rng.next() as u8
+                                } else {
+                                    b"abcdefgh \n"[rng.below(10) as usize]
+                                }
+                            })
+                            .collect()
+                    }
+                    _ => rng.bytes(n),
+                }
+            })
+            .collect();
+        Pool { blocks }
+    }
+
+    fn fresh(&self, rng: &mut Rng, target: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(target + 96 * 1024);
+        while out.len() < target {
+            let b = rng.pick(&self.blocks);
+            let start = rng.below(b.len() as u64 / 2) as usize;
+            let end = rng.range(start as u64 + 1, b.len() as u64) as usize;
+            out.extend_from_slice(&b[start..end]);
+            if rng.chance(1, 8) {
+                let n = rng.range(1, 300) as usize;
+                out.extend(rng.bytes(n));
+            }
+        }
+        out.truncate(target);
+        out
+    }
+
+    /// New content: fresh from the pool, a copy or an edit of a known file,
+    /// empty, or tiny.
+    fn file(&self, rng: &mut Rng, known: &[Arc<Vec<u8>>]) -> Vec<u8> {
+        match rng.below(20) {
+            0 => Vec::new(),
+            1 => {
+                let n = rng.range(1, 200) as usize;
+                rng.bytes(n)
+            }
+            2..=4 if !known.is_empty() => rng.pick(known).as_ref().clone(),
+            5..=8 if !known.is_empty() => {
+                let mut v = rng.pick(known).as_ref().clone();
+                for _ in 0..rng.range(1, 3) {
+                    let at = rng.below(v.len() as u64 + 1) as usize;
+                    let n = rng.range(1, 4096) as usize;
+                    match rng.below(3) {
+                        0 => {
+                            let end = (at + n).min(v.len());
+                            let patch = rng.bytes(end - at);
+                            v[at..end].copy_from_slice(&patch);
+                        }
+                        1 => {
+                            let ins = rng.bytes(n);
+                            v.splice(at..at, ins);
+                        }
+                        _ => {
+                            let end = (at + n).min(v.len());
+                            v.drain(at..end);
+                        }
+                    }
+                }
+                v.truncate(600 << 10);
+                v
+            }
+            _ => {
+                let target = rng.below((600 << 10) + 1) as usize;
+                self.fresh(rng, target)
+            }
+        }
+    }
+}
+
+/// Whether an error is what an injected storage failure may surface as.
+fn is_injected(e: &Error) -> bool {
+    match e {
+        Error::Poisoned(_) => true,
+        Error::Io { .. } => {
+            let mut cur: Option<&dyn std::error::Error> = Some(e);
+            while let Some(c) = cur {
+                if c.to_string().contains("injected fault") {
+                    return true;
+                }
+                cur = c.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+fn read_all(store: &Store, id: &FileId) -> tessera::Result<Vec<u8>> {
+    let mut r = store.read(id)?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(|e| Error::Io {
+        op: "read file",
+        path: PathBuf::from(id.to_hex()),
+        source: e,
+    })?;
+    Ok(out)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
+fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    copy_dir(from, to)
+}
+
+/// Times a reopen found sled's lock still held by the previous instance.
+static SLED_LOCK_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// Opens a store over `fs`. sled 0.34 releases its directory lock only when
+/// its background threads finish, which can be a moment after the previous
+/// `Store` (and its `sled::Db`) is dropped (spacejam/sled#1234, #1289), so a
+/// reopen in the same process can fail with "could not acquire lock". We
+/// hold the store's own flock, so nobody else can have sled open: retry that
+/// one error briefly and count it.
+fn open_store(root: &Path, fs: &FaultStorage) -> tessera::Result<Store> {
+    let mut tries = 0;
+    loop {
+        match Store::open_with(root.to_path_buf(), Arc::new(fs.clone()), opts()) {
+            Err(Error::Index(e)) if e.to_string().contains("could not acquire lock") && tries < 500 => {
+                tries += 1;
+                SLED_LOCK_RETRIES.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `store.verify(..).is_clean()` once `Store::verify` exists.
+fn verify_clean(store: &Store) -> Result<bool, String> {
+    // NOTE: `Store::verify(&self, VerifyOptions) -> Result<VerifyReport>` is
+    // being written in parallel and is not in this tree yet. Enable when
+    // merging:
+    //
+    // return store
+    //     .verify(tessera::store::VerifyOptions::default())
+    //     .map(|r| r.is_clean())
+    //     .map_err(|e| e.to_string());
+    let _ = store;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------- model
+
+#[derive(Default)]
+struct Model {
+    files: HashMap<FileId, Arc<Vec<u8>>>,
+    /// Acknowledged ids in acknowledgement order (deterministic picking).
+    order: Vec<FileId>,
+    refs: BTreeMap<String, FileId>,
+    /// Refs whose ref file disagrees with the index since a crash hit the
+    /// ref in flight (see `Report::ref_divergences`).
+    diverged: BTreeSet<String>,
+    /// Contents staged by ingests that were dropped without a commit.
+    abandoned: Vec<(FileId, Arc<Vec<u8>>)>,
+    /// Contents whose put a crash interrupted and lost: clients retry them.
+    lost: Vec<Arc<Vec<u8>>>,
+}
+
+impl Model {
+    fn ack_file(&mut self, id: FileId, data: &Arc<Vec<u8>>) {
+        if self.files.insert(id, data.clone()).is_none() {
+            self.order.push(id);
+        }
+    }
+    fn known(&self) -> Vec<Arc<Vec<u8>>> {
+        self.order.iter().map(|id| self.files[id].clone()).collect()
+    }
+    fn pick_file(&self, rng: &mut Rng) -> Option<FileId> {
+        (!self.order.is_empty()).then(|| *rng.pick(&self.order))
+    }
+}
+
+/// What the operation in flight at a crash may or may not have done.
+#[derive(Default, Debug)]
+struct InFlight {
+    desc: String,
+    files: Vec<(FileId, Arc<Vec<u8>>)>,
+    /// Allowed values of each ref it touches (the old one included).
+    refs: BTreeMap<String, BTreeSet<Option<FileId>>>,
+}
+
+impl InFlight {
+    fn new(desc: String) -> Self {
+        InFlight {
+            desc,
+            ..Default::default()
+        }
+    }
+    fn file(&mut self, id: FileId, data: &Arc<Vec<u8>>) {
+        self.files.push((id, data.clone()));
+    }
+    fn ref_may_be(&mut self, model: &Model, name: &str, v: Option<FileId>) {
+        self.refs
+            .entry(name.to_string())
+            .or_insert_with(|| [model.refs.get(name).copied()].into_iter().collect())
+            .insert(v);
+    }
+}
+
+/// Figures of a run.
+#[derive(Default, Debug)]
+struct Report {
+    seeds: u64,
+    ops: u64,
+    crashes: u64,
+    crashes_by_mode: BTreeMap<&'static str, u64>,
+    recovery_crashes: u64,
+    fired_by_kind: BTreeMap<String, u64>,
+    quiescent_crashes: u64,
+    sled_rollbacks: u64,
+    poisoned_checks: u64,
+    inflight_present: u64,
+    inflight_absent: u64,
+    /// Refs whose ref file and index entry disagree after a crash hit a ref
+    /// update in flight (the index answers one value, a rebuild from ref
+    /// files would answer the other).
+    ref_divergences: u64,
+    /// Acknowledged files whose recipe file names other packs than the index
+    /// copy of the recipe (a recipe file left by a crashed ingest was kept
+    /// when the file was ingested again).
+    recipe_divergences: u64,
+}
+
+// ---------------------------------------------------------------- world
+
+enum Outcome {
+    Mutated,
+    ReadOnly,
+}
+
+struct World<'r> {
+    seed: u64,
+    rng: Rng,
+    root: tempfile::TempDir,
+    snaps: tempfile::TempDir,
+    fs: FaultStorage,
+    store: Option<Store>,
+    model: Model,
+    pool: Pool,
+    /// Roll the index back to its last acknowledged copy at some crashes.
+    sled_mode: bool,
+    /// A fault set before reopening that has not fired yet: it belongs to
+    /// the next cycle's first operations.
+    carried_fault: bool,
+    trace: Vec<String>,
+    verbose: bool,
+    strict: bool,
+    report: &'r mut Report,
+}
+
+type StepErr = (Error, InFlight);
+
+impl World<'_> {
+    fn fail(&self, msg: impl std::fmt::Display) -> ! {
+        let tail: Vec<&String> = self.trace.iter().rev().take(40).collect();
+        let mut t = String::new();
+        for l in tail.into_iter().rev() {
+            t.push_str("    ");
+            t.push_str(l);
+            t.push('\n');
+        }
+        let log: Vec<String> = self
+            .fs
+            .log()
+            .iter()
+            .rev()
+            .take(12)
+            .map(|r| format!("    #{} {:?} {}{}", r.seq, r.kind, r.what, if r.failed { " FAILED" } else { "" }))
+            .collect();
+        panic!(
+            "crash test seed {seed} failed: {msg}\n  reproduce: TESSERA_CRASH_SEED={seed} cargo test -p tessera --test crash -- --nocapture\n  trace (last ops):\n{t}  storage ops (latest first):\n{}",
+            log.join("\n"),
+            seed = self.seed
+        );
+    }
+
+    fn note(&mut self, s: String) {
+        if self.verbose {
+            eprintln!("[{}] {s}", self.seed);
+        }
+        self.trace.push(s);
+    }
+
+    fn store(&self) -> Store {
+        match &self.store {
+            Some(s) => s.clone(),
+            None => self.fail("no open store"),
+        }
+    }
+
+    fn open(&self) -> tessera::Result<Store> {
+        open_store(self.root.path(), &self.fs)
+    }
+
+    fn snapshot_index(&self) {
+        if self.sled_mode {
+            let from = self.root.path().join("index");
+            let to = self.snaps.path().join("index");
+            if let Err(e) = replace_dir(&from, &to) {
+                self.fail(format!("copying the index: {e}"));
+            }
+        }
+    }
+
+    fn pick_refs(&mut self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for _ in 0..self.rng.below(3) {
+            let n = *self.rng.pick(&REF_NAMES);
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    fn new_content(&mut self) -> (FileId, Arc<Vec<u8>>) {
+        if !self.model.lost.is_empty() && self.rng.chance(1, 3) {
+            // Retry an upload a crash interrupted.
+            let i = self.rng.below(self.model.lost.len() as u64) as usize;
+            let data = self.model.lost.swap_remove(i);
+            return (expected_id(&data), data);
+        }
+        let known = self.model.known();
+        let data = self.pool.file(&mut self.rng, &known);
+        (expected_id(&data), Arc::new(data))
+    }
+
+    /// Runs one random operation. `Err` carries the failed operation's
+    /// possible effects.
+    fn step(&mut self) -> Result<Outcome, StepErr> {
+        let store = self.store();
+        match self.rng.below(100) {
+            0..=29 => {
+                let (id, data) = self.new_content();
+                let refs = self.pick_refs();
+                self.note(format!("put {} ({} bytes) refs {refs:?}", id, data.len()));
+                let mut inf = InFlight::new(format!("put {id}"));
+                inf.file(id, &data);
+                for r in &refs {
+                    inf.ref_may_be(&self.model, r, Some(id));
+                }
+                let was_known = self.model.files.contains_key(&id);
+                let rep = store.put(&data[..], &refs).map_err(|e| (e, inf))?;
+                if rep.file_id != id || rep.size != data.len() as u64 {
+                    self.fail(format!("put reported {rep:?} for {id}"));
+                }
+                if rep.new_file == was_known {
+                    self.fail(format!(
+                        "put of {id}: new_file={} but the model {} it",
+                        rep.new_file,
+                        if was_known { "has" } else { "lacks" }
+                    ));
+                }
+                self.model.ack_file(id, &data);
+                for r in refs {
+                    self.model.refs.insert(r.to_string(), id);
+                    self.model.diverged.remove(r);
+                }
+                Ok(Outcome::Mutated)
+            }
+            30..=44 => {
+                let n = self.rng.range(2, 3);
+                let mut staged = Vec::new();
+                let mut inf = InFlight::new("group ingest".into());
+                for _ in 0..n {
+                    let (id, data) = self.new_content();
+                    let refs = self.pick_refs();
+                    inf.file(id, &data);
+                    for r in &refs {
+                        inf.ref_may_be(&self.model, r, Some(id));
+                    }
+                    staged.push((id, data, refs));
+                }
+                let desc: Vec<String> = staged
+                    .iter()
+                    .map(|(id, d, r)| format!("{id} ({} bytes) refs {r:?}", d.len()))
+                    .collect();
+                self.note(format!("ingest+commit [{}]", desc.join(", ")));
+                let mut ing = store.ingest();
+                for (id, data, refs) in &staged {
+                    match ing.add(&data[..], refs, &mut |_| {}) {
+                        Ok(got) if got == *id => {}
+                        Ok(got) => self.fail(format!("ingest of {id} returned {got}")),
+                        Err(e) => return Err((e, inf)),
+                    }
+                }
+                let reports = ing.commit().map_err(|e| (e, inf))?;
+                let ids: Vec<FileId> = reports.iter().map(|r| r.file_id).collect();
+                let want: Vec<FileId> = staged.iter().map(|s| s.0).collect();
+                if ids != want {
+                    self.fail(format!("commit reported {ids:?}, staged {want:?}"));
+                }
+                for (id, data, refs) in staged {
+                    self.model.ack_file(id, &data);
+                    for r in refs {
+                        self.model.refs.insert(r.to_string(), id);
+                        self.model.diverged.remove(r);
+                    }
+                }
+                Ok(Outcome::Mutated)
+            }
+            45..=49 => {
+                // An ingest dropped without a commit: nothing is acknowledged.
+                let n = self.rng.range(1, 2);
+                let mut ing = store.ingest();
+                let mut added = Vec::new();
+                for _ in 0..n {
+                    let (id, data) = self.new_content();
+                    self.note(format!("abandoned ingest of {id} ({} bytes)", data.len()));
+                    let refs = self.pick_refs();
+                    match ing.add(&data[..], &refs, &mut |_| {}) {
+                        Ok(_) => added.push((id, data)),
+                        Err(e) => return Err((e, InFlight::new("abandoned ingest".into()))),
+                    }
+                }
+                drop(ing);
+                for (id, data) in added {
+                    if !self.model.files.contains_key(&id) {
+                        self.model.abandoned.push((id, data));
+                    }
+                }
+                Ok(Outcome::Mutated)
+            }
+            50..=64 => {
+                let name = *self.rng.pick(&REF_NAMES);
+                match self.model.pick_file(&mut self.rng) {
+                    Some(id) if !self.rng.chance(1, 10) => {
+                        self.note(format!("set_ref {name:?} -> {id}"));
+                        let mut inf = InFlight::new(format!("set_ref {name:?}"));
+                        inf.ref_may_be(&self.model, name, Some(id));
+                        store.set_ref(name, id).map_err(|e| (e, inf))?;
+                        self.model.refs.insert(name.to_string(), id);
+                        self.model.diverged.remove(name);
+                        Ok(Outcome::Mutated)
+                    }
+                    _ => {
+                        let bogus = FileId(ChunkId::of(&self.rng.next().to_le_bytes()).0);
+                        self.note(format!("set_ref {name:?} -> unknown {bogus}"));
+                        match store.set_ref(name, bogus) {
+                            Err(e) if e.is_not_found() => Ok(Outcome::ReadOnly),
+                            Err(e) => Err((e, InFlight::new("set_ref to unknown".into()))),
+                            Ok(()) => self.fail("set_ref to an unknown file succeeded"),
+                        }
+                    }
+                }
+            }
+            65..=74 => {
+                let name = *self.rng.pick(&REF_NAMES);
+                let had = self.model.refs.contains_key(name);
+                self.note(format!("delete_ref {name:?} (in model: {had})"));
+                let mut inf = InFlight::new(format!("delete_ref {name:?}"));
+                inf.ref_may_be(&self.model, name, None);
+                match store.delete_ref(name) {
+                    Ok(()) if had => {
+                        self.model.refs.remove(name);
+                        // The ref file is gone durably too, unless the
+                        // index lacked the ref (then it was not called).
+                        self.model.diverged.remove(name);
+                        Ok(Outcome::Mutated)
+                    }
+                    Ok(()) => self.fail(format!("deleting missing ref {name:?} succeeded")),
+                    Err(e) if e.is_not_found() && !had => Ok(Outcome::ReadOnly),
+                    Err(e) => Err((e, inf)),
+                }
+            }
+            _ => {
+                self.read_some(&store);
+                Ok(Outcome::ReadOnly)
+            }
+        }
+    }
+
+    /// Reads of acknowledged data, which must work at any time (also when
+    /// the store is poisoned or every write fails).
+    fn read_some(&mut self, store: &Store) {
+        let Some(id) = self.model.pick_file(&mut self.rng) else {
+            return;
+        };
+        let data = self.model.files[&id].clone();
+        match self.rng.below(3) {
+            0 => {
+                self.note(format!("read {id}"));
+                match read_all(store, &id) {
+                    Ok(got) if got == *data => {}
+                    Ok(got) => self.fail(format!("read of {id}: {} bytes differ from the model's {}", got.len(), data.len())),
+                    Err(e) => self.fail(format!("read of acknowledged {id}: {e}")),
+                }
+            }
+            1 => {
+                let off = self.rng.below(data.len() as u64 + 1);
+                let len = self.rng.below(data.len() as u64 - off + 1);
+                self.note(format!("read_range {id} {off}+{len}"));
+                match store.read_range(&id, off, len) {
+                    Ok(got) if got[..] == data[off as usize..(off + len) as usize] => {}
+                    Ok(_) => self.fail(format!("read_range of {id} returned other bytes")),
+                    Err(e) => self.fail(format!("read_range of acknowledged {id}: {e}")),
+                }
+            }
+            _ => {
+                let refs: Vec<(String, FileId)> =
+                    self.model.refs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                if refs.is_empty() {
+                    return;
+                }
+                let (name, want) = self.rng.pick(&refs).clone();
+                self.note(format!("resolve+read {name:?}"));
+                match store.resolve_ref(&name) {
+                    Ok(got) if got == want => {}
+                    Ok(got) => self.fail(format!("ref {name:?} resolves to {got}, model says {want}")),
+                    Err(e) => self.fail(format!("resolving acknowledged ref {name:?}: {e}")),
+                }
+                match read_all(store, &want) {
+                    Ok(got) if got == *self.model.files[&want] => {}
+                    Ok(_) => self.fail(format!("read via ref {name:?} returned other bytes")),
+                    Err(e) => self.fail(format!("read via ref {name:?}: {e}")),
+                }
+            }
+        }
+    }
+
+    fn pick_fault(&mut self) -> Fault {
+        let sticky = !self.rng.chance(1, 4);
+        if self.rng.chance(1, 2) {
+            let nth = if self.rng.chance(1, 3) {
+                self.rng.range(1, 10)
+            } else {
+                self.rng.range(1, 400)
+            };
+            Fault {
+                kind: None,
+                nth,
+                sticky,
+            }
+        } else {
+            let kinds = [
+                OpKind::Create,
+                OpKind::Write,
+                OpKind::Sync,
+                OpKind::Rename,
+                OpKind::SyncDir,
+                OpKind::Remove,
+            ];
+            let kind = *self.rng.pick(&kinds);
+            let nth = match kind {
+                OpKind::Write => self.rng.range(1, 120),
+                OpKind::Remove => self.rng.range(1, 3),
+                _ => self.rng.range(1, 12),
+            };
+            Fault {
+                kind: Some(kind),
+                nth,
+                sticky,
+            }
+        }
+    }
+
+    fn pick_mode(&mut self) -> CrashMode {
+        match self.rng.below(4) {
+            0 | 1 => CrashMode::PowerLoss,
+            2 => CrashMode::PowerLossPartial(self.rng.next()),
+            _ => CrashMode::ProcessKill,
+        }
+    }
+
+    /// After a non-sticky failure: writes are refused with `Poisoned`,
+    /// reads still work.
+    fn check_poisoned(&mut self) {
+        let store = self.store();
+        for _ in 0..self.rng.range(1, 4) {
+            self.report.poisoned_checks += 1;
+            let r = match self.rng.below(5) {
+                0 => {
+                    let (id, data) = self.new_content();
+                    self.note(format!("put {id} on poisoned store"));
+                    store.put(&data[..], &["r/a"]).map(|_| ())
+                }
+                1 => {
+                    // Content already stored: no I/O needed, still refused.
+                    let Some(id) = self.model.pick_file(&mut self.rng) else {
+                        continue;
+                    };
+                    let data = self.model.files[&id].clone();
+                    self.note(format!("re-put {id} on poisoned store"));
+                    store.put(&data[..], &[]).map(|_| ())
+                }
+                2 => {
+                    let Some(id) = self.model.pick_file(&mut self.rng) else {
+                        continue;
+                    };
+                    self.note(format!("set_ref on poisoned store -> {id}"));
+                    store.set_ref("r/b", id)
+                }
+                3 => {
+                    let name = self
+                        .model
+                        .refs
+                        .keys()
+                        .next()
+                        .cloned()
+                        .unwrap_or_else(|| "base".into());
+                    self.note(format!("delete_ref {name:?} on poisoned store"));
+                    store.delete_ref(&name)
+                }
+                _ => {
+                    self.read_some(&store);
+                    continue;
+                }
+            };
+            match r {
+                Err(Error::Poisoned(_)) => {}
+                Err(e) => self.fail(format!("write on a poisoned store failed with {e} instead of Poisoned")),
+                Ok(()) => self.fail("write on a poisoned store succeeded"),
+            }
+        }
+    }
+
+    /// One cycle: operations with a fault armed, then a crash and recovery.
+    fn cycle(&mut self) {
+        let fault = if self.carried_fault {
+            self.carried_fault = false;
+            None
+        } else {
+            let f = self.pick_fault();
+            self.fs.inject(f);
+            Some(f)
+        };
+        self.note(format!("arm {fault:?}"));
+        self.fs.start_log();
+        let failures_before = self.fs.failures();
+        let max_ops = self.rng.range(1, 25);
+        let mut inflight = InFlight::default();
+        let mut failed = false;
+        for _ in 0..max_ops {
+            self.report.ops += 1;
+            match self.step() {
+                Ok(Outcome::Mutated) => self.snapshot_index(),
+                Ok(Outcome::ReadOnly) => {}
+                Err((e, inf)) => {
+                    if !is_injected(&e) || self.fs.failures() == failures_before {
+                        self.fail(format!("{} failed with an error no fault explains: {e}", inf.desc));
+                    }
+                    self.note(format!("  -> failed: {e}"));
+                    inflight = inf;
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let fired = self.fs.failures() > failures_before;
+        if fired && !failed {
+            self.fail("an injected storage failure was not reported by any operation");
+        }
+        if let Some(r) = self.fs.log().iter().find(|r| r.failed) {
+            *self.report.fired_by_kind.entry(format!("{:?}", r.kind)).or_default() += 1;
+        }
+        if failed && !self.fs.is_dead() {
+            // The fault fired once and later operations succeed: the store
+            // must refuse writes by itself.
+            self.check_poisoned();
+        }
+        if !fired {
+            self.report.quiescent_crashes += 1;
+        }
+        self.fs.clear_fault();
+        self.crash_and_recover(inflight);
+    }
+
+    fn crash_and_recover(&mut self, inflight: InFlight) {
+        self.store = None;
+        let mode = self.pick_mode();
+        self.report.crashes += 1;
+        *self.report.crashes_by_mode.entry(mode_name(mode)).or_default() += 1;
+        self.note(format!("crash: {mode:?} (in flight: {})", inflight.desc));
+        self.fs = self.fs.crash_with(mode);
+        if self.sled_mode && self.rng.chance(1, 2) {
+            self.report.sled_rollbacks += 1;
+            self.note("index rolled back to its copy at the last acknowledgement".into());
+            if let Err(e) = replace_dir(&self.snaps.path().join("index"), &self.root.path().join("index")) {
+                self.fail(format!("restoring the index copy: {e}"));
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            let rec_fault = attempts < 2 && self.rng.chance(1, 4);
+            if rec_fault {
+                let f = Fault {
+                    kind: None,
+                    nth: self.rng.range(1, 6),
+                    sticky: true,
+                };
+                self.note(format!("arm recovery {f:?}"));
+                self.fs.inject(f);
+            }
+            self.fs.start_log();
+            match self.open() {
+                Ok(s) => {
+                    self.store = Some(s);
+                    break;
+                }
+                Err(e) if rec_fault && is_injected(&e) && self.fs.failures() > 0 => {
+                    let mode = self.pick_mode();
+                    self.note(format!("reopen failed ({e}); crash again: {mode:?}"));
+                    self.report.recovery_crashes += 1;
+                    self.report.crashes += 1;
+                    *self.report.crashes_by_mode.entry(mode_name(mode)).or_default() += 1;
+                    self.fs = self.fs.crash_with(mode);
+                    attempts += 1;
+                }
+                Err(e) => self.fail(format!("reopen after crash failed: {e}")),
+            }
+        }
+        self.carried_fault = self.fs.fault_pending();
+        self.check_recovered(&inflight);
+        self.resolve(inflight);
+        if let Err(e) = self.store().flush() {
+            self.fail(format!("flush after recovery: {e}"));
+        }
+        self.snapshot_index();
+    }
+
+    fn check_recipe_file(&mut self, store: &Store, id: &FileId) {
+        let rel = recipe_path(id);
+        let bytes = match self.fs.read(&rel) {
+            Ok(b) => b,
+            Err(e) => self.fail(format!("recipe file of {id} ({rel}): {e}")),
+        };
+        let on_disk = match Recipe::decode(*id, &bytes) {
+            Ok(r) => r,
+            Err(e) => self.fail(format!("recipe file of {id} does not decode: {e:?}")),
+        };
+        for t in &on_disk.terms {
+            if !self.fs.exists(&pack_path(&t.pack)).unwrap_or(false) {
+                self.fail(format!("recipe file of {id} names pack {} which is not on disk", t.pack));
+            }
+        }
+        match store.layout(id) {
+            Ok(l) if l.recipe == on_disk => {}
+            Ok(l) if l.recipe.chunks == on_disk.chunks => self.report.recipe_divergences += 1,
+            Ok(_) => self.fail(format!("recipe file of {id} lists other chunks than the index")),
+            Err(e) => self.fail(format!("layout of {id}: {e}")),
+        }
+    }
+
+    fn check_recovered(&mut self, inflight: &InFlight) {
+        let store = self.store();
+        match self.fs.list_dir("tmp") {
+            Ok(l) if l.is_empty() => {}
+            Ok(l) => self.fail(format!("tmp/ not empty after reopen: {l:?}")),
+            Err(e) => self.fail(format!("listing tmp/: {e}")),
+        }
+        // Acknowledged files.
+        for id in self.model.order.clone() {
+            let data = self.model.files[&id].clone();
+            match read_all(&store, &id) {
+                Ok(got) if got == *data => {}
+                Ok(got) => self.fail(format!(
+                    "acknowledged {id} reads back {} bytes that differ from its {}",
+                    got.len(),
+                    data.len()
+                )),
+                Err(e) => self.fail(format!("acknowledged {id} unreadable after crash: {e}")),
+            }
+            if !data.is_empty() {
+                let off = self.rng.below(data.len() as u64);
+                let len = self.rng.range(1, data.len() as u64 - off);
+                match store.read_range(&id, off, len) {
+                    Ok(got) if got[..] == data[off as usize..(off + len) as usize] => {}
+                    Ok(_) => self.fail(format!("read_range of acknowledged {id} differs")),
+                    Err(e) => self.fail(format!("read_range of acknowledged {id}: {e}")),
+                }
+            }
+            self.check_recipe_file(&store, &id);
+        }
+        // Files of the operation in flight: all or nothing.
+        for (id, data) in &inflight.files {
+            match read_all(&store, id) {
+                Ok(got) if got == **data => {
+                    self.report.inflight_present += 1;
+                    self.check_recipe_file(&store, id);
+                }
+                Ok(got) => self.fail(format!(
+                    "in-flight {id} reads back {} other bytes (want {})",
+                    got.len(),
+                    data.len()
+                )),
+                Err(e) if e.is_not_found() && !self.model.files.contains_key(id) => {
+                    self.report.inflight_absent += 1
+                }
+                Err(e) => self.fail(format!("in-flight {id}: {e} (must be readable or not found)")),
+            }
+        }
+        // Never-committed files stay unknown.
+        for (id, _) in &self.model.abandoned {
+            if self.model.files.contains_key(id) || inflight.files.iter().any(|f| f.0 == *id) {
+                continue;
+            }
+            match store.contains(id) {
+                Ok(false) => {}
+                Ok(true) => self.fail(format!("{id} was never committed but the store has it")),
+                Err(e) => self.fail(format!("contains({id}): {e}")),
+            }
+        }
+        // Refs.
+        let listed: BTreeMap<String, FileId> = match store.list_refs("") {
+            Ok(l) => l.into_iter().collect(),
+            Err(e) => self.fail(format!("list_refs: {e}")),
+        };
+        for name in listed.keys() {
+            if !REF_NAMES.contains(&name.as_str()) {
+                self.fail(format!("unknown ref {name:?} appeared"));
+            }
+        }
+        for name in REF_NAMES {
+            let idx = listed.get(name).copied();
+            let allowed: BTreeSet<Option<FileId>> = match inflight.refs.get(name) {
+                Some(a) => a.clone(),
+                None => [self.model.refs.get(name).copied()].into_iter().collect(),
+            };
+            if !allowed.contains(&idx) {
+                self.fail(format!("ref {name:?} is {idx:?} after the crash; allowed: {allowed:?}"));
+            }
+            match (store.resolve_ref(name), idx) {
+                (Ok(got), Some(want)) if got == want => {}
+                (Err(e), None) if e.is_not_found() => {}
+                (r, _) => self.fail(format!("resolve_ref({name:?}) = {r:?}, list_refs says {idx:?}")),
+            }
+            if let Some(target) = idx {
+                let want = self
+                    .model
+                    .files
+                    .get(&target)
+                    .cloned()
+                    .or_else(|| inflight.files.iter().find(|f| f.0 == target).map(|f| f.1.clone()));
+                match (want, read_all(&store, &target)) {
+                    (Some(w), Ok(got)) if got == *w => {}
+                    (w, r) => self.fail(format!(
+                        "ref {name:?} names {target}, which is not readable as expected (known: {}, read: {:?})",
+                        w.is_some(),
+                        r.map(|g| g.len())
+                    )),
+                }
+            }
+            let file = match store.read_ref_file(name) {
+                Ok(f) => f,
+                Err(e) => self.fail(format!("reading ref file of {name:?} ({}): {e}", ref_path(name))),
+            };
+            if file != idx {
+                if inflight.refs.contains_key(name) || self.model.diverged.contains(name) {
+                    self.report.ref_divergences += 1;
+                    if self.strict {
+                        self.fail(format!("ref file of {name:?} says {file:?}, the index {idx:?}"));
+                    }
+                } else {
+                    self.fail(format!(
+                        "ref file of acknowledged ref {name:?} says {file:?}, the index {idx:?}"
+                    ));
+                }
+            }
+        }
+        match verify_clean(&store) {
+            Ok(true) => {}
+            Ok(false) => self.fail("verify reports problems after recovery"),
+            Err(e) => self.fail(format!("verify failed: {e}")),
+        }
+    }
+
+    /// Folds what the crash kept of the operation in flight into the model.
+    fn resolve(&mut self, inflight: InFlight) {
+        let store = self.store();
+        for (id, data) in &inflight.files {
+            if store.contains(id).unwrap_or(false) {
+                self.model.ack_file(*id, data);
+            } else {
+                self.model.lost.push(data.clone());
+            }
+        }
+        for name in inflight.refs.keys().chain(self.model.diverged.clone().iter()) {
+            match store.resolve_ref(name) {
+                Ok(id) => {
+                    self.model.refs.insert(name.clone(), id);
+                }
+                Err(_) => {
+                    self.model.refs.remove(name);
+                }
+            }
+            let idx = self.model.refs.get(name).copied();
+            if store.read_ref_file(name).ok().flatten() == idx {
+                self.model.diverged.remove(name);
+            } else {
+                self.model.diverged.insert(name.clone());
+            }
+        }
+        let files = &self.model.files;
+        self.model.abandoned.retain(|(id, _)| !files.contains_key(id));
+        match store.stats() {
+            Ok(s) if s.files == self.model.files.len() as u64 && s.refs == self.model.refs.len() as u64 => {}
+            Ok(s) => self.fail(format!(
+                "index counters say {} files and {} refs, the model {} and {}",
+                s.files,
+                s.refs,
+                self.model.files.len(),
+                self.model.refs.len()
+            )),
+            Err(e) => self.fail(format!("stats: {e}")),
+        }
+    }
+}
+
+fn mode_name(m: CrashMode) -> &'static str {
+    match m {
+        CrashMode::PowerLoss => "power loss",
+        CrashMode::PowerLossPartial(_) => "partial power loss",
+        CrashMode::ProcessKill => "kill -9",
+    }
+}
+
+fn run_seed(seed: u64, report: &mut Report) {
+    let mut rng = Rng(seed);
+    let root = tempfile::tempdir().expect("tempdir");
+    let snaps = tempfile::tempdir().expect("tempdir");
+    let fs = FaultStorage::new(root.path());
+    let pool = Pool::new(&mut rng);
+    let sled_mode = rng.chance(1, 3);
+    let mut w = World {
+        seed,
+        rng,
+        root,
+        snaps,
+        fs,
+        store: None,
+        model: Model::default(),
+        pool,
+        sled_mode,
+        carried_fault: false,
+        trace: Vec::new(),
+        verbose: std::env::var_os("TESSERA_CRASH_VERBOSE").is_some(),
+        strict: std::env::var_os("TESSERA_CRASH_STRICT").is_some(),
+        report,
+    };
+    match w.open() {
+        Ok(s) => w.store = Some(s),
+        Err(e) => w.fail(format!("creating the store: {e}")),
+    }
+    w.snapshot_index();
+    // A few acknowledged operations before the first fault.
+    for _ in 0..w.rng.below(4) {
+        match w.step() {
+            Ok(_) => w.snapshot_index(),
+            Err((e, _)) => w.fail(format!("operation without a fault failed: {e}")),
+        }
+    }
+    let cycles = w.rng.range(1, 3);
+    for _ in 0..cycles {
+        w.cycle();
+    }
+    w.report.seeds += 1;
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.parse() {
+        Ok(n) => Some(n),
+        Err(_) => panic!("{name}={v:?} is not a number"),
+    }
+}
+
+/// CI-sized by default; see the module docs for the environment variables.
+#[test]
+fn random_crashes_lose_nothing_acknowledged() {
+    let start = Instant::now();
+    let mut report = Report::default();
+    if let Some(seed) = env_u64("TESSERA_CRASH_SEED") {
+        run_seed(seed, &mut report);
+    } else {
+        let iters = env_u64("TESSERA_CRASH_ITERS").unwrap_or(200);
+        for seed in 1..=iters {
+            run_seed(seed, &mut report);
+        }
+        let random = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            | (1 << 63);
+        run_seed(random, &mut report);
+    }
+    eprintln!(
+        "crash test: {} seeds, {} operations, {} crash points ({} during recovery, {} with nothing in flight) in {:.1?}; sled lock retries {}\n  {report:#?}",
+        report.seeds,
+        report.ops,
+        report.crashes,
+        report.recovery_crashes,
+        report.quiescent_crashes,
+        start.elapsed(),
+        SLED_LOCK_RETRIES.load(Ordering::Relaxed)
+    );
+}
+
+// ---------------------------------------------------------------- creation
+
+/// A crash at any storage operation of store creation leaves a directory
+/// that `open` with `create: true` turns into a working store.
+#[test]
+fn crash_during_store_creation_is_recoverable() {
+    // The operations creation performs.
+    let probe = tempfile::tempdir().expect("tempdir");
+    let fs = FaultStorage::new(probe.path());
+    fs.start_log();
+    open_store(probe.path(), &fs).expect("create");
+    let log = fs.log();
+    let dirs = log.iter().filter(|r| r.kind == OpKind::CreateDir).count();
+    // Every operation except the bulk of the fan-out mkdirs.
+    let points: Vec<u64> = log
+        .iter()
+        .filter(|r| r.kind != OpKind::CreateDir || r.seq <= 3 || r.seq + 3 >= dirs as u64)
+        .map(|r| r.seq)
+        .collect();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for &nth in &points {
+        for mode in [
+            CrashMode::PowerLoss,
+            CrashMode::PowerLossPartial(nth),
+            CrashMode::PowerLossPartial(nth + 1000),
+            CrashMode::ProcessKill,
+        ] {
+            runs += 1;
+            let what = format!("{:?} #{nth} ({}), {mode:?}", log[nth as usize - 1].kind, log[nth as usize - 1].what);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().to_path_buf();
+            let fs = FaultStorage::new(&root);
+            fs.inject(Fault {
+                kind: None,
+                nth,
+                sticky: true,
+            });
+            match open_store(&root, &fs) {
+                Err(e) if is_injected(&e) => {}
+                Err(e) => {
+                    failures.push(format!("{what}: creation failed with {e}"));
+                    continue;
+                }
+                Ok(_) => {
+                    failures.push(format!("{what}: creation succeeded despite the failure"));
+                    continue;
+                }
+            }
+            let image = fs.crash_with(mode);
+            let store = match open_store(&root, &image) {
+                Ok(s) => s,
+                Err(e) => {
+                    failures.push(format!("{what}: reopening with create=true failed: {e}"));
+                    continue;
+                }
+            };
+            let data = common::noise(100_000, nth);
+            let id = match store.put(&data[..], &["r"]) {
+                Ok(r) => r.file_id,
+                Err(e) => {
+                    failures.push(format!("{what}: put after recovery failed: {e}"));
+                    continue;
+                }
+            };
+            drop(store);
+            let image = image.crash();
+            match open_store(&root, &image) {
+                Ok(s) => match (s.resolve_ref("r"), read_all(&s, &id)) {
+                    (Ok(got), Ok(bytes)) if got == id && bytes == data => {}
+                    (r, b) => failures.push(format!(
+                        "{what}: after a second crash, ref {r:?}, read {:?}",
+                        b.map(|b| b.len())
+                    )),
+                },
+                Err(e) => failures.push(format!("{what}: reopening after a second crash failed: {e}")),
+            }
+        }
+    }
+    eprintln!("store creation: {runs} crash points");
+    assert!(failures.is_empty(), "{} of {runs} crash points during store creation fail:\n  {}", failures.len(), failures.join("\n  "));
+}
+
+// ---------------------------------------------------------------- poisoning
+
+const POISON_REFS: [&str; 3] = ["keep/a", "keep/b", "gone"];
+
+/// A store with three acknowledged files and refs, on a storage that has
+/// not failed yet.
+fn poison_fixture() -> (tempfile::TempDir, FaultStorage, Store, Vec<(FileId, Vec<u8>)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultStorage::new(dir.path());
+    let store = open_store(dir.path(), &fs).expect("create");
+    let mut files = Vec::new();
+    for (i, r) in POISON_REFS.iter().enumerate() {
+        let data = common::noise(50_000 + 30_000 * i, 100 + i as u64);
+        let id = store.put(&data[..], &[r]).expect("put").file_id;
+        files.push((id, data));
+    }
+    (dir, fs, store, files)
+}
+
+/// The write operations the poisoning test fails in the middle of.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Put,
+    PutKnownWithRef,
+    GroupCommit,
+    SetRef,
+    DeleteRef,
+}
+
+fn run_trigger(t: Trigger, store: &Store, files: &[(FileId, Vec<u8>)]) -> tessera::Result<()> {
+    match t {
+        Trigger::Put => store.put(&common::noise(120_000, 7)[..], &["new"]).map(|_| ()),
+        Trigger::PutKnownWithRef => store.put(&files[0].1[..], &["new"]).map(|_| ()),
+        Trigger::GroupCommit => {
+            let mut ing = store.ingest();
+            ing.add(&common::noise(70_000, 8)[..], &["new"], &mut |_| {})?;
+            ing.add(&common::noise(90_000, 9)[..], &["keep/a"], &mut |_| {})?;
+            ing.commit().map(|_| ())
+        }
+        Trigger::SetRef => store.set_ref("keep/b", files[0].0),
+        Trigger::DeleteRef => store.delete_ref("gone"),
+    }
+}
+
+/// After one failed storage operation (later ones succeed again), the store
+/// refuses every write with `Poisoned` until reopened, keeps serving reads,
+/// and works again once reopened.
+#[test]
+fn a_failed_write_poisons_the_store_until_reopened() {
+    let mut points = 0;
+    for trigger in [
+        Trigger::Put,
+        Trigger::PutKnownWithRef,
+        Trigger::GroupCommit,
+        Trigger::SetRef,
+        Trigger::DeleteRef,
+    ] {
+        // Which operations the trigger performs.
+        let (_dir, fs, store, files) = poison_fixture();
+        fs.start_log();
+        let base = fs.ops();
+        run_trigger(trigger, &store, &files).expect("trigger without a fault");
+        let log = fs.log();
+        assert!(!log.is_empty(), "{trigger:?} performs no storage operation");
+        drop(store);
+        for rec in &log {
+            points += 1;
+            let nth = rec.seq - base;
+            let what = format!("{trigger:?} with {:?} #{nth} ({}) failing", rec.kind, rec.what);
+            let (dir, fs, store, files) = poison_fixture();
+            fs.inject(Fault {
+                kind: None,
+                nth,
+                sticky: false,
+            });
+            match run_trigger(trigger, &store, &files) {
+                Err(e @ Error::Io { .. }) if is_injected(&e) => {}
+                r => panic!("{what}: got {r:?}, want the injected I/O error"),
+            }
+            assert_eq!(fs.failures(), 1, "{what}");
+            assert!(!fs.fault_pending() && !fs.is_dead(), "{what}");
+            // Writes are refused, including ones that need no I/O at all.
+            let poisoned = |r: tessera::Result<()>, op: &str| match r {
+                Err(Error::Poisoned(_)) => {}
+                r => panic!("{what}: {op} on the poisoned store returned {r:?}"),
+            };
+            poisoned(store.put(&common::noise(10_000, 1)[..], &[]).map(|_| ()), "put");
+            poisoned(store.put(&files[1].1[..], &[]).map(|_| ()), "put of stored content");
+            poisoned(
+                store
+                    .ingest()
+                    .add(&common::noise(10_000, 2)[..], &[], &mut |_| {})
+                    .map(|_| ()),
+                "ingest",
+            );
+            poisoned(store.set_ref("keep/a", files[2].0), "set_ref");
+            poisoned(store.set_ref("brand-new", files[2].0), "set_ref of a new name");
+            poisoned(store.delete_ref("keep/a"), "delete_ref");
+            // Reads still work.
+            for (id, data) in &files {
+                assert_eq!(&read_all(&store, id).expect("read"), data, "{what}");
+            }
+            assert_eq!(store.resolve_ref("keep/a").expect("ref"), files[0].0, "{what}");
+            assert_eq!(fs.failures(), 1, "{what}: the poisoned store kept writing");
+            drop(store);
+            // Reopened (no crash: the storage kept everything), it works.
+            let store = open_store(dir.path(), &fs).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+            assert_eq!(fs.list_dir("tmp").expect("tmp"), Vec::<String>::new(), "{what}");
+            for (id, data) in &files {
+                assert_eq!(&read_all(&store, id).expect("read"), data, "{what}");
+            }
+            let data = common::noise(60_000, 3);
+            let id = store
+                .put(&data[..], &["after"])
+                .unwrap_or_else(|e| panic!("{what}: put after reopen: {e}"))
+                .file_id;
+            store
+                .set_ref("keep/a", id)
+                .unwrap_or_else(|e| panic!("{what}: set_ref after reopen: {e}"));
+            store
+                .delete_ref("keep/b")
+                .unwrap_or_else(|e| panic!("{what}: delete_ref after reopen: {e}"));
+            assert_eq!(read_all(&store, &id).expect("read"), data, "{what}");
+            assert_eq!(store.resolve_ref("keep/a").expect("ref"), id, "{what}");
+            assert!(store.resolve_ref("keep/b").is_err_and(|e| e.is_not_found()), "{what}");
+        }
+    }
+    eprintln!("poisoning: {points} failure points");
+}
+
+// ---------------------------------------------------------------- index loss
+
+/// ARCHITECTURE invariant 4: the index is a cache; losing it (sled's
+/// `flush` uses `sync_file_range`, and sled has open reports of corruption
+/// after unclean shutdown) must not lose acknowledged files, which are all
+/// in packs, recipe files and ref files. Nothing rebuilds the index yet.
+#[test]
+#[ignore = "no index rebuild (`repair index`) exists yet: a lost index loses every acknowledged file"]
+fn acknowledged_files_survive_loss_of_flushed_index_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = tempfile::tempdir().expect("tempdir");
+    let fs = FaultStorage::new(dir.path());
+    let store = open_store(dir.path(), &fs).expect("create");
+    let a = common::noise(100_000, 1);
+    let a_id = store.put(&a[..], &["a"]).expect("put").file_id;
+    replace_dir(&dir.path().join("index"), &snap.path().join("index")).expect("copy index");
+    let b = common::noise(100_000, 2);
+    let b_id = store.put(&b[..], &["b"]).expect("put").file_id;
+    drop(store);
+    // Power loss, and sled comes back without its last flushed writes.
+    let fs = fs.crash();
+    replace_dir(&snap.path().join("index"), &dir.path().join("index")).expect("restore index");
+    let store = open_store(dir.path(), &fs).expect("reopen");
+    assert_eq!(read_all(&store, &a_id).expect("read a"), a);
+    assert_eq!(store.resolve_ref("b").expect("ref b"), b_id);
+    assert_eq!(read_all(&store, &b_id).expect("read b"), b);
+}
