@@ -151,7 +151,10 @@ struct State {
 }
 
 fn not_found(rel: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{rel}: no such file or directory"))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{rel}: no such file or directory"),
+    )
 }
 
 fn components(rel: &str) -> impl Iterator<Item = &str> {
@@ -387,7 +390,7 @@ fn surviving_content(data: &[u8], durable: usize, mode: CrashMode, rng: &mut u64
                 _ => {
                     let keep = durable + (next(rng) % (extra as u64 + 1)) as usize;
                     let mut out = data[..keep].to_vec();
-                    if next(rng) % 4 == 0 {
+                    if next(rng).is_multiple_of(4) {
                         let zeros = (next(rng) % ((data.len() - keep) as u64 + 1)) as usize;
                         out.resize(keep + zeros, 0);
                     }
@@ -530,7 +533,7 @@ impl FaultStorage {
                     CrashMode::PowerLoss => d,
                     CrashMode::ProcessKill => l,
                     CrashMode::PowerLossPartial(_) => {
-                        if l == d || next(&mut rng) % 2 == 0 {
+                        if l == d || next(&mut rng).is_multiple_of(2) {
                             d
                         } else {
                             l
@@ -765,19 +768,18 @@ mod tests {
         write(&fs, "tmp/x", b"hello", true);
         fs.rename("tmp/x", "a/b/x").unwrap();
         fs.sync_dir("a/b").unwrap();
-        // Synced file whose rename is not synced: the rename is lost, and
-        // the temp directory entry was never durable either.
-        write(&fs, "tmp/y", b"world", true);
-        fs.rename("tmp/y", "a/b/y").unwrap();
         // Entry synced, data not: an empty file survives.
         write(&fs, "a/b/z", b"unsynced", false);
-        fs.sync_dir("a/b").unwrap();
-        // Unlinked without a directory sync: still there after the crash.
         let mut h = fs.create_new("a/b/w").unwrap();
         h.write_all(b"w").unwrap();
         h.sync().unwrap();
         drop(h);
         fs.sync_dir("a/b").unwrap();
+        // Synced file whose rename is not synced: the rename is lost, and
+        // the temp directory entry was never durable either.
+        write(&fs, "tmp/y", b"world", true);
+        fs.rename("tmp/y", "a/b/y").unwrap();
+        // Unlinked without a directory sync: still there after the crash.
         fs.remove_file("a/b/w").unwrap();
         // Directory created but its parent not synced: lost.
         fs.create_dir_all("a/c").unwrap();
