@@ -359,6 +359,12 @@ impl Store {
         storage
             .create_dir_all("tmp")
             .map_err(|e| io("create directory", "tmp", e))?;
+        // The index directory belongs to sled, on the real filesystem, outside
+        // the storage trait. It must exist before the config does: a store
+        // with a config and no index directory is refused at open.
+        let index_dir = root.join("index");
+        std::fs::create_dir_all(&index_dir)
+            .map_err(|e| Error::io("create directory", &index_dir, e))?;
         // The top-level directories must be durable before the config is:
         // otherwise a crash could keep the config but lose `tmp/` or `packs/`.
         storage
