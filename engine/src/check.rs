@@ -380,25 +380,46 @@ impl Store {
     /// their id.
     pub fn repair_index(root: impl AsRef<Path>, opts: StoreOptions) -> Result<RepairReport> {
         let root = root.as_ref();
+        let storage = Arc::new(crate::storage::FsStorage::new(root, opts.read_mode));
+        Self::repair_index_with(root, storage, opts)
+    }
+
+    /// [`Store::repair_index`] over a given storage backend (the index itself
+    /// always lives at `root/index` on the real filesystem).
+    pub fn repair_index_with(
+        root: impl AsRef<Path>,
+        storage: Arc<dyn Storage>,
+        opts: StoreOptions,
+    ) -> Result<RepairReport> {
+        let root = root.as_ref();
         let index_dir = root.join("index");
         {
-            // Checks the config and holds the store lock while the old
+            // Checks there is a store and holds its lock while the old
             // index is deleted.
-            let _lock = match std::fs::read(root.join(crate::store::CONFIG_FILE)) {
-                Ok(_) => crate::store::lock_store(root)?,
-                Err(_) => {
+            match storage.read(crate::store::CONFIG_FILE) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(Error::StoreNotFound {
                         path: root.to_path_buf(),
                     })
                 }
-            };
+                Err(e) => {
+                    return Err(Error::io(
+                        "read config",
+                        root.join(crate::store::CONFIG_FILE),
+                        e,
+                    ))
+                }
+            }
+            let _lock = crate::store::lock_store(root)?;
             if index_dir.exists() {
                 std::fs::remove_dir_all(&index_dir)
                     .map_err(|e| Error::io("remove index", &index_dir, e))?;
             }
         }
-        let store = Store::open(
-            root,
+        let store = Store::open_with(
+            root.to_path_buf(),
+            storage,
             StoreOptions {
                 create: false,
                 allow_missing_index: true,

@@ -25,6 +25,8 @@ use crate::storage::{FsStorage, ReadMode, Storage};
 
 /// Name of the config file at the store root.
 pub const CONFIG_FILE: &str = "tessera.store";
+/// Present while a process has the store open; left behind by a crash.
+pub const DIRTY_FILE: &str = "dirty";
 
 /// How to open a store. The defaults suit a registry server.
 #[derive(Clone, Debug)]
@@ -198,6 +200,23 @@ impl std::fmt::Debug for Store {
     }
 }
 
+impl Drop for Inner {
+    /// A clean close: flush the index, then remove the `dirty` marker. A
+    /// poisoned store (or any failure here) keeps the marker, so the next
+    /// open reconciles.
+    fn drop(&mut self) {
+        if lock(&self.poison).is_some() {
+            return;
+        }
+        let clean = self.index.flush().is_ok()
+            && self.storage.remove_file(DIRTY_FILE).is_ok()
+            && self.storage.sync_dir("").is_ok();
+        if !clean {
+            tracing::warn!(store = %self.root.display(), "could not close the store cleanly");
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind (no
     // invariant spans a panic point), so a poisoned mutex is still usable.
@@ -288,7 +307,7 @@ impl Store {
                 .remove_file(&rel)
                 .map_err(|e| io("remove temp file", &rel, e))?;
         }
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 root,
                 storage,
@@ -306,7 +325,111 @@ impl Store {
                 tmp_seq: AtomicU64::new(0),
                 _lock: lock_file,
             }),
-        })
+        };
+        store.recover_after_unclean_shutdown()?;
+        Ok(store)
+    }
+
+    /// If the last process to open the store did not close it cleanly (the
+    /// `dirty` marker is still there), reconcile the index with the ref
+    /// files, which are the durable copy: the index may have lost unflushed
+    /// updates of refs whose files were written (or removed) just before the
+    /// crash. Then (re)write the marker for this session.
+    fn recover_after_unclean_shutdown(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let storage = inner.storage.as_ref();
+        let io = |op, rel: &str, e| Error::io(op, inner.root.join(rel), e);
+        let dirty = storage
+            .exists(DIRTY_FILE)
+            .map_err(|e| io("stat", DIRTY_FILE, e))?;
+        if dirty {
+            let fixed = self.reconcile_refs()?;
+            if fixed > 0 {
+                tracing::warn!(
+                    refs = fixed,
+                    "reconciled refs with their ref files after an unclean shutdown"
+                );
+            }
+        }
+        let tmp = self.tmp_name("dirty");
+        write_atomic(
+            storage,
+            &inner.root,
+            &tmp,
+            DIRTY_FILE,
+            std::process::id().to_string().as_bytes(),
+        )
+    }
+
+    /// Makes the index's refs agree with the ref files; returns how many changed.
+    fn reconcile_refs(&self) -> Result<u64> {
+        let inner = &*self.inner;
+        let storage = inner.storage.as_ref();
+        let mut on_disk: HashMap<String, FileId> = HashMap::new();
+        // Paths of ref files that exist but do not decode: their refs are
+        // left as the index has them, for verify / repair to report.
+        let mut damaged: HashSet<String> = HashSet::new();
+        let mut changed = 0u64;
+        let list = |rel: &str| {
+            storage
+                .list_dir(rel)
+                .map_err(|e| Error::io("list", inner.root.join(rel), e))
+        };
+        for dir in list("refs")? {
+            let d = format!("refs/{dir}");
+            for name in list(&d)? {
+                let rel = format!("{d}/{name}");
+                // A failed read is an error (not damage): never guess.
+                let bytes = storage
+                    .read(&rel)
+                    .map_err(|e| Error::io("read ref", inner.root.join(&rel), e))?;
+                match decode_ref(&bytes) {
+                    Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
+                        if inner.index.has_file(&file)? {
+                            on_disk.insert(ref_name, file);
+                        } else if let Some(acked) = inner.index.get_ref(&ref_name)? {
+                            // The put that rewrote it was never acknowledged:
+                            // restore the acknowledged value.
+                            self.write_ref_file(&ref_name, &acked)?;
+                            on_disk.insert(ref_name, acked);
+                            changed += 1;
+                        } else {
+                            // Written by a put that was never acknowledged.
+                            storage
+                                .remove_file(&rel)
+                                .map_err(|e| Error::io("remove ref", inner.root.join(&rel), e))?;
+                            storage.sync_dir(&d).map_err(|e| {
+                                Error::io("fsync directory", inner.root.join(&d), e)
+                            })?;
+                            changed += 1;
+                        }
+                    }
+                    _ => {
+                        damaged.insert(rel);
+                    }
+                }
+            }
+        }
+        for (name, file) in inner.index.refs_with_prefix("")? {
+            match on_disk.remove(&name) {
+                Some(f) if f == file => {}
+                Some(f) => {
+                    inner.index.set_ref(&name, f)?;
+                    changed += 1;
+                }
+                None if damaged.contains(&ref_path(&name)) => {}
+                None => {
+                    inner.index.delete_ref(&name)?;
+                    changed += 1;
+                }
+            }
+        }
+        for (name, file) in on_disk {
+            inner.index.set_ref(&name, file)?;
+            changed += 1;
+        }
+        inner.index.flush()?;
+        Ok(changed)
     }
 
     fn check_config(root: &Path, bytes: &[u8], opts: &StoreOptions) -> Result<StoreConfig> {
