@@ -638,7 +638,7 @@ impl World<'_> {
                 }
             }
             _ => {
-                self.read_some(&store);
+                self.read_some(&store, None);
                 Ok(Outcome::ReadOnly)
             }
         }
@@ -646,7 +646,9 @@ impl World<'_> {
 
     /// Reads of acknowledged data, which must work at any time (also when
     /// the store is poisoned or every write fails).
-    fn read_some(&mut self, store: &Store) {
+    /// `inflight`: an operation that failed in this process (the store is
+    /// poisoned); reads may see some of its effects.
+    fn read_some(&mut self, store: &Store, inflight: Option<&InFlight>) {
         let Some(id) = self.model.pick_file(&mut self.rng) else {
             return;
         };
@@ -686,17 +688,27 @@ impl World<'_> {
                 }
                 let (name, want) = self.rng.pick(&refs).clone();
                 self.note(format!("resolve+read {name:?}"));
-                match store.resolve_ref(&name) {
-                    Ok(got) if got == want => {}
-                    Ok(got) => {
-                        self.fail(format!("ref {name:?} resolves to {got}, model says {want}"))
-                    }
-                    Err(e) => self.fail(format!("resolving acknowledged ref {name:?}: {e}")),
-                }
-                match read_all(store, &want) {
-                    Ok(got) if got == *self.model.files[&want] => {}
-                    Ok(_) => self.fail(format!("read via ref {name:?} returned other bytes")),
-                    Err(e) => self.fail(format!("read via ref {name:?}: {e}")),
+                // A failed commit may have updated refs of the files it
+                // committed before failing.
+                let allowed: BTreeSet<Option<FileId>> = inflight
+                    .and_then(|i| i.refs.get(&name))
+                    .cloned()
+                    .unwrap_or_else(|| [Some(want)].into_iter().collect());
+                let target = match store.resolve_ref(&name) {
+                    Ok(got) if allowed.contains(&Some(got)) => got,
+                    Err(e) if e.is_not_found() && allowed.contains(&None) => return,
+                    r => self.fail(format!(
+                        "ref {name:?} resolves to {r:?}, model allows {allowed:?}"
+                    )),
+                };
+                let expect = self.model.files.get(&target).cloned().or_else(|| {
+                    inflight
+                        .and_then(|i| i.files.iter().find(|f| f.0 == target).map(|f| f.1.clone()))
+                });
+                match (expect, read_all(store, &target)) {
+                    (Some(w), Ok(got)) if got == *w => {}
+                    (_, Ok(_)) => self.fail(format!("read via ref {name:?} returned other bytes")),
+                    (_, Err(e)) => self.fail(format!("read via ref {name:?}: {e}")),
                 }
             }
         }
@@ -748,7 +760,7 @@ impl World<'_> {
 
     /// After a non-sticky failure: writes are refused with `Poisoned`,
     /// reads still work.
-    fn check_poisoned(&mut self) {
+    fn check_poisoned(&mut self, inflight: &InFlight) {
         let store = self.store();
         let ops = self.fs.ops();
         for _ in 0..self.rng.range(1, 4) {
@@ -787,7 +799,7 @@ impl World<'_> {
                     store.delete_ref(&name)
                 }
                 _ => {
-                    self.read_some(&store);
+                    self.read_some(&store, Some(inflight));
                     continue;
                 }
             };
@@ -855,7 +867,7 @@ impl World<'_> {
         if failed && !self.fs.is_dead() {
             // The fault fired once and later operations succeed: the store
             // must refuse writes by itself.
-            self.check_poisoned();
+            self.check_poisoned(&inflight);
         }
         if !fired {
             self.report.quiescent_crashes += 1;
