@@ -728,14 +728,11 @@ impl World<'_> {
                 sticky,
             }
         } else {
-            let kinds = [
-                OpKind::Create,
-                OpKind::Write,
-                OpKind::Sync,
-                OpKind::Rename,
-                OpKind::SyncDir,
-                OpKind::Remove,
-            ];
+            // Every kind but CreateDir (directories exist from creation on).
+            let kinds: Vec<OpKind> = OpKind::ALL
+                .into_iter()
+                .filter(|k| *k != OpKind::CreateDir)
+                .collect();
             let kind = *self.rng.pick(&kinds);
             let nth = match kind {
                 OpKind::Write => self.rng.range(1, 120),

@@ -395,8 +395,7 @@ fn run(cli: Cli) -> CliResult {
             pb.finish_and_clear();
             let mut out = io::stdout().lock();
             if json {
-                let v = serde_json::to_string(&rep).map_err(|e| CliError::Check(e.to_string()))?;
-                writeln!(out, "{v}").map_err(out_err)?;
+                write_json(&mut out, &rep)?;
             } else {
                 for p in &rep.problems {
                     writeln!(out, "DAMAGED  {}: {}", p.object, p.detail).map_err(out_err)?;
@@ -423,16 +422,7 @@ fn run(cli: Cli) -> CliResult {
                 )
                 .map_err(out_err)?;
             }
-            if rep.is_clean() {
-                Ok(())
-            } else {
-                Err(CliError::Damaged(format!(
-                    "verify found {} damaged objects (first: {}: {})",
-                    rep.problems.len(),
-                    rep.problems[0].object,
-                    rep.problems[0].detail
-                )))
-            }
+            damaged("verify found", &rep.problems)
         }
         Cmd::Repair {
             what: RepairCmd::Index { json },
@@ -441,8 +431,7 @@ fn run(cli: Cli) -> CliResult {
             let rep = Store::repair_index(&dir, StoreOptions::default())?;
             let mut out = io::stdout().lock();
             if json {
-                let v = serde_json::to_string(&rep).map_err(|e| CliError::Check(e.to_string()))?;
-                writeln!(out, "{v}").map_err(out_err)?;
+                write_json(&mut out, &rep)?;
             } else {
                 for p in &rep.problems {
                     writeln!(out, "UNRECOVERED  {}: {}", p.object, p.detail).map_err(out_err)?;
@@ -458,15 +447,7 @@ fn run(cli: Cli) -> CliResult {
                 )
                 .map_err(out_err)?;
             }
-            match rep.problems.first() {
-                None => Ok(()),
-                Some(p) => Err(CliError::Damaged(format!(
-                    "repair could not recover {} objects (first: {}: {})",
-                    rep.problems.len(),
-                    p.object,
-                    p.detail
-                ))),
-            }
+            damaged("repair could not recover", &rep.problems)
         }
         Cmd::Demo { size_mib, seed } => demo::run(cli.store.as_deref(), size_mib, seed),
         Cmd::Synth {
@@ -474,6 +455,26 @@ fn run(cli: Cli) -> CliResult {
             size_mib,
             seed,
         } => demo::write_repo(&dir, size_mib, seed),
+    }
+}
+
+/// One JSON line on stdout.
+fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> CliResult {
+    let text = serde_json::to_string(v).map_err(|e| CliError::Check(e.to_string()))?;
+    writeln!(out, "{text}").map_err(out_err)
+}
+
+/// Ok when `problems` is empty, else a "damaged" error (exit 4) naming the
+/// first one.
+fn damaged(what: &str, problems: &[tessera::check::Problem]) -> CliResult {
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => Err(CliError::Damaged(format!(
+            "{what} {} damaged objects (first: {}: {})",
+            problems.len(),
+            p.object,
+            p.detail
+        ))),
     }
 }
 
