@@ -1,17 +1,14 @@
-//! `verify` (is the store intact?) and `repair index` (rebuild the sled
-//! index from the packs, recipe files and ref files alone).
+//! `verify`: is the store intact? (`repair index` is in `recover`.)
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::{decode_ref, ChunkEntry, Recipe};
-use crate::hash::{FileId, PackId, PackIdHasher};
-use crate::index::{Index, PackInfo};
+use crate::format::Recipe;
+use crate::hash::{PackId, PackIdHasher};
 use crate::pack::{pack_path, PackReader};
 use crate::storage::Storage;
-use crate::store::{recipe_path, ref_path, Store, StoreOptions};
+use crate::store::{recipe_path, Store};
 
 /// What `verify` checks.
 #[derive(Clone, Copy, Debug)]
@@ -103,7 +100,7 @@ type PackFiles = Vec<(PackId, String)>;
 
 /// All sealed pack files on disk: (pack id, relative path), plus problems
 /// for files in `packs/` that are not named like packs.
-fn list_packs(storage: &dyn Storage) -> Result<(PackFiles, Vec<Problem>)> {
+pub(crate) fn list_packs(storage: &dyn Storage) -> Result<(PackFiles, Vec<Problem>)> {
     let mut out = Vec::new();
     let mut odd = Vec::new();
     for dir in list(storage, "packs")? {
@@ -126,14 +123,14 @@ fn list_packs(storage: &dyn Storage) -> Result<(PackFiles, Vec<Problem>)> {
     Ok((out, odd))
 }
 
-fn list(storage: &dyn Storage, rel: &str) -> Result<Vec<String>> {
+pub(crate) fn list(storage: &dyn Storage, rel: &str) -> Result<Vec<String>> {
     storage
         .list_dir(rel)
         .map_err(|e| Error::io("list directory", storage.root().join(rel), e))
 }
 
 /// Hashes a whole pack file in 1 MiB pieces and compares it with its name.
-fn check_pack_name(
+pub(crate) fn check_pack_name(
     storage: &dyn Storage,
     id: &PackId,
     rel: &str,
@@ -370,192 +367,6 @@ impl Store {
                 Err(e) => rep.problem(format!("ref {name}"), e.to_string()),
             }
         }
-        Ok(rep)
-    }
-
-    /// Rebuilds the whole index from the packs, recipe files and ref files
-    /// alone. The current index directory (if any) is deleted first. Damaged
-    /// packs, recipes and refs are reported by name; everything else is
-    /// recovered. Chunks are indexed only after their data re-hashes to
-    /// their id.
-    pub fn repair_index(root: impl AsRef<Path>, opts: StoreOptions) -> Result<RepairReport> {
-        let root = root.as_ref();
-        let storage = Arc::new(crate::storage::FsStorage::new(root, opts.read_mode));
-        Self::repair_index_with(root, storage, opts)
-    }
-
-    /// [`Store::repair_index`] over a given storage backend (the index itself
-    /// always lives at `root/index` on the real filesystem).
-    pub fn repair_index_with(
-        root: impl AsRef<Path>,
-        storage: Arc<dyn Storage>,
-        opts: StoreOptions,
-    ) -> Result<RepairReport> {
-        let root = root.as_ref();
-        let index_dir = root.join("index");
-        {
-            // Checks there is a store and holds its lock while the old
-            // index is deleted.
-            match storage.read(crate::store::CONFIG_FILE) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::StoreNotFound {
-                        path: root.to_path_buf(),
-                    })
-                }
-                Err(e) => {
-                    return Err(Error::io(
-                        "read config",
-                        root.join(crate::store::CONFIG_FILE),
-                        e,
-                    ))
-                }
-            }
-            let _lock = crate::store::lock_store(root)?;
-            if index_dir.exists() {
-                std::fs::remove_dir_all(&index_dir)
-                    .map_err(|e| Error::io("remove index", &index_dir, e))?;
-            }
-        }
-        let store = Store::open_with(
-            root.to_path_buf(),
-            storage,
-            StoreOptions {
-                create: false,
-                allow_missing_index: true,
-                ..opts
-            },
-        )?;
-        store.rebuild_index()
-    }
-
-    fn rebuild_index(&self) -> Result<RepairReport> {
-        let storage = self.inner.storage.as_ref();
-        let index: &Index = &self.inner.index;
-        let mut rep = RepairReport::default();
-        let (packs, odd) = list_packs(storage)?;
-        rep.problems.extend(odd);
-        for (id, rel) in packs {
-            let reader = match PackReader::open(storage, id) {
-                Ok(r) => r,
-                Err(e) => {
-                    rep.problems.push(Problem {
-                        object: format!("pack {id}"),
-                        detail: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            if let Err(detail) = check_pack_name(storage, &id, &rel) {
-                // Index its intact chunks anyway: each is verified below.
-                rep.problems.push(Problem {
-                    object: format!("pack {id}"),
-                    detail,
-                });
-            }
-            let mut good: Vec<(u32, ChunkEntry)> = Vec::new();
-            let mut raw = 0u64;
-            for i in 0..reader.chunk_count() {
-                let verified = reader
-                    .entry(i)
-                    .and_then(|e| reader.read_chunk(i, &e.id).map(|_| e));
-                match verified {
-                    Ok(e) => {
-                        raw += u64::from(e.raw_len);
-                        good.push((i, e));
-                    }
-                    Err(e) => rep.problems.push(Problem {
-                        object: format!("pack {id} chunk {i}"),
-                        detail: e.to_string(),
-                    }),
-                }
-            }
-            let size = storage.open_read(&rel).map(|h| h.len()).unwrap_or(0);
-            let info = PackInfo {
-                size,
-                chunk_count: reader.chunk_count(),
-                raw_bytes: raw,
-            };
-            index.add_pack_chunks(id, info, &good)?;
-            rep.packs += 1;
-            rep.chunks += good.len() as u64;
-        }
-        for dir in list(storage, "recipes")? {
-            let d = format!("recipes/{dir}");
-            for name in list(storage, &d)? {
-                let rel = format!("{d}/{name}");
-                let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
-                    rep.problems.push(Problem {
-                        object: rel,
-                        detail: "unexpected file in recipes/".into(),
-                    });
-                    continue;
-                };
-                let bytes = match storage.read(&rel) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        rep.problems.push(Problem {
-                            object: format!("file {file}"),
-                            detail: format!("recipe file unreadable: {e}"),
-                        });
-                        continue;
-                    }
-                };
-                match Recipe::decode(file, &bytes) {
-                    Ok(r) => {
-                        let missing = r
-                            .chunks
-                            .iter()
-                            .filter(|(c, _)| !matches!(index.chunk(c), Ok(Some(_))))
-                            .count();
-                        if missing > 0 {
-                            rep.problems.push(Problem {
-                                object: format!("file {file}"),
-                                detail: format!("{missing} of its chunks are missing or damaged; reads will fail there"),
-                            });
-                        }
-                        index.add_file(file, r.sha256, r.size, &bytes, &[])?;
-                        rep.files += 1;
-                    }
-                    Err(e) => rep.problems.push(Problem {
-                        object: format!("file {file}"),
-                        detail: crate::store::recipe_error(file, e).to_string(),
-                    }),
-                }
-            }
-        }
-        for dir in list(storage, "refs")? {
-            let d = format!("refs/{dir}");
-            for name in list(storage, &d)? {
-                let rel = format!("{d}/{name}");
-                match storage
-                    .read(&rel)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| decode_ref(&b))
-                {
-                    Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
-                        if index.has_file(&file)? {
-                            index.set_ref(&ref_name, file)?;
-                            rep.refs += 1;
-                        } else {
-                            rep.problems.push(Problem {
-                                object: format!("ref {ref_name}"),
-                                detail: format!("names file {file}, which could not be recovered"),
-                            });
-                        }
-                    }
-                    Ok(_) => rep.problems.push(Problem {
-                        object: rel,
-                        detail: "ref file stored under the wrong name".into(),
-                    }),
-                    Err(detail) => rep.problems.push(Problem {
-                        object: rel,
-                        detail: format!("ref file: {detail}"),
-                    }),
-                }
-            }
-        }
-        index.flush()?;
         Ok(rep)
     }
 }

@@ -132,6 +132,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// sled found its own files damaged when opening the index (and the
+    /// store was opened with `rebuild_damaged_index: false`).
+    #[error("index {} is damaged ({detail}); run `tessera repair index` to rebuild it from the packs, recipes and refs", path.display())]
+    IndexDamaged {
+        /// The index directory.
+        path: PathBuf,
+        /// What sled reported.
+        detail: String,
+    },
+
     /// The sled index reported an error.
     #[error("index error: {0}")]
     Index(#[from] sled::Error),
@@ -209,7 +219,9 @@ impl Error {
                 | Error::RecipeCorrupt { .. }
                 | Error::IndexCorrupt { .. }
                 | Error::IndexMissing { .. }
+                | Error::IndexDamaged { .. }
                 | Error::ConfigCorrupt { .. }
+                | Error::Index(sled::Error::Corruption { .. })
         )
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::format::{decode_ref, ChunkEntry, Recipe, StoreConfig, Trailer};
+use crate::format::{
+    decode_clean, decode_ref, encode_clean, ChunkEntry, Recipe, StoreConfig, Trailer,
+};
 use crate::hash::{FileId, PackId};
 use crate::pack::PackReader;
 use crate::storage::BytesFile;
@@ -41,7 +43,8 @@ pub fn recipe(data: &[u8]) {
     }
 }
 
-/// Chunk record headers, table entries, trailers, store configs, ref files.
+/// Chunk record headers, table entries, trailers, store configs, ref files,
+/// clean-close records.
 pub fn headers(data: &[u8]) {
     if let Ok(e) = ChunkEntry::decode_header(data, 0) {
         // Readers ignore the reserved bytes (spec §1), so a header with
@@ -56,6 +59,9 @@ pub fn headers(data: &[u8]) {
     let _ = Trailer::decode(data);
     if let Ok(c) = StoreConfig::decode(data) {
         assert_eq!(c.encode(), data);
+    }
+    if let Ok(counters) = decode_clean(data) {
+        assert_eq!(decode_clean(&encode_clean(&counters)), Ok(counters));
     }
     if let Ok((name, file)) = decode_ref(data) {
         assert_eq!(crate::format::encode_ref(&name, &file), data);

@@ -126,6 +126,21 @@ const COUNTER_NAMES: [&str; 7] = [
     "chunk_bytes",
 ];
 
+impl Counters {
+    /// The counters in the order of the clean-close record (spec §4).
+    pub fn to_array(&self) -> [u64; 7] {
+        [
+            self.files,
+            self.refs,
+            self.chunks,
+            self.packs,
+            self.logical_bytes,
+            self.stored_bytes,
+            self.chunk_bytes,
+        ]
+    }
+}
+
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
 fn add_counter(
@@ -176,7 +191,27 @@ impl std::fmt::Debug for Index {
 
 impl Index {
     /// Opens (or creates) the index at `dir`.
+    ///
+    /// The caller holds the store's lock, so the only other holder of sled's
+    /// own lock file can be an earlier `Index` of this process whose
+    /// background threads are still ending (sled releases its lock only
+    /// then): that one error is retried for a few seconds.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open_once(dir, cache_bytes) {
+                Err(Error::Index(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -414,7 +449,7 @@ impl Index {
             }
         }
         let [files, refs, chunks, packs, logical_bytes, stored_bytes, chunk_bytes] = vals;
-        Ok(Counters {
+        let counters = Counters {
             files,
             refs,
             chunks,
@@ -422,7 +457,8 @@ impl Index {
             logical_bytes,
             stored_bytes,
             chunk_bytes,
-        })
+        };
+        Ok(counters)
     }
 
     /// Every pack entry, in id order.

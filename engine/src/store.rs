@@ -21,6 +21,7 @@ use crate::index::{Counters, Index, PackInfo};
 use crate::pack::{encode_chunk, OpenPack, PackReader};
 use crate::reader::FileReader;
 use crate::recipe::Layout;
+use crate::recover::{CatchUpReason, Recovery, CLEAN_FILE};
 use crate::storage::{FsStorage, ReadMode, Storage};
 
 /// Name of the config file at the store root.
@@ -57,6 +58,10 @@ pub struct StoreOptions {
     /// Open an existing store whose index directory is missing, with an
     /// empty index (only `repair index` wants this).
     pub allow_missing_index: bool,
+    /// When sled reports its own files damaged at open, delete the index and
+    /// rebuild it from the packs, recipe files and ref files (as `repair
+    /// index` would). Off: opening fails with [`Error::IndexDamaged`].
+    pub rebuild_damaged_index: bool,
 }
 
 impl Default for StoreOptions {
@@ -74,6 +79,7 @@ impl Default for StoreOptions {
             index_cache_bytes: 256 << 20,
             read_ahead_chunks: 16,
             allow_missing_index: false,
+            rebuild_damaged_index: true,
         }
     }
 }
@@ -181,6 +187,8 @@ pub(crate) struct Inner {
     recipes: Mutex<HashMap<FileId, Arc<Layout>>>,
     poison: Mutex<Option<String>>,
     tmp_seq: AtomicU64,
+    /// What this open did to bring the index up to date.
+    pub(crate) recovery: Mutex<Option<Recovery>>,
     /// Held (flock) for the life of the store: one process at a time.
     _lock: std::fs::File,
 }
@@ -201,14 +209,18 @@ impl std::fmt::Debug for Store {
 }
 
 impl Drop for Inner {
-    /// A clean close: flush the index, then remove the `dirty` marker. A
-    /// poisoned store (or any failure here) keeps the marker, so the next
-    /// open reconciles.
+    /// A clean close: flush the index, write the clean-close record (the
+    /// index's counters), then remove the `dirty` marker. A poisoned store
+    /// (or any failure here) keeps the marker, so the next open catches up.
     fn drop(&mut self) {
         if lock(&self.poison).is_some() {
             return;
         }
+        let tmp = format!("tmp/{}-close.clean", std::process::id());
         let clean = self.index.flush().is_ok()
+            && crate::recover::clean_record(&self.index)
+                .and_then(|b| write_atomic(self.storage.as_ref(), &self.root, &tmp, CLEAN_FILE, &b))
+                .is_ok()
             && self.storage.remove_file(DIRTY_FILE).is_ok()
             && self.storage.sync_dir("").is_ok();
         if !clean {
@@ -262,17 +274,17 @@ impl Store {
         opts: StoreOptions,
     ) -> Result<Store> {
         let io = |op, rel: &str, e| Error::io(op, root.join(rel), e);
-        let (config, lock_file) = match storage.read(CONFIG_FILE) {
+        let index_dir = root.join("index");
+        let (config, lock_file, created) = match storage.read(CONFIG_FILE) {
             Ok(bytes) => {
                 let config = Self::check_config(&root, &bytes, &opts)?;
                 let lock = lock_store(&root)?;
                 // An existing store without its index would look empty:
                 // refuse, and say how to rebuild it.
-                let index_dir = root.join("index");
                 if !opts.allow_missing_index && !index_dir.exists() {
                     return Err(Error::IndexMissing { path: index_dir });
                 }
-                (config, lock)
+                (config, lock, false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !opts.create {
@@ -283,21 +295,23 @@ impl Store {
                     .map_err(|e| io("create directory", "", e))?;
                 let lock_file = lock_store(&root)?;
                 // Another process may have created the store meanwhile.
-                let config = match storage.read(CONFIG_FILE) {
-                    Ok(bytes) => Self::check_config(&root, &bytes, &opts)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Self::create_layout(&root, storage.as_ref(), &opts)?
-                    }
+                match storage.read(CONFIG_FILE) {
+                    Ok(bytes) => (Self::check_config(&root, &bytes, &opts)?, lock_file, false),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                        Self::create_layout(&root, storage.as_ref(), &opts)?,
+                        lock_file,
+                        true,
+                    ),
                     Err(e) => return Err(io("read config", CONFIG_FILE, e)),
-                };
-                (config, lock_file)
+                }
             }
             Err(e) => return Err(io("read config", CONFIG_FILE, e)),
         };
         if let Some(p) = opts.chunking {
             p.validate()?;
         }
-        let index = Index::open(&root.join("index"), opts.index_cache_bytes)?;
+        let index_is_new = !index_dir.exists();
+        let (index, rebuilt) = crate::recover::open_index(&index_dir, &opts)?;
         // We hold the store lock, so no other process can be using tmp/:
         // whatever is there is left over from a crash and was never
         // acknowledged.
@@ -307,6 +321,20 @@ impl Store {
                 .remove_file(&rel)
                 .map_err(|e| io("remove temp file", &rel, e))?;
         }
+        let unclean = storage
+            .exists(DIRTY_FILE)
+            .map_err(|e| io("stat", DIRTY_FILE, e))?;
+        let reason = if rebuilt {
+            Some(CatchUpReason::DamagedIndex)
+        } else if index_is_new {
+            Some(CatchUpReason::NewIndex)
+        } else if unclean {
+            Some(CatchUpReason::UncleanShutdown)
+        } else if created {
+            None
+        } else {
+            crate::recover::check_clean_record(storage.as_ref(), &index)?
+        };
         let store = Store {
             inner: Arc::new(Inner {
                 root,
@@ -323,113 +351,38 @@ impl Store {
                 recipes: Mutex::new(HashMap::new()),
                 poison: Mutex::new(None),
                 tmp_seq: AtomicU64::new(0),
+                recovery: Mutex::new(None),
                 _lock: lock_file,
             }),
         };
-        store.recover_after_unclean_shutdown()?;
-        Ok(store)
-    }
-
-    /// If the last process to open the store did not close it cleanly (the
-    /// `dirty` marker is still there), reconcile the index with the ref
-    /// files, which are the durable copy: the index may have lost unflushed
-    /// updates of refs whose files were written (or removed) just before the
-    /// crash. Then (re)write the marker for this session.
-    fn recover_after_unclean_shutdown(&self) -> Result<()> {
-        let inner = &*self.inner;
-        let storage = inner.storage.as_ref();
-        let io = |op, rel: &str, e| Error::io(op, inner.root.join(rel), e);
-        let dirty = storage
-            .exists(DIRTY_FILE)
-            .map_err(|e| io("stat", DIRTY_FILE, e))?;
-        if dirty {
-            let fixed = self.reconcile_refs()?;
-            if fixed > 0 {
+        if let Some(reason) = reason {
+            let report = store.catch_up(unclean)?;
+            let changed = report.packs + report.files + report.refs > 0;
+            if changed || !report.problems.is_empty() || reason != CatchUpReason::NewIndex {
                 tracing::warn!(
-                    refs = fixed,
-                    "reconciled refs with their ref files after an unclean shutdown"
+                    store = %store.inner.root.display(),
+                    packs = report.packs,
+                    files = report.files,
+                    refs = report.refs,
+                    problems = report.problems.len(),
+                    "index caught up with the store's files ({reason})"
                 );
             }
+            for p in &report.problems {
+                tracing::warn!(object = %p.object, "{}", p.detail);
+            }
+            *lock(&store.inner.recovery) = Some(Recovery { reason, report });
         }
-        let tmp = self.tmp_name("dirty");
+        // Mark this session open; a clean close removes the marker.
+        let inner = &*store.inner;
         write_atomic(
-            storage,
+            inner.storage.as_ref(),
             &inner.root,
-            &tmp,
+            &store.tmp_name("dirty"),
             DIRTY_FILE,
             std::process::id().to_string().as_bytes(),
-        )
-    }
-
-    /// Makes the index's refs agree with the ref files; returns how many changed.
-    fn reconcile_refs(&self) -> Result<u64> {
-        let inner = &*self.inner;
-        let storage = inner.storage.as_ref();
-        let mut on_disk: HashMap<String, FileId> = HashMap::new();
-        // Paths of ref files that exist but do not decode: their refs are
-        // left as the index has them, for verify / repair to report.
-        let mut damaged: HashSet<String> = HashSet::new();
-        let mut changed = 0u64;
-        let list = |rel: &str| {
-            storage
-                .list_dir(rel)
-                .map_err(|e| Error::io("list", inner.root.join(rel), e))
-        };
-        for dir in list("refs")? {
-            let d = format!("refs/{dir}");
-            for name in list(&d)? {
-                let rel = format!("{d}/{name}");
-                // A failed read is an error (not damage): never guess.
-                let bytes = storage
-                    .read(&rel)
-                    .map_err(|e| Error::io("read ref", inner.root.join(&rel), e))?;
-                match decode_ref(&bytes) {
-                    Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
-                        if inner.index.has_file(&file)? {
-                            on_disk.insert(ref_name, file);
-                        } else if let Some(acked) = inner.index.get_ref(&ref_name)? {
-                            // The put that rewrote it was never acknowledged:
-                            // restore the acknowledged value.
-                            self.write_ref_file(&ref_name, &acked)?;
-                            on_disk.insert(ref_name, acked);
-                            changed += 1;
-                        } else {
-                            // Written by a put that was never acknowledged.
-                            storage
-                                .remove_file(&rel)
-                                .map_err(|e| Error::io("remove ref", inner.root.join(&rel), e))?;
-                            storage.sync_dir(&d).map_err(|e| {
-                                Error::io("fsync directory", inner.root.join(&d), e)
-                            })?;
-                            changed += 1;
-                        }
-                    }
-                    _ => {
-                        damaged.insert(rel);
-                    }
-                }
-            }
-        }
-        for (name, file) in inner.index.refs_with_prefix("")? {
-            match on_disk.remove(&name) {
-                Some(f) if f == file => {}
-                Some(f) => {
-                    inner.index.set_ref(&name, f)?;
-                    changed += 1;
-                }
-                None if damaged.contains(&ref_path(&name)) => {}
-                None => {
-                    inner.index.delete_ref(&name)?;
-                    changed += 1;
-                }
-            }
-        }
-        for (name, file) in on_disk {
-            inner.index.set_ref(&name, file)?;
-            changed += 1;
-        }
-        inner.index.flush()?;
-        Ok(changed)
+        )?;
+        Ok(store)
     }
 
     fn check_config(root: &Path, bytes: &[u8], opts: &StoreOptions) -> Result<StoreConfig> {
@@ -726,7 +679,7 @@ impl Store {
         self.poison_on(r)
     }
 
-    fn write_ref_file(&self, name: &str, file: &FileId) -> Result<()> {
+    pub(crate) fn write_ref_file(&self, name: &str, file: &FileId) -> Result<()> {
         let tmp = self.tmp_name("ref");
         write_atomic(
             self.inner.storage.as_ref(),

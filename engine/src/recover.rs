@@ -1,0 +1,391 @@
+//! Keeping the sled index in step with the durable files, and `repair index`.
+//!
+//! The packs, recipe files and ref files are the store; the sled index is a
+//! cache of them (spec §10). At open the store decides whether the index can
+//! be trusted, and if not it *catches up*:
+//!
+//! - sled reports its own files damaged → the index directory is deleted and
+//!   rebuilt (unless `StoreOptions::rebuild_damaged_index` is off);
+//! - the index directory is new (`repair index` deleted it) → rebuilt;
+//! - the `dirty` marker is there (the last process did not close the store
+//!   cleanly) → sled may have lost its latest writes;
+//! - the clean-close record (the index's counters when the store was last
+//!   closed cleanly) is missing or disagrees with the index → sled lost or
+//!   garbled data without reporting it.
+//!
+//! Catching up indexes every pack and recipe file on disk that the index
+//! lacks (every chunk re-hashed first) and makes the index's refs agree with
+//! the ref files. It is one mechanism for every case: `repair index` is the
+//! same catch-up over an empty index. A clean open (record present and
+//! equal) costs one small read.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::check::{check_pack_name, list, list_packs, Problem, RepairReport};
+use crate::error::{Error, Result};
+use crate::format::{decode_clean, decode_ref, encode_clean, ChunkEntry, Recipe};
+use crate::hash::{FileId, PackId};
+use crate::index::{Index, PackInfo};
+use crate::pack::PackReader;
+use crate::storage::Storage;
+use crate::store::{recipe_path, ref_path, Store, StoreOptions, CONFIG_FILE};
+
+/// The clean-close record, relative to the store root.
+pub const CLEAN_FILE: &str = "clean";
+
+/// Why the store re-indexed its files when it was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUpReason {
+    /// The index directory did not exist (after `repair index`).
+    NewIndex,
+    /// sled reported its files damaged; the index was deleted and rebuilt.
+    DamagedIndex,
+    /// The last process to open the store did not close it cleanly.
+    UncleanShutdown,
+    /// The index's counters differ from the clean-close record: sled lost
+    /// or garbled writes without reporting an error.
+    CountersDiffer,
+    /// The clean-close record is missing or unreadable.
+    NoCleanRecord,
+}
+
+impl std::fmt::Display for CatchUpReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CatchUpReason::NewIndex => "the index is new",
+            CatchUpReason::DamagedIndex => "sled reported the index damaged; it was rebuilt",
+            CatchUpReason::UncleanShutdown => "the store was not closed cleanly",
+            CatchUpReason::CountersDiffer => {
+                "the index disagrees with the record of the last clean close"
+            }
+            CatchUpReason::NoCleanRecord => "there is no record of a clean close",
+        })
+    }
+}
+
+/// What opening the store did to bring its index up to date.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Recovery {
+    /// Why it was needed.
+    pub reason: CatchUpReason,
+    /// What was re-indexed, and what could not be.
+    pub report: RepairReport,
+}
+
+/// Opens the sled index; if sled reports its files damaged and `rebuild`
+/// is set, deletes the index directory and opens a fresh one. Returns
+/// whether it did.
+pub(crate) fn open_index(dir: &Path, opts: &StoreOptions) -> Result<(Index, bool)> {
+    match Index::open(dir, opts.index_cache_bytes) {
+        Ok(index) => Ok((index, false)),
+        Err(Error::Index(e @ sled::Error::Corruption { .. })) => {
+            if !opts.rebuild_damaged_index {
+                return Err(Error::IndexDamaged {
+                    path: dir.to_path_buf(),
+                    detail: e.to_string(),
+                });
+            }
+            tracing::warn!(index = %dir.display(), error = %e,
+                "sled reports the index damaged; deleting it and rebuilding it from the packs, recipes and refs");
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io("remove index", dir, e))?;
+            Ok((Index::open(dir, opts.index_cache_bytes)?, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the index matches the clean-close record; `None` when it does.
+pub(crate) fn check_clean_record(
+    storage: &dyn Storage,
+    index: &Index,
+) -> Result<Option<CatchUpReason>> {
+    match storage.read(CLEAN_FILE) {
+        Ok(b) => match decode_clean(&b) {
+            Ok(c) if c == index.counters()?.to_array() => Ok(None),
+            Ok(_) => Ok(Some(CatchUpReason::CountersDiffer)),
+            Err(_) => Ok(Some(CatchUpReason::NoCleanRecord)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Some(CatchUpReason::NoCleanRecord))
+        }
+        Err(e) => Err(Error::io("read", storage.root().join(CLEAN_FILE), e)),
+    }
+}
+
+/// The bytes of the clean-close record for the index as it is now.
+pub(crate) fn clean_record(index: &Index) -> Result<Vec<u8>> {
+    Ok(encode_clean(&index.counters()?.to_array()))
+}
+
+impl Store {
+    /// What the last open did to bring the index up to date, if anything.
+    pub fn recovery(&self) -> Option<Recovery> {
+        self.inner.recovery.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Indexes every pack and recipe file the index lacks and makes the
+    /// index's refs agree with the ref files. `unclean`: the last process
+    /// crashed, so a ref file naming a file that has no recipe file was
+    /// written by a put that was never acknowledged (a put writes the
+    /// recipe file first) and is undone.
+    pub(crate) fn catch_up(&self, unclean: bool) -> Result<RepairReport> {
+        let storage = self.inner.storage.as_ref();
+        let index: &Index = &self.inner.index;
+        let mut rep = RepairReport::default();
+        let (packs, odd) = list_packs(storage)?;
+        rep.problems.extend(odd);
+        for (id, rel) in packs {
+            if !matches!(index.pack(&id), Ok(Some(_))) {
+                index_pack(storage, index, id, &rel, &mut rep)?;
+            }
+        }
+        for dir in list(storage, "recipes")? {
+            let d = format!("recipes/{dir}");
+            for name in list(storage, &d)? {
+                let rel = format!("{d}/{name}");
+                let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
+                    rep.problem(rel, "unexpected file in recipes/");
+                    continue;
+                };
+                if !index.has_file(&file)? {
+                    index_recipe(storage, index, file, &rel, &mut rep)?;
+                }
+            }
+        }
+        self.reconcile_refs(unclean, &mut rep)?;
+        index.flush()?;
+        Ok(rep)
+    }
+
+    /// Makes the index's refs agree with the ref files (the durable copy).
+    fn reconcile_refs(&self, unclean: bool, rep: &mut RepairReport) -> Result<()> {
+        let inner = &*self.inner;
+        let storage = inner.storage.as_ref();
+        let index = &inner.index;
+        let mut on_disk: HashMap<String, FileId> = HashMap::new();
+        // Ref files that exist but cannot be applied: their refs are left
+        // as the index has them, and reported.
+        let mut damaged: HashSet<String> = HashSet::new();
+        for dir in list(storage, "refs")? {
+            let d = format!("refs/{dir}");
+            for name in list(storage, &d)? {
+                let rel = format!("{d}/{name}");
+                // A failed read is an error (not damage): never guess.
+                let bytes = storage
+                    .read(&rel)
+                    .map_err(|e| Error::io("read ref", inner.root.join(&rel), e))?;
+                match decode_ref(&bytes) {
+                    Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
+                        if index.has_file(&file)? {
+                            on_disk.insert(ref_name, file);
+                        } else if storage.exists(&recipe_path(&file)).unwrap_or(true) {
+                            rep.problem(
+                                format!("ref {ref_name}"),
+                                format!("names file {file}, whose recipe file is damaged"),
+                            );
+                            damaged.insert(rel);
+                        } else if !unclean {
+                            rep.problem(
+                                format!("ref {ref_name}"),
+                                format!("names file {file}, which is not stored"),
+                            );
+                            damaged.insert(rel);
+                        } else if let Some(acked) = index.get_ref(&ref_name)? {
+                            // Rewritten by a put that was never acknowledged:
+                            // restore the acknowledged value.
+                            self.write_ref_file(&ref_name, &acked)?;
+                            on_disk.insert(ref_name, acked);
+                            rep.refs += 1;
+                        } else {
+                            // Written by a put that was never acknowledged.
+                            storage
+                                .remove_file(&rel)
+                                .map_err(|e| Error::io("remove ref", inner.root.join(&rel), e))?;
+                            storage.sync_dir(&d).map_err(|e| {
+                                Error::io("fsync directory", inner.root.join(&d), e)
+                            })?;
+                        }
+                    }
+                    Ok(_) => {
+                        rep.problem(rel.clone(), "ref file stored under the wrong name");
+                        damaged.insert(rel);
+                    }
+                    Err(detail) => {
+                        rep.problem(rel.clone(), format!("ref file: {detail}"));
+                        damaged.insert(rel);
+                    }
+                }
+            }
+        }
+        for (name, file) in index.refs_with_prefix("")? {
+            match on_disk.remove(&name) {
+                Some(f) if f == file => {}
+                Some(f) => {
+                    index.set_ref(&name, f)?;
+                    rep.refs += 1;
+                }
+                None if damaged.contains(&ref_path(&name)) => {}
+                None => {
+                    // Deleted (its file is removed before the index entry).
+                    index.delete_ref(&name)?;
+                }
+            }
+        }
+        for (name, file) in on_disk {
+            index.set_ref(&name, file)?;
+            rep.refs += 1;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the whole index from the packs, recipe files and ref files
+    /// alone. The current index directory (if any) is deleted first. Damaged
+    /// packs, recipes and refs are reported by name; everything else is
+    /// recovered. Chunks are indexed only after their data re-hashes to
+    /// their id.
+    pub fn repair_index(root: impl AsRef<Path>, opts: StoreOptions) -> Result<RepairReport> {
+        let root = root.as_ref();
+        let storage = Arc::new(crate::storage::FsStorage::new(root, opts.read_mode));
+        Self::repair_index_with(root, storage, opts)
+    }
+
+    /// [`Store::repair_index`] over a given storage backend (the index itself
+    /// always lives at `root/index` on the real filesystem).
+    pub fn repair_index_with(
+        root: impl AsRef<Path>,
+        storage: Arc<dyn Storage>,
+        opts: StoreOptions,
+    ) -> Result<RepairReport> {
+        let root = root.as_ref();
+        let index_dir = root.join("index");
+        {
+            // Checks there is a store and holds its lock while the old
+            // index is deleted.
+            match storage.read(CONFIG_FILE) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::StoreNotFound {
+                        path: root.to_path_buf(),
+                    })
+                }
+                Err(e) => return Err(Error::io("read config", root.join(CONFIG_FILE), e)),
+            }
+            let _lock = crate::store::lock_store(root)?;
+            if index_dir.exists() {
+                std::fs::remove_dir_all(&index_dir)
+                    .map_err(|e| Error::io("remove index", &index_dir, e))?;
+            }
+        }
+        let store = Store::open_with(
+            root.to_path_buf(),
+            storage,
+            StoreOptions {
+                create: false,
+                allow_missing_index: true,
+                ..opts
+            },
+        )?;
+        Ok(store.recovery().map(|r| r.report).unwrap_or_default())
+    }
+}
+
+/// Indexes the intact chunks of one pack file.
+fn index_pack(
+    storage: &dyn Storage,
+    index: &Index,
+    id: PackId,
+    rel: &str,
+    rep: &mut RepairReport,
+) -> Result<()> {
+    let reader = match PackReader::open(storage, id) {
+        Ok(r) => r,
+        Err(e) => {
+            rep.problem(format!("pack {id}"), e.to_string());
+            return Ok(());
+        }
+    };
+    if let Err(detail) = check_pack_name(storage, &id, rel) {
+        // Index its intact chunks anyway: each is verified below.
+        rep.problem(format!("pack {id}"), detail);
+    }
+    let mut good: Vec<(u32, ChunkEntry)> = Vec::new();
+    let mut raw = 0u64;
+    for i in 0..reader.chunk_count() {
+        let verified = reader
+            .entry(i)
+            .and_then(|e| reader.read_chunk(i, &e.id).map(|_| e));
+        match verified {
+            Ok(e) => {
+                raw += u64::from(e.raw_len);
+                good.push((i, e));
+            }
+            Err(e) => rep.problem(format!("pack {id} chunk {i}"), e.to_string()),
+        }
+    }
+    let size = storage.open_read(rel).map(|h| h.len()).unwrap_or(0);
+    let info = PackInfo {
+        size,
+        chunk_count: reader.chunk_count(),
+        raw_bytes: raw,
+    };
+    index.add_pack_chunks(id, info, &good)?;
+    rep.packs += 1;
+    rep.chunks += good.len() as u64;
+    Ok(())
+}
+
+/// Indexes one recipe file.
+fn index_recipe(
+    storage: &dyn Storage,
+    index: &Index,
+    file: FileId,
+    rel: &str,
+    rep: &mut RepairReport,
+) -> Result<()> {
+    let bytes = match storage.read(rel) {
+        Ok(b) => b,
+        Err(e) => {
+            rep.problem(
+                format!("file {file}"),
+                format!("recipe file unreadable: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    match Recipe::decode(file, &bytes) {
+        Ok(r) => {
+            let missing = r
+                .chunks
+                .iter()
+                .filter(|(c, _)| !matches!(index.chunk(c), Ok(Some(_))))
+                .count();
+            if missing > 0 {
+                rep.problem(
+                    format!("file {file}"),
+                    format!(
+                        "{missing} of its chunks are missing or damaged; reads will fail there"
+                    ),
+                );
+            }
+            index.add_file(file, r.sha256, r.size, &bytes, &[])?;
+            rep.files += 1;
+        }
+        Err(e) => rep.problem(
+            format!("file {file}"),
+            crate::store::recipe_error(file, e).to_string(),
+        ),
+    }
+    Ok(())
+}
+
+impl RepairReport {
+    fn problem(&mut self, object: impl Into<String>, detail: impl Into<String>) {
+        self.problems.push(Problem {
+            object: object.into(),
+            detail: detail.into(),
+        });
+    }
+}
