@@ -172,6 +172,21 @@ fn tx_err(e: TransactionError<Error>) -> Error {
     }
 }
 
+/// A file to record with [`Index::add_files`].
+#[derive(Clone, Copy, Debug)]
+pub struct NewFile<'a> {
+    /// The file id.
+    pub file: FileId,
+    /// sha256 of its content.
+    pub sha: Sha256,
+    /// Its size.
+    pub size: u64,
+    /// Its encoded recipe.
+    pub recipe: &'a [u8],
+    /// Refs to point at it.
+    pub refs: &'a [String],
+}
+
 /// The sled database with its trees.
 pub struct Index {
     db: sled::Db,
@@ -318,35 +333,55 @@ impl Index {
         recipe: &[u8],
         refs: &[String],
     ) -> Result<bool> {
-        // Re-ingesting a known file must not write to the index at all.
-        if self.files.contains_key(file.0)?
-            && self.sha256.contains_key(sha.0)?
-            && refs
-                .iter()
-                .map(|r| Ok(self.refs.get(r.as_bytes())?.as_deref() == Some(&file.0[..])))
-                .collect::<Result<Vec<bool>>>()?
-                .into_iter()
-                .all(|x| x)
-        {
-            return Ok(false);
+        let new = self.add_files(&[NewFile {
+            file,
+            sha,
+            size,
+            recipe,
+            refs,
+        }])?;
+        Ok(new.first().copied().unwrap_or(false))
+    }
+
+    /// Records several files in one transaction: readers see all of them or
+    /// none. Returns, per file, whether it was new.
+    pub fn add_files(&self, files: &[NewFile<'_>]) -> Result<Vec<bool>> {
+        // Re-ingesting known files must not write to the index at all.
+        let mut any = false;
+        for f in files {
+            let known = self.files.contains_key(f.file.0)?
+                && self.sha256.contains_key(f.sha.0)?
+                && f.refs.iter().try_fold(true, |all, r| {
+                    Ok::<_, Error>(
+                        all && self.refs.get(r.as_bytes())?.as_deref() == Some(&f.file.0[..]),
+                    )
+                })?;
+            any |= !known;
+        }
+        if !any {
+            return Ok(vec![false; files.len()]);
         }
         (&self.files, &self.sha256, &self.refs, &self.meta)
             .transaction(|(ft, st, rt, mt)| {
-                let new = ft.get(file.0)?.is_none();
-                if new {
-                    ft.insert(&file.0, recipe)?;
-                    add_counter(mt, "files", 1)?;
-                    add_counter(mt, "logical_bytes", size as i64)?;
-                }
-                if st.get(sha.0)?.is_none() {
-                    st.insert(&sha.0, &file.0)?;
-                }
-                for r in refs {
-                    if rt.insert(r.as_bytes(), &file.0)?.is_none() {
-                        add_counter(mt, "refs", 1)?;
+                let mut out = Vec::with_capacity(files.len());
+                for f in files {
+                    let new = ft.get(f.file.0)?.is_none();
+                    if new {
+                        ft.insert(&f.file.0, f.recipe)?;
+                        add_counter(mt, "files", 1)?;
+                        add_counter(mt, "logical_bytes", f.size as i64)?;
                     }
+                    if st.get(f.sha.0)?.is_none() {
+                        st.insert(&f.sha.0, &f.file.0)?;
+                    }
+                    for r in f.refs {
+                        if rt.insert(r.as_bytes(), &f.file.0)?.is_none() {
+                            add_counter(mt, "refs", 1)?;
+                        }
+                    }
+                    out.push(new);
                 }
-                Ok(new)
+                Ok(out)
             })
             .map_err(tx_err)
     }

@@ -17,7 +17,7 @@ use crate::format::{
     FORMAT_VERSION, MAX_REF_LEN, TABLE_ENTRY_LEN,
 };
 use crate::hash::{ChunkId, FileId, FileIdHasher, PackId, Sha256};
-use crate::index::{Counters, Index, PackInfo};
+use crate::index::{Counters, Index, NewFile, PackInfo};
 use crate::pack::{encode_chunk, OpenPack, PackReader};
 use crate::reader::FileReader;
 use crate::recipe::Layout;
@@ -1136,7 +1136,10 @@ impl Ingest<'_> {
         for seq in seqs {
             store.ensure_sealed(seq)?;
         }
-        let mut reports = Vec::with_capacity(self.staged.len());
+        // Every recipe and ref file first, then the whole group is indexed
+        // in one transaction: readers see all of its files or none.
+        let mut done: Vec<(Vec<String>, Vec<u8>, PutReport)> =
+            Vec::with_capacity(self.staged.len());
         for s in self.staged {
             // Resolve chunks that were in an open pack to their sealed pack.
             let mut terms: Vec<Term> = Vec::new();
@@ -1200,19 +1203,35 @@ impl Ingest<'_> {
                 let w = store.write_ref_file(r, &s.file);
                 store.poison_on(w)?;
             }
-            let new_file = inner
-                .index
-                .add_file(s.file, s.sha, s.size, &bytes, &s.refs)?;
-            reports.push(PutReport {
+            let report = PutReport {
                 file_id: s.file,
                 sha256: s.sha,
                 size: s.size,
                 chunks: recipe.chunks.len() as u64,
                 new_chunks: s.new_chunks,
                 new_bytes,
-                new_file,
-            });
+                new_file: false,
+            };
+            done.push((s.refs, bytes, report));
         }
+        let batch: Vec<NewFile<'_>> = done
+            .iter()
+            .map(|(refs, bytes, r)| NewFile {
+                file: r.file_id,
+                sha: r.sha256,
+                size: r.size,
+                recipe: bytes,
+                refs,
+            })
+            .collect();
+        let new = inner.index.add_files(&batch);
+        let new = store.poison_on(new)?;
+        drop(batch);
+        let reports: Vec<PutReport> = done
+            .into_iter()
+            .zip(new)
+            .map(|((_, _, r), new_file)| PutReport { new_file, ..r })
+            .collect();
         let r = inner.index.flush();
         store.poison_on(r)?;
         Ok(reports)

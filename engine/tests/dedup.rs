@@ -168,3 +168,35 @@ fn rewritten_blocks_cost_about_their_own_size() {
     );
     assert!(rep.new_chunks < rep.chunks / 4);
 }
+
+/// A group commit holding the same content twice (and content already
+/// stored) counts each file once, and the group becomes visible at once.
+#[test]
+fn a_group_with_repeated_content_counts_each_file_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let old = noise(300_000, 7);
+    let old_id = store.put_bytes(&old, &[]).expect("put").file_id;
+    let before = store.stats().expect("stats");
+    let new = noise(200_000, 8);
+    let mut ing = store.ingest();
+    let a = ing.add(&new[..], &["g/a"], &mut |_| {}).expect("add");
+    let b = ing.add(&new[..], &["g/b"], &mut |_| {}).expect("add");
+    let c = ing.add(&old[..], &["g/c"], &mut |_| {}).expect("add");
+    assert_eq!(a, b);
+    assert_eq!(c, old_id);
+    // Nothing of the group is visible before its commit.
+    assert!(!store.contains(&a).expect("contains"));
+    assert!(store.resolve_ref("g/a").is_err_and(|e| e.is_not_found()));
+    let reports = ing.commit().expect("commit");
+    let flags: Vec<bool> = reports.iter().map(|r| r.new_file).collect();
+    assert_eq!(flags, [true, false, false]);
+    let after = store.stats().expect("stats");
+    assert_eq!(after.files, before.files + 1);
+    assert_eq!(after.refs, before.refs + 3);
+    assert_eq!(after.logical_bytes, before.logical_bytes + new.len() as u64);
+    for (name, id) in [("g/a", a), ("g/b", a), ("g/c", old_id)] {
+        assert_eq!(store.resolve_ref(name).expect("ref"), id);
+    }
+    assert!(read_back(&store, &a) == new);
+}
