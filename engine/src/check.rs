@@ -61,8 +61,9 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Reads that failed once and succeeded on retry (not damage, but worth a look).
     pub transient: Vec<Problem>,
-    /// Sealed packs no index entry names (left by a crash between sealing and
-    /// indexing; harmless, reclaimable).
+    /// Sealed packs no index entry names: harmless, reclaimable. (A pack
+    /// sealed just before a crash is indexed by the next open; one found
+    /// here was placed in `packs/` by something other than this store.)
     pub orphan_packs: Vec<PackId>,
 }
 
