@@ -61,9 +61,9 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Reads that failed once and succeeded on retry (not damage, but worth a look).
     pub transient: Vec<Problem>,
-    /// Sealed packs no index entry names: harmless, reclaimable. (A pack
-    /// sealed just before a crash is indexed by the next open; one found
-    /// here was placed in `packs/` by something other than this store.)
+    /// Sealed packs no index entry names: reclaimable. (The open after a
+    /// crash indexes every readable pack; one listed here could not be read
+    /// then, or was placed in `packs/` while the store was closed.)
     pub orphan_packs: Vec<PackId>,
 }
 
@@ -104,24 +104,47 @@ type PackFiles = Vec<(PackId, String)>;
 pub(crate) fn list_packs(storage: &dyn Storage) -> Result<(PackFiles, Vec<Problem>)> {
     let mut out = Vec::new();
     let mut odd = Vec::new();
-    for dir in list(storage, "packs")? {
-        let d = format!("packs/{dir}");
-        for name in list(storage, &d)? {
-            let rel = format!("{d}/{name}");
-            let id = name
-                .strip_suffix(".pack")
-                .and_then(PackId::from_hex)
-                .filter(|id| pack_path(id) == rel);
-            match id {
-                Some(id) => out.push((id, rel)),
-                None => odd.push(Problem {
-                    object: rel,
-                    detail: "unexpected file in packs/ (not named <pack id>.pack)".into(),
-                }),
-            }
+    for (rel, name) in fanout_files(storage, "packs", &mut odd)? {
+        let id = name
+            .strip_suffix(".pack")
+            .and_then(PackId::from_hex)
+            .filter(|id| pack_path(id) == rel);
+        match id {
+            Some(id) => out.push((id, rel)),
+            None => odd.push(Problem {
+                object: rel,
+                detail: "unexpected file in packs/ (not named <pack id>.pack)".into(),
+            }),
         }
     }
     Ok((out, odd))
+}
+
+/// The files of a fan-out directory (`packs`, `recipes`, `refs`): (relative
+/// path, file name) for every `top/xx/name`. A file where a fan-out
+/// directory should be is reported, not an error.
+pub(crate) fn fanout_files(
+    storage: &dyn Storage,
+    top: &str,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for dir in list(storage, top)? {
+        let d = format!("{top}/{dir}");
+        let names = match storage.list_dir(&d) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                problems.push(Problem {
+                    object: d,
+                    detail: format!("unexpected file in {top}/ (a directory was expected)"),
+                });
+                continue;
+            }
+            Err(e) => return Err(Error::io("list directory", storage.root().join(&d), e)),
+        };
+        out.extend(names.into_iter().map(|name| (format!("{d}/{name}"), name)));
+    }
+    Ok(out)
 }
 
 pub(crate) fn list(storage: &dyn Storage, rel: &str) -> Result<Vec<String>> {

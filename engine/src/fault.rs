@@ -736,7 +736,8 @@ impl Storage for FaultStorage {
         let d = s.dir(rel)?;
         match s.nodes.get(&d) {
             Some(Node::Dir { live, .. }) => Ok(live.keys().cloned().collect()),
-            _ => Err(not_found(rel)),
+            Some(_) => Err(io::Error::from(io::ErrorKind::NotADirectory)),
+            None => Err(not_found(rel)),
         }
     }
 

@@ -594,12 +594,12 @@ pub fn decode_ref(b: &[u8]) -> Result<(String, FileId), String> {
 /// Magic of the clean-close record.
 pub const CLEAN_MAGIC: [u8; 8] = *b"TSRCLEAN";
 /// Length of the clean-close record.
-pub const CLEAN_LEN: usize = 16 + 7 * 8 + 32;
+pub const CLEAN_LEN: usize = 16 + 8 * 8 + 32;
 
 /// Encodes the clean-close record: the index's seven counters (files, refs,
-/// chunks, packs, logical bytes, stored bytes, chunk bytes) when the store
-/// was last closed cleanly.
-pub fn encode_clean(counters: &[u64; 7]) -> Vec<u8> {
+/// chunks, packs, logical bytes, stored bytes, chunk bytes) and its write
+/// generation when the store was last closed cleanly.
+pub fn encode_clean(counters: &[u64; 8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(CLEAN_LEN);
     b.extend_from_slice(&CLEAN_MAGIC);
     b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -613,7 +613,7 @@ pub fn encode_clean(counters: &[u64; 7]) -> Vec<u8> {
 }
 
 /// Decodes the clean-close record.
-pub fn decode_clean(b: &[u8]) -> Result<[u64; 7], String> {
+pub fn decode_clean(b: &[u8]) -> Result<[u64; 8], String> {
     if b.len() != CLEAN_LEN {
         return Err(format!("length {} (expected {CLEAN_LEN})", b.len()));
     }
@@ -630,7 +630,7 @@ pub fn decode_clean(b: &[u8]) -> Result<[u64; 7], String> {
         return Err(format!("unsupported version {version}"));
     }
     let _reserved = c.u32().ok_or("truncated")?;
-    let mut out = [0u64; 7];
+    let mut out = [0u64; 8];
     for slot in &mut out {
         *slot = c.u64().ok_or("truncated")?;
     }

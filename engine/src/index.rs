@@ -127,7 +127,7 @@ const COUNTER_NAMES: [&str; 7] = [
 ];
 
 impl Counters {
-    /// The counters in the order of the clean-close record (spec §4).
+    /// The counters in the order of the clean-close record (spec §8.1).
     pub fn to_array(&self) -> [u64; 7] {
         [
             self.files,
@@ -140,6 +140,11 @@ impl Counters {
         ]
     }
 }
+
+/// `meta` key of the write generation: incremented by every write
+/// transaction, so an index that lost any write, even one that changed no
+/// other counter (a ref pointed elsewhere), is told from an intact one.
+const GENERATION: &str = "generation";
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
@@ -287,6 +292,7 @@ impl Index {
     ) -> Result<()> {
         (&self.chunks, &self.packs, &self.meta)
             .transaction(|(ct, pt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
                 let mut new_chunks = 0i64;
                 let mut new_bytes = 0i64;
                 for (i, e) in chunks {
@@ -363,6 +369,7 @@ impl Index {
         }
         (&self.files, &self.sha256, &self.refs, &self.meta)
             .transaction(|(ft, st, rt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
                 let mut out = Vec::with_capacity(files.len());
                 for f in files {
                     let new = ft.get(f.file.0)?.is_none();
@@ -413,6 +420,7 @@ impl Index {
     pub fn set_ref(&self, name: &str, file: FileId) -> Result<()> {
         (&self.refs, &self.meta)
             .transaction(|(rt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
                 if rt.insert(name.as_bytes(), &file.0)?.is_none() {
                     add_counter(mt, "refs", 1)?;
                 }
@@ -425,6 +433,7 @@ impl Index {
     pub fn delete_ref(&self, name: &str) -> Result<bool> {
         (&self.refs, &self.meta)
             .transaction(|(rt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
                 let existed = rt.remove(name.as_bytes())?.is_some();
                 if existed {
                     add_counter(mt, "refs", -1)?;
@@ -494,6 +503,56 @@ impl Index {
             chunk_bytes,
         };
         Ok(counters)
+    }
+
+    /// The write generation (see [`GENERATION`]).
+    pub fn generation(&self) -> Result<u64> {
+        match self.meta.get(GENERATION)? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::IndexCorrupt {
+                    tree: "meta",
+                    key: GENERATION.to_string(),
+                    detail: "counter is not 8 bytes".into(),
+                }),
+        }
+    }
+
+    /// Recomputes every counter from the trees it counts (a full scan) and
+    /// bumps the generation. Entries that do not decode count with size 0.
+    pub fn recount(&self) -> Result<Counters> {
+        let mut c = Counters::default();
+        for kv in self.files.iter() {
+            let (_, v) = kv?;
+            c.files += 1;
+            c.logical_bytes += v
+                .get(16..24)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes);
+        }
+        for kv in self.refs.iter() {
+            kv?;
+            c.refs += 1;
+        }
+        for kv in self.chunks.iter() {
+            let (_, v) = kv?;
+            c.chunks += 1;
+            c.chunk_bytes += v
+                .get(48..52)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, |b| u64::from(u32::from_le_bytes(b)));
+        }
+        for info in self.packs() {
+            c.packs += 1;
+            c.stored_bytes += info.map_or(0, |(_, i)| i.size);
+        }
+        let generation = self.generation().unwrap_or(0).saturating_add(1);
+        for (name, value) in COUNTER_NAMES.iter().zip(c.to_array()) {
+            self.meta.insert(name, &value.to_le_bytes())?;
+        }
+        self.meta.insert(GENERATION, &generation.to_le_bytes())?;
+        Ok(c)
     }
 
     /// Every pack entry, in id order.

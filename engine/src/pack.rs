@@ -245,6 +245,11 @@ impl PackReader {
         self.count
     }
 
+    /// Length of the pack file.
+    pub fn file_len(&self) -> u64 {
+        self.handle.len()
+    }
+
     /// Chunk-table entry `index`, bounds-checked against the data region.
     pub fn entry(&self, index: u32) -> Result<ChunkEntry> {
         let corrupt = |detail: String| Error::PackCorrupt {

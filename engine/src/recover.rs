@@ -23,14 +23,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::check::{check_pack_name, list, list_packs, Problem, RepairReport};
+use crate::check::{check_pack_name, fanout_files, list_packs, Problem, RepairReport};
 use crate::error::{Error, Result};
 use crate::format::{decode_clean, decode_ref, encode_clean, ChunkEntry, Recipe};
 use crate::hash::{FileId, PackId};
 use crate::index::{Index, PackInfo};
 use crate::pack::PackReader;
 use crate::storage::Storage;
-use crate::store::{recipe_path, ref_path, Store, StoreOptions, CONFIG_FILE};
+use crate::store::{ref_path, Store, StoreOptions, CONFIG_FILE};
 
 /// The clean-close record, relative to the store root.
 pub const CLEAN_FILE: &str = "clean";
@@ -75,9 +75,11 @@ pub struct Recovery {
     pub report: RepairReport,
 }
 
-/// Opens the sled index; if sled reports its files damaged and `rebuild`
-/// is set, deletes the index directory and opens a fresh one. Returns
-/// whether it did.
+/// Opens the sled index; if sled reports its files damaged and
+/// `opts.rebuild_damaged_index` is set, deletes the index's contents and
+/// opens a fresh one. Returns whether it did. (The directory itself stays,
+/// so a crash in between leaves an index that is damaged or empty, never a
+/// missing one.)
 pub(crate) fn open_index(dir: &Path, opts: &StoreOptions) -> Result<(Index, bool)> {
     match Index::open(dir, opts.index_cache_bytes) {
         Ok(index) => Ok((index, false)),
@@ -90,11 +92,26 @@ pub(crate) fn open_index(dir: &Path, opts: &StoreOptions) -> Result<(Index, bool
             }
             tracing::warn!(index = %dir.display(), error = %e,
                 "sled reports the index damaged; deleting it and rebuilding it from the packs, recipes and refs");
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io("remove index", dir, e))?;
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| Error::io("remove", &path, e))?;
+            }
             Ok((Index::open(dir, opts.index_cache_bytes)?, true))
         }
         Err(e) => Err(e),
     }
+}
+
+/// The counters and write generation the clean-close record holds.
+fn record_values(index: &Index) -> Result<[u64; 8]> {
+    let [a, b, c, d, e, f, g] = index.counters()?.to_array();
+    Ok([a, b, c, d, e, f, g, index.generation()?])
 }
 
 /// Whether the index matches the clean-close record; `None` when it does.
@@ -104,8 +121,11 @@ pub(crate) fn check_clean_record(
 ) -> Result<Option<CatchUpReason>> {
     match storage.read(CLEAN_FILE) {
         Ok(b) => match decode_clean(&b) {
-            Ok(c) if c == index.counters()?.to_array() => Ok(None),
-            Ok(_) => Ok(Some(CatchUpReason::CountersDiffer)),
+            Ok(rec) => Ok(match record_values(index) {
+                Ok(now) if now == rec => None,
+                // Different, or the counters do not decode.
+                _ => Some(CatchUpReason::CountersDiffer),
+            }),
             Err(_) => Ok(Some(CatchUpReason::NoCleanRecord)),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -117,7 +137,7 @@ pub(crate) fn check_clean_record(
 
 /// The bytes of the clean-close record for the index as it is now.
 pub(crate) fn clean_record(index: &Index) -> Result<Vec<u8>> {
-    Ok(encode_clean(&index.counters()?.to_array()))
+    Ok(encode_clean(&record_values(index)?))
 }
 
 impl Store {
@@ -127,14 +147,15 @@ impl Store {
     }
 
     /// Indexes every pack and recipe file the index lacks and makes the
-    /// index's refs agree with the ref files. `unclean`: the last process
-    /// crashed, so a ref file naming a file that has no recipe file was
-    /// written by a put that was never acknowledged (a put writes the
-    /// recipe file first) and is undone.
-    pub(crate) fn catch_up(&self, unclean: bool) -> Result<RepairReport> {
+    /// index's refs agree with the ref files (spec §10.3). When the counters
+    /// were the reason, they are recomputed from the trees first.
+    pub(crate) fn catch_up(&self, reason: CatchUpReason) -> Result<RepairReport> {
         let storage = self.inner.storage.as_ref();
         let index: &Index = &self.inner.index;
         let mut rep = RepairReport::default();
+        if reason == CatchUpReason::CountersDiffer {
+            index.recount()?;
+        }
         let (packs, odd) = list_packs(storage)?;
         rep.problems.extend(odd);
         for (id, rel) in packs {
@@ -142,81 +163,58 @@ impl Store {
                 index_pack(storage, index, id, &rel, &mut rep)?;
             }
         }
-        for dir in list(storage, "recipes")? {
-            let d = format!("recipes/{dir}");
-            for name in list(storage, &d)? {
-                let rel = format!("{d}/{name}");
-                let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
-                    rep.problem(rel, "unexpected file in recipes/");
-                    continue;
-                };
-                if !index.has_file(&file)? {
-                    index_recipe(storage, index, file, &rel, &mut rep)?;
-                }
+        for (rel, name) in fanout_files(storage, "recipes", &mut rep.problems)? {
+            let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
+                rep.problem(rel, "unexpected file in recipes/");
+                continue;
+            };
+            if !index.has_file(&file)? {
+                index_recipe(storage, index, file, &rel, &mut rep)?;
             }
         }
-        self.reconcile_refs(unclean, &mut rep)?;
+        self.reconcile_refs(&mut rep)?;
         index.flush()?;
         Ok(rep)
     }
 
     /// Makes the index's refs agree with the ref files (the durable copy).
-    fn reconcile_refs(&self, unclean: bool, rep: &mut RepairReport) -> Result<()> {
+    /// A ref file that cannot be applied (damaged, or naming a file that is
+    /// not stored) is reported and left alone: it may be the only copy of
+    /// its ref. (It cannot be the leftover of an unacknowledged put: a put
+    /// makes the recipe file durable before the ref file, and recipe files
+    /// were indexed before this runs.)
+    fn reconcile_refs(&self, rep: &mut RepairReport) -> Result<()> {
         let inner = &*self.inner;
         let storage = inner.storage.as_ref();
         let index = &inner.index;
         let mut on_disk: HashMap<String, FileId> = HashMap::new();
         // Ref files that exist but cannot be applied: their refs are left
-        // as the index has them, and reported.
+        // as the index has them.
         let mut damaged: HashSet<String> = HashSet::new();
-        for dir in list(storage, "refs")? {
-            let d = format!("refs/{dir}");
-            for name in list(storage, &d)? {
-                let rel = format!("{d}/{name}");
-                // A failed read is an error (not damage): never guess.
-                let bytes = storage
-                    .read(&rel)
-                    .map_err(|e| Error::io("read ref", inner.root.join(&rel), e))?;
-                match decode_ref(&bytes) {
-                    Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
-                        if index.has_file(&file)? {
-                            on_disk.insert(ref_name, file);
-                        } else if storage.exists(&recipe_path(&file)).unwrap_or(true) {
-                            rep.problem(
-                                format!("ref {ref_name}"),
-                                format!("names file {file}, whose recipe file is damaged"),
-                            );
-                            damaged.insert(rel);
-                        } else if !unclean {
-                            rep.problem(
-                                format!("ref {ref_name}"),
-                                format!("names file {file}, which is not stored"),
-                            );
-                            damaged.insert(rel);
-                        } else if let Some(acked) = index.get_ref(&ref_name)? {
-                            // Rewritten by a put that was never acknowledged:
-                            // restore the acknowledged value.
-                            self.write_ref_file(&ref_name, &acked)?;
-                            on_disk.insert(ref_name, acked);
-                            rep.refs += 1;
-                        } else {
-                            // Written by a put that was never acknowledged.
-                            storage
-                                .remove_file(&rel)
-                                .map_err(|e| Error::io("remove ref", inner.root.join(&rel), e))?;
-                            storage.sync_dir(&d).map_err(|e| {
-                                Error::io("fsync directory", inner.root.join(&d), e)
-                            })?;
-                        }
-                    }
-                    Ok(_) => {
-                        rep.problem(rel.clone(), "ref file stored under the wrong name");
+        for (rel, _) in fanout_files(storage, "refs", &mut rep.problems)? {
+            // A failed read is an error (not damage): never guess.
+            let bytes = storage
+                .read(&rel)
+                .map_err(|e| Error::io("read ref", inner.root.join(&rel), e))?;
+            match decode_ref(&bytes) {
+                Ok((ref_name, file)) if ref_path(&ref_name) == rel => {
+                    if index.has_file(&file)? {
+                        on_disk.insert(ref_name, file);
+                    } else {
+                        rep.problem(
+                            format!("ref {ref_name}"),
+                            format!("names file {file}, which is not stored"),
+                        );
                         damaged.insert(rel);
                     }
-                    Err(detail) => {
-                        rep.problem(rel.clone(), format!("ref file: {detail}"));
-                        damaged.insert(rel);
-                    }
+                }
+                Ok(_) => {
+                    rep.problem(rel.clone(), "ref file stored under the wrong name");
+                    damaged.insert(rel);
+                }
+                Err(detail) => {
+                    rep.problem(rel.clone(), format!("ref file: {detail}"));
+                    damaged.insert(rel);
                 }
             }
         }
@@ -325,9 +323,8 @@ fn index_pack(
             Err(e) => rep.problem(format!("pack {id} chunk {i}"), e.to_string()),
         }
     }
-    let size = storage.open_read(rel).map(|h| h.len()).unwrap_or(0);
     let info = PackInfo {
-        size,
+        size: reader.file_len(),
         chunk_count: reader.chunk_count(),
         raw_bytes: raw,
     };

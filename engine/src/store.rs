@@ -310,8 +310,6 @@ impl Store {
         if let Some(p) = opts.chunking {
             p.validate()?;
         }
-        let index_is_new = !index_dir.exists();
-        let (index, rebuilt) = crate::recover::open_index(&index_dir, &opts)?;
         // We hold the store lock, so no other process can be using tmp/:
         // whatever is there is left over from a crash and was never
         // acknowledged.
@@ -321,9 +319,21 @@ impl Store {
                 .remove_file(&rel)
                 .map_err(|e| io("remove temp file", &rel, e))?;
         }
+        // Mark the session open before touching the index: a crash from
+        // here on (in a rebuild or catch-up too) makes the next open catch
+        // up. A clean close removes the marker.
         let unclean = storage
             .exists(DIRTY_FILE)
             .map_err(|e| io("stat", DIRTY_FILE, e))?;
+        write_atomic(
+            storage.as_ref(),
+            &root,
+            &format!("tmp/{}-open.dirty", std::process::id()),
+            DIRTY_FILE,
+            std::process::id().to_string().as_bytes(),
+        )?;
+        let index_is_new = !index_dir.exists();
+        let (index, rebuilt) = crate::recover::open_index(&index_dir, &opts)?;
         let reason = if rebuilt {
             Some(CatchUpReason::DamagedIndex)
         } else if index_is_new {
@@ -356,7 +366,15 @@ impl Store {
             }),
         };
         if let Some(reason) = reason {
-            let report = store.catch_up(unclean)?;
+            let report = match store.catch_up(reason) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Keep `dirty` (a poisoned store does not close cleanly):
+                    // the next open must catch up again.
+                    *lock(&store.inner.poison) = Some(format!("catching up the index failed: {e}"));
+                    return Err(e);
+                }
+            };
             let changed = report.packs + report.files + report.refs > 0;
             if changed || !report.problems.is_empty() || reason != CatchUpReason::NewIndex {
                 tracing::warn!(
@@ -373,15 +391,6 @@ impl Store {
             }
             *lock(&store.inner.recovery) = Some(Recovery { reason, report });
         }
-        // Mark this session open; a clean close removes the marker.
-        let inner = &*store.inner;
-        write_atomic(
-            inner.storage.as_ref(),
-            &inner.root,
-            &store.tmp_name("dirty"),
-            DIRTY_FILE,
-            std::process::id().to_string().as_bytes(),
-        )?;
         Ok(store)
     }
 
