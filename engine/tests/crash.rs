@@ -736,10 +736,53 @@ impl World<'_> {
         }
     }
 
+    /// A failed operation is indexed in one transaction (a group commit
+    /// too), so readers in this process see all of its effects or none:
+    /// every new file of it is present or every one absent, and every ref it
+    /// changes has its new value or every one its old value.
+    fn check_all_or_nothing(&mut self, store: &Store, inflight: &InFlight) {
+        let mut seen: BTreeMap<bool, String> = BTreeMap::new();
+        for (id, _) in &inflight.files {
+            if self.model.files.contains_key(id) {
+                continue;
+            }
+            match store.contains(id) {
+                Ok(v) => {
+                    seen.entry(v).or_insert_with(|| format!("file {id}"));
+                }
+                Err(e) => self.fail(format!("contains({id}) on the poisoned store: {e}")),
+            }
+        }
+        for (name, allowed) in &inflight.refs {
+            let old = self.model.refs.get(name).copied();
+            let mut new = allowed.iter().filter(|v| **v != old);
+            let (Some(&new), None) = (new.next(), new.next()) else {
+                continue;
+            };
+            let now = match store.resolve_ref(name) {
+                Ok(f) => Some(f),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => self.fail(format!("resolving {name:?} on the poisoned store: {e}")),
+            };
+            if now == new {
+                seen.entry(true).or_insert_with(|| format!("ref {name:?}"));
+            } else if now == old {
+                seen.entry(false).or_insert_with(|| format!("ref {name:?}"));
+            }
+        }
+        if let (Some(done), Some(not)) = (seen.get(&true), seen.get(&false)) {
+            self.fail(format!(
+                "failed {} is partly visible: {done} is there, {not} is not",
+                inflight.desc
+            ));
+        }
+    }
+
     /// After a non-sticky failure: writes are refused with `Poisoned`,
     /// reads still work.
     fn check_poisoned(&mut self, inflight: &InFlight) {
         let store = self.store();
+        self.check_all_or_nothing(&store, inflight);
         let ops = self.fs.ops();
         for _ in 0..self.rng.range(1, 4) {
             self.report.poisoned_checks += 1;
