@@ -148,21 +148,23 @@ const GENERATION: &str = "generation";
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
+fn decode_counter(name: &str, v: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(v)
+        .map(u64::from_le_bytes)
+        .map_err(|_| Error::IndexCorrupt {
+            tree: "meta",
+            key: name.to_string(),
+            detail: "counter is not 8 bytes".into(),
+        })
+}
+
 fn add_counter(
     meta: &sled::transaction::TransactionalTree,
     name: &str,
     delta: i64,
 ) -> TxResult<()> {
     let cur = match meta.get(name)? {
-        Some(v) => <[u8; 8]>::try_from(v.as_ref())
-            .map(u64::from_le_bytes)
-            .map_err(|_| {
-                ConflictableTransactionError::Abort(Error::IndexCorrupt {
-                    tree: "meta",
-                    key: name.to_string(),
-                    detail: "counter is not 8 bytes".into(),
-                })
-            })?,
+        Some(v) => decode_counter(name, &v).map_err(ConflictableTransactionError::Abort)?,
         None => 0,
     };
     let new = cur.saturating_add_signed(delta);
@@ -482,15 +484,7 @@ impl Index {
     pub fn counters(&self) -> Result<Counters> {
         let mut vals = [0u64; 7];
         for (slot, name) in vals.iter_mut().zip(COUNTER_NAMES) {
-            if let Some(v) = self.meta.get(name)? {
-                *slot = <[u8; 8]>::try_from(v.as_ref())
-                    .map(u64::from_le_bytes)
-                    .map_err(|_| Error::IndexCorrupt {
-                        tree: "meta",
-                        key: name.to_string(),
-                        detail: "counter is not 8 bytes".into(),
-                    })?;
-            }
+            *slot = self.meta_counter(name)?;
         }
         let [files, refs, chunks, packs, logical_bytes, stored_bytes, chunk_bytes] = vals;
         let counters = Counters {
@@ -507,15 +501,13 @@ impl Index {
 
     /// The write generation (see [`GENERATION`]).
     pub fn generation(&self) -> Result<u64> {
-        match self.meta.get(GENERATION)? {
+        self.meta_counter(GENERATION)
+    }
+
+    fn meta_counter(&self, name: &str) -> Result<u64> {
+        match self.meta.get(name)? {
             None => Ok(0),
-            Some(v) => <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_le_bytes)
-                .map_err(|_| Error::IndexCorrupt {
-                    tree: "meta",
-                    key: GENERATION.to_string(),
-                    detail: "counter is not 8 bytes".into(),
-                }),
+            Some(v) => decode_counter(name, &v),
         }
     }
 
