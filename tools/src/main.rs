@@ -146,6 +146,10 @@ enum RepairCmd {
     /// Rebuild the whole index from the packs, recipe files and ref files
     /// (deletes the current index first). Damaged objects are reported; all
     /// else is recovered. Exit 4 if anything could not be recovered.
+    ///
+    /// Rarely needed by hand: every open already catches the index up with
+    /// the files after a crash, or when sled reports damage or comes back
+    /// older than the last clean close (logged as a warning).
     Index {
         /// Print the report as JSON.
         #[arg(long)]
