@@ -134,13 +134,10 @@ fn main() {
         assert_eq!(n, v1.len() as u64);
         results[3].1.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let mut s = 99u64 + run as u64;
+        let mut rng = tessera::synth::SplitMix64::new(99 + run as u64);
         let reads = 200;
         for _ in 0..reads {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let off = (s >> 11) % (v1.len() as u64 - (1 << 20));
+            let off = rng.below(v1.len() as u64 - (1 << 20));
             let got = store.read_range(&r1.file_id, off, 1 << 20).expect("range");
             assert_eq!(got.len(), 1 << 20);
         }

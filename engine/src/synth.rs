@@ -79,10 +79,22 @@ impl SplitMix64 {
         }
     }
 
+    /// A value in `0..n` (0 when `n` is 0); modulo bias is irrelevant here.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64().checked_rem(n).unwrap_or(0)
+    }
+
     /// A uniform `f64` in `[0, 1)` (53 random bits).
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+}
+
+/// `n` incompressible bytes: the stream of `SplitMix64::new(seed)`.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    SplitMix64::new(seed).fill_bytes(&mut out);
+    out
 }
 
 /// Derive a new 64-bit seed from two inputs (order-sensitive).

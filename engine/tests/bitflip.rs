@@ -118,13 +118,8 @@ fn random_bit_flips_are_detected_and_never_yield_wrong_bytes() {
             files.push((rep.file_id, d));
         }
     }
-    let mut s = seed;
-    let mut rnd = |n: u64| {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 17) % n.max(1)
-    };
+    let mut rng = tessera::synth::SplitMix64::new(seed);
+    let mut rnd = |n: u64| rng.below(n);
     let (mut data_flips, mut other_flips) = (0, 0);
     for case in 0..cases {
         let work = tempfile::tempdir().expect("tempdir");

@@ -24,12 +24,9 @@ const BLOCKS_PER_FILE: usize = 5;
 /// picked by the spec, plus a short tail of its own.
 fn build(spec: usize, pool: &[Vec<u8>]) -> Vec<u8> {
     let mut order: Vec<usize> = (0..POOL).collect();
-    let mut s = (spec as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = tessera::synth::SplitMix64::new(spec as u64);
     for i in (1..order.len()).rev() {
-        s = s
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        order.swap(i, (s >> 33) as usize % (i + 1));
+        order.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let mut out = Vec::with_capacity(BLOCKS_PER_FILE * BLOCK + 1000);
     for &b in &order[..BLOCKS_PER_FILE] {

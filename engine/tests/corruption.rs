@@ -48,15 +48,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                create: true,
-                pack_target_bytes: 1 << 20,
-                ..Default::default()
-            },
-        )
-        .expect("create store");
+        let store = Store::open(dir.path(), common::small_packs()).expect("create store");
         let victim_data = noise(3 * 1024 * 1024 + 4321, 101);
         let other_data = noise(600_000, 202);
         let victim = store.put_bytes(&victim_data, &["t/victim"]).expect("put");
@@ -837,15 +829,7 @@ fn reopened_store_reads_everything_back() {
         (noise(200_000, 1), "t/small-again"),
     ];
     let (ids, refs, stats): (Vec<FileId>, Vec<(String, FileId)>, Stats) = {
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                create: true,
-                pack_target_bytes: 1 << 20,
-                ..Default::default()
-            },
-        )
-        .expect("create");
+        let store = Store::open(dir.path(), common::small_packs()).expect("create");
         let mut ids = Vec::new();
         for (data, r) in &files {
             ids.push(store.put_bytes(data, &[*r]).expect("put").file_id);

@@ -43,6 +43,7 @@ use tessera::hash::FileIdHasher;
 use tessera::pack::pack_path;
 use tessera::storage::Storage;
 use tessera::store::{recipe_path, ref_path};
+use tessera::synth::SplitMix64;
 use tessera::{ChunkId, ChunkParams, Error, FileId, Store, StoreOptions};
 
 mod common;
@@ -79,22 +80,15 @@ const REF_NAMES: [&str; 8] = [
 
 /// splitmix64.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+/// The project's SplitMix64 with the helpers the model needs.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
+        self.0.below(n)
     }
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi - lo + 1)
@@ -103,11 +97,8 @@ impl Rng {
         self.below(den) < num
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
+        let mut v = vec![0; n];
+        self.0.fill_bytes(&mut v);
         v
     }
     fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
@@ -1187,7 +1178,7 @@ fn mode_name(m: CrashMode) -> &'static str {
 }
 
 fn run_seed(seed: u64, report: &mut Report) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let root = tempfile::tempdir().expect("tempdir");
     let snaps = tempfile::tempdir().expect("tempdir");
     let fs = FaultStorage::new(root.path());

@@ -3,17 +3,9 @@
 
 mod common;
 
-use common::{noise, pack_files};
+use common::{noise, pack_files, small_packs};
 use tessera::check::VerifyOptions;
 use tessera::{Error, FileId, Store, StoreOptions};
-
-fn small_packs() -> StoreOptions {
-    StoreOptions {
-        create: true,
-        pack_target_bytes: 1 << 20,
-        ..Default::default()
-    }
-}
 
 /// A store with several files over several packs and refs; returns the files.
 fn populate(dir: &std::path::Path) -> Vec<(FileId, Vec<u8>, String)> {

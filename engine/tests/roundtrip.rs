@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Seek, SeekFrom};
 
 use common::{noise, open, pack_files};
-use tessera::{ChunkParams, Error, Store, StoreOptions};
+use tessera::{ChunkParams, Error, Store};
 
 #[test]
 fn round_trip_edge_sizes() {
@@ -31,15 +31,7 @@ fn round_trip_edge_sizes() {
 #[test]
 fn file_spanning_several_packs_and_random_ranges() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(
-        dir.path(),
-        StoreOptions {
-            create: true,
-            pack_target_bytes: 1 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let store = Store::open(dir.path(), common::small_packs()).expect("open");
     let data = noise(6 * 1024 * 1024 + 333, 42);
     let rep = store.put_bytes(&data, &["t/a@v1:x"]).expect("put");
     let info = store.info(&rep.file_id).expect("info");
@@ -57,14 +49,11 @@ fn file_spanning_several_packs_and_random_ranges() {
     assert!(back == data);
 
     // Random ranges, many crossing chunk and pack boundaries.
-    let mut s = 12345u64;
+    let mut rng = tessera::synth::SplitMix64::new(12345);
     let n = data.len() as u64;
     for _ in 0..300 {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let off = (s >> 11) % n;
-        let len = ((s >> 40) % (3 << 20)).min(n - off);
+        let off = rng.below(n);
+        let len = rng.below(3 << 20).min(n - off);
         let got = store.read_range(&rep.file_id, off, len).expect("range");
         assert!(
             got[..] == data[off as usize..(off + len) as usize],

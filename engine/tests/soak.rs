@@ -18,18 +18,12 @@ const READERS: usize = 8;
 
 /// File `n`: 3-6 blocks of a shared pool picked by `n`, plus a tail of its own.
 fn content(n: u64, pool: &[Vec<u8>]) -> Vec<u8> {
-    let mut s = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    let mut rng = tessera::synth::SplitMix64::new(n);
     let mut out = Vec::new();
-    for _ in 0..3 + next() % 4 {
-        out.extend_from_slice(&pool[(next() % pool.len() as u64) as usize]);
+    for _ in 0..3 + rng.below(4) {
+        out.extend_from_slice(&pool[rng.below(pool.len() as u64) as usize]);
     }
-    out.extend_from_slice(&noise((next() % 50_000) as usize, n));
+    out.extend_from_slice(&noise(rng.below(50_000) as usize, n));
     out
 }
 

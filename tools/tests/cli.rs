@@ -5,23 +5,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use tessera::synth::noise;
 use tessera::{FileId, ReadMode, Store, StoreOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
-
-/// Deterministic incompressible bytes (xorshift64*).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// A temp dir with a store path (not yet created) and room for input files.
 struct Env {

@@ -14,28 +14,14 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut z = self.0;
-        z = (z ^ (z >> 33)).wrapping_mul(0xff51afd7ed558ccd);
-        z ^ (z >> 33)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use tessera::synth::SplitMix64 as Rng;
 
 /// A pool of random blocks that source files are built from, so puts dedup.
 fn make_blocks(rng: &mut Rng) -> Vec<Vec<u8>> {
     (0..24)
         .map(|_| {
             let mut b = vec![0u8; 256 * 1024];
-            let mut r = tessera::synth::SplitMix64::new(rng.next());
+            let mut r = Rng::new(rng.next_u64());
             r.fill_bytes(&mut b);
             b
         })
@@ -99,7 +85,7 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     println!("kill test: {kills} kills, TESSERA_KILL_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let work = tempfile::tempdir().expect("tempdir");
     let store = work.path().join("store");
     let blocks = make_blocks(&mut rng);

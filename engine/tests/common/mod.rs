@@ -5,25 +5,22 @@ use std::path::Path;
 
 use tessera::{Store, StoreOptions};
 
-/// Deterministic pseudo-random bytes (xorshift64*), incompressible.
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
+pub use tessera::synth::noise;
 
 /// Options for a fresh test store.
 pub fn opts() -> StoreOptions {
     StoreOptions {
         create: true,
         ..Default::default()
+    }
+}
+
+/// Options for a fresh test store whose packs seal at 1 MiB, so a few MiB
+/// of data span several packs.
+pub fn small_packs() -> StoreOptions {
+    StoreOptions {
+        pack_target_bytes: 1 << 20,
+        ..opts()
     }
 }
 
