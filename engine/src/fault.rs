@@ -190,6 +190,22 @@ impl State {
     }
 
     /// Counts an operation and decides whether the fault fires.
+    /// One storage operation: counted (and maybe failed) by `begin`, then
+    /// run; an operation that fails on its own also marks the state failed.
+    fn op<T>(
+        &mut self,
+        kind: OpKind,
+        what: impl FnOnce() -> String,
+        run: impl FnOnce(&mut Self) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.begin(kind, what)?;
+        let r = run(self);
+        if r.is_err() {
+            self.mark_failed();
+        }
+        r
+    }
+
     fn begin(&mut self, kind: OpKind, what: impl FnOnce() -> String) -> io::Result<u64> {
         self.ops += 1;
         *self.by_kind.entry(kind).or_default() += 1;
@@ -621,33 +637,33 @@ impl FaultWriter {
 
 impl WriteHandle for FaultWriter {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let mut s = self.lock();
-        s.begin(OpKind::Write, || format!("{} +{}", self.rel, buf.len()))?;
-        match s.nodes.get_mut(&self.ino) {
-            Some(Node::File { data, .. }) => {
-                data.extend_from_slice(buf);
-                Ok(())
-            }
-            _ => {
-                s.mark_failed();
-                Err(not_found(&self.rel))
-            }
-        }
+        let (ino, rel) = (self.ino, &self.rel);
+        self.lock().op(
+            OpKind::Write,
+            || format!("{rel} +{}", buf.len()),
+            |s| match s.nodes.get_mut(&ino) {
+                Some(Node::File { data, .. }) => {
+                    data.extend_from_slice(buf);
+                    Ok(())
+                }
+                _ => Err(not_found(rel)),
+            },
+        )
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let mut s = self.lock();
-        s.begin(OpKind::Sync, || self.rel.clone())?;
-        match s.nodes.get_mut(&self.ino) {
-            Some(Node::File { data, durable }) => {
-                *durable = data.len();
-                Ok(())
-            }
-            _ => {
-                s.mark_failed();
-                Err(not_found(&self.rel))
-            }
-        }
+        let (ino, rel) = (self.ino, &self.rel);
+        self.lock().op(
+            OpKind::Sync,
+            || rel.clone(),
+            |s| match s.nodes.get_mut(&ino) {
+                Some(Node::File { data, durable }) => {
+                    *durable = data.len();
+                    Ok(())
+                }
+                _ => Err(not_found(rel)),
+            },
+        )
     }
 }
 
@@ -657,59 +673,40 @@ impl Storage for FaultStorage {
     }
 
     fn create_dir_all(&self, rel: &str) -> io::Result<()> {
-        let mut s = self.lock();
-        s.begin(OpKind::CreateDir, || rel.to_string())?;
-        let r = s.create_dir_all(rel);
-        if r.is_err() {
-            s.mark_failed();
-        }
-        r
+        self.lock().op(
+            OpKind::CreateDir,
+            || rel.to_string(),
+            |s| s.create_dir_all(rel),
+        )
     }
 
     fn create_new(&self, rel: &str) -> io::Result<Box<dyn WriteHandle>> {
-        let mut s = self.lock();
-        s.begin(OpKind::Create, || rel.to_string())?;
-        match s.create_new(rel) {
-            Ok(ino) => Ok(Box::new(FaultWriter {
-                state: self.state.clone(),
-                ino,
-                rel: rel.to_string(),
-            })),
-            Err(e) => {
-                s.mark_failed();
-                Err(e)
-            }
-        }
+        let ino = self
+            .lock()
+            .op(OpKind::Create, || rel.to_string(), |s| s.create_new(rel))?;
+        Ok(Box::new(FaultWriter {
+            state: self.state.clone(),
+            ino,
+            rel: rel.to_string(),
+        }))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let mut s = self.lock();
-        s.begin(OpKind::Rename, || format!("{from} -> {to}"))?;
-        let r = s.rename(from, to);
-        if r.is_err() {
-            s.mark_failed();
-        }
-        r
+        self.lock().op(
+            OpKind::Rename,
+            || format!("{from} -> {to}"),
+            |s| s.rename(from, to),
+        )
     }
 
     fn sync_dir(&self, rel: &str) -> io::Result<()> {
-        let mut s = self.lock();
-        s.begin(OpKind::SyncDir, || rel.to_string())?;
-        let r = s.sync_dir(rel);
-        if r.is_err() {
-            s.mark_failed();
-        }
-        r
+        self.lock()
+            .op(OpKind::SyncDir, || rel.to_string(), |s| s.sync_dir(rel))
     }
 
     fn remove_file(&self, rel: &str) -> io::Result<()> {
-        let mut s = self.lock();
-        s.begin(OpKind::Remove, || rel.to_string())?;
-        let r = s.remove_file(rel);
-        if r.is_err() {
-            s.mark_failed();
-        }
-        r
+        self.lock()
+            .op(OpKind::Remove, || rel.to_string(), |s| s.remove_file(rel))
     }
 
     fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
