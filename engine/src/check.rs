@@ -129,7 +129,10 @@ pub(crate) fn fanout_files(
     problems: &mut Vec<Problem>,
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for dir in list(storage, top)? {
+    let dirs = storage
+        .list_dir(top)
+        .map_err(|e| Error::io("list directory", storage.root().join(top), e))?;
+    for dir in dirs {
         let d = format!("{top}/{dir}");
         let names = match storage.list_dir(&d) {
             Ok(n) => n,
@@ -145,12 +148,6 @@ pub(crate) fn fanout_files(
         out.extend(names.into_iter().map(|name| (format!("{d}/{name}"), name)));
     }
     Ok(out)
-}
-
-pub(crate) fn list(storage: &dyn Storage, rel: &str) -> Result<Vec<String>> {
-    storage
-        .list_dir(rel)
-        .map_err(|e| Error::io("list directory", storage.root().join(rel), e))
 }
 
 /// Hashes a whole pack file in 1 MiB pieces and compares it with its name.

@@ -77,24 +77,29 @@ pub fn index_values(data: &[u8]) {
     let _ = crate::index::PackInfo::decode(data);
 }
 
-/// A store made of fuzzed files: `dir` must be an empty directory. The input
-/// is split by 16-bit little-endian length prefixes into a config, a pack, a
-/// recipe and a ref file, written into a fresh store's layout; then the store
-/// is opened, its index rebuilt from those files, verified, and every file it
-/// lists read. Errors are expected; panics are bugs.
-pub fn store_files(dir: &std::path::Path, data: &[u8]) {
-    use crate::chunking::ChunkParams;
-    use crate::store::{Store, StoreOptions};
-    let opts = StoreOptions {
+/// Options creating a store with tiny chunks (64 B – 1 KiB), so that the
+/// fuzzed stores and the corpus seeds made from them stay small.
+pub fn tiny_chunk_options() -> crate::store::StoreOptions {
+    crate::store::StoreOptions {
         create: true,
-        chunking: Some(ChunkParams {
+        chunking: Some(crate::chunking::ChunkParams {
             min: 64,
             avg: 256,
             max: 1024,
             normalization: 1,
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// A store made of fuzzed files: `dir` must be an empty directory. The input
+/// is split by 16-bit little-endian length prefixes into a config, a pack, a
+/// recipe and a ref file, written into a fresh store's layout; then the store
+/// is opened, its index rebuilt from those files, verified, and every file it
+/// lists read. Errors are expected; panics are bugs.
+pub fn store_files(dir: &std::path::Path, data: &[u8]) {
+    use crate::store::{Store, StoreOptions};
+    let opts = tiny_chunk_options();
     let Ok(store) = Store::open(dir, opts.clone()) else {
         return;
     };

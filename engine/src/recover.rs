@@ -143,7 +143,7 @@ pub(crate) fn clean_record(index: &Index) -> Result<Vec<u8>> {
 impl Store {
     /// What the last open did to bring the index up to date, if anything.
     pub fn recovery(&self) -> Option<Recovery> {
-        self.inner.recovery.lock().ok().and_then(|r| r.clone())
+        self.inner.recovery.get().cloned()
     }
 
     /// Indexes every pack and recipe file the index lacks and makes the

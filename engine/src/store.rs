@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
@@ -187,8 +187,8 @@ pub(crate) struct Inner {
     recipes: Mutex<HashMap<FileId, Arc<Layout>>>,
     poison: Mutex<Option<String>>,
     tmp_seq: AtomicU64,
-    /// What this open did to bring the index up to date.
-    pub(crate) recovery: Mutex<Option<Recovery>>,
+    /// What this open did to bring the index up to date (set once, by open).
+    pub(crate) recovery: OnceLock<Recovery>,
     /// Held (flock) for the life of the store: one process at a time.
     _lock: std::fs::File,
 }
@@ -361,7 +361,7 @@ impl Store {
                 recipes: Mutex::new(HashMap::new()),
                 poison: Mutex::new(None),
                 tmp_seq: AtomicU64::new(0),
-                recovery: Mutex::new(None),
+                recovery: OnceLock::new(),
                 _lock: lock_file,
             }),
         };
@@ -389,7 +389,7 @@ impl Store {
             for p in &report.problems {
                 tracing::warn!(object = %p.object, "{}", p.detail);
             }
-            *lock(&store.inner.recovery) = Some(Recovery { reason, report });
+            let _ = store.inner.recovery.set(Recovery { reason, report });
         }
         Ok(store)
     }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera::{fuzzing, ChunkParams, Store, StoreOptions};
+use tessera::{fuzzing, Store};
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,20 +28,7 @@ fn files(dir: &Path) -> Vec<Vec<u8>> {
 /// Seeds made from a real store with tiny chunks, so packs are small.
 fn bless() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(
-        dir.path(),
-        StoreOptions {
-            create: true,
-            chunking: Some(ChunkParams {
-                min: 64,
-                avg: 256,
-                max: 1024,
-                normalization: 1,
-            }),
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let store = Store::open(dir.path(), fuzzing::tiny_chunk_options()).expect("open");
     let text: Vec<u8> = (0..3000u32)
         .map(|i| b"tessera fuzz seed "[(i % 18) as usize])
         .collect();
