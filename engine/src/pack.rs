@@ -1,5 +1,6 @@
 //! Pack files: writing an open pack, sealing it, and reading sealed packs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,8 +15,7 @@ use crate::storage::{ReadHandle, Storage, WriteHandle};
 
 /// Relative path of a sealed pack: `packs/<first two hex>/<hex>.pack`.
 pub fn pack_path(id: &PackId) -> String {
-    let h = id.to_hex();
-    format!("packs/{}/{}.pack", &h[..2], h)
+    crate::store::fanout("packs", &id.to_hex(), "pack")
 }
 
 /// A pack being written to a temp file.
@@ -25,6 +25,8 @@ pub(crate) struct OpenPack {
     hasher: PackIdHasher,
     len: u64,
     pub(crate) entries: Vec<ChunkEntry>,
+    /// The ids in `entries`, for dedup against the pack being written.
+    ids: HashSet<ChunkId>,
     raw_bytes: u64,
 }
 
@@ -40,6 +42,7 @@ impl OpenPack {
             hasher: PackIdHasher::new(),
             len: 0,
             entries: Vec::new(),
+            ids: HashSet::new(),
             raw_bytes: 0,
         };
         p.write(storage, &pack_header())?;
@@ -85,8 +88,14 @@ impl OpenPack {
         self.write(storage, &entry.encode_header())?;
         self.write(storage, stored)?;
         self.entries.push(entry);
+        self.ids.insert(id);
         self.raw_bytes += u64::from(raw_len);
         Ok(index)
+    }
+
+    /// Whether the pack holds chunk `id`.
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.ids.contains(id)
     }
 
     /// Writes the footer, fsyncs, renames to the content-addressed name and

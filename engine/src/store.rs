@@ -172,8 +172,6 @@ struct WriterState {
     open: Option<OpenPack>,
     /// Sequence number of the open (or next) pack.
     seq: u64,
-    /// Chunks in the open pack.
-    pending: HashSet<ChunkId>,
 }
 
 pub(crate) struct Inner {
@@ -235,7 +233,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn fanout(dir: &str, hex: &str, ext: &str) -> String {
+/// `dir/<hex[0..2]>/<hex>.ext`: where packs, recipe files and ref files live.
+pub(crate) fn fanout(dir: &str, hex: &str, ext: &str) -> String {
     format!("{dir}/{}/{hex}.{ext}", &hex[..2])
 }
 
@@ -352,11 +351,7 @@ impl Store {
                 opts,
                 config,
                 index,
-                writer: Mutex::new(WriterState {
-                    open: None,
-                    seq: 0,
-                    pending: HashSet::new(),
-                }),
+                writer: Mutex::new(WriterState { open: None, seq: 0 }),
                 packs: Mutex::new(HashMap::new()),
                 recipes: Mutex::new(HashMap::new()),
                 poison: Mutex::new(None),
@@ -582,7 +577,7 @@ impl Store {
             for (i, (compression, stored)) in encoded {
                 let id = ids[i];
                 // Re-check under the lock: another thread may have stored it.
-                if w.pending.contains(&id) {
+                if w.open.as_ref().is_some_and(|o| o.contains(&id)) {
                     placed.insert(id, Loc::Open { seq: w.seq });
                     continue;
                 }
@@ -637,7 +632,6 @@ impl Store {
         if let Some(open) = w.open.as_mut() {
             open.append(storage, id, raw_len, compression, stored)?;
         }
-        w.pending.insert(id);
         Ok(())
     }
 
@@ -656,7 +650,6 @@ impl Store {
             .index
             .add_pack(sealed.id, info, &sealed.entries)?;
         tracing::debug!(pack = %sealed.id, chunks = sealed.entries.len(), size = sealed.size, "sealed pack");
-        w.pending.clear();
         w.seq += 1;
         Ok(())
     }
