@@ -148,6 +148,15 @@ const GENERATION: &str = "generation";
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
+/// A key of `tree` that is not a 32-byte id.
+fn bad_key(tree: &'static str, k: &[u8]) -> Error {
+    Error::IndexCorrupt {
+        tree,
+        key: hex::encode(k),
+        detail: "key is not 32 bytes".into(),
+    }
+}
+
 fn decode_counter(name: &str, v: &[u8]) -> Result<u64> {
     <[u8; 8]>::try_from(v)
         .map(u64::from_le_bytes)
@@ -551,11 +560,7 @@ impl Index {
     pub fn packs(&self) -> impl Iterator<Item = Result<(PackId, PackInfo)>> + '_ {
         self.packs.iter().map(|kv| {
             let (k, v) = kv?;
-            let id = PackId::from_slice(&k).ok_or_else(|| Error::IndexCorrupt {
-                tree: "packs",
-                key: hex::encode(&k),
-                detail: "key is not 32 bytes".into(),
-            })?;
+            let id = PackId::from_slice(&k).ok_or_else(|| bad_key("packs", &k))?;
             let info = PackInfo::decode(&v).ok_or_else(|| Error::IndexCorrupt {
                 tree: "packs",
                 key: id.to_hex(),
@@ -569,11 +574,7 @@ impl Index {
     pub fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
         self.chunks.iter().map(|kv| {
             let (k, v) = kv?;
-            let id = ChunkId::from_slice(&k).ok_or_else(|| Error::IndexCorrupt {
-                tree: "chunks",
-                key: hex::encode(&k),
-                detail: "key is not 32 bytes".into(),
-            })?;
+            let id = ChunkId::from_slice(&k).ok_or_else(|| bad_key("chunks", &k))?;
             ChunkLocation::decode(id, &v).ok_or_else(|| Error::IndexCorrupt {
                 tree: "chunks",
                 key: id.to_hex(),
@@ -586,11 +587,7 @@ impl Index {
     pub fn files(&self) -> impl Iterator<Item = Result<(FileId, sled::IVec)>> + '_ {
         self.files.iter().map(|kv| {
             let (k, v) = kv?;
-            let id = FileId::from_slice(&k).ok_or_else(|| Error::IndexCorrupt {
-                tree: "files",
-                key: hex::encode(&k),
-                detail: "key is not 32 bytes".into(),
-            })?;
+            let id = FileId::from_slice(&k).ok_or_else(|| bad_key("files", &k))?;
             Ok((id, v))
         })
     }
