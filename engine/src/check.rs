@@ -1,14 +1,15 @@
 //! `verify`: is the store intact? (`repair index` is in `recover`.)
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::error::clip;
 use crate::error::{Error, Result};
-use crate::format::Recipe;
-use crate::hash::{PackId, PackIdHasher};
+use crate::format::{decode_ref, Recipe};
+use crate::hash::{FileId, PackId, PackIdHasher};
 use crate::pack::{pack_path, PackReader};
 use crate::storage::Storage;
-use crate::store::{recipe_path, Store};
+use crate::store::{recipe_error, recipe_path, ref_path, Store};
 
 /// What `verify` checks.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +80,32 @@ impl VerifyReport {
             detail: detail.into(),
         });
     }
+
+    /// One problem per damaged object: details about the same object are
+    /// joined (the first three in full, then a count), in first-seen order.
+    fn group_problems(&mut self) {
+        let mut order: Vec<String> = Vec::new();
+        let mut details: HashMap<String, Vec<String>> = HashMap::new();
+        for p in self.problems.drain(..) {
+            let d = details.entry(p.object.clone()).or_default();
+            if d.is_empty() {
+                order.push(p.object);
+            }
+            if !d.contains(&p.detail) {
+                d.push(p.detail);
+            }
+        }
+        for object in order {
+            let mut d = details.remove(&object).unwrap_or_default();
+            let more = d.len().saturating_sub(3);
+            d.truncate(3);
+            let mut detail = d.join("; ");
+            if more > 0 {
+                detail.push_str(&format!("; and {more} more"));
+            }
+            self.problems.push(Problem { object, detail });
+        }
+    }
 }
 
 /// The outcome of `repair index`.
@@ -92,6 +119,9 @@ pub struct RepairReport {
     pub files: u64,
     /// Refs restored from ref files.
     pub refs: u64,
+    /// Recipe and ref files that were missing or damaged and were rewritten
+    /// from the index's verified copies.
+    pub healed: Vec<Problem>,
     /// What could not be recovered, by name.
     pub problems: Vec<Problem>,
 }
@@ -288,6 +318,10 @@ impl Store {
         for (id, _) in &on_disk {
             if !indexed_packs.contains(id) {
                 rep.orphan_packs.push(*id);
+                rep.problem(
+                    format!("pack {id}"),
+                    "on disk but not in the index (`tessera repair index` indexes its intact chunks)",
+                );
             }
         }
 
@@ -316,7 +350,20 @@ impl Store {
             }
         }
 
-        // Recipes.
+        // Recipes: the index's copies, then every recipe file on disk.
+        let mut recipe_files: HashMap<FileId, String> = HashMap::new();
+        for (rel, name) in fanout_files(storage, "recipes", &mut rep.problems)? {
+            match name
+                .strip_suffix(".recipe")
+                .and_then(FileId::from_hex)
+                .filter(|id| recipe_path(id) == rel)
+            {
+                Some(file) => {
+                    recipe_files.insert(file, rel);
+                }
+                None => rep.problem(rel, "unexpected file in recipes/"),
+            }
+        }
         for item in index.files() {
             let (file, bytes) = item?;
             rep.files += 1;
@@ -326,26 +373,37 @@ impl Store {
                 Err(e) => {
                     rep.problem(
                         obj,
-                        format!(
-                            "index copy of recipe: {}",
-                            crate::store::recipe_error(file, e)
-                        ),
+                        format!("index copy of recipe: {}", recipe_error(file, e)),
                     );
                     continue;
                 }
             };
-            match storage.read(&recipe_path(&file)) {
+            let rel = recipe_files
+                .remove(&file)
+                .unwrap_or_else(|| recipe_path(&file));
+            match storage.read(&rel) {
                 Ok(b) if b[..] == bytes[..] => {}
-                Ok(_) => rep.problem(obj.clone(), "recipe file differs from the index copy"),
-                Err(e) => rep.problem(obj.clone(), format!("recipe file unreadable: {e}")),
+                Ok(b) => match Recipe::decode(file, &b) {
+                    Ok(_) => rep.problem(obj.clone(), "recipe file differs from the index copy"),
+                    Err(e) => rep.problem(
+                        obj.clone(),
+                        format!(
+                            "recipe file {rel} is damaged ({}); `tessera repair index` rewrites it from the index's verified copy",
+                            recipe_error(file, e)
+                        ),
+                    ),
+                },
+                Err(e) => rep.problem(
+                    obj.clone(),
+                    format!("recipe file {rel} unreadable ({e}); `tessera repair index` rewrites it from the index's verified copy"),
+                ),
             }
+            // One problem per file and missing pack, however many terms name it.
+            let mut bad_packs: BTreeMap<PackId, u64> = BTreeMap::new();
             let mut next = 0usize;
             for t in &recipe.terms {
                 let Some(r) = readers.get(&t.pack) else {
-                    rep.problem(
-                        obj.clone(),
-                        format!("term names pack {} which is missing or damaged", t.pack),
-                    );
+                    *bad_packs.entry(t.pack).or_default() += 1;
                     next += t.chunk_count as usize;
                     continue;
                 };
@@ -368,26 +426,71 @@ impl Store {
                     }
                 }
             }
+            for (pack, terms) in bad_packs {
+                rep.problem(
+                    obj.clone(),
+                    format!("{terms} of its terms name pack {pack}, which is missing or damaged"),
+                );
+            }
+        }
+        for (file, rel) in recipe_files {
+            let detail = match storage.read(&rel) {
+                Ok(b) => match Recipe::decode(file, &b) {
+                    Ok(_) => format!(
+                        "recipe file {rel} is not in the index (`tessera repair index` indexes it)"
+                    ),
+                    Err(e) => format!(
+                        "recipe file {rel} is damaged ({}) and the index has no copy: the file is lost",
+                        recipe_error(file, e)
+                    ),
+                },
+                Err(e) => format!("recipe file {rel} unreadable: {e}"),
+            };
+            rep.problem(format!("file {file}"), detail);
         }
 
-        // Refs.
+        // Refs: the index's, then every ref file on disk.
+        let mut ref_files: HashSet<String> = fanout_files(storage, "refs", &mut rep.problems)?
+            .into_iter()
+            .map(|(rel, _)| rel)
+            .collect();
         for (name, file) in self.list_refs("")? {
             rep.refs += 1;
+            let obj = format!("ref {}", clip(&name));
+            ref_files.remove(&ref_path(&name));
             if !index.has_file(&file)? {
                 rep.problem(
-                    format!("ref {name}"),
+                    obj.clone(),
                     format!("names file {file}, which is not stored"),
                 );
             }
             match self.read_ref_file(&name) {
                 Ok(Some(f)) if f == file => {}
-                Ok(_) => rep.problem(
-                    format!("ref {name}"),
-                    "ref file missing or names another file",
-                ),
-                Err(e) => rep.problem(format!("ref {name}"), e.to_string()),
+                Ok(_) => rep.problem(obj, "ref file missing or names another file"),
+                Err(e) => rep.problem(obj, e.to_string()),
             }
         }
+        for rel in ref_files {
+            let detail = match storage.read(&rel).map(|b| decode_ref(&b)) {
+                Ok(Ok((name, file))) if ref_path(&name) == rel => {
+                    let target = if index.has_file(&file)? {
+                        "a stored file".to_string()
+                    } else {
+                        format!("file {file}, which is not stored")
+                    };
+                    rep.problem(
+                        format!("ref {}", clip(&name)),
+                        format!("ref file {rel} names {target}, but the index has no such ref"),
+                    );
+                    continue;
+                }
+                Ok(Ok(_)) => "ref file stored under the wrong name".to_string(),
+                Ok(Err(detail)) => format!("damaged ref file: {detail}"),
+                Err(e) => format!("unreadable ref file: {e}"),
+            };
+            rep.problem(rel, detail);
+        }
+        rep.group_problems();
         Ok(rep)
     }
 }

@@ -32,6 +32,36 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Creating a store was refused: the directory is not empty and holds
+    /// no store (nothing in it was touched).
+    #[error("{} is not a tessera store and not empty ({detail}); a store is only created in a new or empty directory", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// What was found there.
+        detail: String,
+    },
+
+    /// The directory holds a store's packs, recipes or refs but its config
+    /// is gone: a damaged store, never silently re-created.
+    #[error("{} holds a tessera store ({detail}) but its config tessera.store is missing; restore tessera.store from a backup, or run `tessera repair config` to write it anew after checking the chunking parameters against the stored files", path.display())]
+    ConfigMissing {
+        /// The store directory.
+        path: PathBuf,
+        /// What was found there.
+        detail: String,
+    },
+
+    /// An input changed while it was being read (size or modification time
+    /// differ before and after): what was read matches neither version.
+    #[error("{}: the file changed while it was read ({detail}); nothing was stored for it", path.display())]
+    SourceChanged {
+        /// The input file.
+        path: PathBuf,
+        /// What changed.
+        detail: String,
+    },
+
     /// A store, pack or recipe written by a format version this build cannot read.
     #[error("{object}: unsupported format version {found} (this build reads version {supported})")]
     UnsupportedVersion {
@@ -55,7 +85,7 @@ pub enum Error {
     },
 
     /// The store config file is damaged.
-    #[error("store config {} is corrupt: {detail}", path.display())]
+    #[error("store config {} is corrupt: {detail}; restore it from a backup, or run `tessera repair config` to write it anew after checking the chunking parameters against the stored files", path.display())]
     ConfigCorrupt {
         /// The config file.
         path: PathBuf,
@@ -143,8 +173,20 @@ pub enum Error {
     },
 
     /// The sled index reported an error.
-    #[error("index error: {0}")]
+    #[error("index error: {0} (the index is a cache of the packs, recipes and refs: `tessera repair index` rebuilds it)")]
     Index(#[from] sled::Error),
+
+    /// A ref whose ref file names a file the store cannot read: its recipe
+    /// is missing or damaged (see `verify`).
+    #[error(
+        "ref {name} names file {file}, whose recipe is missing or damaged (run `tessera verify`)"
+    )]
+    RefDangling {
+        /// The ref (shortened if long).
+        name: String,
+        /// The file it names.
+        file: FileId,
+    },
 
     /// A file id, sha256, ref or other named object does not exist.
     #[error("{kind} not found: {name}")]
@@ -195,10 +237,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+    pub(crate) fn not_found(kind: &'static str, name: &str) -> Self {
         Error::NotFound {
             kind,
-            name: name.into(),
+            name: clip(name),
         }
     }
 
@@ -217,6 +259,9 @@ impl Error {
                 | Error::PackCorrupt { .. }
                 | Error::PackTruncated { .. }
                 | Error::RecipeCorrupt { .. }
+                | Error::PackMissing { .. }
+                | Error::RefDangling { .. }
+                | Error::ConfigMissing { .. }
                 | Error::IndexCorrupt { .. }
                 | Error::IndexMissing { .. }
                 | Error::IndexDamaged { .. }
@@ -224,4 +269,16 @@ impl Error {
                 | Error::Index(sled::Error::Corruption { .. })
         )
     }
+}
+
+/// A user-supplied name as echoed in messages: at most 96 characters, then
+/// `…` and the full length, so a hostile 10 KB name does not become a 10 KB
+/// error line.
+pub fn clip(name: &str) -> String {
+    const MAX: usize = 96;
+    if name.chars().count() <= MAX {
+        return name.to_string();
+    }
+    let head: String = name.chars().take(MAX).collect();
+    format!("{head}… ({} bytes)", name.len())
 }

@@ -404,6 +404,18 @@ impl Index {
             .map_err(tx_err)
     }
 
+    /// Replaces the recipe copy of a file the index already holds (with
+    /// another valid recipe of the same file: same chunks, same size).
+    pub fn replace_recipe(&self, file: FileId, recipe: &[u8]) -> Result<()> {
+        (&self.files, &self.meta)
+            .transaction(|(ft, mt)| {
+                add_counter(mt, GENERATION, 1)?;
+                ft.insert(&file.0, recipe)?;
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
     /// File id for a sha256 alias.
     pub fn by_sha256(&self, sha: &Sha256) -> Result<Option<FileId>> {
         self.id_value(&self.sha256, "sha256", &sha.0)

@@ -19,18 +19,21 @@
 //! same catch-up over an empty index. A clean open (record present and
 //! equal) costs one small read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::check::{check_pack_name, fanout_files, list_packs, Problem, RepairReport};
+use crate::error::clip;
 use crate::error::{Error, Result};
 use crate::format::{decode_clean, decode_ref, encode_clean, ChunkEntry, Recipe};
 use crate::hash::{FileId, PackId};
 use crate::index::{Index, PackInfo};
 use crate::pack::PackReader;
 use crate::storage::Storage;
-use crate::store::{ref_path, Store, StoreOptions, CONFIG_FILE};
+use crate::store::{
+    recipe_error, recipe_path, ref_path, write_atomic, Store, StoreOptions, CONFIG_FILE,
+};
 
 /// The clean-close record, relative to the store root.
 pub const CLEAN_FILE: &str = "clean";
@@ -146,9 +149,10 @@ impl Store {
         self.inner.recovery.get().cloned()
     }
 
-    /// Indexes every pack and recipe file the index lacks and makes the
-    /// index's refs agree with the ref files (spec §10.3). When the counters
-    /// were the reason, they are recomputed from the trees first.
+    /// Indexes every pack and recipe file the index lacks, heals recipe and
+    /// ref files from the index's copies, and makes the index's refs agree
+    /// with the ref files (spec §10.3). When the counters were the reason,
+    /// they are recomputed from the trees first.
     pub(crate) fn catch_up(&self, reason: CatchUpReason) -> Result<RepairReport> {
         let storage = self.inner.storage.as_ref();
         let index: &Index = &self.inner.index;
@@ -163,34 +167,107 @@ impl Store {
                 index_pack(storage, index, id, &rel, &mut rep)?;
             }
         }
-        for (rel, name) in fanout_files(storage, "recipes", &mut rep.problems)? {
-            let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
-                rep.problem(rel, "unexpected file in recipes/");
-                continue;
-            };
-            if !index.has_file(&file)? {
-                index_recipe(storage, index, file, &rel, &mut rep)?;
-            }
-        }
-        self.reconcile_refs(&mut rep)?;
+        self.heal(&mut rep)?;
         index.flush()?;
         Ok(rep)
     }
 
+    /// Makes the recipe and ref files and the index agree, in both
+    /// directions: the files are the durable copy, but the index's copy of a
+    /// recipe verifies against its file id like the file does, so a recipe
+    /// file that is missing or damaged is rewritten from it, and so is a
+    /// damaged ref file (spec §10.3).
+    fn heal(&self, rep: &mut RepairReport) -> Result<()> {
+        self.sync_recipe_files(rep)?;
+        self.reconcile_refs(rep)
+    }
+
+    /// Recipe files against the index's `files` tree: a valid file the index
+    /// lacks is indexed; a valid file that differs from the index copy
+    /// replaces it (the file is the durable copy); a missing or damaged file
+    /// whose index copy verifies is rewritten from that copy.
+    fn sync_recipe_files(&self, rep: &mut RepairReport) -> Result<()> {
+        let inner = &*self.inner;
+        let storage = inner.storage.as_ref();
+        let index = &inner.index;
+        let mut on_disk: HashMap<FileId, String> = HashMap::new();
+        for (rel, name) in fanout_files(storage, "recipes", &mut rep.problems)? {
+            match name
+                .strip_suffix(".recipe")
+                .and_then(FileId::from_hex)
+                .filter(|id| recipe_path(id) == rel)
+            {
+                Some(file) => {
+                    on_disk.insert(file, rel);
+                }
+                None => rep.problem(rel, "unexpected file in recipes/"),
+            }
+        }
+        // What to do with each file the index holds, decided before writing.
+        let mut rewrite: Vec<(FileId, String, Vec<u8>, String)> = Vec::new();
+        let mut adopt: Vec<(FileId, Vec<u8>)> = Vec::new();
+        for item in index.files() {
+            let (file, copy) = item?;
+            let copy_ok = Recipe::decode(file, &copy).is_ok();
+            let rel = on_disk.remove(&file).unwrap_or_else(|| recipe_path(&file));
+            let disk = match storage.read(&rel) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io("read recipe", inner.root.join(&rel), e)),
+            };
+            let why = match disk {
+                Some(b) if b[..] == copy[..] => continue,
+                Some(b) => match Recipe::decode(file, &b) {
+                    Ok(_) => {
+                        adopt.push((file, b));
+                        continue;
+                    }
+                    Err(e) => format!("recipe file was damaged ({})", recipe_error(file, e)),
+                },
+                None => "recipe file was missing".to_string(),
+            };
+            if copy_ok {
+                rewrite.push((file, rel, copy.to_vec(), why));
+            } else {
+                rep.problem(
+                    format!("file {file}"),
+                    format!("{why}, and the index's copy is damaged too: the file is lost"),
+                );
+            }
+        }
+        for (file, rel, bytes, why) in rewrite {
+            let r = write_atomic(storage, &inner.root, &self.tmp_name("recipe"), &rel, &bytes);
+            self.poison_on(r)?;
+            rep.healed(
+                format!("file {file}"),
+                format!("{why}; rewritten from the index's verified copy"),
+            );
+        }
+        for (file, bytes) in adopt {
+            index.replace_recipe(file, &bytes)?;
+            rep.files += 1;
+        }
+        for (file, rel) in on_disk {
+            index_recipe(storage, index, file, &rel, rep)?;
+        }
+        Ok(())
+    }
+
     /// Makes the index's refs agree with the ref files (the durable copy).
-    /// A ref file that cannot be applied (damaged, or naming a file that is
-    /// not stored) is reported and left alone: it may be the only copy of
-    /// its ref. (It cannot be the leftover of an unacknowledged put: a put
-    /// makes the recipe file durable before the ref file, and recipe files
-    /// were indexed before this runs.)
+    /// A damaged ref file whose ref the index holds (naming a stored file)
+    /// is rewritten from the index. A ref file that cannot be applied or
+    /// healed (damaged, or naming a file that is not stored) is reported and
+    /// left alone: it may be the only copy of its ref. (It cannot be the
+    /// leftover of an unacknowledged put: a put makes the recipe file
+    /// durable before the ref file, and recipe files were indexed before
+    /// this runs.)
     fn reconcile_refs(&self, rep: &mut RepairReport) -> Result<()> {
         let inner = &*self.inner;
         let storage = inner.storage.as_ref();
         let index = &inner.index;
         let mut on_disk: HashMap<String, FileId> = HashMap::new();
-        // Ref files that exist but cannot be applied: their refs are left
-        // as the index has them.
-        let mut damaged: HashSet<String> = HashSet::new();
+        // Ref files that exist but cannot be applied: rel → what is wrong.
+        let mut damaged: HashMap<String, String> = HashMap::new();
         for (rel, _) in fanout_files(storage, "refs", &mut rep.problems)? {
             // A failed read is an error (not damage): never guess.
             let bytes = storage
@@ -202,34 +279,59 @@ impl Store {
                         on_disk.insert(ref_name, file);
                     } else {
                         rep.problem(
-                            format!("ref {ref_name}"),
-                            format!("names file {file}, which is not stored"),
+                            format!("ref {}", clip(&ref_name)),
+                            format!("names file {file}, which is not stored ({rel})"),
                         );
-                        damaged.insert(rel);
+                        damaged.insert(rel, String::new());
                     }
                 }
                 Ok(_) => {
-                    rep.problem(rel.clone(), "ref file stored under the wrong name");
-                    damaged.insert(rel);
+                    damaged.insert(rel, "ref file stored under the wrong name".into());
                 }
                 Err(detail) => {
-                    rep.problem(rel.clone(), format!("ref file: {detail}"));
-                    damaged.insert(rel);
+                    damaged.insert(rel, format!("ref file: {detail}"));
                 }
             }
         }
         for (name, file) in index.refs_with_prefix("")? {
+            let rel = ref_path(&name);
             match on_disk.remove(&name) {
                 Some(f) if f == file => {}
                 Some(f) => {
                     index.set_ref(&name, f)?;
                     rep.refs += 1;
                 }
-                None if damaged.contains(&ref_path(&name)) => {}
-                None => {
+                None => match damaged.remove(&rel) {
+                    // The ref file names a file that is not stored: reported
+                    // above; the index keeps its value.
+                    Some(why) if why.is_empty() => {}
+                    Some(why) if index.has_file(&file)? => {
+                        let r = self.write_ref_file(&name, &file);
+                        self.poison_on(r)?;
+                        rep.healed(
+                            format!("ref {}", clip(&name)),
+                            format!("{why} ({rel}); rewritten from the index's copy (file {file})"),
+                        );
+                    }
+                    Some(why) => {
+                        rep.problem(
+                            rel,
+                            format!("{why}; the index's copy names a file that is not stored"),
+                        );
+                    }
                     // Deleted (its file is removed before the index entry).
-                    index.delete_ref(&name)?;
-                }
+                    None => {
+                        index.delete_ref(&name)?;
+                    }
+                },
+            }
+        }
+        for (rel, why) in damaged {
+            if !why.is_empty() {
+                rep.problem(
+                    rel,
+                    format!("{why}; no copy of this ref is left to rewrite it from"),
+                );
             }
         }
         for (name, file) in on_disk {
@@ -239,11 +341,13 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuilds the whole index from the packs, recipe files and ref files
-    /// alone. The current index directory (if any) is deleted first. Damaged
-    /// packs, recipes and refs are reported by name; everything else is
-    /// recovered. Chunks are indexed only after their data re-hashes to
-    /// their id.
+    /// Rebuilds the whole index from the packs, recipe files and ref files.
+    /// First, while the current index still opens, recipe and ref files
+    /// that are missing or damaged are healed from its verified copies
+    /// (never lose what the store still holds); then the index is deleted
+    /// and rebuilt. Damaged packs, recipes and refs are reported by name;
+    /// everything else is recovered. Chunks are indexed only after their
+    /// data re-hashes to their id.
     pub fn repair_index(root: impl AsRef<Path>, opts: StoreOptions) -> Result<RepairReport> {
         let root = root.as_ref();
         let storage = Arc::new(crate::storage::FsStorage::new(root, opts.read_mode));
@@ -259,19 +363,43 @@ impl Store {
     ) -> Result<RepairReport> {
         let root = root.as_ref();
         let index_dir = root.join("index");
-        {
-            // Checks there is a store and holds its lock while the old
-            // index is deleted.
-            match storage.read(CONFIG_FILE) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::StoreNotFound {
-                        path: root.to_path_buf(),
-                    })
-                }
-                Err(e) => return Err(Error::io("read config", root.join(CONFIG_FILE), e)),
+        match storage.read(CONFIG_FILE) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::StoreNotFound {
+                    path: root.to_path_buf(),
+                })
             }
-            let _lock = crate::store::lock_store(root)?;
+            Err(e) => return Err(Error::io("read config", root.join(CONFIG_FILE), e)),
+        }
+        let mut healed = RepairReport::default();
+        if index_dir.exists() {
+            let current = Store::open_with(
+                root.to_path_buf(),
+                storage.clone(),
+                StoreOptions {
+                    create: false,
+                    rebuild_damaged_index: false,
+                    ..opts.clone()
+                },
+            );
+            match current {
+                Ok(store) => {
+                    if let Some(r) = store.recovery() {
+                        healed.healed.extend(r.report.healed);
+                    }
+                    store.heal(&mut healed)?;
+                }
+                // Nothing to salvage from an index sled cannot open.
+                Err(e @ (Error::IndexDamaged { .. } | Error::Index(_))) => {
+                    tracing::warn!(error = %e, "the current index does not open; rebuilding without it");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        {
+            // Holds the store's lock while the old index is deleted.
+            let _lock = crate::store::lock_store(root, opts.lock_wait)?;
             if index_dir.exists() {
                 std::fs::remove_dir_all(&index_dir)
                     .map_err(|e| Error::io("remove index", &index_dir, e))?;
@@ -286,7 +414,9 @@ impl Store {
                 ..opts
             },
         )?;
-        Ok(store.recovery().map(|r| r.report).unwrap_or_default())
+        let mut rep = store.recovery().map(|r| r.report).unwrap_or_default();
+        rep.healed.splice(0..0, healed.healed);
+        Ok(rep)
     }
 }
 
@@ -370,10 +500,7 @@ fn index_recipe(
             index.add_file(file, r.sha256, r.size, &bytes, &[])?;
             rep.files += 1;
         }
-        Err(e) => rep.problem(
-            format!("file {file}"),
-            crate::store::recipe_error(file, e).to_string(),
-        ),
+        Err(e) => rep.problem(format!("file {file}"), recipe_error(file, e).to_string()),
     }
     Ok(())
 }
@@ -384,5 +511,119 @@ impl RepairReport {
             object: object.into(),
             detail: detail.into(),
         });
+    }
+
+    fn healed(&mut self, object: impl Into<String>, detail: impl Into<String>) {
+        let p = Problem {
+            object: object.into(),
+            detail: detail.into(),
+        };
+        tracing::warn!(object = %p.object, "healed: {}", p.detail);
+        self.healed.push(p);
+    }
+}
+
+/// What `repair config` checked before writing a config.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ConfigRepair {
+    /// Stored files whose leading chunks were re-chunked with the parameters.
+    pub files_checked: u64,
+    /// Chunk boundaries compared.
+    pub boundaries_checked: u64,
+}
+
+/// Files whose leading chunks `repair config` re-chunks.
+const CONFIG_CHECK_FILES: usize = 8;
+/// Leading chunks of each file it reads (at most 16 MiB at the default max).
+const CONFIG_CHECK_CHUNKS: usize = 64;
+
+impl Store {
+    /// Writes the config of a store that lost it (or whose config is
+    /// corrupt), after checking `chunking` against the stored files: the
+    /// leading chunks of several stored files are read from their packs
+    /// (verified), re-chunked with `chunking`, and every boundary must fall
+    /// where the recipe has it. Refuses when no stored file has two chunks
+    /// to compare (nothing would confirm the parameters), when a boundary
+    /// differs, or when the config is intact.
+    pub fn repair_config(
+        root: impl AsRef<Path>,
+        chunking: crate::ChunkParams,
+        opts: &StoreOptions,
+    ) -> Result<ConfigRepair> {
+        let root = root.as_ref();
+        chunking.validate()?;
+        let storage = crate::storage::FsStorage::new(root, opts.read_mode);
+        let _lock = crate::store::lock_store(root, opts.lock_wait)?;
+        match storage.read(CONFIG_FILE) {
+            Ok(b) if crate::format::StoreConfig::decode(&b).is_ok() => {
+                return Err(Error::InvalidArgument(format!(
+                    "the config of {} is intact; nothing to repair",
+                    root.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("read config", root.join(CONFIG_FILE), e)),
+        }
+        let mut rep = ConfigRepair::default();
+        let mut problems = Vec::new();
+        let mut recipes: Vec<Recipe> = Vec::new();
+        for (rel, name) in fanout_files(&storage, "recipes", &mut problems)? {
+            let Some(file) = name.strip_suffix(".recipe").and_then(FileId::from_hex) else {
+                continue;
+            };
+            let Ok(bytes) = storage.read(&rel) else {
+                continue;
+            };
+            if let Ok(r) = Recipe::decode(file, &bytes) {
+                if r.chunks.len() >= 2 {
+                    recipes.push(r);
+                }
+            }
+        }
+        // The files with the most chunks say the most.
+        recipes.sort_by_key(|r| std::cmp::Reverse(r.chunks.len()));
+        for recipe in recipes.iter().take(CONFIG_CHECK_FILES) {
+            let layout = crate::recipe::Layout::new(recipe.clone());
+            let n = layout.chunk_count().min(CONFIG_CHECK_CHUNKS);
+            let mut data = Vec::new();
+            for i in 0..n {
+                let Some(c) = layout.chunk(i) else { break };
+                let pack = PackReader::open(&storage, c.pack)?;
+                data.extend_from_slice(&pack.read_chunk(c.pack_index, &c.id)?);
+            }
+            // Every cut but the last of the prefix is a real boundary.
+            let cuts = chunking.boundaries(&data);
+            let compare = n.saturating_sub(1);
+            for (i, (range, (_, len))) in cuts.iter().zip(&recipe.chunks).take(compare).enumerate()
+            {
+                if range.len() != *len as usize {
+                    return Err(Error::InvalidArgument(format!(
+                        "file {} was not chunked with {chunking}: its chunk {i} is {len} bytes, these parameters cut {} (try other parameters)",
+                        recipe.file,
+                        range.len()
+                    )));
+                }
+            }
+            rep.files_checked += 1;
+            rep.boundaries_checked += compare as u64;
+        }
+        if rep.boundaries_checked == 0 {
+            return Err(Error::InvalidArgument(
+                "no stored file has two chunks to check the parameters against; restore tessera.store from a backup".into(),
+            ));
+        }
+        let config = crate::format::StoreConfig {
+            version: crate::format::FORMAT_VERSION,
+            chunking,
+        };
+        let tmp = "tmp/config.new";
+        match storage.remove_file(tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale temp config", root.join(tmp), e)),
+        }
+        write_atomic(&storage, root, tmp, CONFIG_FILE, &config.encode())?;
+        Ok(rep)
     }
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 use sha2::Digest;
 
+use crate::cache::Lru;
 use crate::chunking::{Batch, ChunkParams, Chunker};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -58,6 +59,9 @@ pub struct StoreOptions {
     /// Open an existing store whose index directory is missing, with an
     /// empty index (only `repair index` wants this).
     pub allow_missing_index: bool,
+    /// How long to wait for another process to release the store's lock
+    /// (`None`: fail at once with [`Error::StoreLocked`]).
+    pub lock_wait: Option<std::time::Duration>,
     /// When sled reports its own files damaged at open, delete the index and
     /// rebuild it from the packs, recipe files and ref files (as `repair
     /// index` would). Off: opening fails with [`Error::IndexDamaged`].
@@ -79,6 +83,7 @@ impl Default for StoreOptions {
             index_cache_bytes: 256 << 20,
             read_ahead_chunks: 16,
             allow_missing_index: false,
+            lock_wait: None,
             rebuild_damaged_index: true,
         }
     }
@@ -181,8 +186,8 @@ pub(crate) struct Inner {
     config: StoreConfig,
     pub(crate) index: Index,
     writer: Mutex<WriterState>,
-    packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
-    recipes: Mutex<HashMap<FileId, Arc<Layout>>>,
+    packs: Mutex<Lru<PackId, Arc<PackReader>>>,
+    recipes: Mutex<Lru<FileId, Arc<Layout>>>,
     poison: Mutex<Option<String>>,
     tmp_seq: AtomicU64,
     /// What this open did to bring the index up to date (set once, by open).
@@ -248,13 +253,38 @@ pub fn ref_path(name: &str) -> String {
     fanout("refs", &blake3::hash(name.as_bytes()).to_hex(), "ref")
 }
 
+/// Prefixes that make a name explicit in [`Store::resolve`]; no ref name
+/// may start with one (spec §8).
+pub const NAME_PREFIXES: [&str; 3] = ["file:", "sha256:", "ref:"];
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks a new ref name (spec §8): 1..=4096 bytes of UTF-8 without control
+/// characters, not 64 hex digits (the form of file ids and sha256 aliases)
+/// and not starting with `file:`, `sha256:` or `ref:`, so that every name
+/// [`Store::resolve`] is given means one thing forever.
 fn validate_ref(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_REF_LEN || name.chars().any(|c| c.is_control()) {
-        return Err(Error::InvalidArgument(format!(
-            "bad ref name {name:?}: must be 1..={MAX_REF_LEN} bytes without control characters"
-        )));
+    let why = if name.is_empty() || name.len() > MAX_REF_LEN {
+        Some(format!("must be 1..={MAX_REF_LEN} bytes"))
+    } else if name.chars().any(|c| c.is_control()) {
+        Some("must not contain control characters".to_string())
+    } else if is_hex64(name) {
+        Some("64 hex digits name a file id or a sha256, not a ref".to_string())
+    } else {
+        NAME_PREFIXES
+            .iter()
+            .find(|p| name.starts_with(*p))
+            .map(|p| format!("{p:?} is reserved for explicit names"))
+    };
+    match why {
+        Some(why) => Err(Error::InvalidArgument(format!(
+            "bad ref name {:?}: {why}",
+            crate::error::clip(name)
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl Store {
@@ -277,7 +307,7 @@ impl Store {
         let (config, lock_file, created) = match storage.read(CONFIG_FILE) {
             Ok(bytes) => {
                 let config = Self::check_config(&root, &bytes, &opts)?;
-                let lock = lock_store(&root)?;
+                let lock = lock_store(&root, opts.lock_wait)?;
                 // An existing store without its index would look empty:
                 // refuse, and say how to rebuild it.
                 if !opts.allow_missing_index && !index_dir.exists() {
@@ -286,13 +316,26 @@ impl Store {
                 (config, lock, false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No config: an empty directory, the remains of a creation
+                // that crashed, a store that lost its config, or something
+                // else entirely. Only the first two may become a store.
+                match classify_without_config(&root, storage.as_ref())? {
+                    DirState::Fresh => {}
+                    DirState::Store(detail) => {
+                        return Err(Error::ConfigMissing { path: root, detail })
+                    }
+                    DirState::Foreign(detail) if opts.create => {
+                        return Err(Error::NotAStore { path: root, detail })
+                    }
+                    DirState::Foreign(_) => return Err(Error::StoreNotFound { path: root }),
+                }
                 if !opts.create {
                     return Err(Error::StoreNotFound { path: root });
                 }
                 storage
                     .create_dir_all("")
                     .map_err(|e| io("create directory", "", e))?;
-                let lock_file = lock_store(&root)?;
+                let lock_file = lock_store(&root, opts.lock_wait)?;
                 // Another process may have created the store meanwhile.
                 match storage.read(CONFIG_FILE) {
                     Ok(bytes) => (Self::check_config(&root, &bytes, &opts)?, lock_file, false),
@@ -344,6 +387,7 @@ impl Store {
         } else {
             crate::recover::check_clean_record(storage.as_ref(), &index)?
         };
+        let (pack_cache, recipe_cache) = (opts.pack_cache, opts.recipe_cache);
         let store = Store {
             inner: Arc::new(Inner {
                 root,
@@ -352,8 +396,8 @@ impl Store {
                 config,
                 index,
                 writer: Mutex::new(WriterState { open: None, seq: 0 }),
-                packs: Mutex::new(HashMap::new()),
-                recipes: Mutex::new(HashMap::new()),
+                packs: Mutex::new(Lru::new(pack_cache)),
+                recipes: Mutex::new(Lru::new(recipe_cache)),
                 poison: Mutex::new(None),
                 tmp_seq: AtomicU64::new(0),
                 recovery: OnceLock::new(),
@@ -494,7 +538,7 @@ impl Store {
         }
     }
 
-    fn poison_on<T>(&self, r: Result<T>) -> Result<T> {
+    pub(crate) fn poison_on<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             if matches!(e, Error::Io { .. } | Error::Index(_)) {
                 let mut p = lock(&self.inner.poison);
@@ -506,7 +550,7 @@ impl Store {
         r
     }
 
-    fn tmp_name(&self, kind: &str) -> String {
+    pub(crate) fn tmp_name(&self, kind: &str) -> String {
         format!(
             "tmp/{}-{}.{kind}",
             std::process::id(),
@@ -672,7 +716,7 @@ impl Store {
         validate_ref(name)?;
         self.check_poison()?;
         if !self.inner.index.has_file(&file)? {
-            return Err(Error::not_found("file", file.to_hex()));
+            return Err(Error::not_found("file", &file.to_hex()));
         }
         let r = self.write_ref_file(name, &file);
         self.poison_on(r)?;
@@ -692,22 +736,40 @@ impl Store {
         )
     }
 
-    /// Resolves a ref.
+    /// Resolves a ref. A ref the index lacks whose ref file exists and names
+    /// a file whose recipe file is missing or damaged is damage, not absence
+    /// ([`Error::RefDangling`]). (A ref file naming a file with an intact
+    /// recipe file belongs to a commit in flight, or one that failed: not
+    /// found until it is indexed.)
     pub fn resolve_ref(&self, name: &str) -> Result<FileId> {
-        self.inner
-            .index
-            .get_ref(name)?
-            .ok_or_else(|| Error::not_found("ref", name))
+        if let Some(id) = self.inner.index.get_ref(name)? {
+            return Ok(id);
+        }
+        if let Ok(Some(file)) = self.read_ref_file(name) {
+            let recipe = self.inner.storage.read(&recipe_path(&file));
+            if !recipe.is_ok_and(|b| Recipe::decode(file, &b).is_ok()) {
+                return Err(Error::RefDangling {
+                    name: crate::error::clip(name),
+                    file,
+                });
+            }
+        }
+        Err(Error::not_found("ref", name))
     }
 
-    /// Deletes a ref (durably). Deleting a missing ref is "not found".
+    /// Deletes a ref (durably). Deleting a missing ref is "not found". A ref
+    /// file the index does not know (damaged, or naming a file that is not
+    /// stored) is deleted too: that is how a user acknowledges its loss.
     pub fn delete_ref(&self, name: &str) -> Result<()> {
         self.check_poison()?;
-        if self.inner.index.get_ref(name)?.is_none() {
-            return Err(Error::not_found("ref", name));
-        }
         let rel = ref_path(name);
         let storage = self.inner.storage.as_ref();
+        let on_disk = storage
+            .exists(&rel)
+            .map_err(|e| Error::io("stat", self.inner.root.join(&rel), e))?;
+        if self.inner.index.get_ref(name)?.is_none() && !on_disk {
+            return Err(Error::not_found("ref", name));
+        }
         let r = match storage.remove_file(&rel) {
             Ok(()) => storage
                 .sync_dir(parent(&rel))
@@ -745,18 +807,40 @@ impl Store {
 
     // ------------------------------------------------------------ reads
 
-    /// Resolves a user-supplied name: a file id, a sha256 of the content, or a ref.
+    /// Resolves a user-supplied name (spec §8.2): `file:ID`, `sha256:HEX` or
+    /// `ref:NAME` explicitly; a bare 64-hex string is a file id, else the
+    /// sha256 of a stored file's content; anything else is a ref.
     pub fn resolve(&self, name: &str) -> Result<FileId> {
-        if let Some(id) = FileId::from_hex(name) {
+        let hex_id = |s: &str, kind: &'static str| {
+            FileId::from_hex(s).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{kind} {:?} is not 64 hex digits",
+                    crate::error::clip(s)
+                ))
+            })
+        };
+        if let Some(rest) = name.strip_prefix("file:") {
+            let id = hex_id(rest, "file id")?;
+            return match self.inner.index.has_file(&id)? {
+                true => Ok(id),
+                false => Err(Error::not_found("file", rest)),
+            };
+        }
+        if let Some(rest) = name.strip_prefix("sha256:") {
+            return self.by_sha256(&Sha256(hex_id(rest, "sha256")?.0));
+        }
+        if let Some(rest) = name.strip_prefix("ref:") {
+            return self.resolve_ref(rest);
+        }
+        if is_hex64(name) {
+            let id = hex_id(name, "file id")?;
             if self.inner.index.has_file(&id)? {
                 return Ok(id);
             }
-            if let Some(f) = self.inner.index.by_sha256(&Sha256(id.0))? {
-                return Ok(f);
-            }
-            if self.inner.index.get_ref(name)?.is_none() {
-                return Err(Error::not_found("file id or sha256", name));
-            }
+            return match self.inner.index.by_sha256(&Sha256(id.0))? {
+                Some(f) => Ok(f),
+                None => Err(Error::not_found("file id or sha256", name)),
+            };
         }
         self.resolve_ref(name)
     }
@@ -766,7 +850,7 @@ impl Store {
         self.inner
             .index
             .by_sha256(sha)?
-            .ok_or_else(|| Error::not_found("sha256", sha.to_hex()))
+            .ok_or_else(|| Error::not_found("sha256", &sha.to_hex()))
     }
 
     /// Whether a file is in the store.
@@ -778,13 +862,13 @@ impl Store {
     /// recipe file when the index copy is damaged.
     pub fn layout(&self, file: &FileId) -> Result<Arc<Layout>> {
         if let Some(l) = lock(&self.inner.recipes).get(file) {
-            return Ok(l.clone());
+            return Ok(l);
         }
         let bytes = self
             .inner
             .index
             .recipe_bytes(file)?
-            .ok_or_else(|| Error::not_found("file", file.to_hex()))?;
+            .ok_or_else(|| Error::not_found("file", &file.to_hex()))?;
         let recipe = match Recipe::decode(*file, &bytes) {
             Ok(r) => r,
             Err(first) => {
@@ -805,11 +889,7 @@ impl Store {
             }
         };
         let layout = Arc::new(Layout::new(recipe));
-        let mut cache = lock(&self.inner.recipes);
-        if cache.len() >= self.inner.opts.recipe_cache.max(1) {
-            cache.clear();
-        }
-        cache.insert(*file, layout.clone());
+        lock(&self.inner.recipes).insert(*file, layout.clone());
         Ok(layout)
     }
 
@@ -829,14 +909,10 @@ impl Store {
     /// An open, checked pack (cached).
     pub fn pack(&self, id: &PackId) -> Result<Arc<PackReader>> {
         if let Some(p) = lock(&self.inner.packs).get(id) {
-            return Ok(p.clone());
+            return Ok(p);
         }
         let p = Arc::new(PackReader::open(self.inner.storage.as_ref(), *id)?);
-        let mut cache = lock(&self.inner.packs);
-        if cache.len() >= self.inner.opts.pack_cache.max(1) {
-            cache.clear();
-        }
-        cache.insert(*id, p.clone());
+        lock(&self.inner.packs).insert(*id, p.clone());
         Ok(p)
     }
 
@@ -847,6 +923,25 @@ impl Store {
             detail: format!("chunk {i} out of range"),
         })?;
         self.pack(&c.pack)?.read_chunk(c.pack_index, &c.id)
+    }
+
+    /// Opens (checking each footer) every pack that holds a byte of
+    /// `offset..offset+len` of `file`, so that a missing or truncated pack
+    /// fails before a reader returns any byte.
+    pub fn open_packs(&self, file: &FileId, offset: u64, len: u64) -> Result<()> {
+        let layout = self.layout(file)?;
+        if len == 0 || offset >= layout.size() {
+            return Ok(());
+        }
+        let end = offset.saturating_add(len).min(layout.size());
+        let (first, last) = (layout.term_at(offset), layout.term_at(end - 1));
+        let mut seen = HashSet::new();
+        for t in layout.recipe.terms.iter().take(last + 1).skip(first) {
+            if seen.insert(t.pack) {
+                self.pack(&t.pack)?;
+            }
+        }
+        Ok(())
     }
 
     /// A streaming, seekable reader over a file's content.
@@ -927,10 +1022,80 @@ impl Store {
     }
 }
 
+/// What a directory without a store config holds.
+enum DirState {
+    /// Nothing, or only the skeleton a crashed creation leaves: a store may
+    /// be created here.
+    Fresh,
+    /// Packs, recipes, refs or markers of a store: its config was lost.
+    Store(String),
+    /// Anything else: not ours to touch.
+    Foreign(String),
+}
+
+/// Tells an empty directory (or the remains of a creation that crashed
+/// before writing the config, spec §4) from a store that lost its config
+/// and from a directory that is none of our business.
+fn classify_without_config(root: &Path, storage: &dyn Storage) -> Result<DirState> {
+    let list = |rel: &str| match storage.list_dir(rel) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Vec::new())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+        Err(e) => Err(Error::io("list directory", root.join(rel), e)),
+    };
+    let Some(top) = list("")? else {
+        return Ok(DirState::Foreign("it is not a directory".into()));
+    };
+    let mut stored = 0usize;
+    for name in top {
+        match name.as_str() {
+            // The lock file is taken before anything else is created.
+            "lock" => {}
+            // sled writes its files only once the config exists.
+            "index" => {
+                let dir = root.join("index");
+                let used = std::fs::read_dir(&dir).map(|mut d| d.next().is_some());
+                if used.unwrap_or(false) {
+                    return Ok(DirState::Store("index/ holds an index".into()));
+                }
+            }
+            DIRTY_FILE | crate::recover::CLEAN_FILE => {
+                return Ok(DirState::Store(format!("it holds the `{name}` marker")))
+            }
+            "packs" | "recipes" | "refs" => {
+                let Some(fans) = list(&name)? else {
+                    return Ok(DirState::Foreign(format!("{name} is not a directory")));
+                };
+                for fan in fans {
+                    let is_fan = fan.len() == 2 && fan.bytes().all(|b| b.is_ascii_hexdigit());
+                    match list(&format!("{name}/{fan}"))? {
+                        Some(files) if is_fan => stored += files.len(),
+                        _ => return Ok(DirState::Foreign(format!("it holds {name}/{fan}"))),
+                    }
+                }
+            }
+            "tmp" => match list("tmp")? {
+                Some(v) if v.iter().all(|n| n == "config.new") => {}
+                _ => return Ok(DirState::Foreign("tmp/ holds files".into())),
+            },
+            other => {
+                return Ok(DirState::Foreign(format!(
+                    "it holds {:?}",
+                    crate::error::clip(other)
+                )))
+            }
+        }
+    }
+    Ok(match stored {
+        0 => DirState::Fresh,
+        n => DirState::Store(format!("{n} pack, recipe or ref files")),
+    })
+}
+
 /// Takes the store's exclusive lock (`STORE/lock`, an advisory `flock`
 /// released by the kernel when the process exits, however it exits) and
 /// records our pid in it for the error message of the next would-be opener.
-pub(crate) fn lock_store(root: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_store(root: &Path, wait: Option<std::time::Duration>) -> Result<std::fs::File> {
     use std::io::{Seek, Write};
     let path = root.join("lock");
     let mut f = std::fs::OpenOptions::new()
@@ -940,19 +1105,17 @@ pub(crate) fn lock_store(root: &Path) -> Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::io("open lock file", &path, e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            return Err(Error::StoreLocked {
-                path: root.to_path_buf(),
-                pid,
-            });
+    let deadline = wait.map(|w| std::time::Instant::now().checked_add(w));
+    loop {
+        match f.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock)
+                if deadline.is_some_and(|d| d.is_none_or(|d| std::time::Instant::now() < d)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+            r => break lock_result(r, root, &path)?,
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
     }
     let r = f
         .set_len(0)
@@ -960,6 +1123,27 @@ pub(crate) fn lock_store(root: &Path) -> Result<std::fs::File> {
         .and_then(|_| writeln!(f, "{}", std::process::id()));
     r.map_err(|e| Error::io("write lock file", &path, e))?;
     Ok(f)
+}
+
+fn lock_result(
+    r: std::result::Result<(), std::fs::TryLockError>,
+    root: &Path,
+    path: &Path,
+) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            Err(Error::StoreLocked {
+                path: root.to_path_buf(),
+                pid,
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+    }
 }
 
 pub(crate) fn recipe_error(file: FileId, e: RecipeError) -> Error {
@@ -978,7 +1162,7 @@ fn parent(rel: &str) -> &str {
 }
 
 /// Writes `data` to `dest` durably: temp file → fsync → rename → fsync directory.
-fn write_atomic(
+pub(crate) fn write_atomic(
     storage: &dyn Storage,
     root: &Path,
     tmp: &str,
@@ -1000,6 +1184,33 @@ fn write_atomic(
     storage
         .sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", root.join(dir), e))
+}
+
+/// How a regular file changed between two `stat`s around reading `read`
+/// bytes of it, if it did.
+fn source_change(
+    before: &std::fs::Metadata,
+    after: &std::fs::Metadata,
+    read: u64,
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if before.len() != after.len() {
+        return Some(format!(
+            "its size went from {} to {} bytes",
+            before.len(),
+            after.len()
+        ));
+    }
+    if read != before.len() {
+        return Some(format!("{read} bytes read of {}", before.len()));
+    }
+    if (before.mtime(), before.mtime_nsec()) != (after.mtime(), after.mtime_nsec()) {
+        return Some("it was modified".into());
+    }
+    if (before.ctime(), before.ctime_nsec()) != (after.ctime(), after.ctime_nsec()) {
+        return Some("its status changed".into());
+    }
+    None
 }
 
 /// A file ingested but not yet committed.
@@ -1032,6 +1243,59 @@ impl Ingest<'_> {
         refs: &[&str],
         progress: &mut dyn FnMut(u64),
     ) -> Result<FileId> {
+        let staged = self.stage(reader, Path::new("<input>"), refs, progress)?;
+        let file = staged.file;
+        self.staged.push(staged);
+        Ok(file)
+    }
+
+    /// Like [`Ingest::add`] for a file on disk, refusing one that changes
+    /// while it is read: for a regular file, its size, modification and
+    /// change times must be the same before and after, and the bytes read
+    /// must equal its size ([`Error::SourceChanged`], nothing staged).
+    pub fn add_file(
+        &mut self,
+        path: &Path,
+        refs: &[&str],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<FileId> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("open input", path, e))?;
+        let stat = |f: &std::fs::File| f.metadata().map_err(|e| Error::io("stat input", path, e));
+        let before = stat(&file)?;
+        if before.is_dir() {
+            return Err(Error::io(
+                "open input",
+                path,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        let staged = self.stage(
+            std::io::BufReader::with_capacity(1 << 20, &file),
+            path,
+            refs,
+            progress,
+        )?;
+        if before.is_file() {
+            let after = stat(&file)?;
+            if let Some(detail) = source_change(&before, &after, staged.size) {
+                return Err(Error::SourceChanged {
+                    path: path.to_path_buf(),
+                    detail,
+                });
+            }
+        }
+        let id = staged.file;
+        self.staged.push(staged);
+        Ok(id)
+    }
+
+    fn stage(
+        &mut self,
+        reader: impl Read + Send,
+        source: &Path,
+        refs: &[&str],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Staged> {
         let store = self.store;
         store.check_poison()?;
         for r in refs {
@@ -1044,11 +1308,7 @@ impl Ingest<'_> {
         let mut chunks = Vec::new();
         let mut locs = Vec::new();
         let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
-        let input_err = |e| Error::Io {
-            op: "read input",
-            path: PathBuf::from("<input>"),
-            source: e,
-        };
+        let input_err = |e| Error::io("read input", source, e);
         // Two-stage pipeline: a producer thread reads, cuts and SHA-256s the
         // next batch while this thread hashes, dedups and stores the current
         // one. The channel holds one batch, so at most three batches are in
@@ -1095,9 +1355,8 @@ impl Ingest<'_> {
                 .flatten()
                 .ok_or_else(|| input_err(std::io::Error::other("input reader thread failed")))
         })?;
-        let file = fid.finish();
-        self.staged.push(Staged {
-            file,
+        Ok(Staged {
+            file: fid.finish(),
             sha,
             size,
             chunks,
@@ -1105,8 +1364,7 @@ impl Ingest<'_> {
             refs: refs.iter().map(|s| s.to_string()).collect(),
             new_chunks,
             new_bytes,
-        });
-        Ok(file)
+        })
     }
 
     /// Number of files staged.

@@ -342,6 +342,9 @@ struct Report {
     fired_by_kind: BTreeMap<String, u64>,
     quiescent_crashes: u64,
     sled_rollbacks: u64,
+    /// Recipe or ref files damaged or deleted at a crash (then healed by
+    /// the open's catch-up from the index's copies).
+    files_damaged: u64,
     poisoned_checks: u64,
     inflight_present: u64,
     inflight_absent: u64,
@@ -909,6 +912,9 @@ impl World<'_> {
                 self.fail(format!("restoring the index copy: {e}"));
             }
         }
+        if self.rng.chance(1, 6) {
+            self.damage_a_file();
+        }
         let mut attempts = 0;
         loop {
             let rec_fault = attempts < 2 && self.rng.chance(1, 4);
@@ -950,6 +956,58 @@ impl World<'_> {
             self.fail(format!("flush after recovery: {e}"));
         }
         self.snapshot_index();
+    }
+
+    /// Damages the recipe file of an acknowledged file (a flipped byte, or
+    /// deleted) or the ref file of an acknowledged ref (a flipped byte: a
+    /// deleted ref file means a deleted ref), as bit rot during the session
+    /// that crashed. The index holds a verified copy of each, so the
+    /// reopen's catch-up must heal it: the checks after recovery read every
+    /// recipe and ref file.
+    fn damage_a_file(&mut self) {
+        let rel = if !self.model.refs.is_empty() && self.rng.chance(1, 2) {
+            let names: Vec<String> = self.model.refs.keys().cloned().collect();
+            let name: &String = self.rng.pick(&names);
+            ref_path(name)
+        } else if let Some(id) = self.model.pick_file(&mut self.rng) {
+            recipe_path(&id)
+        } else {
+            return;
+        };
+        let Ok(mut bytes) = self.fs.read(&rel) else {
+            return; // a ref deleted by the operation in flight
+        };
+        let delete = rel.starts_with("recipes/") && self.rng.chance(1, 3);
+        self.report.files_damaged += 1;
+        self.note(format!(
+            "damage {rel} ({})",
+            if delete { "deleted" } else { "flipped" }
+        ));
+        let dir = rel.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+        let r = if delete {
+            self.fs.remove_file(&rel)
+        } else {
+            let i = self.rng.below(bytes.len() as u64) as usize;
+            bytes[i] ^= 1 << self.rng.below(8);
+            let tmp = "tmp/damage";
+            self.fs.create_new(tmp).and_then(|mut h| {
+                h.write_all(&bytes)?;
+                h.sync()?;
+                drop(h);
+                self.fs.rename(tmp, &rel)
+            })
+        };
+        if let Err(e) = r.and_then(|()| self.fs.sync_dir(&dir)) {
+            self.fail(format!("damaging {rel}: {e}"));
+        }
+        // Damage found by a catch-up: as if it happened while the store was
+        // open (a clean close before this crash removed the marker).
+        if !self.fs.exists("dirty").unwrap_or(true) {
+            let marked = self.fs.create_new("dirty").and_then(|mut h| h.sync());
+            if let Err(e) = marked.and_then(|()| self.fs.sync_dir("")) {
+                self.fail(format!("marking the store dirty: {e}"));
+            }
+        }
     }
 
     fn check_recipe_file(&mut self, store: &Store, id: &FileId) {

@@ -1,6 +1,5 @@
 //! `tessera`: the command line of the Tessera chunk store.
 
-use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,15 +17,29 @@ mod demo;
 /// into immutable pack files. Any file or byte range is rebuilt and verified
 /// chunk by chunk.
 ///
+/// Names: a file is named by its file id, by the SHA-256 of its content, or
+/// by a ref (`org/model@rev:path`); `file:ID`, `sha256:HEX` and `ref:NAME`
+/// say which explicitly. Ref names cannot be 64 hex digits or start with
+/// those prefixes, so a name never changes meaning.
+///
+/// Concurrency: one process at a time opens a store (an embedding server
+/// reads and writes from many threads at once). A second `tessera` command
+/// on the same store fails at once naming the pid that holds it, or waits
+/// for it with --wait.
+///
 /// Exit status: 0 on success, 1 on any error (one line on stderr naming the
 /// object), 2 on a usage error, 3 when a named file, sha256 or ref does not
 /// exist, 4 when stored data is damaged.
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about, long_about)]
 struct Cli {
-    /// Store directory (created by the first `put`).
+    /// Store directory (created by the first `put`, in a new or empty directory only).
     #[arg(long, env = "TESSERA_STORE", global = true, value_name = "DIR")]
     store: Option<PathBuf>,
+
+    /// Wait for another process to release the store instead of failing.
+    #[arg(long, env = "TESSERA_WAIT", global = true)]
+    wait: bool,
 
     #[command(subcommand)]
     cmd: Cmd,
@@ -38,6 +51,8 @@ enum Cmd {
     ///
     /// Files are acknowledged (printed) only once their chunks, recipe and
     /// index entries are durable. Small files are grouped into one commit.
+    /// A file that changes while it is read (size or modification time
+    /// differ before and after) is refused; files before it are still stored.
     Put {
         /// Files to store.
         #[arg(required = true)]
@@ -143,14 +158,37 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum RepairCmd {
-    /// Rebuild the whole index from the packs, recipe files and ref files
-    /// (deletes the current index first). Damaged objects are reported; all
-    /// else is recovered. Exit 4 if anything could not be recovered.
+    /// Rebuild the whole index from the packs, recipe files and ref files.
+    ///
+    /// First, recipe and ref files that are missing or damaged are rewritten
+    /// from the current index's verified copies (HEALED lines); then the
+    /// index is deleted and rebuilt. What cannot be recovered is listed
+    /// (UNRECOVERED lines, exit 4); everything else is recovered.
     ///
     /// Rarely needed by hand: every open already catches the index up with
     /// the files after a crash, or when sled reports damage or comes back
-    /// older than the last clean close (logged as a warning).
+    /// older than the last clean close (logged as a warning). Run it when
+    /// `verify` reports damaged recipe or ref files, or index errors.
     Index {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the config (`tessera.store`) of a store that lost it or whose
+    /// config is corrupt.
+    ///
+    /// The chunking parameters are checked first: the leading chunks of
+    /// several stored files are read back and re-chunked, and every boundary
+    /// must fall where the store has it. Nothing is written otherwise.
+    Config {
+        /// Chunking parameters the store was created with: MIN,AVG,MAX[,NORMALIZATION]
+        /// in bytes (the default store uses 16384,65536,262144,1).
+        #[arg(
+            long,
+            value_name = "MIN,AVG,MAX[,N]",
+            default_value = "16384,65536,262144,1"
+        )]
+        chunking: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -166,7 +204,8 @@ enum RefCmd {
         /// The file.
         target: String,
     },
-    /// Delete NAME.
+    /// Delete NAME (also a damaged ref the index no longer lists: that is
+    /// how its loss is acknowledged).
     Rm {
         /// The ref name.
         name: String,
@@ -254,14 +293,49 @@ fn store_dir(cli_store: &Option<PathBuf>) -> CliResult<PathBuf> {
     })
 }
 
-fn open_store(dir: &Path, create: bool) -> CliResult<Store> {
-    Ok(Store::open(
-        dir,
-        StoreOptions {
-            create,
-            ..Default::default()
-        },
-    )?)
+/// The options every command opens a store with.
+fn store_options(create: bool) -> StoreOptions {
+    StoreOptions {
+        create,
+        ..Default::default()
+    }
+}
+
+/// Opens the store; with `wait`, waits for another process to release it.
+/// Says on stderr what the open had to repair and what it could not.
+fn open_store(dir: &Path, create: bool, wait: bool) -> CliResult<Store> {
+    let store = match Store::open(dir, store_options(create)) {
+        Err(Error::StoreLocked { pid, .. }) if wait => {
+            eprintln!(
+                "tessera: waiting for pid {pid} to release the store {}",
+                dir.display()
+            );
+            Store::open(
+                dir,
+                StoreOptions {
+                    lock_wait: Some(std::time::Duration::MAX),
+                    ..store_options(create)
+                },
+            )?
+        }
+        Err(e @ Error::StoreLocked { .. }) => {
+            return Err(CliError::Check(format!("{e}; pass --wait to wait for it")))
+        }
+        r => r?,
+    };
+    if let Some(rec) = store.recovery() {
+        let rep = &rec.report;
+        if !rep.problems.is_empty() {
+            eprintln!(
+                "tessera: warning: the index was caught up with the store's files ({}), but {} damaged objects could not be recovered (first: {}: {}); run `tessera verify` for the list",
+                rec.reason,
+                rep.problems.len(),
+                rep.problems[0].object,
+                rep.problems[0].detail
+            );
+        }
+    }
+    Ok(store)
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -277,7 +351,7 @@ fn run(cli: Cli) -> CliResult {
                     "--ref names one file; use --ref-prefix for several".into(),
                 ));
             }
-            let store = open_store(&store_dir(&cli.store)?, true)?;
+            let store = open_store(&store_dir(&cli.store)?, true, cli.wait)?;
             put(&store, &files, ref_name, ref_prefix, json)
         }
         Cmd::Cat {
@@ -285,11 +359,11 @@ fn run(cli: Cli) -> CliResult {
             offset,
             length,
         } => {
-            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             cat(&store, &name, offset, length)
         }
         Cmd::Refs { prefix, json } => {
-            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             let mut out = BufWriter::new(io::stdout().lock());
             for (name, id) in store.list_refs(prefix.as_deref().unwrap_or(""))? {
                 if json {
@@ -302,7 +376,7 @@ fn run(cli: Cli) -> CliResult {
             out.flush().map_err(out_err)
         }
         Cmd::Ref { action } => {
-            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             let mut out = io::stdout().lock();
             match action {
                 RefCmd::Set { name, target } => {
@@ -310,12 +384,14 @@ fn run(cli: Cli) -> CliResult {
                     store.set_ref(&name, id)?;
                     writeln!(out, "{id}  {name}").map_err(out_err)?;
                 }
-                RefCmd::Rm { name } => store.delete_ref(&name)?,
+                RefCmd::Rm { name } => {
+                    store.delete_ref(name.strip_prefix("ref:").unwrap_or(&name))?
+                }
             }
             Ok(())
         }
         Cmd::Info { name, json } => {
-            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             let mut out = io::stdout().lock();
             let info = store.info(&store.resolve(&name)?)?;
             if json {
@@ -339,7 +415,7 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Cmd::Stat { json } => {
-            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             let mut out = io::stdout().lock();
             let s = store.stats()?;
             if json {
@@ -385,7 +461,7 @@ fn run(cli: Cli) -> CliResult {
             if !(0.0..=100.0).contains(&sample) {
                 return Err(CliError::Usage(format!("--sample {sample}: want 0..=100")));
             }
-            let store = open_store(&store_dir(&cli.store)?, false)?;
+            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             let pb = progress_bar(0);
             let rep = store.verify_with_progress(
                 tessera::check::VerifyOptions {
@@ -430,24 +506,51 @@ fn run(cli: Cli) -> CliResult {
             damaged("verify found", &rep.problems)
         }
         Cmd::Repair {
-            what: RepairCmd::Index { json },
+            what: RepairCmd::Config { chunking, json },
         } => {
             let dir = store_dir(&cli.store)?;
-            let rep = Store::repair_index(&dir, StoreOptions::default())?;
+            let params = parse_chunking(&chunking)?;
+            let rep = Store::repair_config(&dir, params, &store_options(false))?;
             let mut out = io::stdout().lock();
             if json {
                 write_json(&mut out, &rep)?;
             } else {
+                writeln!(
+                    out,
+                    "config written: {params}, confirmed by {} boundaries of {} stored files",
+                    rep.boundaries_checked, rep.files_checked
+                )
+                .map_err(out_err)?;
+            }
+            Ok(())
+        }
+        Cmd::Repair {
+            what: RepairCmd::Index { json },
+        } => {
+            let dir = store_dir(&cli.store)?;
+            let opts = StoreOptions {
+                lock_wait: cli.wait.then_some(std::time::Duration::MAX),
+                ..store_options(false)
+            };
+            let rep = Store::repair_index(&dir, opts)?;
+            let mut out = io::stdout().lock();
+            if json {
+                write_json(&mut out, &rep)?;
+            } else {
+                for p in &rep.healed {
+                    writeln!(out, "HEALED  {}: {}", p.object, p.detail).map_err(out_err)?;
+                }
                 for p in &rep.problems {
                     writeln!(out, "UNRECOVERED  {}: {}", p.object, p.detail).map_err(out_err)?;
                 }
                 writeln!(
                     out,
-                    "index rebuilt: {} packs, {} chunks, {} files, {} refs; {} problems",
+                    "index rebuilt: {} packs, {} chunks, {} files, {} refs; {} healed, {} problems",
                     rep.packs,
                     rep.chunks,
                     rep.files,
                     rep.refs,
+                    rep.healed.len(),
                     rep.problems.len()
                 )
                 .map_err(out_err)?;
@@ -461,6 +564,37 @@ fn run(cli: Cli) -> CliResult {
             seed,
         } => demo::write_repo(&dir, size_mib, seed),
     }
+}
+
+/// `MIN,AVG,MAX[,NORMALIZATION]` chunking parameters.
+fn parse_chunking(s: &str) -> CliResult<tessera::ChunkParams> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--chunking {s:?}: want MIN,AVG,MAX[,NORMALIZATION]"
+        ))
+    };
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse().map_err(|_| bad()))
+        .collect::<CliResult<_>>()?;
+    let p = match v[..] {
+        [min, avg, max] => tessera::ChunkParams {
+            min,
+            avg,
+            max,
+            ..Default::default()
+        },
+        [min, avg, max, normalization] => tessera::ChunkParams {
+            min,
+            avg,
+            max,
+            normalization,
+        },
+        _ => return Err(bad()),
+    };
+    p.validate()
+        .map_err(|e| CliError::Usage(format!("--chunking: {e}")))?;
+    Ok(p)
 }
 
 /// One JSON line on stdout.
@@ -534,14 +668,30 @@ fn put(
     let mut staged_paths: Vec<&PathBuf> = Vec::new();
     let mut staged_bytes = 0u64;
     let mut done = 0u64;
-    for (i, path) in files.iter().enumerate() {
-        let f = File::open(path).map_err(|e| CliError::File(path.clone(), e))?;
-        if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(CliError::File(
-                path.clone(),
-                io::Error::new(io::ErrorKind::InvalidInput, "is a directory"),
-            ));
+    // Commits the staged group and prints it: printing is acknowledging.
+    let mut commit = |ingest: tessera::Ingest<'_>, paths: &mut Vec<&PathBuf>| -> CliResult {
+        let reports = ingest.commit()?;
+        for (rep, p) in reports.iter().zip(paths.drain(..)) {
+            if json {
+                let v = serde_json::json!({
+                    "file_id": rep.file_id.to_hex(),
+                    "sha256": rep.sha256.to_hex(),
+                    "path": p.display().to_string(),
+                    "size": rep.size,
+                    "new_bytes": rep.new_bytes,
+                    "chunks": rep.chunks,
+                    "new_chunks": rep.new_chunks,
+                    "new_file": rep.new_file,
+                });
+                pb.suspend(|| writeln!(out, "{v}")).map_err(out_err)?;
+            } else {
+                pb.suspend(|| writeln!(out, "{}  {}", rep.file_id, p.display()))
+                    .map_err(out_err)?;
+            }
         }
+        out.flush().map_err(out_err)
+    };
+    for (i, path) in files.iter().enumerate() {
         let name = match (&ref_name, &ref_prefix) {
             (Some(r), _) => Some(r.clone()),
             (None, Some(p)) => Some(format!("{p}{}", path.display())),
@@ -550,47 +700,26 @@ fn put(
         let refs: Vec<&str> = name.iter().map(|s| s.as_str()).collect();
         pb.set_message(path.display().to_string());
         let base = done;
-        let size = {
-            let mut last = 0;
-            ingest
-                .add(io::BufReader::with_capacity(1 << 20, f), &refs, &mut |n| {
-                    pb.set_position(base + n);
-                    last = n;
-                })
-                .map_err(|e| match e {
-                    Error::Io {
-                        op: "read input",
-                        source,
-                        ..
-                    } => CliError::File(path.clone(), source),
-                    e => CliError::Engine(e),
-                })?;
-            last
-        };
-        done += size;
-        staged_bytes += size;
+        let mut last = 0;
+        let added = ingest.add_file(path, &refs, &mut |n| {
+            pb.set_position(base + n);
+            last = n;
+        });
+        if let Err(e) = added {
+            // The files before this one are stored and acknowledged.
+            if !ingest.is_empty() {
+                let staged = std::mem::replace(&mut ingest, store.ingest());
+                commit(staged, &mut staged_paths)?;
+            }
+            pb.finish_and_clear();
+            return Err(e.into());
+        }
+        done += last;
+        staged_bytes += last;
         staged_paths.push(path);
         if staged_bytes >= COMMIT_EVERY_BYTES || i + 1 == files.len() {
-            let reports = std::mem::replace(&mut ingest, store.ingest()).commit()?;
-            for (rep, p) in reports.iter().zip(staged_paths.drain(..)) {
-                if json {
-                    let v = serde_json::json!({
-                        "file_id": rep.file_id.to_hex(),
-                        "sha256": rep.sha256.to_hex(),
-                        "path": p.display().to_string(),
-                        "size": rep.size,
-                        "new_bytes": rep.new_bytes,
-                        "chunks": rep.chunks,
-                        "new_chunks": rep.new_chunks,
-                        "new_file": rep.new_file,
-                    });
-                    pb.suspend(|| writeln!(out, "{v}")).map_err(out_err)?;
-                } else {
-                    pb.suspend(|| writeln!(out, "{}  {}", rep.file_id, p.display()))
-                        .map_err(out_err)?;
-                }
-            }
-            out.flush().map_err(out_err)?;
+            let staged = std::mem::replace(&mut ingest, store.ingest());
+            commit(staged, &mut staged_paths)?;
             staged_bytes = 0;
         }
     }
@@ -612,6 +741,8 @@ fn cat(store: &Store, name: &str, offset: u64, length: Option<u64>) -> CliResult
         }
         .into());
     }
+    // A missing or truncated pack fails before any byte is written.
+    store.open_packs(&id, offset, len)?;
     reader.seek(SeekFrom::Start(offset)).map_err(out_err)?;
     reader.limit_read_ahead(offset + len);
     let mut out = io::stdout().lock();

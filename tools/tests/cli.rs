@@ -539,6 +539,171 @@ fn damaged_chunk_exits_4_without_writing_its_bytes() {
     assert!(env.ok(&["cat", "t/other"]) == other);
 }
 
+/// A file whose pack is missing: `cat` exits 4 (damaged data), not 1, and
+/// writes nothing.
+#[test]
+fn missing_pack_exits_4_before_writing_anything() {
+    let env = Env::new();
+    let data = noise(900_000, 44);
+    let id = env.put("f.bin", &data, &["--ref", "t/f"]);
+    let packs = {
+        let store = env.open_store();
+        store.info(&id.parse().expect("id")).expect("info").packs
+    };
+    for p in &packs {
+        fs::remove_file(env.store().join(tessera::pack::pack_path(p))).expect("rm pack");
+    }
+    let out = env.run(&["cat", "t/f"]);
+    let (code, err) = failure(&out);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&packs[0].to_hex()) && err.contains("missing"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "wrote {} bytes", out.stdout.len());
+}
+
+/// The repair probes through the command line: a damaged recipe file is
+/// reported by `verify` (exit 4), healed by `repair index` (exit 0, a HEALED
+/// line), and `verify` is clean again.
+#[test]
+fn verify_and_repair_heal_a_damaged_recipe_file() {
+    let env = Env::new();
+    let data = noise(1_500_000, 45);
+    let id = env.put("f.bin", &data, &["--ref", "t/f"]);
+    assert!(env.ok_text(&["verify"]).starts_with("clean"));
+    let rel = tessera::store::recipe_path(&id.parse().expect("id"));
+    let path = env.store().join(&rel);
+    let mut b = fs::read(&path).expect("recipe");
+    b[100] ^= 4;
+    fs::write(&path, &b).expect("damage");
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("DAMAGED  file {id}")), "{text}");
+    // Reads still work from the index's copy.
+    assert!(env.ok(&["cat", "t/f"]) == data);
+    let text = env.ok_text(&["repair", "index"]);
+    assert!(text.contains(&format!("HEALED  file {id}")), "{text}");
+    assert!(text.contains("1 healed, 0 problems"), "{text}");
+    assert!(env.ok(&["cat", "t/f"]) == data);
+    assert!(env.ok_text(&["verify"]).starts_with("clean"));
+    let json = json_lines(&env.ok_text(&["verify", "--json"]));
+    assert_eq!(json[0]["problems"].as_array().map(Vec::len), Some(0));
+}
+
+/// Damage plus a lost index: the open that rebuilds says so on stderr,
+/// `verify` exits 4 naming the lost file and its ref, and `cat` of the ref
+/// exits 4 (damaged), not 3 (not found).
+#[test]
+fn damage_with_a_lost_index_is_never_silent() {
+    let env = Env::new();
+    let id = env.put("f.bin", &noise(700_000, 46), &["--ref", "t/f"]);
+    env.put("g.bin", &noise(100_000, 47), &["--ref", "t/g"]);
+    let rel = tessera::store::recipe_path(&id.parse().expect("id"));
+    let path = env.store().join(&rel);
+    let mut b = fs::read(&path).expect("recipe");
+    b[90] ^= 4;
+    fs::write(&path, &b).expect("damage");
+    let index = env.store().join("index");
+    fs::remove_dir_all(&index).expect("rm index");
+    fs::create_dir(&index).expect("mkdir index");
+    let out = env.run(&["refs"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("could not be recovered") && err.contains("verify"),
+        "{err}"
+    );
+    let refs = String::from_utf8_lossy(&out.stdout);
+    assert!(refs.contains("t/g") && !refs.contains("t/f"), "{refs}");
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("file {id}")), "{text}");
+    assert!(text.contains("ref t/f"), "{text}");
+    let (code, err) = failure(&env.run(&["cat", "t/f"]));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&id), "{err}");
+}
+
+/// `put --store DIR` refuses a directory that is not empty and holds no
+/// store, touching nothing in it; one that lost its config is a damaged
+/// store (exit 4) that `repair config` restores.
+#[test]
+fn put_refuses_a_directory_that_is_not_a_store() {
+    let env = Env::new();
+    let input = env.file("in.bin", &noise(600_000, 48));
+    let dir = env.tmp.path().join("home");
+    fs::create_dir_all(dir.join("tmp")).expect("mkdir");
+    fs::write(dir.join("tmp/keep.txt"), b"mine").expect("user file");
+    let out = env
+        .bare()
+        .arg("--store")
+        .arg(&dir)
+        .arg("put")
+        .arg(&input)
+        .output()
+        .expect("run");
+    let (code, err) = failure(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not a tessera store") && err.contains("empty"),
+        "{err}"
+    );
+    assert_eq!(fs::read(dir.join("tmp/keep.txt")).expect("kept"), b"mine");
+    assert_eq!(
+        fs::read_dir(&dir).expect("ls").count(),
+        1,
+        "something was created"
+    );
+
+    let id = env.put("a.bin", &noise(600_000, 49), &["--ref", "t/a"]);
+    fs::remove_file(env.store().join("tessera.store")).expect("rm config");
+    for args in [vec!["put", "in.bin"], vec!["cat", "t/a"]] {
+        let (code, err) = failure(&env.run(&args));
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(err.contains("repair config"), "{err}");
+    }
+    assert!(!env.store().join("tessera.store").exists());
+    let text = env.ok_text(&["repair", "config"]);
+    assert!(text.contains("config written"), "{text}");
+    assert!(env.ok(&["cat", "t/a"]) == noise(600_000, 49));
+    assert!(env.ok_text(&["info", "t/a"]).contains(&id));
+}
+
+/// A second process on a busy store fails at once and says how to wait;
+/// with --wait it runs once the store is free.
+#[test]
+fn wait_for_a_busy_store() {
+    let env = Env::new();
+    env.put("a.bin", b"hello", &["--ref", "t/a"]);
+    let store = env.open_store();
+    let (code, err) = failure(&env.run(&["stat"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("locked by pid") && err.contains("--wait"),
+        "{err}"
+    );
+    let child = env
+        .cmd()
+        .args(["--wait", "cat", "t/a"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    drop(store);
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for pid"));
+}
+
 // ------------------------------------------------------------ usage
 
 #[test]
@@ -595,7 +760,9 @@ fn help_mentions_every_subcommand() {
     let out = env.bare().arg("--help").output().expect("run");
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).expect("utf-8");
-    for sub in ["put", "cat", "refs", "ref", "info", "stat", "demo", "synth"] {
+    for sub in [
+        "put", "cat", "refs", "ref", "info", "stat", "verify", "repair", "demo", "synth",
+    ] {
         assert!(
             help.lines()
                 .any(|l| l.split_whitespace().next() == Some(sub)),

@@ -1,0 +1,533 @@
+//! Repair never turns a readable file into an unreadable one, and `verify`
+//! sees everything on disk: recipe and ref files that are damaged or missing
+//! are healed from the index's verified copies (by `repair index` and by the
+//! catch-up of an open after a crash); what cannot be healed is reported by
+//! the open, by `verify` and by reads, never silently dropped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{noise, small_packs};
+use tessera::check::{Problem, VerifyOptions};
+use tessera::store::{recipe_path, ref_path};
+use tessera::{Error, FileId, Store, StoreOptions};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    files: Vec<(FileId, Vec<u8>, String)>,
+}
+
+impl Fixture {
+    /// Three files over several packs, each with a ref.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), small_packs()).expect("open");
+        let mut files = Vec::new();
+        for (i, n) in [200_000usize, 2_500_000, 700_000].into_iter().enumerate() {
+            let data = noise(n, 40 + i as u64);
+            let name = format!("org/m@v1:part{i}.bin");
+            let rep = store.put_bytes(&data, &[&name]).expect("put");
+            files.push((rep.file_id, data, name));
+        }
+        Fixture { dir, files }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    fn open(&self) -> Store {
+        Store::open(self.root(), small_packs()).expect("open")
+    }
+
+    /// Every file reads back, and every ref names its file.
+    fn check_all(&self, store: &Store) {
+        for (id, data, name) in &self.files {
+            let back = store.read(id).expect("open").read_all().expect("read");
+            assert!(back == *data, "file {id} differs");
+            assert_eq!(store.resolve_ref(name).expect("ref"), *id);
+        }
+    }
+
+    /// Marks the store as not closed cleanly, as a crash would.
+    fn leave_dirty(&self) {
+        std::fs::write(self.path("dirty"), b"1").expect("dirty marker");
+    }
+
+    /// Deletes the index's contents, as a lost disk or a careless user would.
+    fn lose_index(&self) {
+        let index = self.path("index");
+        std::fs::remove_dir_all(&index).expect("rm index");
+        std::fs::create_dir_all(&index).expect("mkdir index");
+    }
+}
+
+fn flip(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).expect("read");
+    let i = at.min(b.len() - 1);
+    b[i] ^= 0x10;
+    std::fs::write(path, &b).expect("write");
+}
+
+fn verify(store: &Store) -> tessera::check::VerifyReport {
+    store.verify(VerifyOptions::default()).expect("verify")
+}
+
+fn names(ps: &[Problem]) -> String {
+    format!("{ps:#?}")
+}
+
+#[test]
+fn repair_heals_a_damaged_or_deleted_recipe_file_from_the_index() {
+    for how in ["flipped", "deleted"] {
+        let fx = Fixture::new();
+        let (id, _, _) = &fx.files[1];
+        let rel = recipe_path(id);
+        let original = std::fs::read(fx.path(&rel)).expect("recipe");
+        match how {
+            "flipped" => flip(&fx.path(&rel), 100),
+            _ => std::fs::remove_file(fx.path(&rel)).expect("rm"),
+        }
+        // verify sees it and names the file; reads still work from the
+        // index's copy.
+        let store = fx.open();
+        let v = verify(&store);
+        let obj = format!("file {id}");
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.object == obj && p.detail.contains("recipe file")),
+            "{how}: {}",
+            names(&v.problems)
+        );
+        fx.check_all(&store);
+        drop(store);
+        let rep = Store::repair_index(fx.root(), small_packs()).expect("repair");
+        assert!(rep.problems.is_empty(), "{how}: {}", names(&rep.problems));
+        assert!(
+            rep.healed.iter().any(|p| p.object == obj),
+            "{how}: not healed: {}",
+            names(&rep.healed)
+        );
+        assert_eq!(
+            std::fs::read(fx.path(&rel)).expect("recipe"),
+            original,
+            "{how}"
+        );
+        let store = fx.open();
+        fx.check_all(&store);
+        let v = verify(&store);
+        assert!(v.is_clean(), "{how}: {}", names(&v.problems));
+    }
+}
+
+#[test]
+fn repair_heals_a_damaged_ref_file_from_the_index() {
+    let fx = Fixture::new();
+    let (id, _, name) = &fx.files[0];
+    let rel = ref_path(name);
+    flip(&fx.path(&rel), 20);
+    let store = fx.open();
+    let v = verify(&store);
+    assert!(!v.is_clean());
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.object.contains(name.as_str()) || p.object == rel),
+        "{}",
+        names(&v.problems)
+    );
+    drop(store);
+    let rep = Store::repair_index(fx.root(), small_packs()).expect("repair");
+    assert!(rep.problems.is_empty(), "{}", names(&rep.problems));
+    assert_eq!(rep.healed.len(), 1, "{}", names(&rep.healed));
+    let store = fx.open();
+    assert_eq!(store.resolve_ref(name).expect("ref"), *id);
+    assert_eq!(store.read_ref_file(name).expect("ref file"), Some(*id));
+    fx.check_all(&store);
+    assert!(verify(&store).is_clean());
+}
+
+#[test]
+fn the_open_after_a_crash_heals_recipe_and_ref_files() {
+    let fx = Fixture::new();
+    let (id0, _, _) = &fx.files[0];
+    let (_, _, name2) = &fx.files[2];
+    flip(&fx.path(&recipe_path(id0)), 80);
+    std::fs::remove_file(fx.path(&recipe_path(&fx.files[1].0))).expect("rm recipe");
+    flip(&fx.path(&ref_path(name2)), 30);
+    fx.leave_dirty();
+    let store = fx.open();
+    let rec = store.recovery().expect("caught up");
+    assert!(
+        rec.report.problems.is_empty(),
+        "{}",
+        names(&rec.report.problems)
+    );
+    assert_eq!(rec.report.healed.len(), 3, "{}", names(&rec.report.healed));
+    fx.check_all(&store);
+    let v = verify(&store);
+    assert!(v.is_clean(), "{}", names(&v.problems));
+}
+
+/// A damaged recipe file with its index lost cannot be healed: the open
+/// that rebuilt the index reports it, `verify` keeps reporting it (and the
+/// ref that names the lost file), and reading the ref says the data is
+/// damaged rather than "not found".
+#[test]
+fn damage_with_a_lost_index_is_reported_never_dropped() {
+    let fx = Fixture::new();
+    let (lost, _, name) = fx.files[1].clone();
+    flip(&fx.path(&recipe_path(&lost)), 90);
+    fx.lose_index();
+    let store = fx.open();
+    let rec = store.recovery().expect("caught up");
+    let obj = format!("file {lost}");
+    assert!(
+        rec.report.problems.iter().any(|p| p.object == obj),
+        "the open did not report the lost file: {}",
+        names(&rec.report.problems)
+    );
+    assert!(
+        rec.report
+            .problems
+            .iter()
+            .any(|p| p.object == format!("ref {name}")),
+        "the open did not report the ref: {}",
+        names(&rec.report.problems)
+    );
+    // The other files are back.
+    for (id, data, n) in [&fx.files[0], &fx.files[2]] {
+        assert!(store.read(id).expect("open").read_all().expect("read") == *data);
+        assert_eq!(store.resolve_ref(n).expect("ref"), *id);
+    }
+    match store.resolve_ref(&name) {
+        Err(e @ Error::RefDangling { .. }) => {
+            assert!(e.is_corruption() && !e.is_not_found());
+            assert!(e.to_string().contains(&lost.to_hex()), "{e}");
+        }
+        other => panic!("expected RefDangling, got {other:?}"),
+    }
+    for _ in 0..2 {
+        // Every verify, not only the first, says so.
+        let v = verify(&store);
+        assert!(!v.is_clean());
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.object == obj && p.detail.contains("damaged")),
+            "{}",
+            names(&v.problems)
+        );
+        assert!(
+            v.problems.iter().any(|p| p.object == format!("ref {name}")),
+            "{}",
+            names(&v.problems)
+        );
+    }
+    drop(store);
+    // repair index cannot bring it back either, and says so.
+    let rep = Store::repair_index(fx.root(), small_packs()).expect("repair");
+    assert!(
+        rep.problems.iter().any(|p| p.object == obj),
+        "{}",
+        names(&rep.problems)
+    );
+    // Deleting the ref acknowledges its loss; the damaged recipe file is
+    // still reported until it is removed.
+    let store = fx.open();
+    store.delete_ref(&name).expect("rm ref");
+    assert!(!fx.path(&ref_path(&name)).exists());
+    let v = verify(&store);
+    assert_eq!(v.problems.len(), 1, "{}", names(&v.problems));
+    assert_eq!(v.problems[0].object, obj);
+}
+
+/// A ref file damaged while the index is lost: nothing holds that ref any
+/// more, which is reported, and the damaged file is kept (it is all that is
+/// left of the ref); the rest of the store comes back.
+#[test]
+fn a_damaged_ref_file_with_a_lost_index_is_reported_and_kept() {
+    let fx = Fixture::new();
+    let (_, _, name) = fx.files[0].clone();
+    let rel = ref_path(&name);
+    flip(&fx.path(&rel), 50);
+    fx.lose_index();
+    let store = fx.open();
+    let rec = store.recovery().expect("caught up");
+    assert!(
+        rec.report.problems.iter().any(|p| p.object == rel),
+        "{}",
+        names(&rec.report.problems)
+    );
+    assert!(fx.path(&rel).exists(), "the damaged ref file was deleted");
+    assert!(store.resolve_ref(&name).is_err());
+    for (id, data, n) in &fx.files[1..] {
+        assert!(store.read(id).expect("open").read_all().expect("read") == *data);
+        assert_eq!(store.resolve_ref(n).expect("ref"), *id);
+    }
+    let v = verify(&store);
+    assert!(
+        v.problems.iter().any(|p| p.object == rel),
+        "{}",
+        names(&v.problems)
+    );
+}
+
+/// verify reports one problem per damaged object, not one per recipe term.
+#[test]
+fn verify_counts_each_damaged_object_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        pack_target_bytes: 256 << 10,
+        ..small_packs()
+    };
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    // Interleave two files' new chunks so each file has many terms.
+    let a = noise(3_000_000, 1);
+    let b = noise(3_000_000, 2);
+    let mut ing = store.ingest();
+    ing.add(&a[..], &["a"], &mut |_| {}).expect("a");
+    ing.add(&b[..], &["b"], &mut |_| {}).expect("b");
+    ing.commit().expect("commit");
+    let ia = store.resolve_ref("a").expect("a");
+    let packs = store.info(&ia).expect("info").packs;
+    assert!(packs.len() >= 3, "{packs:?}");
+    drop(store);
+    for p in &packs {
+        let rel = tessera::pack::pack_path(p);
+        std::fs::remove_file(dir.path().join(rel)).expect("rm pack");
+    }
+    let store = Store::open(dir.path(), opts).expect("open");
+    let v = store.verify(VerifyOptions::default()).expect("verify");
+    let mut objects: Vec<&str> = v.problems.iter().map(|p| p.object.as_str()).collect();
+    objects.sort();
+    let n = objects.len();
+    objects.dedup();
+    assert_eq!(
+        objects.len(),
+        n,
+        "an object is reported twice: {}",
+        names(&v.problems)
+    );
+    // The packs, file a, and whatever of b lived in those packs.
+    assert!(n <= packs.len() + 2, "{}", names(&v.problems));
+    assert!(v.problems.iter().any(|p| p.object == format!("file {ia}")));
+}
+
+/// A file that changes while it is ingested is refused, naming the file;
+/// nothing is stored for it.
+#[test]
+fn a_source_that_changes_while_it_is_read_is_refused() {
+    for how in ["shrinks", "grows", "is rewritten"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                ingest_batch_bytes: 1 << 20,
+                ..small_packs()
+            },
+        )
+        .expect("open");
+        let input = dir.path().join("input.bin");
+        let data = noise(8 << 20, 9);
+        std::fs::write(&input, &data).expect("write input");
+        let mut changed = false;
+        let mut ing = store.ingest();
+        let r = ing.add_file(&input, &["x"], &mut |_| {
+            if changed {
+                return;
+            }
+            changed = true;
+            match how {
+                "shrinks" => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&input)
+                    .and_then(|f| f.set_len(100_000))
+                    .expect("truncate"),
+                "grows" => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&input)
+                        .expect("open");
+                    f.write_all(&noise(1 << 20, 10)).expect("append");
+                }
+                _ => {
+                    // Same size, other bytes, and a later modification time.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let mut other = data.clone();
+                    other[(7 << 20) + 5] ^= 1;
+                    std::fs::write(&input, &other).expect("rewrite");
+                }
+            }
+        });
+        match r {
+            Err(e @ Error::SourceChanged { .. }) => {
+                assert!(e.to_string().contains("input.bin"), "{how}: {e}");
+            }
+            other => panic!("{how}: expected SourceChanged, got {other:?}"),
+        }
+        assert!(ing.is_empty(), "{how}: the changed file was staged");
+        drop(ing);
+        assert!(store.resolve_ref("x").is_err(), "{how}");
+        assert_eq!(store.stats().expect("stats").files, 0, "{how}");
+    }
+}
+
+/// A store is created only in a new or empty directory; a directory that
+/// holds a store's files but lost its config is a damaged store.
+#[test]
+fn stores_are_created_only_in_empty_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("mine");
+    std::fs::create_dir_all(root.join("tmp")).expect("mkdir");
+    std::fs::write(root.join("tmp/notes.txt"), b"my notes").expect("user file");
+    std::fs::write(root.join("report.pdf"), b"pdf").expect("user file");
+    match Store::open(&root, small_packs()) {
+        Err(e @ Error::NotAStore { .. }) => assert!(e.to_string().contains("not empty"), "{e}"),
+        other => panic!("expected NotAStore, got {other:?}"),
+    }
+    // Nothing was touched or added.
+    assert_eq!(
+        std::fs::read(root.join("tmp/notes.txt")).expect("kept"),
+        b"my notes"
+    );
+    let mut entries: Vec<String> = std::fs::read_dir(&root)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["report.pdf", "tmp"]);
+
+    // An empty directory is fine.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    drop(Store::open(&empty, small_packs()).expect("create in an empty dir"));
+
+    // A store without its config is damaged, not new.
+    let fx = Fixture::new();
+    let config = std::fs::read(fx.path("tessera.store")).expect("config");
+    std::fs::remove_file(fx.path("tessera.store")).expect("rm config");
+    for create in [true, false] {
+        match Store::open(
+            fx.root(),
+            StoreOptions {
+                create,
+                ..small_packs()
+            },
+        ) {
+            Err(e @ Error::ConfigMissing { .. }) => {
+                assert!(e.to_string().contains("repair config"), "{e}");
+                assert!(e.is_corruption());
+            }
+            other => panic!("expected ConfigMissing, got {other:?}"),
+        }
+    }
+    assert!(
+        !fx.path("tessera.store").exists(),
+        "the config was re-created"
+    );
+    // Other parameters than the store's are refused; the right ones are
+    // confirmed against the stored files and the config comes back.
+    let wrong = tessera::ChunkParams {
+        avg: 32 * 1024,
+        ..Default::default()
+    };
+    let err = Store::repair_config(fx.root(), wrong, &small_packs()).expect_err("wrong params");
+    assert!(err.to_string().contains("not chunked with"), "{err}");
+    assert!(!fx.path("tessera.store").exists());
+    let rep = Store::repair_config(fx.root(), Default::default(), &small_packs()).expect("repair");
+    assert!(rep.boundaries_checked > 10, "{rep:?}");
+    assert_eq!(
+        std::fs::read(fx.path("tessera.store")).expect("config"),
+        config
+    );
+    let store = fx.open();
+    fx.check_all(&store);
+    drop(store);
+    // An intact config is not rewritten.
+    assert!(Store::repair_config(fx.root(), Default::default(), &small_packs()).is_err());
+}
+
+/// Ref names never collide with file ids or sha256 aliases: such names are
+/// refused, and explicit `file:`, `sha256:` and `ref:` forms resolve.
+#[test]
+fn names_are_unambiguous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let a = store
+        .put_bytes(&noise(100_000, 1), &["org/a"])
+        .expect("put");
+    let b = store.put_bytes(&noise(100_000, 2), &[]).expect("put");
+    let hex = b.file_id.to_hex();
+    for bad in [
+        hex.clone(),
+        hex.to_uppercase(),
+        format!("file:{hex}"),
+        "sha256:x".into(),
+        "ref:x".into(),
+    ] {
+        let e = store.set_ref(&bad, a.file_id).expect_err(&bad);
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+        assert!(store.put_bytes(b"z", &[bad.as_str()]).is_err(), "{bad}");
+    }
+    assert_eq!(store.resolve(&hex).expect("id"), b.file_id);
+    assert_eq!(
+        store.resolve(&format!("file:{hex}")).expect("file:"),
+        b.file_id
+    );
+    let sha = b.sha256.to_hex();
+    assert_eq!(store.resolve(&sha).expect("sha"), b.file_id);
+    assert_eq!(
+        store.resolve(&format!("sha256:{sha}")).expect("sha256:"),
+        b.file_id
+    );
+    assert!(store
+        .resolve(&format!("file:{sha}"))
+        .expect_err("a sha256 is not a file id")
+        .is_not_found());
+    assert_eq!(store.resolve("org/a").expect("ref"), a.file_id);
+    assert_eq!(store.resolve("ref:org/a").expect("ref:"), a.file_id);
+    // A hostile name is not echoed in full.
+    let long = "x".repeat(10_000);
+    let e = store.set_ref(&long, a.file_id).expect_err("too long");
+    assert!(e.to_string().len() < 300, "{} bytes", e.to_string().len());
+    let e = store.resolve(&"y".repeat(10_000)).expect_err("unknown");
+    assert!(e.to_string().len() < 300, "{} bytes", e.to_string().len());
+}
+
+/// A reader keeps at most `pack_cache` packs mapped (plus those in use).
+#[cfg(target_os = "linux")]
+#[test]
+fn pack_mappings_are_bounded_by_the_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        pack_target_bytes: 256 << 10,
+        pack_cache: 3,
+        read_ahead_chunks: 2,
+        ..small_packs()
+    };
+    let store = Store::open(dir.path(), opts).expect("open");
+    let data = noise(6_000_000, 3);
+    let id = store.put_bytes(&data, &[]).expect("put").file_id;
+    assert!(store.info(&id).expect("info").packs.len() > 10);
+    let back = store.read(&id).expect("open").read_all().expect("read");
+    assert!(back == data);
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let mapped: std::collections::HashSet<&str> = maps
+        .lines()
+        .filter(|l| l.contains(&*dir.path().to_string_lossy()) && l.ends_with(".pack"))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert!(
+        mapped.len() <= 3,
+        "{} packs mapped: {mapped:?}",
+        mapped.len()
+    );
+}
