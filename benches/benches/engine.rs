@@ -3,8 +3,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::io::Read;
 use tessera::chunking::Chunker;
-use tessera::synth::{DType, ModelSpec};
 use tessera::{ChunkId, ChunkParams, Store, StoreOptions};
+use tessera_synth::{DType, ModelSpec};
 
 fn model(bytes: u64) -> Vec<u8> {
     let mut v = Vec::new();

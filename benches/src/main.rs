@@ -13,8 +13,8 @@
 use std::io::Read;
 use std::time::Instant;
 
-use tessera::synth::{DType, ModelSpec};
 use tessera::{Store, StoreOptions};
+use tessera_synth::{DType, ModelSpec};
 
 struct Args {
     size_mib: u64,
@@ -134,7 +134,7 @@ fn main() {
         assert_eq!(n, v1.len() as u64);
         results[3].1.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let mut rng = tessera::synth::SplitMix64::new(99 + run as u64);
+        let mut rng = tessera_synth::SplitMix64::new(99 + run as u64);
         let reads = 200;
         for _ in 0..reads {
             let off = rng.below(v1.len() as u64 - (1 << 20));

@@ -37,7 +37,6 @@ pub mod recipe;
 pub mod recover;
 pub mod storage;
 pub mod store;
-pub mod synth;
 
 pub use chunking::ChunkParams;
 pub use error::{Error, Result};

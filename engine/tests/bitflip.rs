@@ -118,7 +118,7 @@ fn random_bit_flips_are_detected_and_never_yield_wrong_bytes() {
             files.push((rep.file_id, d));
         }
     }
-    let mut rng = tessera::synth::SplitMix64::new(seed);
+    let mut rng = tessera_synth::SplitMix64::new(seed);
     let mut rnd = |n: u64| rng.below(n);
     let (mut data_flips, mut other_flips) = (0, 0);
     for case in 0..cases {

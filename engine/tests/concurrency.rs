@@ -24,7 +24,7 @@ const BLOCKS_PER_FILE: usize = 5;
 /// picked by the spec, plus a short tail of its own.
 fn build(spec: usize, pool: &[Vec<u8>]) -> Vec<u8> {
     let mut order: Vec<usize> = (0..POOL).collect();
-    let mut rng = tessera::synth::SplitMix64::new(spec as u64);
+    let mut rng = tessera_synth::SplitMix64::new(spec as u64);
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i as u64 + 1) as usize);
     }

@@ -43,8 +43,8 @@ use tessera::hash::FileIdHasher;
 use tessera::pack::pack_path;
 use tessera::storage::Storage;
 use tessera::store::{recipe_path, ref_path};
-use tessera::synth::SplitMix64;
 use tessera::{ChunkId, ChunkParams, Error, FileId, Store, StoreOptions};
+use tessera_synth::SplitMix64;
 
 mod common;
 

@@ -33,7 +33,7 @@ fn bless() {
         .map(|i| b"tessera fuzz seed "[(i % 18) as usize])
         .collect();
     let mut noise = vec![0u8; 2000];
-    tessera::synth::SplitMix64::new(5).fill_bytes(&mut noise);
+    tessera_synth::SplitMix64::new(5).fill_bytes(&mut noise);
     let mut data = text.clone();
     data.extend_from_slice(&noise);
     let rep = store

@@ -49,7 +49,7 @@ fn file_spanning_several_packs_and_random_ranges() {
     assert!(back == data);
 
     // Random ranges, many crossing chunk and pack boundaries.
-    let mut rng = tessera::synth::SplitMix64::new(12345);
+    let mut rng = tessera_synth::SplitMix64::new(12345);
     let n = data.len() as u64;
     for _ in 0..300 {
         let off = rng.below(n);

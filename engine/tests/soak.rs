@@ -18,7 +18,7 @@ const READERS: usize = 8;
 
 /// File `n`: 3-6 blocks of a shared pool picked by `n`, plus a tail of its own.
 fn content(n: u64, pool: &[Vec<u8>]) -> Vec<u8> {
-    let mut rng = tessera::synth::SplitMix64::new(n);
+    let mut rng = tessera_synth::SplitMix64::new(n);
     let mut out = Vec::new();
     for _ in 0..3 + rng.below(4) {
         out.extend_from_slice(&pool[rng.below(pool.len() as u64) as usize]);

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use tessera::synth::SplitMix64;
 use tessera::{hash::FileIdHasher, ChunkId, ChunkParams, Store, StoreOptions};
+use tessera_synth::SplitMix64;
 
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
     let mut rng = SplitMix64::new(42);

@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use tessera::synth::{demo_repo, ModelSpec};
 use tessera::{Store, StoreOptions};
+use tessera_synth::{demo_repo, ModelSpec};
 
 use crate::{human, CliError, CliResult};
 

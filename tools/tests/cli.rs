@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tessera::synth::noise;
 use tessera::{FileId, ReadMode, Store, StoreOptions};
+use tessera_synth::noise;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-use tessera::synth::SplitMix64 as Rng;
+use tessera_synth::SplitMix64 as Rng;
 
 /// A pool of random blocks that source files are built from, so puts dedup.
 fn make_blocks(rng: &mut Rng) -> Vec<Vec<u8>> {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tessera::{Store, StoreOptions};
 
-pub use tessera::synth::noise;
+pub use tessera_synth::noise;
 
 /// Options for a fresh test store.
 pub fn opts() -> StoreOptions {

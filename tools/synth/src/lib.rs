@@ -17,6 +17,8 @@
 //! large models can be streamed with bounded memory ([`ModelSpec::write_to`],
 //! [`ModelSpec::reader`]).
 
+#![warn(missing_docs)]
+
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
