@@ -2,7 +2,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::io::Read;
-use tessera::chunking::Chunker;
+use tessera::testing::Chunker;
 use tessera::{ChunkId, ChunkParams, Store, StoreOptions};
 use tessera_synth::{DType, ModelSpec};
 

@@ -57,6 +57,13 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
     }
 }
 
+/// Locks a cache (or any) mutex. A panic while holding one of the engine's
+/// locks leaves plain data behind (no invariant spans a panic point), so a
+/// poisoned mutex is still usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::Lru;

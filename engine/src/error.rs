@@ -2,8 +2,9 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::hash::{ChunkId, FileId, PackId};
+use crate::ids::{ChunkId, FileId, IdParseError, PackId};
 
 /// Result alias for the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -13,41 +14,41 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system I/O error on a named path.
-    #[error("I/O error during {op} on {}: {source}", path.display())]
+    /// An I/O error on a named object (a file, or a key in a bucket).
+    #[error("I/O error during {op} on {object}: {source}")]
     Io {
         /// What the engine was doing.
         op: &'static str,
-        /// The file or directory involved.
-        path: PathBuf,
+        /// The object involved: a path, or a URL for remote storage.
+        object: String,
         /// The underlying error.
         #[source]
         source: io::Error,
     },
 
-    /// No store at the given directory.
-    #[error("no tessera store at {} (run `tessera put` to create one)", path.display())]
+    /// No store at the given location.
+    #[error("no tessera store at {location} (run `tessera put` to create one)")]
     StoreNotFound {
-        /// The directory that was opened.
-        path: PathBuf,
+        /// The directory (or URL) that was opened.
+        location: String,
     },
 
     /// Creating a store was refused: the directory is not empty and holds
     /// no store (nothing in it was touched).
-    #[error("{} is not a tessera store and not empty ({detail}); a store is only created in a new or empty directory", path.display())]
+    #[error("{location} is not a tessera store and not empty ({detail}); a store is only created in a new or empty directory")]
     NotAStore {
-        /// The directory.
-        path: PathBuf,
+        /// The directory (or URL).
+        location: String,
         /// What was found there.
         detail: String,
     },
 
     /// The directory holds a store's packs, recipes or refs but its config
     /// is gone: a damaged store, never silently re-created.
-    #[error("{} holds a tessera store ({detail}) but its config tessera.store is missing; restore tessera.store from a backup, or run `tessera repair config` to write it anew after checking the chunking parameters against the stored files", path.display())]
+    #[error("{location} holds a tessera store ({detail}) but its config tessera.store is missing; restore tessera.store from a backup, or run `tessera repair config` to write it anew after checking the chunking parameters against the stored files")]
     ConfigMissing {
-        /// The store directory.
-        path: PathBuf,
+        /// The store directory (or URL).
+        location: String,
         /// What was found there.
         detail: String,
     },
@@ -74,10 +75,10 @@ pub enum Error {
     },
 
     /// The store was created with other chunking parameters than requested.
-    #[error("store at {} uses chunking {stored}, but {requested} was requested; chunk parameters are part of the format and cannot be mixed", path.display())]
+    #[error("store at {location} uses chunking {stored}, but {requested} was requested; chunk parameters are part of the format and cannot be mixed")]
     ChunkParamsMismatch {
-        /// The store directory.
-        path: PathBuf,
+        /// The store directory (or URL).
+        location: String,
         /// Parameters in the store's config.
         stored: String,
         /// Parameters the caller asked for.
@@ -85,10 +86,10 @@ pub enum Error {
     },
 
     /// The store config file is damaged.
-    #[error("store config {} is corrupt: {detail}; restore it from a backup, or run `tessera repair config` to write it anew after checking the chunking parameters against the stored files", path.display())]
+    #[error("store config {object} is corrupt: {detail}; restore it from a backup, or run `tessera repair config` to write it anew after checking the chunking parameters against the stored files")]
     ConfigCorrupt {
-        /// The config file.
-        path: PathBuf,
+        /// The config object.
+        object: String,
         /// What is wrong.
         detail: String,
     },
@@ -127,12 +128,12 @@ pub enum Error {
     },
 
     /// The index names a pack whose file does not exist.
-    #[error("pack {pack} is missing: {} does not exist", path.display())]
+    #[error("pack {pack} is missing: {object} does not exist")]
     PackMissing {
         /// The pack.
         pack: PackId,
         /// Where it should be.
-        path: PathBuf,
+        object: String,
     },
 
     /// A recipe (file reconstruction) is damaged or inconsistent.
@@ -144,10 +145,10 @@ pub enum Error {
         detail: String,
     },
 
-    /// An index entry in sled could not be decoded.
-    #[error("index entry {key} in tree {tree} is corrupt: {detail}")]
+    /// An index entry could not be decoded.
+    #[error("index entry {key} in {tree} is corrupt: {detail}; `tessera repair index` rebuilds the index")]
     IndexCorrupt {
-        /// The sled tree.
+        /// The index table.
         tree: &'static str,
         /// The key, in hex or text.
         key: String,
@@ -162,7 +163,7 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// sled found its own files damaged when opening the index (and the
+    /// The index found its own files damaged when it was opened (and the
     /// store was opened with `rebuild_damaged_index: false`).
     #[error("index {} is damaged ({detail}); run `tessera repair index` to rebuild it from the packs, recipes and refs", path.display())]
     IndexDamaged {
@@ -172,9 +173,16 @@ pub enum Error {
         detail: String,
     },
 
-    /// The sled index reported an error.
-    #[error("index error: {0} (the index is a cache of the packs, recipes and refs: `tessera repair index` rebuilds it)")]
-    Index(#[from] sled::Error),
+    /// The index (a local database) failed.
+    #[error("index {}: {detail} (the index is a cache of the packs, recipes and refs: `tessera repair index` rebuilds it)", path.display())]
+    Index {
+        /// The index directory.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+        /// Whether the index reported its files damaged.
+        damaged: bool,
+    },
 
     /// A ref whose ref file names a file the store cannot read: its recipe
     /// is missing or damaged (see `verify`).
@@ -217,22 +225,30 @@ pub enum Error {
     /// Another process has the store open.
     #[error("store {} is locked by pid {pid} (only one process may open a store at a time)", path.display())]
     StoreLocked {
-        /// The store directory.
+        /// The lock file.
         path: PathBuf,
         /// The pid recorded by the lock holder (0 if unknown).
         pid: u32,
     },
 
     /// A previous write or sync failed; the store refuses writes until reopened.
-    #[error("store is poisoned by an earlier I/O failure ({0}); reopen it before writing again")]
-    Poisoned(String),
+    #[error("store is poisoned by an earlier failure ({cause}); reopen it before writing again")]
+    Poisoned {
+        /// The failure that poisoned the store.
+        #[source]
+        cause: Arc<Error>,
+    },
+
+    /// An internal invariant failed: a bug in the engine, not bad input.
+    #[error("internal error (a bug in tessera; please report it): {0}")]
+    Bug(String),
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             op,
-            path: path.into(),
+            object: object.into(),
             source,
         }
     }
@@ -266,8 +282,14 @@ impl Error {
                 | Error::IndexMissing { .. }
                 | Error::IndexDamaged { .. }
                 | Error::ConfigCorrupt { .. }
-                | Error::Index(sled::Error::Corruption { .. })
+                | Error::Index { damaged: true, .. }
         )
+    }
+}
+
+impl From<IdParseError> for Error {
+    fn from(e: IdParseError) -> Self {
+        Error::InvalidArgument(e.to_string())
     }
 }
 

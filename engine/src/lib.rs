@@ -1,8 +1,8 @@
 //! Tessera: a content-addressed chunk storage engine for ML model files.
 //!
 //! Files are split into content-defined chunks (FastCDC), identified by
-//! BLAKE3, deduplicated through a sled index, compressed with zstd when it
-//! pays, and appended to immutable, content-addressed pack files. A file is a
+//! BLAKE3, deduplicated through an index, compressed with zstd when it
+//! pays, and appended to immutable, content-addressed packs. A file is a
 //! recipe: an ordered list of terms (runs of chunks in one pack) plus its
 //! chunk list. Any file, or any byte range of one, is rebuilt from the packs,
 //! and every chunk is verified against its id before its bytes leave the
@@ -11,37 +11,66 @@
 //! ```no_run
 //! use tessera::{Store, StoreOptions};
 //! let store = Store::open("/var/lib/tessera", StoreOptions { create: true, ..Default::default() })?;
-//! let report = store.put(std::fs::File::open("model.safetensors").map_err(|e| tessera::Error::InvalidArgument(e.to_string()))?, &["acme/llm@v1:model.safetensors"])?;
+//! let report = store.put_file("model.safetensors", &["acme/llm@v1:model.safetensors"])?;
 //! let head = store.read_range(&report.file_id, 0, 8)?;
+//! store.close()?;
 //! # Ok::<(), tessera::Error>(())
 //! ```
 //!
-//! The on-disk formats are specified in `format-spec/SPEC.md`.
+//! Layers, top down (each uses only those below it; `format-spec/SPEC.md`
+//! specifies the bytes):
+//!
+//! - [`Store`]: the façade, one call per operation;
+//! - operations, one module each: ingest, read, refs, verify, recover and
+//!   repair (and open/close);
+//! - the shared state of an open store (`core`);
+//! - packs (building, reading, the pack cache), the index (a local,
+//!   rebuildable cache; sled confined to one module), the layout of a file;
+//! - the on-disk formats and chunk codecs;
+//! - [`storage`]: one trait with object semantics, through which every
+//!   byte of the store's objects goes ([`storage::DirStore`] for a local
+//!   directory);
+//! - ids, object names, errors.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod cache;
-pub mod check;
-pub mod chunking;
+mod chunking;
+mod codec;
+mod core;
 mod error;
-pub mod fault;
-pub mod format;
-pub mod fuzzing;
-pub mod hash;
-pub mod index;
-mod mmap;
-pub mod pack;
-pub mod reader;
-pub mod recipe;
-pub mod recover;
+mod format;
+mod ids;
+mod index;
+mod ingest;
+mod inventory;
+mod layout;
+mod local;
+mod open;
+mod options;
+mod pack;
+mod paths;
+mod read;
+mod recover;
+mod refs;
+mod repair;
+mod report;
 pub mod storage;
-pub mod store;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod verify;
 
 pub use chunking::ChunkParams;
 pub use error::{Error, Result};
-pub use hash::{ChunkId, FileId, PackId, Sha256};
-pub use reader::FileReader;
-pub use recover::{CatchUpReason, Recovery};
+pub use ids::{ChunkId, FileId, FileIdHasher, IdParseError, PackId, Sha256};
+pub use ingest::{Ingest, PutReport};
+pub use options::StoreOptions;
+pub use read::{unwrap_io, FileInfo, FileReader};
+pub use refs::NAME_PREFIXES;
+pub use repair::ConfigRepair;
+pub use report::{CatchUpReason, Problem, Recovery, RepairReport};
 pub use storage::ReadMode;
-pub use store::{FileInfo, Ingest, PutReport, Stats, Store, StoreOptions};
+pub use store::{Stats, Store};
+pub use verify::{VerifyOptions, VerifyReport};

@@ -1,61 +1,73 @@
-//! Pack files: writing an open pack, sealing it, and reading sealed packs.
+//! Packs: building one (chunk records appended to a staged object, published
+//! under its content-addressed name when sealed), reading sealed ones, and
+//! the cache of open packs readers share.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::cache::Lru;
+use crate::codec::decode_chunk;
 use crate::error::{Error, Result};
 use crate::format::{
     check_pack_header, pack_header, ChunkEntry, Compression, PackHeaderError, Trailer,
     CHUNK_HEADER_LEN, FORMAT_VERSION, MAX_CHUNK_LEN, PACK_HEADER_LEN, TABLE_ENTRY_LEN, TRAILER_LEN,
 };
-use crate::hash::{ChunkId, PackId, PackIdHasher};
-use crate::storage::{ReadHandle, Storage, WriteHandle};
+use crate::ids::{ChunkId, PackId, PackIdHasher};
+use crate::paths::pack_key;
+use crate::storage::{ObjectStore, PutMode, ReadHandle, StagedObject};
 
-/// Relative path of a sealed pack: `packs/<first two hex>/<hex>.pack`.
-pub fn pack_path(id: &PackId) -> String {
-    crate::store::fanout("packs", &id.to_hex(), "pack")
-}
-
-/// A pack being written to a temp file.
-pub(crate) struct OpenPack {
-    pub(crate) tmp: String,
-    handle: Box<dyn WriteHandle>,
+/// A pack being built: records are appended to a staged object, which is
+/// published under the pack's id when the pack is sealed.
+pub(crate) struct PackBuilder {
+    staged: Box<dyn StagedObject>,
     hasher: PackIdHasher,
     len: u64,
-    pub(crate) entries: Vec<ChunkEntry>,
+    entries: Vec<ChunkEntry>,
     /// The ids in `entries`, for dedup against the pack being written.
     ids: HashSet<ChunkId>,
     raw_bytes: u64,
 }
 
-impl OpenPack {
-    /// Starts a pack at temp path `tmp` and writes its header.
-    pub(crate) fn create(storage: &dyn Storage, tmp: String) -> Result<Self> {
-        let handle = storage
-            .create_new(&tmp)
-            .map_err(|e| Error::io("create pack", storage.root().join(&tmp), e))?;
-        let mut p = OpenPack {
-            tmp,
-            handle,
+/// The shared open pack of a store's writers: the pack being built, if any,
+/// and the sequence number of the open (or next) pack.
+#[derive(Default)]
+pub(crate) struct OpenPackSlot {
+    pub(crate) open: Option<PackBuilder>,
+    pub(crate) seq: u64,
+}
+
+impl PackBuilder {
+    /// Starts a pack and writes its header.
+    pub(crate) fn create(objects: &dyn ObjectStore) -> Result<Self> {
+        let staged = objects
+            .stage()
+            .map_err(|e| Error::io("create pack", objects.location(), e))?;
+        let mut p = PackBuilder {
+            staged,
             hasher: PackIdHasher::new(),
             len: 0,
             entries: Vec::new(),
             ids: HashSet::new(),
             raw_bytes: 0,
         };
-        p.write(storage, &pack_header())?;
+        p.write(objects, &pack_header())?;
         Ok(p)
     }
 
-    fn write(&mut self, storage: &dyn Storage, b: &[u8]) -> Result<()> {
-        self.handle
+    fn write(&mut self, objects: &dyn ObjectStore, b: &[u8]) -> Result<()> {
+        self.staged
             .write_all(b)
-            .map_err(|e| Error::io("write pack", storage.root().join(&self.tmp), e))?;
+            .map_err(|e| Error::io("write pack", objects.location(), e))?;
         self.hasher.update(b);
         self.len += b.len() as u64;
         Ok(())
+    }
+
+    /// Whether the pack holds no chunk yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Size the pack would have if sealed after adding a record of `stored` bytes.
@@ -68,16 +80,16 @@ impl OpenPack {
     /// Appends one chunk record; returns its index in the pack.
     pub(crate) fn append(
         &mut self,
-        storage: &dyn Storage,
+        objects: &dyn ObjectStore,
         id: ChunkId,
         raw_len: u32,
         compression: Compression,
         stored: &[u8],
     ) -> Result<u32> {
         let index = u32::try_from(self.entries.len())
-            .map_err(|_| Error::InvalidArgument("too many chunks in one pack".into()))?;
+            .map_err(|_| Error::Bug("more than 2^32 chunks in one pack".into()))?;
         let stored_len = u32::try_from(stored.len())
-            .map_err(|_| Error::InvalidArgument("chunk larger than 4 GiB".into()))?;
+            .map_err(|_| Error::Bug(format!("chunk {id} larger than 4 GiB")))?;
         let entry = ChunkEntry {
             id,
             offset: self.len,
@@ -85,8 +97,8 @@ impl OpenPack {
             raw_len,
             compression,
         };
-        self.write(storage, &entry.encode_header())?;
-        self.write(storage, stored)?;
+        self.write(objects, &entry.encode_header())?;
+        self.write(objects, stored)?;
         self.entries.push(entry);
         self.ids.insert(id);
         self.raw_bytes += u64::from(raw_len);
@@ -98,32 +110,27 @@ impl OpenPack {
         self.ids.contains(id)
     }
 
-    /// Writes the footer, fsyncs, renames to the content-addressed name and
-    /// fsyncs the directory. Returns the pack id and its size.
-    pub(crate) fn seal(mut self, storage: &dyn Storage) -> Result<SealedPack> {
+    /// Writes the footer and publishes the pack under its content-addressed
+    /// name, durably (spec §6.5).
+    pub(crate) fn seal(mut self, objects: &dyn ObjectStore) -> Result<SealedPack> {
         let table_offset = self.len;
         let mut table = Vec::with_capacity(self.entries.len() * TABLE_ENTRY_LEN);
         for e in &self.entries {
             e.encode_table_entry(&mut table);
         }
         let count = u32::try_from(self.entries.len())
-            .map_err(|_| Error::InvalidArgument("too many chunks in one pack".into()))?;
+            .map_err(|_| Error::Bug("more than 2^32 chunks in one pack".into()))?;
         let trailer = Trailer::encode(table_offset, count, &table);
-        self.write(storage, &table)?;
-        self.write(storage, &trailer)?;
-        let tmp_abs = storage.root().join(&self.tmp);
-        self.handle
-            .sync()
-            .map_err(|e| Error::io("fsync pack", tmp_abs.clone(), e))?;
+        self.write(objects, &table)?;
+        self.write(objects, &trailer)?;
         let id = self.hasher.finish();
-        let dest = pack_path(&id);
-        storage
-            .rename(&self.tmp, &dest)
-            .map_err(|e| Error::io("rename pack", tmp_abs, e))?;
-        let dir = format!("packs/{}", &id.to_hex()[..2]);
-        storage
-            .sync_dir(&dir)
-            .map_err(|e| Error::io("fsync directory", storage.root().join(&dir), e))?;
+        let key = pack_key(&id);
+        match self.staged.publish(&key, PutMode::Create) {
+            Ok(()) => {}
+            // Same name, same bytes: the pack is already there.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("publish pack", objects.describe(&key), e)),
+        }
         Ok(SealedPack {
             id,
             size: self.len,
@@ -161,29 +168,25 @@ impl std::fmt::Debug for PackReader {
 
 impl PackReader {
     /// Opens pack `id` and checks its header, trailer and chunk-table checksum.
-    pub fn open(storage: &dyn Storage, id: PackId) -> Result<Self> {
-        let rel = pack_path(&id);
-        let handle = storage.open_read(&rel).map_err(|e| {
+    pub fn open(objects: &dyn ObjectStore, id: PackId) -> Result<Self> {
+        let key = pack_key(&id);
+        let handle = objects.open(&key).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::PackMissing {
                     pack: id,
-                    path: storage.root().join(&rel),
+                    object: objects.describe(&key),
                 }
             } else {
-                Error::io("open pack", storage.root().join(&rel), e)
+                Error::io("open pack", objects.describe(&key), e)
             }
         })?;
-        Self::from_handle(id, handle, &storage.root().join(&rel))
+        Self::from_handle(id, handle, &objects.describe(&key))
     }
 
-    /// Checks and wraps an already opened pack file.
-    pub fn from_handle(
-        id: PackId,
-        handle: Arc<dyn ReadHandle>,
-        path: &std::path::Path,
-    ) -> Result<Self> {
+    /// Checks and wraps an already opened pack (`object` names it in errors).
+    pub fn from_handle(id: PackId, handle: Arc<dyn ReadHandle>, object: &str) -> Result<Self> {
         let len = handle.len();
-        let io = |e| Error::io("read pack", path.to_path_buf(), e);
+        let io = |e| Error::io("read pack", object, e);
         let corrupt = |detail: String| Error::PackCorrupt { pack: id, detail };
         if len < PACK_HEADER_LEN as u64 {
             return Err(Error::PackTruncated {
@@ -244,17 +247,12 @@ impl PackReader {
         })
     }
 
-    /// The pack id.
-    pub fn id(&self) -> PackId {
-        self.id
-    }
-
     /// Number of chunks.
     pub fn chunk_count(&self) -> u32 {
         self.count
     }
 
-    /// Length of the pack file.
+    /// Length of the pack.
     pub fn file_len(&self) -> u64 {
         self.handle.len()
     }
@@ -293,9 +291,9 @@ impl PackReader {
         Ok(e)
     }
 
-    /// Reads chunk `index`, decompresses it and checks it hashes to
-    /// `expected`. Returns the raw bytes (zero-copy for uncompressed chunks
-    /// of a mapped pack).
+    /// Reads chunk `index`, decodes it and checks it hashes to `expected`.
+    /// Returns the raw bytes (zero-copy for uncompressed chunks of a mapped
+    /// pack).
     pub fn read_chunk(&self, index: u32, expected: &ChunkId) -> Result<Bytes> {
         let e = self.entry(index)?;
         let bad = |detail: String| Error::ChunkCorrupt {
@@ -332,62 +330,63 @@ impl PackReader {
     }
 }
 
-/// Turns stored bytes into raw bytes, never allocating more than `raw_len`.
-pub(crate) fn decode_chunk(
-    stored: &Bytes,
-    compression: Compression,
-    raw_len: u32,
-) -> std::result::Result<Bytes, String> {
-    match compression {
-        Compression::None => {
-            if stored.len() != raw_len as usize {
-                return Err(format!(
-                    "stored length {} differs from raw length {raw_len}",
-                    stored.len()
-                ));
-            }
-            Ok(stored.clone())
-        }
-        Compression::Zstd => {
-            let raw = zstd::bulk::decompress(stored, raw_len as usize)
-                .map_err(|e| format!("zstd: {e}"))?;
-            if raw.len() != raw_len as usize {
-                return Err(format!(
-                    "decompressed to {} bytes, expected {raw_len}",
-                    raw.len()
-                ));
-            }
-            Ok(Bytes::from(raw))
-        }
+/// Hashes a whole pack in 1 MiB pieces and compares it with its name;
+/// returns its length.
+pub(crate) fn check_pack_name(
+    objects: &dyn ObjectStore,
+    id: &PackId,
+) -> std::result::Result<u64, String> {
+    let h = objects
+        .open(&pack_key(id))
+        .map_err(|e| format!("open: {e}"))?;
+    let len = h.len();
+    let mut hasher = PackIdHasher::new();
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(1 << 20) as usize;
+        let b = h
+            .read_at(off, n)
+            .map_err(|e| format!("read at {off}: {e}"))?;
+        hasher.update(&b);
+        off += n as u64;
     }
+    if hasher.finish() != *id {
+        return Err(format!(
+            "content hashes to {}, not to its name (the pack was modified)",
+            hasher.finish()
+        ));
+    }
+    Ok(len)
 }
 
-/// Compresses a chunk with zstd when that saves at least `min_savings` of its
-/// size; re-decompresses and re-hashes the result before returning it, so a
-/// compressor bug cannot store undecodable bytes.
-pub(crate) fn encode_chunk(
-    raw: &Bytes,
-    id: &ChunkId,
-    level: i32,
-    min_savings: f64,
-) -> Result<(Compression, Bytes)> {
-    if level == 0 || raw.is_empty() {
-        return Ok((Compression::None, raw.clone()));
-    }
-    let compressed = zstd::bulk::compress(raw, level).map_err(|e| {
-        Error::InvalidArgument(format!("zstd compression of chunk {id} failed: {e}"))
-    })?;
-    let limit = (raw.len() as f64) * (1.0 - min_savings);
-    if (compressed.len() as f64) > limit {
-        return Ok((Compression::None, raw.clone()));
-    }
-    let compressed = Bytes::from(compressed);
-    match decode_chunk(&compressed, Compression::Zstd, raw.len() as u32) {
-        Ok(back) if ChunkId::of(&back) == *id => Ok((Compression::Zstd, compressed)),
-        // The compressor produced something that does not round-trip: store raw.
-        _ => {
-            tracing::error!(chunk = %id, "zstd output failed re-verification; storing raw");
-            Ok((Compression::None, raw.clone()))
+/// Open, checked packs shared by a store's readers: at most `capacity` are
+/// kept (least recently used out), so a store with thousands of packs keeps
+/// a bounded number mapped.
+pub(crate) struct PackCache {
+    objects: Arc<dyn ObjectStore>,
+    open: Mutex<Lru<PackId, Arc<PackReader>>>,
+}
+
+impl PackCache {
+    pub(crate) fn new(objects: Arc<dyn ObjectStore>, capacity: usize) -> Self {
+        PackCache {
+            objects,
+            open: Mutex::new(Lru::new(capacity)),
         }
+    }
+
+    /// An open, checked pack.
+    pub(crate) fn get(&self, id: &PackId) -> Result<Arc<PackReader>> {
+        if let Some(p) = crate::cache::lock(&self.open).get(id) {
+            return Ok(p);
+        }
+        let p = Arc::new(PackReader::open(self.objects.as_ref(), *id)?);
+        crate::cache::lock(&self.open).insert(*id, p.clone());
+        Ok(p)
+    }
+
+    /// Reads and verifies chunk `index` of pack `pack`, expected to be `id`.
+    pub(crate) fn read_chunk(&self, pack: &PackId, index: u32, id: &ChunkId) -> Result<Bytes> {
+        self.get(pack)?.read_chunk(index, id)
     }
 }

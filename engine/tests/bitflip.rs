@@ -10,10 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::noise;
-use tessera::check::VerifyOptions;
-use tessera::format::PACK_HEADER_LEN;
-use tessera::pack::PackReader;
-use tessera::storage::{FsStorage, ReadMode};
+use tessera::storage::{DirStore, ReadMode};
+use tessera::testing::PackReader;
+use tessera::testing::PACK_HEADER_LEN;
+use tessera::VerifyOptions;
 use tessera::{ChunkParams, Error, FileId, PackId, Store, StoreOptions};
 
 fn opts() -> StoreOptions {
@@ -67,7 +67,7 @@ enum Region {
 fn region(pack: &Path, offset: u64) -> Region {
     let id = PackId::from_hex(pack.file_stem().and_then(|s| s.to_str()).expect("name"))
         .expect("pack id");
-    let storage = FsStorage::new(
+    let storage = DirStore::new(
         pack.parent()
             .and_then(Path::parent)
             .and_then(Path::parent)

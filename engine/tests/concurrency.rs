@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Barrier, Mutex};
 
 use common::{noise, pack_files};
-use tessera::pack::PackReader;
-use tessera::storage::FsStorage;
+use tessera::storage::DirStore;
+use tessera::testing::PackReader;
 use tessera::{ChunkId, FileId, PackId, ReadMode, Store, StoreOptions};
 
 const THREADS: usize = 6;
@@ -82,7 +82,7 @@ fn threads_share_a_store_without_storing_a_chunk_twice() {
                     // All files in one ingest group, one commit.
                     let mut ing = store.ingest();
                     for (spec, r) in specs.iter().zip(&refs) {
-                        ing.add(&expected[*spec][..], &[r.as_str()], &mut |_| {})
+                        ing.add("input", &expected[*spec][..], &[r.as_str()], &mut |_| {})
                             .expect("add");
                         check_some(&store, expected, done);
                     }
@@ -131,7 +131,7 @@ fn threads_share_a_store_without_storing_a_chunk_twice() {
     assert_eq!(stats.unique_bytes, unique_bytes);
 
     // Scan the packs themselves: each distinct chunk is stored exactly once.
-    let storage = FsStorage::new(dir.path(), ReadMode::Pread);
+    let storage = DirStore::new(dir.path(), ReadMode::Pread);
     let mut stored = 0u64;
     let mut stored_bytes = 0u64;
     let mut seen: HashSet<ChunkId> = HashSet::new();

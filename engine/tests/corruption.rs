@@ -11,15 +11,15 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use common::noise;
-use tessera::format::{
+use tessera::testing::checksum;
+use tessera::testing::pack_key;
+use tessera::testing::ChunkRef;
+use tessera::testing::CONFIG;
+use tessera::testing::{
     ChunkEntry, Recipe, RecipeError, StoreConfig, Trailer, FORMAT_VERSION, RECIPE_MAGIC,
     TABLE_ENTRY_LEN, TRAILER_LEN,
 };
-use tessera::hash::checksum;
-use tessera::pack::pack_path;
-use tessera::reader::unwrap_io;
-use tessera::recipe::ChunkRef;
-use tessera::store::CONFIG_FILE;
+use tessera::unwrap_io;
 use tessera::{ChunkParams, Error, FileId, PackId, ReadMode, Sha256, Stats, Store, StoreOptions};
 
 const MODES: [ReadMode; 2] = [ReadMode::Mmap, ReadMode::Pread];
@@ -75,7 +75,7 @@ impl Fixture {
             chunk,
             entry,
             pack_chunks: pack.chunk_count(),
-            pack_file: dir.path().join(pack_path(&chunk.pack)),
+            pack_file: dir.path().join(pack_key(&chunk.pack)),
             dir,
         };
         assert!(fx.pack_file.is_file());
@@ -416,9 +416,9 @@ fn deleted_pack_is_pack_missing() {
         let store = fx.open(mode);
         assert_victim_unreadable(&store, &fx, true, |e| {
             match e {
-                Error::PackMissing { pack, path } => {
+                Error::PackMissing { pack, object } => {
                     assert_eq!(*pack, fx.pack());
-                    assert_eq!(path, &fx.pack_file);
+                    assert_eq!(object, &fx.pack_file.display().to_string());
                 }
                 other => panic!("expected PackMissing, got {other:?}"),
             }
@@ -473,7 +473,7 @@ fn new_store_dir() -> tempfile::TempDir {
 #[test]
 fn store_of_an_unknown_version_is_unsupported_version() {
     let dir = new_store_dir();
-    let cfg_path = dir.path().join(CONFIG_FILE);
+    let cfg_path = dir.path().join(CONFIG);
     let cfg = StoreConfig::decode(&fs::read(&cfg_path).expect("read config")).expect("config");
     let future = StoreConfig { version: 99, ..cfg }.encode();
     fs::write(&cfg_path, &future).expect("write config");
@@ -510,7 +510,7 @@ fn store_of_an_unknown_version_is_unsupported_version() {
 #[test]
 fn garbage_config_is_config_corrupt() {
     let dir = new_store_dir();
-    let cfg_path = dir.path().join(CONFIG_FILE);
+    let cfg_path = dir.path().join(CONFIG);
     let good = fs::read(&cfg_path).expect("read config");
     let mut flipped = good.clone();
     flipped[20] ^= 1;
@@ -532,10 +532,12 @@ fn garbage_config_is_config_corrupt() {
             )
             .expect_err(what);
             match &e {
-                Error::ConfigCorrupt { path, .. } => assert_eq!(path, &cfg_path, "{what}"),
+                Error::ConfigCorrupt { object, .. } => {
+                    assert_eq!(object, &cfg_path.display().to_string(), "{what}")
+                }
                 other => panic!("{what}: expected ConfigCorrupt, got {other:?}"),
             }
-            assert!(e.to_string().contains(CONFIG_FILE), "{e}");
+            assert!(e.to_string().contains(CONFIG), "{e}");
             assert!(e.is_corruption());
             assert_eq!(fs::read(&cfg_path).expect("read config"), bytes, "{what}");
         }
@@ -590,11 +592,11 @@ fn chunk_parameters_are_fixed_for_the_life_of_a_store() {
             let e = open(Some(other), create).expect_err("other chunk params");
             match &e {
                 Error::ChunkParamsMismatch {
-                    path,
+                    location: path,
                     stored,
                     requested,
                 } => {
-                    assert_eq!(path, dir.path());
+                    assert_eq!(path, &dir.path().display().to_string());
                     assert_eq!(stored, &custom.to_string());
                     assert_eq!(requested, &other.to_string());
                 }
@@ -810,7 +812,7 @@ fn hostile_recipe_counts_are_rejected_without_allocating() {
     );
     // The same header with sane counts does decode (the cases above failed
     // on their counts, not on something else): an empty file's recipe.
-    let empty = tessera::hash::FileIdHasher::new().finish();
+    let empty = tessera::FileIdHasher::new().finish();
     let b = hostile_recipe(FORMAT_VERSION, 0, 0, 0, &[]);
     let r = Recipe::decode(empty, &b).expect("empty recipe decodes");
     assert!(r.terms.is_empty() && r.chunks.is_empty());

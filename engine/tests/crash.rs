@@ -1,4 +1,4 @@
-//! Model-based crash tests over [`tessera::fault::FaultStorage`].
+//! Model-based crash tests over [`tessera::testing::FaultStorage`].
 //!
 //! Each seed runs a random sequence of puts (single and grouped), abandoned
 //! ingests, ref updates, ref deletions and reads against an in-memory model of
@@ -33,16 +33,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tessera::fault::{CrashMode, Fault, FaultStorage, OpKind};
-use tessera::format::Recipe;
-use tessera::hash::FileIdHasher;
-use tessera::pack::pack_path;
-use tessera::storage::Storage;
-use tessera::store::{recipe_path, ref_path};
+use tessera::storage::Fs;
+use tessera::testing::pack_key;
+use tessera::testing::Recipe;
+use tessera::testing::{recipe_key, ref_key};
+use tessera::testing::{CrashMode, Fault, FaultStorage, OpKind};
+use tessera::FileIdHasher;
 use tessera::{ChunkId, ChunkParams, Error, FileId, Store, StoreOptions};
 use tessera_synth::SplitMix64;
 
@@ -208,7 +208,7 @@ impl Pool {
 /// Whether an error is what an injected storage failure may surface as.
 fn is_injected(e: &Error) -> bool {
     match e {
-        Error::Poisoned(_) => true,
+        Error::Poisoned { .. } => true,
         Error::Io { .. } => {
             let mut cur: Option<&dyn std::error::Error> = Some(e);
             while let Some(c) = cur {
@@ -228,7 +228,7 @@ fn read_all(store: &Store, id: &FileId) -> tessera::Result<Vec<u8>> {
     let mut out = Vec::new();
     r.read_to_end(&mut out).map_err(|e| Error::Io {
         op: "read file",
-        path: PathBuf::from(id.to_hex()),
+        object: format!("file {id}"),
         source: e,
     })?;
     Ok(out)
@@ -259,13 +259,13 @@ fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// lock still held by the previous instance's threads for a moment;
 /// `Index::open` waits for it.)
 fn open_store(root: &Path, fs: &FaultStorage) -> tessera::Result<Store> {
-    Store::open_with(root.to_path_buf(), Arc::new(fs.clone()), opts())
+    tessera::testing::open_on(fs, root, opts())
 }
 
 /// `verify` (structure and every chunk) finds no problem.
 fn verify_clean(store: &Store) -> Result<bool, String> {
     store
-        .verify(tessera::check::VerifyOptions::default())
+        .verify(tessera::VerifyOptions::default())
         .map(|r| r.is_clean())
         .map_err(|e| e.to_string())
 }
@@ -487,7 +487,7 @@ impl World<'_> {
                 }
                 let was_known = self.model.files.contains_key(&id);
                 let rep = store
-                    .put(&data[..], &refs)
+                    .put("input", &data[..], &refs)
                     .map_err(|e| Box::new((e, inf)))?;
                 if rep.file_id != id || rep.size != data.len() as u64 {
                     self.fail(format!("put reported {rep:?} for {id}"));
@@ -526,7 +526,7 @@ impl World<'_> {
                 self.note(format!("ingest+commit [{}]", desc.join(", ")));
                 let mut ing = store.ingest();
                 for (id, data, refs) in &staged {
-                    match ing.add(&data[..], refs, &mut |_| {}) {
+                    match ing.add("input", &data[..], refs, &mut |_| {}) {
                         Ok(got) if got == *id => {}
                         Ok(got) => self.fail(format!("ingest of {id} returned {got}")),
                         Err(e) => return Err(Box::new((e, inf))),
@@ -556,7 +556,7 @@ impl World<'_> {
                     let (id, data) = self.new_content();
                     self.note(format!("abandoned ingest of {id} ({} bytes)", data.len()));
                     let refs = self.pick_refs();
-                    let r = ing.add(&data[..], &refs, &mut |_| {});
+                    let r = ing.add("input", &data[..], &refs, &mut |_| {});
                     added.push((id, data));
                     if let Err(e) = r {
                         self.abandon(added);
@@ -784,7 +784,7 @@ impl World<'_> {
                 0 => {
                     let (id, data) = self.new_content();
                     self.note(format!("put {id} on poisoned store"));
-                    store.put(&data[..], &["r/a"]).map(|_| ())
+                    store.put("input", &data[..], &["r/a"]).map(|_| ())
                 }
                 1 => {
                     // Content already stored: no I/O needed, still refused.
@@ -793,7 +793,7 @@ impl World<'_> {
                     };
                     let data = self.model.files[&id].clone();
                     self.note(format!("re-put {id} on poisoned store"));
-                    store.put(&data[..], &[]).map(|_| ())
+                    store.put("input", &data[..], &[]).map(|_| ())
                 }
                 2 => {
                     let Some(id) = self.model.pick_file(&mut self.rng) else {
@@ -819,7 +819,7 @@ impl World<'_> {
                 }
             };
             match r {
-                Err(Error::Poisoned(_)) => {}
+                Err(Error::Poisoned { .. }) => {}
                 Err(e) => self.fail(format!(
                     "write on a poisoned store failed with {e} instead of Poisoned"
                 )),
@@ -952,9 +952,8 @@ impl World<'_> {
         self.carried_fault = self.fs.fault_pending();
         self.check_recovered(&inflight);
         self.resolve(inflight);
-        if let Err(e) = self.store().flush() {
-            self.fail(format!("flush after recovery: {e}"));
-        }
+        // (A catch-up flushes the index itself; a fault still pending
+        // belongs to the next cycle's operations, so no flush here.)
         self.snapshot_index();
     }
 
@@ -968,9 +967,9 @@ impl World<'_> {
         let rel = if !self.model.refs.is_empty() && self.rng.chance(1, 2) {
             let names: Vec<String> = self.model.refs.keys().cloned().collect();
             let name: &String = self.rng.pick(&names);
-            ref_path(name)
+            ref_key(name)
         } else if let Some(id) = self.model.pick_file(&mut self.rng) {
-            recipe_path(&id)
+            recipe_key(&id)
         } else {
             return;
         };
@@ -1011,7 +1010,7 @@ impl World<'_> {
     }
 
     fn check_recipe_file(&mut self, store: &Store, id: &FileId) {
-        let rel = recipe_path(id);
+        let rel = recipe_key(id);
         let bytes = match self.fs.read(&rel) {
             Ok(b) => b,
             Err(e) => self.fail(format!("recipe file of {id} ({rel}): {e}")),
@@ -1021,7 +1020,7 @@ impl World<'_> {
             Err(e) => self.fail(format!("recipe file of {id} does not decode: {e:?}")),
         };
         for t in &on_disk.terms {
-            if !self.fs.exists(&pack_path(&t.pack)).unwrap_or(false) {
+            if !self.fs.exists(&pack_key(&t.pack)).unwrap_or(false) {
                 self.fail(format!(
                     "recipe file of {id} names pack {} which is not on disk",
                     t.pack
@@ -1154,7 +1153,7 @@ impl World<'_> {
                 Ok(f) => f,
                 Err(e) => self.fail(format!(
                     "reading ref file of {name:?} ({}): {e}",
-                    ref_path(name)
+                    ref_key(name)
                 )),
             };
             if file != idx {
@@ -1385,7 +1384,7 @@ fn crash_during_store_creation_is_recoverable() {
                 }
             };
             let data = common::noise(100_000, nth);
-            let id = match store.put(&data[..], &["r"]) {
+            let id = match store.put("input", &data[..], &["r"]) {
                 Ok(r) => r.file_id,
                 Err(e) => {
                     failures.push(format!("{what}: put after recovery failed: {e}"));
@@ -1435,14 +1434,14 @@ fn poison_fixture() -> (
     let mut files = Vec::new();
     for (i, r) in POISON_REFS.iter().enumerate() {
         let data = common::noise(50_000 + 30_000 * i, 100 + i as u64);
-        let id = store.put(&data[..], &[r]).expect("put").file_id;
+        let id = store.put("input", &data[..], &[r]).expect("put").file_id;
         files.push((id, data));
     }
     (dir, fs, store, files)
 }
 
 /// The write operations the poisoning test fails in the middle of.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Trigger {
     Put,
     PutKnownWithRef,
@@ -1454,13 +1453,23 @@ enum Trigger {
 fn run_trigger(t: Trigger, store: &Store, files: &[(FileId, Vec<u8>)]) -> tessera::Result<()> {
     match t {
         Trigger::Put => store
-            .put(&common::noise(120_000, 7)[..], &["new"])
+            .put("input", &common::noise(120_000, 7)[..], &["new"])
             .map(|_| ()),
-        Trigger::PutKnownWithRef => store.put(&files[0].1[..], &["new"]).map(|_| ()),
+        Trigger::PutKnownWithRef => store.put("input", &files[0].1[..], &["new"]).map(|_| ()),
         Trigger::GroupCommit => {
             let mut ing = store.ingest();
-            ing.add(&common::noise(70_000, 8)[..], &["new"], &mut |_| {})?;
-            ing.add(&common::noise(90_000, 9)[..], &["keep/a"], &mut |_| {})?;
+            ing.add(
+                "input",
+                &common::noise(70_000, 8)[..],
+                &["new"],
+                &mut |_| {},
+            )?;
+            ing.add(
+                "input",
+                &common::noise(90_000, 9)[..],
+                &["keep/a"],
+                &mut |_| {},
+            )?;
             ing.commit().map(|_| ())
         }
         Trigger::SetRef => store.set_ref("keep/b", files[0].0),
@@ -1511,21 +1520,23 @@ fn a_failed_write_poisons_the_store_until_reopened() {
             let ops = fs.ops();
             // Writes are refused, including ones that need no I/O at all.
             let poisoned = |r: tessera::Result<()>, op: &str| match r {
-                Err(Error::Poisoned(_)) => {}
+                Err(Error::Poisoned { .. }) => {}
                 r => panic!("{what}: {op} on the poisoned store returned {r:?}"),
             };
             poisoned(
-                store.put(&common::noise(10_000, 1)[..], &[]).map(|_| ()),
+                store
+                    .put("input", &common::noise(10_000, 1)[..], &[])
+                    .map(|_| ()),
                 "put",
             );
             poisoned(
-                store.put(&files[1].1[..], &[]).map(|_| ()),
+                store.put("input", &files[1].1[..], &[]).map(|_| ()),
                 "put of stored content",
             );
             poisoned(
                 store
                     .ingest()
-                    .add(&common::noise(10_000, 2)[..], &[], &mut |_| {})
+                    .add("input", &common::noise(10_000, 2)[..], &[], &mut |_| {})
                     .map(|_| ()),
                 "ingest",
             );
@@ -1539,10 +1550,17 @@ fn a_failed_write_poisons_the_store_until_reopened() {
             for (id, data) in &files {
                 assert_eq!(&read_all(&store, id).expect("read"), data, "{what}");
             }
-            assert_eq!(
-                store.resolve_ref("keep/a").expect("ref"),
-                files[0].0,
-                "{what}"
+            // A ref the failed operation set may already be visible when
+            // what failed was the index flush after its transaction (the
+            // whole operation then is: all or nothing, see the random test).
+            let keep_a = store.resolve_ref("keep/a").expect("ref");
+            let group_a = expected_id(&common::noise(90_000, 9));
+            assert!(
+                keep_a == files[0].0
+                    || (trigger == Trigger::GroupCommit
+                        && rec.kind == OpKind::Index
+                        && keep_a == group_a),
+                "{what}: keep/a names {keep_a:?}"
             );
             assert_eq!(fs.ops(), ops, "{what}: the poisoned store kept writing");
             drop(store);
@@ -1559,7 +1577,7 @@ fn a_failed_write_poisons_the_store_until_reopened() {
             }
             let data = common::noise(60_000, 3);
             let id = store
-                .put(&data[..], &["after"])
+                .put("input", &data[..], &["after"])
                 .unwrap_or_else(|e| panic!("{what}: put after reopen: {e}"))
                 .file_id;
             store
@@ -1594,10 +1612,10 @@ fn acknowledged_files_survive_loss_of_flushed_index_writes() {
     let fs = FaultStorage::new(dir.path());
     let store = open_store(dir.path(), &fs).expect("create");
     let a = common::noise(100_000, 1);
-    let a_id = store.put(&a[..], &["a"]).expect("put").file_id;
+    let a_id = store.put("input", &a[..], &["a"]).expect("put").file_id;
     replace_dir(&dir.path().join("index"), &snap.path().join("index")).expect("copy index");
     let b = common::noise(100_000, 2);
-    let b_id = store.put(&b[..], &["b"]).expect("put").file_id;
+    let b_id = store.put("input", &b[..], &["b"]).expect("put").file_id;
     drop(store);
     // Power loss, and sled comes back without its last flushed writes.
     let fs = fs.crash();
@@ -1620,8 +1638,7 @@ fn acknowledged_files_survive_loss_of_flushed_index_writes() {
     assert!(store.recovery().is_none(), "{:?}", store.recovery());
     drop(store);
     // And `repair index` rebuilds all of it from nothing.
-    let storage: Arc<dyn Storage> = Arc::new(fs.clone());
-    let rep = Store::repair_index_with(dir.path(), storage, opts()).expect("repair");
+    let rep = tessera::testing::repair_on(&fs, dir.path(), opts()).expect("repair");
     assert!(rep.problems.is_empty(), "{:?}", rep.problems);
     assert_eq!((rep.files, rep.refs), (2, 2), "{rep:?}");
     let store = open_store(dir.path(), &fs).expect("reopen");

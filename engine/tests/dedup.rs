@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{noise, open, pack_bytes};
-use tessera::format::{PACK_HEADER_LEN, TRAILER_LEN};
-use tessera::store::recipe_path;
+use tessera::testing::recipe_key;
+use tessera::testing::{PACK_HEADER_LEN, TRAILER_LEN};
 use tessera::{ChunkParams, FileId, PutReport, Store};
 
 const MIB: usize = 1024 * 1024;
@@ -32,7 +32,7 @@ fn put_measured(store: &Store, dir: &Path, data: &[u8], refs: &[&str]) -> (PutRe
     let grown = pack_bytes(dir) - before;
     let new_packs = store.stats().expect("stats").packs - packs_before;
     let recipe = if rep.new_file {
-        std::fs::metadata(dir.join(recipe_path(&rep.file_id)))
+        std::fs::metadata(dir.join(recipe_key(&rep.file_id)))
             .expect("recipe file")
             .len()
     } else {
@@ -180,9 +180,15 @@ fn a_group_with_repeated_content_counts_each_file_once() {
     let before = store.stats().expect("stats");
     let new = noise(200_000, 8);
     let mut ing = store.ingest();
-    let a = ing.add(&new[..], &["g/a"], &mut |_| {}).expect("add");
-    let b = ing.add(&new[..], &["g/b"], &mut |_| {}).expect("add");
-    let c = ing.add(&old[..], &["g/c"], &mut |_| {}).expect("add");
+    let a = ing
+        .add("input", &new[..], &["g/a"], &mut |_| {})
+        .expect("add");
+    let b = ing
+        .add("input", &new[..], &["g/b"], &mut |_| {})
+        .expect("add");
+    let c = ing
+        .add("input", &old[..], &["g/c"], &mut |_| {})
+        .expect("add");
     assert_eq!(a, b);
     assert_eq!(c, old_id);
     // Nothing of the group is visible before its commit.

@@ -4,9 +4,9 @@
 mod common;
 
 use common::{noise, opts};
-use tessera::check::VerifyOptions;
-use tessera::format::{Recipe, Term};
-use tessera::hash::FileIdHasher;
+use tessera::testing::{Recipe, Term};
+use tessera::FileIdHasher;
+use tessera::VerifyOptions;
 use tessera::{ChunkId, Error, PackId, Sha256, Store};
 
 #[test]
@@ -23,7 +23,7 @@ fn dangling_index_entry_is_reported_and_harmless() {
     {
         let db = sled::Config::new()
             .path(dir.path().join("index"))
-            .segment_size(tessera::index::SLED_SEGMENT_BYTES)
+            .segment_size(tessera::testing::INDEX_SEGMENT_BYTES)
             .open()
             .expect("sled");
         let mut v = ghost_pack.0.to_vec();
@@ -78,8 +78,9 @@ fn recipe_naming_a_missing_chunk() {
         }],
         chunks: vec![(missing, 12)],
     };
-    let rel = tessera::store::recipe_path(&bad.file);
-    std::fs::write(dir.path().join(rel), bad.encode()).expect("write recipe");
+    let path = dir.path().join(tessera::testing::recipe_key(&bad.file));
+    std::fs::create_dir_all(path.parent().expect("fan-out dir")).expect("mkdir");
+    std::fs::write(&path, bad.encode()).expect("write recipe");
 
     let rep = Store::repair_index(dir.path(), opts()).expect("repair");
     assert!(
@@ -136,13 +137,22 @@ fn garbage_in_place_of_the_store() {
         Store::open(&junk, no_create),
         Err(Error::ConfigCorrupt { .. })
     ));
-    // A regular file where the store directory should be.
-    let file = dir.path().join("file");
+    // A regular file where the store directory should be: an I/O error
+    // naming it (the name is distinctive: the temp dir's path is not).
+    let file = dir.path().join("plain-file.bin");
     std::fs::write(&file, b"not a directory").expect("write");
-    match Store::open(&file, opts()) {
-        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("file"), "{e}"),
-        other => panic!("expected an I/O error naming the path, got {other:?}"),
+    for create in [false, true] {
+        let o = tessera::StoreOptions { create, ..opts() };
+        match Store::open(&file, o) {
+            Err(e @ Error::Io { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("plain-file.bin"), "{msg}");
+                assert!(msg.to_lowercase().contains("not a directory"), "{msg}");
+            }
+            other => panic!("expected an I/O error naming the path, got {other:?}"),
+        }
     }
+    assert_eq!(std::fs::read(&file).expect("read"), b"not a directory");
     // The garbage was not modified.
     assert_eq!(
         std::fs::read(junk.join("index")).expect("read"),

@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera::{fuzzing, Store};
+use tessera::testing::fuzz as fuzzing;
+use tessera::Store;
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,7 +65,7 @@ fn bless() {
         );
     }
     let recipe =
-        std::fs::read(dir.path().join(tessera::store::recipe_path(&rep.file_id))).expect("recipe");
+        std::fs::read(dir.path().join(tessera::testing::recipe_key(&rep.file_id))).expect("recipe");
     let mut r = rep.file_id.0.to_vec();
     r.extend_from_slice(&recipe);
     write("recipe", "seed-recipe", &r);
@@ -87,7 +88,7 @@ fn bless() {
     drop(store);
     let db = sled::Config::new()
         .path(dir.path().join("index"))
-        .segment_size(tessera::index::SLED_SEGMENT_BYTES)
+        .segment_size(tessera::testing::INDEX_SEGMENT_BYTES)
         .open()
         .expect("sled");
     for (tree, name) in [

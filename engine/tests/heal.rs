@@ -9,9 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{noise, small_packs};
-use tessera::check::{Problem, VerifyOptions};
-use tessera::store::{recipe_path, ref_path};
+use tessera::testing::{recipe_key, ref_key};
 use tessera::{Error, FileId, Store, StoreOptions};
+use tessera::{Problem, VerifyOptions};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -74,7 +74,7 @@ fn flip(path: &Path, at: usize) {
     std::fs::write(path, &b).expect("write");
 }
 
-fn verify(store: &Store) -> tessera::check::VerifyReport {
+fn verify(store: &Store) -> tessera::VerifyReport {
     store.verify(VerifyOptions::default()).expect("verify")
 }
 
@@ -87,7 +87,7 @@ fn repair_heals_a_damaged_or_deleted_recipe_file_from_the_index() {
     for how in ["flipped", "deleted"] {
         let fx = Fixture::new();
         let (id, _, _) = &fx.files[1];
-        let rel = recipe_path(id);
+        let rel = recipe_key(id);
         let original = std::fs::read(fx.path(&rel)).expect("recipe");
         match how {
             "flipped" => flip(&fx.path(&rel), 100),
@@ -130,7 +130,7 @@ fn repair_heals_a_damaged_or_deleted_recipe_file_from_the_index() {
 fn repair_heals_a_damaged_ref_file_from_the_index() {
     let fx = Fixture::new();
     let (id, _, name) = &fx.files[0];
-    let rel = ref_path(name);
+    let rel = ref_key(name);
     flip(&fx.path(&rel), 20);
     let store = fx.open();
     let v = verify(&store);
@@ -158,9 +158,9 @@ fn the_open_after_a_crash_heals_recipe_and_ref_files() {
     let fx = Fixture::new();
     let (id0, _, _) = &fx.files[0];
     let (_, _, name2) = &fx.files[2];
-    flip(&fx.path(&recipe_path(id0)), 80);
-    std::fs::remove_file(fx.path(&recipe_path(&fx.files[1].0))).expect("rm recipe");
-    flip(&fx.path(&ref_path(name2)), 30);
+    flip(&fx.path(&recipe_key(id0)), 80);
+    std::fs::remove_file(fx.path(&recipe_key(&fx.files[1].0))).expect("rm recipe");
+    flip(&fx.path(&ref_key(name2)), 30);
     fx.leave_dirty();
     let store = fx.open();
     let rec = store.recovery().expect("caught up");
@@ -183,7 +183,7 @@ fn the_open_after_a_crash_heals_recipe_and_ref_files() {
 fn damage_with_a_lost_index_is_reported_never_dropped() {
     let fx = Fixture::new();
     let (lost, _, name) = fx.files[1].clone();
-    flip(&fx.path(&recipe_path(&lost)), 90);
+    flip(&fx.path(&recipe_key(&lost)), 90);
     fx.lose_index();
     let store = fx.open();
     let rec = store.recovery().expect("caught up");
@@ -242,7 +242,7 @@ fn damage_with_a_lost_index_is_reported_never_dropped() {
     // still reported until it is removed.
     let store = fx.open();
     store.delete_ref(&name).expect("rm ref");
-    assert!(!fx.path(&ref_path(&name)).exists());
+    assert!(!fx.path(&ref_key(&name)).exists());
     let v = verify(&store);
     assert_eq!(v.problems.len(), 1, "{}", names(&v.problems));
     assert_eq!(v.problems[0].object, obj);
@@ -255,7 +255,7 @@ fn damage_with_a_lost_index_is_reported_never_dropped() {
 fn a_damaged_ref_file_with_a_lost_index_is_reported_and_kept() {
     let fx = Fixture::new();
     let (_, _, name) = fx.files[0].clone();
-    let rel = ref_path(&name);
+    let rel = ref_key(&name);
     flip(&fx.path(&rel), 50);
     fx.lose_index();
     let store = fx.open();
@@ -292,15 +292,15 @@ fn verify_counts_each_damaged_object_once() {
     let a = noise(3_000_000, 1);
     let b = noise(3_000_000, 2);
     let mut ing = store.ingest();
-    ing.add(&a[..], &["a"], &mut |_| {}).expect("a");
-    ing.add(&b[..], &["b"], &mut |_| {}).expect("b");
+    ing.add("input", &a[..], &["a"], &mut |_| {}).expect("a");
+    ing.add("input", &b[..], &["b"], &mut |_| {}).expect("b");
     ing.commit().expect("commit");
     let ia = store.resolve_ref("a").expect("a");
     let packs = store.info(&ia).expect("info").packs;
     assert!(packs.len() >= 3, "{packs:?}");
     drop(store);
     for p in &packs {
-        let rel = tessera::pack::pack_path(p);
+        let rel = tessera::testing::pack_key(p);
         std::fs::remove_file(dir.path().join(rel)).expect("rm pack");
     }
     let store = Store::open(dir.path(), opts).expect("open");

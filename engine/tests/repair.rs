@@ -4,12 +4,15 @@
 mod common;
 
 use common::{noise, pack_files, small_packs};
-use tessera::check::VerifyOptions;
+use tessera::VerifyOptions;
 use tessera::{Error, FileId, Store, StoreOptions};
 
 /// A store with several files over several packs and refs; returns the files.
 fn populate(dir: &std::path::Path) -> Vec<(FileId, Vec<u8>, String)> {
-    let store = Store::open(dir, small_packs()).expect("open");
+    populate_in(&Store::open(dir, small_packs()).expect("open"))
+}
+
+fn populate_in(store: &Store) -> Vec<(FileId, Vec<u8>, String)> {
     let mut out = Vec::new();
     for (i, n) in [0usize, 1, 300_000, 3_000_000, 2_500_000]
         .into_iter()
@@ -356,20 +359,29 @@ fn a_lost_ref_retarget_is_caught_up() {
 /// fan-out directories should be are reported, not fatal.
 #[test]
 fn a_failed_catch_up_is_retried_by_the_next_open() {
+    use tessera::storage::Fs;
+    use tessera::testing::{open_on, Fault, FaultStorage, OpKind};
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = populate(dir.path());
-    // The index loses everything; and a directory sits where a ref file
-    // should be, so reading the refs fails.
+    let fs = FaultStorage::new(dir.path());
+    let files = populate_in(&open_on(&fs, dir.path(), small_packs()).expect("create"));
+    // The index loses everything, and a stray file sits in recipes/.
     std::fs::remove_dir_all(dir.path().join("index")).expect("rm");
     std::fs::create_dir_all(dir.path().join("index")).expect("mkdir");
-    let blocker = dir.path().join("refs/00/blocker.ref");
-    std::fs::create_dir_all(&blocker).expect("mkdir");
-    std::fs::write(dir.path().join("recipes/stray"), b"x").expect("stray file");
-    let err = Store::open(dir.path(), small_packs()).expect_err("catch-up fails");
-    assert!(err.to_string().contains("blocker.ref"), "{err}");
-    assert!(dir.path().join("dirty").exists(), "dirty marker kept");
-    std::fs::remove_dir(&blocker).expect("rmdir");
-    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let mut h = fs.create_new("recipes/stray").expect("stray file");
+    h.write_all(b"x").expect("write");
+    h.sync().expect("sync");
+    drop(h);
+    fs.sync_dir("recipes").expect("sync");
+    // The catch-up's first index write fails.
+    fs.inject(Fault {
+        kind: Some(OpKind::Index),
+        nth: 1,
+        sticky: false,
+    });
+    let err = open_on(&fs, dir.path(), small_packs()).expect_err("catch-up fails");
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert!(fs.exists("dirty").expect("stat"), "dirty marker kept");
+    let store = open_on(&fs, dir.path(), small_packs()).expect("open");
     let rec = store.recovery().expect("caught up");
     assert_eq!(rec.reason, tessera::CatchUpReason::UncleanShutdown);
     assert!(

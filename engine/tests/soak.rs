@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::noise;
-use tessera::check::VerifyOptions;
+use tessera::VerifyOptions;
 use tessera::{ChunkParams, FileId, Store, StoreOptions};
 
 const WRITERS: usize = 8;

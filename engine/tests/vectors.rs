@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use tessera::{hash::FileIdHasher, ChunkId, ChunkParams, Store, StoreOptions};
+use tessera::{ChunkId, ChunkParams, FileIdHasher, Store, StoreOptions};
 use tessera_synth::SplitMix64;
 
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
@@ -49,8 +49,8 @@ fn compute(name: &str, data: &[u8]) -> Value {
         "{name}: store and spec file id differ"
     );
     let info = store.info(&rep.file_id).expect("info");
-    let recipe_path = dir.path().join(tessera::store::recipe_path(&rep.file_id));
-    let recipe = std::fs::read(recipe_path).expect("recipe file");
+    let recipe_key = dir.path().join(tessera::testing::recipe_key(&rep.file_id));
+    let recipe = std::fs::read(recipe_key).expect("recipe file");
     json!({
         "name": name,
         "size": data.len(),
@@ -68,7 +68,7 @@ fn spec_test_vectors_match_the_code() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../format-spec/test-vectors/vectors.json");
     let computed = json!({
-        "format_version": tessera::format::FORMAT_VERSION,
+        "format_version": tessera::testing::FORMAT_VERSION,
         "chunking": {"algorithm": "FastCDC-2020", "min": 16384, "avg": 65536, "max": 262144, "normalization": 1},
         "vectors": inputs().iter().map(|(n, d)| compute(n, d)).collect::<Vec<_>>(),
     });

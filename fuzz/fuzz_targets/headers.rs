@@ -1,3 +1,3 @@
 //! Chunk headers, table entries, trailers, store configs and ref files.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tessera::fuzzing::headers(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tessera::testing::fuzz::headers(data));

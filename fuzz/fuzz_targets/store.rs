@@ -10,6 +10,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         tempfile::tempdir()
     };
     if let Ok(dir) = dir {
-        tessera::fuzzing::store_files(dir.path(), data);
+        tessera::testing::fuzz::store_files(dir.path(), data);
     }
 });

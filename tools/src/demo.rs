@@ -98,12 +98,12 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
         for (path, spec) in &v.files {
             changed += changed_tensor_bytes(spec, &seen);
             let name = format!("{}@{}:{}", v.repo, v.rev, path);
-            ingest.add(spec.reader(), &[&name], &mut |_| {})?;
+            ingest.add(&name, spec.reader(), &[&name], &mut |_| {})?;
             logical += spec.total_len();
         }
         for (path, bytes) in &v.small_files {
             let name = format!("{}@{}:{}", v.repo, v.rev, path);
-            ingest.add(&bytes[..], &[&name], &mut |_| {})?;
+            ingest.add(&name, &bytes[..], &[&name], &mut |_| {})?;
             logical += bytes.len() as u64;
         }
         let reports = ingest.commit()?;

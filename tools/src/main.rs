@@ -279,7 +279,7 @@ pub(crate) fn out_err(e: io::Error) -> CliError {
         return CliError::BrokenPipe;
     }
     // Errors raised by the engine inside a reader come back as engine errors.
-    match tessera::reader::unwrap_io(e) {
+    match tessera::unwrap_io(e) {
         Error::Io { source, .. } => CliError::Output(source),
         other => CliError::Engine(other),
     }
@@ -464,7 +464,7 @@ fn run(cli: Cli) -> CliResult {
             let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
             let pb = progress_bar(0);
             let rep = store.verify_with_progress(
-                tessera::check::VerifyOptions {
+                tessera::VerifyOptions {
                     sample_percent: sample,
                     read_data: !no_data,
                 },
@@ -605,7 +605,7 @@ fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> CliResult {
 
 /// Ok when `problems` is empty, else a "damaged" error (exit 4) naming the
 /// first one.
-fn damaged(what: &str, problems: &[tessera::check::Problem]) -> CliResult {
+fn damaged(what: &str, problems: &[tessera::Problem]) -> CliResult {
     match problems.first() {
         None => Ok(()),
         Some(p) => Err(CliError::Damaged(format!(

@@ -477,7 +477,7 @@ fn damaged_chunk_exits_4_without_writing_its_bytes() {
             .expect("entry");
         (chunk, entry)
     };
-    let pack_file = env.store().join(tessera::pack::pack_path(&chunk.pack));
+    let pack_file = env.store().join(tessera::testing::pack_key(&chunk.pack));
     let mut b = fs::read(&pack_file).expect("read pack");
     b[(entry.data_offset() + u64::from(entry.stored_len) / 3) as usize] ^= 1;
     fs::write(&pack_file, &b).expect("write pack");
@@ -551,7 +551,7 @@ fn missing_pack_exits_4_before_writing_anything() {
         store.info(&id.parse().expect("id")).expect("info").packs
     };
     for p in &packs {
-        fs::remove_file(env.store().join(tessera::pack::pack_path(p))).expect("rm pack");
+        fs::remove_file(env.store().join(tessera::testing::pack_key(p))).expect("rm pack");
     }
     let out = env.run(&["cat", "t/f"]);
     let (code, err) = failure(&out);
@@ -572,7 +572,7 @@ fn verify_and_repair_heal_a_damaged_recipe_file() {
     let data = noise(1_500_000, 45);
     let id = env.put("f.bin", &data, &["--ref", "t/f"]);
     assert!(env.ok_text(&["verify"]).starts_with("clean"));
-    let rel = tessera::store::recipe_path(&id.parse().expect("id"));
+    let rel = tessera::testing::recipe_key(&id.parse().expect("id"));
     let path = env.store().join(&rel);
     let mut b = fs::read(&path).expect("recipe");
     b[100] ^= 4;
@@ -600,7 +600,7 @@ fn damage_with_a_lost_index_is_never_silent() {
     let env = Env::new();
     let id = env.put("f.bin", &noise(700_000, 46), &["--ref", "t/f"]);
     env.put("g.bin", &noise(100_000, 47), &["--ref", "t/g"]);
-    let rel = tessera::store::recipe_path(&id.parse().expect("id"));
+    let rel = tessera::testing::recipe_key(&id.parse().expect("id"));
     let path = env.store().join(&rel);
     let mut b = fs::read(&path).expect("recipe");
     b[90] ^= 4;

@@ -1,7 +1,10 @@
-//! The storage trait: every byte of pack, recipe, ref and config I/O goes
-//! through [`Storage`], so tests can inject faults and backends can be swapped.
+//! The filesystem a [`super::DirStore`] is written over: the few POSIX
+//! operations it needs. [`RealFs`] is the operating system's; the
+//! crash-simulating `fault::FaultStorage` (feature `testing`) is the other,
+//! so the crash tests check the directory backend's own ordering of writes,
+//! syncs and renames, not only the engine's.
 //!
-//! Paths are relative to the store root and use `/` separators.
+//! Paths are relative to the root and use `/` separators.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -12,6 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::{BytesFile, ReadHandle, ReadMode};
+
 /// A file being written (always a new temp file).
 pub trait WriteHandle: Send {
     /// Appends bytes.
@@ -20,21 +25,9 @@ pub trait WriteHandle: Send {
     fn sync(&mut self) -> io::Result<()>;
 }
 
-/// A read-only, random-access view of an immutable file.
-pub trait ReadHandle: Send + Sync {
-    /// Length of the file.
-    fn len(&self) -> u64;
-    /// True when the file is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Reads exactly `len` bytes at `offset`; a short file is `UnexpectedEof`.
-    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
-}
-
-/// The storage backend of a store.
-pub trait Storage: Send + Sync + fmt::Debug {
-    /// The store root, for messages.
+/// The filesystem operations of a directory store.
+pub trait Fs: Send + Sync + fmt::Debug {
+    /// The root, for messages.
     fn root(&self) -> &Path;
     /// Creates a directory and its parents.
     fn create_dir_all(&self, rel: &str) -> io::Result<()>;
@@ -54,29 +47,25 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn list_dir(&self, rel: &str) -> io::Result<Vec<String>>;
     /// Whether a file or directory exists.
     fn exists(&self, rel: &str) -> io::Result<bool>;
+    /// Whether `rel` is a directory (false when it does not exist).
+    fn is_dir(&self, rel: &str) -> io::Result<bool>;
+    /// See [`super::ObjectStore::check_index_write`].
+    fn check_index_write(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// How [`FsStorage`] reads immutable files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ReadMode {
-    /// Memory-map sealed files (zero-copy reads).
-    #[default]
-    Mmap,
-    /// Plain positional reads (`pread`) into buffers.
-    Pread,
-}
-
-/// The local-filesystem backend.
+/// The operating system's filesystem under a root directory.
 #[derive(Debug, Clone)]
-pub struct FsStorage {
+pub struct RealFs {
     root: PathBuf,
     mode: ReadMode,
 }
 
-impl FsStorage {
-    /// A backend rooted at `root`.
+impl RealFs {
+    /// The filesystem under `root`, reading immutable files as `mode` says.
     pub fn new(root: impl Into<PathBuf>, mode: ReadMode) -> Self {
-        FsStorage {
+        RealFs {
             root: root.into(),
             mode,
         }
@@ -124,33 +113,20 @@ impl ReadHandle for PreadFile {
     }
 }
 
-/// A read handle over an in-memory buffer (used for mapped files and tests).
-pub(crate) struct BytesFile(pub(crate) Bytes);
-
-impl ReadHandle for BytesFile {
-    fn len(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        let start = usize::try_from(offset).ok();
-        match start.and_then(|s| Some(s..s.checked_add(len)?)) {
-            Some(r) if r.end <= self.0.len() => Ok(self.0.slice(r)),
-            _ => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "read of {len} bytes at {offset} past end ({})",
-                    self.0.len()
-                ),
-            )),
-        }
-    }
-}
-
-impl Storage for FsStorage {
+impl Fs for RealFs {
     fn root(&self) -> &Path {
         &self.root
     }
     fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        if rel.is_empty() && !self.root.exists() {
+            // A new store root: make its entry durable in its parent too.
+            fs::create_dir_all(&self.root)?;
+            let up = match self.root.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            return File::open(up)?.sync_all();
+        }
         fs::create_dir_all(self.path(rel))
     }
     fn create_new(&self, rel: &str) -> io::Result<Box<dyn WriteHandle>> {
@@ -179,7 +155,7 @@ impl Storage for FsStorage {
         let len = file.metadata()?.len();
         match self.mode {
             ReadMode::Pread => Ok(Arc::new(PreadFile { file, len })),
-            ReadMode::Mmap => Ok(Arc::new(BytesFile(crate::mmap::map_sealed(&file, len)?))),
+            ReadMode::Mmap => Ok(Arc::new(BytesFile(super::mmap::map_sealed(&file, len)?))),
         }
     }
     fn list_dir(&self, rel: &str) -> io::Result<Vec<String>> {
@@ -192,5 +168,12 @@ impl Storage for FsStorage {
     }
     fn exists(&self, rel: &str) -> io::Result<bool> {
         self.path(rel).try_exists()
+    }
+    fn is_dir(&self, rel: &str) -> io::Result<bool> {
+        match fs::metadata(self.path(rel)) {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }

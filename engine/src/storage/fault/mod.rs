@@ -1,4 +1,6 @@
-//! A crash-simulating, fault-injecting [`Storage`] for tests.
+//! A crash-simulating, fault-injecting filesystem ([`Fs`]) for tests: a
+//! [`super::DirStore`] over it is a store whose every write can fail or be
+//! lost in a crash.
 //!
 //! [`FaultStorage`] keeps the whole store (packs, recipes, refs, config, temp
 //! files) in memory, as a model of a POSIX filesystem with a page cache:
@@ -6,17 +8,17 @@
 //! * Every file (inode) has a *live* content — what reads see — and a
 //!   *durable* length: the content as of the last successful
 //!   [`WriteHandle::sync`] on a handle of that file. Files are only ever
-//!   created empty and appended to (that is all the [`Storage`] trait allows),
+//!   created empty and appended to (that is all the [`Fs`] trait allows),
 //!   so the durable content is always a prefix of the live content.
 //! * Every directory has a *live* and a *durable* set of entries
 //!   (name → inode). `create_new`, `rename`, `remove_file` and
-//!   `create_dir_all` change live entries only; [`Storage::sync_dir`] makes a
+//!   `create_dir_all` change live entries only; [`Fs::sync_dir`] makes a
 //!   directory's live entries durable (only that directory's: a rename
 //!   between two directories needs both synced to be durable on both sides).
 //!   Directories are entries of their parent like files, so a directory
 //!   created by `create_dir_all` survives a crash only once its parent has
-//!   been synced. (The store pre-creates all its directories when it is
-//!   created and syncs their parents, so this is stricter than needed, never
+//!   been synced. (The directory store syncs a directory's parent before
+//!   it renames anything into it, so this is stricter than needed, never
 //!   looser.)
 //!
 //! [`FaultStorage::crash`] returns what a power loss would leave: a fresh
@@ -37,9 +39,10 @@
 //! fail by injection.
 //!
 //! The store root passed to [`FaultStorage::new`] is only used for messages
-//! and by the store itself for what lives outside the [`Storage`] trait: the
-//! sled index (`root/index`) and the `lock` file are on the real filesystem,
-//! so the root should be a real (temporary) directory.
+//! and for the store's local state, which lives outside the objects: the
+//! index (`root/index`) and the `lock` file are on the real filesystem, so
+//! the root should be a real (temporary) directory. Index writes can still
+//! be failed: every one is counted as an [`OpKind::Index`] operation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -49,30 +52,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::storage::{BytesFile, ReadHandle, Storage, WriteHandle};
+use super::fs::{Fs, WriteHandle};
+use super::{BytesFile, ReadHandle};
 
 /// The kinds of counted (mutating) operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpKind {
-    /// [`Storage::create_dir_all`] (one operation per call).
+    /// [`Fs::create_dir_all`] (one operation per call).
     CreateDir,
-    /// [`Storage::create_new`].
+    /// [`Fs::create_new`].
     Create,
     /// [`WriteHandle::write_all`].
     Write,
     /// [`WriteHandle::sync`].
     Sync,
-    /// [`Storage::rename`].
+    /// [`Fs::rename`].
     Rename,
-    /// [`Storage::sync_dir`].
+    /// [`Fs::sync_dir`].
     SyncDir,
-    /// [`Storage::remove_file`].
+    /// [`Fs::remove_file`].
     Remove,
+    /// A write to the store's index ([`Fs::check_index_write`]): its
+    /// failure is the index failing a write.
+    Index,
 }
 
 impl OpKind {
     /// Every kind.
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::CreateDir,
         OpKind::Create,
         OpKind::Write,
@@ -80,6 +87,7 @@ impl OpKind {
         OpKind::Rename,
         OpKind::SyncDir,
         OpKind::Remove,
+        OpKind::Index,
     ];
 }
 
@@ -124,271 +132,11 @@ pub struct OpRecord {
     pub failed: bool,
 }
 
-const ROOT: u64 = 0;
+mod state;
+#[cfg(test)]
+mod tests;
 
-#[derive(Clone, Debug)]
-enum Node {
-    /// Append-only content; the first `durable` bytes are durable.
-    File { data: Vec<u8>, durable: usize },
-    Dir {
-        live: BTreeMap<String, u64>,
-        durable: BTreeMap<String, u64>,
-    },
-}
-
-#[derive(Debug, Default)]
-struct State {
-    nodes: HashMap<u64, Node>,
-    next_inode: u64,
-    ops: u64,
-    by_kind: BTreeMap<OpKind, u64>,
-    fault: Option<Fault>,
-    /// Matching operations still to pass before the fault fires.
-    countdown: u64,
-    dead: bool,
-    failures: u64,
-    log: Option<Vec<OpRecord>>,
-}
-
-fn not_found(rel: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{rel}: no such file or directory"),
-    )
-}
-
-fn components(rel: &str) -> impl Iterator<Item = &str> {
-    rel.split('/').filter(|c| !c.is_empty() && *c != ".")
-}
-
-fn split_parent(rel: &str) -> io::Result<(String, String)> {
-    let parts: Vec<&str> = components(rel).collect();
-    match parts.split_last() {
-        Some((name, dirs)) => Ok((dirs.join("/"), (*name).to_string())),
-        None => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{rel:?}: not a file path"),
-        )),
-    }
-}
-
-impl State {
-    fn new() -> Self {
-        let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT,
-            Node::Dir {
-                live: BTreeMap::new(),
-                durable: BTreeMap::new(),
-            },
-        );
-        State {
-            nodes,
-            next_inode: ROOT + 1,
-            ..Default::default()
-        }
-    }
-
-    /// Counts an operation and decides whether the fault fires.
-    /// One storage operation: counted (and maybe failed) by `begin`, then
-    /// run; an operation that fails on its own also marks the state failed.
-    fn op<T>(
-        &mut self,
-        kind: OpKind,
-        what: impl FnOnce() -> String,
-        run: impl FnOnce(&mut Self) -> io::Result<T>,
-    ) -> io::Result<T> {
-        self.begin(kind, what)?;
-        let r = run(self);
-        if r.is_err() {
-            self.mark_failed();
-        }
-        r
-    }
-
-    fn begin(&mut self, kind: OpKind, what: impl FnOnce() -> String) -> io::Result<u64> {
-        self.ops += 1;
-        *self.by_kind.entry(kind).or_default() += 1;
-        let seq = self.ops;
-        let mut fail = self.dead;
-        if !fail {
-            if let Some(f) = self.fault {
-                if f.kind.is_none_or(|k| k == kind) {
-                    self.countdown = self.countdown.saturating_sub(1);
-                    if self.countdown == 0 {
-                        fail = true;
-                        self.fault = None;
-                        self.dead = f.sticky;
-                    }
-                }
-            }
-        }
-        if fail {
-            self.failures += 1;
-        }
-        if fail || self.log.is_some() {
-            let w = what();
-            if let Some(log) = &mut self.log {
-                log.push(OpRecord {
-                    seq,
-                    kind,
-                    what: w.clone(),
-                    failed: fail,
-                });
-            }
-            if fail {
-                return Err(io::Error::other(format!(
-                    "injected fault: {kind:?} #{seq} ({w}) failed"
-                )));
-            }
-        }
-        Ok(seq)
-    }
-
-    fn mark_failed(&mut self) {
-        if let Some(r) = self.log.as_mut().and_then(|l| l.last_mut()) {
-            r.failed = true;
-        }
-    }
-
-    fn new_inode(&mut self, node: Node) -> u64 {
-        let ino = self.next_inode;
-        self.next_inode += 1;
-        self.nodes.insert(ino, node);
-        ino
-    }
-
-    /// Resolves a path through live entries.
-    fn lookup(&self, rel: &str) -> Option<u64> {
-        let mut cur = ROOT;
-        for c in components(rel) {
-            match self.nodes.get(&cur)? {
-                Node::Dir { live, .. } => cur = *live.get(c)?,
-                Node::File { .. } => return None,
-            }
-        }
-        Some(cur)
-    }
-
-    fn dir(&self, rel: &str) -> io::Result<u64> {
-        let ino = self.lookup(rel).ok_or_else(|| not_found(rel))?;
-        match self.nodes.get(&ino) {
-            Some(Node::Dir { .. }) => Ok(ino),
-            _ => Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("{rel}: not a directory"),
-            )),
-        }
-    }
-
-    fn file(&self, rel: &str) -> io::Result<u64> {
-        let ino = self.lookup(rel).ok_or_else(|| not_found(rel))?;
-        match self.nodes.get(&ino) {
-            Some(Node::File { .. }) => Ok(ino),
-            _ => Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                format!("{rel}: is a directory"),
-            )),
-        }
-    }
-
-    fn live_entries(&mut self, dir: u64) -> &mut BTreeMap<String, u64> {
-        match self.nodes.get_mut(&dir) {
-            Some(Node::Dir { live, .. }) => live,
-            _ => unreachable!("checked to be a directory"),
-        }
-    }
-
-    fn create_dir_all(&mut self, rel: &str) -> io::Result<()> {
-        let mut cur = ROOT;
-        let mut path = String::new();
-        for c in components(rel) {
-            if !path.is_empty() {
-                path.push('/');
-            }
-            path.push_str(c);
-            let existing = match self.nodes.get(&cur) {
-                Some(Node::Dir { live, .. }) => live.get(c).copied(),
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotADirectory,
-                        format!("{path}: not a directory"),
-                    ))
-                }
-            };
-            cur = match existing {
-                Some(ino) => ino,
-                None => {
-                    let ino = self.new_inode(Node::Dir {
-                        live: BTreeMap::new(),
-                        durable: BTreeMap::new(),
-                    });
-                    self.live_entries(cur).insert(c.to_string(), ino);
-                    ino
-                }
-            };
-        }
-        match self.nodes.get(&cur) {
-            Some(Node::Dir { .. }) => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{rel}: exists and is not a directory"),
-            )),
-        }
-    }
-
-    fn create_new(&mut self, rel: &str) -> io::Result<u64> {
-        let (dir, name) = split_parent(rel)?;
-        let d = self.dir(&dir)?;
-        if self.live_entries(d).contains_key(&name) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{rel}: file exists"),
-            ));
-        }
-        let ino = self.new_inode(Node::File {
-            data: Vec::new(),
-            durable: 0,
-        });
-        self.live_entries(d).insert(name, ino);
-        Ok(ino)
-    }
-
-    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
-        let ino = self.file(from)?;
-        let (fdir, fname) = split_parent(from)?;
-        let (tdir, tname) = split_parent(to)?;
-        let fd = self.dir(&fdir)?;
-        let td = self.dir(&tdir)?;
-        if let Some(existing) = self.live_entries(td).get(&tname).copied() {
-            if matches!(self.nodes.get(&existing), Some(Node::Dir { .. })) {
-                return Err(io::Error::new(
-                    io::ErrorKind::IsADirectory,
-                    format!("{to}: is a directory"),
-                ));
-            }
-        }
-        self.live_entries(fd).remove(&fname);
-        self.live_entries(td).insert(tname, ino);
-        Ok(())
-    }
-
-    fn remove_file(&mut self, rel: &str) -> io::Result<()> {
-        self.file(rel)?;
-        let (dir, name) = split_parent(rel)?;
-        let d = self.dir(&dir)?;
-        self.live_entries(d).remove(&name);
-        Ok(())
-    }
-
-    fn sync_dir(&mut self, rel: &str) -> io::Result<()> {
-        let d = self.dir(rel)?;
-        if let Some(Node::Dir { live, durable }) = self.nodes.get_mut(&d) {
-            *durable = live.clone();
-        }
-        Ok(())
-    }
-}
+use state::{not_found, Node, State, ROOT};
 
 /// Which content of a file survives a crash.
 fn surviving_content(data: &[u8], durable: usize, mode: CrashMode, rng: &mut u64) -> Vec<u8> {
@@ -667,7 +415,7 @@ impl WriteHandle for FaultWriter {
     }
 }
 
-impl Storage for FaultStorage {
+impl Fs for FaultStorage {
     fn root(&self) -> &Path {
         &self.root
     }
@@ -741,121 +489,15 @@ impl Storage for FaultStorage {
     fn exists(&self, rel: &str) -> io::Result<bool> {
         Ok(self.lock().lookup(rel).is_some())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(fs: &FaultStorage, rel: &str, data: &[u8], sync: bool) {
-        let mut h = fs.create_new(rel).unwrap();
-        h.write_all(data).unwrap();
-        if sync {
-            h.sync().unwrap();
-        }
+    fn is_dir(&self, rel: &str) -> io::Result<bool> {
+        let s = self.lock();
+        Ok(s.lookup(rel)
+            .is_some_and(|ino| matches!(s.nodes.get(&ino), Some(Node::Dir { .. }))))
     }
 
-    #[test]
-    fn power_loss_keeps_only_synced_data_and_entries() {
-        let fs = FaultStorage::new("/nonexistent");
-        fs.create_dir_all("a/b").unwrap();
-        fs.create_dir_all("tmp").unwrap();
-        fs.sync_dir("").unwrap();
-        fs.sync_dir("a").unwrap();
-        // Synced file, renamed, directory synced: survives whole.
-        write(&fs, "tmp/x", b"hello", true);
-        fs.rename("tmp/x", "a/b/x").unwrap();
-        fs.sync_dir("a/b").unwrap();
-        // Entry synced, data not: an empty file survives.
-        write(&fs, "a/b/z", b"unsynced", false);
-        let mut h = fs.create_new("a/b/w").unwrap();
-        h.write_all(b"w").unwrap();
-        h.sync().unwrap();
-        drop(h);
-        fs.sync_dir("a/b").unwrap();
-        // Synced file whose rename is not synced: the rename is lost, and
-        // the temp directory entry was never durable either.
-        write(&fs, "tmp/y", b"world", true);
-        fs.rename("tmp/y", "a/b/y").unwrap();
-        // Unlinked without a directory sync: still there after the crash.
-        fs.remove_file("a/b/w").unwrap();
-        // Directory created but its parent not synced: lost.
-        fs.create_dir_all("a/c").unwrap();
-
-        let c = fs.crash();
-        assert_eq!(c.read("a/b/x").unwrap(), b"hello");
-        assert_eq!(c.read("a/b/z").unwrap(), b"");
-        assert_eq!(c.read("a/b/w").unwrap(), b"w");
-        assert!(!c.exists("a/b/y").unwrap());
-        assert_eq!(c.list_dir("tmp").unwrap(), Vec::<String>::new());
-        assert!(!c.exists("a/c").unwrap());
-        assert_eq!(c.list_dir("a").unwrap(), vec!["b".to_string()]);
-
-        let k = fs.crash_with(CrashMode::ProcessKill);
-        assert_eq!(k.read("a/b/y").unwrap(), b"world");
-        assert_eq!(k.read("a/b/z").unwrap(), b"unsynced");
-        assert!(!k.exists("a/b/w").unwrap());
-        assert!(k.exists("a/c").unwrap());
-        // A crash image is entirely durable.
-        let kk = k.crash();
-        assert_eq!(kk.dump(), k.dump());
-    }
-
-    #[test]
-    fn partial_power_loss_lies_between_durable_and_live() {
-        let fs = FaultStorage::new("/nonexistent");
-        fs.create_dir_all("d").unwrap();
-        fs.sync_dir("").unwrap();
-        let data: Vec<u8> = (0..200u8).collect();
-        let mut h = fs.create_new("d/f").unwrap();
-        h.write_all(&data[..50]).unwrap();
-        h.sync().unwrap();
-        h.write_all(&data[50..]).unwrap();
-        fs.sync_dir("d").unwrap();
-        let mut seen = BTreeSet::new();
-        for seed in 0..200 {
-            let c = fs.crash_with(CrashMode::PowerLossPartial(seed));
-            let got = c.read("d/f").unwrap();
-            assert!(got.len() >= 50 && got.len() <= 200);
-            let k = got.iter().zip(&data).take_while(|(a, b)| a == b).count();
-            assert!(k >= 50);
-            assert!(got[k..].iter().all(|&b| b == 0));
-            seen.insert(got.len());
-        }
-        assert!(seen.len() > 10, "{seen:?}");
-    }
-
-    #[test]
-    fn faults_fire_once_or_stick_and_change_nothing() {
-        let fs = FaultStorage::new("/nonexistent");
-        fs.create_dir_all("d").unwrap();
-        fs.inject(Fault {
-            kind: Some(OpKind::Rename),
-            nth: 2,
-            sticky: false,
-        });
-        write(&fs, "d/a", b"a", true);
-        fs.rename("d/a", "d/b").unwrap();
-        write(&fs, "d/c", b"c", true);
-        assert!(fs.rename("d/c", "d/e").is_err());
-        assert!(fs.exists("d/c").unwrap() && !fs.exists("d/e").unwrap());
-        fs.rename("d/c", "d/e").unwrap();
-        assert_eq!(fs.failures(), 1);
-
-        fs.inject(Fault {
-            kind: None,
-            nth: 3,
-            sticky: true,
-        });
-        let mut h = fs.create_new("d/f").unwrap();
-        h.write_all(b"12").unwrap();
-        assert!(h.write_all(b"34").is_err());
-        assert!(h.sync().is_err());
-        assert!(fs.sync_dir("d").is_err());
-        assert!(fs.is_dead());
-        assert_eq!(fs.read("d/f").unwrap(), b"12");
-        fs.revive();
-        fs.sync_dir("d").unwrap();
-        assert_eq!(fs.failures(), 4);
+    fn check_index_write(&self) -> io::Result<()> {
+        self.lock()
+            .op(OpKind::Index, || "index".to_string(), |_| Ok(()))
     }
 }

@@ -11,6 +11,27 @@ pub const FILE_ID_CONTEXT: &str = "tessera 2026-11-22 file-id v1";
 /// BLAKE3 key-derivation context for pack ids (domain separation).
 pub const PACK_ID_CONTEXT: &str = "tessera 2026-11-22 pack-id v1";
 
+/// A string that is not an id: ids are 64 hex characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdParseError {
+    /// What was being parsed: "chunk", "file", "pack", "sha256".
+    pub kind: &'static str,
+    /// The length of the string given.
+    pub len: usize,
+}
+
+impl fmt::Display for IdParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not a {} id: want 64 hex characters, got {} bytes",
+            self.kind, self.len
+        )
+    }
+}
+
+impl std::error::Error for IdParseError {}
+
 macro_rules! id_type {
     ($(#[$m:meta])* $name:ident, $label:literal) => {
         $(#[$m])*
@@ -50,12 +71,19 @@ macro_rules! id_type {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
         impl FromStr for $name {
-            type Err = crate::Error;
+            type Err = IdParseError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::from_hex(s).ok_or_else(|| crate::Error::InvalidArgument(format!(
-                    concat!("not a ", $label, " (want 64 hex characters): {:?}"), s
-                )))
+                Self::from_hex(s).ok_or_else(|| IdParseError {
+                    kind: $label,
+                    len: s.len(),
+                })
             }
         }
     };

@@ -1,7 +1,7 @@
 //! File reconstruction: locating byte ranges in a recipe.
 
 use crate::format::{Recipe, Term};
-use crate::hash::{ChunkId, PackId};
+use crate::ids::{ChunkId, PackId};
 
 /// A recipe with prefix sums for binary search.
 #[derive(Debug)]

@@ -1,8 +1,6 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the corpus
 //! replay tests: each feeds untrusted bytes to one parser and checks the
 //! parser's own promises. None may panic or allocate by an unverified length.
-#![doc(hidden)]
-
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,14 +8,15 @@ use bytes::Bytes;
 use crate::format::{
     decode_clean, decode_ref, encode_clean, ChunkEntry, Recipe, StoreConfig, Trailer,
 };
-use crate::hash::{FileId, PackId};
+use crate::ids::{FileId, PackId};
 use crate::pack::PackReader;
 use crate::storage::BytesFile;
+use crate::{Store, StoreOptions};
 
 /// A whole pack file: open it and read every chunk its table lists.
 pub fn pack(data: &[u8]) {
     let handle = Arc::new(BytesFile(Bytes::copy_from_slice(data)));
-    if let Ok(p) = PackReader::from_handle(PackId([0; 32]), handle, std::path::Path::new("fuzz")) {
+    if let Ok(p) = PackReader::from_handle(PackId([0; 32]), handle, "fuzz") {
         for i in 0..p.chunk_count().min(4096) {
             if let Ok(e) = p.entry(i) {
                 if let Ok(raw) = p.read_chunk(i, &e.id) {
@@ -70,7 +69,7 @@ pub fn headers(data: &[u8]) {
 
 /// Index values: chunk locations and pack infos.
 pub fn index_values(data: &[u8]) {
-    let id = crate::hash::ChunkId::of(data);
+    let id = crate::ids::ChunkId::of(data);
     if let Some(loc) = crate::index::ChunkLocation::decode(id, data) {
         assert_eq!(loc.entry.id, id);
     }
@@ -79,8 +78,8 @@ pub fn index_values(data: &[u8]) {
 
 /// Options creating a store with tiny chunks (64 B – 1 KiB), so that the
 /// fuzzed stores and the corpus seeds made from them stay small.
-pub fn tiny_chunk_options() -> crate::store::StoreOptions {
-    crate::store::StoreOptions {
+pub fn tiny_chunk_options() -> StoreOptions {
+    StoreOptions {
         create: true,
         chunking: Some(crate::chunking::ChunkParams {
             min: 64,
@@ -98,7 +97,6 @@ pub fn tiny_chunk_options() -> crate::store::StoreOptions {
 /// is opened, its index rebuilt from those files, verified, and every file it
 /// lists read. Errors are expected; panics are bugs.
 pub fn store_files(dir: &std::path::Path, data: &[u8]) {
-    use crate::store::{Store, StoreOptions};
     let opts = tiny_chunk_options();
     let Ok(store) = Store::open(dir, opts.clone()) else {
         return;
@@ -118,7 +116,7 @@ pub fn store_files(dir: &std::path::Path, data: &[u8]) {
     let name = |p: &[u8]| blake3::hash(p).to_hex().to_string();
     for (i, part) in parts.iter().enumerate() {
         let rel = match i {
-            0 if !part.is_empty() => crate::store::CONFIG_FILE.to_string(),
+            0 if !part.is_empty() => crate::paths::CONFIG.to_string(),
             1 => {
                 let n = name(part);
                 format!("packs/{}/{n}.pack", &n[..2])
@@ -133,7 +131,12 @@ pub fn store_files(dir: &std::path::Path, data: &[u8]) {
             }
             _ => continue,
         };
-        if std::fs::write(dir.join(rel), part).is_err() {
+        let path = dir.join(rel);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, part));
+        if written.is_err() {
             return;
         }
     }
@@ -142,13 +145,13 @@ pub fn store_files(dir: &std::path::Path, data: &[u8]) {
         chunking: None,
         ..opts
     };
-    if crate::store::Store::repair_index(dir, opts.clone()).is_err() {
+    if Store::repair_index(dir, opts.clone()).is_err() {
         return;
     }
     let Ok(store) = Store::open(dir, opts) else {
         return;
     };
-    let _ = store.verify(crate::check::VerifyOptions::default());
+    let _ = store.verify(crate::VerifyOptions::default());
     if let Ok(refs) = store.list_refs("") {
         for (_, id) in refs {
             if let Ok(r) = store.read(&id) {

@@ -1,0 +1,191 @@
+//! The state every operation of an open store shares: its storage, index,
+//! options and config, the read caches, the shared open pack, and whether
+//! an earlier failure poisoned it. The operations (`ingest`, `read`,
+//! `refs`, `verify`, `recover`) work on a `&Core`; the `Store` façade owns
+//! it; nothing here calls back into them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::cache::{lock, Lru};
+use crate::error::{Error, Result};
+use crate::format::{decode_clean, encode_clean, StoreConfig};
+use crate::ids::FileId;
+use crate::index::Index;
+use crate::layout::Layout;
+use crate::local::LockGuard;
+use crate::options::StoreOptions;
+use crate::pack::{OpenPackSlot, PackCache};
+use crate::paths::{CLEAN, DIRTY};
+use crate::report::{CatchUpReason, Recovery};
+use crate::storage::{ObjectStore, PutMode};
+
+/// The shared state of an open store (see the module docs).
+pub(crate) struct Core {
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) opts: StoreOptions,
+    pub(crate) config: StoreConfig,
+    pub(crate) index: Index,
+    pub(crate) packs: Arc<PackCache>,
+    pub(crate) recipes: Mutex<Lru<FileId, Arc<Layout>>>,
+    /// The open pack all writers append to.
+    pub(crate) writer: Mutex<OpenPackSlot>,
+    poison: Mutex<Option<Arc<Error>>>,
+    /// What this open did to bring the index up to date (set once, by open).
+    pub(crate) recovery: OnceLock<Recovery>,
+    closed: AtomicBool,
+    /// Held for the life of the store: one process at a time. Declared
+    /// last, so it is released after the index is closed.
+    _lock: LockGuard,
+}
+
+impl Core {
+    pub(crate) fn new(
+        objects: Arc<dyn ObjectStore>,
+        opts: StoreOptions,
+        config: StoreConfig,
+        index: Index,
+        lock: LockGuard,
+    ) -> Core {
+        Core {
+            packs: Arc::new(PackCache::new(objects.clone(), opts.pack_cache)),
+            recipes: Mutex::new(Lru::new(opts.recipe_cache)),
+            objects,
+            opts,
+            config,
+            index,
+            writer: Mutex::new(OpenPackSlot::default()),
+            poison: Mutex::new(None),
+            recovery: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            _lock: lock,
+        }
+    }
+
+    /// `Err(Poisoned)` once an earlier write failed.
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        match &*lock(&self.poison) {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the store if `r` is a failed write (I/O or index): the page
+    /// cache is not trusted after a failed write or sync (spec §10.1 rule 8).
+    pub(crate) fn poison_on<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if matches!(e, Error::Io { .. } | Error::Index { .. }) {
+                self.poison(e);
+            }
+        }
+        r
+    }
+
+    /// Poisons the store with `cause` (the first cause is kept).
+    pub(crate) fn poison(&self, cause: &Error) {
+        let mut p = lock(&self.poison);
+        if p.is_none() {
+            *p = Some(Arc::new(replicate(cause)));
+        }
+    }
+
+    fn is_poisoned(&self) -> bool {
+        lock(&self.poison).is_some()
+    }
+
+    /// Where the store is, for messages.
+    pub(crate) fn location(&self) -> String {
+        self.objects.location()
+    }
+
+    /// A clean close: flush the index, write the clean-close record (the
+    /// index's counters), then remove the `dirty` marker. A poisoned store
+    /// keeps the marker, so the next open catches up. Idempotent.
+    pub(crate) fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.check_poison()?;
+        self.index.flush()?;
+        let record = clean_record(&self.index)?;
+        self.objects
+            .put(CLEAN, &record, PutMode::Replace)
+            .map_err(|e| Error::io("write", self.objects.describe(CLEAN), e))?;
+        match self.objects.delete(DIRTY) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", self.objects.describe(DIRTY), e)),
+        }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let poisoned = self.is_poisoned();
+        if let Err(e) = self.close() {
+            if !poisoned {
+                tracing::warn!(store = %self.location(), error = %e, "could not close the store cleanly; the next open will catch up");
+            }
+        }
+    }
+}
+
+/// A copy of an error that poisons the store, kept as its cause (errors are
+/// not `Clone`: an I/O error keeps its kind and message).
+fn replicate(e: &Error) -> Error {
+    match e {
+        Error::Io { op, object, source } => Error::Io {
+            op,
+            object: object.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Index {
+            path,
+            detail,
+            damaged,
+        } => Error::Index {
+            path: path.clone(),
+            detail: detail.clone(),
+            damaged: *damaged,
+        },
+        Error::Poisoned { cause } => replicate(cause),
+        other => Error::Bug(format!("poisoned by: {other}")),
+    }
+}
+
+/// The counters and write generation the clean-close record holds.
+fn record_values(index: &Index) -> Result<[u64; 8]> {
+    let [a, b, c, d, e, f, g] = index.counters()?.to_array();
+    Ok([a, b, c, d, e, f, g, index.generation()?])
+}
+
+/// The bytes of the clean-close record for the index as it is now.
+fn clean_record(index: &Index) -> Result<Vec<u8>> {
+    Ok(encode_clean(&record_values(index)?))
+}
+
+/// Whether the index matches the clean-close record; `None` when it does.
+pub(crate) fn check_clean_record(
+    objects: &dyn ObjectStore,
+    index: &Index,
+) -> Result<Option<CatchUpReason>> {
+    match objects.get(CLEAN) {
+        Ok(b) => match decode_clean(&b) {
+            Ok(rec) => Ok(match record_values(index) {
+                Ok(now) if now == rec => None,
+                // Different, or the counters do not decode.
+                _ => Some(CatchUpReason::CountersDiffer),
+            }),
+            Err(_) => Ok(Some(CatchUpReason::NoCleanRecord)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Some(CatchUpReason::NoCleanRecord))
+        }
+        Err(e) => Err(Error::io("read", objects.describe(CLEAN), e)),
+    }
+}

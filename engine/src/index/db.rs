@@ -1,0 +1,544 @@
+//! The index's database: sled 0.34, and the only module that names it.
+//!
+//! sled is used with its limits in mind (see `shared/ARCHITECTURE.md`): its
+//! `flush` is not a full fsync barrier everywhere, it has reports of damage
+//! after unclean shutdowns, and it can reopen a damaged log as an older or
+//! empty database without an error. So nothing lives only here, the store
+//! records the counters and a write generation at every clean close to
+//! notice silent loss, and every sled error becomes an [`Error::Index`]
+//! naming the index directory (or [`Error::IndexDamaged`] at open).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{ChunkLocation, Counters, NewFile, PackInfo, COUNTER_NAMES};
+use crate::error::{Error, Result};
+use crate::format::ChunkEntry;
+use crate::ids::{ChunkId, FileId, PackId, Sha256};
+
+/// sled log segment size. Fixed per store: sled refuses to reopen with another.
+pub(crate) const SEGMENT_BYTES: usize = 128 * 1024;
+
+/// `meta` key of the write generation: incremented by every write
+/// transaction, so an index that lost any write, even one that changed no
+/// other counter (a ref pointed elsewhere), is told from an intact one.
+const GENERATION: &str = "generation";
+
+/// Called before every index write; an error fails the write (tests).
+pub(crate) type WriteGuard = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// An error inside this module: sled's, or the engine's (a corrupt entry).
+enum DbError {
+    Sled(sled::Error),
+    Engine(Error),
+}
+
+impl From<sled::Error> for DbError {
+    fn from(e: sled::Error) -> Self {
+        DbError::Sled(e)
+    }
+}
+
+impl From<Error> for DbError {
+    fn from(e: Error) -> Self {
+        DbError::Engine(e)
+    }
+}
+
+impl From<TransactionError<Error>> for DbError {
+    fn from(e: TransactionError<Error>) -> Self {
+        match e {
+            TransactionError::Abort(e) => DbError::Engine(e),
+            TransactionError::Storage(e) => DbError::Sled(e),
+        }
+    }
+}
+
+type Db<T> = std::result::Result<T, DbError>;
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+/// A key of `tree` that is not a 32-byte id.
+fn bad_key(tree: &'static str, k: &[u8]) -> Error {
+    Error::IndexCorrupt {
+        tree,
+        key: hex::encode(k),
+        detail: "key is not 32 bytes".into(),
+    }
+}
+
+fn undecodable(tree: &'static str, key: String, len: usize) -> Error {
+    Error::IndexCorrupt {
+        tree,
+        key,
+        detail: format!("undecodable {len}-byte value"),
+    }
+}
+
+fn decode_counter(name: &str, v: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(v)
+        .map(u64::from_le_bytes)
+        .map_err(|_| Error::IndexCorrupt {
+            tree: "meta",
+            key: name.to_string(),
+            detail: "counter is not 8 bytes".into(),
+        })
+}
+
+fn add_counter(meta: &TransactionalTree, name: &str, delta: i64) -> TxResult<()> {
+    let cur = match meta.get(name)? {
+        Some(v) => decode_counter(name, &v).map_err(ConflictableTransactionError::Abort)?,
+        None => 0,
+    };
+    let new = cur.saturating_add_signed(delta);
+    meta.insert(name, &new.to_le_bytes())?;
+    Ok(())
+}
+
+/// The index (see the parent module).
+pub(crate) struct Index {
+    path: PathBuf,
+    guard: Option<WriteGuard>,
+    db: sled::Db,
+    chunks: sled::Tree,
+    files: sled::Tree,
+    sha256: sled::Tree,
+    refs: sled::Tree,
+    packs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Opens (or creates) the index at `dir`. Damage sled reports is
+    /// [`Error::IndexDamaged`].
+    ///
+    /// The caller holds the store's lock, so the only other holder of sled's
+    /// own lock file can be an earlier `Index` of this process whose
+    /// background threads are still ending (sled releases its lock only
+    /// then): that one error is retried for a few seconds.
+    pub(crate) fn open(dir: &Path, cache_bytes: u64, guard: Option<WriteGuard>) -> Result<Self> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open_once(dir, cache_bytes) {
+                Ok((db, trees)) => {
+                    let [chunks, files, sha256, refs, packs, meta] = trees;
+                    return Ok(Index {
+                        path: dir.to_path_buf(),
+                        guard,
+                        db,
+                        chunks,
+                        files,
+                        sha256,
+                        refs,
+                        packs,
+                        meta,
+                    });
+                }
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e @ sled::Error::Corruption { .. }) => {
+                    return Err(Error::IndexDamaged {
+                        path: dir.to_path_buf(),
+                        detail: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::Index {
+                        path: dir.to_path_buf(),
+                        detail: e.to_string(),
+                        damaged: false,
+                    })
+                }
+            }
+        }
+    }
+
+    fn open_once(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, [sled::Tree; 6])> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // sled pads its log to a whole segment when a store is reopened; a
+            // small segment keeps that one-off growth small.
+            .segment_size(SEGMENT_BYTES)
+            .open()?;
+        let trees = [
+            db.open_tree("chunks")?,
+            db.open_tree("files")?,
+            db.open_tree("sha256")?,
+            db.open_tree("refs")?,
+            db.open_tree("packs")?,
+            db.open_tree("meta")?,
+        ];
+        Ok((db, trees))
+    }
+
+    /// Runs `f`, turning its sled errors into engine errors naming the index.
+    fn run<T>(&self, f: impl FnOnce() -> Db<T>) -> Result<T> {
+        f().map_err(|e| match e {
+            DbError::Engine(e) => e,
+            DbError::Sled(e) => Error::Index {
+                path: self.path.clone(),
+                damaged: matches!(e, sled::Error::Corruption { .. }),
+                detail: e.to_string(),
+            },
+        })
+    }
+
+    /// Runs `f` as a write: the guard first, then `f`.
+    fn write<T>(&self, f: impl FnOnce() -> Db<T>) -> Result<T> {
+        if let Some(g) = &self.guard {
+            g().map_err(|e| Error::io("write index", self.path.display().to_string(), e))?;
+        }
+        self.run(f)
+    }
+
+    /// Makes everything inserted so far durable.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.write(|| {
+            self.db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Looks up a chunk.
+    pub(crate) fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.run(|| match self.chunks.get(id.0)? {
+            None => Ok(None),
+            Some(v) => ChunkLocation::decode(*id, &v)
+                .map(Some)
+                .ok_or_else(|| undecodable("chunks", id.to_hex(), v.len()).into()),
+        })
+    }
+
+    /// Records a pack and the given (index in pack, entry) chunks of it,
+    /// atomically. A chunk already indexed elsewhere keeps its entry.
+    pub(crate) fn add_pack(
+        &self,
+        pack: PackId,
+        info: PackInfo,
+        chunks: &[(u32, ChunkEntry)],
+    ) -> Result<()> {
+        self.write(|| {
+            (&self.chunks, &self.packs, &self.meta).transaction(|(ct, pt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
+                let mut new_chunks = 0i64;
+                let mut new_bytes = 0i64;
+                for (i, e) in chunks {
+                    let loc = ChunkLocation {
+                        pack,
+                        index: *i,
+                        entry: *e,
+                    };
+                    if ct.get(e.id.0)?.is_some() {
+                        continue;
+                    }
+                    ct.insert(&e.id.0, &loc.encode()[..])?;
+                    new_chunks += 1;
+                    new_bytes += i64::from(e.raw_len);
+                }
+                if pt.insert(&pack.0, &info.encode()[..])?.is_none() {
+                    add_counter(mt, "packs", 1)?;
+                    add_counter(mt, "stored_bytes", info.size as i64)?;
+                }
+                add_counter(mt, "chunks", new_chunks)?;
+                add_counter(mt, "chunk_bytes", new_bytes)?;
+                Ok(())
+            })?;
+            Ok(())
+        })
+    }
+
+    /// The recipe bytes of a file.
+    pub(crate) fn recipe_bytes(&self, file: &FileId) -> Result<Option<Bytes>> {
+        self.run(|| Ok(self.files.get(file.0)?.map(Bytes::from_owner)))
+    }
+
+    /// Whether a file is known.
+    pub(crate) fn has_file(&self, file: &FileId) -> Result<bool> {
+        self.run(|| Ok(self.files.contains_key(file.0)?))
+    }
+
+    /// Records a file (recipe, sha256 alias and optionally refs), atomically.
+    /// Returns whether the file was new.
+    pub(crate) fn add_file(
+        &self,
+        file: FileId,
+        sha: Sha256,
+        size: u64,
+        recipe: &[u8],
+        refs: &[String],
+    ) -> Result<bool> {
+        let new = self.add_files(&[NewFile {
+            file,
+            sha,
+            size,
+            recipe,
+            refs,
+        }])?;
+        Ok(new.first().copied().unwrap_or(false))
+    }
+
+    /// Records several files in one transaction: readers see all of them or
+    /// none. Returns, per file, whether it was new.
+    pub(crate) fn add_files(&self, files: &[NewFile<'_>]) -> Result<Vec<bool>> {
+        // Re-ingesting known files must not write to the index at all.
+        let known = self.run(|| {
+            for f in files {
+                let mut known =
+                    self.files.contains_key(f.file.0)? && self.sha256.contains_key(f.sha.0)?;
+                for r in f.refs {
+                    known = known && self.refs.get(r.as_bytes())?.as_deref() == Some(&f.file.0[..]);
+                }
+                if !known {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        if known {
+            return Ok(vec![false; files.len()]);
+        }
+        self.write(|| {
+            let out = (&self.files, &self.sha256, &self.refs, &self.meta).transaction(
+                |(ft, st, rt, mt)| {
+                    add_counter(mt, GENERATION, 1)?;
+                    let mut out = Vec::with_capacity(files.len());
+                    for f in files {
+                        let new = ft.get(f.file.0)?.is_none();
+                        if new {
+                            ft.insert(&f.file.0, f.recipe)?;
+                            add_counter(mt, "files", 1)?;
+                            add_counter(mt, "logical_bytes", f.size as i64)?;
+                        }
+                        if st.get(f.sha.0)?.is_none() {
+                            st.insert(&f.sha.0, &f.file.0)?;
+                        }
+                        for r in f.refs {
+                            if rt.insert(r.as_bytes(), &f.file.0)?.is_none() {
+                                add_counter(mt, "refs", 1)?;
+                            }
+                        }
+                        out.push(new);
+                    }
+                    Ok(out)
+                },
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// Replaces the recipe copy of a file the index already holds (with
+    /// another valid recipe of the same file: same chunks, same size).
+    pub(crate) fn replace_recipe(&self, file: FileId, recipe: &[u8]) -> Result<()> {
+        self.write(|| {
+            (&self.files, &self.meta).transaction(|(ft, mt)| {
+                add_counter(mt, GENERATION, 1)?;
+                ft.insert(&file.0, recipe)?;
+                Ok(())
+            })?;
+            Ok(())
+        })
+    }
+
+    /// File id for a sha256 alias.
+    pub(crate) fn by_sha256(&self, sha: &Sha256) -> Result<Option<FileId>> {
+        self.id_value(&self.sha256, "sha256", &sha.0)
+    }
+
+    fn id_value(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<FileId>> {
+        self.run(|| match tree.get(key)? {
+            None => Ok(None),
+            Some(v) => FileId::from_slice(&v).map(Some).ok_or_else(|| {
+                Error::IndexCorrupt {
+                    tree: name,
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    detail: format!("{}-byte value, expected 32", v.len()),
+                }
+                .into()
+            }),
+        })
+    }
+
+    /// Sets a ref.
+    pub(crate) fn set_ref(&self, name: &str, file: FileId) -> Result<()> {
+        self.write(|| {
+            (&self.refs, &self.meta).transaction(|(rt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
+                if rt.insert(name.as_bytes(), &file.0)?.is_none() {
+                    add_counter(mt, "refs", 1)?;
+                }
+                Ok(())
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a ref; returns whether it existed.
+    pub(crate) fn delete_ref(&self, name: &str) -> Result<bool> {
+        self.write(|| {
+            let existed = (&self.refs, &self.meta).transaction(|(rt, mt)| {
+                add_counter(mt, GENERATION, 1)?;
+                let existed = rt.remove(name.as_bytes())?.is_some();
+                if existed {
+                    add_counter(mt, "refs", -1)?;
+                }
+                Ok(existed)
+            })?;
+            Ok(existed)
+        })
+    }
+
+    /// Resolves a ref.
+    pub(crate) fn get_ref(&self, name: &str) -> Result<Option<FileId>> {
+        self.id_value(&self.refs, "refs", name.as_bytes())
+    }
+
+    /// Refs whose names start with `prefix`, in name order.
+    pub(crate) fn refs_with_prefix(&self, prefix: &str) -> Result<Vec<(String, FileId)>> {
+        self.run(|| {
+            let mut out = Vec::new();
+            for kv in self.refs.scan_prefix(prefix.as_bytes()) {
+                let (k, v) = kv?;
+                let name = String::from_utf8_lossy(&k).into_owned();
+                let id = FileId::from_slice(&v).ok_or_else(|| Error::IndexCorrupt {
+                    tree: "refs",
+                    key: name.clone(),
+                    detail: format!("{}-byte value, expected 32", v.len()),
+                })?;
+                out.push((name, id));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The counters.
+    pub(crate) fn counters(&self) -> Result<Counters> {
+        let mut vals = [0u64; 7];
+        for (slot, name) in vals.iter_mut().zip(COUNTER_NAMES) {
+            *slot = self.meta_counter(name)?;
+        }
+        let [files, refs, chunks, packs, logical_bytes, stored_bytes, chunk_bytes] = vals;
+        Ok(Counters {
+            files,
+            refs,
+            chunks,
+            packs,
+            logical_bytes,
+            stored_bytes,
+            chunk_bytes,
+        })
+    }
+
+    /// The write generation (see [`GENERATION`]).
+    pub(crate) fn generation(&self) -> Result<u64> {
+        self.meta_counter(GENERATION)
+    }
+
+    fn meta_counter(&self, name: &str) -> Result<u64> {
+        self.run(|| match self.meta.get(name)? {
+            None => Ok(0),
+            Some(v) => Ok(decode_counter(name, &v)?),
+        })
+    }
+
+    /// Recomputes every counter from the trees it counts (a full scan) and
+    /// bumps the generation. Entries that do not decode count with size 0.
+    pub(crate) fn recount(&self) -> Result<Counters> {
+        let generation = self.generation().unwrap_or(0).saturating_add(1);
+        self.write(|| {
+            let mut c = Counters::default();
+            for kv in self.files.iter() {
+                let (_, v) = kv?;
+                c.files += 1;
+                c.logical_bytes += v
+                    .get(16..24)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_le_bytes);
+            }
+            for kv in self.refs.iter() {
+                kv?;
+                c.refs += 1;
+            }
+            for kv in self.chunks.iter() {
+                let (_, v) = kv?;
+                c.chunks += 1;
+                c.chunk_bytes += v
+                    .get(48..52)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(0, |b| u64::from(u32::from_le_bytes(b)));
+            }
+            for kv in self.packs.iter() {
+                let (_, v) = kv?;
+                c.packs += 1;
+                c.stored_bytes += PackInfo::decode(&v).map_or(0, |i| i.size);
+            }
+            for (name, value) in COUNTER_NAMES.iter().zip(c.to_array()) {
+                self.meta.insert(name, &value.to_le_bytes())?;
+            }
+            self.meta.insert(GENERATION, &generation.to_le_bytes())?;
+            Ok(c)
+        })
+    }
+
+    /// Every pack entry, in id order.
+    pub(crate) fn packs(&self) -> impl Iterator<Item = Result<(PackId, PackInfo)>> + '_ {
+        self.packs.iter().map(move |kv| {
+            self.run(|| {
+                let (k, v) = kv?;
+                let id = PackId::from_slice(&k).ok_or_else(|| bad_key("packs", &k))?;
+                let info = PackInfo::decode(&v)
+                    .ok_or_else(|| undecodable("packs", id.to_hex(), v.len()))?;
+                Ok((id, info))
+            })
+        })
+    }
+
+    /// Every chunk entry, in id order.
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
+        self.chunks.iter().map(move |kv| {
+            self.run(|| {
+                let (k, v) = kv?;
+                let id = ChunkId::from_slice(&k).ok_or_else(|| bad_key("chunks", &k))?;
+                Ok(ChunkLocation::decode(id, &v)
+                    .ok_or_else(|| undecodable("chunks", id.to_hex(), v.len()))?)
+            })
+        })
+    }
+
+    /// Every file id with its recipe bytes, in id order.
+    pub(crate) fn files(&self) -> impl Iterator<Item = Result<(FileId, Bytes)>> + '_ {
+        self.files.iter().map(move |kv| {
+            self.run(|| {
+                let (k, v) = kv?;
+                let id = FileId::from_slice(&k).ok_or_else(|| bad_key("files", &k))?;
+                Ok((id, Bytes::from_owner(v)))
+            })
+        })
+    }
+
+    /// On-disk size of the index as its database reports it.
+    pub(crate) fn size_on_disk(&self) -> Result<u64> {
+        self.run(|| Ok(self.db.size_on_disk()?))
+    }
+}

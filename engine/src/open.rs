@@ -1,0 +1,248 @@
+//! Opening (and creating) a store: spec §4 and §10.3.
+
+use std::sync::Arc;
+
+use crate::core::{check_clean_record, Core};
+use crate::error::{Error, Result};
+use crate::format::{ConfigError, StoreConfig, FORMAT_VERSION};
+use crate::index::Index;
+use crate::inventory;
+use crate::local::Local;
+use crate::options::StoreOptions;
+use crate::paths::{CLEAN, CONFIG, DIRTY};
+use crate::recover;
+use crate::report::{CatchUpReason, Recovery};
+use crate::storage::{ObjectStore, PutMode};
+
+/// Opens the store whose objects are in `objects` and whose local state
+/// (index, lock) is in `local`, creating it if `opts.create` and the
+/// location holds nothing else; catches the index up when it cannot be
+/// trusted (spec §10.3).
+pub(crate) fn open(
+    objects: Arc<dyn ObjectStore>,
+    local: Local,
+    opts: StoreOptions,
+) -> Result<Arc<Core>> {
+    let location = objects.location();
+    let index_dir = local.index_dir();
+    let (config, lock, created) = match objects.get(CONFIG) {
+        Ok(bytes) => {
+            let config = check_config(objects.as_ref(), &bytes, &opts)?;
+            let lock = local.lock(opts.lock_wait)?;
+            // An existing store without its index would look empty:
+            // refuse, and say how to rebuild it.
+            if !opts.allow_missing_index && !index_dir.exists() {
+                return Err(Error::IndexMissing { path: index_dir });
+            }
+            (config, lock, false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No config: an empty location, the remains of a creation that
+            // crashed, a store that lost its config, or something else
+            // entirely. Only the first two may become a store.
+            if let Some(detail) = holds_a_store(objects.as_ref(), &local)? {
+                return Err(Error::ConfigMissing { location, detail });
+            }
+            let foreign = objects
+                .foreign()
+                .map_err(|e| Error::io("list", location.clone(), e))?;
+            match foreign {
+                Some(detail) if opts.create => return Err(Error::NotAStore { location, detail }),
+                Some(_) => return Err(Error::StoreNotFound { location }),
+                None if !opts.create => return Err(Error::StoreNotFound { location }),
+                None => {}
+            }
+            let lock = local.lock(opts.lock_wait)?;
+            // What a creation that crashed staged is garbage (we hold the
+            // lock: nobody else is staging).
+            objects
+                .discard_staged()
+                .map_err(|e| Error::io("discard staged objects", location.clone(), e))?;
+            // Another process may have created the store meanwhile.
+            match objects.get(CONFIG) {
+                Ok(bytes) => (check_config(objects.as_ref(), &bytes, &opts)?, lock, false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (create(objects.as_ref(), &local, &opts)?, lock, true)
+                }
+                Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
+            }
+        }
+        Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
+    };
+    if let Some(p) = opts.chunking {
+        p.validate()?;
+    }
+    // We hold the store lock, so no other process is staging objects: what
+    // is staged is left over from a crash and was never acknowledged.
+    objects
+        .discard_staged()
+        .map_err(|e| Error::io("discard staged objects", location.clone(), e))?;
+    // Mark the session open before touching the index: a crash from here on
+    // (in a rebuild or catch-up too) makes the next open catch up. A clean
+    // close removes the marker.
+    let unclean = objects
+        .exists(DIRTY)
+        .map_err(|e| Error::io("stat", objects.describe(DIRTY), e))?;
+    objects
+        .put(
+            DIRTY,
+            std::process::id().to_string().as_bytes(),
+            PutMode::Replace,
+        )
+        .map_err(|e| Error::io("write", objects.describe(DIRTY), e))?;
+    let index_is_new = !local.has_index();
+    let (index, rebuilt) = open_index(&local, &opts, objects.clone())?;
+    let reason = if rebuilt {
+        Some(CatchUpReason::DamagedIndex)
+    } else if index_is_new && !created {
+        Some(CatchUpReason::NewIndex)
+    } else if unclean {
+        Some(CatchUpReason::UncleanShutdown)
+    } else if created {
+        None
+    } else {
+        check_clean_record(objects.as_ref(), &index)?
+    };
+    let core = Arc::new(Core::new(objects, opts, config, index, lock));
+    if let Some(reason) = reason {
+        let report = match recover::catch_up(&core, reason) {
+            Ok(r) => r,
+            Err(e) => {
+                // Keep `dirty` (a poisoned store does not close cleanly): the
+                // next open must catch up again.
+                core.poison(&Error::Bug(format!("catching up the index failed: {e}")));
+                return Err(e);
+            }
+        };
+        let changed = report.packs + report.files + report.refs > 0;
+        if changed
+            || !report.problems.is_empty()
+            || !report.healed.is_empty()
+            || reason != CatchUpReason::NewIndex
+        {
+            tracing::warn!(
+                store = %core.location(),
+                packs = report.packs,
+                files = report.files,
+                refs = report.refs,
+                healed = report.healed.len(),
+                problems = report.problems.len(),
+                "index caught up with the store's objects ({reason})"
+            );
+        }
+        for p in &report.problems {
+            tracing::warn!(object = %p.object, "{}", p.detail);
+        }
+        let _ = core.recovery.set(Recovery { reason, report });
+    }
+    Ok(core)
+}
+
+/// Checks a config's bytes and the requested chunking against it.
+fn check_config(
+    objects: &dyn ObjectStore,
+    bytes: &[u8],
+    opts: &StoreOptions,
+) -> Result<StoreConfig> {
+    let cfg = StoreConfig::decode(bytes).map_err(|e| match e {
+        ConfigError::Version(v) => Error::UnsupportedVersion {
+            object: format!("store {}", objects.location()),
+            found: v,
+            supported: FORMAT_VERSION,
+        },
+        ConfigError::Corrupt(detail) => Error::ConfigCorrupt {
+            object: objects.describe(CONFIG),
+            detail,
+        },
+    })?;
+    if let Some(p) = opts.chunking {
+        if p != cfg.chunking {
+            return Err(Error::ChunkParamsMismatch {
+                location: objects.location(),
+                stored: cfg.chunking.to_string(),
+                requested: p.to_string(),
+            });
+        }
+    }
+    Ok(cfg)
+}
+
+/// Whether a location without a config holds a store's objects or local
+/// state (then it lost its config): what was found.
+fn holds_a_store(objects: &dyn ObjectStore, local: &Local) -> Result<Option<String>> {
+    // Only objects named like packs, recipes and refs count: a stray file
+    // under packs/ says nothing.
+    let mut strays = Vec::new();
+    let found = [
+        ("packs", inventory::packs(objects, &mut strays)?.len()),
+        ("recipes", inventory::recipes(objects, &mut strays)?.len()),
+        ("refs", inventory::refs(objects, &mut strays)?.len()),
+    ];
+    for (what, n) in found {
+        if n > 0 {
+            return Ok(Some(format!("{n} {what}")));
+        }
+    }
+    for marker in [DIRTY, CLEAN] {
+        let there = objects
+            .exists(marker)
+            .map_err(|e| Error::io("stat", objects.describe(marker), e))?;
+        if there {
+            return Ok(Some(format!("the `{marker}` marker")));
+        }
+    }
+    if local.has_index() {
+        return Ok(Some(format!("an index in {}", local.index_dir().display())));
+    }
+    Ok(None)
+}
+
+/// Creates a store: its index directory (durably: a store with a config and
+/// no index directory is refused at open), then the config, written last —
+/// its presence means the store exists.
+fn create(objects: &dyn ObjectStore, local: &Local, opts: &StoreOptions) -> Result<StoreConfig> {
+    let chunking = opts.chunking.unwrap_or_default();
+    chunking.validate()?;
+    local.create_index_dir()?;
+    let config = StoreConfig {
+        version: FORMAT_VERSION,
+        chunking,
+    };
+    match objects.put(CONFIG, &config.encode(), PutMode::Create) {
+        Ok(()) => Ok(config),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = objects
+                .get(CONFIG)
+                .map_err(|e| Error::io("read config", objects.describe(CONFIG), e))?;
+            check_config(objects, &bytes, opts)
+        }
+        Err(e) => Err(Error::io("write config", objects.describe(CONFIG), e)),
+    }
+}
+
+/// Opens the index; if it reports its files damaged and
+/// `opts.rebuild_damaged_index` is set, deletes the index's contents and
+/// opens a fresh one. Returns whether it did. (The directory itself stays,
+/// so a crash in between leaves an index that is damaged or empty, never a
+/// missing one.)
+fn open_index(
+    local: &Local,
+    opts: &StoreOptions,
+    objects: Arc<dyn ObjectStore>,
+) -> Result<(Index, bool)> {
+    let dir = local.index_dir();
+    let guard: crate::index::WriteGuard = Arc::new(move || objects.check_index_write());
+    match Index::open(&dir, opts.index_cache_bytes, Some(guard.clone())) {
+        Ok(index) => Ok((index, false)),
+        Err(e @ Error::IndexDamaged { .. }) if opts.rebuild_damaged_index => {
+            tracing::warn!(index = %dir.display(), error = %e,
+                "the index reports itself damaged; deleting it and rebuilding it from the packs, recipes and refs");
+            local.clear_index()?;
+            Ok((
+                Index::open(&dir, opts.index_cache_bytes, Some(guard))?,
+                true,
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}

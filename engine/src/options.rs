@@ -1,0 +1,63 @@
+//! How to open a store.
+
+use crate::chunking::ChunkParams;
+use crate::storage::ReadMode;
+
+/// How to open a store. The defaults suit a registry server.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Chunking parameters. `None` accepts whatever the store was created
+    /// with (and uses the default when creating); `Some` must match.
+    pub chunking: Option<ChunkParams>,
+    /// Create the store if the location holds none (it must be new or empty).
+    pub create: bool,
+    /// Seal a pack once it would exceed this many bytes.
+    pub pack_target_bytes: u64,
+    /// zstd level for chunk compression (0 disables compression).
+    pub zstd_level: i32,
+    /// Store a chunk compressed only if that saves at least this fraction.
+    pub min_compression_savings: f64,
+    /// Bytes read and chunked per batch while ingesting (memory bound).
+    pub ingest_batch_bytes: usize,
+    /// How a directory store reads packs.
+    pub read_mode: ReadMode,
+    /// Number of open packs kept.
+    pub pack_cache: usize,
+    /// Number of decoded recipes kept.
+    pub recipe_cache: usize,
+    /// The index's page-cache size.
+    pub index_cache_bytes: u64,
+    /// Chunks decoded ahead by a sequential [`crate::FileReader`].
+    pub read_ahead_chunks: usize,
+    /// Open an existing store whose index directory is missing, with an
+    /// empty index (only `repair index` wants this).
+    pub allow_missing_index: bool,
+    /// How long to wait for another process to release the store's lock
+    /// (`None`: fail at once with [`Error::StoreLocked`]).
+    pub lock_wait: Option<std::time::Duration>,
+    /// When the index reports its own files damaged at open, delete it and
+    /// rebuild it from the packs, recipe files and ref files (as `repair
+    /// index` would). Off: opening fails with [`crate::Error::IndexDamaged`].
+    pub rebuild_damaged_index: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunking: None,
+            create: false,
+            pack_target_bytes: 64 << 20,
+            zstd_level: 3,
+            min_compression_savings: 0.05,
+            ingest_batch_bytes: 16 << 20,
+            read_mode: ReadMode::Mmap,
+            pack_cache: 512,
+            recipe_cache: 64,
+            index_cache_bytes: 256 << 20,
+            read_ahead_chunks: 16,
+            allow_missing_index: false,
+            lock_wait: None,
+            rebuild_damaged_index: true,
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Refs: names for files (`org/model@rev:path`), and how a user-supplied
+//! name is resolved to a file (spec §8, §8.2).
+
+use crate::core::Core;
+use crate::error::{clip, Error, Result};
+use crate::format::{decode_ref, encode_ref, Recipe, MAX_REF_LEN};
+use crate::ids::{FileId, Sha256};
+use crate::paths::{recipe_key, ref_key};
+use crate::storage::PutMode;
+
+/// Prefixes that make a name explicit in [`resolve`]; no ref name may
+/// start with one (spec §8).
+pub const NAME_PREFIXES: [&str; 3] = ["file:", "sha256:", "ref:"];
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks a new ref name (spec §8): 1..=4096 bytes of UTF-8 without control
+/// characters, not 64 hex digits (the form of file ids and sha256 aliases)
+/// and not starting with `file:`, `sha256:` or `ref:`, so that every name
+/// [`resolve`] is given means one thing forever.
+pub(crate) fn validate(name: &str) -> Result<()> {
+    let why = if name.is_empty() || name.len() > MAX_REF_LEN {
+        Some(format!("must be 1..={MAX_REF_LEN} bytes"))
+    } else if name.chars().any(|c| c.is_control()) {
+        Some("must not contain control characters".to_string())
+    } else if is_hex64(name) {
+        Some("64 hex digits name a file id or a sha256, not a ref".to_string())
+    } else {
+        NAME_PREFIXES
+            .iter()
+            .find(|p| name.starts_with(*p))
+            .map(|p| format!("{p:?} is reserved for explicit names"))
+    };
+    match why {
+        Some(why) => Err(Error::InvalidArgument(format!(
+            "bad ref name {:?}: {why}",
+            clip(name)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Writes the ref file of `name` durably (the ref's durable copy).
+pub(crate) fn write_file(core: &Core, name: &str, file: &FileId) -> Result<()> {
+    let key = ref_key(name);
+    core.objects
+        .put(&key, &encode_ref(name, file), PutMode::Replace)
+        .map_err(|e| Error::io("write ref", core.objects.describe(&key), e))
+}
+
+/// Points ref `name` at `file`, durably: the ref file, then the index.
+pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
+    validate(name)?;
+    core.check_poison()?;
+    if !core.index.has_file(&file)? {
+        return Err(Error::not_found("file", &file.to_hex()));
+    }
+    core.poison_on(write_file(core, name, &file))?;
+    core.poison_on(core.index.set_ref(name, file))?;
+    core.poison_on(core.index.flush())
+}
+
+/// Deletes a ref, durably: the ref file, then the index entry. Deleting a
+/// missing ref is "not found". A ref file the index does not know (damaged,
+/// or naming a file that is not stored) is deleted too: that is how a user
+/// acknowledges its loss.
+pub(crate) fn delete(core: &Core, name: &str) -> Result<()> {
+    core.check_poison()?;
+    let key = ref_key(name);
+    let objects = core.objects.as_ref();
+    let on_disk = objects
+        .exists(&key)
+        .map_err(|e| Error::io("stat", objects.describe(&key), e))?;
+    if core.index.get_ref(name)?.is_none() && !on_disk {
+        return Err(Error::not_found("ref", name));
+    }
+    let r = match objects.delete(&key) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove ref", objects.describe(&key), e)),
+    };
+    core.poison_on(r)?;
+    core.poison_on(core.index.delete_ref(name))?;
+    core.poison_on(core.index.flush())
+}
+
+/// Reads a ref file (the durable copy of a ref); `None` when there is none
+/// or it names another ref (a hash collision of names, or misplaced).
+pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
+    let key = ref_key(name);
+    match core.objects.get(&key) {
+        Ok(b) => {
+            let (n, id) = decode_ref(&b).map_err(|detail| Error::IndexCorrupt {
+                tree: "refs",
+                key: clip(name),
+                detail: format!("ref file {key}: {detail}"),
+            })?;
+            Ok((n == name).then_some(id))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read ref", core.objects.describe(&key), e)),
+    }
+}
+
+/// Resolves a ref. A ref the index lacks whose ref file exists and names a
+/// file whose recipe is missing or damaged is damage, not absence
+/// ([`Error::RefDangling`]). (A ref file naming a file with an intact recipe
+/// belongs to a commit in flight, or one that failed: not found until it is
+/// indexed.)
+pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
+    if let Some(id) = core.index.get_ref(name)? {
+        return Ok(id);
+    }
+    if let Ok(Some(file)) = read_file(core, name) {
+        let recipe = core.objects.get(&recipe_key(&file));
+        if !recipe.is_ok_and(|b| Recipe::decode(file, &b).is_ok()) {
+            return Err(Error::RefDangling {
+                name: clip(name),
+                file,
+            });
+        }
+    }
+    Err(Error::not_found("ref", name))
+}
+
+/// The file whose content has this SHA-256.
+pub(crate) fn by_sha256(core: &Core, sha: &Sha256) -> Result<FileId> {
+    core.index
+        .by_sha256(sha)?
+        .ok_or_else(|| Error::not_found("sha256", &sha.to_hex()))
+}
+
+/// Resolves a user-supplied name (spec §8.2): `file:ID`, `sha256:HEX` or
+/// `ref:NAME` explicitly; a bare 64-hex string is a file id, else the sha256
+/// of a stored file's content; anything else is a ref.
+pub(crate) fn resolve(core: &Core, name: &str) -> Result<FileId> {
+    let hex_id = |s: &str, kind: &'static str| {
+        FileId::from_hex(s).ok_or_else(|| {
+            Error::InvalidArgument(format!("{kind} {:?} is not 64 hex digits", clip(s)))
+        })
+    };
+    if let Some(rest) = name.strip_prefix("file:") {
+        let id = hex_id(rest, "file id")?;
+        return match core.index.has_file(&id)? {
+            true => Ok(id),
+            false => Err(Error::not_found("file", rest)),
+        };
+    }
+    if let Some(rest) = name.strip_prefix("sha256:") {
+        return by_sha256(core, &Sha256(hex_id(rest, "sha256")?.0));
+    }
+    if let Some(rest) = name.strip_prefix("ref:") {
+        return resolve_ref(core, rest);
+    }
+    if is_hex64(name) {
+        let id = hex_id(name, "file id")?;
+        if core.index.has_file(&id)? {
+            return Ok(id);
+        }
+        return match core.index.by_sha256(&Sha256(id.0))? {
+            Some(f) => Ok(f),
+            None => Err(Error::not_found("file id or sha256", name)),
+        };
+    }
+    resolve_ref(core, name)
+}

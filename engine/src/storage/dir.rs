@@ -1,0 +1,299 @@
+//! A store in a local directory: objects are files (`packs/ab/<id>.pack`,
+//! …), written temp file → fsync → rename → fsync of the directory, so each
+//! is durable and atomic when [`DirStore`] returns. Objects are staged in
+//! `tmp/`; directories are created on demand, their parents fsynced before
+//! anything is renamed into them. Reads of immutable objects are memory-mapped
+//! or use `pread` (see [`super::ReadMode`]).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::fs::{Fs, RealFs, WriteHandle};
+use super::{ObjectStore, PutMode, ReadHandle, ReadMode, StagedObject};
+
+/// Where objects are staged before they are published.
+const STAGING: &str = "tmp";
+/// Entries of the root that are local state, not objects (see `crate::local`).
+const LOCAL_STATE: [&str; 2] = ["lock", "index"];
+
+/// Sequence numbers of staged objects, unique within the process.
+static NEXT_STAGED: AtomicU64 = AtomicU64::new(0);
+
+/// The directory backend (see the module docs).
+#[derive(Debug)]
+pub struct DirStore {
+    fs: Arc<dyn Fs>,
+}
+
+fn parent(key: &str) -> &str {
+    key.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Names this backend gives staged objects (`<pid>-<n>.tmp`), and the one
+/// store creation used before objects were staged (`config.new`).
+fn is_staging_name(name: &str) -> bool {
+    name == "config.new"
+        || name.split_once('-').is_some_and(|(pid, rest)| {
+            !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && rest
+                    .split_once('.')
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+impl DirStore {
+    /// The store in directory `root` on the real filesystem.
+    pub fn new(root: impl Into<PathBuf>, mode: ReadMode) -> Self {
+        Self::over(Arc::new(RealFs::new(root, mode)))
+    }
+
+    /// A directory store over any [`Fs`] (the crash tests use a simulated one).
+    pub fn over(fs: Arc<dyn Fs>) -> Self {
+        DirStore { fs }
+    }
+
+    fn walk(&self, dir: &str, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
+        let names = match self.fs.list_dir(dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for name in names {
+            if dir.is_empty() && (name == STAGING || LOCAL_STATE.contains(&name.as_str())) {
+                continue;
+            }
+            let rel = join(dir, &name);
+            if self.fs.is_dir(&rel)? {
+                if prefix.starts_with(&format!("{rel}/")) || rel.starts_with(prefix) {
+                    self.walk(&rel, prefix, out)?;
+                }
+            } else if rel.starts_with(prefix) {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` and any missing ancestors, each made durable in its parent
+/// before anything goes into it.
+fn ensure_dir(fs: &dyn Fs, dir: &str) -> io::Result<()> {
+    if fs.is_dir(dir)? {
+        return Ok(());
+    }
+    if dir.is_empty() {
+        return fs.create_dir_all("");
+    }
+    let up = parent(dir);
+    ensure_dir(fs, up)?;
+    fs.create_dir_all(dir)?;
+    fs.sync_dir(up)
+}
+
+/// An object being written to a temp file in `tmp/`.
+struct Staged {
+    fs: Arc<dyn Fs>,
+    tmp: String,
+    handle: Box<dyn WriteHandle>,
+}
+
+impl StagedObject for Staged {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.handle.write_all(buf)
+    }
+
+    fn publish(mut self: Box<Self>, key: &str, mode: PutMode) -> io::Result<()> {
+        self.handle.sync()?;
+        let Staged { fs, tmp, handle } = *self;
+        drop(handle);
+        if mode == PutMode::Create && fs.exists(key)? {
+            // The staged file is garbage; the next open would remove it.
+            let _ = fs.remove_file(&tmp);
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{key} already exists"),
+            ));
+        }
+        let dir = parent(key);
+        ensure_dir(fs.as_ref(), dir)?;
+        fs.rename(&tmp, key)?;
+        fs.sync_dir(dir)
+    }
+}
+
+impl ObjectStore for DirStore {
+    fn location(&self) -> String {
+        self.fs.root().display().to_string()
+    }
+
+    fn describe(&self, key: &str) -> String {
+        self.fs.root().join(key).display().to_string()
+    }
+
+    fn stage(&self) -> io::Result<Box<dyn StagedObject>> {
+        ensure_dir(self.fs.as_ref(), STAGING)?;
+        loop {
+            // A name left by an earlier process with the same pid (not yet
+            // discarded) is skipped.
+            let tmp = format!(
+                "{STAGING}/{}-{}.tmp",
+                std::process::id(),
+                NEXT_STAGED.fetch_add(1, Ordering::Relaxed)
+            );
+            match self.fs.create_new(&tmp) {
+                Ok(handle) => {
+                    return Ok(Box::new(Staged {
+                        fs: self.fs.clone(),
+                        tmp,
+                        handle,
+                    }))
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> io::Result<Vec<u8>> {
+        self.fs.read(key)
+    }
+
+    fn open(&self, key: &str) -> io::Result<Arc<dyn ReadHandle>> {
+        self.fs.open_read(key)
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.walk("", prefix, &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+
+    fn exists(&self, key: &str) -> io::Result<bool> {
+        self.fs.exists(key)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        self.fs.remove_file(key)?;
+        self.fs.sync_dir(parent(key))
+    }
+
+    fn discard_staged(&self) -> io::Result<()> {
+        let names = match self.fs.list_dir(STAGING) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for name in names {
+            self.fs.remove_file(&join(STAGING, &name))?;
+        }
+        Ok(())
+    }
+
+    fn foreign(&self) -> io::Result<Option<String>> {
+        let names = match self.fs.list_dir("") {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                return Ok(Some("it is not a directory".into()))
+            }
+            Err(e) => return Err(e),
+        };
+        for name in names {
+            match name.as_str() {
+                n if LOCAL_STATE.contains(&n) => {}
+                crate::paths::CONFIG | crate::paths::DIRTY | crate::paths::CLEAN => {}
+                "packs" | "recipes" | "refs" => {
+                    if !self.fs.is_dir(&name)? {
+                        return Ok(Some(format!("{name} is not a directory")));
+                    }
+                    for fan in self.fs.list_dir(&name)? {
+                        let is_fan = fan.len() == 2 && fan.bytes().all(|b| b.is_ascii_hexdigit());
+                        if !is_fan || !self.fs.is_dir(&join(&name, &fan))? {
+                            return Ok(Some(format!("it holds {name}/{fan}")));
+                        }
+                    }
+                }
+                STAGING => {
+                    for n in self.fs.list_dir(STAGING)? {
+                        if !is_staging_name(&n) {
+                            return Ok(Some(format!("{STAGING}/ holds {n:?}")));
+                        }
+                    }
+                }
+                other => return Ok(Some(format!("it holds {other:?}"))),
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_index_write(&self) -> io::Result<()> {
+        self.fs.check_index_write()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_round_trip_and_list_by_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = DirStore::new(dir.path().join("store"), ReadMode::Pread);
+        assert_eq!(s.foreign().expect("foreign"), None);
+        s.put("packs/ab/x.pack", b"pack", PutMode::Create)
+            .expect("put");
+        s.put("refs/00/r.ref", b"ref1", PutMode::Create)
+            .expect("put");
+        let e = s
+            .put("refs/00/r.ref", b"ref2", PutMode::Create)
+            .expect_err("create-only");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        s.put("refs/00/r.ref", b"ref2", PutMode::Replace)
+            .expect("replace");
+        assert_eq!(s.get("refs/00/r.ref").expect("get"), b"ref2");
+        assert_eq!(
+            s.list("").expect("list"),
+            ["packs/ab/x.pack", "refs/00/r.ref"]
+        );
+        assert_eq!(s.list("packs/").expect("list"), ["packs/ab/x.pack"]);
+        assert_eq!(s.list("refs/00/r").expect("list"), ["refs/00/r.ref"]);
+        let h = s.open("packs/ab/x.pack").expect("open");
+        assert_eq!(&h.read_at(1, 2).expect("read")[..], b"ac");
+        s.delete("refs/00/r.ref").expect("delete");
+        assert!(!s.exists("refs/00/r.ref").expect("exists"));
+        // A staged object never published is discarded.
+        let mut o = s.stage().expect("stage");
+        o.write_all(b"partial").expect("write");
+        drop(o);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .expect("tmp")
+                .count(),
+            1
+        );
+        s.discard_staged().expect("discard");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("store/tmp"))
+                .expect("tmp")
+                .count(),
+            0
+        );
+        std::fs::write(dir.path().join("store/notes.txt"), b"mine").expect("write");
+        assert!(s
+            .foreign()
+            .expect("foreign")
+            .is_some_and(|d| d.contains("notes.txt")));
+    }
+}

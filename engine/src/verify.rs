@@ -1,0 +1,367 @@
+//! `verify`: is every object on storage intact and indexed (spec §10.4)?
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::core::Core;
+use crate::error::{clip, Result};
+use crate::format::{decode_ref, Recipe};
+use crate::ids::{FileId, PackId};
+use crate::inventory;
+use crate::pack::{check_pack_name, PackReader};
+use crate::paths::{recipe_key, ref_key};
+use crate::refs;
+use crate::report::Problem;
+
+/// What `verify` checks.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyOptions {
+    /// Share of packs (0–100) whose data is read: the whole pack is hashed
+    /// and compared to its name, and every chunk in it is decompressed and
+    /// re-hashed. Packs are sampled deterministically by id.
+    pub sample_percent: f64,
+    /// Read data at all (false: structure only).
+    pub read_data: bool,
+}
+
+impl Default for VerifyOptions {
+    /// Everything: structure plus every byte of every pack.
+    fn default() -> Self {
+        VerifyOptions {
+            sample_percent: 100.0,
+            read_data: true,
+        }
+    }
+}
+
+/// The outcome of `verify`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Pack files found.
+    pub packs: u64,
+    /// Packs whose data was read and hashed.
+    pub packs_read: u64,
+    /// Chunk index entries checked.
+    pub chunks: u64,
+    /// Chunks decompressed and re-hashed.
+    pub chunks_read: u64,
+    /// Bytes of pack data read.
+    pub bytes_read: u64,
+    /// Files (recipes) checked.
+    pub files: u64,
+    /// Refs checked.
+    pub refs: u64,
+    /// Damage and inconsistencies; the store is clean when this is empty.
+    pub problems: Vec<Problem>,
+    /// Reads that failed once and succeeded on retry (not damage, but worth a look).
+    pub transient: Vec<Problem>,
+    /// Sealed packs no index entry names: reclaimable. (The open after a
+    /// crash indexes every readable pack; one listed here could not be read
+    /// then, or was placed in `packs/` while the store was closed.)
+    pub orphan_packs: Vec<PackId>,
+}
+
+impl VerifyReport {
+    /// True when no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, object: impl Into<String>, detail: impl Into<String>) {
+        self.problems.push(Problem {
+            object: object.into(),
+            detail: detail.into(),
+        });
+    }
+
+    /// One problem per damaged object: details about the same object are
+    /// joined (the first three in full, then a count), in first-seen order.
+    fn group_problems(&mut self) {
+        let mut order: Vec<String> = Vec::new();
+        let mut details: HashMap<String, Vec<String>> = HashMap::new();
+        for p in self.problems.drain(..) {
+            let d = details.entry(p.object.clone()).or_default();
+            if d.is_empty() {
+                order.push(p.object);
+            }
+            if !d.contains(&p.detail) {
+                d.push(p.detail);
+            }
+        }
+        for object in order {
+            let mut d = details.remove(&object).unwrap_or_default();
+            let more = d.len().saturating_sub(3);
+            d.truncate(3);
+            let mut detail = d.join("; ");
+            if more > 0 {
+                detail.push_str(&format!("; and {more} more"));
+            }
+            self.problems.push(Problem { object, detail });
+        }
+    }
+}
+
+/// Deterministic sampling: a pack is read when the first 8 bytes of its id,
+/// as a fraction of 2^64, fall below the sample share.
+fn sampled(id: &PackId, percent: f64) -> bool {
+    if percent >= 100.0 {
+        return true;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    (u64::from_le_bytes(b) as f64 / u64::MAX as f64) * 100.0 < percent
+}
+
+/// Checks the store (spec §10.4): every pack on storage opens, is indexed
+/// and, when its data is sampled, hashes to its name with every chunk
+/// re-hashing to its id; every index entry points into an intact pack at a
+/// matching table entry; every recipe (index copy and object) passes its
+/// checks, the two agree, and its chunks are where its terms say; every ref
+/// in the index names a stored file and matches its ref file, and every ref
+/// file is in the index. A failing chunk read is retried once to tell a
+/// transient error from damage. `progress` gets (packs done, packs total).
+pub(crate) fn verify(
+    core: &Core,
+    opts: VerifyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    let objects = core.objects.as_ref();
+    let index = &core.index;
+    let mut rep = VerifyReport::default();
+    let on_disk = inventory::packs(objects, &mut rep.problems)?;
+    rep.packs = on_disk.len() as u64;
+
+    // Packs: open (header, trailer, table checksum) and, if sampled,
+    // hash the file and re-hash every chunk.
+    let mut readers: BTreeMap<PackId, Arc<PackReader>> = BTreeMap::new();
+    let total = on_disk.len() as u64;
+    for (n, id) in on_disk.iter().enumerate() {
+        progress(n as u64, total);
+        let reader = match PackReader::open(objects, *id) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                rep.problem(format!("pack {id}"), e.to_string());
+                continue;
+            }
+        };
+        if opts.read_data && sampled(id, opts.sample_percent) {
+            rep.packs_read += 1;
+            match check_pack_name(objects, id).or_else(|_| check_pack_name(objects, id)) {
+                Ok(len) => rep.bytes_read += len,
+                Err(detail) => rep.problem(format!("pack {id}"), detail),
+            }
+            for i in 0..reader.chunk_count() {
+                let entry = match reader.entry(i) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        rep.problem(format!("pack {id}"), e.to_string());
+                        continue;
+                    }
+                };
+                rep.chunks_read += 1;
+                if let Err(first) = reader.read_chunk(i, &entry.id) {
+                    // Retry through a fresh open to rule out a transient read error.
+                    let again =
+                        PackReader::open(objects, *id).and_then(|r| r.read_chunk(i, &entry.id));
+                    let p = Problem {
+                        object: format!("chunk {}", entry.id),
+                        detail: first.to_string(),
+                    };
+                    match again {
+                        Ok(_) => rep.transient.push(p),
+                        Err(_) => rep.problems.push(p),
+                    }
+                }
+            }
+        }
+        readers.insert(*id, reader);
+    }
+    progress(total, total);
+
+    // Index → packs.
+    let mut indexed_packs = HashSet::new();
+    for item in index.packs() {
+        let (id, info) = item?;
+        indexed_packs.insert(id);
+        if !on_disk.contains(&id) {
+            rep.problem(
+                format!("pack {id}"),
+                "named by the index but missing on disk",
+            );
+        } else if let Some(r) = readers.get(&id) {
+            if r.chunk_count() != info.chunk_count {
+                rep.problem(
+                    format!("pack {id}"),
+                    format!(
+                        "index says {} chunks, pack has {}",
+                        info.chunk_count,
+                        r.chunk_count()
+                    ),
+                );
+            }
+        }
+    }
+    for id in &on_disk {
+        if !indexed_packs.contains(id) {
+            rep.orphan_packs.push(*id);
+            rep.problem(
+                format!("pack {id}"),
+                "on disk but not in the index (`tessera repair index` indexes its intact chunks)",
+            );
+        }
+    }
+
+    // Chunk entries → positions in sealed packs.
+    for item in index.chunks() {
+        let loc = item?;
+        rep.chunks += 1;
+        let obj = || format!("chunk {}", loc.entry.id);
+        match readers.get(&loc.pack) {
+            None if indexed_packs.contains(&loc.pack) => {} // reported with its pack
+            None => rep.problem(
+                obj(),
+                format!("index names pack {} which is not in the index", loc.pack),
+            ),
+            Some(r) => match r.entry(loc.index) {
+                Ok(e) if e == loc.entry => {}
+                Ok(_) => rep.problem(
+                    obj(),
+                    format!(
+                        "index entry disagrees with pack {} table entry {}",
+                        loc.pack, loc.index
+                    ),
+                ),
+                Err(e) => rep.problem(obj(), e.to_string()),
+            },
+        }
+    }
+
+    // Recipes: the index's copies, then every recipe file on disk.
+    let mut recipe_files: HashMap<FileId, String> = inventory::recipes(objects, &mut rep.problems)?
+        .into_iter()
+        .collect();
+    for item in index.files() {
+        let (file, bytes) = item?;
+        rep.files += 1;
+        let obj = format!("file {file}");
+        let recipe = match Recipe::decode(file, &bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                rep.problem(obj, format!("index copy of recipe: {}", e.into_error(file)));
+                continue;
+            }
+        };
+        let rel = recipe_files
+            .remove(&file)
+            .unwrap_or_else(|| recipe_key(&file));
+        match objects.get(&rel) {
+                Ok(b) if b[..] == bytes[..] => {}
+                Ok(b) => match Recipe::decode(file, &b) {
+                    Ok(_) => rep.problem(obj.clone(), "recipe file differs from the index copy"),
+                    Err(e) => rep.problem(
+                        obj.clone(),
+                        format!(
+                            "recipe file {rel} is damaged ({}); `tessera repair index` rewrites it from the index's verified copy",
+                            e.into_error(file)
+                        ),
+                    ),
+                },
+                Err(e) => rep.problem(
+                    obj.clone(),
+                    format!("recipe file {rel} unreadable ({e}); `tessera repair index` rewrites it from the index's verified copy"),
+                ),
+            }
+        // One problem per file and missing pack, however many terms name it.
+        let mut bad_packs: BTreeMap<PackId, u64> = BTreeMap::new();
+        let mut next = 0usize;
+        for t in &recipe.terms {
+            let Some(r) = readers.get(&t.pack) else {
+                *bad_packs.entry(t.pack).or_default() += 1;
+                next += t.chunk_count as usize;
+                continue;
+            };
+            for k in 0..t.chunk_count {
+                let expect = recipe.chunks.get(next).map(|c| c.0);
+                next += 1;
+                match (r.entry(t.first_chunk.saturating_add(k)), expect) {
+                    (Ok(e), Some(id)) if e.id == id => {}
+                    (Ok(e), Some(id)) => rep.problem(
+                        obj.clone(),
+                        format!(
+                            "expects chunk {id} at pack {} index {}, pack holds {}",
+                            t.pack,
+                            t.first_chunk + k,
+                            e.id
+                        ),
+                    ),
+                    (Err(e), _) => rep.problem(obj.clone(), e.to_string()),
+                    (Ok(_), None) => rep.problem(obj.clone(), "terms run past the chunk list"),
+                }
+            }
+        }
+        for (pack, terms) in bad_packs {
+            rep.problem(
+                obj.clone(),
+                format!("{terms} of its terms name pack {pack}, which is missing or damaged"),
+            );
+        }
+    }
+    for (file, rel) in recipe_files {
+        let detail = match objects.get(&rel) {
+            Ok(b) => match Recipe::decode(file, &b) {
+                Ok(_) => format!(
+                    "recipe file {rel} is not in the index (`tessera repair index` indexes it)"
+                ),
+                Err(e) => format!(
+                    "recipe file {rel} is damaged ({}) and the index has no copy: the file is lost",
+                    e.into_error(file)
+                ),
+            },
+            Err(e) => format!("recipe file {rel} unreadable: {e}"),
+        };
+        rep.problem(format!("file {file}"), detail);
+    }
+
+    // Refs: the index's, then every ref file on disk.
+    let mut ref_files: HashSet<String> = inventory::refs(objects, &mut rep.problems)?
+        .into_iter()
+        .collect();
+    for (name, file) in index.refs_with_prefix("")? {
+        rep.refs += 1;
+        let obj = format!("ref {}", clip(&name));
+        ref_files.remove(&ref_key(&name));
+        if !index.has_file(&file)? {
+            rep.problem(
+                obj.clone(),
+                format!("names file {file}, which is not stored"),
+            );
+        }
+        match refs::read_file(core, &name) {
+            Ok(Some(f)) if f == file => {}
+            Ok(_) => rep.problem(obj, "ref file missing or names another file"),
+            Err(e) => rep.problem(obj, e.to_string()),
+        }
+    }
+    for rel in ref_files {
+        let detail = match objects.get(&rel).map(|b| decode_ref(&b)) {
+            Ok(Ok((name, file))) if ref_key(&name) == rel => {
+                let target = if index.has_file(&file)? {
+                    "a stored file".to_string()
+                } else {
+                    format!("file {file}, which is not stored")
+                };
+                rep.problem(
+                    format!("ref {}", clip(&name)),
+                    format!("ref file {rel} names {target}, but the index has no such ref"),
+                );
+                continue;
+            }
+            Ok(Ok(_)) => "ref file stored under the wrong name".to_string(),
+            Ok(Err(detail)) => format!("damaged ref file: {detail}"),
+            Err(e) => format!("unreadable ref file: {e}"),
+        };
+        rep.problem(rel, detail);
+    }
+    rep.group_problems();
+    Ok(rep)
+}
