@@ -15,6 +15,18 @@ fn model(bytes: u64) -> Vec<u8> {
     v
 }
 
+/// A reader that returns at most `.1` bytes per `read`, like a pipe.
+struct Trickle<'a>(&'a [u8], usize);
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.1).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
 fn chunking(c: &mut Criterion) {
     let data = model(32 << 20);
     let mut g = c.benchmark_group("chunking");
@@ -23,6 +35,17 @@ fn chunking(c: &mut Criterion) {
     g.bench_function("fastcdc_stream_32MiB", |b| {
         b.iter(|| {
             let mut ch = Chunker::new(&data[..], ChunkParams::default(), 16 << 20).expect("params");
+            let mut n = 0;
+            while let Some(batch) = ch.next_batch().expect("read") {
+                n += batch.chunks.len();
+            }
+            n
+        })
+    });
+    g.bench_function("fastcdc_stream_32MiB_64KiB_reads", |b| {
+        b.iter(|| {
+            let src = Trickle(&data[..], 64 << 10);
+            let mut ch = Chunker::new(src, ChunkParams::default(), 16 << 20).expect("params");
             let mut n = 0;
             while let Some(batch) = ch.next_batch().expect("read") {
                 n += batch.chunks.len();

@@ -1,7 +1,8 @@
 //! `tessera-bench`: end-to-end throughput of the engine on synthetic models.
 //!
 //! Measures, on a fresh store in a temp dir (or `--dir`):
-//! - put of new data (a synthetic bf16 model),
+//! - put of new data (a synthetic bf16 model) from memory, from a file, and
+//!   from a stream returning 64 KiB per read,
 //! - put of the same file again (duplicate path: hash + index lookups only),
 //! - put of a fine-tune (10% of tensors rewritten),
 //! - sequential read (`cat`) of the whole file, and
@@ -70,6 +71,19 @@ fn generate(spec: &ModelSpec) -> Vec<u8> {
     v
 }
 
+/// A reader that returns at most `.1` bytes per `read`, like a pipe or a
+/// socket.
+struct Trickle<'a>(&'a [u8], usize);
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.1).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -90,8 +104,14 @@ fn main() {
     let v2 = generate(&tuned);
     let mb = v1.len() as f64 / 1e6;
 
+    let input_dir =
+        tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir)).expect("tempdir");
+    let v1_file = input_dir.path().join("v1.safetensors");
+    std::fs::write(&v1_file, &v1).expect("write input file");
     let mut results: Vec<(&str, Vec<f64>)> = vec![
         ("put_new_MBps", vec![]),
+        ("put_new_file_MBps", vec![]),
+        ("put_new_64KiB_reads_MBps", vec![]),
         ("put_dup_MBps", vec![]),
         ("put_finetune_MBps", vec![]),
         ("cat_MBps", vec![]),
@@ -112,12 +132,36 @@ fn main() {
         let t = Instant::now();
         let r1 = store.put_bytes(&v1, &[]).expect("put new");
         results[0].1.push(mb / t.elapsed().as_secs_f64());
+        // The same new data from a file, and from a stream that returns at
+        // most 64 KiB per read (a pipe, a socket, an HTTP body), each into a
+        // fresh store.
+        for (slot, from_file) in [(1, true), (2, false)] {
+            let t2 = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))
+                .expect("tempdir");
+            let s2 = Store::open(
+                t2.path(),
+                StoreOptions {
+                    create: true,
+                    ..Default::default()
+                },
+            )
+            .expect("open");
+            let t = Instant::now();
+            let r = if from_file {
+                s2.put_file(&v1_file, &[]).expect("put file")
+            } else {
+                s2.put("64 KiB reads", Trickle(&v1, 64 << 10), &[])
+                    .expect("put stream")
+            };
+            results[slot].1.push(mb / t.elapsed().as_secs_f64());
+            assert_eq!(r.file_id, r1.file_id);
+        }
         let t = Instant::now();
         store.put_bytes(&v1, &[]).expect("put dup");
-        results[1].1.push(mb / t.elapsed().as_secs_f64());
+        results[3].1.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
         store.put_bytes(&v2, &[]).expect("put finetune");
-        results[2]
+        results[4]
             .1
             .push(v2.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -132,7 +176,7 @@ fn main() {
             n += k as u64;
         }
         assert_eq!(n, v1.len() as u64);
-        results[3].1.push(mb / t.elapsed().as_secs_f64());
+        results[5].1.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut rng = tessera_synth::SplitMix64::new(99 + run as u64);
         let reads = 200;
@@ -141,7 +185,7 @@ fn main() {
             let got = store.read_range(&r1.file_id, off, 1 << 20).expect("range");
             assert_eq!(got.len(), 1 << 20);
         }
-        results[4].1.push(reads as f64 / t.elapsed().as_secs_f64());
+        results[6].1.push(reads as f64 / t.elapsed().as_secs_f64());
         stored_ratio = r1.new_bytes as f64 / v1.len() as f64;
     }
     if args.json {

@@ -133,23 +133,23 @@ impl<R: Read> Chunker<R> {
     /// as `std::io::Error` so the caller can name the source.
     pub fn next_batch(&mut self) -> io::Result<Option<Batch>> {
         let max = self.params.max as usize;
-        let mut buf = Vec::with_capacity(self.batch_bytes + max);
-        buf.extend_from_slice(&self.carry);
-        self.carry.clear();
         let target = self.batch_bytes + max;
-        while !self.eof && buf.len() < target {
-            let start = buf.len();
-            buf.resize(target, 0);
-            match self.reader.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    self.eof = true;
-                }
-                Ok(n) => buf.truncate(start + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+        // Zeroed once per batch (by the allocator: fresh pages are zero),
+        // then filled by as many reads as the source needs: a pipe or a
+        // socket returns 64 KiB or less per read.
+        let mut buf = vec![0u8; target];
+        let mut filled = self.carry.len();
+        buf[..filled].copy_from_slice(&self.carry);
+        self.carry.clear();
+        while !self.eof && filled < target {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        buf.truncate(filled);
         if buf.is_empty() {
             return Ok(None);
         }

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tessera::{Error, Store, StoreOptions};
 
 mod demo;
+mod put;
 
 /// Tessera: a content-addressed chunk store for ML model files.
 ///
@@ -47,20 +48,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Store files; prints `<file-id>  <path>` per file.
+    /// Store files, directory trees, or stdin (`-`); prints `<file-id>  <path>`
+    /// per file.
     ///
     /// Files are acknowledged (printed) only once their chunks, recipe and
     /// index entries are durable. Small files are grouped into one commit.
-    /// A file that changes while it is read (size or modification time
-    /// differ before and after) is refused; files before it are still stored.
+    /// A directory is stored file by file (in name order, `.git` skipped,
+    /// symlinks to files followed, other special files refused), each named
+    /// PREFIX + its path relative to the directory — the way a model
+    /// repository is handed over. A file that changes while it is read (size
+    /// or modification time differ before and after) is refused; files
+    /// before it are still stored.
     Put {
-        /// Files to store.
-        #[arg(required = true)]
+        /// Files, directories, or `-` for stdin.
+        #[arg(required = true, value_name = "PATH")]
         files: Vec<PathBuf>,
-        /// Name the file with this ref (e.g. `org/model@rev:path`); only with one FILE.
+        /// Name the file with this ref (e.g. `org/model@rev:path`); only with one file or `-`.
         #[arg(long = "ref", value_name = "NAME")]
         ref_name: Option<String>,
-        /// Name each file `PREFIX` + its path as given (e.g. `org/model@v2:`).
+        /// Name each file PREFIX + its path as given, or, inside a directory,
+        /// + its path relative to that directory (e.g. `org/model@v2:`).
         #[arg(long, value_name = "PREFIX", conflicts_with = "ref_name")]
         ref_prefix: Option<String>,
         /// One JSON object per line: file_id, sha256, path, size, new_bytes, chunks, new_chunks.
@@ -346,13 +353,9 @@ fn run(cli: Cli) -> CliResult {
             ref_prefix,
             json,
         } => {
-            if ref_name.is_some() && files.len() != 1 {
-                return Err(CliError::Usage(
-                    "--ref names one file; use --ref-prefix for several".into(),
-                ));
-            }
+            let inputs = put::inputs(&files, ref_name, ref_prefix)?;
             let store = open_store(&store_dir(&cli.store)?, true, cli.wait)?;
-            put(&store, &files, ref_name, ref_prefix, json)
+            put::put(&store, &inputs, json)
         }
         Cmd::Cat {
             name,
@@ -645,86 +648,6 @@ fn progress_bar(total: u64) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
-}
-
-/// Commit after this many staged bytes so small files share a commit but a
-/// large batch does not hold acknowledgements back for long.
-const COMMIT_EVERY_BYTES: u64 = 64 << 20;
-
-fn put(
-    store: &Store,
-    files: &[PathBuf],
-    ref_name: Option<String>,
-    ref_prefix: Option<String>,
-    json: bool,
-) -> CliResult {
-    let total: u64 = files
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let pb = progress_bar(total);
-    let mut out = BufWriter::new(io::stdout().lock());
-    let mut ingest = store.ingest();
-    let mut staged_paths: Vec<&PathBuf> = Vec::new();
-    let mut staged_bytes = 0u64;
-    let mut done = 0u64;
-    // Commits the staged group and prints it: printing is acknowledging.
-    let mut commit = |ingest: tessera::Ingest<'_>, paths: &mut Vec<&PathBuf>| -> CliResult {
-        let reports = ingest.commit()?;
-        for (rep, p) in reports.iter().zip(paths.drain(..)) {
-            if json {
-                let v = serde_json::json!({
-                    "file_id": rep.file_id.to_hex(),
-                    "sha256": rep.sha256.to_hex(),
-                    "path": p.display().to_string(),
-                    "size": rep.size,
-                    "new_bytes": rep.new_bytes,
-                    "chunks": rep.chunks,
-                    "new_chunks": rep.new_chunks,
-                    "new_file": rep.new_file,
-                });
-                pb.suspend(|| writeln!(out, "{v}")).map_err(out_err)?;
-            } else {
-                pb.suspend(|| writeln!(out, "{}  {}", rep.file_id, p.display()))
-                    .map_err(out_err)?;
-            }
-        }
-        out.flush().map_err(out_err)
-    };
-    for (i, path) in files.iter().enumerate() {
-        let name = match (&ref_name, &ref_prefix) {
-            (Some(r), _) => Some(r.clone()),
-            (None, Some(p)) => Some(format!("{p}{}", path.display())),
-            _ => None,
-        };
-        let refs: Vec<&str> = name.iter().map(|s| s.as_str()).collect();
-        pb.set_message(path.display().to_string());
-        let base = done;
-        let mut last = 0;
-        let added = ingest.add_file(path, &refs, &mut |n| {
-            pb.set_position(base + n);
-            last = n;
-        });
-        if let Err(e) = added {
-            // The files before this one are stored and acknowledged.
-            if !ingest.is_empty() {
-                let staged = std::mem::replace(&mut ingest, store.ingest());
-                commit(staged, &mut staged_paths)?;
-            }
-            pb.finish_and_clear();
-            return Err(e.into());
-        }
-        done += last;
-        staged_bytes += last;
-        staged_paths.push(path);
-        if staged_bytes >= COMMIT_EVERY_BYTES || i + 1 == files.len() {
-            let staged = std::mem::replace(&mut ingest, store.ingest());
-            commit(staged, &mut staged_paths)?;
-            staged_bytes = 0;
-        }
-    }
-    pb.finish_and_clear();
-    Ok(())
 }
 
 fn cat(store: &Store, name: &str, offset: u64, length: Option<u64>) -> CliResult {

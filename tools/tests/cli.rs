@@ -704,6 +704,62 @@ fn wait_for_a_busy_store() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for pid"));
 }
 
+/// `put DIR` stores a repository tree file by file, refs PREFIX + the
+/// path inside the directory (`.git` skipped); `put -` reads stdin.
+#[test]
+fn put_a_directory_tree_and_stdin() {
+    let env = Env::new();
+    let repo = env.tmp.path().join("repo");
+    fs::create_dir_all(repo.join("sub/deeper")).expect("mkdir");
+    fs::create_dir_all(repo.join(".git/objects")).expect("mkdir");
+    fs::write(repo.join("config.json"), b"{\"a\": 1}").expect("write");
+    fs::write(repo.join("sub/model.bin"), noise(300_000, 60)).expect("write");
+    fs::write(repo.join("sub/deeper/x.txt"), b"x").expect("write");
+    fs::write(repo.join(".git/objects/blob"), b"git internals").expect("write");
+    let out = env.ok_text(&["put", "repo", "--ref-prefix", "org/m@v1:", "--json"]);
+    let lines = json_lines(&out);
+    let refs: Vec<&str> = lines
+        .iter()
+        .map(|v| v["ref"].as_str().expect("ref"))
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            "org/m@v1:config.json",
+            "org/m@v1:sub/deeper/x.txt",
+            "org/m@v1:sub/model.bin"
+        ]
+    );
+    assert!(env.ok(&["cat", "org/m@v1:sub/model.bin"]) == noise(300_000, 60));
+    assert_eq!(env.ok(&["cat", "org/m@v1:config.json"]), b"{\"a\": 1}");
+    let listed = env.ok_text(&["refs", "org/"]);
+    assert!(!listed.contains(".git"), "{listed}");
+    // --ref names exactly one file: a tree is several.
+    let (code, err) = failure(&env.run(&["put", "repo", "--ref", "x"]));
+    assert_eq!(code, 2, "{err}");
+    // stdin, with and without a ref.
+    let data = noise(200_000, 61);
+    let mut child = env
+        .cmd()
+        .args(["put", "-", "--ref", "org/m@v1:piped.bin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for piece in data.chunks(4096) {
+            stdin.write_all(piece).expect("write stdin");
+        }
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.trim_end().ends_with("  -"), "{text}");
+    assert!(env.ok(&["cat", "org/m@v1:piped.bin"]) == data);
+}
+
 // ------------------------------------------------------------ usage
 
 #[test]

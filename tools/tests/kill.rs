@@ -117,8 +117,16 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
         );
     }
     let mut killed_mid_run = 0;
+    // Kills that provably landed inside a put's writes: an object was being
+    // staged in the store's tmp/ at the moment of the kill, or the put had
+    // acknowledged some of its files but not all.
+    let mut inside_put = 0;
     let mut acked_puts = acked.len();
-    for k in 0..kills {
+    let mut k = 0;
+    // Up to three times the kills asked for, until at least one landed
+    // inside a put (the test is worthless otherwise).
+    while k < kills || (inside_put == 0 && k < 3 * kills) {
+        k += 1;
         let n = 1 + rng.below(5) as usize;
         let mut args: Vec<String> = vec![
             "--store".into(),
@@ -138,6 +146,7 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
         let delay = full.mul_f64(rng.below(900) as f64 / 1000.0 * n as f64 / 4.0);
         std::thread::sleep(delay);
         let finished = child.try_wait().expect("try_wait").is_some();
+        let staging = std::fs::read_dir(store.join("tmp")).is_ok_and(|mut d| d.next().is_some());
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         if !finished {
@@ -146,6 +155,10 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
         let mut stdout = String::new();
         if let Some(mut s) = child.stdout.take() {
             let _ = s.read_to_string(&mut stdout);
+        }
+        let printed = stdout.lines().filter(|l| l.ends_with('}')).count();
+        if !finished && (staging || (printed > 0 && printed < n)) {
+            inside_put += 1;
         }
         for line in stdout.lines() {
             // A torn last line was never fully printed: not acknowledged.
@@ -189,7 +202,11 @@ fn kill_minus_nine_loses_no_acknowledged_file() {
         String::from_utf8_lossy(&v.stderr)
     );
     println!(
-        "kill test: {kills} kills ({killed_mid_run} mid-run), {acked_puts} acknowledged puts of {} distinct files intact, verify clean",
+        "kill test: {k} kills ({killed_mid_run} before the put finished, {inside_put} inside its writes), {acked_puts} acknowledged puts of {} distinct files intact, verify clean",
         acked.len()
+    );
+    assert!(
+        inside_put > 0,
+        "none of {k} kills landed inside a put's writes: the test checked nothing"
     );
 }

@@ -10,7 +10,9 @@
 
 mod db;
 
-pub(crate) use db::{Index, WriteGuard, SEGMENT_BYTES};
+#[cfg(feature = "testing")]
+pub(crate) use db::SEGMENT_BYTES;
+pub(crate) use db::{Index, WriteGuard};
 
 use crate::format::{ChunkEntry, Compression, Cursor};
 use crate::ids::{ChunkId, FileId, PackId, Sha256};
