@@ -56,6 +56,7 @@ mod recover;
 mod refs;
 mod repair;
 mod report;
+mod salvage;
 pub mod storage;
 mod store;
 #[cfg(feature = "testing")]

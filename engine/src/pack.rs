@@ -112,7 +112,17 @@ impl PackBuilder {
 
     /// Writes the footer and publishes the pack under its content-addressed
     /// name, durably (spec §6.5).
-    pub(crate) fn seal(mut self, objects: &dyn ObjectStore) -> Result<SealedPack> {
+    pub(crate) fn seal(self, objects: &dyn ObjectStore) -> Result<SealedPack> {
+        self.seal_over(objects, None)
+    }
+
+    /// [`PackBuilder::seal`], replacing the object of pack `damaged` if this
+    /// pack turns out to be the same pack (salvage rebuilt it exactly).
+    pub(crate) fn seal_over(
+        mut self,
+        objects: &dyn ObjectStore,
+        damaged: Option<PackId>,
+    ) -> Result<SealedPack> {
         let table_offset = self.len;
         let mut table = Vec::with_capacity(self.entries.len() * TABLE_ENTRY_LEN);
         for e in &self.entries {
@@ -125,7 +135,12 @@ impl PackBuilder {
         self.write(objects, &trailer)?;
         let id = self.hasher.finish();
         let key = pack_key(&id);
-        match self.staged.publish(&key, PutMode::Create) {
+        let mode = if damaged == Some(id) {
+            PutMode::Replace
+        } else {
+            PutMode::Create
+        };
+        match self.staged.publish(&key, mode) {
             Ok(()) => {}
             // Same name, same bytes: the pack is already there.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

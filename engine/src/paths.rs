@@ -19,6 +19,8 @@ pub const PACKS: &str = "packs/";
 pub const RECIPES: &str = "recipes/";
 /// Prefix of every ref key.
 pub const REFS: &str = "refs/";
+/// Prefix under which repair keeps damaged objects it took out of service.
+pub const DAMAGED: &str = "damaged/";
 
 /// `dir/<hex[0..2]>/<hex>.ext`.
 fn fanout(dir: &str, hex: &str, ext: &str) -> String {
@@ -38,6 +40,11 @@ pub fn recipe_key(file: &FileId) -> String {
 /// Key of a ref (named by the BLAKE3 of the ref name).
 pub fn ref_key(name: &str) -> String {
     fanout(REFS, &blake3::hash(name.as_bytes()).to_hex(), "ref")
+}
+
+/// Where repair keeps the damaged object that was at `key`.
+pub fn damaged_key(key: &str) -> String {
+    format!("{DAMAGED}{key}")
 }
 
 /// The pack a key names, if it is exactly a pack key.

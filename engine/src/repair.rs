@@ -14,14 +14,17 @@ use crate::pack::PackReader;
 use crate::paths::CONFIG;
 use crate::recover;
 use crate::report::RepairReport;
+use crate::salvage;
 use crate::storage::{ObjectStore, PutMode};
 
 /// Rebuilds the whole index from the packs, recipes and refs. First, while
 /// the current index still opens, recipe and ref objects that are missing or
 /// damaged are healed from its verified copies (never lose what the store
-/// still holds); then the index is deleted and rebuilt. Damaged packs,
-/// recipes and refs are reported by name; everything else is recovered.
-/// Chunks are indexed only after their data re-hashes to their id.
+/// still holds); then the index is deleted and rebuilt; then packs that
+/// cannot be opened are salvaged (their verified records re-packed) and
+/// recipes naming packs that are gone are rebuilt from where their chunks
+/// are. Damaged packs, recipes and refs are reported by name; everything
+/// else is recovered. Chunks are indexed only after they re-hash to their id.
 pub(crate) fn repair_index(
     objects: Arc<dyn ObjectStore>,
     local: Local,
@@ -82,6 +85,7 @@ pub(crate) fn repair_index(
         .map(|r| r.report.clone())
         .unwrap_or_default();
     rep.healed.splice(0..0, healed.healed);
+    salvage::salvage(&core, &mut rep)?;
     core.close()?;
     Ok(rep)
 }

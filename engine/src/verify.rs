@@ -9,7 +9,7 @@ use crate::format::{decode_ref, Recipe};
 use crate::ids::{FileId, PackId};
 use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
-use crate::paths::{recipe_key, ref_key};
+use crate::paths::{recipe_key, ref_key, DAMAGED};
 use crate::refs;
 use crate::report::Problem;
 
@@ -55,10 +55,14 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Reads that failed once and succeeded on retry (not damage, but worth a look).
     pub transient: Vec<Problem>,
-    /// Sealed packs no index entry names: reclaimable. (The open after a
-    /// crash indexes every readable pack; one listed here could not be read
-    /// then, or was placed in `packs/` while the store was closed.)
+    /// Packs on storage the index does not hold (each is also a problem:
+    /// the open after a crash indexes every readable pack, so one listed
+    /// here could not be read then, or was placed in `packs/` while the
+    /// store was closed; `repair index` indexes or salvages it).
     pub orphan_packs: Vec<PackId>,
+    /// Damaged objects `repair` took out of service and kept under
+    /// `damaged/` (not problems: what they held was salvaged or reported).
+    pub damaged_kept: u64,
 }
 
 impl VerifyReport {
@@ -362,6 +366,10 @@ pub(crate) fn verify(
         };
         rep.problem(rel, detail);
     }
+    rep.damaged_kept = objects
+        .list(DAMAGED)
+        .map_err(|e| crate::Error::io("list", objects.describe(DAMAGED), e))?
+        .len() as u64;
     rep.group_problems();
     Ok(rep)
 }

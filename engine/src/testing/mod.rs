@@ -36,3 +36,10 @@ pub fn repair_on(
 
 /// The index database's log segment size (fixed per index).
 pub const INDEX_SEGMENT_BYTES: usize = crate::index::SEGMENT_BYTES;
+
+/// The pack id of a pack's bytes (spec §2).
+pub fn pack_id_of(bytes: &[u8]) -> crate::PackId {
+    let mut h = crate::ids::PackIdHasher::new();
+    h.update(bytes);
+    h.finish()
+}

@@ -1,0 +1,292 @@
+//! Salvage (part of `repair index`): the verified chunks of a pack whose
+//! footer is damaged or missing, and recipes whose packs are gone.
+//!
+//! A pack is a sequence of self-describing records (spec §6.2): each record
+//! header carries the chunk id, lengths and a check value, so the records
+//! can be found by scanning forward from the pack header without the chunk
+//! table. Every record found is decoded and re-hashed; the chunks that
+//! verify are written into a new pack, and the damaged pack is moved out of
+//! `packs/` to `damaged/packs/` (nothing is deleted). Recipes whose terms name
+//! a pack the index does not hold are then rebuilt from the chunk index when
+//! every chunk of the file is stored somewhere: same chunk list, same file
+//! id, new terms.
+
+use std::collections::HashSet;
+
+use crate::codec::decode_chunk;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::format::{ChunkEntry, Recipe, Term, CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_HEADER_LEN};
+use crate::ids::{ChunkId, FileId, PackId};
+use crate::index::PackInfo;
+use crate::inventory;
+use crate::layout::Layout;
+use crate::pack::PackBuilder;
+use crate::paths::{damaged_key, pack_key, recipe_key};
+use crate::report::RepairReport;
+use crate::storage::{ObjectStore, PutMode, ReadHandle};
+
+/// Salvages every pack on storage the index does not hold (those a catch-up
+/// could not open), then rebuilds the recipes that name missing packs.
+pub(crate) fn salvage(core: &Core, rep: &mut RepairReport) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let indexed: HashSet<PackId> = core
+        .index
+        .packs()
+        .filter_map(|p| p.ok().map(|(id, _)| id))
+        .collect();
+    let mut strays = Vec::new();
+    for id in inventory::packs(objects, &mut strays)? {
+        if !indexed.contains(&id) {
+            salvage_pack(core, id, rep)?;
+        }
+    }
+    relocate_recipes(core, rep)
+}
+
+/// Scans one unreadable pack's records, re-packs the verified chunks and
+/// moves the pack to `damaged/`.
+fn salvage_pack(core: &Core, id: PackId, rep: &mut RepairReport) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let key = pack_key(&id);
+    let handle = objects
+        .open(&key)
+        .map_err(|e| Error::io("open pack", objects.describe(&key), e))?;
+    let found = scan_records(handle.as_ref());
+    // Keep the damaged bytes first (copied, durably): nothing is lost
+    // whatever happens next.
+    let len = handle.len();
+    let bytes = handle
+        .read_at(0, len as usize)
+        .map_err(|e| Error::io("read pack", objects.describe(&key), e))?;
+    drop(handle);
+    let kept = damaged_key(&key);
+    put_replace(objects, &kept, &bytes)?;
+    drop(bytes);
+    let mut new_pack = None;
+    if !found.is_empty() {
+        let mut b = PackBuilder::create(objects)?;
+        for (entry, stored) in &found {
+            b.append(objects, entry.id, entry.raw_len, entry.compression, stored)?;
+        }
+        // Every record intact and in order rebuilds the very same pack: it
+        // then replaces the damaged object under its own name.
+        let sealed = b.seal_over(objects, Some(id))?;
+        let chunks: Vec<(u32, ChunkEntry)> = (0u32..).zip(sealed.entries.iter().copied()).collect();
+        let info = PackInfo {
+            size: sealed.size,
+            chunk_count: sealed.entries.len() as u32,
+            raw_bytes: sealed.raw_bytes,
+        };
+        core.index.add_pack(sealed.id, info, &chunks)?;
+        core.index.flush()?;
+        new_pack = Some(sealed.id);
+    }
+    if new_pack != Some(id) {
+        objects
+            .delete(&key)
+            .map_err(|e| Error::io("remove pack", objects.describe(&key), e))?;
+    }
+    let what = match new_pack {
+        Some(p) if p == id => format!(
+            "unreadable ({len} bytes), but all {} of its records verify: rewritten whole, with a good footer",
+            found.len()
+        ),
+        Some(p) => format!(
+            "unreadable ({len} bytes); {} verified chunks found by scanning its records were re-packed into pack {p}",
+            found.len()
+        ),
+        None => format!("unreadable ({len} bytes) and no record in it verifies"),
+    };
+    // The catch-up's report of this pack is answered by this one.
+    let object = format!("pack {id}");
+    rep.problems.retain(|p| p.object != object);
+    rep.healed(
+        object,
+        format!(
+            "{what}; the damaged bytes were kept at {}",
+            objects.describe(&kept)
+        ),
+    );
+    Ok(())
+}
+
+fn put_replace(objects: &dyn ObjectStore, key: &str, data: &[u8]) -> Result<()> {
+    objects
+        .put(key, data, PutMode::Replace)
+        .map_err(|e| Error::io("write", objects.describe(key), e))
+}
+
+/// The records of a pack found by scanning forward from its header, each
+/// decoded and re-hashed: (entry, stored bytes) of every chunk that
+/// verifies. A damaged record header is skipped by searching forward for
+/// the next header that decodes (magic and check value).
+pub(crate) fn scan_records(pack: &dyn ReadHandle) -> Vec<(ChunkEntry, bytes::Bytes)> {
+    let len = pack.len();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut pos = PACK_HEADER_LEN as u64;
+    while pos + CHUNK_HEADER_LEN as u64 <= len {
+        let header = pack
+            .read_at(pos, CHUNK_HEADER_LEN)
+            .ok()
+            .and_then(|h| ChunkEntry::decode_header(&h, pos).ok());
+        let Some(e) = header else {
+            pos = next_magic(pack, pos + 1);
+            continue;
+        };
+        let end = pos + e.record_len();
+        let stored = (end <= len)
+            .then(|| pack.read_at(e.data_offset(), e.stored_len as usize).ok())
+            .flatten();
+        let verified = stored.filter(|s| {
+            decode_chunk(s, e.compression, e.raw_len).is_ok_and(|raw| ChunkId::of(&raw) == e.id)
+        });
+        match verified {
+            Some(s) => {
+                if seen.insert(e.id) {
+                    out.push((e, s));
+                }
+                pos = end;
+            }
+            // A header that decodes but whose data does not verify: its
+            // lengths may still be right, but do not trust them.
+            None => pos = next_magic(pack, pos + 1),
+        }
+    }
+    out
+}
+
+/// The offset of the next record magic at or after `from` (or the end).
+fn next_magic(pack: &dyn ReadHandle, from: u64) -> u64 {
+    const WINDOW: u64 = 1 << 20;
+    let len = pack.len();
+    let mut at = from;
+    while at + CHUNK_MAGIC.len() as u64 <= len {
+        let n = (len - at).min(WINDOW);
+        let Ok(buf) = pack.read_at(at, n as usize) else {
+            return len;
+        };
+        if let Some(i) = buf
+            .windows(CHUNK_MAGIC.len())
+            .position(|w| w == CHUNK_MAGIC)
+        {
+            return at + i as u64;
+        }
+        if n < WINDOW {
+            break;
+        }
+        // Overlap by the magic's length less one, so a split magic is found.
+        at += n - (CHUNK_MAGIC.len() as u64 - 1);
+    }
+    len
+}
+
+/// Rebuilds the terms of every recipe that names a pack the index does not
+/// hold, from where the chunk index says each chunk is; a chunk stored
+/// nowhere keeps its old term (reading it fails, naming the missing pack),
+/// so the rest of the file reads. Then drops the catch-up's problems about
+/// files whose chunks are all stored now.
+fn relocate_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let index = &core.index;
+    let packs: HashSet<PackId> = index
+        .packs()
+        .filter_map(|p| p.ok().map(|(id, _)| id))
+        .collect();
+    let mut stale = Vec::new();
+    for item in index.files() {
+        let (file, bytes) = item?;
+        if let Ok(r) = Recipe::decode(file, &bytes) {
+            if r.terms.iter().any(|t| !packs.contains(&t.pack)) {
+                stale.push(r);
+            }
+        }
+    }
+    let mut whole: HashSet<String> = HashSet::new();
+    for recipe in stale {
+        let file = recipe.file;
+        let old = Layout::new(recipe);
+        let mut terms: Vec<Term> = Vec::new();
+        let (mut missing, mut moved) = (0usize, 0usize);
+        for i in 0..old.chunk_count() {
+            let Some(c) = old.chunk(i) else {
+                return Err(Error::Bug(format!("recipe of {file} has no chunk {i}")));
+            };
+            let (pack, index_in_pack) = match index.chunk(&c.id)? {
+                Some(loc) => {
+                    moved += usize::from(loc.pack != c.pack || loc.index != c.pack_index);
+                    (loc.pack, loc.index)
+                }
+                None => {
+                    missing += 1;
+                    (c.pack, c.pack_index)
+                }
+            };
+            match terms.last_mut() {
+                Some(t)
+                    if t.pack == pack
+                        && t.first_chunk.checked_add(t.chunk_count) == Some(index_in_pack) =>
+                {
+                    t.chunk_count += 1;
+                    t.unpacked_len += u64::from(c.len);
+                }
+                _ => terms.push(Term {
+                    pack,
+                    first_chunk: index_in_pack,
+                    chunk_count: 1,
+                    unpacked_len: u64::from(c.len),
+                }),
+            }
+        }
+        if moved > 0 {
+            let recipe = Recipe {
+                terms,
+                ..old.recipe.clone()
+            };
+            let bytes = recipe.encode();
+            put_replace(objects, &recipe_key(&file), &bytes)?;
+            index.replace_recipe(file, &bytes)?;
+        }
+        if missing == 0 {
+            whole.insert(format!("file {file}"));
+            rep.healed(
+                format!("file {file}"),
+                "its recipe named packs that are gone; rewritten to read every chunk from where it is stored",
+            );
+        } else {
+            rep.problem(
+                format!("file {file}"),
+                format!("{missing} of its chunks are stored nowhere: reads of those ranges fail (the rest reads)"),
+            );
+        }
+    }
+    index.flush()?;
+    // The catch-up reported files with chunks it could not find; salvage
+    // may have brought them back.
+    let mut resolved = Vec::new();
+    for p in &rep.problems {
+        let Some(file) = p.object.strip_prefix("file ").and_then(FileId::from_hex) else {
+            continue;
+        };
+        if whole.contains(&p.object) {
+            resolved.push(p.object.clone());
+            continue;
+        }
+        let Some(bytes) = index.recipe_bytes(&file)? else {
+            continue;
+        };
+        if let Ok(r) = Recipe::decode(file, &bytes) {
+            let mut all = true;
+            for (id, _) in &r.chunks {
+                all &= index.chunk(id)?.is_some();
+            }
+            if all && r.terms.iter().all(|t| packs.contains(&t.pack)) {
+                resolved.push(p.object.clone());
+            }
+        }
+    }
+    rep.problems
+        .retain(|p| !resolved.contains(&p.object) || p.detail.contains("stored nowhere"));
+    Ok(())
+}
