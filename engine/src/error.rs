@@ -218,6 +218,16 @@ pub enum Error {
         size: u64,
     },
 
+    /// Something a client sent (a pack, a file registration) was refused;
+    /// nothing of it was kept.
+    #[error("{what} refused: {reason}")]
+    Rejected {
+        /// What was refused: `pack <id>`, `file <id>`.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A caller-supplied argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

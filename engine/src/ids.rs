@@ -77,6 +77,18 @@ macro_rules! id_type {
             }
         }
 
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::from_hex(&s).ok_or_else(|| {
+                    serde::de::Error::custom(IdParseError {
+                        kind: $label,
+                        len: s.len(),
+                    })
+                })
+            }
+        }
+
         impl FromStr for $name {
             type Err = IdParseError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {

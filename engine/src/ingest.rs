@@ -272,15 +272,12 @@ impl<'s> Ingest<'s> {
         for seq in seqs {
             ensure_sealed(core, seq)?;
         }
-        // Every recipe and ref file first, then the whole group is indexed
-        // in one transaction: readers see all of its files or none.
-        let mut done: Vec<(Vec<String>, Vec<u8>, PutReport)> =
-            Vec::with_capacity(self.staged.len());
+        let mut files = Vec::with_capacity(self.staged.len());
         for s in self.staged {
             // Resolve chunks that were in an open pack to their sealed pack.
-            let mut terms: Vec<Term> = Vec::new();
-            for ((id, len), loc) in s.chunks.iter().zip(&s.locs) {
-                let (pack, index) = match *loc {
+            let mut locs = Vec::with_capacity(s.locs.len());
+            for ((id, _), loc) in s.chunks.iter().zip(&s.locs) {
+                locs.push(match *loc {
                     Loc::Sealed { pack, index } => (pack, index),
                     Loc::Open { .. } => {
                         let l = core.index.chunk(id)?.ok_or_else(|| {
@@ -288,84 +285,145 @@ impl<'s> Ingest<'s> {
                         })?;
                         (l.pack, l.index)
                     }
-                };
-                match terms.last_mut() {
-                    Some(t)
-                        if t.pack == pack
-                            && t.first_chunk.checked_add(t.chunk_count) == Some(index) =>
-                    {
-                        t.chunk_count += 1;
-                        t.unpacked_len += u64::from(*len);
-                    }
-                    _ => terms.push(Term {
-                        pack,
-                        first_chunk: index,
-                        chunk_count: 1,
-                        unpacked_len: u64::from(*len),
-                    }),
-                }
+                });
             }
             let recipe = Recipe {
                 file: s.file,
                 sha256: s.sha,
                 size: s.size,
-                terms,
+                terms: terms_for(&s.chunks, &locs),
                 chunks: s.chunks,
             };
-            let bytes = recipe.encode();
-            let key = recipe_key(&s.file);
-            let mut new_bytes = s.new_bytes;
-            // The recipe object must say exactly what the index will say. One
-            // left by an ingest that crashed before its index flush may name
-            // packs the index no longer knows (their chunks were then stored
-            // again elsewhere): replace it.
-            let current = match core.objects.get(&key) {
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
-            };
-            if current.as_deref() != Some(&bytes[..]) {
-                let r = core
-                    .objects
-                    .put(&key, &bytes, PutMode::Replace)
-                    .map_err(|e| Error::io("write recipe", core.objects.describe(&key), e));
-                core.poison_on(r)?;
-                new_bytes += bytes.len() as u64;
-            }
-            for r in &s.refs {
-                core.poison_on(refs::write_file(core, r, &s.file))?;
-            }
-            let report = PutReport {
-                file_id: s.file,
-                sha256: s.sha,
-                size: s.size,
-                chunks: recipe.chunks.len() as u64,
+            files.push(NewRecipe {
+                recipe,
+                refs: s.refs,
                 new_chunks: s.new_chunks,
-                new_bytes,
-                new_file: false,
-            };
-            done.push((s.refs, bytes, report));
+                new_bytes: s.new_bytes,
+            });
         }
-        let batch: Vec<NewFile<'_>> = done
-            .iter()
-            .map(|(refs, bytes, r)| NewFile {
-                file: r.file_id,
-                sha: r.sha256,
-                size: r.size,
-                recipe: bytes,
-                refs,
-            })
-            .collect();
-        let new = core.poison_on(core.index.add_files(&batch))?;
-        drop(batch);
-        let reports: Vec<PutReport> = done
-            .into_iter()
-            .zip(new)
-            .map(|((_, _, r), new_file)| PutReport { new_file, ..r })
-            .collect();
-        core.poison_on(core.index.flush())?;
-        Ok(reports)
+        publish_files(core, files)
     }
+}
+
+/// Terms for a chunk list whose chunks are at `locs` (pack, index in pack):
+/// runs of consecutive chunks of one pack.
+pub(crate) fn terms_for(chunks: &[(ChunkId, u32)], locs: &[(PackId, u32)]) -> Vec<Term> {
+    let mut terms: Vec<Term> = Vec::new();
+    for ((_, len), &(pack, index)) in chunks.iter().zip(locs) {
+        match terms.last_mut() {
+            Some(t)
+                if t.pack == pack && t.first_chunk.checked_add(t.chunk_count) == Some(index) =>
+            {
+                t.chunk_count += 1;
+                t.unpacked_len += u64::from(*len);
+            }
+            _ => terms.push(Term {
+                pack,
+                first_chunk: index,
+                chunk_count: 1,
+                unpacked_len: u64::from(*len),
+            }),
+        }
+    }
+    terms
+}
+
+/// A file whose chunks are all durable and indexed, ready to be published.
+pub(crate) struct NewRecipe {
+    pub(crate) recipe: Recipe,
+    pub(crate) refs: Vec<String>,
+    pub(crate) new_chunks: u64,
+    pub(crate) new_bytes: u64,
+}
+
+/// Publishes files whose packs are durable (spec §10.1): every recipe and
+/// ref object first, then the whole group is indexed in one transaction
+/// (readers see all of its files or none) and the index flushed.
+pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<PutReport>> {
+    let mut done: Vec<(Vec<String>, Vec<u8>, PutReport)> = Vec::with_capacity(files.len());
+    for f in files {
+        let recipe = f.recipe;
+        let bytes = recipe.encode();
+        let key = recipe_key(&recipe.file);
+        let mut new_bytes = f.new_bytes;
+        // The recipe object must say exactly what the index will say. One
+        // left by an ingest that crashed before its index flush may name
+        // packs the index no longer knows (their chunks were then stored
+        // again elsewhere): replace it.
+        let current = match core.objects.get(&key) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
+        };
+        if current.as_deref() != Some(&bytes[..]) {
+            let r = core
+                .objects
+                .put(&key, &bytes, PutMode::Replace)
+                .map_err(|e| Error::io("write recipe", core.objects.describe(&key), e));
+            core.poison_on(r)?;
+            new_bytes += bytes.len() as u64;
+        }
+        for r in &f.refs {
+            core.poison_on(refs::write_file(core, r, &recipe.file))?;
+        }
+        let report = PutReport {
+            file_id: recipe.file,
+            sha256: recipe.sha256,
+            size: recipe.size,
+            chunks: recipe.chunks.len() as u64,
+            new_chunks: f.new_chunks,
+            new_bytes,
+            new_file: false,
+        };
+        done.push((f.refs, bytes, report));
+    }
+    let batch: Vec<NewFile<'_>> = done
+        .iter()
+        .map(|(refs, bytes, r)| NewFile {
+            file: r.file_id,
+            sha: r.sha256,
+            size: r.size,
+            recipe: bytes,
+            refs,
+        })
+        .collect();
+    let new = core.poison_on(core.index.add_files(&batch))?;
+    drop(batch);
+    let reports: Vec<PutReport> = done
+        .into_iter()
+        .zip(new)
+        .map(|((_, _, r), new_file)| PutReport { new_file, ..r })
+        .collect();
+    core.poison_on(core.index.flush())?;
+    Ok(reports)
+}
+
+/// Appends chunks that are already encoded and verified (from a pack a
+/// client uploaded, or fetched by a pull) to the shared open pack, skipping
+/// those already stored, then seals it and flushes the index: when this
+/// returns, every chunk is durable and indexed. Returns (new chunks, bytes
+/// they added on disk).
+pub(crate) fn admit_encoded(core: &Core, chunks: &[(ChunkEntry, Bytes)]) -> Result<(u64, u64)> {
+    let mut w = lock(&core.writer);
+    core.check_poison()?;
+    let (mut new, mut bytes) = (0u64, 0u64);
+    for (e, stored) in chunks {
+        if w.open.as_ref().is_some_and(|o| o.contains(&e.id)) || core.index.chunk(&e.id)?.is_some()
+        {
+            continue;
+        }
+        let r = append_locked(core, &mut w, e.id, e.raw_len, e.compression, stored);
+        core.poison_on(r)?;
+        new += 1;
+        bytes += (CHUNK_HEADER_LEN + stored.len() + TABLE_ENTRY_LEN) as u64;
+    }
+    if w.open.is_some() {
+        let r = seal_locked(core, &mut w);
+        core.poison_on(r)?;
+    }
+    drop(w);
+    core.poison_on(core.index.flush())?;
+    Ok((new, bytes))
 }
 
 /// Appends new chunks of a batch to the shared open pack. Returns each

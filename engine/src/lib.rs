@@ -61,6 +61,7 @@ pub mod storage;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transfer;
 mod verify;
 
 pub use chunking::ChunkParams;
@@ -74,4 +75,8 @@ pub use repair::ConfigRepair;
 pub use report::{CatchUpReason, Problem, Recovery, RepairReport};
 pub use storage::ReadMode;
 pub use store::{Stats, Store};
+pub use transfer::{
+    verify_fetched, AdmitReport, DownloadPlan, Fetch, ReconChunk, ReconTerm, Reconstruction,
+    VerifiedChunks,
+};
 pub use verify::{VerifyOptions, VerifyReport};

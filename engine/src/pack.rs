@@ -123,16 +123,8 @@ impl PackBuilder {
         objects: &dyn ObjectStore,
         damaged: Option<PackId>,
     ) -> Result<SealedPack> {
-        let table_offset = self.len;
-        let mut table = Vec::with_capacity(self.entries.len() * TABLE_ENTRY_LEN);
-        for e in &self.entries {
-            e.encode_table_entry(&mut table);
-        }
-        let count = u32::try_from(self.entries.len())
-            .map_err(|_| Error::Bug("more than 2^32 chunks in one pack".into()))?;
-        let trailer = Trailer::encode(table_offset, count, &table);
-        self.write(objects, &table)?;
-        self.write(objects, &trailer)?;
+        let footer = footer(&self.entries, self.len)?;
+        self.write(objects, &footer)?;
         let id = self.hasher.finish();
         let key = pack_key(&id);
         let mode = if damaged == Some(id) {
@@ -153,6 +145,47 @@ impl PackBuilder {
             entries: self.entries,
         })
     }
+}
+
+/// The footer of a pack whose data region ends at `table_offset`: the chunk
+/// table and the trailer (spec §6.3, §6.4).
+fn footer(entries: &[ChunkEntry], table_offset: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(entries.len() * TABLE_ENTRY_LEN + TRAILER_LEN);
+    for e in entries {
+        e.encode_table_entry(&mut out);
+    }
+    let count = u32::try_from(entries.len())
+        .map_err(|_| Error::Bug("more than 2^32 chunks in one pack".into()))?;
+    let trailer = Trailer::encode(table_offset, count, &out);
+    out.extend_from_slice(&trailer);
+    Ok(out)
+}
+
+/// A whole pack in memory, from already encoded chunks (id, raw length,
+/// compression, stored bytes): what a client uploads. Returns its id.
+pub(crate) fn encode_pack(
+    chunks: &[(ChunkId, u32, Compression, Bytes)],
+) -> Result<(PackId, Vec<u8>)> {
+    let mut out = pack_header().to_vec();
+    let mut entries = Vec::with_capacity(chunks.len());
+    for (id, raw_len, compression, stored) in chunks {
+        let e = ChunkEntry {
+            id: *id,
+            offset: out.len() as u64,
+            stored_len: u32::try_from(stored.len())
+                .map_err(|_| Error::Bug(format!("chunk {id} larger than 4 GiB")))?,
+            raw_len: *raw_len,
+            compression: *compression,
+        };
+        out.extend_from_slice(&e.encode_header());
+        out.extend_from_slice(stored);
+        entries.push(e);
+    }
+    let table_offset = out.len() as u64;
+    out.extend_from_slice(&footer(&entries, table_offset)?);
+    let mut h = PackIdHasher::new();
+    h.update(&out);
+    Ok((h.finish(), out))
 }
 
 /// The result of sealing a pack.
@@ -262,6 +295,16 @@ impl PackReader {
         })
     }
 
+    /// The pack id.
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+
+    /// Offset of the chunk table (the end of the data region).
+    pub fn table_offset(&self) -> u64 {
+        self.table_offset
+    }
+
     /// Number of chunks.
     pub fn chunk_count(&self) -> u32 {
         self.count
@@ -342,6 +385,22 @@ impl PackReader {
             return Err(bad("content does not hash to the chunk id".into()));
         }
         Ok(raw)
+    }
+}
+
+impl PackReader {
+    /// The stored (encoded) bytes of chunk `index`, unverified: callers
+    /// verify them (see [`PackReader::read_chunk`]).
+    pub(crate) fn read_stored(&self, index: u32) -> Result<Bytes> {
+        let e = self.entry(index)?;
+        self.handle
+            .read_at(e.data_offset(), e.stored_len as usize)
+            .map_err(|err| Error::ChunkCorrupt {
+                pack: self.id,
+                offset: e.offset,
+                chunk: e.id,
+                detail: format!("read failed: {err}"),
+            })
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::chunking::ChunkParams;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::ids::{FileId, Sha256};
+use crate::ids::{ChunkId, FileId, PackId, Sha256};
 use crate::index::Counters;
 use crate::ingest::{Ingest, PutReport};
 use crate::local::Local;
@@ -20,6 +20,7 @@ use crate::read::{self, FileInfo, FileReader};
 use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
 use crate::storage::{DirStore, ObjectStore};
+use crate::transfer::{self, AdmitReport, DownloadPlan, Reconstruction, VerifiedChunks};
 use crate::verify::{self, VerifyOptions, VerifyReport};
 use crate::{open, refs};
 
@@ -308,6 +309,85 @@ impl Store {
             chunking,
             opts,
         )
+    }
+
+    // ------------------------------------------------------------ transfer
+
+    /// How to rebuild `file` (or `len` bytes of it at `offset`) from pack
+    /// byte ranges: enough for a client to fetch with plain HTTP Range
+    /// requests and verify every chunk (see `format-spec/PROTOCOL.md`).
+    pub fn reconstruction(
+        &self,
+        file: &FileId,
+        range: Option<(u64, u64)>,
+    ) -> Result<Reconstruction> {
+        transfer::reconstruction(&self.core, file, range)
+    }
+
+    /// Plans downloading `rec` (from another store) into this one: which
+    /// chunks this store already holds, and which pack byte ranges to fetch
+    /// (records less than `gap` bytes apart share a request of at most
+    /// `max_request` bytes).
+    pub fn plan_download(
+        &self,
+        rec: &Reconstruction,
+        gap: u64,
+        max_request: u64,
+    ) -> Result<DownloadPlan> {
+        transfer::plan_download(&self.core, rec, gap, max_request)
+    }
+
+    /// Which of `ids` this store does not hold (each once, in order).
+    pub fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        transfer::missing_chunks(&self.core, ids)
+    }
+
+    /// Admits a pack a client uploaded, after verifying all of it (its id,
+    /// footer, layout and every chunk); a refused pack leaves nothing behind.
+    pub fn admit_pack(&self, claimed: PackId, bytes: Bytes) -> Result<AdmitReport> {
+        transfer::admit_pack(&self.core, claimed, bytes)
+    }
+
+    /// Stores verified chunks (from [`crate::verify_fetched`]) durably.
+    /// Returns how many were new.
+    pub fn admit_chunks(&self, chunks: &VerifiedChunks) -> Result<u64> {
+        transfer::admit_chunks(&self.core, chunks)
+    }
+
+    /// Registers a file from its chunk list, only when every chunk is
+    /// stored; its SHA-256 is computed from the stored chunks (a claimed one
+    /// must match). Sets `refs` to it.
+    pub fn register_file(
+        &self,
+        file: FileId,
+        size: u64,
+        chunks: &[(ChunkId, u32)],
+        claimed_sha256: Option<Sha256>,
+        refs: &[&str],
+    ) -> Result<PutReport> {
+        transfer::register_file(&self.core, file, size, chunks, claimed_sha256, refs)
+    }
+
+    /// `len` bytes at `offset` of a pack as stored, and the pack's size
+    /// (what a Range request on a pack serves; clients verify the records).
+    pub fn pack_range(&self, pack: &PackId, offset: u64, len: u64) -> Result<(Bytes, u64)> {
+        transfer::pack_range(&self.core, pack, offset, len)
+    }
+
+    /// The size of a stored pack.
+    pub fn pack_size(&self, pack: &PackId) -> Result<u64> {
+        Ok(self.core.packs.get(pack)?.file_len())
+    }
+
+    /// A pack holding the given stored chunks (copied as stored, each
+    /// re-verified): what a push uploads. Returns its id and bytes.
+    pub fn export_pack(&self, ids: &[ChunkId]) -> Result<(PackId, Vec<u8>)> {
+        transfer::export_pack(&self.core, ids)
+    }
+
+    /// The chunk list of a stored file: (chunk id, raw length) in order.
+    pub fn chunk_list(&self, file: &FileId) -> Result<Vec<(ChunkId, u32)>> {
+        transfer::chunk_list(&self.core, file)
     }
 
     /// The checked recipe of a file, with its prefix sums (tests).

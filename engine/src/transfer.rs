@@ -1,0 +1,675 @@
+//! Incremental transfer between stores (the wire protocol is
+//! `format-spec/PROTOCOL.md`): what a client needs to fetch a file or a
+//! byte range of it with plain HTTP Range requests on packs
+//! ([`Reconstruction`]), which of those bytes a local store already holds
+//! ([`DownloadPlan`]), and the upload side: which chunks a server lacks,
+//! admitting a pack only after every chunk in it verifies, and registering
+//! a file from its chunk list only when every chunk is stored. Nothing a
+//! client sends is trusted until it is verified; a refused upload leaves
+//! nothing behind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::Digest;
+
+use crate::codec::decode_chunk;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::format::{ChunkEntry, Recipe, CHUNK_HEADER_LEN, MAX_CHUNK_LEN, PACK_HEADER_LEN};
+use crate::ids::{ChunkId, FileId, FileIdHasher, PackId, PackIdHasher, Sha256};
+use crate::index::PackInfo;
+use crate::ingest::{admit_encoded, publish_files, terms_for, NewRecipe, PutReport};
+use crate::pack::{encode_pack, PackReader};
+use crate::paths::pack_key;
+use crate::read::layout;
+use crate::refs;
+use crate::storage::{BytesFile, PutMode};
+
+/// One chunk of a reconstruction term: its id and raw length, and where its
+/// record (header and stored bytes) is in the pack.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReconChunk {
+    /// The chunk id.
+    pub id: ChunkId,
+    /// Raw length.
+    pub len: u32,
+    /// Offset of the chunk's record in the pack.
+    pub offset: u64,
+    /// Length of the record (52-byte header and stored bytes).
+    pub record_len: u64,
+}
+
+/// A run of consecutive chunks of one pack that a reconstruction reads.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReconTerm {
+    /// The pack.
+    pub pack: PackId,
+    /// Index in the pack's chunk table of the first chunk.
+    pub first_chunk: u32,
+    /// Number of chunks.
+    pub chunk_count: u32,
+    /// Byte range `[pack_start, pack_end)` of the pack holding their records.
+    pub pack_start: u64,
+    /// End of that range (exclusive).
+    pub pack_end: u64,
+    /// Sum of the chunks' raw lengths.
+    pub unpacked_len: u64,
+    /// The chunks, in file order.
+    pub chunks: Vec<ReconChunk>,
+}
+
+/// How to rebuild a file, or a byte range of one, from pack byte ranges.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reconstruction {
+    /// The file.
+    pub file_id: FileId,
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256,
+    /// Size of the whole file.
+    pub size: u64,
+    /// Start of the range described.
+    pub offset: u64,
+    /// Length of the range described.
+    pub length: u64,
+    /// Bytes of the first term's raw data before `offset`.
+    pub offset_into_first_term: u64,
+    /// The terms covering the range, in file order.
+    pub terms: Vec<ReconTerm>,
+}
+
+impl Reconstruction {
+    /// Whether it describes the whole file (then its chunk list can be
+    /// checked against the file id: see [`Reconstruction::check`]).
+    pub fn is_whole_file(&self) -> bool {
+        self.offset == 0 && self.length == self.size
+    }
+
+    /// Every chunk, in file order.
+    pub fn chunks(&self) -> impl Iterator<Item = (&ReconTerm, &ReconChunk)> {
+        self.terms
+            .iter()
+            .flat_map(|t| t.chunks.iter().map(move |c| (t, c)))
+    }
+
+    /// Checks a reconstruction received from elsewhere: terms consistent
+    /// with their chunks, the chunk lengths sum to the range, and for a
+    /// whole file, that the chunk list hashes to the file id (so verifying
+    /// every chunk against its id verifies the file).
+    pub fn check(&self) -> Result<()> {
+        let bad = |reason: String| Error::Rejected {
+            what: format!("reconstruction of file {}", self.file_id),
+            reason,
+        };
+        let mut total = 0u64;
+        for t in &self.terms {
+            if t.chunks.len() != t.chunk_count as usize || t.chunks.is_empty() {
+                return Err(bad(format!(
+                    "a term of pack {} lists {} of {} chunks",
+                    t.pack,
+                    t.chunks.len(),
+                    t.chunk_count
+                )));
+            }
+            let sum: u64 = t.chunks.iter().map(|c| u64::from(c.len)).sum();
+            if sum != t.unpacked_len {
+                return Err(bad(format!(
+                    "a term of pack {} claims {} bytes, its chunks hold {sum}",
+                    t.pack, t.unpacked_len
+                )));
+            }
+            for c in &t.chunks {
+                let end = c.offset.checked_add(c.record_len);
+                if c.len > MAX_CHUNK_LEN
+                    || c.record_len < CHUNK_HEADER_LEN as u64
+                    || c.offset < t.pack_start
+                    || end.is_none_or(|e| e > t.pack_end)
+                {
+                    return Err(bad(format!(
+                        "chunk {} lies outside its term's pack range",
+                        c.id
+                    )));
+                }
+            }
+            total += sum;
+        }
+        let range_end = self.offset.checked_add(self.length);
+        if range_end.is_none_or(|e| e > self.size)
+            || self
+                .offset_into_first_term
+                .checked_add(self.length)
+                .is_none_or(|e| e > total)
+        {
+            return Err(bad("the terms do not cover the range".into()));
+        }
+        if self.is_whole_file() {
+            let mut h = FileIdHasher::new();
+            for (_, c) in self.chunks() {
+                h.push(&c.id, u64::from(c.len));
+            }
+            if h.finish() != self.file_id || total != self.size {
+                return Err(bad("its chunk list does not hash to the file id".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reconstruction of `len` bytes of `file` at `offset` (the whole file
+/// for `None`).
+pub(crate) fn reconstruction(
+    core: &Core,
+    file: &FileId,
+    range: Option<(u64, u64)>,
+) -> Result<Reconstruction> {
+    let layout = layout(core, file)?;
+    let size = layout.size();
+    let (offset, length) = range.unwrap_or((0, size));
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(Error::RangeOutOfBounds {
+            file: *file,
+            offset,
+            len: length,
+            size,
+        });
+    }
+    let mut rec = Reconstruction {
+        file_id: *file,
+        sha256: layout.recipe.sha256,
+        size,
+        offset,
+        length,
+        offset_into_first_term: 0,
+        terms: Vec::new(),
+    };
+    if length == 0 {
+        return Ok(rec);
+    }
+    let first = layout.chunk_at(offset);
+    let last = layout.chunk_at(offset + length - 1);
+    let mut pack: Option<Arc<PackReader>> = None;
+    for i in first..=last {
+        let c = layout.chunk(i).ok_or_else(|| Error::RecipeCorrupt {
+            file: *file,
+            detail: format!("chunk {i} out of range"),
+        })?;
+        if i == first {
+            rec.offset_into_first_term = offset - c.file_offset;
+        }
+        let reader = match &pack {
+            Some(p) if p.id() == c.pack => p.clone(),
+            _ => {
+                let p = core.packs.get(&c.pack)?;
+                pack = Some(p.clone());
+                p
+            }
+        };
+        let e = reader.entry(c.pack_index)?;
+        if e.id != c.id {
+            return Err(Error::ChunkCorrupt {
+                pack: c.pack,
+                offset: e.offset,
+                chunk: c.id,
+                detail: format!(
+                    "chunk table entry {} names chunk {} instead",
+                    c.pack_index, e.id
+                ),
+            });
+        }
+        let chunk = ReconChunk {
+            id: c.id,
+            len: c.len,
+            offset: e.offset,
+            record_len: e.record_len(),
+        };
+        match rec.terms.last_mut() {
+            Some(t) if t.pack == c.pack && t.first_chunk + t.chunk_count == c.pack_index => {
+                t.chunk_count += 1;
+                t.unpacked_len += u64::from(c.len);
+                t.pack_end = chunk.offset + chunk.record_len;
+                t.chunks.push(chunk);
+            }
+            _ => rec.terms.push(ReconTerm {
+                pack: c.pack,
+                first_chunk: c.pack_index,
+                chunk_count: 1,
+                pack_start: chunk.offset,
+                pack_end: chunk.offset + chunk.record_len,
+                unpacked_len: u64::from(c.len),
+                chunks: vec![chunk],
+            }),
+        }
+    }
+    Ok(rec)
+}
+
+/// One HTTP Range request of a download: a byte range of a pack and the
+/// chunks whose records lie in it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fetch {
+    /// The pack.
+    pub pack: PackId,
+    /// Start of the range in the pack.
+    pub start: u64,
+    /// End of the range (exclusive).
+    pub end: u64,
+    /// The chunks to take from it, by record offset.
+    pub chunks: Vec<ReconChunk>,
+}
+
+impl Fetch {
+    /// Bytes the request transfers.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// True for an empty range (never planned).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// What a download of a reconstruction into a local store needs.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DownloadPlan {
+    /// The requests to make, by pack and offset.
+    pub fetches: Vec<Fetch>,
+    /// Distinct chunks already in the local store.
+    pub reused_chunks: u64,
+    /// Their raw bytes.
+    pub reused_bytes: u64,
+    /// Distinct chunks to fetch.
+    pub fetch_chunks: u64,
+    /// Bytes the requests transfer (records, and the gaps coalescing took).
+    pub fetch_bytes: u64,
+}
+
+/// Plans the download of `rec` into the store `local`: every distinct chunk
+/// the local store lacks is fetched, once; records of one pack less than
+/// `gap` bytes apart share a request, up to `max_request` bytes per request.
+pub(crate) fn plan_download(
+    local: &Core,
+    rec: &Reconstruction,
+    gap: u64,
+    max_request: u64,
+) -> Result<DownloadPlan> {
+    let mut plan = DownloadPlan::default();
+    let mut seen = HashSet::new();
+    let mut wanted: BTreeMap<PackId, Vec<ReconChunk>> = BTreeMap::new();
+    for (t, c) in rec.chunks() {
+        if !seen.insert(c.id) {
+            continue;
+        }
+        if local.index.chunk(&c.id)?.is_some() {
+            plan.reused_chunks += 1;
+            plan.reused_bytes += u64::from(c.len);
+        } else {
+            wanted.entry(t.pack).or_default().push(c.clone());
+        }
+    }
+    for (pack, mut chunks) in wanted {
+        chunks.sort_by_key(|c| c.offset);
+        let mut cur: Option<Fetch> = None;
+        for c in chunks {
+            plan.fetch_chunks += 1;
+            let end = c.offset + c.record_len;
+            match &mut cur {
+                Some(f)
+                    if c.offset <= f.end.saturating_add(gap) && end - f.start <= max_request =>
+                {
+                    f.end = f.end.max(end);
+                    f.chunks.push(c);
+                }
+                _ => {
+                    if let Some(f) = cur.take() {
+                        plan.fetches.push(f);
+                    }
+                    cur = Some(Fetch {
+                        pack,
+                        start: c.offset,
+                        end,
+                        chunks: vec![c],
+                    });
+                }
+            }
+        }
+        plan.fetches.extend(cur);
+    }
+    plan.fetch_bytes = plan.fetches.iter().map(Fetch::len).sum();
+    Ok(plan)
+}
+
+/// Chunk records that were checked against their ids, ready to be admitted
+/// into a store ([`crate::Store::admit_chunks`]).
+#[derive(Clone, Debug, Default)]
+pub struct VerifiedChunks(pub(crate) Vec<(ChunkEntry, Bytes)>);
+
+impl VerifiedChunks {
+    /// Number of chunks.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Their raw bytes.
+    pub fn raw_bytes(&self) -> u64 {
+        self.0.iter().map(|(e, _)| u64::from(e.raw_len)).sum()
+    }
+
+    /// Appends another set.
+    pub fn extend(&mut self, other: VerifiedChunks) {
+        self.0.extend(other.0);
+    }
+}
+
+/// Checks the bytes a [`Fetch`] returned: every chunk's record is where the
+/// plan says, its header passes its check and names the expected chunk,
+/// and its data decodes and hashes to the chunk id. Returns the verified
+/// records, ready to be admitted into a store.
+pub fn verify_fetched(fetch: &Fetch, body: &Bytes) -> Result<VerifiedChunks> {
+    let bad = |c: &ReconChunk, detail: String| Error::ChunkCorrupt {
+        pack: fetch.pack,
+        offset: c.offset,
+        chunk: c.id,
+        detail,
+    };
+    if body.len() as u64 != fetch.len() {
+        return Err(Error::Rejected {
+            what: format!(
+                "range {}..{} of pack {}",
+                fetch.start, fetch.end, fetch.pack
+            ),
+            reason: format!("{} bytes received, {} expected", body.len(), fetch.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(fetch.chunks.len());
+    for c in &fetch.chunks {
+        let at = (c.offset - fetch.start) as usize;
+        let header = body
+            .get(at..at + CHUNK_HEADER_LEN)
+            .ok_or_else(|| bad(c, "record outside the range".into()))?;
+        let e = ChunkEntry::decode_header(header, c.offset)
+            .map_err(|d| bad(c, format!("record header: {d}")))?;
+        if e.id != c.id || e.raw_len != c.len || e.record_len() != c.record_len {
+            return Err(bad(
+                c,
+                format!("the record holds chunk {} ({} bytes)", e.id, e.raw_len),
+            ));
+        }
+        let data = at + CHUNK_HEADER_LEN;
+        let stored = body.slice(data..data + e.stored_len as usize);
+        let raw = decode_chunk(&stored, e.compression, e.raw_len).map_err(|d| bad(c, d))?;
+        if ChunkId::of(&raw) != c.id {
+            return Err(bad(c, "content does not hash to the chunk id".into()));
+        }
+        out.push((e, stored));
+    }
+    Ok(VerifiedChunks(out))
+}
+
+/// Which of `ids` the store does not hold.
+pub(crate) fn missing_chunks(core: &Core, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for id in ids {
+        if seen.insert(*id) && core.index.chunk(id)?.is_none() {
+            out.push(*id);
+        }
+    }
+    Ok(out)
+}
+
+/// What admitting an uploaded pack did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AdmitReport {
+    /// The pack.
+    pub pack: PackId,
+    /// Chunks in it.
+    pub chunks: u64,
+    /// Chunks the store did not hold before.
+    pub new_chunks: u64,
+}
+
+/// Admits a pack uploaded by a client, only after checking all of it: its
+/// bytes hash to the pack id claimed, its footer is intact, its records
+/// tile the data region exactly (no hidden bytes), every chunk is at most
+/// the store's chunk size and decodes and re-hashes to its id. Then the
+/// pack is published as it is (create-only) and indexed. A refused pack
+/// leaves nothing behind.
+pub(crate) fn admit_pack(core: &Core, claimed: PackId, bytes: Bytes) -> Result<AdmitReport> {
+    core.check_poison()?;
+    let what = format!("pack {claimed}");
+    let reject = |reason: String| Error::Rejected {
+        what: what.clone(),
+        reason,
+    };
+    let mut h = PackIdHasher::new();
+    h.update(&bytes);
+    if h.finish() != claimed {
+        return Err(reject(format!("its bytes hash to {}", h.finish())));
+    }
+    let len = bytes.len() as u64;
+    let reader = PackReader::from_handle(claimed, Arc::new(BytesFile(bytes.clone())), "upload")
+        .map_err(|e| reject(e.to_string()))?;
+    if reader.chunk_count() == 0 {
+        return Err(reject("it holds no chunk".into()));
+    }
+    let max = core.config.chunking.max;
+    let mut entries = Vec::with_capacity(reader.chunk_count() as usize);
+    let mut expect_offset = PACK_HEADER_LEN as u64;
+    for i in 0..reader.chunk_count() {
+        let e = reader.entry(i).map_err(|e| reject(e.to_string()))?;
+        if e.offset != expect_offset {
+            return Err(reject(format!(
+                "record {i} is at {}, not right after the one before it ({expect_offset})",
+                e.offset
+            )));
+        }
+        if e.raw_len > max {
+            return Err(reject(format!(
+                "chunk {} is {} bytes, more than this store's maximum {max}",
+                e.id, e.raw_len
+            )));
+        }
+        reader
+            .read_chunk(i, &e.id)
+            .map_err(|e| reject(e.to_string()))?;
+        expect_offset = e.offset + e.record_len();
+        entries.push((i, e));
+    }
+    if expect_offset != reader.table_offset() {
+        return Err(reject(
+            "bytes between the last record and the chunk table".into(),
+        ));
+    }
+    let raw_bytes = entries.iter().map(|(_, e)| u64::from(e.raw_len)).sum();
+    let mut new_chunks = 0u64;
+    for (_, e) in &entries {
+        if core.index.chunk(&e.id)?.is_none() {
+            new_chunks += 1;
+        }
+    }
+    let key = pack_key(&claimed);
+    let published = match core.objects.put(&key, &bytes, PutMode::Create) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("publish pack", core.objects.describe(&key), e)),
+    };
+    core.poison_on(published)?;
+    let info = PackInfo {
+        size: len,
+        chunk_count: reader.chunk_count(),
+        raw_bytes,
+    };
+    core.poison_on(core.index.add_pack(claimed, info, &entries))?;
+    core.poison_on(core.index.flush())?;
+    Ok(AdmitReport {
+        pack: claimed,
+        chunks: entries.len() as u64,
+        new_chunks,
+    })
+}
+
+/// Admits chunks fetched and verified by [`verify_fetched`] into the store
+/// (durably, when this returns). Returns how many were new.
+pub(crate) fn admit_chunks(core: &Core, chunks: &VerifiedChunks) -> Result<u64> {
+    for (e, stored) in &chunks.0 {
+        // Re-verify: the records may not come from verify_fetched.
+        let raw = decode_chunk(stored, e.compression, e.raw_len).map_err(|d| Error::Rejected {
+            what: format!("chunk {}", e.id),
+            reason: d,
+        })?;
+        if ChunkId::of(&raw) != e.id {
+            return Err(Error::Rejected {
+                what: format!("chunk {}", e.id),
+                reason: "content does not hash to the chunk id".into(),
+            });
+        }
+    }
+    Ok(admit_encoded(core, &chunks.0)?.0)
+}
+
+/// A pack of the given chunks as they are stored locally (their records
+/// copied, not re-encoded, each re-verified first): what a push uploads.
+/// Returns the pack id and its bytes.
+pub(crate) fn export_pack(core: &Core, ids: &[ChunkId]) -> Result<(PackId, Vec<u8>)> {
+    let mut chunks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let loc = core
+            .index
+            .chunk(id)?
+            .ok_or_else(|| Error::not_found("chunk", &id.to_hex()))?;
+        let pack = core.packs.get(&loc.pack)?;
+        // Verifies the chunk (decode + hash) before it leaves the store.
+        pack.read_chunk(loc.index, id)?;
+        let e = loc.entry;
+        let stored = pack.read_stored(loc.index)?;
+        chunks.push((e.id, e.raw_len, e.compression, stored));
+    }
+    encode_pack(&chunks)
+}
+
+/// The chunk list of a stored file (what a push registers).
+pub(crate) fn chunk_list(core: &Core, file: &FileId) -> Result<Vec<(ChunkId, u32)>> {
+    Ok(layout(core, file)?.recipe.chunks.clone())
+}
+
+/// Registers a file from its chunk list, only when every chunk is stored:
+/// the list must hash to `file` and sum to `size`; the file's SHA-256 is
+/// computed here by reading it (verified), and a `sha256` the client claimed
+/// must match. Refs are set to it. A file already stored only gets its refs.
+pub(crate) fn register_file(
+    core: &Core,
+    file: FileId,
+    size: u64,
+    chunks: &[(ChunkId, u32)],
+    claimed_sha256: Option<Sha256>,
+    ref_names: &[&str],
+) -> Result<PutReport> {
+    core.check_poison()?;
+    for r in ref_names {
+        refs::validate(r)?;
+    }
+    let reject = |reason: String| Error::Rejected {
+        what: format!("file {file}"),
+        reason,
+    };
+    let mut h = FileIdHasher::new();
+    let mut total = 0u64;
+    for (id, len) in chunks {
+        h.push(id, u64::from(*len));
+        total += u64::from(*len);
+    }
+    if h.finish() != file {
+        return Err(reject(format!("its chunk list hashes to {}", h.finish())));
+    }
+    if total != size {
+        return Err(reject(format!("its chunks hold {total} bytes, not {size}")));
+    }
+    let mut locs = Vec::with_capacity(chunks.len());
+    let mut missing = 0usize;
+    for (id, len) in chunks {
+        match core.index.chunk(id)? {
+            Some(l) if l.entry.raw_len == *len => locs.push((l.pack, l.index)),
+            Some(l) => {
+                return Err(reject(format!(
+                    "chunk {id} is {} bytes, not {len}",
+                    l.entry.raw_len
+                )))
+            }
+            None => missing += 1,
+        }
+    }
+    if missing > 0 {
+        return Err(reject(format!(
+            "{missing} of its {} chunks are not stored",
+            chunks.len()
+        )));
+    }
+    // The content's SHA-256 (what git-lfs pointers name files by) is
+    // computed here, from verified chunks: a client cannot alias a file to
+    // another's hash.
+    let mut sha = sha2::Sha256::new();
+    for ((id, _), (pack, index)) in chunks.iter().zip(&locs) {
+        sha.update(core.packs.read_chunk(pack, *index, id)?);
+    }
+    let sha = Sha256(sha.finalize().into());
+    if claimed_sha256.is_some_and(|c| c != sha) {
+        return Err(reject(format!(
+            "its content hashes to sha256 {sha}, not the one claimed"
+        )));
+    }
+    let recipe = Recipe {
+        file,
+        sha256: sha,
+        size,
+        terms: terms_for(chunks, &locs),
+        chunks: chunks.to_vec(),
+    };
+    let mut reports = publish_files(
+        core,
+        vec![NewRecipe {
+            recipe,
+            refs: ref_names.iter().map(|s| s.to_string()).collect(),
+            new_chunks: 0,
+            new_bytes: 0,
+        }],
+    )?;
+    reports
+        .pop()
+        .ok_or_else(|| Error::Bug("publishing one file reported none".into()))
+}
+
+/// Reads `len` bytes of a pack at `offset`, exactly as stored (what a
+/// client's Range request on a pack returns; its records are verified by
+/// the client).
+pub(crate) fn pack_range(
+    core: &Core,
+    pack: &PackId,
+    offset: u64,
+    len: u64,
+) -> Result<(Bytes, u64)> {
+    let key = pack_key(pack);
+    let h = core.objects.open(&key).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::not_found("pack", &pack.to_hex())
+        } else {
+            Error::io("open pack", core.objects.describe(&key), e)
+        }
+    })?;
+    let size = h.len();
+    if offset.checked_add(len).is_none_or(|e| e > size) {
+        return Err(Error::InvalidArgument(format!(
+            "range {offset}+{len} is past the end of pack {pack} ({size} bytes)"
+        )));
+    }
+    let b = h
+        .read_at(offset, len as usize)
+        .map_err(|e| Error::io("read pack", core.objects.describe(&key), e))?;
+    Ok((b, size))
+}

@@ -1,0 +1,232 @@
+//! Incremental transfer between two stores, through the engine's API (the
+//! HTTP server and client are tested in `engine/http`): pull moves only the
+//! chunks the local store lacks, push uploads only the chunks the server
+//! lacks, and nothing a peer sends is kept before it is verified.
+
+mod common;
+
+use std::io::Read;
+
+use bytes::Bytes;
+use common::{dir_bytes, noise, opts};
+use tessera::{verify_fetched, ChunkId, Error, FileId, Reconstruction, Store};
+use tessera_synth::{DType, ModelSpec};
+
+fn model(spec: &ModelSpec) -> Vec<u8> {
+    let mut v = Vec::new();
+    spec.reader().read_to_end(&mut v).expect("generate");
+    v
+}
+
+/// Pulls `file` from `server` into `client` the way a client over HTTP
+/// does; returns the bytes fetched and the number of requests.
+fn pull(server: &Store, client: &Store, file: &FileId, gap: u64) -> (u64, usize) {
+    let rec = server.reconstruction(file, None).expect("reconstruction");
+    rec.check().expect("a server's reconstruction checks");
+    let plan = client.plan_download(&rec, gap, 16 << 20).expect("plan");
+    let mut fetched = 0;
+    for f in &plan.fetches {
+        let (body, _) = server.pack_range(&f.pack, f.start, f.len()).expect("range");
+        fetched += body.len() as u64;
+        let chunks = verify_fetched(f, &body).expect("verify");
+        client.admit_chunks(&chunks).expect("admit");
+    }
+    let chunks: Vec<(ChunkId, u32)> = rec.chunks().map(|(_, c)| (c.id, c.len)).collect();
+    let rep = client
+        .register_file(*file, rec.size, &chunks, Some(rec.sha256), &[])
+        .expect("register");
+    assert_eq!(rep.file_id, *file);
+    (fetched, plan.fetches.len())
+}
+
+#[test]
+fn pull_moves_only_missing_chunks_and_push_only_new_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Store::open(tmp.path().join("server"), opts()).expect("server");
+    let client = Store::open(tmp.path().join("client"), opts()).expect("client");
+    let base = ModelSpec::base(5, 12 << 20, DType::BF16);
+    let (tuned, _) = base.finetune(6, 0.10);
+    let (v1, v2) = (model(&base), model(&tuned));
+    let id1 = server.put_bytes(&v1, &["m@v1"]).expect("put v1").file_id;
+    let id2 = server.put_bytes(&v2, &["m@v2"]).expect("put v2").file_id;
+
+    // v1 into an empty client: everything.
+    let (got1, _) = pull(&server, &client, &id1, 1 << 20);
+    assert!(client.read(&id1).expect("open").read_all().expect("read") == v1);
+    assert!(
+        got1 >= v1.len() as u64 / 2,
+        "fetched only {got1} bytes for v1"
+    );
+
+    // v2: only what v2 adds. Its new chunks' records, exactly, with no gap
+    // allowed; at most 5% more with coalescing.
+    let rec2 = server.reconstruction(&id2, None).expect("rec");
+    let plan0 = client.plan_download(&rec2, 0, 16 << 20).expect("plan");
+    let needed: u64 = plan0
+        .fetches
+        .iter()
+        .flat_map(|f| &f.chunks)
+        .map(|c| c.record_len)
+        .sum();
+    assert_eq!(plan0.fetch_bytes, needed);
+    assert!(plan0.reused_chunks > 0);
+    let (got2, requests) = pull(&server, &client, &id2, 64 << 10);
+    assert!(
+        got2 as f64 <= needed as f64 * 1.05,
+        "pulled {got2} bytes for v2, its new chunks are {needed}"
+    );
+    assert!(
+        got2 < v2.len() as u64 / 4,
+        "v2 pulled {got2} of {} bytes",
+        v2.len()
+    );
+    eprintln!(
+        "v2: {got2} bytes in {requests} requests ({needed} needed, file {})",
+        v2.len()
+    );
+    assert!(client.read(&id2).expect("open").read_all().expect("read") == v2);
+    // Pulling again fetches nothing.
+    let again = client.plan_download(&rec2, 0, 16 << 20).expect("plan");
+    assert!(again.fetches.is_empty());
+
+    // A ranged reconstruction covers exactly the chunks of the range.
+    let r = server
+        .reconstruction(&id2, Some((1_000_000, 300_000)))
+        .expect("range");
+    r.check().expect("check");
+    assert!(!r.is_whole_file());
+    let covered: u64 = r.terms.iter().map(|t| t.unpacked_len).sum();
+    assert!((300_000..300_000 + 2 * (256 << 10)).contains(&covered));
+
+    // Push: a fine-tune made on the client sends about its changed tensors.
+    let (tuned3, _) = base.finetune(7, 0.10);
+    let v3 = model(&tuned3);
+    let id3 = client.put_bytes(&v3, &[]).expect("local put").file_id;
+    let list = client.chunk_list(&id3).expect("chunks");
+    let ids: Vec<ChunkId> = list.iter().map(|c| c.0).collect();
+    let missing = server.missing_chunks(&ids).expect("missing");
+    assert!(!missing.is_empty() && missing.len() < ids.len() / 2);
+    let (pack, bytes) = client.export_pack(&missing).expect("export");
+    let sent = bytes.len();
+    let admitted = server.admit_pack(pack, Bytes::from(bytes)).expect("admit");
+    assert_eq!(admitted.new_chunks as usize, missing.len());
+    let rep = server
+        .register_file(id3, v3.len() as u64, &list, None, &["m@v3"])
+        .expect("register");
+    assert!(rep.new_file);
+    assert_eq!(rep.sha256, client.info(&id3).expect("info").sha256);
+    assert!(server.read(&id3).expect("open").read_all().expect("read") == v3);
+    assert!(sent < v3.len() / 4, "pushed {sent} of {} bytes", v3.len());
+
+    // A fork (the same file under another name) sends no chunk data.
+    let list2 = server.chunk_list(&id2).expect("chunks");
+    let ids2: Vec<ChunkId> = list2.iter().map(|c| c.0).collect();
+    assert!(client.missing_chunks(&ids2).expect("missing").is_empty());
+    let fork = client
+        .register_file(id2, v2.len() as u64, &list2, None, &["fork@v1"])
+        .expect("fork");
+    assert!(!fork.new_file);
+    assert_eq!(client.resolve("fork@v1").expect("ref"), id2);
+}
+
+#[test]
+fn hostile_uploads_are_refused_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Store::open(tmp.path().join("server"), opts()).expect("server");
+    let client = Store::open(tmp.path().join("client"), opts()).expect("client");
+    server
+        .put_bytes(&noise(300_000, 1), &["keep"])
+        .expect("put");
+    let data = noise(900_000, 2);
+    let id = client.put_bytes(&data, &[]).expect("put").file_id;
+    let list = client.chunk_list(&id).expect("chunks");
+    let ids: Vec<ChunkId> = list.iter().map(|c| c.0).collect();
+    let (pack, good) = client.export_pack(&ids).expect("export");
+    let before = (
+        server.stats().expect("stats"),
+        dir_bytes(&tmp.path().join("server/packs")),
+    );
+    let refused = |what: &str, r: tessera::Result<tessera::AdmitReport>| match r {
+        Err(e @ Error::Rejected { .. }) => eprintln!("{what}: {e}"),
+        other => panic!("{what}: expected Rejected, got {other:?}"),
+    };
+    // A flipped byte anywhere: the id no longer matches.
+    let mut bad = good.clone();
+    bad[200] ^= 1;
+    refused(
+        "flipped byte",
+        server.admit_pack(pack, Bytes::from(bad.clone())),
+    );
+    // The same, claiming the id of the damaged bytes: a chunk fails.
+    let mut h = tessera::testing::pack_id_of(&bad);
+    refused("damaged chunk", server.admit_pack(h, Bytes::from(bad)));
+    // Truncated.
+    let cut = good[..good.len() - 100].to_vec();
+    h = tessera::testing::pack_id_of(&cut);
+    refused("truncated", server.admit_pack(h, Bytes::from(cut)));
+    // Garbage.
+    let junk = noise(5000, 3);
+    h = tessera::testing::pack_id_of(&junk);
+    refused("garbage", server.admit_pack(h, Bytes::from(junk)));
+    // A registration naming chunks the server does not hold.
+    match server.register_file(id, data.len() as u64, &list, None, &["x"]) {
+        Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("not stored"), "{e}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    // A chunk list that does not hash to the file id, and a wrong size.
+    let mut wrong = list.clone();
+    wrong.swap(0, 1);
+    assert!(matches!(
+        server.register_file(id, data.len() as u64, &wrong, None, &[]),
+        Err(Error::Rejected { .. })
+    ));
+    assert!(matches!(
+        server.register_file(id, 5, &list, None, &[]),
+        Err(Error::Rejected { .. })
+    ));
+    let after = (
+        server.stats().expect("stats"),
+        dir_bytes(&tmp.path().join("server/packs")),
+    );
+    assert_eq!(before, after, "a refused upload left something behind");
+    // The good pack is admitted; a wrong sha256 claim is still refused.
+    server.admit_pack(pack, Bytes::from(good)).expect("admit");
+    let other = tessera::Sha256([7; 32]);
+    match server.register_file(id, data.len() as u64, &list, Some(other), &[]) {
+        Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("sha256"), "{e}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert!(!server.contains(&id).expect("contains"));
+    server
+        .register_file(id, data.len() as u64, &list, None, &["x"])
+        .expect("register");
+    assert!(server.read(&id).expect("open").read_all().expect("read") == data);
+}
+
+#[test]
+fn tampered_downloads_are_caught() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Store::open(tmp.path().join("server"), opts()).expect("server");
+    let client = Store::open(tmp.path().join("client"), opts()).expect("client");
+    let data = noise(700_000, 4);
+    let id = server.put_bytes(&data, &[]).expect("put").file_id;
+    let rec = server.reconstruction(&id, None).expect("rec");
+    // A reconstruction whose chunk list was changed no longer hashes to the
+    // file id.
+    let mut forged: Reconstruction = rec.clone();
+    forged.terms[0].chunks[0].id = ChunkId::of(b"other");
+    assert!(forged.check().is_err());
+    // A response whose bytes were changed fails verification.
+    let plan = client.plan_download(&rec, 0, 16 << 20).expect("plan");
+    let f = &plan.fetches[0];
+    let (body, _) = server.pack_range(&f.pack, f.start, f.len()).expect("range");
+    let mut bad = body.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(verify_fetched(f, &Bytes::from(bad)).is_err());
+    assert!(verify_fetched(f, &body.slice(..body.len() - 1)).is_err());
+    // Serialized and back, it is the same reconstruction.
+    let json = serde_json::to_string(&rec).expect("json");
+    let back: Reconstruction = serde_json::from_str(&json).expect("parse");
+    assert_eq!(back, rec);
+}
