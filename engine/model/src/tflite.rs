@@ -1,0 +1,73 @@
+//! TFLite: a FlatBuffer whose file identifier `TFL3` sits at offset 4.
+//!
+//! The root `Model` table is written last by FlatBuffer builders and so sits
+//! near the start of the file, with its small vectors and strings right
+//! after it; the weights come later. The sniffer buffers a bounded prefix
+//! and reads the root table's scalar fields and vector lengths from it when
+//! they lie inside; anything outside the prefix is simply left unknown.
+
+use crate::info::TfliteHeader;
+
+pub(crate) const IDENT: &[u8; 4] = b"TFL3";
+
+struct Buf<'a>(&'a [u8]);
+
+impl Buf<'_> {
+    fn u16(&self, at: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(
+            self.0.get(at..at.checked_add(2)?)?.try_into().ok()?,
+        ))
+    }
+    fn u32(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.0.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    }
+    fn i32(&self, at: usize) -> Option<i32> {
+        self.u32(at).map(|v| v as i32)
+    }
+
+    /// Position of field `n`'s value within the table at `table`.
+    fn field(&self, table: usize, n: usize) -> Option<usize> {
+        let vt = (table as i64).checked_sub(i64::from(self.i32(table)?))?;
+        let vt = usize::try_from(vt).ok()?;
+        let vt_len = usize::from(self.u16(vt)?);
+        let slot = 4 + 2 * n;
+        if slot + 2 > vt_len {
+            return None;
+        }
+        let off = usize::from(self.u16(vt + slot)?);
+        (off != 0).then(|| table + off)
+    }
+
+    /// Follows a uoffset stored at `at`.
+    fn deref(&self, at: usize) -> Option<usize> {
+        at.checked_add(self.u32(at)? as usize)
+    }
+
+    fn vec_len(&self, table: usize, n: usize) -> Option<u32> {
+        let v = self.deref(self.field(table, n)?)?;
+        self.u32(v)
+    }
+}
+
+/// Reads what it can of the Model table from a prefix of the file.
+pub(crate) fn parse_prefix(prefix: &[u8], max_string: usize) -> TfliteHeader {
+    let b = Buf(prefix);
+    let Some(root) = b.u32(0).map(|r| r as usize) else {
+        return TfliteHeader::default();
+    };
+    let description = b.field(root, 3).and_then(|f| b.deref(f)).and_then(|s| {
+        let n = b.u32(s)? as usize;
+        let start = s.checked_add(4)?;
+        let bytes = prefix.get(start..start.checked_add(n)?)?;
+        Some(crate::clip(&String::from_utf8_lossy(bytes), max_string))
+    });
+    TfliteHeader {
+        version: b.field(root, 0).and_then(|f| b.u32(f)),
+        operator_codes: b.vec_len(root, 1),
+        subgraphs: b.vec_len(root, 2),
+        description,
+        buffers: b.vec_len(root, 4),
+    }
+}
