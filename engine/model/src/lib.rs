@@ -490,6 +490,19 @@ impl Sniffer {
             State::Onnx(o) => finish_onnx(*o, total_len),
             State::Tflite(prefix) => finish_tflite(&prefix, total_len, limits.max_meta_string),
         };
+        // Whatever a header claims, only tensors inside the file are listed
+        // (e.g. a truncated zip's last member).
+        let before = info.tensors.len();
+        info.tensors.retain(|t| {
+            t.offset
+                .is_none_or(|o| o.saturating_add(t.length) <= total_len)
+        });
+        if info.tensors.len() < before {
+            info.warnings.push(format!(
+                "{} tensors extend past the end of the file and are not listed",
+                before - info.tensors.len()
+            ));
+        }
         warnings.append(&mut info.warnings);
         info.warnings = warnings;
         if let Some(r) = &extra_unsafe {

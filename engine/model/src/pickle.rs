@@ -413,7 +413,13 @@ impl PickleScanner {
                         Some(n) => (&rest[..n], true),
                         None => (rest, false),
                     };
-                    if self.buf.len() + part.len() > self.limits.max_line {
+                    let room = self.limits.max_line - self.buf.len().min(self.limits.max_line);
+                    if part.len() > room {
+                        // Consume exactly up to the limit, whatever the
+                        // batch boundaries, then stop.
+                        self.buf.extend_from_slice(&part[..room]);
+                        i += room;
+                        self.walked += room as u64;
                         self.fail_limit(format!(
                             "text argument longer than {} bytes",
                             self.limits.max_line

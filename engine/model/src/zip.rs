@@ -302,7 +302,14 @@ impl Sink {
                         Ok(_) if used == 0 && made == 0 => return,
                         Ok(_) => {}
                         Err(e) => {
-                            *error = Some(format!("deflate error: {e}"));
+                            // Only an error the consumer would have run
+                            // into counts (it may have stopped earlier;
+                            // where depends on batch sizes otherwise).
+                            if consumer.wants() {
+                                *error = Some(format!("deflate error: {e}"));
+                            } else {
+                                *ended = true;
+                            }
                             return;
                         }
                     }
