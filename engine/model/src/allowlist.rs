@@ -170,6 +170,8 @@ const SAFE_PAIRS: &[(&str, &str)] = &[
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"),
+    // numpy 1.0-era name still embedded in old pickles
+    ("numpy.core._internal", "_reconstruct"),
     ("numpy._core.numeric", "_frombuffer"),
     // bytes in protocol 2 pickles are `_codecs.encode(str, "latin1")`
     ("_codecs", "encode"),
@@ -304,15 +306,65 @@ pub fn normalize_module(module: &str) -> &str {
     }
 }
 
+/// The `(module, name)` Python 3's unpickler resolves a Python 2 global
+/// to (the renames of `_compat_pickle` that matter here).
+pub fn normalize(module: &str, name: &str) -> (String, String) {
+    let m = normalize_module(module);
+    let renamed = match (m, name) {
+        ("builtins", "xrange") => Some(("builtins", "range")),
+        ("builtins", "unicode" | "basestring") => Some(("builtins", "str")),
+        ("builtins", "long") => Some(("builtins", "int")),
+        ("builtins", "unichr") => Some(("builtins", "chr")),
+        ("builtins", "reduce") => Some(("functools", "reduce")),
+        ("builtins", "intern") => Some(("sys", "intern")),
+        _ => None,
+    };
+    match renamed {
+        Some((m, n)) => (m.to_string(), n.to_string()),
+        None => (m.to_string(), name.to_string()),
+    }
+}
+
 /// Classifies one import.
 pub fn classify(module: &str, name: &str) -> Risk {
-    let module = normalize_module(module);
+    let (module, name) = normalize(module, name);
+    let (module, name) = (module.as_str(), name.as_str());
     if is_safe(module, name) {
         Risk::Safe
     } else if is_dangerous(module, name) {
         Risk::Dangerous
     } else {
         Risk::Unknown
+    }
+}
+
+/// Classifies an import of a pickle inside a TorchScript archive. These
+/// pickles are read by TorchScript's own (C++) unpickler, which resolves
+/// `__torch__.*` to classes compiled from the archive's `code/` and
+/// `torch.jit._pickle.*` to built-in list/tensor constructors, never to
+/// Python imports; everything else is classified as usual.
+pub fn classify_torchscript(module: &str, name: &str) -> Risk {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    };
+    let torch_class =
+        (module == "__torch__" || module.starts_with("__torch__.")) && ident(module) && ident(name);
+    let jit_helper = module == "torch.jit._pickle"
+        && matches!(
+            name,
+            "build_intlist"
+                | "build_tensorlist"
+                | "build_doublelist"
+                | "build_boollist"
+                | "build_tensor_from_id"
+                | "restore_type_tag"
+        );
+    if torch_class || jit_helper {
+        Risk::Safe
+    } else {
+        classify(module, name)
     }
 }
 
@@ -382,7 +434,9 @@ mod tests {
             ("numpy.dtypes", "Float32DType"),
             ("_codecs", "encode"),
             ("__builtin__", "set"),
+            ("__builtin__", "xrange"),
             ("copy_reg", "_reconstructor"),
+            ("numpy.core._internal", "_reconstruct"),
         ] {
             assert_eq!(classify(m, n), Risk::Safe, "{m}.{n}");
         }
@@ -408,6 +462,19 @@ mod tests {
         ] {
             assert_eq!(classify(m, n), Risk::Dangerous, "{m}.{n}");
         }
+    }
+
+    #[test]
+    fn torchscript_names_only_inside_torchscript() {
+        let m = "__torch__.torch.nn.modules.conv";
+        assert_eq!(classify(m, "Conv1d"), Risk::Unknown);
+        assert_eq!(classify_torchscript(m, "Conv1d"), Risk::Safe);
+        assert_eq!(
+            classify_torchscript("torch.jit._pickle", "build_intlist"),
+            Risk::Safe
+        );
+        assert_eq!(classify_torchscript("os", "system"), Risk::Dangerous);
+        assert_eq!(classify_torchscript("__torch__", "a\nb"), Risk::Unknown);
     }
 
     #[test]

@@ -256,6 +256,9 @@ pub struct OnnxHeader {
     pub graph_name: Option<String>,
     pub node_count: u64,
     pub initializer_count: u64,
+    /// Tensors held in node attributes (`Constant` nodes).
+    #[serde(default)]
+    pub constant_tensors: u64,
     pub input_count: u64,
     pub output_count: u64,
 }

@@ -50,7 +50,8 @@ pub struct Limits {
     /// Largest npy header (numpy itself refuses more than 10 000 bytes by
     /// default).
     pub max_npy_header: u64,
-    /// Prefix buffered for TFLite (its root table and small vectors).
+    /// Prefix and suffix kept for TFLite (its root table, vtable and small
+    /// vectors lie near one end or the other).
     pub max_prefix_bytes: usize,
     /// Tensors listed.
     pub max_tensors: usize,
@@ -144,7 +145,11 @@ enum State {
     Npy(Box<NpyReader>),
     Zip(Box<ZipStream>),
     Onnx(Box<onnx::OnnxStream>),
-    Tflite(Vec<u8>),
+    /// TFLite: the first bytes and the last bytes seen.
+    Tflite {
+        prefix: Vec<u8>,
+        tail: Vec<u8>,
+    },
     /// Decided: `format` with `reason`; nothing more to read.
     Decided(Format, Option<String>),
 }
@@ -229,7 +234,10 @@ impl Sniffer {
             };
         }
         if head.get(4..8) == Some(&tflite::IDENT[..]) {
-            return State::Tflite(Vec::new());
+            return State::Tflite {
+                prefix: Vec::new(),
+                tail: Vec::new(),
+            };
         }
         if safetensors_fmt::looks_like(head) {
             let n = u64::from_le_bytes(head[..8].try_into().unwrap_or([0xff; 8]));
@@ -324,9 +332,21 @@ impl Sniffer {
                     self.state = State::Decided(Format::Other, None);
                 }
             }
-            State::Tflite(buf) => {
-                let room = self.limits.max_prefix_bytes.saturating_sub(buf.len());
-                buf.extend_from_slice(&data[..room.min(data.len())]);
+            State::Tflite { prefix, tail } => {
+                let cap = self.limits.max_prefix_bytes;
+                let room = cap.saturating_sub(prefix.len());
+                prefix.extend_from_slice(&data[..room.min(data.len())]);
+                // Keep the last `cap` bytes; trim lazily so each byte is
+                // copied a bounded number of times.
+                if data.len() >= cap {
+                    tail.clear();
+                    tail.extend_from_slice(&data[data.len() - cap..]);
+                } else {
+                    tail.extend_from_slice(data);
+                    if tail.len() > 2 * cap {
+                        tail.drain(..tail.len() - cap);
+                    }
+                }
             }
         }
     }
@@ -479,7 +499,7 @@ impl Sniffer {
             }
             State::SafetensorsParsed(p) => finish_safetensors(*p, total_len),
             State::Gguf { .. } => ModelInfo::empty(Format::Other, total_len),
-            State::GgufParsed(p) => finish_gguf(p, total_len, &limits),
+            State::GgufParsed(p) => finish_gguf(*p, total_len, &limits),
             State::Pickles(seq) => finish_pickles(*seq, total_len),
             State::Npy(r) => finish_npy(*r, total_len),
             State::Zip(z) => {
@@ -488,7 +508,15 @@ impl Sniffer {
                 i
             }
             State::Onnx(o) => finish_onnx(*o, total_len),
-            State::Tflite(prefix) => finish_tflite(&prefix, total_len, limits.max_meta_string),
+            State::Tflite { prefix, tail } => {
+                let tail_start = self.pos.saturating_sub(tail.len() as u64) as usize;
+                let buf = tflite::Buf {
+                    prefix: &prefix,
+                    tail: &tail,
+                    tail_start,
+                };
+                finish_tflite(&buf, total_len, limits.max_meta_string)
+            }
         };
         // Whatever a header claims, only tensors inside the file are listed
         // (e.g. a truncated zip's last member).
@@ -529,8 +557,7 @@ fn finish_safetensors(p: safetensors_fmt::Parsed, total_len: u64) -> ModelInfo {
     i
 }
 
-fn finish_gguf(p: Box<gguf::Parsed>, total_len: u64, limits: &Limits) -> ModelInfo {
-    let p = *p;
+fn finish_gguf(p: gguf::Parsed, total_len: u64, limits: &Limits) -> ModelInfo {
     let mut i = ModelInfo::empty(Format::Gguf, total_len);
     if p.header.data_offset > total_len && p.header.tensor_count > 0 {
         i.format = Format::Other;
@@ -674,6 +701,14 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
         i.tensors = std::mem::take(&mut z.tensors);
     }
     i.pickles = std::mem::take(&mut z.pickles);
+    if i.format == Format::Torchscript {
+        for imp in i.pickles.iter_mut().flat_map(|p| p.imports.iter_mut()) {
+            imp.risk = allowlist::classify_torchscript(&imp.module, &imp.name);
+        }
+        i.warnings.push(
+            "TorchScript archive: code/ holds TorchScript programs, run by torch.jit.load (__setstate__) and when the model is called".into(),
+        );
+    }
     (i, end.inconsistent)
 }
 
@@ -733,9 +768,10 @@ fn finish_onnx(mut o: onnx::OnnxStream, total_len: u64) -> ModelInfo {
     i
 }
 
-fn finish_tflite(prefix: &[u8], total_len: u64, max_string: usize) -> ModelInfo {
+fn finish_tflite(buf: &tflite::Buf<'_>, total_len: u64, max_string: usize) -> ModelInfo {
     let mut i = ModelInfo::empty(Format::Tflite, total_len);
-    let root = prefix
+    let root = buf
+        .prefix
         .get(..4)
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     if u64::from(root) >= total_len || root < 8 {
@@ -745,7 +781,7 @@ fn finish_tflite(prefix: &[u8], total_len: u64, max_string: usize) -> ModelInfo 
         ));
         return i;
     }
-    i.tflite = Some(tflite::parse_prefix(prefix, max_string));
+    i.tflite = Some(tflite::parse(buf, max_string));
     i
 }
 

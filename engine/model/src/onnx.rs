@@ -7,10 +7,12 @@
 //! Serializers write fields in number order, so the small scalar fields come
 //! first and the graph — holding nearly all bytes — after them.
 //!
-//! The walker descends into the graph and into each initializer
-//! (`TensorProto`) to collect names, dims, data types and where `raw_data`
-//! lies; everything else, including the tensor bytes, is skipped by count.
-//! Nesting is fixed (model → graph → tensor), so there is no recursion.
+//! The walker descends into the graph, into each initializer
+//! (`TensorProto`) and into the tensor attributes of nodes (`Constant`
+//! nodes hold the weights of many exporters) to collect names, dims, data
+//! types and where `raw_data` lies; everything else, including the tensor
+//! bytes, is skipped by count. Nesting is fixed (model → graph → node →
+//! attribute → tensor), so there is no recursion.
 
 use crate::info::{OnnxHeader, OnnxOpset, TensorInfo};
 
@@ -18,6 +20,10 @@ use crate::info::{OnnxHeader, OnnxOpset, TensorInfo};
 enum Kind {
     Model,
     Graph,
+    /// A NodeProto: walked for `Constant` tensors in its attributes.
+    Node,
+    /// An AttributeProto of a node.
+    Attr,
     Tensor,
 }
 
@@ -77,6 +83,8 @@ pub(crate) struct OnnxStream {
     pub external_tensors: u64,
     pub metadata: Vec<(String, String)>,
     cur: Option<TensorAcc>,
+    /// First output of the node being walked (names its Constant tensor).
+    node_output: Option<String>,
     max_tensors: usize,
     max_meta_string: usize,
 }
@@ -106,6 +114,7 @@ impl OnnxStream {
             external_tensors: 0,
             metadata: Vec::new(),
             cur: None,
+            node_output: None,
             max_tensors,
             max_meta_string,
         }
@@ -296,7 +305,7 @@ impl OnnxStream {
             }
         }
         let action = match (self.kind(), self.field) {
-            (Kind::Model, 2 | 3 | 4) => Action::Capture(4096),
+            (Kind::Model, 2..=4) => Action::Capture(4096),
             (Kind::Model, 7) => {
                 if self.seen_ir {
                     self.confirmed = true;
@@ -307,7 +316,14 @@ impl OnnxStream {
             (Kind::Model, 14) => Action::Capture(64 << 10),
             (Kind::Graph, 1) => {
                 self.header.node_count += 1;
-                Action::Skip
+                self.node_output = None;
+                Action::Descend(Kind::Node)
+            }
+            (Kind::Node, 2) => Action::Capture(4096),
+            (Kind::Node, 5) => Action::Descend(Kind::Attr),
+            (Kind::Attr, 5) => {
+                self.header.constant_tensors += 1;
+                Action::Descend(Kind::Tensor)
             }
             (Kind::Graph, 2) => Action::Capture(4096),
             (Kind::Graph, 5) => {
@@ -375,7 +391,7 @@ impl OnnxStream {
     fn on_payload(&mut self, bytes: &[u8]) {
         let text = || String::from_utf8(bytes.to_vec()).ok();
         match (self.kind(), self.field) {
-            (Kind::Model, f @ (2 | 3 | 4)) => {
+            (Kind::Model, f @ 2..=4) => {
                 let Some(s) = text() else {
                     self.bad("model string field is not UTF-8".into());
                     return;
@@ -425,6 +441,9 @@ impl OnnxStream {
             (Kind::Graph, 2) => {
                 self.header.graph_name = Some(String::from_utf8_lossy(bytes).into_owned())
             }
+            (Kind::Node, 2) if self.node_output.is_none() => {
+                self.node_output = Some(String::from_utf8_lossy(bytes).into_owned());
+            }
             (Kind::Tensor, 1) => {
                 // packed dims
                 if let Some(t) = &mut self.cur {
@@ -448,7 +467,11 @@ impl OnnxStream {
 
     fn end_tensor(&mut self) {
         let Some(t) = self.cur.take() else { return };
-        let name = t.name.unwrap_or_default();
+        let name = t
+            .name
+            .filter(|n| !n.is_empty())
+            .or_else(|| self.node_output.clone())
+            .unwrap_or_default();
         let dt = t.data_type.unwrap_or(0);
         let (dtype, bits) = onnx_dtype(dt);
         let elems = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));

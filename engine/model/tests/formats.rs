@@ -473,3 +473,99 @@ fn model_info_json_shape() {
     let back: tessera_model::ModelInfo = serde_json::from_value(v).unwrap();
     assert_eq!(back, info, "round-trips through JSON");
 }
+
+#[test]
+fn tflite_vtable_at_the_end() {
+    // Some converters place the root table's vtable (and vectors) after
+    // the weights: root at 8, vtable at the very end, 3 MiB between.
+    let gap = 3 << 20;
+    let mut f = 8u32.to_le_bytes().to_vec();
+    f.extend_from_slice(b"TFL3");
+    let vt_at = 8 + 12 + gap;
+    f.extend_from_slice(&(8i32 - vt_at as i32).to_le_bytes()); // table at 8
+    f.extend_from_slice(&3u32.to_le_bytes()); // version at +4
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend(std::iter::repeat_n(0u8, gap));
+    assert_eq!(f.len(), vt_at);
+    f.extend_from_slice(&6u16.to_le_bytes()); // vtable: 1 field
+    f.extend_from_slice(&12u16.to_le_bytes());
+    f.extend_from_slice(&4u16.to_le_bytes());
+    let info = sniff_split(&f, &[1 << 16], &tessera_model::Limits::default());
+    assert_eq!(info.format, Format::Tflite);
+    assert_eq!(info.tflite.unwrap().version, Some(3));
+}
+
+#[test]
+fn onnx_constant_node_tensors() {
+    // A Constant node whose value attribute holds the tensor.
+    let mut t = Vec::new();
+    pb_uint(&mut t, 1, 2);
+    pb_uint(&mut t, 2, 1);
+    pb_tag(&mut t, 9, 2);
+    pb_varint(&mut t, 8);
+    let raw_in_t = t.len();
+    t.extend_from_slice(&[9; 8]);
+    let mut attr = Vec::new();
+    pb_bytes(&mut attr, 1, b"value");
+    pb_tag(&mut attr, 5, 2);
+    pb_varint(&mut attr, t.len() as u64);
+    let t_in_attr = attr.len();
+    attr.extend_from_slice(&t);
+    let mut node = Vec::new();
+    pb_bytes(&mut node, 2, b"const_out");
+    pb_bytes(&mut node, 4, b"Constant");
+    pb_tag(&mut node, 5, 2);
+    pb_varint(&mut node, attr.len() as u64);
+    let attr_in_node = node.len();
+    node.extend_from_slice(&attr);
+    let mut graph = Vec::new();
+    pb_tag(&mut graph, 1, 2);
+    pb_varint(&mut graph, node.len() as u64);
+    let node_in_graph = graph.len();
+    graph.extend_from_slice(&node);
+    let mut m = Vec::new();
+    pb_uint(&mut m, 1, 7);
+    pb_tag(&mut m, 7, 2);
+    pb_varint(&mut m, graph.len() as u64);
+    let graph_in_m = m.len();
+    m.extend_from_slice(&graph);
+    let info = sniff_all(&m);
+    assert_eq!(info.format, Format::Onnx, "{:?}", info.reason);
+    assert_eq!(info.onnx.as_ref().unwrap().constant_tensors, 1);
+    let t0 = &info.tensors[0];
+    assert_eq!(t0.name, "const_out");
+    assert_eq!(t0.shape, vec![2]);
+    let raw_at = graph_in_m + node_in_graph + attr_in_node + t_in_attr + raw_in_t;
+    assert_eq!(t0.offset, Some(raw_at as u64));
+    assert_eq!(t0.length, 8);
+}
+
+#[test]
+fn torchscript_classes_are_resolved_by_torchscript() {
+    // data.pkl of a scripted module references __torch__ classes, which
+    // TorchScript's own loader resolves from code/, not Python imports.
+    let mut p = b"\x80\x02c__torch__.torch.nn.modules.linear\nLinear\nq\x00)\x81}b".to_vec();
+    p.extend_from_slice(b"ctorch.jit._pickle\nbuild_intlist\n]\x85R0.");
+    let (file, _) = zip(&[
+        ZMember::stored("m/data.pkl", p.clone()),
+        ZMember::stored(
+            "m/code/__torch__/torch/nn/modules/linear.py",
+            b"class Linear(Module):\n".to_vec(),
+        ),
+        ZMember::stored("m/constants.pkl", b"\x80\x02).".to_vec()),
+    ]);
+    let info = sniff_all(&file);
+    assert_eq!(info.format, Format::Torchscript);
+    assert_eq!(
+        info.verdict,
+        Verdict::SafePickle,
+        "{:?}",
+        info.unsafe_imports
+    );
+    assert!(info.warnings.iter().any(|w| w.contains("TorchScript")));
+    // the same pickle in a plain PyTorch checkpoint is unsafe
+    let (file, _) = zip(&[ZMember::stored("m/data.pkl", p)]);
+    let info = sniff_all(&file);
+    assert_eq!(info.format, Format::PytorchZip);
+    assert_eq!(info.verdict, Verdict::UnsafePickle);
+}

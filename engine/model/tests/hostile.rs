@@ -178,7 +178,7 @@ fn one_tensor_gguf(dims: Vec<u64>, ty: u32, rel: u64, data: usize) -> Vec<u8> {
     }
     f.extend_from_slice(&ty.to_le_bytes());
     f.extend_from_slice(&rel.to_le_bytes());
-    while f.len() % 32 != 0 {
+    while !f.len().is_multiple_of(32) {
         f.push(0);
     }
     f.extend(std::iter::repeat_n(0u8, data));

@@ -77,7 +77,7 @@ pub fn safetensors(tensors: &[StTensor<'_>], meta: &[(&str, &str)]) -> (Vec<u8>,
     }
     let mut json = serde_json::to_vec(&header).unwrap();
     // pad to 8 like the reference writer
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
@@ -187,7 +187,7 @@ pub fn gguf(
         rels.push(rel);
         rel = (rel + t.len).div_ceil(alignment) * alignment;
     }
-    while out.len() as u64 % alignment != 0 {
+    while !(out.len() as u64).is_multiple_of(alignment) {
         out.push(0);
     }
     let base = out.len() as u64;
