@@ -534,7 +534,10 @@ impl Sniffer {
         warnings.append(&mut info.warnings);
         info.warnings = warnings;
         if let Some(r) = &extra_unsafe {
-            info.reason.get_or_insert_with(|| r.clone());
+            // The reason the verdict is unsafe comes first.
+            if let Some(prev) = info.reason.replace(r.clone()) {
+                info.warnings.push(prev);
+            }
         }
         info.settle_verdict(extra_unsafe.is_some());
         info
@@ -679,11 +682,9 @@ fn finish_npy(r: NpyReader, total_len: u64) -> ModelInfo {
 
 fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
     let end = z.finish();
-    let names = std::mem::take(&mut z.names);
-    let format = classify_zip(&names);
-    let mut i = ModelInfo::empty(format.0, total_len);
-    i.variant = format.1;
-    if format.0 == Format::Other {
+    let format = z.kind.format();
+    let mut i = ModelInfo::empty(format, total_len);
+    if format == Format::Other {
         i.reason = Some("zip archive without model members".into());
     }
     if let Some(f) = z.failure.take() {
@@ -701,6 +702,18 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
         i.tensors = std::mem::take(&mut z.tensors);
     }
     i.pickles = std::mem::take(&mut z.pickles);
+    let mut inconsistent = end.inconsistent;
+    if z.pickles_dropped > 0 {
+        i.warnings.push(format!(
+            "{} pickle reports beyond the limit not listed",
+            z.pickles_dropped
+        ));
+        if z.dropped_unsafe {
+            inconsistent.get_or_insert_with(|| {
+                "an unlisted pickle (beyond the listing limit) is not safe".to_string()
+            });
+        }
+    }
     if i.format == Format::Torchscript {
         for imp in i.pickles.iter_mut().flat_map(|p| p.imports.iter_mut()) {
             imp.risk = allowlist::classify_torchscript(&imp.module, &imp.name);
@@ -709,31 +722,7 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
             "TorchScript archive: code/ holds TorchScript programs, run by torch.jit.load (__setstate__) and when the model is called".into(),
         );
     }
-    (i, end.inconsistent)
-}
-
-/// Names the kind of zip from its member names.
-fn classify_zip(names: &[String]) -> (Format, Option<String>) {
-    let top = |n: &str| n.split('/').next().unwrap_or("").to_string();
-    let prefixes: BTreeSet<String> = names
-        .iter()
-        .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-        .map(|n| top(n))
-        .collect();
-    let torchscript = names.iter().any(|n| {
-        let rest = n.split_once('/').map_or("", |(_, r)| r);
-        rest.starts_with("code/") || rest == "constants.pkl"
-    });
-    if torchscript {
-        return (Format::Torchscript, None);
-    }
-    if !prefixes.is_empty() {
-        return (Format::PytorchZip, None);
-    }
-    if !names.is_empty() && names.iter().all(|n| n.ends_with(".npy")) {
-        return (Format::Npz, None);
-    }
-    (Format::Other, None)
+    (i, inconsistent)
 }
 
 fn finish_onnx(mut o: onnx::OnnxStream, total_len: u64) -> ModelInfo {

@@ -374,8 +374,12 @@ pub(crate) struct ZipStream {
     inflate_left: u64,
     pub members: Vec<ZipMember>,
     pub members_dropped: u64,
-    /// Every member name, full (needed to classify the archive).
-    pub names: Vec<String>,
+    /// What the member names say about the archive.
+    pub kind: ZipKind,
+    /// Pickle reports not listed (over the limit), and whether any of them
+    /// was not safe.
+    pub pickles_dropped: u64,
+    pub dropped_unsafe: bool,
     /// Local header offset -> hash of the full name.
     locals: HashMap<u64, u64>,
     locals_overflow: bool,
@@ -451,7 +455,9 @@ impl ZipStream {
             out: Vec::new(),
             members: Vec::new(),
             members_dropped: 0,
-            names: Vec::new(),
+            kind: ZipKind::default(),
+            pickles_dropped: 0,
+            dropped_unsafe: false,
             locals: HashMap::new(),
             locals_overflow: false,
             pickles: Vec::new(),
@@ -670,7 +676,7 @@ impl ZipStream {
                 }
             }
         };
-        self.names.push(name_full);
+        self.kind.note(&name_full);
         self.cur = Some(Current {
             name,
             method,
@@ -697,9 +703,20 @@ impl ZipStream {
         };
     }
 
+    /// Lists a pickle report, or counts it when over the limit (keeping
+    /// the verdict: an unlisted unsafe report still makes the file unsafe).
+    fn push_pickle(&mut self, r: PickleReport) {
+        if self.pickles.len() < self.caps.max_members {
+            self.pickles.push(r);
+        } else {
+            self.pickles_dropped += 1;
+            self.dropped_unsafe |= !r.is_safe();
+        }
+    }
+
     /// Records a pickle-bearing member that could not be scanned.
     fn unscanned(&mut self, name: &str, why: &str) {
-        self.pickles.push(PickleReport {
+        self.push_pickle(PickleReport {
             location: name.to_string(),
             offset: None,
             protocol: None,
@@ -739,12 +756,13 @@ impl ZipStream {
                     r.complete = false;
                     r.reason = Some(w.clone());
                 }
-                self.pickles.push(r);
+                self.push_pickle(r);
             }
             Consumer::Npy(n) => {
                 let (t, r) = n.finish(Some(usize_));
                 match t {
-                    Ok(t) => self.tensors.push(t),
+                    Ok(t) if self.tensors.len() < self.caps.max_members => self.tensors.push(t),
+                    Ok(_) => {}
                     Err(e) => self.warn(format!("member {}: {e}", cur.name)),
                 }
                 if let Some(mut r) = r {
@@ -752,7 +770,7 @@ impl ZipStream {
                         r.complete = false;
                         r.reason = Some(w.clone());
                     }
-                    self.pickles.push(r);
+                    self.push_pickle(r);
                 }
             }
         }
@@ -958,6 +976,45 @@ impl ZipStream {
             self.warn("central directory not found at the end of the members".into());
         }
         None
+    }
+}
+
+/// What member names say about an archive, gathered as they stream.
+#[derive(Default, Debug)]
+pub(crate) struct ZipKind {
+    members: u64,
+    /// `<dir>/data.pkl` (one level deep): a PyTorch checkpoint.
+    torch_data: bool,
+    /// `<dir>/code/...` or `<dir>/constants.pkl`: TorchScript.
+    torchscript: bool,
+    /// Every member is `*.npy`.
+    all_npy: bool,
+}
+
+impl ZipKind {
+    fn note(&mut self, name: &str) {
+        self.all_npy = (self.members == 0 || self.all_npy) && name.ends_with(".npy");
+        self.members += 1;
+        if let Some((dir, rest)) = name.split_once('/') {
+            if !dir.is_empty() {
+                self.torch_data |= rest == "data.pkl";
+                self.torchscript |= rest.starts_with("code/") || rest == "constants.pkl";
+            }
+        }
+    }
+
+    /// The archive's format.
+    pub fn format(&self) -> crate::info::Format {
+        use crate::info::Format;
+        if self.torchscript {
+            Format::Torchscript
+        } else if self.torch_data {
+            Format::PytorchZip
+        } else if self.members > 0 && self.all_npy {
+            Format::Npz
+        } else {
+            Format::Other
+        }
     }
 }
 

@@ -395,3 +395,27 @@ fn fed_length_differs_from_total() {
     let info = s.finish(f.len() as u64 + 5);
     assert!(info.warnings[0].contains("bytes were fed"));
 }
+
+#[test]
+fn zip_listing_limits_keep_the_verdict() {
+    let names: Vec<String> = (0..10).map(|i| format!("archive/p{i}.pkl")).collect();
+    let mut members: Vec<ZMember<'_>> = names
+        .iter()
+        .map(|n| ZMember::stored(n, b"\x80\x02K\x01.".to_vec()))
+        .collect();
+    members.push(ZMember::stored(
+        "archive/z.pkl",
+        b"cos\nsystem\n).".to_vec(),
+    ));
+    let (f, _) = zip(&members);
+    let limits = Limits {
+        max_zip_members: 4,
+        ..Limits::default()
+    };
+    let info = sniff_all_with(&f, &limits);
+    assert_eq!(info.members.len(), 4);
+    assert_eq!(info.pickles.len(), 4);
+    assert_eq!(info.verdict, Verdict::UnsafePickle, "{info:?}");
+    assert!(reason(&info).contains("unlisted pickle"), "{info:?}");
+    assert!(info.warnings.iter().any(|w| w.contains("7 pickle reports")));
+}
