@@ -914,3 +914,45 @@ fn check_invariants(i: &ModelInfo) {
     let b = tensor_boundaries(i);
     assert!(b.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffer_can_move_between_threads() {
+        fn send<T: Send + 'static>(_: &T) {}
+        let s = Sniffer::new(Limits::default());
+        send(&s);
+        let info = std::thread::spawn(move || {
+            let mut s = s;
+            s.feed(b"\x80\x02K\x01.");
+            s.finish(5)
+        })
+        .join()
+        .unwrap_or_else(|_| ModelInfo::empty(Format::Other, 0));
+        assert_eq!(info.format, Format::Pickle);
+    }
+
+    #[test]
+    fn clip_respects_char_boundaries() {
+        assert_eq!(clip("héllo", 2), "h…");
+        assert_eq!(clip("abc", 3), "abc");
+    }
+
+    #[test]
+    fn boundaries_exclude_file_ends_and_dedupe() {
+        let mut i = ModelInfo::empty(Format::Safetensors, 100);
+        for (o, l) in [(8u64, 10u64), (18, 0), (18, 82)] {
+            i.tensors.push(TensorInfo {
+                name: String::new(),
+                dtype: String::new(),
+                shape: vec![],
+                offset: Some(o),
+                length: l,
+                fortran_order: false,
+            });
+        }
+        assert_eq!(tensor_boundaries(&i), vec![8, 18]);
+    }
+}

@@ -20,7 +20,7 @@
 //! exactly marks the pickle incomplete.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::allowlist;
 use crate::info::{ImportCall, ImportVia, PickleImport, PickleReport};
@@ -63,7 +63,7 @@ impl Default for PickleLimits {
 #[derive(Clone, Debug)]
 enum Val {
     /// A literal `str`.
-    Str(Rc<str>),
+    Str(Arc<str>),
     /// The object an import resolved to.
     Global(u32),
     /// The result of calling (or instantiating) an import.
@@ -581,7 +581,7 @@ impl PickleScanner {
                     && self.retained + s.len() <= self.limits.max_retained =>
             {
                 self.retained += s.len();
-                self.push(Val::Str(Rc::from(s)));
+                self.push(Val::Str(Arc::from(s)));
             }
             _ => self.push(Val::Other),
         }
