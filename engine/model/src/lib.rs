@@ -96,9 +96,6 @@ const DETECT_LEN: usize = 16;
 /// `LONG1` of the 10-byte magic number 0x1950a86a20f9469cfc6c, `STOP`.
 const TORCH_LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
 
-/// Opcodes a protocol 0/1 pickle plausibly starts with.
-const PICKLE01_START: &[u8] = b"(c]})NILFSVKJMUTXGld";
-
 /// Clips `s` to at most `max` bytes on a char boundary, marking the cut.
 pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -119,14 +116,17 @@ struct PickleSeq {
     /// Bytes of a possible next pickle's start, after a STOP.
     peek: Vec<u8>,
     legacy: bool,
-    /// Protocol 0/1 guess: not yet known to be a pickle.
+    /// A guess (no PROTO first): not yet known to be a pickle.
     speculative: bool,
     /// Where the pickles ended (trailing bytes start here).
     end: Option<u64>,
     /// No more pickles will follow.
     stopped: bool,
-    /// The protocol 0/1 guess failed: not a pickle.
+    /// The guess failed: not a pickle.
     rejected: bool,
+    /// The guess reached a clean STOP with no imports; it is a pickle only
+    /// if the file ends there.
+    tentative: bool,
 }
 
 enum State {
@@ -255,7 +255,8 @@ impl Sniffer {
                 buf: Vec::new(),
             };
         }
-        if head.first() == Some(&0x80) && head.get(1).is_some_and(|p| (2..=5).contains(p)) {
+        // PROTO 0-5 (CPython accepts 0 and 1 too).
+        if head.first() == Some(&0x80) && head.get(1).is_some_and(|p| *p <= 5) {
             return self.pickles(head.starts_with(TORCH_LEGACY_MAGIC), false);
         }
         if head.first() == Some(&0x08) {
@@ -264,7 +265,11 @@ impl Sniffer {
                 l.max_meta_string,
             )));
         }
-        if head.first().is_some_and(|b| PICKLE01_START.contains(b)) && head.len() >= 2 {
+        // CPython runs any opcode stream, with or without PROTO: anything
+        // starting with an opcode is walked as a possible pickle, and kept
+        // as one if it reaches a clean STOP, imports something before
+        // failing, or hits a limit.
+        if head.first().is_some_and(|&b| pickle::is_opcode(b)) {
             return self.pickles(false, true);
         }
         State::Decided(Format::Other, None)
@@ -280,6 +285,7 @@ impl Sniffer {
             end: None,
             stopped: false,
             rejected: false,
+            tentative: false,
         }))
     }
 
@@ -351,12 +357,18 @@ impl Sniffer {
         }
     }
 
-    /// Whether a finished protocol 0/1 scan shows a pickle: a clean STOP,
-    /// or imports seen, or a limit hit (what a loader would run before
-    /// failing matters).
+    /// Whether a guessed scan is a pickle for sure: it saw an import a
+    /// loader could act on (before failing or not), or hit a limit — what a
+    /// loader would run before failing is what matters.
     fn speculation_holds(cur: Option<&PickleScanner>) -> bool {
-        let Some(c) = cur else { return false };
-        (c.is_complete() && c.stack_is_clean()) || c.has_imports() || c.hit_limit()
+        cur.is_some_and(|c| c.has_plausible_imports() || c.hit_limit())
+    }
+
+    /// A guessed scan that reached a clean STOP without imports is a
+    /// pickle only if the file ends right there (text such as "Git v2.3."
+    /// is also a valid opcode stream up to its first full stop).
+    fn speculation_tentative(c: &PickleScanner) -> bool {
+        c.is_complete() && c.stack_is_clean()
     }
 
     fn feed_pickles(
@@ -366,6 +378,11 @@ impl Sniffer {
         limits: &PickleLimits,
         max_pickles: usize,
     ) {
+        if seq.tentative && !data.is_empty() {
+            // Bytes after the guessed pickle's STOP: it was text.
+            seq.rejected = true;
+            return;
+        }
         while !data.is_empty() && !seq.stopped {
             if let Some(cur) = &mut seq.cur {
                 let used = cur.feed(data);
@@ -375,13 +392,15 @@ impl Sniffer {
                     return;
                 }
                 if seq.speculative {
-                    // A protocol 0/1 guess resolves at its first STOP or
-                    // failure.
-                    if !Self::speculation_holds(Some(cur)) {
+                    // A guess resolves at its first STOP or failure.
+                    if Self::speculation_holds(Some(cur)) {
+                        seq.speculative = false;
+                    } else if Self::speculation_tentative(cur) && data.is_empty() {
+                        seq.tentative = true;
+                    } else {
                         seq.rejected = true;
                         return;
                     }
-                    seq.speculative = false;
                 }
                 let Some(done) = seq.cur.take() else { return };
                 let ok = done.is_complete();
@@ -409,7 +428,7 @@ impl Sniffer {
             if seq.peek.len() < 2 {
                 return;
             }
-            if seq.peek[0] == 0x80 && (2..=5).contains(&seq.peek[1]) {
+            if seq.peek[0] == 0x80 && seq.peek[1] <= 5 {
                 let mut sc = PickleScanner::new(
                     limits.clone(),
                     format!("pickle {}", seq.done.len()),
@@ -617,11 +636,10 @@ fn finish_gguf(p: gguf::Parsed, total_len: u64, limits: &Limits) -> ModelInfo {
 
 fn finish_pickles(seq: PickleSeq, total_len: u64) -> ModelInfo {
     let mut seq = seq;
-    if seq.speculative {
-        if !Sniffer::speculation_holds(seq.cur.as_ref()) {
-            return ModelInfo::empty(Format::Other, total_len);
-        }
-        seq.speculative = false;
+    // A guess still running at the end counts only with imports or a limit
+    // hit; a tentative one ended the file at its STOP, so it stands.
+    if seq.speculative && !seq.tentative && !Sniffer::speculation_holds(seq.cur.as_ref()) {
+        return ModelInfo::empty(Format::Other, total_len);
     }
     let mut i = ModelInfo::empty(Format::Pickle, total_len);
     if seq.legacy {

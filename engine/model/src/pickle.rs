@@ -160,6 +160,11 @@ const BYTEARRAY8: u8 = 0x96;
 const NEXT_BUFFER: u8 = 0x97;
 const READONLY_BUFFER: u8 = 0x98;
 
+/// Whether `b` is a pickle opcode (of any protocol).
+pub(crate) fn is_opcode(b: u8) -> bool {
+    arg_of(b).is_some()
+}
+
 /// The argument encoding of `op`, or `None` for a byte that is no opcode.
 fn arg_of(op: u8) -> Option<Arg> {
     Some(match op {
@@ -282,6 +287,25 @@ impl PickleScanner {
     /// Whether any import was seen.
     pub fn has_imports(&self) -> bool {
         !self.imports.is_empty()
+    }
+
+    /// Whether an import was seen that a loader could act on: names that
+    /// are (dotted) identifiers, or operands it could not resolve. Text that
+    /// merely starts with `c` yields "imports" no loader can perform.
+    pub fn has_plausible_imports(&self) -> bool {
+        fn dotted_ident(s: &str) -> bool {
+            s.starts_with('<')
+                || (!s.is_empty()
+                    && s.split('.').all(|part| {
+                        part.chars().next().is_some_and(|c| !c.is_ascii_digit())
+                            && part
+                                .chars()
+                                .all(|c| c == '_' || c.is_alphanumeric() || !c.is_ascii())
+                    }))
+        }
+        self.imports
+            .iter()
+            .any(|r| dotted_ident(&r.module) && dotted_ident(&r.name))
     }
 
     /// Whether the scan stopped at a limit (rather than at malformed data).

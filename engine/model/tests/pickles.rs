@@ -338,6 +338,9 @@ fn protocol0_guess_rejects_text() {
     let info = sniff_all(b"(lp0\nI1\naI2\na.");
     assert_eq!(info.format, Format::Pickle);
     assert_eq!(info.verdict, Verdict::SafePickle);
+    // ...but not when the file goes on after the STOP
+    let info = sniff_all(b"(lp0\nI1\naI2\na.and more");
+    assert_eq!(info.format, Format::Other);
 }
 
 #[test]
@@ -346,4 +349,54 @@ fn python2_module_names_are_normalized() {
     assert!(r.is_safe(), "{r:?}");
     let r = scan_pickle(b"c__builtin__\neval\n(S'1'\ntR.");
     assert_eq!(r.imports[0].risk, Risk::Dangerous);
+}
+
+#[test]
+fn pickles_without_a_protocol_2_header_are_still_found() {
+    // PROTO 1 is legal; so are protocol 4 opcodes with no PROTO at all.
+    for p in [
+        &b"\x80\x01cos\nsystem\n(S'id'\ntR."[..],
+        b"\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R.",
+        b"\x89\x8c\x02os\x8c\x06system\x930\x8c\x02id\x85.",
+        // malformed after the call: a loader has already run it
+        b"\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R\xff",
+    ] {
+        let info = sniff_all(p);
+        assert_eq!(info.format, Format::Pickle, "{p:?}");
+        assert_eq!(info.verdict, Verdict::UnsafePickle, "{p:?}");
+        assert_eq!(info.unsafe_imports, vec!["os.system"], "{p:?}");
+    }
+    // a first line longer than the limit cannot hide what follows
+    let mut long = b"S'".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 100));
+    long.extend_from_slice(b"'\n0cos\nsystem\n).");
+    let limits = Limits {
+        pickle: PickleLimits {
+            max_line: 64,
+            ..PickleLimits::default()
+        },
+        ..Limits::default()
+    };
+    let info = sniff_all_with(&long, &limits);
+    assert_eq!(info.format, Format::Pickle);
+    assert_eq!(info.verdict, Verdict::UnsafePickle);
+}
+
+#[test]
+fn text_and_binaries_starting_with_opcode_bytes_are_not_pickles() {
+    for data in [
+        &b"col1,col2\n1,2\n3,4\n"[..],
+        b"cat and dog\nare friends\n",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        b"\x28\xb5\x2f\xfd\x00\x58\x61\x00\x00",
+        b"The quick brown fox",
+        b"Lorem ipsum dolor\nsit amet",
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00",
+        // a valid opcode stream up to its first '.', then more text
+        b"Git v2.31.7 Release Notes\n",
+    ] {
+        let info = sniff_all(data);
+        assert_eq!(info.format, Format::Other, "{data:?}: {info:?}");
+        assert_eq!(info.verdict, Verdict::NoPickle, "{data:?}");
+    }
 }
