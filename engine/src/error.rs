@@ -218,6 +218,19 @@ pub enum Error {
         size: u64,
     },
 
+    /// A file the store's policy refuses (a pickle that imports code, or
+    /// any pickle under `deny`); nothing of it is kept (its chunks are
+    /// unreferenced).
+    #[error("{source_name} refused by policy {policy}: {reason}")]
+    Refused {
+        /// The input.
+        source_name: String,
+        /// The policy that refused it.
+        policy: String,
+        /// Why, naming the imports.
+        reason: String,
+    },
+
     /// Something a client sent (a pack, a file registration) was refused;
     /// nothing of it was kept.
     #[error("{what} refused: {reason}")]

@@ -17,10 +17,12 @@ use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, Compression, Recipe, Term, CHUNK_HEADER_LEN, TABLE_ENTRY_LEN};
 use crate::ids::{ChunkId, FileId, FileIdHasher, PackId, Sha256};
 use crate::index::{NewFile, PackInfo};
+use crate::models;
 use crate::pack::{OpenPackSlot, PackBuilder};
 use crate::paths::recipe_key;
 use crate::refs;
 use crate::storage::PutMode;
+use tessera_model::{Limits, ModelInfo, Sniffer};
 
 /// What one ingest added.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -86,6 +88,7 @@ struct Staged {
     refs: Vec<String>,
     new_chunks: u64,
     new_bytes: u64,
+    model: ModelInfo,
 }
 
 /// A group of ingests made durable together. Nothing is acknowledged until
@@ -190,20 +193,24 @@ impl<'s> Ingest<'s> {
         // next batch while this thread hashes, dedups and stores the current
         // one. The channel holds one batch, so at most three batches are in
         // memory at once.
-        let sha = std::thread::scope(|scope| -> Result<Sha256> {
+        let (sha, sniffer) = std::thread::scope(|scope| -> Result<(Sha256, Sniffer)> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(1);
             let producer = scope.spawn(move || {
                 let mut chunker = chunker;
                 let mut sha = sha2::Sha256::new();
+                // Sees every byte once, in order: the model format, its
+                // tensors, and every import of every pickle (spec §7.2).
+                let mut sniffer = Sniffer::new(Limits::default());
                 loop {
                     match chunker.next_batch() {
                         Ok(Some(b)) => {
                             sha.update(&b.data);
+                            sniffer.feed(&b.data);
                             if tx.send(Ok(b)).is_err() {
                                 return None;
                             }
                         }
-                        Ok(None) => return Some(Sha256(sha.finalize().into())),
+                        Ok(None) => return Some((Sha256(sha.finalize().into()), sniffer)),
                         Err(e) => {
                             let _ = tx.send(Err(e));
                             return None;
@@ -232,6 +239,15 @@ impl<'s> Ingest<'s> {
                 .flatten()
                 .ok_or_else(|| input_err(std::io::Error::other("input reader thread failed")))
         })?;
+        let model = sniffer.finish(size);
+        let policy = core.opts.pickle_policy;
+        if let Err(v) = policy.check(&model) {
+            return Err(Error::Refused {
+                source_name: source.to_string(),
+                policy: policy.as_str().to_string(),
+                reason: v.to_string(),
+            });
+        }
         Ok(Staged {
             file: fid.finish(),
             sha,
@@ -241,6 +257,7 @@ impl<'s> Ingest<'s> {
             refs: refs.iter().map(|s| s.to_string()).collect(),
             new_chunks,
             new_bytes,
+            model,
         })
     }
 
@@ -299,6 +316,7 @@ impl<'s> Ingest<'s> {
                 refs: s.refs,
                 new_chunks: s.new_chunks,
                 new_bytes: s.new_bytes,
+                model: Some(s.model),
             });
         }
         publish_files(core, files)
@@ -334,6 +352,8 @@ pub(crate) struct NewRecipe {
     pub(crate) refs: Vec<String>,
     pub(crate) new_chunks: u64,
     pub(crate) new_bytes: u64,
+    /// Its model description, when ingest saw its bytes.
+    pub(crate) model: Option<ModelInfo>,
 }
 
 /// Publishes files whose packs are durable (spec §10.1): every recipe and
@@ -355,6 +375,9 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
         };
+        if let Some(m) = &f.model {
+            core.poison_on(models::write(core, &recipe.file, m))?;
+        }
         if current.as_deref() != Some(&bytes[..]) {
             let r = core
                 .objects

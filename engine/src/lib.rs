@@ -47,6 +47,7 @@ mod ingest;
 mod inventory;
 mod layout;
 mod local;
+mod models;
 mod open;
 mod options;
 mod pack;
@@ -65,7 +66,7 @@ mod transfer;
 mod verify;
 
 pub use chunking::ChunkParams;
-pub use error::{Error, Result};
+pub use error::{clip as clip_name, Error, Result};
 pub use ids::{ChunkId, FileId, FileIdHasher, IdParseError, PackId, Sha256};
 pub use ingest::{Ingest, PutReport};
 pub use options::StoreOptions;
@@ -75,6 +76,7 @@ pub use repair::ConfigRepair;
 pub use report::{CatchUpReason, Problem, Recovery, RepairReport};
 pub use storage::ReadMode;
 pub use store::{Stats, Store};
+pub use tessera_model::{Format, ModelInfo, PicklePolicy, TensorInfo, Verdict};
 pub use transfer::{
     verify_fetched, AdmitReport, DownloadPlan, Fetch, ReconChunk, ReconTerm, Reconstruction,
     VerifiedChunks,

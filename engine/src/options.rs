@@ -2,6 +2,7 @@
 
 use crate::chunking::ChunkParams;
 use crate::storage::ReadMode;
+use tessera_model::PicklePolicy;
 
 /// How to open a store. The defaults suit a registry server.
 #[derive(Clone, Debug)]
@@ -32,6 +33,11 @@ pub struct StoreOptions {
     /// Open an existing store whose index directory is missing, with an
     /// empty index (only `repair index` wants this).
     pub allow_missing_index: bool,
+    /// What ingest does with files that contain pickles (which run code when
+    /// loaded): `DenyUnsafe` (the default) refuses those importing anything
+    /// outside the allowlist of ordinary checkpoints, `Deny` any pickle,
+    /// `Allow` records the verdict only.
+    pub pickle_policy: PicklePolicy,
     /// How long to wait for another process to release the store's lock
     /// (`None`: fail at once with [`Error::StoreLocked`]).
     pub lock_wait: Option<std::time::Duration>,
@@ -57,6 +63,7 @@ impl Default for StoreOptions {
             read_ahead_chunks: 16,
             allow_missing_index: false,
             lock_wait: None,
+            pickle_policy: PicklePolicy::DenyUnsafe,
             rebuild_damaged_index: true,
         }
     }

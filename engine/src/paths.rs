@@ -19,6 +19,8 @@ pub const PACKS: &str = "packs/";
 pub const RECIPES: &str = "recipes/";
 /// Prefix of every ref key.
 pub const REFS: &str = "refs/";
+/// Prefix of every model description (spec §7.2).
+pub const MODELS: &str = "models/";
 /// Prefix under which repair keeps damaged objects it took out of service.
 pub const DAMAGED: &str = "damaged/";
 
@@ -35,6 +37,11 @@ pub fn pack_key(id: &PackId) -> String {
 /// Key of a recipe.
 pub fn recipe_key(file: &FileId) -> String {
     fanout(RECIPES, &file.to_hex(), "recipe")
+}
+
+/// Key of a file's model description (spec §7.2).
+pub fn model_key(file: &FileId) -> String {
+    fanout(MODELS, &file.to_hex(), "json")
 }
 
 /// Key of a ref (named by the BLAKE3 of the ref name).

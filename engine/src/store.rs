@@ -177,6 +177,14 @@ impl Store {
         read::info(&self.core, file)
     }
 
+    /// What a stored file is (spec §7.2): its model format, tensors (name,
+    /// dtype, shape, byte offset and length) and pickle imports with the
+    /// verdict, as seen at ingest (computed by reading the file, once, for
+    /// files stored before descriptions existed).
+    pub fn model_info(&self, file: &FileId) -> Result<crate::ModelInfo> {
+        crate::models::read(&self.core, file)
+    }
+
     /// Whether a file is in the store.
     pub fn contains(&self, file: &FileId) -> Result<bool> {
         self.core.index.has_file(file)

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::Digest;
+use tessera_model::{Limits, Sniffer};
 
 use crate::codec::decode_chunk;
 use crate::core::Core;
@@ -591,6 +592,30 @@ pub(crate) fn register_file(
     if total != size {
         return Err(reject(format!("its chunks hold {total} bytes, not {size}")));
     }
+    if core.index.has_file(&file)? {
+        // Stored already (a fork, a re-upload): its recipe, SHA-256 and
+        // description are known; only the refs are new.
+        let existing = layout(core, &file)?.recipe.clone();
+        if claimed_sha256.is_some_and(|c| c != existing.sha256) {
+            return Err(reject(format!(
+                "its content hashes to sha256 {}, not the one claimed",
+                existing.sha256
+            )));
+        }
+        let mut reports = publish_files(
+            core,
+            vec![NewRecipe {
+                recipe: existing,
+                refs: ref_names.iter().map(|s| s.to_string()).collect(),
+                new_chunks: 0,
+                new_bytes: 0,
+                model: None,
+            }],
+        )?;
+        return reports
+            .pop()
+            .ok_or_else(|| Error::Bug("publishing one file reported none".into()));
+    }
     let mut locs = Vec::with_capacity(chunks.len());
     let mut missing = 0usize;
     for (id, len) in chunks {
@@ -614,11 +639,25 @@ pub(crate) fn register_file(
     // The content's SHA-256 (what git-lfs pointers name files by) is
     // computed here, from verified chunks: a client cannot alias a file to
     // another's hash.
+    // Its model description and pickle verdict are computed here too, and
+    // the store's policy applies to uploads as to local puts.
     let mut sha = sha2::Sha256::new();
+    let mut sniffer = Sniffer::new(Limits::default());
     for ((id, _), (pack, index)) in chunks.iter().zip(&locs) {
-        sha.update(core.packs.read_chunk(pack, *index, id)?);
+        let raw = core.packs.read_chunk(pack, *index, id)?;
+        sha.update(&raw);
+        sniffer.feed(&raw);
     }
     let sha = Sha256(sha.finalize().into());
+    let model = sniffer.finish(size);
+    let policy = core.opts.pickle_policy;
+    if let Err(v) = policy.check(&model) {
+        return Err(Error::Refused {
+            source_name: format!("file {file}"),
+            policy: policy.as_str().to_string(),
+            reason: v.to_string(),
+        });
+    }
     if claimed_sha256.is_some_and(|c| c != sha) {
         return Err(reject(format!(
             "its content hashes to sha256 {sha}, not the one claimed"
@@ -638,6 +677,7 @@ pub(crate) fn register_file(
             refs: ref_names.iter().map(|s| s.to_string()).collect(),
             new_chunks: 0,
             new_bytes: 0,
+            model: Some(model),
         }],
     )?;
     reports

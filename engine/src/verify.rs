@@ -9,7 +9,7 @@ use crate::format::{decode_ref, Recipe};
 use crate::ids::{FileId, PackId};
 use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
-use crate::paths::{recipe_key, ref_key, DAMAGED};
+use crate::paths::{model_key, recipe_key, ref_key, DAMAGED, MODELS};
 use crate::refs;
 use crate::report::Problem;
 
@@ -365,6 +365,38 @@ pub(crate) fn verify(
             Err(e) => format!("unreadable ref file: {e}"),
         };
         rep.problem(rel, detail);
+    }
+    // Model descriptions: derived from the content, recomputed when
+    // missing; one that does not parse, or describes no stored file, is
+    // reported.
+    for key in objects
+        .list(MODELS)
+        .map_err(|e| crate::Error::io("list", objects.describe(MODELS), e))?
+    {
+        let file = key
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(FileId::from_hex)
+            .filter(|f| model_key(f) == key);
+        let Some(file) = file else {
+            rep.problem(
+                key,
+                "unexpected object (not named like models/xx/<file id>.json)",
+            );
+            continue;
+        };
+        if !index.has_file(&file)? {
+            rep.problem(
+                format!("file {file}"),
+                format!("model description {key} of a file that is not stored"),
+            );
+        } else if crate::models::parse(&objects.get(&key).unwrap_or_default()).is_none() {
+            rep.problem(
+                format!("file {file}"),
+                format!("model description {key} does not parse (`tessera info` recomputes it)"),
+            );
+        }
     }
     rep.damaged_kept = objects
         .list(DAMAGED)

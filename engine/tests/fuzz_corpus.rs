@@ -144,6 +144,7 @@ fn fuzz_corpus_replays_without_panics() {
     replay("recipe", &fuzzing::recipe);
     replay("headers", &fuzzing::headers);
     replay("index_values", &fuzzing::index_values);
+    replay("model", &tessera_model::fuzz_sniff);
     // Each store input costs a directory and a sled database: fewer variants.
     replay_with(
         "store",

@@ -1,6 +1,6 @@
 //! `tessera`: the command line of the Tessera chunk store.
 
-use std::io::{self, BufWriter, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tessera::{Error, Store, StoreOptions};
 
 mod demo;
+mod inspect;
 mod put;
 
 /// Tessera: a content-addressed chunk store for ML model files.
@@ -30,7 +31,8 @@ mod put;
 ///
 /// Exit status: 0 on success, 1 on any error (one line on stderr naming the
 /// object), 2 on a usage error, 3 when a named file, sha256 or ref does not
-/// exist, 4 when stored data is damaged.
+/// exist, 4 when stored data is damaged, 5 when a file is refused by policy
+/// (a pickle that imports code: see `put --pickle`).
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about, long_about)]
 struct Cli {
@@ -73,6 +75,13 @@ enum Cmd {
         /// One JSON object per line: file_id, sha256, path, size, new_bytes, chunks, new_chunks.
         #[arg(long)]
         json: bool,
+        /// Files containing pickles (code that runs when loaded): `deny-unsafe`
+        /// refuses those importing anything but what ordinary checkpoints use
+        /// (torch's tensor rebuilding, OrderedDict, numpy arrays…), `deny`
+        /// refuses any pickle, `allow` stores them (the verdict is recorded).
+        /// A refusal names the file and the imports, and exits with status 5.
+        #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
+        pickle: tessera::PicklePolicy,
     },
     /// Write a file (or a byte range of it) to stdout.
     ///
@@ -87,6 +96,10 @@ enum Cmd {
         /// Write this many bytes (default: to the end).
         #[arg(long)]
         length: Option<u64>,
+        /// Write exactly this tensor's bytes (safetensors, GGUF, ONNX, npy:
+        /// names as `info --json` lists them); reads only its chunks.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["offset", "length"])]
+        tensor: Option<String>,
     },
     /// List refs (all, or those starting with PREFIX) as `<file-id>  <ref>`.
     Refs {
@@ -101,7 +114,9 @@ enum Cmd {
         #[command(subcommand)]
         action: RefCmd,
     },
-    /// Describe a stored file: size, chunks, terms, packs touched, sha256.
+    /// Describe a stored file: size, chunks, packs touched, sha256, and its
+    /// model format (safetensors, GGUF, ONNX, PyTorch, pickle, npy/npz,
+    /// TFLite or other), tensors and pickle imports as seen at ingest.
     Info {
         /// A file id, the sha256 of the content, or a ref.
         name: String,
@@ -268,6 +283,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::Damaged(_) => 4,
+            CliError::Engine(Error::Refused { .. }) => 5,
             CliError::Engine(e) if e.is_not_found() => 3,
             CliError::Engine(e) if e.is_corruption() => 4,
             _ => 1,
@@ -311,7 +327,11 @@ fn store_options(create: bool) -> StoreOptions {
 /// Opens the store; with `wait`, waits for another process to release it.
 /// Says on stderr what the open had to repair and what it could not.
 fn open_store(dir: &Path, create: bool, wait: bool) -> CliResult<Store> {
-    let store = match Store::open(dir, store_options(create)) {
+    open_store_with(dir, store_options(create), wait)
+}
+
+fn open_store_with(dir: &Path, opts: StoreOptions, wait: bool) -> CliResult<Store> {
+    let store = match Store::open(dir, opts.clone()) {
         Err(Error::StoreLocked { pid, .. }) if wait => {
             eprintln!(
                 "tessera: waiting for pid {pid} to release the store {}",
@@ -321,7 +341,7 @@ fn open_store(dir: &Path, create: bool, wait: bool) -> CliResult<Store> {
                 dir,
                 StoreOptions {
                     lock_wait: Some(std::time::Duration::MAX),
-                    ..store_options(create)
+                    ..opts
                 },
             )?
         }
@@ -352,18 +372,24 @@ fn run(cli: Cli) -> CliResult {
             ref_name,
             ref_prefix,
             json,
+            pickle,
         } => {
             let inputs = put::inputs(&files, ref_name, ref_prefix)?;
-            let store = open_store(&store_dir(&cli.store)?, true, cli.wait)?;
+            let opts = StoreOptions {
+                pickle_policy: pickle,
+                ..store_options(true)
+            };
+            let store = open_store_with(&store_dir(&cli.store)?, opts, cli.wait)?;
             put::put(&store, &inputs, json)
         }
         Cmd::Cat {
             name,
             offset,
             length,
+            tensor,
         } => {
             let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
-            cat(&store, &name, offset, length)
+            inspect::cat(&store, &name, offset, length, tensor.as_deref())
         }
         Cmd::Refs { prefix, json } => {
             let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
@@ -395,27 +421,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Cmd::Info { name, json } => {
             let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
-            let mut out = io::stdout().lock();
-            let info = store.info(&store.resolve(&name)?)?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&info).map_err(|e| CliError::Check(e.to_string()))?
-                )
-                .map_err(out_err)?;
-            } else {
-                writeln!(out, "file_id  {}", info.file_id).map_err(out_err)?;
-                writeln!(out, "sha256   {}", info.sha256).map_err(out_err)?;
-                writeln!(out, "size     {}", info.size).map_err(out_err)?;
-                writeln!(out, "chunks   {}", info.chunks).map_err(out_err)?;
-                writeln!(out, "terms    {}", info.terms).map_err(out_err)?;
-                writeln!(out, "packs    {}", info.packs.len()).map_err(out_err)?;
-                for p in &info.packs {
-                    writeln!(out, "  {p}").map_err(out_err)?;
-                }
-            }
-            Ok(())
+            inspect::info(&store, &name, json)
         }
         Cmd::Stat { json } => {
             let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
@@ -648,27 +654,4 @@ fn progress_bar(total: u64) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
-}
-
-fn cat(store: &Store, name: &str, offset: u64, length: Option<u64>) -> CliResult {
-    let id = store.resolve(name)?;
-    let mut reader = store.read(&id)?;
-    let size = reader.size();
-    let len = length.unwrap_or(size.saturating_sub(offset));
-    if offset.checked_add(len).is_none_or(|end| end > size) {
-        return Err(Error::RangeOutOfBounds {
-            file: id,
-            offset,
-            len,
-            size,
-        }
-        .into());
-    }
-    // A missing or truncated pack fails before any byte is written.
-    store.open_packs(&id, offset, len)?;
-    reader.seek(SeekFrom::Start(offset)).map_err(out_err)?;
-    reader.limit_read_ahead(offset + len);
-    let mut out = io::stdout().lock();
-    io::copy(&mut reader.take(len), &mut out).map_err(out_err)?;
-    out.flush().map_err(out_err)
 }

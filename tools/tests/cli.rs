@@ -760,6 +760,124 @@ fn put_a_directory_tree_and_stdin() {
     assert!(env.ok(&["cat", "org/m@v1:piped.bin"]) == data);
 }
 
+// ------------------------------------------------------------ model files
+
+/// A safetensors file: an 8-byte little-endian header length, the JSON
+/// header, then the tensors' bytes.
+fn safetensors(tensors: &[(&str, &str, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape,
+                "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
+        data.extend_from_slice(bytes);
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// `info --json` describes a safetensors file's tensors with their byte
+/// ranges, and `cat --tensor` writes exactly one tensor's bytes.
+#[test]
+fn info_describes_tensors_and_cat_reads_one() {
+    let env = Env::new();
+    let a = noise(300_000, 80);
+    let b = noise(5_000, 81);
+    let file = safetensors(&[
+        ("layer.0.weight", "BF16", vec![150_000], a.clone()),
+        ("layer.0.bias", "F32", vec![1_250], b.clone()),
+    ]);
+    env.put("m.safetensors", &file, &["--ref", "org/m@v1:m.safetensors"]);
+    let v = &json_lines(&env.ok_text(&["info", "--json", "org/m@v1:m.safetensors"]))[0];
+    assert_eq!(v["format"], "safetensors");
+    assert_eq!(v["size"], file.len() as u64);
+    let tensors = v["tensors"].as_array().expect("tensors");
+    assert_eq!(tensors.len(), 2);
+    let bias = tensors
+        .iter()
+        .find(|t| t["name"] == "layer.0.bias")
+        .expect("bias");
+    assert_eq!(bias["dtype"], "F32");
+    assert_eq!(bias["shape"], serde_json::json!([1250]));
+    let (off, len) = (
+        bias["offset"].as_u64().expect("offset") as usize,
+        bias["length"].as_u64().expect("length") as usize,
+    );
+    assert_eq!(&file[off..off + len], &b[..]);
+    assert_eq!(v["verdict"], "no_pickle");
+    assert_eq!(
+        env.ok(&["cat", "org/m@v1:m.safetensors", "--tensor", "layer.0.bias"]),
+        b
+    );
+    assert!(
+        env.ok(&[
+            "cat",
+            "org/m@v1:m.safetensors",
+            "--tensor",
+            "layer.0.weight"
+        ]) == a
+    );
+    let (code, err) = failure(&env.run(&["cat", "org/m@v1:m.safetensors", "--tensor", "nope"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("tensor") && err.contains("nope"), "{err}");
+    // A hostile header (length past the end) is "other" with a reason.
+    let mut bad = file.clone();
+    bad[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    env.put("bad.safetensors", &bad, &["--ref", "org/m@v1:bad"]);
+    let v = &json_lines(&env.ok_text(&["info", "--json", "org/m@v1:bad"]))[0];
+    assert_eq!(v["format"], "other");
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+}
+
+/// A pickle whose REDUCE calls os.system is refused under the default
+/// policy, naming the file and the import, with exit status 5, and nothing
+/// is stored; plain containers and torch-style rebuilds pass; `--pickle
+/// deny` refuses any pickle; `--pickle allow` stores it and `info` shows the
+/// verdict.
+#[test]
+fn pickles_that_import_code_are_refused() {
+    let env = Env::new();
+    // PROTO 2, GLOBAL posix.system, BINUNICODE "ls", TUPLE1, REDUCE, STOP.
+    let evil = b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+    // {"a": 1, "b": [2, 3]}.
+    let plain =
+        b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01X\x01\x00\x00\x00bq\x02]q\x03(K\x02K\x03eu.";
+    // collections.OrderedDict() by REDUCE: what torch checkpoints hold.
+    let ordered = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01.";
+    env.file("evil.pkl", evil);
+    let (code, err) = failure(&env.run(&["put", "evil.pkl", "--ref", "t/evil"]));
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("evil.pkl") && err.contains("posix.system"),
+        "{err}"
+    );
+    let stat = &json_lines(&env.ok_text(&["stat", "--json"]))[0];
+    assert_eq!(stat["files"], 0);
+    assert_eq!(stat["refs"], 0);
+    env.put("plain.pkl", plain, &["--ref", "t/plain"]);
+    env.put("ordered.pkl", ordered, &["--ref", "t/ordered"]);
+    let v = &json_lines(&env.ok_text(&["info", "--json", "t/ordered"]))[0];
+    assert_eq!(v["format"], "pickle");
+    assert_eq!(v["verdict"], "safe_pickle");
+    assert_eq!(
+        v["pickle_imports"],
+        serde_json::json!(["collections.OrderedDict"])
+    );
+    let (code, err) =
+        failure(&env.run(&["put", "ordered.pkl", "--pickle", "deny", "--ref", "t/o2"]));
+    assert_eq!(code, 5, "{err}");
+    env.put("evil.pkl", evil, &["--ref", "t/evil", "--pickle", "allow"]);
+    let v = &json_lines(&env.ok_text(&["info", "--json", "t/evil"]))[0];
+    assert_eq!(v["verdict"], "unsafe_pickle");
+    assert_eq!(v["unsafe_imports"], serde_json::json!(["posix.system"]));
+}
+
 // ------------------------------------------------------------ usage
 
 #[test]

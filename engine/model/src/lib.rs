@@ -357,11 +357,16 @@ impl Sniffer {
         }
     }
 
-    /// Whether a guessed scan is a pickle for sure: it saw an import a
-    /// loader could act on (before failing or not), or hit a limit — what a
-    /// loader would run before failing is what matters.
+    /// Whether a guessed scan (no PROTO header) is a pickle for sure: a
+    /// loader would call one of its imports before the stream ends or
+    /// fails (what a loader would run before failing is what matters), or
+    /// the walk hit a limit. An import that is never called only imports a
+    /// module already on the loading machine; random bytes and text that
+    /// merely start with `c` look like that, and are not refused as
+    /// pickles. (A stream with a PROTO header is a pickle whatever it holds;
+    /// a complete, clean one without imports is handled as tentative.)
     fn speculation_holds(cur: Option<&PickleScanner>) -> bool {
-        cur.is_some_and(|c| c.has_plausible_imports() || c.hit_limit())
+        cur.is_some_and(|c| (c.has_plausible_imports() && c.has_called_imports()) || c.hit_limit())
     }
 
     /// A guessed scan that reached a clean STOP without imports is a

@@ -289,6 +289,12 @@ impl PickleScanner {
         !self.imports.is_empty()
     }
 
+    /// Whether a loader would call an import (REDUCE, BUILD, NEWOBJ, INST,
+    /// OBJ on it) within the valid opcodes seen so far.
+    pub fn has_called_imports(&self) -> bool {
+        self.imports.iter().any(|r| !r.calls.is_empty())
+    }
+
     /// Whether an import was seen that a loader could act on: names that
     /// are (dotted) identifiers, or operands it could not resolve. Text that
     /// merely starts with `c` yields "imports" no loader can perform.

@@ -419,3 +419,33 @@ fn zip_listing_limits_keep_the_verdict() {
     assert!(reason(&info).contains("unlisted pickle"), "{info:?}");
     assert!(info.warnings.iter().any(|w| w.contains("7 pickle reports")));
 }
+
+/// Bytes that merely start like a protocol-0 pickle (a `c` then two
+/// newline-terminated names), with no call of the import before the stream
+/// turns invalid, are not pickles: random data and text look like that,
+/// and refusing them under the default policy would refuse ordinary files.
+/// A call within the valid prefix is what a loader would run: that stays
+/// unsafe even if garbage follows.
+#[test]
+fn guessed_pickles_need_a_call_to_count() {
+    for bytes in [
+        &b"cha\nc\n\x01\x02garbage after the names"[..],
+        &b"cos\nsystem\n\xff\xfe not a pickle any more"[..],
+        &b"clip_model\nversion\n2\n3\n"[..],
+    ] {
+        let info = tessera_model::sniff(bytes);
+        assert_eq!(
+            info.verdict,
+            tessera_model::Verdict::NoPickle,
+            "{:?}: {}",
+            String::from_utf8_lossy(bytes),
+            reason(&info)
+        );
+    }
+    let called = tessera_model::sniff(b"cos\nsystem\n(S'ls'\ntR\xff\xfe garbage");
+    assert_eq!(called.verdict, tessera_model::Verdict::UnsafePickle);
+    assert!(
+        called.unsafe_imports.contains(&"os.system".to_string()),
+        "{called:?}"
+    );
+}

@@ -1,0 +1,106 @@
+//! `tessera info` and `tessera cat`: what a stored file is, and its bytes
+//! (all of them, a range, or one tensor).
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use tessera::{Error, Store};
+
+use crate::{out_err, CliError, CliResult};
+
+/// `info NAME [--json]`: the file's size, chunks, packs and sha256, and
+/// what the model format sniffer saw at ingest (format, tensors, pickle
+/// imports and verdict).
+pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
+    let id = store.resolve(name)?;
+    let info = store.info(&id)?;
+    let model = store.model_info(&id)?;
+    let mut out = io::stdout().lock();
+    if json {
+        // The model description's fields, then the store's (`size` agrees).
+        let mut v = serde_json::to_value(&model).map_err(|e| CliError::Check(e.to_string()))?;
+        let f = serde_json::to_value(&info).map_err(|e| CliError::Check(e.to_string()))?;
+        if let (Some(v), Some(f)) = (v.as_object_mut(), f.as_object()) {
+            for (k, x) in f {
+                v.insert(k.clone(), x.clone());
+            }
+        }
+        writeln!(out, "{v}").map_err(out_err)?;
+        return Ok(());
+    }
+    writeln!(out, "file_id  {}", info.file_id).map_err(out_err)?;
+    writeln!(out, "sha256   {}", info.sha256).map_err(out_err)?;
+    writeln!(out, "size     {}", info.size).map_err(out_err)?;
+    writeln!(out, "format   {}", model.format.as_str()).map_err(out_err)?;
+    if let Some(r) = &model.reason {
+        writeln!(out, "         ({r})").map_err(out_err)?;
+    }
+    if !model.tensors.is_empty() {
+        writeln!(out, "tensors  {}", model.tensors.len()).map_err(out_err)?;
+    }
+    if !model.pickle_imports.is_empty() || model.verdict != tessera::Verdict::NoPickle {
+        writeln!(out, "pickle   {:?}", model.verdict).map_err(out_err)?;
+        for i in &model.unsafe_imports {
+            writeln!(out, "  unsafe import {i}").map_err(out_err)?;
+        }
+    }
+    writeln!(out, "chunks   {}", info.chunks).map_err(out_err)?;
+    writeln!(out, "terms    {}", info.terms).map_err(out_err)?;
+    writeln!(out, "packs    {}", info.packs.len()).map_err(out_err)?;
+    for p in &info.packs {
+        writeln!(out, "  {p}").map_err(out_err)?;
+    }
+    Ok(())
+}
+
+/// `cat NAME [--offset N] [--length N] [--tensor NAME]`: writes the file,
+/// a byte range of it, or exactly one tensor's bytes (found in the model
+/// description; only the chunks holding them are read).
+pub(crate) fn cat(
+    store: &Store,
+    name: &str,
+    offset: u64,
+    length: Option<u64>,
+    tensor: Option<&str>,
+) -> CliResult {
+    let id = store.resolve(name)?;
+    let (offset, length) = match tensor {
+        None => (offset, length),
+        Some(t) => {
+            let model = store.model_info(&id)?;
+            let found = model.tensors.iter().find(|x| x.name == t);
+            match found.and_then(|x| Some((x.offset?, x.length))) {
+                Some((o, l)) => (o, Some(l)),
+                None => {
+                    return Err(CliError::Engine(Error::NotFound {
+                        kind: "tensor",
+                        name: format!(
+                            "{} in file {id} ({} tensors, format {})",
+                            tessera::clip_name(t),
+                            model.tensors.len(),
+                            model.format.as_str()
+                        ),
+                    }))
+                }
+            }
+        }
+    };
+    let mut reader = store.read(&id)?;
+    let size = reader.size();
+    let len = length.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::RangeOutOfBounds {
+            file: id,
+            offset,
+            len,
+            size,
+        }
+        .into());
+    }
+    // A missing or truncated pack fails before any byte is written.
+    store.open_packs(&id, offset, len)?;
+    reader.seek(SeekFrom::Start(offset)).map_err(out_err)?;
+    reader.limit_read_ahead(offset + len);
+    let mut out = io::stdout().lock();
+    io::copy(&mut reader.take(len), &mut out).map_err(out_err)?;
+    out.flush().map_err(out_err)
+}
