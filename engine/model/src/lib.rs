@@ -330,7 +330,9 @@ impl Sniffer {
                     self.state = State::Decided(Format::Other, None);
                 }
             }
-            State::Npy(r) => r.feed(data),
+            State::Npy(r) => {
+                r.feed(data);
+            }
             State::Zip(z) => z.feed(data),
             State::Onnx(o) => {
                 o.feed(data);

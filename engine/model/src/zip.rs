@@ -96,16 +96,25 @@ impl NpyReader {
         }
     }
 
-    pub fn feed(&mut self, mut data: &[u8]) {
-        self.fed += data.len() as u64;
+    /// Feeds bytes; returns how many it used (the rest it does not want).
+    pub fn feed(&mut self, mut data: &[u8]) -> usize {
+        let offered = data.len();
+        let used = self.feed_inner(&mut data);
+        self.fed += used as u64;
+        debug_assert!(used <= offered);
+        used
+    }
+
+    fn feed_inner(&mut self, data: &mut &[u8]) -> usize {
+        let offered = data.len();
         while self.header.is_none() && self.error.is_none() && !data.is_empty() {
             // 12 bytes hold any preamble; then the whole header.
             let target = self.need.unwrap_or(12) as usize;
             let take = target.saturating_sub(self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+            *data = &data[take..];
             if self.buf.len() < target {
-                return;
+                return offered - data.len();
             }
             match self.need {
                 None => match npy::preamble(&self.buf) {
@@ -116,27 +125,29 @@ impl NpyReader {
                                 "npy header of {hlen} bytes exceeds the limit of {}",
                                 self.max_header
                             ));
-                            return;
+                            return offered - data.len();
                         }
                         self.need = Some(total);
                     }
                     npy::Preamble::Invalid(e) => {
                         self.error = Some(e);
-                        return;
+                        return offered - data.len();
                     }
                     npy::Preamble::NeedMore => {
                         self.error = Some("npy preamble unreadable".into());
-                        return;
+                        return offered - data.len();
                     }
                 },
                 Some(total) => self.parse_header(total),
             }
         }
+        let mut used = offered - data.len();
         if let Some(p) = &mut self.pickle {
             if !p.is_finished() {
-                p.feed(data);
+                used += p.feed(data);
             }
         }
+        used
     }
 
     /// `buf` holds at least the `total` header bytes.
@@ -231,12 +242,11 @@ impl Consumer {
             Consumer::Npy(n) => n.wants(),
         }
     }
-    fn feed(&mut self, b: &[u8]) {
+    /// Feeds bytes; returns how many the consumer used.
+    fn feed(&mut self, b: &[u8]) -> usize {
         match self {
-            Consumer::Nothing => {}
-            Consumer::Pickle(p) => {
-                p.feed(b);
-            }
+            Consumer::Nothing => 0,
+            Consumer::Pickle(p) => p.feed(b),
             Consumer::Npy(n) => n.feed(b),
         }
     }
@@ -272,7 +282,9 @@ impl Sink {
             return;
         }
         match self {
-            Sink::Stored(c) => c.feed(data),
+            Sink::Stored(c) => {
+                c.feed(data);
+            }
             Sink::Deflate {
                 z,
                 consumer,
@@ -292,8 +304,11 @@ impl Sink {
                     let used = (z.total_in() - in0) as usize;
                     let made = (z.total_out() - out0) as usize;
                     input = input.get(used..).unwrap_or(&[]);
-                    *budget -= made as u64;
-                    consumer.feed(&out[..made]);
+                    // Only what the consumer used is charged: how much
+                    // one call inflates past its need depends on how the
+                    // input was split, and the result must not.
+                    let taken = consumer.feed(&out[..made]);
+                    *budget = budget.saturating_sub(taken as u64);
                     match st {
                         Ok(Status::StreamEnd) => {
                             *ended = true;
