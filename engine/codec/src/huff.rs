@@ -367,45 +367,49 @@ fn read_table(payload: &[u8], lens: &mut [u8; 256]) -> Result<usize, CodecError>
     Ok(2 + nbytes)
 }
 
-/// Per-stream bit reader state.
-#[derive(Clone, Copy)]
-struct Reader {
-    bits: u64,
-    /// Number of valid bits in `bits`.
-    n: u32,
-    /// Next byte to load (may run past `end` in the careful tail, reading zeros).
-    pos: usize,
-    start: usize,
-    end: usize,
+/// The 64 bits of `payload` starting at bit `pos` (LSB-first). Needs
+/// `pos / 8 + 8 <= payload.len()`; returns zeros otherwise (never reached
+/// by the fast loop, whose bounds are computed up front).
+#[inline(always)]
+fn peek_fast(payload: &[u8], pos: usize) -> u64 {
+    let at = pos >> 3;
+    match payload.get(at..at + 8) {
+        Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) >> (pos & 7),
+        None => 0,
+    }
 }
 
-impl Reader {
-    #[inline(always)]
-    fn refill_fast(&mut self, data: &[u8]) {
-        // Precondition: pos + 8 <= end <= data.len().
-        let w = u64::from_le_bytes(data[self.pos..self.pos + 8].try_into().unwrap_or([0; 8]));
-        self.bits |= w << self.n;
-        self.pos += ((63 - self.n) >> 3) as usize;
-        self.n |= 56;
-    }
-
-    #[inline]
-    fn refill_careful(&mut self, data: &[u8]) {
-        while self.n <= 56 {
-            let b = if self.pos < self.end {
-                data[self.pos]
-            } else {
-                0
-            };
-            self.bits |= (b as u64) << self.n;
-            self.pos += 1;
-            self.n += 8;
+/// The next 57 or more bits at bit `pos` of the stream ending at byte
+/// `end`, reading zeros past its end.
+fn peek_careful(payload: &[u8], end: usize, pos: usize) -> u64 {
+    let at = pos >> 3;
+    let mut w = [0u8; 8];
+    for (i, b) in w.iter_mut().enumerate() {
+        if at + i < end {
+            *b = payload[at + i];
         }
     }
+    u64::from_le_bytes(w) >> (pos & 7)
+}
 
-    fn consumed_bits(&self) -> usize {
-        (self.pos - self.start) * 8 - self.n as usize
-    }
+/// Rounds of the fast loop that stay within a stream's bytes and its
+/// output segment: each round reads 8 bytes at the current position and
+/// consumes at most 55 bits, and writes at most 16 bytes and advances at
+/// most 15.
+#[inline]
+fn safe_rounds(bitpos: usize, end: usize, o: usize, oend: usize) -> usize {
+    let end_bits = end * 8;
+    let by_input = if end_bits >= bitpos + 64 {
+        (end_bits - 64 - bitpos) / 55 + 1
+    } else {
+        0
+    };
+    let by_output = if oend >= o + 16 {
+        (oend - o - 16) / 15 + 1
+    } else {
+        0
+    };
+    by_input.min(by_output)
 }
 
 /// Decodes a Huffman plane payload into `out` (whose length is the number
@@ -440,70 +444,109 @@ pub fn decode(payload: &[u8], tables: &mut DecodeTables, out: &mut [u8]) -> Resu
     tables.build(&lens);
 
     let n = out.len();
-    let mut rd = [Reader {
-        bits: 0,
-        n: 0,
-        pos: 0,
-        start: 0,
-        end: 0,
-    }; STREAMS];
+    // Per stream: bit position in `payload`, its end byte, output position
+    // and output end.
+    let mut pos = [0usize; STREAMS];
+    let mut end = [0usize; STREAMS];
     let mut op = [0usize; STREAMS];
     let mut oend = [0usize; STREAMS];
     let mut p = data_start;
     for k in 0..STREAMS {
-        rd[k] = Reader {
-            bits: 0,
-            n: 0,
-            pos: p,
-            start: p,
-            end: p + sizes[k],
-        };
+        pos[k] = p * 8;
         p += sizes[k];
-        let (a, b) = segment(n, k);
-        op[k] = a;
-        oend[k] = b;
+        end[k] = p;
+        (op[k], oend[k]) = segment(n, k);
     }
 
-    let multi = &tables.multi[..TABLE_SIZE];
-    // Fast loop: per round, refill each stream to >= 56 bits, then 5 look-ups
-    // per stream (<= 55 bits, <= 15 symbols, writes <= 16 bytes).
-    loop {
-        let mut ok = true;
-        for k in 0..STREAMS {
-            ok &= rd[k].pos + 8 <= rd[k].end && op[k] + 16 <= oend[k];
-        }
-        if !ok {
-            break;
-        }
-        for r in rd.iter_mut() {
-            r.refill_fast(payload);
-        }
-        for _ in 0..5 {
-            for k in 0..STREAMS {
-                let e = multi[(rd[k].bits & TABLE_MASK) as usize];
-                out[op[k]..op[k] + 4].copy_from_slice(&e.to_le_bytes());
-                op[k] += (e >> 28) as usize;
-                let l = (e >> 24) & 15;
-                rd[k].bits >>= l;
-                rd[k].n -= l;
+    let multi: &[u32; TABLE_SIZE] = tables.multi[..]
+        .try_into()
+        .map_err(|_| CodecError::Corrupt("huffman: table size"))?;
+    // Fast loop: rounds of one 64-bit load and 5 look-ups (<= 55 bits, <= 15
+    // symbols) per stream, the four streams interleaved in plain locals.
+    // Bounds are computed per batch of rounds; within a round each stream
+    // writes into a 16-byte window of its own segment, at offsets the
+    // compiler can see are below 13 (counts are masked to 2 bits).
+    {
+        let [mut b0, mut b1, mut b2, mut b3] = pos;
+        let [mut o0, mut o1, mut o2, mut o3] = op;
+        let (s0, rest) = out.split_at_mut(oend[0]);
+        let (s1, rest) = rest.split_at_mut(oend[1] - oend[0]);
+        let (s2, s3) = rest.split_at_mut(oend[2] - oend[1]);
+        // Output positions relative to each segment.
+        o1 -= oend[0];
+        o2 -= oend[1];
+        o3 -= oend[2];
+        loop {
+            let rounds = safe_rounds(b0, end[0], o0, s0.len())
+                .min(safe_rounds(b1, end[1], o1, s1.len()))
+                .min(safe_rounds(b2, end[2], o2, s2.len()))
+                .min(safe_rounds(b3, end[3], o3, s3.len()));
+            if rounds == 0 {
+                break;
+            }
+            for _ in 0..rounds {
+                fn window(s: &mut [u8], o: usize) -> Option<&mut [u8; 16]> {
+                    s.get_mut(o..o + 16)?.try_into().ok()
+                }
+                let (Some(d0), Some(d1), Some(d2), Some(d3)) = (
+                    window(s0, o0),
+                    window(s1, o1),
+                    window(s2, o2),
+                    window(s3, o3),
+                ) else {
+                    break;
+                };
+                let mut w = [
+                    peek_fast(payload, b0),
+                    peek_fast(payload, b1),
+                    peek_fast(payload, b2),
+                    peek_fast(payload, b3),
+                ];
+                let mut c = [0usize; 4];
+                let mut used = [0usize; 4];
+                let d: [&mut [u8; 16]; 4] = [d0, d1, d2, d3];
+                for _ in 0..5 {
+                    for k in 0..4 {
+                        let e = multi[(w[k] & TABLE_MASK) as usize];
+                        d[k][c[k]..c[k] + 4].copy_from_slice(&e.to_le_bytes());
+                        c[k] += ((e >> 28) & 3) as usize;
+                        let l = (e >> 24) & 15;
+                        w[k] >>= l;
+                        used[k] += l as usize;
+                    }
+                }
+                b0 += used[0];
+                b1 += used[1];
+                b2 += used[2];
+                b3 += used[3];
+                o0 += c[0];
+                o1 += c[1];
+                o2 += c[2];
+                o3 += c[3];
             }
         }
+        pos = [b0, b1, b2, b3];
+        op = [o0, o1 + oend[0], o2 + oend[1], o3 + oend[2]];
     }
-    // Careful tail, one symbol at a time.
+    // Careful tail, one symbol at a time, zeros past a stream's end.
     let single = &tables.single[..TABLE_SIZE];
     for k in 0..STREAMS {
-        let r = &mut rd[k];
+        let mut b = pos[k];
+        let mut w = 0u64;
+        let mut avail = 0u32;
         for o in out[op[k]..oend[k]].iter_mut() {
-            if r.n < MAX_LEN {
-                r.refill_careful(payload);
+            if avail < MAX_LEN {
+                w = peek_careful(payload, end[k], b);
+                avail = 57;
             }
-            let e = single[(r.bits & TABLE_MASK) as usize];
+            let e = single[(w & TABLE_MASK) as usize];
             *o = e as u8;
             let l = (e >> 8) as u32;
-            r.bits >>= l;
-            r.n -= l;
+            w >>= l;
+            avail -= l;
+            b += l as usize;
         }
-        let used = r.consumed_bits();
+        let used = b - (end[k] - sizes[k]) * 8;
         if used.div_ceil(8) != sizes[k] {
             return Err(CodecError::Corrupt(
                 "huffman stream length does not match its symbols",
