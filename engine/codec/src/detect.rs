@@ -125,14 +125,20 @@ impl ByteStats {
 pub fn match_fraction(data: &[u8]) -> f64 {
     let mut hits = 0usize;
     let mut total = 0usize;
-    let mut table = [u16::MAX; 4096];
+    let mut table = [u16::MAX; 1 << MATCH_HASH_BITS];
+    let mut windows = 0;
     for_each_window(data, |w| {
+        // Two windows (at the start and a third in) are enough to see text
+        // or repeated values; positions fit in u16 (windows <= 8 KiB).
+        windows += 1;
+        if windows > 2 {
+            return;
+        }
         table.fill(u16::MAX);
-        // Windows are at most 8 KiB, so positions fit in u16.
         let mut i = 0;
         while i + 4 <= w.len() {
             let v = u32::from_le_bytes([w[i], w[i + 1], w[i + 2], w[i + 3]]);
-            let h = (v.wrapping_mul(0x9E37_79B1) >> 20) as usize;
+            let h = (v.wrapping_mul(0x9E37_79B1) >> (32 - MATCH_HASH_BITS)) as usize;
             let prev = table[h];
             table[h] = i as u16;
             total += 1;
@@ -153,6 +159,9 @@ pub fn match_fraction(data: &[u8]) -> f64 {
         hits as f64 * 4.0 / (total as f64 + hits as f64 * 3.0)
     }
 }
+
+/// Hash table size (log2) of [`match_fraction`].
+const MATCH_HASH_BITS: u32 = 11;
 
 /// Estimated order-0 cost, in bits per element, of the byte planes of
 /// elements of `width` (2 or 4) bytes at `phase`, rotated left by one bit

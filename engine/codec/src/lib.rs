@@ -285,6 +285,9 @@ enum Plan {
     Raw,
     Zstd,
     Planes(Layout),
+    /// Planes and whole-chunk zstd, the smaller wins (float data with
+    /// long repeats).
+    Both(Layout),
 }
 
 /// A plane whose sampled order-0 entropy is above this (bits per byte) is
@@ -338,6 +341,20 @@ impl Encoder {
                 Plan::Raw => Method::None,
                 Plan::Zstd => self.try_zstd(raw, limit),
                 Plan::Planes(layout) => self.try_planes(raw, layout, limit),
+                Plan::Both(layout) => {
+                    let m = self.try_planes(raw, layout, limit);
+                    let best = if m == Method::FloatPlanes {
+                        self.out.len().saturating_sub(1)
+                    } else {
+                        limit
+                    };
+                    if zstd_into(&mut self.zstd, raw, best, &mut self.zbuf) {
+                        std::mem::swap(&mut self.out, &mut self.zbuf);
+                        Method::Zstd
+                    } else {
+                        m
+                    }
+                }
             }
         };
         Ok(match method {
@@ -371,7 +388,7 @@ impl Encoder {
             }
             Method::FloatPlanes => {
                 let layout = match self.plan(raw, hint) {
-                    Plan::Planes(l) => l,
+                    Plan::Planes(l) | Plan::Both(l) => l,
                     _ => match hint.dtype.float_width() {
                         Some(w) => Layout {
                             width: w,
@@ -443,12 +460,8 @@ impl Encoder {
             return Plan::Raw;
         }
         let n = n as f64;
-        // Strong LZ redundancy (text, repeated rows): zstd, whatever the
-        // element width.
+        // LZ redundancy (text, repeated values or rows).
         let matches = detect::match_fraction(raw);
-        if matches >= 0.25 {
-            return Plan::Zstd;
-        }
         let all = detect::add(
             &detect::add(&pos[0], &pos[1]),
             &detect::add(&pos[2], &pos[3]),
@@ -488,23 +501,27 @@ impl Encoder {
         } else {
             (TRANSFORM_NONE, plain)
         };
-        if bits / width as f64 > worth {
-            return Plan::Raw;
-        }
-        Plan::Planes(Layout {
+        let layout = Layout {
             width,
             transform,
             phase,
-        })
+        };
+        if matches >= 0.25 {
+            // Long repeats: zstd may beat the planes (text), or the planes
+            // with zstd-coded planes may beat zstd (repetitive floats).
+            return Plan::Both(layout);
+        }
+        if bits / width as f64 > worth {
+            return Plan::Raw;
+        }
+        Plan::Planes(layout)
     }
 
     fn try_zstd(&mut self, raw: &[u8], limit: usize) -> Method {
-        self.out.clear();
-        let cap = zstd::zstd_safe::compress_bound(raw.len()).min(limit);
-        self.out.reserve_exact(cap);
-        match self.zstd.compress_to_buffer(raw, &mut self.out) {
-            Ok(n) if n <= limit => Method::Zstd,
-            _ => Method::None,
+        if zstd_into(&mut self.zstd, raw, limit, &mut self.out) {
+            Method::Zstd
+        } else {
+            Method::None
         }
     }
 
@@ -539,6 +556,20 @@ impl Encoder {
             Method::None
         }
     }
+}
+
+/// Compresses `raw` into `out` as one zstd frame; false when it fails or
+/// takes more than `limit` bytes.
+fn zstd_into(
+    z: &mut zstd::bulk::Compressor<'static>,
+    raw: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    let cap = zstd::zstd_safe::compress_bound(raw.len()).min(limit);
+    out.reserve_exact(cap);
+    matches!(z.compress_to_buffer(raw, out), Ok(n) if n <= limit)
 }
 
 /// The phase (of `0..width`, or the given one) whose rotated byte planes

@@ -350,3 +350,27 @@ fn hints_from_headers() {
     assert_eq!(Hint::at_offset(DtypeHint::F32, 5).phase, Some(3));
     assert_eq!(Hint::at_offset(DtypeHint::I8, 5).phase, None);
 }
+
+#[test]
+fn repetitive_floats_take_the_smaller_of_planes_and_zstd() {
+    // f16 weights with 16 distinct values in runs, as weight-clustered
+    // models store them: long repeats, which zstd finds.
+    let (mut enc, mut dec) = codec();
+    let centers: Vec<[u8; 2]> = (0..16)
+        .map(|i| tessera_codec::testvec::f32_to_f16((i as f32 - 7.5) * 0.01).to_le_bytes())
+        .collect();
+    let mut s = 11u64;
+    let mut raw = Vec::new();
+    while raw.len() < 64 * 1024 {
+        let r = splitmix64(&mut s);
+        for _ in 0..1 + r % 6 {
+            raw.extend_from_slice(&centers[(r >> 8) as usize % 16]);
+        }
+    }
+    let whole = zstd::bulk::compress(&raw, 3).unwrap().len();
+    let (m, len) = check(&mut enc, &mut dec, &raw, DtypeHint::Unknown.into());
+    assert_ne!(m, Method::None);
+    assert!(len <= whole, "{m:?}: {len} > zstd {whole}");
+    let (_, hinted) = check(&mut enc, &mut dec, &raw, DtypeHint::F16.into());
+    assert!(hinted < raw.len() / 2, "{hinted}");
+}
