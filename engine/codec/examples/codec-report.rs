@@ -29,7 +29,8 @@ struct Args {
     max_mib: u64,
     reps: usize,
     levels: Vec<i32>,
-    files: Vec<(String, Option<DtypeHint>)>,
+    /// Path, whole-file hint, and whether to convert F32 tensors to BF16.
+    files: Vec<(String, Option<DtypeHint>, bool)>,
 }
 
 fn parse_args() -> Args {
@@ -63,16 +64,19 @@ fn parse_args() -> Args {
             "-h" | "--help" => {
                 eprintln!(
                     "usage: codec-report [--synth-mib N] [--no-synth] [--max-mib N] [--reps N] \
-                     [--levels 1,3,9,19] [FILE[:bf16|f16|f32|i8|quantized]]..."
+                     [--levels 1,3,9,19] [FILE[:bf16|f16|f32|i8|quantized|as-bf16]]..."
                 );
                 std::process::exit(0);
             }
             _ => {
-                let (path, hint) = match x.rsplit_once(':') {
-                    Some((p, h)) if parse_hint(h).is_some() => (p.to_string(), parse_hint(h)),
-                    _ => (x.clone(), None),
+                let (path, hint, bf16) = match x.rsplit_once(':') {
+                    Some((p, "as-bf16")) => (p.to_string(), None, true),
+                    Some((p, h)) if parse_hint(h).is_some() => {
+                        (p.to_string(), parse_hint(h), false)
+                    }
+                    _ => (x.clone(), None, false),
                 };
-                a.files.push((path, hint));
+                a.files.push((path, hint, bf16));
             }
         }
     }
@@ -81,6 +85,8 @@ fn parse_args() -> Args {
 
 fn parse_hint(s: &str) -> Option<DtypeHint> {
     Some(match s.to_ascii_lowercase().as_str() {
+        // Not a hint: convert the file's F32 tensors to BF16 first.
+        "as-bf16" => DtypeHint::Unknown,
         "bf16" => DtypeHint::Bf16,
         "f16" => DtypeHint::F16,
         "f32" => DtypeHint::F32,
@@ -109,6 +115,50 @@ fn safetensors_hints(data: &[u8]) -> Option<HintMap> {
     }
     v.sort_by_key(|(r, _)| r.start);
     Some(v)
+}
+
+/// A safetensors file with every F32 tensor rounded to BF16 (to nearest,
+/// ties to even, as `torch.Tensor.to(torch.bfloat16)` does).
+fn safetensors_to_bf16(data: &[u8]) -> Option<Vec<u8>> {
+    let n = u64::from_le_bytes(data.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(data.get(8..8 + n)?).ok()?;
+    let base = 8 + n;
+    let mut tensors: Vec<(String, serde_json::Value)> =
+        header.as_object()?.clone().into_iter().collect();
+    tensors.sort_by_key(|(_, t)| {
+        t.get("data_offsets")
+            .and_then(|o| o[0].as_u64())
+            .unwrap_or(0)
+    });
+    let mut body = Vec::new();
+    let mut out_header = serde_json::Map::new();
+    for (name, t) in tensors {
+        if name == "__metadata__" {
+            out_header.insert(name, t);
+            continue;
+        }
+        let off = t.get("data_offsets")?.as_array()?;
+        let (a, b) = (off[0].as_u64()? as usize, off[1].as_u64()? as usize);
+        let bytes = data.get(base + a..base + b)?;
+        let mut t = t.clone();
+        let start = body.len();
+        if t.get("dtype")?.as_str()? == "F32" {
+            for c in bytes.chunks_exact(4) {
+                let x = f32::from_le_bytes(c.try_into().ok()?);
+                body.extend_from_slice(&tessera_codec::testvec::f32_to_bf16(x).to_le_bytes());
+            }
+            t["dtype"] = "BF16".into();
+        } else {
+            body.extend_from_slice(bytes);
+        }
+        t["data_offsets"] = serde_json::json!([start, body.len()]);
+        out_header.insert(name, t);
+    }
+    let h = serde_json::to_vec(&serde_json::Value::Object(out_header)).ok()?;
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&body);
+    Some(out)
 }
 
 /// Minimal GGUF (v2/v3) reader: tensor types and data ranges.
@@ -391,8 +441,11 @@ fn main() {
             );
         }
     }
-    for (path, hint) in &args.files {
-        let full = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (path, hint, to_bf16) in &args.files {
+        let mut full = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        if *to_bf16 {
+            full = safetensors_to_bf16(&full).unwrap_or_else(|| panic!("{path}: not safetensors"));
+        }
         let file_len = full.len() as u64;
         let max = (args.max_mib << 20) as usize;
         let data = &full[..full.len().min(max)];
@@ -410,9 +463,12 @@ fn main() {
                 },
             },
         };
-        let name = std::path::Path::new(path)
+        let mut name = std::path::Path::new(path)
             .file_name()
             .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
+        if *to_bf16 {
+            name.push_str(", F32 tensors rounded to BF16");
+        }
         let trunc = if data.len() < full.len() {
             format!(
                 ", first {} MiB of {:.1} MiB",

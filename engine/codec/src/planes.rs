@@ -136,10 +136,19 @@ pub fn merge(planes: &[&[u8]], layout: Layout, body: &mut [u8]) {
     }
 }
 
+/// Elements per block of the merge: a block of the in-place plane is
+/// copied out before the block's elements overwrite it.
+const MERGE_BLOCK: usize = 4096;
+
 /// Reusable decoder state for the planes format.
 #[derive(Default)]
 pub struct PlaneDecoder {
+    /// Coded planes after the first one (the first is decoded into the
+    /// output buffer itself).
     scratch: Vec<u8>,
+    /// One merge block per plane: constant planes, and the in-place plane's
+    /// block copied out (fixed size).
+    blocks: Vec<u8>,
     tables: Option<Box<huff::DecodeTables>>,
 }
 
@@ -148,11 +157,25 @@ fn read_u32(b: &[u8], at: usize) -> Result<usize, CodecError> {
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
 }
 
-/// Where a decoded plane's bytes are.
-#[derive(Clone, Copy)]
+/// Where a plane's bytes are.
+#[derive(Clone, Copy, Debug)]
 enum Src {
+    /// In the stored bytes at this offset (raw plane).
     Stored(usize),
+    /// Constant.
+    Const(u8),
+    /// Decoded into the last `n` bytes of the output body.
+    InPlace,
+    /// Decoded into the scratch buffer at this offset.
     Scratch(usize),
+}
+
+/// A coded plane's mode and payload.
+#[derive(Clone, Copy)]
+struct Coded {
+    mode: u8,
+    at: usize,
+    len: usize,
 }
 
 impl PlaneDecoder {
@@ -160,9 +183,35 @@ impl PlaneDecoder {
         self.scratch.capacity()
     }
 
+    fn decode_plane(
+        &mut self,
+        stored: &[u8],
+        c: Coded,
+        zstd: &mut zstd::bulk::Decompressor<'static>,
+        dst: &mut [u8],
+    ) -> Result<(), CodecError> {
+        let payload = &stored[c.at..c.at + c.len];
+        if c.mode == MODE_HUFFMAN {
+            let t = self.tables.get_or_insert_with(Default::default);
+            huff::decode(payload, t, dst)
+        } else {
+            let got = zstd
+                .decompress_to_buffer(payload, dst)
+                .map_err(|_| CodecError::Corrupt("planes: zstd plane does not decode"))?;
+            if got != dst.len() {
+                return Err(CodecError::Corrupt(
+                    "planes: zstd plane has the wrong length",
+                ));
+            }
+            Ok(())
+        }
+    }
+
     /// Decodes a method-2 chunk into `out` (cleared first), which ends with
-    /// exactly `raw_len` bytes on success. Allocates at most `raw_len` bytes
-    /// of scratch plus fixed-size tables, whatever `stored` says.
+    /// exactly `raw_len` bytes on success. Whatever `stored` says, `out`
+    /// gets exactly `raw_len` bytes of capacity and the scratch holds at
+    /// most `(c - 1) * n <= raw_len` bytes for `c >= 2` Huffman or zstd
+    /// planes of `n` bytes (none for the usual single coded plane).
     pub fn decode(
         &mut self,
         stored: &[u8],
@@ -197,102 +246,117 @@ impl PlaneDecoder {
             phase,
         };
         let (n, tail) = layout.split_counts(raw_len);
-        let mut p = HEADER_LEN;
-        let head_at = p;
-        p += phase;
-        if p > stored.len() {
+        let head_at = HEADER_LEN;
+        // Parse the plane records (no decoding yet): every length is
+        // checked against the stored bytes before anything is allocated.
+        let mut srcs = [Src::Const(0); 4];
+        let mut coded: [Option<Coded>; 4] = [None; 4];
+        let mut q = HEADER_LEN + phase;
+        if q > stored.len() {
             return Err(CodecError::Truncated);
         }
-        // Planes that are not stored raw are decoded into the scratch
-        // buffer: at most width * n <= raw_len bytes.
-        let mut srcs = [Src::Stored(0); 4];
-        let coded: usize = {
-            // First pass: count scratch planes without decoding.
-            let mut q = p;
-            let mut c = 0;
-            for _ in 0..width {
-                let mode = *stored.get(q).ok_or(CodecError::Truncated)?;
-                q += 1;
-                q += match mode {
-                    MODE_RAW => n,
-                    MODE_CONST => {
-                        c += 1;
-                        1
-                    }
-                    MODE_HUFFMAN | MODE_ZSTD => {
-                        c += 1;
-                        4 + read_u32(stored, q)?
-                    }
-                    _ => return Err(CodecError::Corrupt("planes: unknown plane mode")),
-                };
-                if q > stored.len() {
-                    return Err(CodecError::Truncated);
-                }
-            }
-            if q + tail != stored.len() {
-                return Err(CodecError::Corrupt(
-                    "planes: stored length does not match its contents",
-                ));
-            }
-            c
-        };
-        self.scratch.clear();
-        // Exact: never more than raw_len, whatever the growth policy.
-        self.scratch.reserve_exact(coded * n);
-        self.scratch.resize(coded * n, 0);
-        let mut slot = 0;
-        for src in srcs.iter_mut().take(width) {
-            let mode = stored[p];
-            p += 1;
+        for k in 0..width {
+            let mode = *stored.get(q).ok_or(CodecError::Truncated)?;
+            q += 1;
             match mode {
                 MODE_RAW => {
-                    *src = Src::Stored(p);
-                    p += n;
+                    srcs[k] = Src::Stored(q);
+                    q += n;
                 }
                 MODE_CONST => {
-                    let v = stored[p];
-                    p += 1;
-                    self.scratch[slot * n..(slot + 1) * n].fill(v);
-                    *src = Src::Scratch(slot * n);
-                    slot += 1;
+                    srcs[k] = Src::Const(*stored.get(q).ok_or(CodecError::Truncated)?);
+                    q += 1;
                 }
-                _ => {
-                    let len = read_u32(stored, p)?;
-                    p += 4;
-                    let payload = &stored[p..p + len];
-                    p += len;
-                    let dst = &mut self.scratch[slot * n..(slot + 1) * n];
-                    if mode == MODE_HUFFMAN {
-                        let t = self.tables.get_or_insert_with(Default::default);
-                        huff::decode(payload, t, dst)?;
-                    } else {
-                        let got = zstd.decompress_to_buffer(payload, dst).map_err(|_| {
-                            CodecError::Corrupt("planes: zstd plane does not decode")
-                        })?;
-                        if got != n {
-                            return Err(CodecError::Corrupt(
-                                "planes: zstd plane has the wrong length",
-                            ));
-                        }
-                    }
-                    *src = Src::Scratch(slot * n);
-                    slot += 1;
+                MODE_HUFFMAN | MODE_ZSTD => {
+                    let len = read_u32(stored, q)?;
+                    q += 4;
+                    coded[k] = Some(Coded { mode, at: q, len });
+                    q = q.checked_add(len).ok_or(CodecError::Truncated)?;
                 }
+                _ => return Err(CodecError::Corrupt("planes: unknown plane mode")),
+            }
+            if q > stored.len() {
+                return Err(CodecError::Truncated);
             }
         }
-        let tail_at = p;
-        let mut refs: [&[u8]; 4] = [&[]; 4];
-        for (r, s) in refs.iter_mut().zip(srcs.iter()).take(width) {
-            *r = match *s {
-                Src::Stored(at) => &stored[at..at + n],
-                Src::Scratch(at) => &self.scratch[at..at + n],
-            };
+        if q + tail != stored.len() {
+            return Err(CodecError::Corrupt(
+                "planes: stored length does not match its contents",
+            ));
         }
+        let tail_at = q;
+
+        // The first coded plane is decoded into the last n bytes of the
+        // body: merging block by block from the front never overwrites a
+        // byte of it that is still to be read (element i writes bytes
+        // < W*(i+1) <= (W-1)*n + i + 1 of the body, and its block was
+        // copied out first). Further coded planes go to the scratch.
+        let ncoded = coded.iter().flatten().count();
+        self.scratch.clear();
+        let extra = ncoded.saturating_sub(1) * n;
+        self.scratch.reserve_exact(extra);
+        self.scratch.resize(extra, 0);
         out.clear();
         out.reserve_exact(raw_len);
         out.extend_from_slice(&stored[head_at..head_at + phase]);
         out.resize(phase + n * width, 0);
-        merge(&refs[..width], layout, &mut out[phase..]);
+        let mut slot = 0;
+        let mut first = true;
+        for k in 0..width {
+            let Some(c) = coded[k] else { continue };
+            if first {
+                let body = &mut out[phase..];
+                let dst = &mut body[(width - 1) * n..];
+                self.decode_plane(stored, c, zstd, dst)?;
+                srcs[k] = Src::InPlace;
+                first = false;
+            } else {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                let r = self.decode_plane(stored, c, zstd, &mut scratch[slot * n..(slot + 1) * n]);
+                self.scratch = scratch;
+                r?;
+                srcs[k] = Src::Scratch(slot * n);
+                slot += 1;
+            }
+        }
+        if self.blocks.len() != 4 * MERGE_BLOCK {
+            self.blocks = vec![0; 4 * MERGE_BLOCK];
+        }
+        for (k, s) in srcs.iter().enumerate().take(width) {
+            if let Src::Const(v) = *s {
+                self.blocks[k * MERGE_BLOCK..(k + 1) * MERGE_BLOCK].fill(v);
+            }
+        }
+        let body = &mut out[phase..];
+        // One element byte decoded in place is already the body.
+        let mut i0 = if width == 1 && matches!(srcs[0], Src::InPlace) {
+            n
+        } else {
+            0
+        };
+        while i0 < n {
+            let i1 = (i0 + MERGE_BLOCK).min(n);
+            let m = i1 - i0;
+            for (k, s) in srcs.iter().enumerate().take(width) {
+                if let Src::InPlace = s {
+                    let from = (width - 1) * n + i0;
+                    self.blocks[k * MERGE_BLOCK..k * MERGE_BLOCK + m]
+                        .copy_from_slice(&body[from..from + m]);
+                }
+            }
+            let mut refs: [&[u8]; 4] = [&[]; 4];
+            for (k, (r, s)) in refs.iter_mut().zip(srcs.iter()).enumerate().take(width) {
+                *r = match *s {
+                    Src::Stored(at) => &stored[at + i0..at + i1],
+                    Src::Scratch(at) => &self.scratch[at + i0..at + i1],
+                    Src::Const(_) | Src::InPlace => {
+                        &self.blocks[k * MERGE_BLOCK..k * MERGE_BLOCK + m]
+                    }
+                };
+            }
+            merge(&refs[..width], layout, &mut body[width * i0..width * i1]);
+            i0 = i1;
+        }
         out.extend_from_slice(&stored[tail_at..tail_at + tail]);
         debug_assert_eq!(out.len(), raw_len);
         Ok(())

@@ -154,6 +154,12 @@ fn bf16_weights_compress_below_070() {
         let mut out = Vec::new();
         dec.decode(2, &stored, odd.len(), &mut out).unwrap();
         assert_eq!(out, odd);
+        // One coded plane is decoded inside the output: no scratch at all.
+        let mut fresh = Decoder::new().unwrap();
+        fresh.decode(2, &stored, odd.len(), &mut out).unwrap();
+        assert_eq!(out, odd);
+        assert_eq!(fresh.scratch_capacity(), 0);
+        assert_eq!(out.capacity(), odd.len());
     }
 }
 
