@@ -663,17 +663,23 @@ impl Decoder {
     }
 
     /// Bytes of scratch the decoder holds between calls (not counting
-    /// fixed-size tables and zstd's context). Never more than the largest
-    /// `raw_len` decoded so far.
+    /// fixed-size tables and zstd's context): `(c - 1) * n` for the last
+    /// method-2 chunk with `c >= 2` coded planes of `n` bytes, so never more
+    /// than the largest `raw_len` decoded; 0 while every chunk had at most
+    /// one coded plane.
     pub fn scratch_capacity(&self) -> usize {
         self.planes.scratch_capacity()
     }
 
     /// Decodes a stored chunk of method `method_code` into `out` (cleared
     /// first). On success `out` holds exactly `raw_len` bytes. Never
-    /// panics; allocates at most `raw_len` bytes for `out` and `raw_len` of
-    /// reusable scratch (plus fixed-size tables), whatever `stored` says.
-    /// On error `out`'s contents are unspecified.
+    /// panics. Whatever `stored` says, `out` is given exactly `raw_len`
+    /// bytes of capacity (unless it already had more) and nothing else is
+    /// sized by the stored bytes: a method-2 chunk with one Huffman or zstd
+    /// plane (the usual float case) is decoded inside `out`; further coded
+    /// planes use a reusable scratch of at most `raw_len` bytes (see
+    /// [`scratch_capacity`](Decoder::scratch_capacity)); tables are fixed
+    /// size. On error `out`'s contents are unspecified.
     pub fn decode(
         &mut self,
         method_code: u8,
@@ -701,10 +707,12 @@ impl Decoder {
             Method::Zstd => {
                 out.clear();
                 out.reserve_exact(raw_len);
-                // Decodes into out's capacity only (never grows it).
+                out.resize(raw_len, 0);
+                // Into exactly raw_len bytes: a longer frame is an error,
+                // never a larger write or allocation.
                 let n = self
                     .zstd
-                    .decompress_to_buffer(stored, out)
+                    .decompress_to_buffer(stored, &mut out[..])
                     .map_err(|e| CodecError::Zstd(e.to_string()))?;
                 if n != raw_len {
                     return Err(CodecError::LengthMismatch {
