@@ -525,7 +525,11 @@ impl Encoder {
         }
     }
 
-    fn try_planes(&mut self, raw: &[u8], layout: Layout, limit: usize) -> Method {
+    fn try_planes(&mut self, raw: &[u8], mut layout: Layout, limit: usize) -> Method {
+        if layout.phase > raw.len() {
+            // A chunk shorter than the phase: no element starts in it.
+            layout.phase = 0;
+        }
         let Encoder {
             out,
             planes,

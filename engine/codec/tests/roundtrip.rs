@@ -62,8 +62,15 @@ fn check_all(raw: &[u8]) {
         }
     }
     for m in Method::ALL {
-        for dtype in [DtypeHint::Unknown, DtypeHint::Bf16, DtypeHint::F32] {
-            let e = enc.encode_with(raw, m, dtype).expect("encode_with");
+        for (dtype, phase) in [
+            (DtypeHint::Unknown, None),
+            (DtypeHint::Bf16, None),
+            (DtypeHint::F32, None),
+            (DtypeHint::F32, Some(3)),
+        ] {
+            let e = enc
+                .encode_with(raw, m, Hint { dtype, phase })
+                .expect("encode_with");
             assert_eq!(e.method, m);
             let stored = e.bytes.to_vec();
             let mut out = Vec::new();
@@ -379,4 +386,14 @@ fn repetitive_floats_take_the_smaller_of_planes_and_zstd() {
     assert!(len <= whole, "{m:?}: {len} > zstd {whole}");
     let (_, hinted) = check(&mut enc, &mut dec, &raw, DtypeHint::F16.into());
     assert!(hinted < raw.len() / 2, "{hinted}");
+}
+
+#[test]
+fn tiny_chunks_roundtrip() {
+    // Shorter than an element, than the phase, than the minimum coded size.
+    for n in 0..=40 {
+        check_all(&random(n, n as u64));
+        check_all(&vec![0u8; n]);
+        check_all(&normal_f32(n / 4 + 1, 1)[..n]);
+    }
 }
