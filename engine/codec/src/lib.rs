@@ -451,7 +451,8 @@ impl Encoder {
     }
 
     /// Classifies a chunk from samples: element width from the entropy of
-    /// bytes grouped by position, phase from the exponent byte, raw when
+    /// bytes grouped by position, phase and rotation from the sampled
+    /// planes' entropy, zstd for long repeats, raw when
     /// nothing promises the minimum savings.
     fn detect(&self, raw: &[u8]) -> Plan {
         let pos = detect::position_stats(raw);
