@@ -461,8 +461,6 @@ impl Encoder {
             return Plan::Raw;
         }
         let n = n as f64;
-        // LZ redundancy (text, repeated values or rows).
-        let matches = detect::match_fraction(raw);
         let all = detect::add(
             &detect::add(&pos[0], &pos[1]),
             &detect::add(&pos[2], &pos[3]),
@@ -481,11 +479,14 @@ impl Encoder {
         }
         let worth = 8.0 * (1.0 - self.opts.min_savings) + 0.25;
         if width == 1 {
-            if matches >= 0.1 {
-                return Plan::Zstd;
-            }
+            // Random-looking bytes are stored raw without looking for
+            // repeats (rare in a chunk: repeats of whole chunks dedup).
             if est > worth {
                 return Plan::Raw;
+            }
+            // LZ redundancy (text, repeated values or rows).
+            if detect::match_fraction(raw) >= 0.1 {
+                return Plan::Zstd;
             }
             return Plan::Planes(Layout {
                 width: 1,
@@ -507,7 +508,7 @@ impl Encoder {
             transform,
             phase,
         };
-        if matches >= 0.25 {
+        if detect::match_fraction(raw) >= 0.25 {
             // Long repeats: zstd may beat the planes (text), or the planes
             // with zstd-coded planes may beat zstd (repetitive floats).
             return Plan::Both(layout);
