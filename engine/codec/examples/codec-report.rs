@@ -24,13 +24,14 @@ use std::ops::Range;
 use std::time::Instant;
 
 use tessera::synth::{DType, ModelSpec};
-use tessera_codec::{Decoder, DtypeHint, Encoder, EncoderOptions, Hint};
+use tessera_codec::{Decoder, DtypeHint, Encoder, EncoderOptions, Hint, Method};
 
 struct Args {
     synth_mib: u64,
     max_mib: u64,
     reps: usize,
     levels: Vec<i32>,
+    probes: bool,
     /// Path, whole-file hint, and whether to convert F32 tensors to BF16.
     files: Vec<(String, Option<DtypeHint>, bool)>,
 }
@@ -41,6 +42,7 @@ fn parse_args() -> Args {
         max_mib: 64,
         reps: 3,
         levels: vec![1, 3, 9, 19],
+        probes: false,
         files: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +55,7 @@ fn parse_args() -> Args {
         match x.as_str() {
             "--synth-mib" => a.synth_mib = num("--synth-mib"),
             "--no-synth" => a.synth_mib = 0,
+            "--probes" => a.probes = true,
             "--max-mib" => a.max_mib = num("--max-mib"),
             "--reps" => a.reps = num("--reps").max(1) as usize,
             "--levels" => {
@@ -65,7 +68,7 @@ fn parse_args() -> Args {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: codec-report [--synth-mib N] [--no-synth] [--max-mib N] [--reps N] \
+                    "usage: codec-report [--synth-mib N] [--no-synth] [--probes] [--max-mib N] [--reps N] \
                      [--levels 1,3,9,19] [FILE[:bf16|f16|f32|i8|quantized|as-bf16]]..."
                 );
                 std::process::exit(0);
@@ -477,6 +480,81 @@ fn report(title: &str, data: &[u8], hints: Option<HintMap>, args: &Args) {
     }
 }
 
+/// Cost of rejecting incompressible chunks, and Huffman speed by entropy.
+fn probes(args: &Args) {
+    let mut s = 5u64;
+    let random: Vec<u8> = (0..32usize << 20)
+        .map(|_| tessera_codec::testvec::splitmix64(&mut s) as u8)
+        .collect();
+    let chunks: Vec<Range<usize>> = (0..random.len())
+        .step_by(64 << 10)
+        .map(|a| a..a + (64 << 10))
+        .collect();
+    println!("\n### probes: 32 MiB of random bytes in 64 KiB chunks (encode only, no copy)\n");
+    println!("| hint | method | encode MB/s |\n| --- | --- | ---: |");
+    let mut enc = Encoder::new(EncoderOptions::default()).expect("encoder");
+    for hint in [
+        DtypeHint::Unknown,
+        DtypeHint::Bf16,
+        DtypeHint::F32,
+        DtypeHint::Quantized,
+        DtypeHint::I8,
+    ] {
+        let mut pass = || {
+            let mut methods = 0u64;
+            for c in &chunks {
+                methods |= 1
+                    << enc
+                        .encode(&random[c.clone()], hint)
+                        .expect("encode")
+                        .method
+                        .code();
+            }
+            methods
+        };
+        let wall = Instant::now();
+        let methods = pass();
+        let batch = passes_per_batch(wall.elapsed().as_secs_f64());
+        let mut times = Vec::new();
+        for _ in 0..args.reps {
+            let t = Clock::start();
+            for _ in 0..batch {
+                std::hint::black_box(pass());
+            }
+            times.push(t.seconds() / batch as f64);
+        }
+        let names: Vec<&str> = Method::ALL
+            .iter()
+            .filter(|m| methods & (1 << m.code()) != 0)
+            .map(|m| m.name())
+            .collect();
+        println!(
+            "| {hint:?} | {} | {:.0} |",
+            names.join(", "),
+            random.len() as f64 / median(times) / 1e6
+        );
+    }
+    println!("\n### probes: one Huffman plane (int8 values, normal with std s), 64 KiB chunks, hint I8\n");
+    println!("| std s | stored/raw (bits a byte) | encode MB/s | decode MB/s |\n| --- | ---: | ---: | ---: |");
+    for spread in [1.0, 8.0, 40.0] {
+        let data: Vec<u8> = tessera_codec::testvec::normal_f32_values(32 << 20, 3, spread)
+            .into_iter()
+            .map(|x| (x.round() as i32).clamp(-127, 127) as i8 as u8)
+            .collect();
+        let r = measure("int8", &data, &chunks, args.reps, |c, _| {
+            let e = enc.encode(c, DtypeHint::I8).expect("encode");
+            (e.method.code(), e.bytes.to_vec())
+        });
+        let ratio = r.stored as f64 / data.len() as f64;
+        println!(
+            "| {spread} | {ratio:.3} ({:.2}) | {:.0} | {:.0} |",
+            ratio * 8.0,
+            r.enc_mbs.unwrap_or(0.0),
+            r.dec_mbs
+        );
+    }
+}
+
 fn main() {
     let args = parse_args();
     println!(
@@ -489,6 +567,9 @@ fn main() {
             "wall-clock"
         }
     );
+    if args.probes {
+        probes(&args);
+    }
     if args.synth_mib > 0 {
         for dtype in [DType::BF16, DType::F16, DType::F32] {
             let data = ModelSpec::base(1, args.synth_mib << 20, dtype).to_bytes();
