@@ -1,14 +1,33 @@
 //! Chunk encodings: how a chunk's raw bytes are stored in a pack record.
 //!
-//! Today: raw, or one zstd frame when that saves enough. Every encoding is
-//! checked by decoding it again before it is stored, and decoding never
-//! allocates more than the record's declared raw length.
+//! Raw (0), one zstd frame (1), or float byte planes (2: bf16/f16/f32
+//! weights split into byte planes and entropy-coded, `tessera-codec`),
+//! whichever saves at least the configured fraction, decided per chunk
+//! from a quick sample. Every encoding is decoded and re-hashed before it is
+//! stored, and decoding never allocates more than the record's raw length.
+//! Encoder and decoder contexts are kept per thread and reused.
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
+use tessera_codec::{Decoder, Encoder, EncoderOptions, Hint, Method};
 
 use crate::error::{Error, Result};
 use crate::format::Compression;
 use crate::ids::ChunkId;
+
+thread_local! {
+    static ENCODER: RefCell<Option<Encoder>> = const { RefCell::new(None) };
+    static DECODER: RefCell<Option<Decoder>> = const { RefCell::new(None) };
+}
+
+fn compression_of(m: Method) -> Compression {
+    match m {
+        Method::None => Compression::None,
+        Method::Zstd => Compression::Zstd,
+        Method::FloatPlanes => Compression::FloatPlanes,
+    }
+}
 
 /// Turns stored bytes into raw bytes, never allocating more than `raw_len`.
 pub(crate) fn decode_chunk(
@@ -16,54 +35,92 @@ pub(crate) fn decode_chunk(
     compression: Compression,
     raw_len: u32,
 ) -> std::result::Result<Bytes, String> {
-    match compression {
-        Compression::None => {
-            if stored.len() != raw_len as usize {
-                return Err(format!(
-                    "stored length {} differs from raw length {raw_len}",
-                    stored.len()
-                ));
-            }
-            Ok(stored.clone())
+    if compression == Compression::None {
+        if stored.len() != raw_len as usize {
+            return Err(format!(
+                "stored length {} differs from raw length {raw_len}",
+                stored.len()
+            ));
         }
-        Compression::Zstd => {
-            let raw = zstd::bulk::decompress(stored, raw_len as usize)
-                .map_err(|e| format!("zstd: {e}"))?;
-            if raw.len() != raw_len as usize {
-                return Err(format!(
-                    "decompressed to {} bytes, expected {raw_len}",
-                    raw.len()
-                ));
-            }
-            Ok(Bytes::from(raw))
+        return Ok(stored.clone());
+    }
+    DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dec = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(Decoder::new().map_err(|e| format!("decoder: {e:?}"))?),
+        };
+        let mut out = Vec::new();
+        dec.decode(compression as u8, stored, raw_len as usize, &mut out)
+            .map_err(|e| format!("{} decode: {e:?}", name(compression)))?;
+        if out.len() != raw_len as usize {
+            return Err(format!(
+                "decoded to {} bytes, expected {raw_len}",
+                out.len()
+            ));
         }
+        Ok(Bytes::from(out))
+    })
+}
+
+fn name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "raw",
+        Compression::Zstd => "zstd",
+        Compression::FloatPlanes => "float planes",
     }
 }
 
-/// Compresses a chunk with zstd when that saves at least `min_savings` of its
-/// size; re-decompresses and re-hashes the result before returning it, so a
-/// compressor bug cannot store undecodable bytes.
+/// Encodes a chunk with the best encoding that saves at least `min_savings`
+/// of its size (byte planes only when `planes` is allowed: stores of version
+/// 2), then decodes it again and re-hashes it, so a codec bug cannot store
+/// undecodable bytes (spec §10.1 rule 7).
 pub(crate) fn encode_chunk(
     raw: &Bytes,
     id: &ChunkId,
     level: i32,
     min_savings: f64,
+    planes: bool,
 ) -> Result<(Compression, Bytes)> {
     if level == 0 || raw.is_empty() {
         return Ok((Compression::None, raw.clone()));
     }
-    let compressed = zstd::bulk::compress(raw, level)
-        .map_err(|e| Error::Bug(format!("zstd compression of chunk {id} failed: {e}")))?;
-    let limit = (raw.len() as f64) * (1.0 - min_savings);
-    if (compressed.len() as f64) > limit {
-        return Ok((Compression::None, raw.clone()));
+    let opts = EncoderOptions {
+        zstd_level: level,
+        min_savings,
+    };
+    let (compression, stored) = ENCODER.with(|cell| -> Result<(Compression, Bytes)> {
+        let mut slot = cell.borrow_mut();
+        let enc = match &mut *slot {
+            Some(e) if e.options() == opts => e,
+            _ => slot.insert(
+                Encoder::new(opts).map_err(|e| Error::Bug(format!("codec options: {e:?}")))?,
+            ),
+        };
+        let bug = |e| Error::Bug(format!("encoding chunk {id}: {e:?}"));
+        let mut encoded = enc.encode(raw, Hint::default()).map_err(bug)?;
+        if encoded.method == Method::FloatPlanes && !planes {
+            encoded = enc
+                .encode_with(raw, Method::Zstd, Hint::default())
+                .map_err(bug)?;
+            let limit = (raw.len() as f64) * (1.0 - min_savings);
+            if encoded.bytes.len() as f64 > limit {
+                return Ok((Compression::None, raw.clone()));
+            }
+        }
+        Ok(match encoded.method {
+            Method::None => (Compression::None, raw.clone()),
+            m => (compression_of(m), Bytes::copy_from_slice(encoded.bytes)),
+        })
+    })?;
+    if compression == Compression::None {
+        return Ok((compression, stored));
     }
-    let compressed = Bytes::from(compressed);
-    match decode_chunk(&compressed, Compression::Zstd, raw.len() as u32) {
-        Ok(back) if ChunkId::of(&back) == *id => Ok((Compression::Zstd, compressed)),
-        // The compressor produced something that does not round-trip: store raw.
+    match decode_chunk(&stored, compression, raw.len() as u32) {
+        Ok(back) if ChunkId::of(&back) == *id => Ok((compression, stored)),
+        // The encoder produced something that does not round-trip: store raw.
         _ => {
-            tracing::error!(chunk = %id, "zstd output failed re-verification; storing raw");
+            tracing::error!(chunk = %id, encoding = name(compression), "encoded chunk failed re-verification; storing raw");
             Ok((Compression::None, raw.clone()))
         }
     }

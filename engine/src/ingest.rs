@@ -471,9 +471,10 @@ fn store_chunks(core: &Core, ids: &[ChunkId], chunks: &[Bytes]) -> Result<(Vec<L
     }
     // Compress outside the writer lock, in parallel.
     let (level, savings) = (core.opts.zstd_level, core.opts.min_compression_savings);
+    let planes = core.config.version >= 2;
     let encoded: Vec<_> = candidates
         .par_iter()
-        .map(|&i| encode_chunk(&chunks[i], &ids[i], level, savings).map(|e| (i, e)))
+        .map(|&i| encode_chunk(&chunks[i], &ids[i], level, savings, planes).map(|e| (i, e)))
         .collect::<Result<_>>()?;
 
     let mut new_chunks = 0u64;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::core::{check_clean_record, Core};
 use crate::error::{Error, Result};
-use crate::format::{ConfigError, StoreConfig, FORMAT_VERSION};
+use crate::format::{ConfigError, StoreConfig, STORE_VERSION};
 use crate::index::Index;
 use crate::inventory;
 use crate::local::Local;
@@ -148,7 +148,7 @@ fn check_config(
         ConfigError::Version(v) => Error::UnsupportedVersion {
             object: format!("store {}", objects.location()),
             found: v,
-            supported: FORMAT_VERSION,
+            supported: STORE_VERSION,
         },
         ConfigError::Corrupt(detail) => Error::ConfigCorrupt {
             object: objects.describe(CONFIG),
@@ -205,7 +205,7 @@ fn create(objects: &dyn ObjectStore, local: &Local, opts: &StoreOptions) -> Resu
     chunking.validate()?;
     local.create_index_dir()?;
     let config = StoreConfig {
-        version: FORMAT_VERSION,
+        version: STORE_VERSION,
         chunking,
     };
     match objects.put(CONFIG, &config.encode(), PutMode::Create) {

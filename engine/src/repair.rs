@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::chunking::ChunkParams;
 use crate::error::{Error, Result};
-use crate::format::{Recipe, StoreConfig, FORMAT_VERSION};
+use crate::format::{Recipe, StoreConfig, STORE_VERSION};
 use crate::inventory;
 use crate::layout::Layout;
 use crate::local::Local;
@@ -175,7 +175,7 @@ pub(crate) fn repair_config(
         ));
     }
     let config = StoreConfig {
-        version: FORMAT_VERSION,
+        version: STORE_VERSION,
         chunking,
     };
     objects

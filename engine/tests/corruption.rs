@@ -497,7 +497,7 @@ fn store_of_an_unknown_version_is_unsupported_version() {
                     "{object}"
                 );
                 assert_eq!(*found, 99);
-                assert_eq!(*supported, FORMAT_VERSION);
+                assert_eq!(*supported, tessera::testing::STORE_VERSION);
             }
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }

@@ -145,6 +145,7 @@ fn fuzz_corpus_replays_without_panics() {
     replay("headers", &fuzzing::headers);
     replay("index_values", &fuzzing::index_values);
     replay("model", &tessera_model::fuzz_sniff);
+    replay_with("codec", &tessera_codec::fuzz_decode, 50, 100);
     // Each store input costs a directory and a sled database: fewer variants.
     replay_with(
         "store",

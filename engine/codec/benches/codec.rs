@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tessera_synth::{DType, ModelSpec};
 use tessera_codec::{Decoder, DtypeHint, Encoder, EncoderOptions, Method};
+use tessera_synth::{DType, ModelSpec};
 
 const MODEL_BYTES: u64 = 8 << 20;
 

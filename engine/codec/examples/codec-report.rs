@@ -23,8 +23,8 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use tessera_synth::{DType, ModelSpec};
 use tessera_codec::{Decoder, DtypeHint, Encoder, EncoderOptions, Hint, Method};
+use tessera_synth::{DType, ModelSpec};
 
 struct Args {
     synth_mib: u64,

@@ -1,6 +1,13 @@
 //! The store config file `tessera.store` (spec §5).
 
 use super::{Cursor, FORMAT_VERSION};
+
+/// The store version new stores are created with. Version 2 is version 1
+/// plus chunk encoding 2 (float byte planes, spec §6.2): objects keep their
+/// own version 1; only the config says the store may hold encoding 2, so an
+/// engine that predates it refuses the store instead of meeting chunks it
+/// cannot decode.
+pub const STORE_VERSION: u32 = 2;
 use crate::chunking::ChunkParams;
 use crate::ids::checksum;
 
@@ -64,7 +71,7 @@ impl StoreConfig {
             return Err(bad("checksum mismatch"));
         }
         let version = c.u32().ok_or_else(|| bad("short"))?;
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION..=STORE_VERSION).contains(&version) {
             return Err(ConfigError::Version(version));
         }
         let algo = c.u32().ok_or_else(|| bad("short"))?;

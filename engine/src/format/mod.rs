@@ -16,7 +16,9 @@ mod refs;
 #[allow(unused_imports)]
 pub use clean::{decode_clean, encode_clean, CLEAN_LEN, CLEAN_MAGIC};
 #[allow(unused_imports)]
-pub use config::{ConfigError, StoreConfig, CHUNKER_FASTCDC_2020, CONFIG_LEN, CONFIG_MAGIC};
+pub use config::{
+    ConfigError, StoreConfig, CHUNKER_FASTCDC_2020, CONFIG_LEN, CONFIG_MAGIC, STORE_VERSION,
+};
 #[allow(unused_imports)]
 pub use pack::{
     check_pack_header, pack_header, ChunkEntry, Compression, PackHeaderError, Trailer,

@@ -30,6 +30,9 @@ pub enum Compression {
     None = 0,
     /// One zstd frame.
     Zstd = 1,
+    /// Float byte planes, entropy-coded (`engine/codec/FORMAT.md`); only in
+    /// stores of version 2 or later.
+    FloatPlanes = 2,
 }
 
 impl Compression {
@@ -38,6 +41,7 @@ impl Compression {
         match c {
             0 => Some(Compression::None),
             1 => Some(Compression::Zstd),
+            2 => Some(Compression::FloatPlanes),
             _ => None,
         }
     }

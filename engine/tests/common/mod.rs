@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tessera::{Store, StoreOptions};
 
+#[allow(unused_imports)]
 pub use tessera_synth::noise;
 
 /// Options for a fresh test store.
