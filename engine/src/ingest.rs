@@ -375,9 +375,6 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
         };
-        if let Some(m) = &f.model {
-            core.poison_on(models::write(core, &recipe.file, m))?;
-        }
         if current.as_deref() != Some(&bytes[..]) {
             let r = core
                 .objects
@@ -385,6 +382,11 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
                 .map_err(|e| Error::io("write recipe", core.objects.describe(&key), e));
             core.poison_on(r)?;
             new_bytes += bytes.len() as u64;
+        }
+        // After the recipe: a description never outlives its file (one
+        // missing after a crash is recomputed when asked for).
+        if let Some(m) = &f.model {
+            core.poison_on(models::write(core, &recipe.file, m))?;
         }
         for r in &f.refs {
             core.poison_on(refs::write_file(core, r, &recipe.file))?;

@@ -2,7 +2,7 @@
 //! under its content-addressed name when sealed), reading sealed ones, and
 //! the cache of open packs readers share.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -439,6 +439,10 @@ pub(crate) fn check_pack_name(
 pub(crate) struct PackCache {
     objects: Arc<dyn ObjectStore>,
     open: Mutex<Lru<PackId, Arc<PackReader>>>,
+    /// Packs being opened: readers that want the same pack wait for the
+    /// one open instead of each reading its footer (on object storage,
+    /// each open is a request).
+    opening: Mutex<HashMap<PackId, Arc<Mutex<()>>>>,
 }
 
 impl PackCache {
@@ -446,17 +450,31 @@ impl PackCache {
         PackCache {
             objects,
             open: Mutex::new(Lru::new(capacity)),
+            opening: Mutex::new(HashMap::new()),
         }
     }
 
     /// An open, checked pack.
     pub(crate) fn get(&self, id: &PackId) -> Result<Arc<PackReader>> {
-        if let Some(p) = crate::cache::lock(&self.open).get(id) {
+        use crate::cache::lock;
+        if let Some(p) = lock(&self.open).get(id) {
             return Ok(p);
         }
-        let p = Arc::new(PackReader::open(self.objects.as_ref(), *id)?);
-        crate::cache::lock(&self.open).insert(*id, p.clone());
-        Ok(p)
+        let turn = lock(&self.opening)
+            .entry(*id)
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone();
+        let _mine = lock(&turn);
+        // Opened meanwhile by the reader we waited for.
+        if let Some(p) = lock(&self.open).get(id) {
+            return Ok(p);
+        }
+        let opened = PackReader::open(self.objects.as_ref(), *id).map(Arc::new);
+        if let Ok(p) = &opened {
+            lock(&self.open).insert(*id, p.clone());
+        }
+        lock(&self.opening).remove(id);
+        opened
     }
 
     /// Reads and verifies chunk `index` of pack `pack`, expected to be `id`.

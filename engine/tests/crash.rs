@@ -264,10 +264,13 @@ fn open_store(root: &Path, fs: &FaultStorage) -> tessera::Result<Store> {
 
 /// `verify` (structure and every chunk) finds no problem.
 fn verify_clean(store: &Store) -> Result<bool, String> {
-    store
+    let r = store
         .verify(tessera::VerifyOptions::default())
-        .map(|r| r.is_clean())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    for p in &r.problems {
+        eprintln!("verify: {}: {}", p.object, p.detail);
+    }
+    Ok(r.is_clean())
 }
 
 // ---------------------------------------------------------------- model

@@ -117,17 +117,19 @@ impl StagedObject for Staged {
         self.handle.sync()?;
         let Staged { fs, tmp, handle } = *self;
         drop(handle);
-        if mode == PutMode::Create && fs.exists(key)? {
-            // The staged file is garbage; the next open would remove it.
-            let _ = fs.remove_file(&tmp);
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{key} already exists"),
-            ));
-        }
         let dir = parent(key);
         ensure_dir(fs.as_ref(), dir)?;
-        fs.rename(&tmp, key)?;
+        match mode {
+            PutMode::Replace => fs.rename(&tmp, key)?,
+            // A hard link never replaces: of two publishers of one new key,
+            // exactly one wins, atomically. The staged name goes either way
+            // (if its removal is lost in a crash, the next open discards it).
+            PutMode::Create => {
+                let linked = fs.hard_link(&tmp, key);
+                fs.remove_file(&tmp)?;
+                linked?;
+            }
+        }
         fs.sync_dir(dir)
     }
 }
@@ -246,6 +248,45 @@ impl ObjectStore for DirStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two threads publishing the same new key create-only: exactly one
+    /// wins, every round, and the object is the winner's whole.
+    #[test]
+    fn concurrent_create_only_publishes_have_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = std::sync::Arc::new(DirStore::new(dir.path().join("store"), ReadMode::Pread));
+        for round in 0..50 {
+            let key = format!("packs/00/{round}.pack");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2u8)
+                .map(|t| {
+                    let (s, key, barrier) = (s.clone(), key.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let mut o = s.stage().expect("stage");
+                        o.write_all(&[t; 4096]).expect("write");
+                        barrier.wait();
+                        (t, o.publish(&key, PutMode::Create))
+                    })
+                })
+                .collect();
+            let results: Vec<(u8, io::Result<()>)> = threads
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            let winners: Vec<u8> = results
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(t, _)| *t)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            for (_, r) in &results {
+                if let Err(e) = r {
+                    assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+                }
+            }
+            assert_eq!(s.get(&key).expect("get"), vec![winners[0]; 4096]);
+        }
+    }
 
     #[test]
     fn objects_round_trip_and_list_by_prefix() {

@@ -35,6 +35,9 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn create_new(&self, rel: &str) -> io::Result<Box<dyn WriteHandle>>;
     /// Atomically renames `from` to `to` (replacing `to`).
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Atomically makes `to` another name of the file `from`; fails with
+    /// `AlreadyExists` if `to` exists (never replaces it).
+    fn hard_link(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes a directory's entries durable (fsync of the directory).
     fn sync_dir(&self, rel: &str) -> io::Result<()>;
     /// Removes a file.
@@ -140,6 +143,9 @@ impl Fs for RealFs {
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         fs::rename(self.path(from), self.path(to))
+    }
+    fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::hard_link(self.path(from), self.path(to))
     }
     fn sync_dir(&self, rel: &str) -> io::Result<()> {
         File::open(self.path(rel))?.sync_all()

@@ -72,6 +72,8 @@ pub enum OpKind {
     SyncDir,
     /// [`Fs::remove_file`].
     Remove,
+    /// [`Fs::hard_link`].
+    Link,
     /// A write to the store's index ([`Fs::check_index_write`]): its
     /// failure is the index failing a write.
     Index,
@@ -79,7 +81,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every kind.
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 9] = [
         OpKind::CreateDir,
         OpKind::Create,
         OpKind::Write,
@@ -87,6 +89,7 @@ impl OpKind {
         OpKind::Rename,
         OpKind::SyncDir,
         OpKind::Remove,
+        OpKind::Link,
         OpKind::Index,
     ];
 }
@@ -444,6 +447,14 @@ impl Fs for FaultStorage {
             OpKind::Rename,
             || format!("{from} -> {to}"),
             |s| s.rename(from, to),
+        )
+    }
+
+    fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
+        self.lock().op(
+            OpKind::Link,
+            || format!("{from} -> {to}"),
+            |s| s.hard_link(from, to),
         )
     }
 

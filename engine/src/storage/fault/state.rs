@@ -256,6 +256,20 @@ impl State {
         Ok(())
     }
 
+    pub(super) fn hard_link(&mut self, from: &str, to: &str) -> io::Result<()> {
+        let ino = self.file(from)?;
+        let (tdir, tname) = split_parent(to)?;
+        let td = self.dir(&tdir)?;
+        if self.live_entries(td).contains_key(&tname) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to}: file exists"),
+            ));
+        }
+        self.live_entries(td).insert(tname, ino);
+        Ok(())
+    }
+
     pub(super) fn remove_file(&mut self, rel: &str) -> io::Result<()> {
         self.file(rel)?;
         let (dir, name) = split_parent(rel)?;
