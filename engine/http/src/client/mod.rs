@@ -371,6 +371,36 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/files/{name}`: the file's bytes, or bytes `start..=end` of
+    /// it (held in memory: for small files and ranges; [`pull`] is the way
+    /// to download a model).
+    pub async fn get_file(&self, name: &str, range: Option<(u64, u64)>) -> ClientResult<Bytes> {
+        let url = self.url(&format!("/v1/files/{}", encode_segment(name)));
+        let resp = self
+            .send_retry(
+                Method::GET,
+                &url,
+                |r| match range {
+                    Some((a, b)) => r.header(reqwest::header::RANGE, format!("bytes={a}-{b}")),
+                    None => r,
+                },
+                self.opts.stall_timeout,
+            )
+            .await?;
+        let want = if range.is_some() {
+            reqwest::StatusCode::PARTIAL_CONTENT
+        } else {
+            reqwest::StatusCode::OK
+        };
+        if resp.status() != want {
+            return Err(ClientError::Protocol {
+                url,
+                detail: format!("expected {want}, got {}", resp.status()),
+            });
+        }
+        read_limited(resp, u64::MAX, self.opts.stall_timeout).await
+    }
+
     /// `GET /v1/refs/{name}`.
     pub async fn get_ref(&self, name: &str) -> ClientResult<RefInfo> {
         self.get_json(&format!("/v1/refs/{}", encode_segment(name)))

@@ -131,6 +131,7 @@ pub async fn push(
     futures_util::stream::iter(groups.into_iter().map(Ok))
         .try_for_each_concurrent(client.options().parallel.clamp(1, 2), |group| {
             let (st, uploaded, progress) = (store.clone(), uploaded.clone(), progress.clone());
+            let client = client.clone();
             async move {
                 let (pack, bytes) = blocking(move || st.export_pack(&group)).await?;
                 let n = bytes.len() as u64;
@@ -149,27 +150,33 @@ pub async fn push(
         .await?;
     progress.finish();
     // 4. Register every file with its ref.
-    let registrations = local.iter().zip(inputs).map(|((rep, list), input)| {
-        let req = RegisterRequest {
-            file_id: rep.file_id,
-            size: rep.size,
-            chunks: list.clone(),
-            sha256: Some(rep.sha256),
-            refs: input.ref_name.iter().cloned().collect(),
-        };
-        async move {
-            let r = client.register(&req).await?;
-            Ok::<_, ClientError>(PushFile {
-                path: input.shown.clone(),
-                ref_name: input.ref_name.clone(),
-                file_id: r.file_id,
-                sha256: r.sha256,
-                size: r.size,
-                chunks: list.len() as u64,
-                new_file: r.new_file,
-            })
-        }
-    });
+    let registrations: Vec<_> = local
+        .into_iter()
+        .zip(inputs.iter().cloned())
+        .map(|((rep, list), input)| {
+            let client = client.clone();
+            let chunks = list.len() as u64;
+            let req = RegisterRequest {
+                file_id: rep.file_id,
+                size: rep.size,
+                chunks: list,
+                sha256: Some(rep.sha256),
+                refs: input.ref_name.iter().cloned().collect(),
+            };
+            async move {
+                let r = client.register(&req).await?;
+                Ok::<_, ClientError>(PushFile {
+                    path: input.shown,
+                    ref_name: input.ref_name,
+                    file_id: r.file_id,
+                    sha256: r.sha256,
+                    size: r.size,
+                    chunks,
+                    new_file: r.new_file,
+                })
+            }
+        })
+        .collect();
     let files: Vec<PushFile> = futures_util::stream::iter(registrations)
         .buffered(client.options().parallel.max(1))
         .try_collect()
