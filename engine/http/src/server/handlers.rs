@@ -520,7 +520,9 @@ async fn get_pack(
         return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
     }
     let store = s.store.clone();
-    let size = blocking(move || store.pack_size(&pack)).await?;
+    // `pack_range` answers "not found" for a pack that is not stored
+    // (`pack_size` would call it damage).
+    let size = blocking(move || Ok(store.pack_range(&pack, 0, 0)?.1)).await?;
     let range = match wanted_range(&headers, size, &etag) {
         Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("pack {pack}"), size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b)),
