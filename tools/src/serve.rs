@@ -40,7 +40,7 @@ pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
     };
     if !policy.is_enforced() && !addr.ip().is_loopback() {
         return Err(CliError::Usage(format!(
-            "refusing to listen on {addr} without --tokens: a server without a token file lets anyone read and write; listen on 127.0.0.1 or [::1], or give --tokens FILE"
+            "refusing to listen on {addr} without --tokens: a server without a token file lets anyone read and write, so it listens on loopback only (127.0.0.1 or [::1]); give --tokens FILE to listen elsewhere"
         )));
     }
     let store = crate::open_store(dir, true, wait)?;

@@ -366,7 +366,8 @@ async fn fetch_one(sh: &Shared, f: Fetch, resumed: &AtomicU64) -> ClientResult<(
     let opts = sh.client.options();
     let (mut attempt, mut refreshes, mut refetched) = (0u32, 0u32, false);
     loop {
-        match download_range(sh, &f, &part, resumed).await {
+        let first = attempt == 0 && refreshes == 0 && !refetched;
+        match download_range(sh, &f, &part, first.then_some(resumed)).await {
             Ok(bytes) => {
                 let f2 = f.clone();
                 let verified = tokio::task::spawn_blocking(move || verify_fetched(&f2, &bytes))
@@ -432,7 +433,7 @@ async fn download_range(
     sh: &Shared,
     f: &Fetch,
     part: &Path,
-    resumed: &AtomicU64,
+    resumed: Option<&AtomicU64>,
 ) -> Result<Bytes, RangeFail> {
     let len = f.len();
     let io = |e| ClientError::io(part, e);
@@ -450,8 +451,12 @@ async fn download_range(
     if have > 0 {
         buf.resize(have as usize, 0);
         file.read_exact(&mut buf).await.map_err(io)?;
-        resumed.fetch_add(have, Ordering::Relaxed);
-        sh.progress.advance(have);
+        // Counted once: what an earlier run left (a retry in this run
+        // re-reads what this run already counted).
+        if let Some(resumed) = resumed {
+            resumed.fetch_add(have, Ordering::Relaxed);
+            sh.progress.advance(have);
+        }
     }
     if on_disk != have {
         file.set_len(have).await.map_err(io)?;
