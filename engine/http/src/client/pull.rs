@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
@@ -27,10 +28,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Client, ClientError, ClientResult, Progress};
 
-/// Bytes received are written to the part file in pieces of this size.
+/// Bytes received are written to the part file in pieces of this size
+/// (what a kill can lose of a range: the rest is in the page cache, which
+/// outlives the process).
 const WRITE_EVERY: usize = 256 << 10;
-/// ... and fsync'd every this many bytes.
-const SYNC_EVERY: u64 = 4 << 20;
+/// A part file is fsync'd when this long has passed since its last sync,
+/// and whenever its request fails: what a power loss can lose of a range is
+/// about a second of its data. A range that completes sooner is never
+/// synced (it is verified and admitted, durably, into the store at once,
+/// and its part file deleted), so fast pulls do not write their bytes
+/// twice.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// What a pull did.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -59,6 +67,13 @@ pub struct PullReport {
     pub retries: u64,
     /// Where the file was written.
     pub output: String,
+    /// Seconds spent fetching, verifying and admitting chunks.
+    pub download_secs: f64,
+    /// Seconds spent registering the file locally (reading every chunk
+    /// back and computing its SHA-256).
+    pub register_secs: f64,
+    /// Seconds spent writing the output (fsync'd).
+    pub write_secs: f64,
 }
 
 struct Shared {
@@ -150,6 +165,9 @@ pub async fn pull(
         requests: 0,
         retries: 0,
         output: output.display().to_string(),
+        download_secs: 0.0,
+        register_secs: 0.0,
+        write_secs: 0.0,
     };
     if !have_file {
         let c = client.options();
@@ -166,6 +184,7 @@ pub async fn pull(
         let parts = existing_parts(&dir).await?;
         let fetches = split_at_parts(plan.fetches, &parts);
         progress.start("download", plan.fetch_bytes);
+        let t0 = Instant::now();
         let resumed = Arc::new(AtomicU64::new(0));
         futures_util::stream::iter(fetches.into_iter().map(Ok))
             .try_for_each_concurrent(c.parallel.max(1), |f| {
@@ -174,6 +193,8 @@ pub async fn pull(
             })
             .await?;
         progress.finish();
+        report.download_secs = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
         report.bytes_resumed = resumed.load(Ordering::Relaxed);
         // Register the file locally: its SHA-256 is computed from the
         // verified chunks and must be the one the server named.
@@ -190,7 +211,9 @@ pub async fn pull(
             },
             e => e,
         })?;
+        report.register_secs = t0.elapsed().as_secs_f64();
     }
+    let t0 = Instant::now();
     let (st, id) = (store.clone(), rec.file_id);
     let sha = blocking(move || Ok(st.info(&id)?.sha256)).await?;
     if let Some(want) = asked_sha256(name) {
@@ -210,6 +233,7 @@ pub async fn pull(
         .await
         .map_err(|e| ClientError::Usage(format!("writing the output failed: {e}")))??;
     progress.finish();
+    report.write_secs = t0.elapsed().as_secs_f64();
     if tokio::fs::metadata(&dir).await.is_ok() {
         tokio::fs::remove_dir_all(&dir)
             .await
@@ -507,7 +531,7 @@ async fn download_range(
         )));
     }
     let mut pending = 0usize;
-    let mut unsynced = 0u64;
+    let mut last_sync = Instant::now();
     let result: Result<(), RangeFail> = async {
         loop {
             let next = tokio::time::timeout(stall, resp.chunk()).await;
@@ -553,11 +577,10 @@ async fn download_range(
                 let at = buf.len() - pending;
                 file.write_all(&buf[at..]).await.map_err(io)?;
                 file.flush().await.map_err(io)?;
-                unsynced += pending as u64;
                 pending = 0;
-                if unsynced >= SYNC_EVERY {
+                if last_sync.elapsed() >= SYNC_EVERY {
                     file.sync_data().await.map_err(io)?;
-                    unsynced = 0;
+                    last_sync = Instant::now();
                 }
             }
         }
@@ -570,7 +593,9 @@ async fn download_range(
         file.write_all(&buf[at..]).await.map_err(io)?;
         file.flush().await.map_err(io)?;
     }
-    file.sync_data().await.map_err(io)?;
+    if result.is_err() {
+        file.sync_data().await.map_err(io)?;
+    }
     result?;
     if buf.len() as u64 != len {
         return Err(RangeFail::Error(ClientError::Network {
