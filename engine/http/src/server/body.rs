@@ -79,3 +79,22 @@ pub(crate) async fn read_body(
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
 }
+
+/// Bytes of an unread body a refusal reads first, so that a client still
+/// sending gets the answer instead of a reset connection.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Returns `err` after reading (and discarding) up to [`DRAIN_LIMIT`]
+/// bytes of `body`, for at most a second.
+pub(crate) async fn refuse(body: Body, err: ApiError) -> ApiError {
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while read < DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len(),
+            _ => break,
+        }
+    }
+    err
+}

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use tessera::{FileId, FileReader, PackId, Store};
 
-use super::body::{parse_json, read_body};
+use super::body::{parse_json, read_body, refuse};
 use super::error::{ApiError, ApiResult};
 use super::{Inner, ServerStats};
 use crate::auth::Access;
@@ -556,11 +556,17 @@ async fn put_pack(
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Response> {
-    let access = s.access(&headers)?;
+    let access = match s.access(&headers) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(body, e).await),
+    };
     if !s.policy.is_writer(&access) {
-        return Err(s.deny_write(&access, "packs"));
+        return Err(refuse(body, s.deny_write(&access, "packs")).await);
     }
-    let pack = parse_pack_id(&path_arg(id)?)?;
+    let pack = match path_arg(id).and_then(|p| parse_pack_id(&p)) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(body, e).await),
+    };
     let cfg = &s.config;
     let bytes = read_body(
         body,
@@ -587,9 +593,13 @@ async fn put_pack(
 }
 
 async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let access = s.access(&headers)?;
+    let access = match s.access(&headers) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(body, e).await),
+    };
     if !s.policy.is_writer(&access) {
-        return Err(s.deny_write(&access, "(asking which chunks are stored)"));
+        let e = s.deny_write(&access, "(asking which chunks are stored)");
+        return Err(refuse(body, e).await);
     }
     let cfg = &s.config;
     let bytes = read_body(
@@ -614,9 +624,12 @@ async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult
 }
 
 async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let access = s.access(&headers)?;
+    let access = match s.access(&headers) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(body, e).await),
+    };
     if !s.policy.is_writer(&access) {
-        return Err(s.deny_write(&access, "files"));
+        return Err(refuse(body, s.deny_write(&access, "files")).await);
     }
     let cfg = &s.config;
     let bytes = read_body(
@@ -691,11 +704,17 @@ async fn put_ref(
     name: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Response> {
-    let name = path_arg(name)?;
-    let access = s.access(&headers)?;
-    if !s.policy.can_write(&access, &name) {
-        return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(&name))));
-    }
+    let checked = path_arg(name).and_then(|name| {
+        let access = s.access(&headers)?;
+        if !s.policy.can_write(&access, &name) {
+            return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(&name))));
+        }
+        Ok((name, access))
+    });
+    let (name, access) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(body, e).await),
+    };
     let cfg = &s.config;
     let bytes = read_body(
         body,
