@@ -345,24 +345,30 @@ fn file_body(
     rate: Option<u64>,
     stats: Arc<ServerStats>,
 ) -> Body {
-    let stream = futures_util::stream::try_unfold((Some(reader), start), move |(reader, pos)| {
-        let stats = stats.clone();
-        async move {
-            let Some(mut reader) = reader.filter(|_| pos < end) else {
-                return Ok::<_, std::io::Error>(None);
-            };
-            let n = (end - pos).min(SLICE);
-            let (reader, buf) = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; n as usize];
-                reader.read_exact(&mut buf).map(|()| (reader, buf))
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            stats.file_bytes_sent.fetch_add(n, Ordering::Relaxed);
-            pace(rate, n).await;
-            Ok(Some((Bytes::from(buf), (Some(reader), pos + n))))
-        }
-    });
+    // The state carries the size of the slice sent last: pacing waits for
+    // it before the next one, so what is counted as sent has been handed
+    // to the connection.
+    let stream = futures_util::stream::try_unfold(
+        (Some(reader), start, 0u64),
+        move |(reader, pos, last)| {
+            let stats = stats.clone();
+            async move {
+                pace(rate, last).await;
+                let Some(mut reader) = reader.filter(|_| pos < end) else {
+                    return Ok::<_, std::io::Error>(None);
+                };
+                let n = (end - pos).min(SLICE);
+                let (reader, buf) = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n as usize];
+                    reader.read_exact(&mut buf).map(|()| (reader, buf))
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                stats.file_bytes_sent.fetch_add(n, Ordering::Relaxed);
+                Ok(Some((Bytes::from(buf), (Some(reader), pos + n, n))))
+            }
+        },
+    );
     Body::from_stream(stream)
 }
 
@@ -467,10 +473,12 @@ fn pack_body(
     rate: Option<u64>,
     stats: Arc<ServerStats>,
 ) -> Body {
-    let stream =
-        futures_util::stream::try_unfold((Bytes::new(), start), move |(mut buffered, pos)| {
+    let stream = futures_util::stream::try_unfold(
+        (Bytes::new(), start, 0u64),
+        move |(mut buffered, pos, last)| {
             let (store, stats) = (store.clone(), stats.clone());
             async move {
+                pace(rate, last).await;
                 if pos >= end {
                     return Ok::<_, std::io::Error>(None);
                 }
@@ -490,10 +498,10 @@ fn pack_body(
                 }
                 let slice = buffered.split_to(n as usize);
                 stats.pack_bytes_sent.fetch_add(n, Ordering::Relaxed);
-                pace(rate, n).await;
-                Ok(Some((slice, (buffered, pos + n))))
+                Ok(Some((slice, (buffered, pos + n, n))))
             }
-        });
+        },
+    );
     Body::from_stream(stream)
 }
 
