@@ -7,10 +7,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera::{Error, Store, StoreOptions};
+use tessera_http::client::ClientError;
 
 mod demo;
 mod inspect;
+mod pull;
+mod push;
 mod put;
+mod remote;
+mod serve;
 
 /// Tessera: a content-addressed chunk store for ML model files.
 ///
@@ -164,6 +169,27 @@ enum Cmd {
         #[command(subcommand)]
         what: RepairCmd,
     },
+    /// Serve the store over HTTP (the protocol of format-spec/PROTOCOL.md):
+    /// files with Range, reconstructions with signed pack URLs, uploads, refs.
+    ///
+    /// Without --tokens every request is allowed, so only a loopback address
+    /// is accepted. Stops cleanly on SIGINT or SIGTERM. Logs one line per
+    /// request (TESSERA_LOG=warn to quiet it).
+    Serve(serve::ServeArgs),
+    /// Download a file from a server, fetching only the chunks the local
+    /// store (--store, created if new, the server's chunking) lacks.
+    ///
+    /// Every chunk is verified before it is kept; the output is written
+    /// atomically. An interrupted pull, run again, fetches only what it had
+    /// not received (partial ranges are kept beside the output in
+    /// .NAME.tessera-pull/).
+    Pull(pull::PullArgs),
+    /// Upload files or directories to a server, sending only the chunks it
+    /// lacks, and point refs at them.
+    ///
+    /// The files are stored in the local store (--store) first; a directory
+    /// pushes every file under it, each named PREFIX + its relative path.
+    Push(push::PushArgs),
     /// Write the demo's synthetic repository to DIR as ordinary files
     /// (DIR/<repo>/<rev>/<file>), for benchmarks and experiments.
     Synth {
@@ -235,15 +261,20 @@ enum RefCmd {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server logs its requests; other commands only warnings.
+    let default_level = match cli.cmd {
+        Cmd::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
@@ -263,6 +294,7 @@ pub(crate) enum CliError {
     BrokenPipe,
     Check(String),
     Damaged(String),
+    Remote(tessera_http::client::ClientError),
 }
 
 impl std::fmt::Display for CliError {
@@ -274,6 +306,7 @@ impl std::fmt::Display for CliError {
             CliError::Output(e) => write!(f, "writing output: {e}"),
             CliError::BrokenPipe => write!(f, "broken pipe"),
             CliError::Check(s) | CliError::Damaged(s) => write!(f, "{s}"),
+            CliError::Remote(e) => write!(f, "{e}"),
         }
     }
 }
@@ -286,6 +319,13 @@ impl CliError {
             CliError::Engine(Error::Refused { .. }) => 5,
             CliError::Engine(e) if e.is_not_found() => 3,
             CliError::Engine(e) if e.is_corruption() => 4,
+            CliError::Remote(ClientError::Engine(e)) if e.is_corruption() => 4,
+            CliError::Remote(ClientError::Usage(_)) => 2,
+            CliError::Remote(e)
+                if e.status() == Some(tessera_http::client::StatusCode::NOT_FOUND) =>
+            {
+                3
+            }
             _ => 1,
         }
     }
@@ -294,6 +334,15 @@ impl CliError {
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         CliError::Engine(e)
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Engine(e) => CliError::Engine(e),
+            e => CliError::Remote(e),
+        }
     }
 }
 
@@ -326,11 +375,11 @@ fn store_options(create: bool) -> StoreOptions {
 
 /// Opens the store; with `wait`, waits for another process to release it.
 /// Says on stderr what the open had to repair and what it could not.
-fn open_store(dir: &Path, create: bool, wait: bool) -> CliResult<Store> {
+pub(crate) fn open_store(dir: &Path, create: bool, wait: bool) -> CliResult<Store> {
     open_store_with(dir, store_options(create), wait)
 }
 
-fn open_store_with(dir: &Path, opts: StoreOptions, wait: bool) -> CliResult<Store> {
+pub(crate) fn open_store_with(dir: &Path, opts: StoreOptions, wait: bool) -> CliResult<Store> {
     let store = match Store::open(dir, opts.clone()) {
         Err(Error::StoreLocked { pid, .. }) if wait => {
             eprintln!(
@@ -566,6 +615,9 @@ fn run(cli: Cli) -> CliResult {
             }
             damaged("repair could not recover", &rep.problems)
         }
+        Cmd::Serve(args) => serve::run(&store_dir(&cli.store)?, args, cli.wait),
+        Cmd::Pull(args) => pull::run(&store_dir(&cli.store)?, args, cli.wait),
+        Cmd::Push(args) => push::run(&store_dir(&cli.store)?, args, cli.wait),
         Cmd::Demo { size_mib, seed } => demo::run(cli.store.as_deref(), size_mib, seed),
         Cmd::Synth {
             dir,
@@ -607,7 +659,7 @@ fn parse_chunking(s: &str) -> CliResult<tessera::ChunkParams> {
 }
 
 /// One JSON line on stdout.
-fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> CliResult {
+pub(crate) fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> CliResult {
     let text = serde_json::to_string(v).map_err(|e| CliError::Check(e.to_string()))?;
     writeln!(out, "{text}").map_err(out_err)
 }
@@ -642,7 +694,7 @@ pub(crate) fn human(n: u64) -> String {
     }
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     if !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

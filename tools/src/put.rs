@@ -15,11 +15,11 @@ const COMMIT_EVERY_BYTES: u64 = 64 << 20;
 #[derive(Debug)]
 pub(crate) struct Input {
     /// The file, or `None` for stdin.
-    path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// How it is shown in the output.
-    shown: String,
+    pub(crate) shown: String,
     /// The ref to set, if any.
-    ref_name: Option<String>,
+    pub(crate) ref_name: Option<String>,
 }
 
 /// Expands the command line's paths into inputs: `-` is stdin, a directory

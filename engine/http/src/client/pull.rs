@@ -1,0 +1,712 @@
+//! `pull`: a file from a server into a local store and an output file,
+//! fetching only the chunks the store lacks, verifying every one, and
+//! resuming an interrupted pull where it stopped.
+//!
+//! Resume: each range request writes the bytes it receives to a part file
+//! `<pack>-<start>.part` in a download directory beside the output
+//! (`.<output name>.tessera-pull/`), flushed as they arrive and fsync'd
+//! every few MiB. A range that completes is verified, admitted into the
+//! local store and its part file deleted, so the next plan skips its
+//! chunks; a range that was interrupted is requested again from where its
+//! part file ends (`Range: bytes=start+have-end`). Part files hold pack
+//! bytes, which never change (packs are named by their content), so they
+//! stay valid across runs, URLs and server restarts; what they hold is
+//! verified like everything else before it is kept.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
+use reqwest::{Method, StatusCode};
+use tessera::{verify_fetched, ChunkId, Fetch, FileId, PackId, Reconstruction, Sha256, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Client, ClientError, ClientResult, Progress};
+
+/// Bytes received are written to the part file in pieces of this size
+/// (what a kill can lose of a range: the rest is in the page cache, which
+/// outlives the process).
+const WRITE_EVERY: usize = 256 << 10;
+/// A part file is fsync'd when this long has passed since its last sync,
+/// and whenever its request fails: what a power loss can lose of a range is
+/// about a second of its data. A range that completes sooner is never
+/// synced (it is verified and admitted, durably, into the store at once,
+/// and its part file deleted), so fast pulls do not write their bytes
+/// twice.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// What a pull did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PullReport {
+    /// The file.
+    pub file_id: FileId,
+    /// Its SHA-256 (computed locally from the verified chunks).
+    pub sha256: Sha256,
+    /// Its size.
+    pub size: u64,
+    /// Pack bytes this run received from the server.
+    pub bytes_downloaded: u64,
+    /// Bytes of interrupted ranges kept from an earlier run (not fetched
+    /// again).
+    pub bytes_resumed: u64,
+    /// Raw bytes of the file's distinct chunks the local store already
+    /// held.
+    pub bytes_reused: u64,
+    /// Distinct chunks fetched.
+    pub chunks_downloaded: u64,
+    /// Distinct chunks the local store already held.
+    pub chunks_reused: u64,
+    /// HTTP requests this run sent.
+    pub requests: u64,
+    /// Range requests retried after a failure.
+    pub retries: u64,
+    /// Where the file was written.
+    pub output: String,
+    /// Seconds spent fetching, verifying and admitting chunks.
+    pub download_secs: f64,
+    /// Seconds spent registering the file locally (reading every chunk
+    /// back and computing its SHA-256).
+    pub register_secs: f64,
+    /// Seconds spent writing the output (fsync'd).
+    pub write_secs: f64,
+}
+
+struct Shared {
+    client: Client,
+    store: Store,
+    name: String,
+    file: FileId,
+    dir: PathBuf,
+    /// Pack URLs and a generation number bumped by each refresh.
+    urls: tokio::sync::Mutex<(BTreeMap<PackId, String>, u64)>,
+    downloaded: AtomicU64,
+    retries: AtomicU64,
+    progress: Arc<dyn Progress>,
+}
+
+/// Why one attempt at a range failed.
+enum RangeFail {
+    /// The pack URL was refused (expired, or signed by a server that has
+    /// restarted since): fetch the reconstruction again.
+    Refresh(u64),
+    /// Anything else.
+    Error(ClientError),
+}
+
+impl From<ClientError> for RangeFail {
+    fn from(e: ClientError) -> Self {
+        RangeFail::Error(e)
+    }
+}
+
+/// The download directory of `output`.
+pub(crate) fn download_dir(output: &Path) -> ClientResult<PathBuf> {
+    let name = output.file_name().ok_or_else(|| {
+        ClientError::Usage(format!("output {}: not a file name", output.display()))
+    })?;
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok(parent.join(format!(".{}.tessera-pull", name.to_string_lossy())))
+}
+
+/// Pulls file `name` (a file id, `sha256:…`, or a ref) from the server into
+/// `store` and writes it to `output` (atomically: a temp file, fsync'd,
+/// renamed over it).
+pub async fn pull(
+    client: &Client,
+    store: &Store,
+    name: &str,
+    output: &Path,
+    progress: Arc<dyn Progress>,
+) -> ClientResult<PullReport> {
+    let requests_before = client.requests();
+    let dir = download_dir(output)?;
+    let resp = client.reconstruction(name).await?;
+    let rec = resp.reconstruction;
+    let rec_url = client.url(&format!(
+        "/v1/reconstructions/{}",
+        crate::protocol::encode_segment(name)
+    ));
+    check_reconstruction(&rec, name, &rec_url)?;
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        store: store.clone(),
+        name: name.to_string(),
+        file: rec.file_id,
+        dir: dir.clone(),
+        urls: tokio::sync::Mutex::new((resp.pack_urls, 0)),
+        downloaded: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+        progress: progress.clone(),
+    });
+
+    let (st, r) = (store.clone(), rec.clone());
+    let have_file = blocking(move || st.contains(&r.file_id)).await?;
+    let mut report = PullReport {
+        file_id: rec.file_id,
+        sha256: rec.sha256,
+        size: rec.size,
+        bytes_downloaded: 0,
+        bytes_resumed: 0,
+        bytes_reused: rec.size,
+        chunks_downloaded: 0,
+        chunks_reused: rec
+            .chunks()
+            .map(|(_, c)| c.id)
+            .collect::<HashSet<_>>()
+            .len() as u64,
+        requests: 0,
+        retries: 0,
+        output: output.display().to_string(),
+        download_secs: 0.0,
+        register_secs: 0.0,
+        write_secs: 0.0,
+    };
+    if !have_file {
+        let c = client.options();
+        let (st, r, gap, max) = (store.clone(), rec.clone(), c.gap, c.max_request);
+        let plan = blocking(move || st.plan_download(&r, gap, max)).await?;
+        report.bytes_reused = plan.reused_bytes;
+        report.chunks_reused = plan.reused_chunks;
+        report.chunks_downloaded = plan.fetch_chunks;
+        if !plan.fetches.is_empty() {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| ClientError::io(&dir, e))?;
+        }
+        let parts = existing_parts(&dir).await?;
+        let fetches = split_at_parts(plan.fetches, &parts);
+        progress.start("download", plan.fetch_bytes);
+        let t0 = Instant::now();
+        let resumed = Arc::new(AtomicU64::new(0));
+        futures_util::stream::iter(fetches.into_iter().map(Ok))
+            .try_for_each_concurrent(c.parallel.max(1), |f| {
+                let (sh, resumed) = (shared.clone(), resumed.clone());
+                async move { fetch_one(&sh, f, &resumed).await }
+            })
+            .await?;
+        progress.finish();
+        report.download_secs = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        report.bytes_resumed = resumed.load(Ordering::Relaxed);
+        // Register the file locally: its SHA-256 is computed from the
+        // verified chunks and must be the one the server named.
+        let (st, r) = (store.clone(), rec.clone());
+        blocking(move || {
+            let chunks: Vec<(ChunkId, u32)> = r.chunks().map(|(_, c)| (c.id, c.len)).collect();
+            st.register_file(r.file_id, r.size, &chunks, Some(r.sha256), &[])
+        })
+        .await
+        .map_err(|e| match e {
+            ClientError::Engine(e @ tessera::Error::Rejected { .. }) => ClientError::Protocol {
+                url: rec_url.clone(),
+                detail: format!("the server's reconstruction does not hold up: {e}"),
+            },
+            e => e,
+        })?;
+        report.register_secs = t0.elapsed().as_secs_f64();
+    }
+    let t0 = Instant::now();
+    let (st, id) = (store.clone(), rec.file_id);
+    let sha = blocking(move || Ok(st.info(&id)?.sha256)).await?;
+    if let Some(want) = asked_sha256(name) {
+        if want != sha {
+            return Err(ClientError::Protocol {
+                url: rec_url,
+                detail: format!(
+                    "asked for sha256 {want}, the server sent a file whose sha256 is {sha}"
+                ),
+            });
+        }
+    }
+    report.sha256 = sha;
+    progress.start("write", rec.size);
+    let (st, out, p) = (store.clone(), output.to_path_buf(), progress.clone());
+    tokio::task::spawn_blocking(move || write_output(&st, &id, &out, p.as_ref()))
+        .await
+        .map_err(|e| ClientError::Usage(format!("writing the output failed: {e}")))??;
+    progress.finish();
+    report.write_secs = t0.elapsed().as_secs_f64();
+    if tokio::fs::metadata(&dir).await.is_ok() {
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| ClientError::io(&dir, e))?;
+    }
+    report.bytes_downloaded = shared.downloaded.load(Ordering::Relaxed);
+    report.retries = shared.retries.load(Ordering::Relaxed);
+    report.requests = client.requests() - requests_before;
+    Ok(report)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tessera::Result<T> + Send + 'static,
+) -> ClientResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?
+        .map_err(ClientError::Engine)
+}
+
+/// The SHA-256 a name asks for, when it is `sha256:HEX`.
+fn asked_sha256(name: &str) -> Option<Sha256> {
+    name.strip_prefix("sha256:").and_then(Sha256::from_hex)
+}
+
+/// A reconstruction must describe the whole file, hold together, and be of
+/// the file asked for when the name is an id.
+fn check_reconstruction(rec: &Reconstruction, name: &str, url: &str) -> ClientResult<()> {
+    let bad = |detail: String| ClientError::Protocol {
+        url: url.to_string(),
+        detail,
+    };
+    rec.check().map_err(|e| bad(e.to_string()))?;
+    if !rec.is_whole_file() {
+        return Err(bad("the reconstruction is not of the whole file".into()));
+    }
+    let id = name.strip_prefix("file:").unwrap_or(name);
+    if let Some(want) = FileId::from_hex(id) {
+        // A bare 64-hex name is a file id or a sha256 (checked once the
+        // content is verified).
+        let bare_sha = !name.starts_with("file:") && Sha256(want.0) == rec.sha256;
+        if want != rec.file_id && !bare_sha {
+            return Err(bad(format!(
+                "asked for file {want}, got the reconstruction of {}",
+                rec.file_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Part files in the download directory: (pack, start) → length.
+async fn existing_parts(dir: &Path) -> ClientResult<HashSet<(PackId, u64)>> {
+    let mut out = HashSet::new();
+    let mut rd = match tokio::fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(ClientError::io(dir, e)),
+    };
+    while let Some(e) = rd.next_entry().await.map_err(|e| ClientError::io(dir, e))? {
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+            continue;
+        };
+        let Some((pack, start)) = stem.split_once('-') else {
+            continue;
+        };
+        if let (Some(p), Ok(s)) = (PackId::from_hex(pack), start.parse::<u64>()) {
+            out.insert((p, s));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits planned requests where an earlier run's part file starts, so that
+/// each part file is the prefix of a request and only its remainder is
+/// fetched.
+fn split_at_parts(fetches: Vec<Fetch>, parts: &HashSet<(PackId, u64)>) -> Vec<Fetch> {
+    let mut out = Vec::with_capacity(fetches.len());
+    for f in fetches {
+        let mut cur: Option<Fetch> = None;
+        for c in f.chunks {
+            let split = cur.is_some() && parts.contains(&(f.pack, c.offset));
+            if split {
+                out.extend(cur.take());
+            }
+            let end = c.offset + c.record_len;
+            match &mut cur {
+                Some(x) => {
+                    x.end = x.end.max(end);
+                    x.chunks.push(c);
+                }
+                None => {
+                    cur = Some(Fetch {
+                        pack: f.pack,
+                        start: c.offset,
+                        end,
+                        chunks: vec![c],
+                    })
+                }
+            }
+        }
+        out.extend(cur);
+    }
+    out
+}
+
+impl Shared {
+    async fn url_for(&self, pack: &PackId) -> ClientResult<(String, u64)> {
+        let g = self.urls.lock().await;
+        let path = g.0.get(pack).ok_or_else(|| ClientError::Protocol {
+            url: self.client.url("/v1/reconstructions/…"),
+            detail: format!("no URL for pack {pack} in the reconstruction"),
+        })?;
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.clone()
+        } else if path.starts_with('/') {
+            self.client.url(path)
+        } else {
+            return Err(ClientError::Protocol {
+                url: self.client.url("/v1/reconstructions/…"),
+                detail: format!("pack URL {path:?} is neither absolute nor a path"),
+            });
+        };
+        Ok((url, g.1))
+    }
+
+    /// Fetches the reconstruction again for fresh pack URLs, unless another
+    /// task already did since generation `seen`.
+    async fn refresh(&self, seen: u64) -> ClientResult<()> {
+        let mut g = self.urls.lock().await;
+        if g.1 != seen {
+            return Ok(());
+        }
+        let resp = self.client.reconstruction(&self.name).await?;
+        if resp.reconstruction.file_id != self.file {
+            return Err(ClientError::Protocol {
+                url: self.client.url("/v1/reconstructions/…"),
+                detail: format!(
+                    "{} now names file {}, not {} (it changed during the pull; run it again)",
+                    self.name, resp.reconstruction.file_id, self.file
+                ),
+            });
+        }
+        g.0 = resp.pack_urls;
+        g.1 += 1;
+        Ok(())
+    }
+}
+
+/// One planned range: download (resuming), verify, admit; retried.
+async fn fetch_one(sh: &Shared, f: Fetch, resumed: &AtomicU64) -> ClientResult<()> {
+    let part = sh.dir.join(format!("{}-{}.part", f.pack, f.start));
+    let opts = sh.client.options();
+    let (mut attempt, mut refreshes, mut refetched) = (0u32, 0u32, false);
+    loop {
+        let first = attempt == 0 && refreshes == 0 && !refetched;
+        match download_range(sh, &f, &part, first.then_some(resumed)).await {
+            Ok(bytes) => {
+                let f2 = f.clone();
+                let verified = tokio::task::spawn_blocking(move || verify_fetched(&f2, &bytes))
+                    .await
+                    .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
+                match verified {
+                    Ok(chunks) => {
+                        let st = sh.store.clone();
+                        blocking(move || st.admit_chunks(&chunks)).await?;
+                        remove_part(&part).await?;
+                        return Ok(());
+                    }
+                    Err(e) if !refetched => {
+                        // Damaged in transit or on disk: fetch it whole once more.
+                        tracing::warn!(error = %e, "a fetched range failed verification; fetching it again");
+                        remove_part(&part).await?;
+                        refetched = true;
+                    }
+                    Err(e) => {
+                        remove_part(&part).await?;
+                        let (url, _) = sh.url_for(&f.pack).await?;
+                        return Err(ClientError::Protocol {
+                            url,
+                            detail: format!("twice, the bytes received failed verification: {e}"),
+                        });
+                    }
+                }
+            }
+            Err(RangeFail::Refresh(seen)) if refreshes < 3 => {
+                refreshes += 1;
+                sh.refresh(seen).await?;
+            }
+            Err(RangeFail::Refresh(_)) => {
+                let (url, _) = sh.url_for(&f.pack).await?;
+                return Err(ClientError::Protocol {
+                    url,
+                    detail: "the server refused fresh pack URLs three times".into(),
+                });
+            }
+            Err(RangeFail::Error(e)) if e.is_transient() && attempt < opts.retries => {
+                let wait = sh.client.backoff(attempt);
+                tracing::warn!(error = %e, "retrying in {:.1} s (resuming)", wait.as_secs_f64());
+                sh.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(RangeFail::Error(e)) => return Err(e),
+        }
+    }
+}
+
+async fn remove_part(part: &Path) -> ClientResult<()> {
+    match tokio::fs::remove_file(part).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ClientError::io(part, e)),
+    }
+}
+
+/// Brings the part file of `f` to its full length (fetching what it lacks)
+/// and returns its bytes.
+async fn download_range(
+    sh: &Shared,
+    f: &Fetch,
+    part: &Path,
+    resumed: Option<&AtomicU64>,
+) -> Result<Bytes, RangeFail> {
+    let len = f.len();
+    let io = |e| ClientError::io(part, e);
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(part)
+        .await
+        .map_err(io)?;
+    let on_disk = file.metadata().await.map_err(io)?.len();
+    let have = on_disk.min(len);
+    let mut buf = BytesMut::with_capacity(len as usize);
+    if have > 0 {
+        buf.resize(have as usize, 0);
+        file.read_exact(&mut buf).await.map_err(io)?;
+        // Counted once: what an earlier run left (a retry in this run
+        // re-reads what this run already counted).
+        if let Some(resumed) = resumed {
+            resumed.fetch_add(have, Ordering::Relaxed);
+            sh.progress.advance(have);
+        }
+    }
+    if on_disk != have {
+        file.set_len(have).await.map_err(io)?;
+    }
+    if have == len {
+        return Ok(buf.freeze());
+    }
+    let (url, generation) = sh.url_for(&f.pack).await?;
+    let (from, to) = (f.start + have, f.end - 1);
+    let stall = sh.client.options().stall_timeout;
+    let resp = sh
+        .client
+        .send_as(
+            Method::GET,
+            &url,
+            |r| r.header(reqwest::header::RANGE, format!("bytes={from}-{to}")),
+            stall,
+            false,
+        )
+        .await;
+    let mut resp = match resp {
+        Err(e) if e.status() == Some(StatusCode::FORBIDDEN) => {
+            return Err(RangeFail::Refresh(generation))
+        }
+        r => r?,
+    };
+    let proto = |detail: String| {
+        RangeFail::Error(ClientError::Protocol {
+            url: url.clone(),
+            detail,
+        })
+    };
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return Err(proto(format!(
+            "asked for bytes {from}-{to}, got {} instead of 206",
+            resp.status()
+        )));
+    }
+    let cr = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let want_prefix = format!("bytes {from}-{to}/");
+    if !cr.starts_with(&want_prefix) {
+        return Err(proto(format!(
+            "asked for bytes {from}-{to}, the answer's Content-Range is {cr:?}"
+        )));
+    }
+    let mut pending = 0usize;
+    let mut last_sync = Instant::now();
+    let result: Result<(), RangeFail> = async {
+        loop {
+            let next = tokio::time::timeout(stall, resp.chunk()).await;
+            let chunk = match next {
+                Err(_) => {
+                    return Err(RangeFail::Error(ClientError::Network {
+                        method: Method::GET,
+                        url: url.clone(),
+                        detail: format!(
+                            "stalled: no data for {} s ({} of {} bytes of the range received)",
+                            stall.as_secs(),
+                            buf.len(),
+                            len
+                        ),
+                    }))
+                }
+                Ok(Err(e)) => {
+                    return Err(RangeFail::Error(ClientError::Network {
+                        method: Method::GET,
+                        url: url.clone(),
+                        detail: format!(
+                            "the answer broke off after {} of {} bytes: {}",
+                            buf.len(),
+                            len,
+                            super::describe(&e)
+                        ),
+                    }))
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            if buf.len() as u64 + chunk.len() as u64 > len {
+                return Err(proto(format!(
+                    "the answer is longer than the {len} bytes asked for"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+            pending += chunk.len();
+            sh.downloaded
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            sh.progress.advance(chunk.len() as u64);
+            if pending >= WRITE_EVERY {
+                let at = buf.len() - pending;
+                file.write_all(&buf[at..]).await.map_err(io)?;
+                file.flush().await.map_err(io)?;
+                pending = 0;
+                if last_sync.elapsed() >= SYNC_EVERY {
+                    file.sync_data().await.map_err(io)?;
+                    last_sync = Instant::now();
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever arrived is kept for the next attempt, even on failure.
+    if pending > 0 {
+        let at = buf.len() - pending;
+        file.write_all(&buf[at..]).await.map_err(io)?;
+        file.flush().await.map_err(io)?;
+    }
+    if result.is_err() {
+        file.sync_data().await.map_err(io)?;
+    }
+    result?;
+    if buf.len() as u64 != len {
+        return Err(RangeFail::Error(ClientError::Network {
+            method: Method::GET,
+            url,
+            detail: format!("the answer ended after {} of {len} bytes", buf.len()),
+        }));
+    }
+    Ok(buf.freeze())
+}
+
+/// Writes the file from the store to `output` atomically: a temp file in
+/// the same directory, fsync'd, renamed over `output`, the directory
+/// fsync'd.
+fn write_output(
+    store: &Store,
+    id: &FileId,
+    output: &Path,
+    progress: &dyn Progress,
+) -> ClientResult<()> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tessera-tmp-{}", std::process::id()));
+    let result = (|| -> ClientResult<()> {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| ClientError::io(&tmp, e))?;
+        let mut reader = store.read(id)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf)
+                .map_err(|e| ClientError::Engine(tessera::unwrap_io(e)))?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&buf[..n])
+                .map_err(|e| ClientError::io(&tmp, e))?;
+            progress.advance(n as u64);
+        }
+        f.sync_all().map_err(|e| ClientError::io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, output).map_err(|e| ClientError::io(output, e))?;
+        if let Ok(d) = std::fs::File::open(&parent) {
+            d.sync_all().map_err(|e| ClientError::io(&parent, e))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera::ReconChunk;
+
+    fn chunk(offset: u64, len: u64) -> ReconChunk {
+        ReconChunk {
+            id: ChunkId::of(&offset.to_le_bytes()),
+            len: 1,
+            offset,
+            record_len: len,
+        }
+    }
+
+    #[test]
+    fn parts_split_requests_at_record_starts() {
+        let pack = PackId([1; 32]);
+        let f = Fetch {
+            pack,
+            start: 16,
+            end: 400,
+            chunks: vec![chunk(16, 100), chunk(116, 100), chunk(300, 100)],
+        };
+        let parts: HashSet<_> = [(pack, 116u64), (PackId([2; 32]), 300)].into();
+        let out = split_at_parts(vec![f], &parts);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (out[0].start, out[0].end, out[0].chunks.len()),
+            (16, 116, 1)
+        );
+        assert_eq!(
+            (out[1].start, out[1].end, out[1].chunks.len()),
+            (116, 400, 2)
+        );
+        // A part at the first record splits nothing.
+        let f = Fetch {
+            pack,
+            start: 116,
+            end: 216,
+            chunks: vec![chunk(116, 100)],
+        };
+        assert_eq!(split_at_parts(vec![f.clone()], &parts), vec![f]);
+    }
+
+    #[test]
+    fn download_dir_is_beside_the_output() {
+        assert_eq!(
+            download_dir(Path::new("/x/y/model.bin")).expect("dir"),
+            PathBuf::from("/x/y/.model.bin.tessera-pull")
+        );
+        assert_eq!(
+            download_dir(Path::new("model.bin")).expect("dir"),
+            PathBuf::from("./.model.bin.tessera-pull")
+        );
+        assert!(download_dir(Path::new("/")).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! Error answers: a status and `{"error": {"code", "message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::protocol::{ErrorBody, ErrorDetail};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The status.
+    pub status: StatusCode,
+    /// A snake_case code.
+    pub code: &'static str,
+    /// One line naming the object.
+    pub message: String,
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub(crate) fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl From<tessera::Error> for ApiError {
+    fn from(e: tessera::Error) -> Self {
+        use tessera::Error as E;
+        let (status, code) = match &e {
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::RangeOutOfBounds { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range"),
+            E::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::Poisoned { .. } | E::StoreLocked { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            e if e.is_corruption() => (StatusCode::INTERNAL_SERVER_ERROR, "damaged"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,810 @@
+//! The endpoints of `format-spec/PROTOCOL.md` §3.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use tessera::{FileId, FileReader, PackId, Store};
+
+use super::body::{parse_json, read_body, refuse};
+use super::error::{ApiError, ApiResult};
+use super::{Inner, ServerStats};
+use crate::auth::Access;
+use crate::protocol::{
+    parse_range, ByteRange, MissingRequest, MissingResponse, PackAdmitted, ReconstructionResponse,
+    RefEntry, RefInfo, RefList, RegisterRequest, RegisterResponse, ServerInfo, SetRef,
+    MAX_MISSING_IDS, PROTOCOL_VERSION,
+};
+
+type St = State<Arc<Inner>>;
+
+/// Slices a response body is streamed in.
+const SLICE: u64 = 1 << 20;
+/// Bytes of a pack read from storage at once (then sent in slices).
+const PACK_READ: u64 = 4 << 20;
+/// `Cache-Control` of content named by its id.
+const IMMUTABLE_PUBLIC: &str = "public, max-age=31536000, immutable";
+const IMMUTABLE_PRIVATE: &str = "private, max-age=31536000, immutable";
+
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1", get(info))
+        .route("/v1/files/{*name}", get(get_file))
+        .route("/v1/files", post(post_file))
+        .route("/v1/reconstructions/{*name}", get(get_reconstruction))
+        .route("/v1/packs/{id}", get(get_pack).put(put_pack))
+        .route("/v1/chunks/missing", post(post_missing))
+        .route("/v1/refs", get(list_refs))
+        .route(
+            "/v1/refs/{*name}",
+            get(get_ref).put(put_ref).delete(delete_ref),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            log_request,
+        ))
+        .with_state(inner)
+}
+
+async fn log_request(State(s): St, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    s.stats.requests.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        %method,
+        path = %tessera_clip(&path),
+        status = resp.status().as_u16(),
+        ms = t.elapsed().as_millis() as u64,
+        peer,
+        "request"
+    );
+    resp
+}
+
+fn tessera_clip(s: &str) -> String {
+    if s.len() <= 200 {
+        s.to_string()
+    } else {
+        let mut end = 200;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… ({} bytes)", &s[..end], s.len())
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {} {}",
+        req.method(),
+        tessera_clip(req.uri().path())
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            req.method(),
+            tessera_clip(req.uri().path())
+        ),
+    )
+}
+
+/// Runs a blocking engine call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tessera::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn path_arg(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    p.map(|Path(s)| s)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// Query parameters, percent-decoded (`+` is a space).
+fn query_params(q: Option<&str>) -> ApiResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::bad_request("the query string is not UTF-8"))
+        };
+        out.insert(dec(k)?, dec(v)?);
+    }
+    Ok(out)
+}
+
+impl Inner {
+    fn access(&self, headers: &HeaderMap) -> ApiResult<Access> {
+        let auth = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?,
+            ),
+        };
+        self.policy
+            .identify(auth)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))
+    }
+
+    /// The error for a write `access` may not make.
+    fn deny_write(&self, access: &Access, what: &str) -> ApiError {
+        match access {
+            Access::Anonymous => ApiError::unauthorized(format!("{what} needs a token")),
+            _ => ApiError::forbidden(format!("this token may not write {what}")),
+        }
+    }
+
+    /// Resolves `name` to a file `access` may read, and whether it is
+    /// readable through a public ref. A file it may not read is "not
+    /// found", like a file that does not exist.
+    async fn readable_file(&self, access: &Access, name: &str) -> ApiResult<(FileId, bool)> {
+        let hidden = || ApiError::not_found(format!("file not found: {}", tessera_clip(name)));
+        let store = self.store.clone();
+        if let Some(r) = ref_of_name(name) {
+            if !self.policy.can_read(access, r) {
+                return Err(hidden());
+            }
+            let public = !self.policy.is_enforced() || self.policy.is_public(r);
+            let r = r.to_string();
+            let id = blocking(move || store.resolve_ref(&r)).await?;
+            return Ok((id, public));
+        }
+        let name = name.to_string();
+        let id = blocking(move || store.resolve(&name)).await?;
+        if !self.policy.is_enforced() {
+            return Ok((id, true));
+        }
+        let public = self
+            .file_has_ref_under(&id, self.policy.public_prefixes())
+            .await?;
+        if public {
+            return Ok((id, true));
+        }
+        match self.policy.read_prefixes(access) {
+            None => Ok((id, false)),
+            Some(prefixes) => {
+                if self.file_has_ref_under(&id, prefixes).await? {
+                    Ok((id, false))
+                } else {
+                    Err(hidden())
+                }
+            }
+        }
+    }
+
+    /// Whether some ref under one of `prefixes` names `file`.
+    async fn file_has_ref_under(&self, file: &FileId, prefixes: Vec<String>) -> ApiResult<bool> {
+        if prefixes.is_empty() {
+            return Ok(false);
+        }
+        let store = self.store.clone();
+        let file = *file;
+        blocking(move || {
+            for p in &prefixes {
+                if store.list_refs(p)?.iter().any(|(_, id)| *id == file) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+}
+
+/// The ref a `{name}` means, if it names one (SPEC §8.2): `ref:NAME`, or
+/// anything that is not `file:`, `sha256:` or 64 hex digits.
+fn ref_of_name(name: &str) -> Option<&str> {
+    if let Some(r) = name.strip_prefix("ref:") {
+        return Some(r);
+    }
+    let hex64 = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex64 || name.starts_with("file:") || name.starts_with("sha256:") {
+        None
+    } else {
+        Some(name)
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn info(State(s): St) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        protocol: PROTOCOL_VERSION,
+        chunking: s.store.chunk_params().into(),
+    })
+}
+
+fn etag_of(id: &str) -> String {
+    format!("\"{id}\"")
+}
+
+/// Whether an `If-None-Match` value matches `etag` (weak comparison).
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+/// The range to serve: `None` for the whole resource. An `If-Range` that is
+/// not our (strong) ETag means the whole resource.
+fn wanted_range(headers: &HeaderMap, size: u64, etag: &str) -> Option<ByteRange> {
+    let range = headers.get(header::RANGE)?.to_str().ok()?;
+    if let Some(ir) = headers.get(header::IF_RANGE) {
+        if ir.to_str().ok().map(str::trim) != Some(etag) {
+            return None;
+        }
+    }
+    parse_range(range, size)
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn not_modified(etag: &str, cache: &'static str) -> Response {
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    r.headers_mut().insert(header::ETAG, hv(etag));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+fn unsatisfiable(what: &str, size: u64) -> Response {
+    let mut r = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range",
+        format!("the range is past the end of {what} ({size} bytes)"),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+    r
+}
+
+/// A 200 or 206 answer with `body` for bytes `start..=end` of `size`.
+fn content(
+    range: Option<(u64, u64)>,
+    size: u64,
+    etag: &str,
+    cache: &'static str,
+    body: Body,
+) -> Response {
+    let (status, len) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, b - a + 1),
+        None => (StatusCode::OK, size),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, hv(etag));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Some((a, b)) = range {
+        h.insert(header::CONTENT_RANGE, hv(&format!("bytes {a}-{b}/{size}")));
+    }
+    r
+}
+
+/// Paces a response at `rate` bytes per second.
+async fn pace(rate: Option<u64>, bytes: u64) {
+    if let Some(rate) = rate.filter(|&r| r > 0) {
+        tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64)).await;
+    }
+}
+
+/// Streams bytes `start..end` of a file, one slice at a time on the
+/// blocking pool (bounded memory: the reader's window and one slice).
+fn file_body(
+    reader: FileReader,
+    start: u64,
+    end: u64,
+    rate: Option<u64>,
+    stats: Arc<ServerStats>,
+) -> Body {
+    // The state carries the size of the slice sent last: pacing waits for
+    // it before the next one, so what is counted as sent has been handed
+    // to the connection.
+    let stream = futures_util::stream::try_unfold(
+        (Some(reader), start, 0u64),
+        move |(reader, pos, last)| {
+            let stats = stats.clone();
+            async move {
+                pace(rate, last).await;
+                let Some(mut reader) = reader.filter(|_| pos < end) else {
+                    return Ok::<_, std::io::Error>(None);
+                };
+                let n = (end - pos).min(SLICE);
+                let (reader, buf) = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n as usize];
+                    reader.read_exact(&mut buf).map(|()| (reader, buf))
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                stats.file_bytes_sent.fetch_add(n, Ordering::Relaxed);
+                Ok(Some((Bytes::from(buf), (Some(reader), pos + n, n))))
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
+async fn get_file(
+    State(s): St,
+    headers: HeaderMap,
+    method: Method,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path_arg(name)?;
+    let access = s.access(&headers)?;
+    let (id, public) = s.readable_file(&access, &name).await?;
+    let etag = etag_of(&id.to_hex());
+    let cache = if public {
+        IMMUTABLE_PUBLIC
+    } else {
+        IMMUTABLE_PRIVATE
+    };
+    if none_match(&headers, &etag) {
+        return Ok(not_modified(&etag, cache));
+    }
+    let store = s.store.clone();
+    let reader = blocking(move || store.read(&id)).await?;
+    let size = reader.size();
+    let range = match wanted_range(&headers, size, &etag) {
+        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("file {id}"), size)),
+        Some(ByteRange::Bytes(a, b)) => Some((a, b)),
+        None => None,
+    };
+    let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
+    if method == Method::HEAD {
+        return Ok(content(range, size, &etag, cache, Body::empty()));
+    }
+    // Open every pack of the range first: a missing or damaged pack is an
+    // error answer, not a response cut short.
+    let store = s.store.clone();
+    let reader = blocking(move || {
+        store.open_packs(&id, start, end - start)?;
+        let mut reader = reader;
+        reader.limit_read_ahead(end);
+        reader
+            .seek(SeekFrom::Start(start))
+            .map_err(tessera::unwrap_io)?;
+        Ok(reader)
+    })
+    .await?;
+    let body = file_body(reader, start, end, s.config.max_rate, s.stats.clone());
+    Ok(content(range, size, &etag, cache, body))
+}
+
+async fn get_reconstruction(
+    State(s): St,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path_arg(name)?;
+    let access = s.access(&headers)?;
+    let (id, _) = s.readable_file(&access, &name).await?;
+    let store = s.store.clone();
+    let size = blocking(move || Ok(store.read(&id)?.size())).await?;
+    let range = match wanted_range(&headers, size, &etag_of(&id.to_hex())) {
+        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("file {id}"), size)),
+        Some(ByteRange::Bytes(a, b)) => Some((a, b - a + 1)),
+        None => None,
+    };
+    let store = s.store.clone();
+    let rec = blocking(move || store.reconstruction(&id, range)).await?;
+    let packs: BTreeSet<PackId> = rec.terms.iter().map(|t| t.pack).collect();
+    let ttl = s.config.url_ttl.as_secs().max(1);
+    let pack_urls = packs
+        .into_iter()
+        .map(|p| {
+            let q = s.policy.sign_pack(&p, ttl);
+            (p, format!("/v1/packs/{p}?{q}"))
+        })
+        .collect();
+    let mut r = Json(ReconstructionResponse {
+        reconstruction: rec,
+        pack_urls,
+    })
+    .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+fn parse_pack_id(s: &str) -> ApiResult<PackId> {
+    PackId::from_hex(s).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "not a pack id: {:?} (want 64 hex digits)",
+            tessera_clip(s)
+        ))
+    })
+}
+
+/// Streams bytes `start..end` of a pack, read in pieces of [`PACK_READ`].
+fn pack_body(
+    store: Store,
+    pack: PackId,
+    start: u64,
+    end: u64,
+    rate: Option<u64>,
+    stats: Arc<ServerStats>,
+) -> Body {
+    let stream = futures_util::stream::try_unfold(
+        (Bytes::new(), start, 0u64),
+        move |(mut buffered, pos, last)| {
+            let (store, stats) = (store.clone(), stats.clone());
+            async move {
+                pace(rate, last).await;
+                if pos >= end {
+                    return Ok::<_, std::io::Error>(None);
+                }
+                if buffered.is_empty() {
+                    let n = (end - pos).min(PACK_READ);
+                    buffered = tokio::task::spawn_blocking(move || store.pack_range(&pack, pos, n))
+                        .await
+                        .map_err(std::io::Error::other)?
+                        .map(|(b, _)| b)
+                        .map_err(std::io::Error::other)?;
+                }
+                let n = (buffered.len() as u64).min(SLICE);
+                if n == 0 {
+                    return Err(std::io::Error::other(format!(
+                        "pack {pack} ended early at {pos}"
+                    )));
+                }
+                let slice = buffered.split_to(n as usize);
+                stats.pack_bytes_sent.fetch_add(n, Ordering::Relaxed);
+                Ok(Some((slice, (buffered, pos + n, n))))
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
+async fn get_pack(
+    State(s): St,
+    headers: HeaderMap,
+    method: Method,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let pack = parse_pack_id(&path_arg(id)?)?;
+    if s.policy.is_enforced() {
+        let q = query_params(query.as_deref())?;
+        s.policy
+            .check_pack(
+                &pack,
+                q.get("exp").map(String::as_str),
+                q.get("sig").map(String::as_str),
+            )
+            .map_err(|why| ApiError::forbidden(format!("pack {pack}: {why}")))?;
+    }
+    let etag = etag_of(&pack.to_hex());
+    if none_match(&headers, &etag) {
+        return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
+    }
+    let store = s.store.clone();
+    // `pack_range` answers "not found" for a pack that is not stored
+    // (`pack_size` would call it damage).
+    let size = blocking(move || Ok(store.pack_range(&pack, 0, 0)?.1)).await?;
+    let range = match wanted_range(&headers, size, &etag) {
+        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("pack {pack}"), size)),
+        Some(ByteRange::Bytes(a, b)) => Some((a, b)),
+        None => None,
+    };
+    let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
+    if method == Method::HEAD {
+        return Ok(content(
+            range,
+            size,
+            &etag,
+            IMMUTABLE_PRIVATE,
+            Body::empty(),
+        ));
+    }
+    s.stats.pack_requests.fetch_add(1, Ordering::Relaxed);
+    let body = pack_body(
+        s.store.clone(),
+        pack,
+        start,
+        end,
+        s.config.max_rate,
+        s.stats.clone(),
+    );
+    Ok(content(range, size, &etag, IMMUTABLE_PRIVATE, body))
+}
+
+async fn put_pack(
+    State(s): St,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Response> {
+    let access = match s.access(&headers) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(body, e).await),
+    };
+    if !s.policy.is_writer(&access) {
+        return Err(refuse(body, s.deny_write(&access, "packs")).await);
+    }
+    let pack = match path_arg(id).and_then(|p| parse_pack_id(&p)) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(body, e).await),
+    };
+    let cfg = &s.config;
+    let bytes = read_body(
+        body,
+        &headers,
+        cfg.max_pack_body,
+        cfg.body_idle_timeout,
+        cfg.body_deadline,
+        &format!("pack {pack}"),
+    )
+    .await?;
+    let n = bytes.len() as u64;
+    let store = s.store.clone();
+    let rep = blocking(move || store.admit_pack(pack, bytes)).await?;
+    s.stats.pack_bytes_admitted.fetch_add(n, Ordering::Relaxed);
+    Ok((
+        StatusCode::CREATED,
+        Json(PackAdmitted {
+            pack: rep.pack,
+            chunks: rep.chunks,
+            new_chunks: rep.new_chunks,
+        }),
+    )
+        .into_response())
+}
+
+async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let access = match s.access(&headers) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(body, e).await),
+    };
+    if !s.policy.is_writer(&access) {
+        let e = s.deny_write(&access, "(asking which chunks are stored)");
+        return Err(refuse(body, e).await);
+    }
+    let cfg = &s.config;
+    let bytes = read_body(
+        body,
+        &headers,
+        cfg.max_json_body,
+        cfg.body_idle_timeout,
+        cfg.body_deadline,
+        "chunks/missing request",
+    )
+    .await?;
+    let req: MissingRequest = parse_json(&bytes, "chunks/missing request")?;
+    if req.chunks.len() > MAX_MISSING_IDS {
+        return Err(ApiError::too_large(format!(
+            "chunks/missing request: {} ids, at most {MAX_MISSING_IDS} per request",
+            req.chunks.len()
+        )));
+    }
+    let store = s.store.clone();
+    let missing = blocking(move || store.missing_chunks(&req.chunks)).await?;
+    Ok(Json(MissingResponse { missing }).into_response())
+}
+
+async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let access = match s.access(&headers) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(body, e).await),
+    };
+    if !s.policy.is_writer(&access) {
+        return Err(refuse(body, s.deny_write(&access, "files")).await);
+    }
+    let cfg = &s.config;
+    let bytes = read_body(
+        body,
+        &headers,
+        cfg.max_json_body,
+        cfg.body_idle_timeout,
+        cfg.body_deadline,
+        "file registration",
+    )
+    .await?;
+    let req: RegisterRequest = parse_json(&bytes, "file registration")?;
+    for r in &req.refs {
+        if !s.policy.can_write(&access, r) {
+            return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(r))));
+        }
+    }
+    let store = s.store.clone();
+    let rep = blocking(move || {
+        let refs: Vec<&str> = req.refs.iter().map(String::as_str).collect();
+        store.register_file(req.file_id, req.size, &req.chunks, req.sha256, &refs)
+    })
+    .await?;
+    let status = if rep.new_file {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RegisterResponse {
+            file_id: rep.file_id,
+            sha256: rep.sha256,
+            size: rep.size,
+            new_file: rep.new_file,
+        }),
+    )
+        .into_response())
+}
+
+async fn get_ref(
+    State(s): St,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path_arg(name)?;
+    let access = s.access(&headers)?;
+    if !s.policy.can_read(&access, &name) {
+        return Err(ApiError::not_found(format!(
+            "ref not found: {}",
+            tessera_clip(&name)
+        )));
+    }
+    let store = s.store.clone();
+    let info = blocking(move || {
+        let id = store.resolve_ref(&name)?;
+        let info = store.info(&id)?;
+        Ok(RefInfo {
+            name,
+            file_id: id,
+            size: info.size,
+            sha256: info.sha256,
+        })
+    })
+    .await?;
+    Ok(Json(info).into_response())
+}
+
+async fn put_ref(
+    State(s): St,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Response> {
+    let checked = path_arg(name).and_then(|name| {
+        let access = s.access(&headers)?;
+        if !s.policy.can_write(&access, &name) {
+            return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(&name))));
+        }
+        Ok((name, access))
+    });
+    let (name, access) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(body, e).await),
+    };
+    let cfg = &s.config;
+    let bytes = read_body(
+        body,
+        &headers,
+        cfg.max_json_body.min(1 << 20),
+        cfg.body_idle_timeout,
+        cfg.body_deadline,
+        "ref body",
+    )
+    .await?;
+    let req: SetRef = parse_json(&bytes, "ref body")?;
+    // The target must be a file this token may read: a ref is not a way
+    // to reach someone else's file.
+    let (id, _) = s
+        .readable_file(&access, &format!("file:{}", req.file_id))
+        .await?;
+    let store = s.store.clone();
+    let n = name.clone();
+    blocking(move || store.set_ref(&n, id)).await?;
+    Ok(Json(RefEntry { name, file_id: id }).into_response())
+}
+
+async fn delete_ref(
+    State(s): St,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let name = path_arg(name)?;
+    let access = s.access(&headers)?;
+    if !s.policy.can_write(&access, &name) {
+        return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(&name))));
+    }
+    let store = s.store.clone();
+    blocking(move || store.delete_ref(&name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_refs(
+    State(s): St,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let access = s.access(&headers)?;
+    let q = query_params(query.as_deref())?;
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    // List only under the prefixes the token may read.
+    let scans: Vec<String> = match s.policy.read_prefixes(&access) {
+        None => vec![prefix],
+        Some(readable) => {
+            let mut v: Vec<String> = readable
+                .into_iter()
+                .filter_map(|p| {
+                    if p.starts_with(&prefix) {
+                        Some(p)
+                    } else if prefix.starts_with(&p) {
+                        Some(prefix.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+    };
+    let store = s.store.clone();
+    let refs = blocking(move || {
+        let mut all = BTreeMap::new();
+        for p in &scans {
+            for (name, id) in store.list_refs(p)? {
+                all.insert(name, id);
+            }
+        }
+        Ok(all)
+    })
+    .await?;
+    Ok(Json(RefList {
+        refs: refs
+            .into_iter()
+            .map(|(name, file_id)| RefEntry { name, file_id })
+            .collect(),
+    })
+    .into_response())
+}

@@ -1,0 +1,246 @@
+//! The registry server: an embeddable axum [`Router`] over a
+//! [`tessera::Store`] ([`Server::router`]), and a hardened accept loop
+//! around it ([`Server::serve`]): header-read and body timeouts, bounded
+//! bodies, a connection limit, graceful shutdown.
+//!
+//! Every engine call is blocking and runs on tokio's blocking pool; files
+//! and packs are streamed in bounded slices, so a response's memory does
+//! not grow with the file.
+
+mod body;
+mod error;
+mod handlers;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tessera::Store;
+use tokio::net::TcpListener;
+
+use crate::auth::Policy;
+
+pub use error::ApiError;
+
+/// Limits and timeouts of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// How long a signed pack URL stays valid.
+    pub url_ttl: Duration,
+    /// How long a client may take to send a request's headers (also how
+    /// long an idle keep-alive connection is kept).
+    pub header_timeout: Duration,
+    /// How long a request body may go without sending a byte.
+    pub body_idle_timeout: Duration,
+    /// How long a whole request body may take.
+    pub body_deadline: Duration,
+    /// Largest JSON body.
+    pub max_json_body: u64,
+    /// Largest pack upload.
+    pub max_pack_body: u64,
+    /// Connections served at once (more are closed at accept).
+    pub max_connections: usize,
+    /// Send at most this many bytes per second in one file or pack
+    /// response (`None`: as fast as the client reads).
+    pub max_rate: Option<u64>,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            url_ttl: Duration::from_secs(3600),
+            header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
+            body_deadline: Duration::from_secs(600),
+            max_json_body: crate::protocol::MAX_JSON_BODY,
+            max_pack_body: crate::protocol::MAX_PACK_BODY,
+            max_connections: 1024,
+            max_rate: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of what a server sent and received (for tests, benchmarks and
+/// logs).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Pack bytes sent (`GET /v1/packs`).
+    pub pack_bytes_sent: AtomicU64,
+    /// Pack GET requests answered with bytes.
+    pub pack_requests: AtomicU64,
+    /// File bytes sent (`GET /v1/files`).
+    pub file_bytes_sent: AtomicU64,
+    /// Pack bytes received and admitted (`PUT /v1/packs`).
+    pub pack_bytes_admitted: AtomicU64,
+    /// Requests answered (any status).
+    pub requests: AtomicU64,
+}
+
+impl ServerStats {
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) policy: Policy,
+    pub(crate) config: ServerConfig,
+    pub(crate) stats: Arc<ServerStats>,
+}
+
+/// A registry server over one store.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+/// Why a server would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// No token file and a listen address other than loopback.
+    #[error("refusing to listen on {0} without --tokens: a server without a token file lets anyone read and write, so it listens on loopback only (127.0.0.1, [::1])")]
+    OpenNonLoopback(SocketAddr),
+    /// The listener failed.
+    #[error("listening socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Server {
+    /// A server over `store` with access `policy`.
+    pub fn new(store: Store, policy: Policy, config: ServerConfig) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                store,
+                policy,
+                config,
+                stats: Arc::default(),
+            }),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.inner.stats.clone()
+    }
+
+    /// The access policy (tests sign URLs with it).
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The router, to embed in another axum application (the embedder then
+    /// owns timeouts and connection limits).
+    pub fn router(&self) -> Router {
+        handlers::router(self.inner.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops
+    /// accepting, lets requests in flight finish (up to
+    /// [`ServerConfig::shutdown_grace`]) and returns. A server without
+    /// tokens refuses any address that is not loopback.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let addr = listener.local_addr()?;
+        if !self.inner.policy.is_enforced() && !addr.ip().is_loopback() {
+            return Err(ServeError::OpenNonLoopback(addr));
+        }
+        let app = self.router();
+        let cfg = &self.inner.config;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout)
+            .keep_alive(true);
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+        tracing::info!(%addr, tokens = self.inner.policy.is_enforced(), "serving");
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing a new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            );
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: waiting for requests in flight");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(cfg.shutdown_grace) => {
+                tracing::warn!("requests still in flight after the grace period; stopping anyway");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

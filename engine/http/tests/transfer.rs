@@ -1,0 +1,274 @@
+//! Pull and push through a real server on a loopback port: a pull of v2
+//! with v1 local moves about what v2 adds, a push of a fine-tune sends
+//! about its changed tensors, a push of a fork sends no chunk data, and 32
+//! clients pull while another pushes.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{model, open, TestServer};
+use tessera::VerifyOptions;
+use tessera_http::client::{pull, push, Client, ClientOptions, NoProgress, PushInput};
+use tessera_http::{Policy, ServerConfig, ServerStats};
+use tessera_synth::{DType, ModelSpec};
+
+fn client(url: &str) -> Client {
+    Client::new(url, ClientOptions::default()).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_moves_what_v2_adds_and_push_sends_only_new_chunks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let base = ModelSpec::base(5, 12 << 20, DType::BF16);
+    let (tuned, _) = base.finetune(6, 0.10);
+    let (v1, v2) = (model(&base), model(&tuned));
+    let id1 = server_store
+        .put_bytes(&v1, &["acme/llm@v1:model.bin"])
+        .expect("v1")
+        .file_id;
+    let id2 = server_store
+        .put_bytes(&v2, &["acme/llm@v2:model.bin"])
+        .expect("v2")
+        .file_id;
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig::default(),
+    )
+    .await;
+    let stats = srv.stats();
+    let c = client(&srv.url);
+    let local = open(&tmp.path().join("local"));
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+
+    // v1 into an empty store: everything.
+    let r1 = pull(
+        &c,
+        &local,
+        "acme/llm@v1:model.bin",
+        &out.join("v1.bin"),
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("pull v1");
+    assert_eq!(r1.file_id, id1);
+    assert!(std::fs::read(out.join("v1.bin")).expect("read") == v1);
+    assert!(r1.bytes_downloaded > v1.len() as u64 / 2);
+    assert_eq!(r1.bytes_reused, 0);
+    assert!(
+        !out.join(".v1.bin.tessera-pull").exists(),
+        "download dir left behind"
+    );
+
+    // v2 with v1 local: what v2 adds (its new chunks' records), within 5%.
+    let rec2 = server_store.reconstruction(&id2, None).expect("rec");
+    let needed: u64 = local
+        .plan_download(&rec2, 0, u64::MAX)
+        .expect("plan")
+        .fetches
+        .iter()
+        .flat_map(|f| &f.chunks)
+        .map(|c| c.record_len)
+        .sum();
+    let sent_before = ServerStats::get(&stats.pack_bytes_sent);
+    let r2 = pull(
+        &c,
+        &local,
+        &id2.to_hex(),
+        &out.join("v2.bin"),
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("pull v2");
+    let sent = ServerStats::get(&stats.pack_bytes_sent) - sent_before;
+    assert!(std::fs::read(out.join("v2.bin")).expect("read") == v2);
+    assert_eq!(
+        sent, r2.bytes_downloaded,
+        "client and server disagree on bytes moved"
+    );
+    assert!(
+        r2.bytes_downloaded as f64 <= needed as f64 * 1.05 && r2.bytes_downloaded >= needed,
+        "v2 pulled {} bytes, its new chunks are {needed}",
+        r2.bytes_downloaded
+    );
+    assert!(r2.bytes_reused > v2.len() as u64 / 2);
+    eprintln!(
+        "v2: {} bytes in {} requests ({needed} needed, file {})",
+        r2.bytes_downloaded,
+        r2.requests,
+        v2.len()
+    );
+    // Again: nothing to fetch.
+    let r3 = pull(
+        &c,
+        &local,
+        "acme/llm@v2:model.bin",
+        &out.join("v2b.bin"),
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("pull again");
+    assert_eq!(r3.bytes_downloaded, 0);
+    assert!(std::fs::read(out.join("v2b.bin")).expect("read") == v2);
+
+    // Push a fine-tune made locally: about its changed tensors.
+    let (tuned3, changed) = base.finetune(7, 0.10);
+    let v3 = model(&tuned3);
+    let changed_bytes: u64 = tuned3
+        .tensor_ranges()
+        .iter()
+        .filter(|(n, _)| changed.contains(n))
+        .map(|(_, r)| r.end - r.start)
+        .sum();
+    let f3 = tmp.path().join("v3.bin");
+    std::fs::write(&f3, &v3).expect("write");
+    let admitted_before = ServerStats::get(&stats.pack_bytes_admitted);
+    let rep = push(
+        &c,
+        &local,
+        &[PushInput {
+            path: Some(f3.clone()),
+            shown: "v3.bin".into(),
+            ref_name: Some("acme/llm@v3:model.bin".into()),
+        }],
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("push");
+    assert_eq!(
+        ServerStats::get(&stats.pack_bytes_admitted) - admitted_before,
+        rep.bytes_uploaded
+    );
+    eprintln!(
+        "push v3: {} bytes uploaded in {} packs, {} of {} chunks; changed tensors {changed_bytes} bytes",
+        rep.bytes_uploaded, rep.packs_uploaded, rep.chunks_uploaded, rep.chunks_total
+    );
+    assert!(rep.files[0].new_file);
+    assert!(
+        rep.bytes_uploaded as f64 <= changed_bytes as f64 * 1.5 + (1 << 20) as f64,
+        "pushed {} bytes for {changed_bytes} changed",
+        rep.bytes_uploaded
+    );
+    assert!(rep.bytes_uploaded as f64 >= changed_bytes as f64 * 0.3);
+    let id3 = server_store.resolve("acme/llm@v3:model.bin").expect("ref");
+    assert_eq!(id3, rep.files[0].file_id);
+    assert!(
+        server_store
+            .read(&id3)
+            .expect("open")
+            .read_all()
+            .expect("read")
+            == v3
+    );
+
+    // A fork (the same bytes under another name): no chunk data at all.
+    let fork = push(
+        &c,
+        &local,
+        &[PushInput {
+            path: Some(out.join("v2.bin")),
+            shown: "v2.bin".into(),
+            ref_name: Some("fork/llm@v1:model.bin".into()),
+        }],
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("push fork");
+    assert_eq!((fork.bytes_uploaded, fork.packs_uploaded), (0, 0));
+    assert!(!fork.files[0].new_file);
+    assert_eq!(
+        server_store.resolve("fork/llm@v1:model.bin").expect("fork"),
+        id2
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_pull_while_one_pushes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let base = ModelSpec::base(21, 3 << 20, DType::BF16);
+    let v1 = model(&base);
+    let id1 = server_store
+        .put_bytes(&v1, &["acme/small@v1:model.bin"])
+        .expect("v1")
+        .file_id;
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig::default(),
+    )
+    .await;
+    let url = srv.url.clone();
+    let (tuned, _) = base.finetune(22, 0.2);
+    let v2 = model(&tuned);
+    let f2 = tmp.path().join("v2.bin");
+    std::fs::write(&f2, &v2).expect("write");
+
+    let pusher = {
+        let (url, dir, f2) = (url.clone(), tmp.path().join("pusher"), f2.clone());
+        let pusher_store = open(&dir);
+        tokio::spawn(async move {
+            let c = client(&url);
+            push(
+                &c,
+                &pusher_store,
+                &[PushInput {
+                    path: Some(f2),
+                    shown: "v2".into(),
+                    ref_name: Some("acme/small@v2:model.bin".into()),
+                }],
+                Arc::new(NoProgress),
+            )
+            .await
+        })
+    };
+    let mut pullers = Vec::new();
+    for i in 0..32 {
+        let (url, root) = (url.clone(), tmp.path().join(format!("puller-{i}")));
+        pullers.push(tokio::spawn(async move {
+            let store = open(&root.join("store"));
+            let c = client(&url);
+            let out = root.join("v1.bin");
+            let r = pull(
+                &c,
+                &store,
+                "acme/small@v1:model.bin",
+                &out,
+                Arc::new(NoProgress),
+            )
+            .await;
+            (r, std::fs::read(&out).ok())
+        }));
+    }
+    for (i, p) in pullers.into_iter().enumerate() {
+        let (r, bytes) = p.await.expect("task");
+        let r = r.unwrap_or_else(|e| panic!("puller {i}: {e}"));
+        assert_eq!(r.file_id, id1);
+        assert!(
+            bytes.as_deref() == Some(&v1[..]),
+            "puller {i} wrote other bytes"
+        );
+    }
+    let rep = pusher.await.expect("task").expect("push");
+    let id2 = server_store
+        .resolve("acme/small@v2:model.bin")
+        .expect("pushed ref");
+    assert_eq!(id2, rep.files[0].file_id);
+    assert!(
+        server_store
+            .read(&id2)
+            .expect("open")
+            .read_all()
+            .expect("read")
+            == v2
+    );
+    let v = server_store
+        .verify(VerifyOptions::default())
+        .expect("verify");
+    assert!(v.is_clean(), "server store damaged: {:?}", v.problems);
+    srv.stop().await;
+}

@@ -1,0 +1,64 @@
+//! `tessera pull`: a file from a server, through the local store.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tessera_http::client::{open_local_store, pull};
+
+use crate::remote::{runtime, Bar, RemoteArgs};
+use crate::{human, out_err, write_json, CliResult};
+
+/// `pull`'s options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PullArgs {
+    /// The server (http://HOST:PORT).
+    url: String,
+    /// A file id, `sha256:HEX`, or a ref.
+    name: String,
+    /// Where to write the file.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Print a JSON report: file_id, sha256, size, bytes_downloaded,
+    /// bytes_resumed, bytes_reused, chunks_downloaded, chunks_reused,
+    /// requests, retries, output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+pub(crate) fn run(dir: &Path, args: PullArgs, wait: bool) -> CliResult {
+    let client = args.remote.client(&args.url)?;
+    let rt = runtime()?;
+    let bar = Arc::new(Bar::new());
+    let (store, report) = rt.block_on(async {
+        let info = client.server_info().await?;
+        let store = open_local_store(dir, &info, wait)?;
+        let report = pull(&client, &store, &args.name, &args.output, bar.clone()).await?;
+        Ok::<_, crate::CliError>((store, report))
+    })?;
+    drop(rt);
+    store.close()?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        let mut v =
+            serde_json::to_value(&report).map_err(|e| crate::CliError::Check(e.to_string()))?;
+        // The /v1 request made before the pull.
+        v["requests"] = (report.requests + 1).into();
+        write_json(&mut out, &v)
+    } else {
+        writeln!(
+            out,
+            "{}  {}  ({}; downloaded {}, resumed {}, reused {} from the local store, {} requests)",
+            report.file_id,
+            report.output,
+            human(report.size),
+            human(report.bytes_downloaded),
+            human(report.bytes_resumed),
+            human(report.bytes_reused),
+            report.requests + 1
+        )
+        .map_err(out_err)
+    }
+}

@@ -1,0 +1,78 @@
+//! `tessera serve`: the registry server over the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tessera_http::{Policy, Server, ServerConfig};
+
+use crate::remote::runtime;
+use crate::{CliError, CliResult};
+
+/// `serve`'s options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on. Without --tokens, loopback only.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: String,
+    /// Token file (JSON: tokens with read/write prefixes and admin, public
+    /// prefixes, optional signing_key); see the README.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Seconds a signed pack URL stays valid.
+    #[arg(long, default_value_t = 3600)]
+    url_ttl: u64,
+    /// Send at most this many bytes per second per file or pack response.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    max_rate: Option<u64>,
+}
+
+pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
+    let addr: SocketAddr = args.listen.parse().map_err(|_| {
+        CliError::Usage(format!(
+            "--listen {:?}: want IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)",
+            args.listen
+        ))
+    })?;
+    let policy = match &args.tokens {
+        Some(p) => Policy::load(p).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => Policy::open(),
+    };
+    if !policy.is_enforced() && !addr.ip().is_loopback() {
+        return Err(CliError::Usage(format!(
+            "refusing to listen on {addr} without --tokens: a server without a token file lets anyone read and write, so it listens on loopback only (127.0.0.1 or [::1]); give --tokens FILE to listen elsewhere"
+        )));
+    }
+    let store = crate::open_store(dir, true, wait)?;
+    let config = ServerConfig {
+        url_ttl: Duration::from_secs(args.url_ttl.max(1)),
+        max_rate: args.max_rate.filter(|&r| r > 0),
+        ..Default::default()
+    };
+    let server = Server::new(store.clone(), policy, config);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Check(format!("listening on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| CliError::Check(format!("listening on {addr}: {e}")))?;
+        let auth = match &args.tokens {
+            Some(p) => format!("tokens from {}", p.display()),
+            None => "no token file: every request allowed, loopback only".to_string(),
+        };
+        eprintln!(
+            "tessera: serving store {} on http://{local} ({auth})",
+            dir.display()
+        );
+        server
+            .serve(listener, tessera_http::server::shutdown_signal())
+            .await
+            .map_err(|e| CliError::Check(e.to_string()))
+    })?;
+    drop(rt);
+    store.close()?;
+    eprintln!("tessera: server stopped");
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! `tessera serve`, `pull` and `push` as real processes: a pull SIGKILLed
+//! mid-transfer and run again fetches at most one request's worth of bytes
+//! more than needed; a pull whose server is killed and restarted finishes
+//! (resuming, with fresh pack URLs); the CLI's JSON reports; a server
+//! without tokens refuses a non-loopback address; a local store with other
+//! chunking parameters is refused.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera::{Store, StoreOptions};
+use tessera_http::{Policy, Server, ServerConfig, ServerStats};
+use tessera_synth::{DType, ModelSpec, SplitMix64};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+/// The client's default largest range request (ClientOptions::max_request).
+const MAX_REQUEST: u64 = 8 << 20;
+
+fn model(spec: &ModelSpec) -> Vec<u8> {
+    let mut v = Vec::new();
+    spec.reader().read_to_end(&mut v).expect("generate");
+    v
+}
+
+fn tessera(store: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--store")
+        .arg(store)
+        .env_remove("TESSERA_STORE")
+        .env_remove("TESSERA_TOKEN")
+        .env("TESSERA_LOG", "warn");
+    c
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "tessera failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+/// Bytes a pull of `file` into an empty store transfers (the plan the
+/// client makes, with its default gap and request size).
+fn needed_bytes(server: &Store, file: &tessera::FileId, tmp: &Path) -> u64 {
+    let empty = Store::open(
+        tmp.join("empty"),
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .expect("store");
+    let rec = server.reconstruction(file, None).expect("rec");
+    empty
+        .plan_download(&rec, 32 << 10, MAX_REQUEST)
+        .expect("plan")
+        .fetch_bytes
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("TESSERA_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("TESSERA_KILL_SEED={s}");
+    s
+}
+
+#[test]
+fn a_killed_pull_resumes_without_refetching() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = Store::open(
+        tmp.path().join("srv"),
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .expect("store");
+    let data = model(&ModelSpec::base(31, 24 << 20, DType::F32));
+    let id = server_store
+        .put_bytes(&data, &["acme/big@v1:model.bin"])
+        .expect("put")
+        .file_id;
+    let needed = needed_bytes(&server_store, &id, tmp.path());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // 3 MB/s per response, 4 in flight: about two seconds for the file.
+    let server = Server::new(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig {
+            max_rate: Some(3_000_000),
+            ..Default::default()
+        },
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let s = server.clone();
+    let task = rt.spawn(async move {
+        s.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+
+    let local = tmp.path().join("local");
+    let out = tmp.path().join("model.bin");
+    let mut rng = SplitMix64::new(seed());
+    let delay = Duration::from_millis(400 + rng.below(1200));
+    let mut child = tessera(&local)
+        .args(["pull", &url, "acme/big@v1:model.bin", "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pull");
+    std::thread::sleep(delay);
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    let sent_at_kill = ServerStats::get(&server.stats().pack_bytes_sent);
+    eprintln!("killed after {delay:?} ({status}), {sent_at_kill} of {needed} bytes sent");
+    assert!(!out.exists(), "a killed pull left an output behind");
+
+    let report = json_of(
+        &tessera(&local)
+            .args(["pull", &url, "acme/big@v1:model.bin", "--json", "-o"])
+            .arg(&out)
+            .output()
+            .expect("run pull"),
+    );
+    let total = ServerStats::get(&server.stats().pack_bytes_sent);
+    eprintln!("resumed: {report}; {total} bytes sent in all, {needed} needed");
+    assert!(
+        std::fs::read(&out).expect("output") == data,
+        "resumed pull wrote other bytes"
+    );
+    assert_eq!(report["file_id"], id.to_hex());
+    assert!(
+        total <= needed + MAX_REQUEST,
+        "a killed and resumed pull fetched {total} bytes, {needed} needed (allowed one request more: {MAX_REQUEST})"
+    );
+    if sent_at_kill > 0 && sent_at_kill < needed {
+        let kept = report["bytes_resumed"].as_u64().expect("bytes_resumed")
+            + (needed
+                - report["bytes_downloaded"]
+                    .as_u64()
+                    .expect("bytes_downloaded")
+                - report["bytes_resumed"].as_u64().expect("bytes_resumed"));
+        assert!(kept > 0, "nothing of the killed pull was kept");
+    }
+    assert!(!tmp.path().join(".model.bin.tessera-pull").exists());
+    let _ = stop.send(());
+    rt.block_on(task).expect("task").expect("serve");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn spawn_server(store: &Path, port: u16, tokens: &Path) -> Child {
+    let child = tessera(store)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-rate",
+            "3000000",
+            "--tokens",
+        ])
+        .arg(tokens)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_pull_survives_a_server_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = tmp.path().join("srv");
+    let data = model(&ModelSpec::base(41, 24 << 20, DType::F32));
+    let src = tmp.path().join("src.bin");
+    std::fs::write(&src, &data).expect("write");
+    let put = tessera(&srv)
+        .args(["put", "--ref", "team/m@v1:model.bin"])
+        .arg(&src)
+        .output()
+        .expect("put");
+    assert!(put.status.success());
+    // No signing key: a restarted server signs with a new key, so the
+    // client must fetch fresh pack URLs.
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        r#"{"tokens": [{"name": "t", "token": "team-token-0123456789", "read": ["team/"]}]}"#,
+    )
+    .expect("tokens");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(&srv, port, &tokens);
+    let out = tmp.path().join("out.bin");
+    let client = tessera(&tmp.path().join("local"))
+        .args([
+            "pull",
+            &url,
+            "team/m@v1:model.bin",
+            "--json",
+            "--retries",
+            "10",
+            "-o",
+        ])
+        .arg(&out)
+        .env("TESSERA_TOKEN", "team-token-0123456789")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pull");
+    let mut rng = SplitMix64::new(seed());
+    std::thread::sleep(Duration::from_millis(500 + rng.below(800)));
+    server.kill().expect("kill server");
+    server.wait().expect("wait");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut server = spawn_server(&srv, port, &tokens);
+    let out_run = client.wait_with_output().expect("pull");
+    let report = json_of(&out_run);
+    server.kill().expect("kill server");
+    let _ = server.wait();
+    eprintln!("{report}");
+    assert!(std::fs::read(&out).expect("output") == data);
+    let srv_store = Store::open(&srv, StoreOptions::default()).expect("reopen");
+    let id = srv_store.resolve("team/m@v1:model.bin").expect("ref");
+    let needed = needed_bytes(&srv_store, &id, tmp.path());
+    let got = report["bytes_downloaded"]
+        .as_u64()
+        .expect("bytes_downloaded");
+    assert!(
+        got <= needed + MAX_REQUEST,
+        "pulled {got} bytes across a server restart, {needed} needed"
+    );
+    assert!(
+        report["retries"].as_u64().expect("retries") > 0,
+        "no retry: the restart missed the transfer"
+    );
+}
+
+#[test]
+fn cli_push_and_pull_reports_and_refusals() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = tmp.path().join("srv");
+    let base = ModelSpec::base(51, 4 << 20, DType::BF16);
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(repo.join("sub")).expect("mkdir");
+    std::fs::write(repo.join("model.bin"), model(&base)).expect("write");
+    std::fs::write(repo.join("sub/config.json"), b"{\"layers\": 2}").expect("write");
+    // Create the server's store, then serve it.
+    let put = tessera(&srv)
+        .args(["put", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("put");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = tessera(&srv)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pusher = tmp.path().join("pusher");
+    let rep = json_of(
+        &tessera(&pusher)
+            .args(["push", &url, "--ref-prefix", "acme/m@v1:", "--json"])
+            .arg(&repo)
+            .output()
+            .expect("push"),
+    );
+    assert!(rep["bytes_uploaded"].as_u64().expect("bytes") > 0);
+    assert!(rep["requests"].as_u64().expect("requests") >= 4);
+    let files = rep["files"].as_array().expect("files");
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0]["ref"], "acme/m@v1:model.bin");
+    assert_eq!(files[1]["ref"], "acme/m@v1:sub/config.json");
+    // The same again under another prefix: a fork, no chunk data.
+    let fork = json_of(
+        &tessera(&pusher)
+            .args(["push", &url, "--ref-prefix", "fork/m@v1:", "--json"])
+            .arg(&repo)
+            .output()
+            .expect("push"),
+    );
+    assert_eq!(fork["bytes_uploaded"], 0);
+    // Pull it into a new local store.
+    let puller = tmp.path().join("puller");
+    let out = tmp.path().join("pulled.json");
+    let pulled = json_of(
+        &tessera(&puller)
+            .args(["pull", &url, "fork/m@v1:sub/config.json", "--json", "-o"])
+            .arg(&out)
+            .output()
+            .expect("pull"),
+    );
+    assert_eq!(pulled["file_id"], files[1]["file_id"]);
+    for k in ["bytes_downloaded", "bytes_reused", "requests"] {
+        assert!(pulled[k].is_u64(), "{k} missing from {pulled}");
+    }
+    assert_eq!(std::fs::read(&out).expect("out"), b"{\"layers\": 2}");
+    // Unknown name: exit 3, message naming it.
+    let miss = tessera(&puller)
+        .args(["pull", &url, "fork/m@v1:nope", "-o"])
+        .arg(tmp.path().join("x"))
+        .output()
+        .expect("pull");
+    assert_eq!(miss.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&miss.stderr).contains("fork/m@v1:nope"));
+    // A local store with other chunking parameters is refused.
+    let other = tmp.path().join("other");
+    Store::open(
+        &other,
+        StoreOptions {
+            create: true,
+            chunking: Some(tessera::ChunkParams {
+                min: 8192,
+                avg: 32768,
+                max: 131072,
+                normalization: 1,
+            }),
+            ..Default::default()
+        },
+    )
+    .expect("other store")
+    .close()
+    .expect("close");
+    let refused = tessera(&other)
+        .args(["pull", &url, "fork/m@v1:sub/config.json", "-o"])
+        .arg(tmp.path().join("y"))
+        .output()
+        .expect("pull");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("chunking"));
+    server.kill().expect("kill");
+    let _ = server.wait();
+    // No tokens: loopback only.
+    let open = tessera(&srv)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("serve");
+    assert_eq!(open.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&open.stderr).contains("loopback"));
+}
