@@ -321,6 +321,7 @@ impl CliError {
             CliError::Engine(e) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Engine(e)) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Usage(_)) => 2,
+            CliError::Remote(ClientError::Http { code, .. }) if code == "refused_by_policy" => 5,
             CliError::Remote(e)
                 if e.status() == Some(tessera_http::client::StatusCode::NOT_FOUND) =>
             {
@@ -366,7 +367,7 @@ fn store_dir(cli_store: &Option<PathBuf>) -> CliResult<PathBuf> {
 }
 
 /// The options every command opens a store with.
-fn store_options(create: bool) -> StoreOptions {
+pub(crate) fn store_options(create: bool) -> StoreOptions {
     StoreOptions {
         create,
         ..Default::default()

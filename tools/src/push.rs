@@ -33,6 +33,11 @@ pub(crate) struct PushArgs {
     /// sha256, size, chunks, new_file).
     #[arg(long)]
     json: bool,
+    /// Files with pickles (code that runs when loaded): `deny-unsafe` refuses
+    /// those importing anything but what ordinary checkpoints use, `deny`
+    /// any pickle, `allow` none (exit status 5 on a refusal).
+    #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
+    pickle: tessera::PicklePolicy,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -51,7 +56,7 @@ pub(crate) fn run(dir: &Path, args: PushArgs, wait: bool) -> CliResult {
     let bar = Arc::new(Bar::new());
     let (store, report) = rt.block_on(async {
         let info = client.server_info().await?;
-        let store = open_local_store(dir, &info, wait)?;
+        let store = open_local_store(dir, &info, wait, args.pickle)?;
         let report = push(&client, &store, &inputs, bar.clone()).await?;
         Ok::<_, crate::CliError>((store, report))
     })?;

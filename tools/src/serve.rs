@@ -25,6 +25,12 @@ pub(crate) struct ServeArgs {
     /// Send at most this many bytes per second per file or pack response.
     #[arg(long, value_name = "BYTES_PER_SEC")]
     max_rate: Option<u64>,
+    /// Uploaded files with pickles (code that runs when loaded):
+    /// `deny-unsafe` refuses those importing anything but what ordinary
+    /// checkpoints use, `deny` any pickle, `allow` none (a refusal is a 422
+    /// naming the file and the imports).
+    #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
+    pickle: tessera::PicklePolicy,
 }
 
 pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
@@ -43,7 +49,11 @@ pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
             "refusing to listen on {addr} without --tokens: a server without a token file lets anyone read and write, so it listens on loopback only (127.0.0.1 or [::1]); give --tokens FILE to listen elsewhere"
         )));
     }
-    let store = crate::open_store(dir, true, wait)?;
+    let opts = tessera::StoreOptions {
+        pickle_policy: args.pickle,
+        ..crate::store_options(true)
+    };
+    let store = crate::open_store_with(dir, opts, wait)?;
     let config = ServerConfig {
         url_ttl: Duration::from_secs(args.url_ttl.max(1)),
         max_rate: args.max_rate.filter(|&r| r > 0),

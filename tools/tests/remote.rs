@@ -377,6 +377,48 @@ fn cli_push_and_pull_reports_and_refusals() {
         .expect("pull");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("chunking"));
+    // A pickle that calls os.system: refused by the pusher's own policy
+    // (exit 5, nothing sent); pushed with `--pickle allow`, refused by the
+    // server's default policy with a 422 naming the import (exit 5), and
+    // nothing registered.
+    let evil = tmp.path().join("evil.pkl");
+    std::fs::write(
+        &evil,
+        b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.",
+    )
+    .expect("write");
+    let local = tessera(&pusher)
+        .args(["push", &url, "--ref", "acme/m@v1:evil.pkl"])
+        .arg(&evil)
+        .output()
+        .expect("push");
+    assert_eq!(
+        local.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let remote = tessera(&pusher)
+        .args([
+            "push",
+            &url,
+            "--pickle",
+            "allow",
+            "--ref",
+            "acme/m@v1:evil.pkl",
+        ])
+        .arg(&evil)
+        .output()
+        .expect("push");
+    let err = String::from_utf8_lossy(&remote.stderr);
+    assert_eq!(remote.status.code(), Some(5), "{err}");
+    assert!(err.contains("422") && err.contains("posix.system"), "{err}");
+    let gone = tessera(&puller)
+        .args(["pull", &url, "acme/m@v1:evil.pkl", "-o"])
+        .arg(tmp.path().join("z"))
+        .output()
+        .expect("pull");
+    assert_eq!(gone.status.code(), Some(3));
     server.kill().expect("kill");
     let _ = server.wait();
     // No tokens: loopback only.

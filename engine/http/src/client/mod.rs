@@ -556,13 +556,21 @@ async fn json_of<T: DeserializeOwned>(
 /// Opens (creating it if new) the local store at `dir` with the server's
 /// chunking parameters; a store made with other parameters is refused
 /// (nothing would dedup against the server). With `wait`, waits for
-/// another process to release the store.
-pub fn open_local_store(dir: &Path, server: &ServerInfo, wait: bool) -> ClientResult<Store> {
+/// another process to release the store. `pickle` is the local store's
+/// policy for files with pickles: a pull refuses to store (and write out)
+/// a file it forbids, a push refuses to upload it.
+pub fn open_local_store(
+    dir: &Path,
+    server: &ServerInfo,
+    wait: bool,
+    pickle: tessera::PicklePolicy,
+) -> ClientResult<Store> {
     let params: ChunkParams = server.chunking.into();
     let opts = StoreOptions {
         create: true,
         chunking: Some(params),
         lock_wait: wait.then_some(Duration::MAX),
+        pickle_policy: pickle,
         ..Default::default()
     };
     match Store::open(dir, opts) {
