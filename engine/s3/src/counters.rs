@@ -121,16 +121,20 @@ impl Counters {
     }
 
     fn count_request(&self, req: &HttpRequest) {
-        let is_list = req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p.starts_with("list-type=")));
+        let query = |name: &str| {
+            req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p.split('=').next().is_some_and(|k| k == name))
+            })
+        };
         let counter = match *req.method() {
-            http::Method::GET if is_list => &self.lists,
+            http::Method::GET if query("list-type") => &self.lists,
             http::Method::GET => &self.gets,
             http::Method::HEAD => &self.heads,
             http::Method::PUT => &self.puts,
+            // object_store deletes through the bulk API (POST ?delete).
             http::Method::DELETE => &self.deletes,
+            http::Method::POST if query("delete") => &self.deletes,
             _ => &self.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -138,11 +142,15 @@ impl Counters {
             .fetch_add(req.body().content_length() as u64, Ordering::Relaxed);
     }
 
-    fn count_response(&self, r: &Result<HttpResponse, HttpError>) {
+    fn count_response(&self, head: bool, r: &Result<HttpResponse, HttpError>) {
         match r {
             Ok(resp) => {
                 if resp.status().is_server_error() {
                     self.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                if head {
+                    // Its Content-Length is the object's; no body follows.
+                    return;
                 }
                 let len = resp
                     .headers()
@@ -185,8 +193,9 @@ struct Counting {
 impl HttpService for Counting {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         self.counters.count_request(&req);
+        let head = req.method() == http::Method::HEAD;
         let r = self.inner.execute(req).await;
-        self.counters.count_response(&r);
+        self.counters.count_response(head, &r);
         r
     }
 }

@@ -83,7 +83,24 @@ pub(crate) fn os_error(op: &str, object: &str, e: object_store::Error) -> io::Er
         E::Precondition { .. } => (io::ErrorKind::Other, "precondition failed"),
         _ => (io::ErrorKind::Other, "failed"),
     };
-    io::Error::new(kind, format!("{op} {object}: {what}: {e}"))
+    io::Error::new(kind, format!("{op} {object}: {what}: {}", chain(&e)))
+}
+
+/// An error with its causes (object_store's top-level message often says
+/// only "error sending request"; the cause says "timed out", "connection
+/// refused", ...).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        cur = c.source();
+    }
+    msg
 }
 
 fn invalid(msg: String) -> io::Error {
