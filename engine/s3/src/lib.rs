@@ -52,6 +52,7 @@ mod counters;
 mod options;
 mod read;
 mod runtime;
+mod slot;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

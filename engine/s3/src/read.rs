@@ -2,16 +2,17 @@
 //! aligned blocks from the store's block cache and fetches the missing ones
 //! with Range GETs — contiguous missing blocks in one request, several runs
 //! concurrently, and, when reads move forward through the object, a
-//! read-ahead window that doubles up to `readahead_blocks`. Threads that
-//! want a block another thread is already fetching wait for that request
-//! instead of sending their own. Every GET carries `If-Match` with the ETag
-//! seen at open, so an object replaced under a handle fails loudly instead
-//! of mixing versions.
+//! read-ahead window that doubles up to `readahead_blocks`. A thread that
+//! wants a block another thread (through any handle of the store) is
+//! already fetching waits for that request instead of sending its own.
+//! Every GET carries `If-Match` with the ETag seen at open, so an object
+//! replaced under a handle fails loudly instead of mixing versions.
 
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path;
@@ -19,44 +20,31 @@ use object_store::GetOptions;
 use tessera::storage::ReadHandle;
 
 use crate::cache::ObjectVersion;
+use crate::slot::{share, Slot};
 use crate::store::{os_error, Inner};
 
-/// What a fetch ended with: its bytes, or the error's kind and message.
-type Outcome = Result<Bytes, (io::ErrorKind, String)>;
-
-/// One Range GET in flight, covering blocks `first..` of the object.
-struct Pending {
+/// One Range GET in flight: the bytes of blocks `first..`.
+pub(crate) struct Pending {
     first: u64,
-    done: Mutex<Option<Outcome>>,
-    cv: Condvar,
+    slot: Slot<Bytes>,
 }
 
-impl Pending {
-    fn complete(&self, r: Outcome) {
-        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        if d.is_none() {
-            *d = Some(r);
-        }
-        self.cv.notify_all();
-    }
+/// Blocks being fetched, store-wide.
+pub(crate) type Fetching = HashMap<(ObjectVersion, u64), Arc<Pending>>;
 
-    fn wait(&self) -> Outcome {
-        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(r) = d.as_ref() {
-                return r.clone();
-            }
-            d = self.cv.wait(d).unwrap_or_else(|p| p.into_inner());
-        }
-    }
+/// What an open learned about an object.
+#[derive(Clone, Debug)]
+pub(crate) struct Opened {
+    pub(crate) len: u64,
+    pub(crate) etag: Option<String>,
+    pub(crate) version: ObjectVersion,
 }
 
-#[derive(Default)]
-struct ReadState {
-    inflight: HashMap<u64, Arc<Pending>>,
+/// Sequential-read detection, per handle.
+struct Readahead {
     /// The block after the end of the last fetch (a read there is sequential).
     next_seq: u64,
-    /// The current read-ahead window, in blocks.
+    /// The current window, in blocks.
     window: u64,
 }
 
@@ -66,8 +54,8 @@ struct Run {
     pending: Arc<Pending>,
 }
 
-/// Completes and unregisters a thread's fetches however it leaves (an error,
-/// a panic): nobody waits forever on a fetch that was never sent.
+/// Completes and unregisters a thread's fetches however it leaves (an
+/// error, a panic): nobody waits forever on a fetch that was never sent.
 struct RunGuard<'a> {
     handle: &'a S3ReadHandle,
     runs: Vec<Run>,
@@ -76,20 +64,17 @@ struct RunGuard<'a> {
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
         for r in &self.runs {
-            r.pending.complete(Err((
+            r.pending.slot.complete(Err((
                 io::ErrorKind::Other,
                 "the fetch was abandoned".into(),
             )));
         }
-        let mut st = self.handle.lock();
+        let mut f = self.handle.inner.fetching();
         for r in &self.runs {
             for b in r.blocks.clone() {
-                if st
-                    .inflight
-                    .get(&b)
-                    .is_some_and(|p| Arc::ptr_eq(p, &r.pending))
-                {
-                    st.inflight.remove(&b);
+                let k = (self.handle.meta.version.clone(), b);
+                if f.get(&k).is_some_and(|p| Arc::ptr_eq(p, &r.pending)) {
+                    f.remove(&k);
                 }
             }
         }
@@ -101,10 +86,11 @@ pub(crate) struct S3ReadHandle {
     inner: Arc<Inner>,
     key: String,
     path: Path,
-    version: ObjectVersion,
-    etag: Option<String>,
-    len: u64,
-    state: Mutex<ReadState>,
+    meta: Opened,
+    /// The first block as the open fetched it (served even when the cache
+    /// is off or has evicted it).
+    first_block: Option<Bytes>,
+    ahead: Mutex<Readahead>,
 }
 
 impl S3ReadHandle {
@@ -112,44 +98,41 @@ impl S3ReadHandle {
         inner: Arc<Inner>,
         key: &str,
         path: Path,
-        version: ObjectVersion,
-        etag: Option<String>,
-        len: u64,
+        meta: Opened,
         first_block: Option<Bytes>,
     ) -> Self {
-        let next_seq = u64::from(first_block.is_some());
         S3ReadHandle {
             inner,
             key: key.to_string(),
             path,
-            version,
-            etag,
-            len,
-            state: Mutex::new(ReadState {
-                next_seq,
+            meta,
+            ahead: Mutex::new(Readahead {
+                next_seq: u64::from(first_block.is_some()),
                 window: 1,
-                ..ReadState::default()
             }),
+            first_block,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, ReadState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn ahead(&self) -> MutexGuard<'_, Readahead> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn block_count(&self) -> u64 {
-        self.len.div_ceil(self.inner.block_size)
+        self.meta.len.div_ceil(self.inner.block_size)
     }
 
-    fn block_range(&self, b: u64) -> Range<u64> {
+    /// Length of block `b`.
+    fn block_len(&self, b: u64) -> u64 {
         let bs = self.inner.block_size;
-        b * bs..((b + 1) * bs).min(self.len)
+        ((b + 1) * bs).min(self.meta.len) - b * bs
     }
 
     /// The blocks `first..=last`, from the cache or fetched.
     fn blocks(&self, first: u64, last: u64) -> io::Result<Vec<Bytes>> {
         let cache = &self.inner.cache;
         let counters = &self.inner.counters;
+        let v = &self.meta.version;
         let n = (last - first + 1) as usize;
         let mut out: Vec<Option<Bytes>> = vec![None; n];
         let mut waits: Vec<(u64, Arc<Pending>)> = Vec::new();
@@ -157,21 +140,25 @@ impl S3ReadHandle {
             handle: self,
             runs: Vec::new(),
         };
+        let (next_seq, window) = {
+            let a = self.ahead();
+            (a.next_seq, a.window)
+        };
         {
-            let mut st = self.lock();
+            let mut fetching = self.inner.fetching();
             let mut runs: Vec<Range<u64>> = Vec::new();
             for b in first..=last {
-                if let Some(d) = cache.get(&self.version, b) {
+                let cached = match (b, &self.first_block) {
+                    (0, Some(d)) => Some(d.clone()),
+                    _ => cache.get(v, b),
+                };
+                if let Some(d) = cached {
                     out[(b - first) as usize] = Some(d);
-                    counters
-                        .cache_hits
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                } else if let Some(p) = st.inflight.get(&b) {
+                    counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(p) = fetching.get(&(v.clone(), b)) {
                     waits.push((b, p.clone()));
                 } else {
-                    counters
-                        .cache_misses
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counters.cache_misses.fetch_add(1, Ordering::Relaxed);
                     match runs.last_mut() {
                         Some(r) if r.end == b => r.end += 1,
                         _ => runs.push(b..b + 1),
@@ -179,30 +166,31 @@ impl S3ReadHandle {
                 }
             }
             if let Some(r) = runs.last_mut() {
-                let sequential = r.start == st.next_seq
-                    || (r.start > 0 && cache.contains(&self.version, r.start - 1));
-                st.window = if sequential {
-                    (st.window * 2).min(self.inner.readahead_blocks)
+                let sequential =
+                    r.start == next_seq || (r.start > 0 && cache.contains(v, r.start - 1));
+                let window = if sequential {
+                    (window * 2).min(self.inner.readahead_blocks)
                 } else {
                     1
                 };
-                let want = (r.start + st.window).min(self.block_count());
+                let want = (r.start + window).min(self.block_count());
                 while r.end < want
-                    && !st.inflight.contains_key(&r.end)
-                    && !cache.contains(&self.version, r.end)
+                    && !fetching.contains_key(&(v.clone(), r.end))
+                    && !cache.contains(v, r.end)
                 {
                     r.end += 1;
                 }
-                st.next_seq = r.end;
+                let mut a = self.ahead();
+                a.next_seq = r.end;
+                a.window = window;
             }
             for blocks in runs {
                 let pending = Arc::new(Pending {
                     first: blocks.start,
-                    done: Mutex::new(None),
-                    cv: Condvar::new(),
+                    slot: Slot::new(),
                 });
                 for b in blocks.clone() {
-                    st.inflight.insert(b, pending.clone());
+                    fetching.insert((v.clone(), b), pending.clone());
                 }
                 guard.runs.push(Run { blocks, pending });
             }
@@ -216,15 +204,15 @@ impl S3ReadHandle {
                         for b in run.blocks.clone() {
                             let block = self.slice(&data, run.blocks.start, b);
                             // A copy, so the cache accounts for what it keeps.
-                            cache.insert(&self.version, b, Bytes::copy_from_slice(&block));
+                            cache.insert(v, b, Bytes::copy_from_slice(&block));
                             if (first..=last).contains(&b) {
                                 out[(b - first) as usize] = Some(block);
                             }
                         }
-                        run.pending.complete(Ok(data));
+                        run.pending.slot.complete(Ok(data));
                     }
                     Err(e) => {
-                        run.pending.complete(Err((e.kind(), e.to_string())));
+                        run.pending.slot.complete(Err(share(&e)));
                         first_err.get_or_insert(e);
                     }
                 }
@@ -232,10 +220,10 @@ impl S3ReadHandle {
         }
         drop(guard);
         for (b, p) in waits {
-            match p.wait() {
+            match p.slot.wait() {
                 Ok(data) => out[(b - first) as usize] = Some(self.slice(&data, p.first, b)),
-                Err((kind, msg)) => {
-                    first_err.get_or_insert(io::Error::new(kind, msg));
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
         }
@@ -258,9 +246,8 @@ impl S3ReadHandle {
 
     /// Block `b` out of a fetched run that starts at block `run_first`.
     fn slice(&self, data: &Bytes, run_first: u64, b: u64) -> Bytes {
-        let bs = self.inner.block_size;
-        let lo = ((b - run_first) * bs) as usize;
-        let hi = (lo as u64 + (self.block_range(b).end - b * bs)) as usize;
+        let lo = ((b - run_first) * self.inner.block_size) as usize;
+        let hi = lo + self.block_len(b) as usize;
         data.slice(lo.min(data.len())..hi.min(data.len()))
     }
 
@@ -269,17 +256,18 @@ impl S3ReadHandle {
         let bs = self.inner.block_size;
         let ranges: Vec<Range<u64>> = runs
             .iter()
-            .map(|r| r.blocks.start * bs..(r.blocks.end * bs).min(self.len))
+            .map(|r| r.blocks.start * bs..(r.blocks.end * bs).min(self.meta.len))
             .collect();
         let client = self.inner.client.clone();
         let path = self.path.clone();
-        let etag = self.etag.clone();
+        let etag = self.meta.etag.clone();
         let object = self.inner.describe(&self.key);
-        let all = self.inner.bridge.run(
-            || format!("GET {object} ({} ranges)", ranges.len()),
-            {
+        let count = ranges.len();
+        let all = self
+            .inner
+            .bridge
+            .run(|| format!("GET {object} ({count} ranges)"), {
                 let object = object.clone();
-                let ranges = ranges.clone();
                 async move {
                     let gets = ranges.into_iter().map(|range| {
                         let client = client.clone();
@@ -288,8 +276,7 @@ impl S3ReadHandle {
                         let object = object.clone();
                         async move {
                             let (start, end) = (range.start, range.end);
-                            let what = format!("GET {object} bytes {start}..{end}");
-                            let want = end - start;
+                            let what = format!("{object} bytes {start}..{end}");
                             let opts = GetOptions::new()
                                 .with_range(Some(range))
                                 .with_if_match(etag);
@@ -298,24 +285,24 @@ impl S3ReadHandle {
                                 Err(e) => Err(e),
                             };
                             match r {
-                                Ok(b) if b.len() as u64 == want => Ok(b),
+                                Ok(b) if b.len() as u64 == end - start => Ok(b),
                                 Ok(b) => Err(io::Error::other(format!(
-                                    "{what}: got {} bytes (the object changed since it was opened?)",
+                                    "GET {what}: got {} bytes (the object changed since it \
+                                     was opened?)",
                                     b.len()
                                 ))),
                                 Err(e @ object_store::Error::Precondition { .. }) => {
                                     Err(io::Error::other(format!(
-                                        "{what}: the object changed since it was opened: {e}"
+                                        "GET {what}: the object changed since it was opened: {e}"
                                     )))
                                 }
-                                Err(e) => Err(os_error("GET", &format!("{object} bytes {start}..{end}"), e)),
+                                Err(e) => Err(os_error("GET", &what, e)),
                             }
                         }
                     });
                     Ok(futures::future::join_all(gets).await)
                 }
-            },
-        );
+            });
         match all {
             Ok(v) => v,
             Err(e) => runs
@@ -328,18 +315,18 @@ impl S3ReadHandle {
 
 impl ReadHandle for S3ReadHandle {
     fn len(&self) -> u64 {
-        self.len
+        self.meta.len
     }
 
     fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         let end = offset.checked_add(len as u64);
-        if end.is_none_or(|e| e > self.len) {
+        if end.is_none_or(|e| e > self.meta.len) {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "read of {len} bytes at {offset} of {}: past the end ({} bytes)",
                     self.inner.describe(&self.key),
-                    self.len
+                    self.meta.len
                 ),
             ));
         }

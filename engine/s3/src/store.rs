@@ -1,10 +1,11 @@
 //! [`S3Store`]: the engine's [`ObjectStore`] over an S3 bucket and prefix.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +21,9 @@ use tessera::storage::{ObjectStore, PutMode, ReadHandle, StagedObject};
 use crate::cache::{BlockCache, ObjectVersion};
 use crate::counters::{Counters, CountingConnector, S3Stats};
 use crate::options::S3Options;
-use crate::read::S3ReadHandle;
+use crate::read::{Fetching, Opened, S3ReadHandle};
 use crate::runtime::Bridge;
+use crate::slot::{share, Slot};
 
 /// The store config, dirty and clean markers (see `tessera`'s `paths`): the
 /// only objects allowed at the top of a store besides the fan-out prefixes.
@@ -32,6 +34,9 @@ const FANNED: [&str; 3] = ["packs", "recipes", "refs"];
 /// is there afterwards (S3 answers 409 to a conditional write that races
 /// another one in flight; the other may fail).
 const CREATE_ATTEMPTS: u32 = 3;
+
+/// Objects whose length and ETag an open remembers (then it forgets all).
+const KNOWN_OBJECTS: usize = 100_000;
 
 /// Sequence numbers of staged files, unique within the process.
 static NEXT_STAGED: AtomicU64 = AtomicU64::new(0);
@@ -142,6 +147,15 @@ pub(crate) struct Inner {
     staging: PathBuf,
     pub(crate) block_size: u64,
     pub(crate) readahead_blocks: u64,
+    fetching: Mutex<Fetching>,
+    opening: Mutex<OpenState>,
+}
+
+/// Opens: what earlier ones learned, and the ones in flight.
+#[derive(Default)]
+struct OpenState {
+    known: HashMap<String, Opened>,
+    inflight: HashMap<String, Arc<Slot<(Opened, Option<Bytes>)>>>,
 }
 
 impl Inner {
@@ -205,16 +219,74 @@ impl Inner {
                     .map(|_| ()),
             }
         });
-        self.cache.invalidate(key);
+        self.forget(key);
         r
     }
 
-    /// Opens an object: one ranged GET of its first block tells its length
-    /// and ETag and fills the cache with the block that readers of a pack
-    /// want first (the header); an empty object (which a range cannot
-    /// address) is asked for with a HEAD.
+    pub(crate) fn fetching(&self) -> MutexGuard<'_, Fetching> {
+        self.fetching.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn opening(&self) -> MutexGuard<'_, OpenState> {
+        self.opening.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets what is cached about `key` (after this store wrote or
+    /// deleted it).
+    fn forget(&self, key: &str) {
+        self.opening().known.remove(key);
+        self.cache.invalidate(key);
+    }
+
+    /// Opens an object for ranged reads. One ranged GET of its first block
+    /// tells its length and ETag and fills the cache with the block that
+    /// readers of a pack want first (its header); an empty object (which a
+    /// range cannot address) is asked for with a HEAD. Concurrent opens of
+    /// one key share that request, and reopening an object whose first
+    /// block is still cached sends none (`open` is for immutable objects;
+    /// this store's own writes and deletes forget what it knew).
     pub(crate) fn open(self: &Arc<Self>, key: &str) -> io::Result<S3ReadHandle> {
         let path = self.path(key)?;
+        let slot = {
+            let mut st = self.opening();
+            if let Some(m) = st.known.get(key) {
+                if m.len == 0 {
+                    return Ok(S3ReadHandle::new(self.clone(), key, path, m.clone(), None));
+                }
+                if let Some(first) = self.cache.get(&m.version, 0) {
+                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    let m = m.clone();
+                    return Ok(S3ReadHandle::new(self.clone(), key, path, m, Some(first)));
+                }
+            }
+            if let Some(slot) = st.inflight.get(key) {
+                Some(slot.clone())
+            } else {
+                st.inflight.insert(key.to_string(), Arc::new(Slot::new()));
+                None
+            }
+        };
+        let (meta, first) = match slot {
+            Some(slot) => slot.wait()?,
+            None => {
+                let r = self.open_request(key, &path);
+                let mut st = self.opening();
+                if let Some(slot) = st.inflight.remove(key) {
+                    slot.complete(r.as_ref().map(Clone::clone).map_err(share));
+                }
+                if let Ok((m, _)) = &r {
+                    if st.known.len() >= KNOWN_OBJECTS {
+                        st.known.clear();
+                    }
+                    st.known.insert(key.to_string(), m.clone());
+                }
+                r?
+            }
+        };
+        Ok(S3ReadHandle::new(self.clone(), key, path, meta, first))
+    }
+
+    fn open_request(&self, key: &str, path: &Path) -> io::Result<(Opened, Option<Bytes>)> {
         let client = self.client.clone();
         let object = self.describe(key);
         let bs = self.block_size;
@@ -237,9 +309,13 @@ impl Inner {
                 }
             }
         })?;
-        let version = ObjectVersion {
-            key: key.into(),
-            etag: version_tag(&meta).into(),
+        let opened = Opened {
+            len: meta.size,
+            etag: meta.e_tag.clone(),
+            version: ObjectVersion {
+                key: key.into(),
+                etag: version_tag(&meta).into(),
+            },
         };
         let expect_first = meta.size.min(bs);
         if let Some(d) = &first {
@@ -251,17 +327,9 @@ impl Inner {
                     d.len()
                 )));
             }
-            self.cache.insert(&version, 0, d.clone());
+            self.cache.insert(&opened.version, 0, d.clone());
         }
-        Ok(S3ReadHandle::new(
-            self.clone(),
-            key,
-            path,
-            version,
-            meta.e_tag.clone(),
-            meta.size,
-            first,
-        ))
+        Ok((opened, first))
     }
 }
 
@@ -400,6 +468,8 @@ impl S3Store {
                 staging,
                 block_size: options.block_size.max(1),
                 readahead_blocks: options.readahead_blocks.max(1),
+                fetching: Mutex::new(HashMap::new()),
+                opening: Mutex::new(OpenState::default()),
             }),
         })
     }
@@ -472,7 +542,7 @@ impl S3Store {
                 Err(e) => Err(os_error("conditional PUT", &object, e)),
             }
         });
-        self.inner.cache.invalidate(key);
+        self.inner.forget(key);
         r
     }
 
@@ -707,7 +777,7 @@ impl ObjectStore for S3Store {
                 .await
                 .map_err(|e| os_error("DELETE", &object, e))
         });
-        self.inner.cache.invalidate(key);
+        self.inner.forget(key);
         r
     }
 

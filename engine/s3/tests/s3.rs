@@ -173,14 +173,62 @@ fn ranged_reads_go_through_the_block_cache() {
         data.len() - mib,
         "each byte fetched once: {d}"
     );
-    // Everything is cached now: a second pass sends nothing.
+    // Everything is cached now: a second pass, through a new handle, sends
+    // nothing.
     let c2 = s.stats();
     let h2 = s.open("packs/ab/big.pack").expect("reopen");
     let all = h2.read_at(0, data.len()).expect("read all");
     assert_eq!(&all[..], &data[..]);
     let d = s.stats().since(&c2);
-    assert_eq!(d.gets, 1, "only the reopen's GET: {d}");
+    assert_eq!(
+        d.requests(),
+        0,
+        "a reopen of a cached object sends nothing: {d}"
+    );
     assert!(d.cache_hits >= 7, "{d}");
+}
+
+#[test]
+fn concurrent_opens_and_reads_share_requests() {
+    let Some(t) = s3_target("concurrent_opens_and_reads_share_requests") else {
+        return;
+    };
+    let (s, _d) = store(t, "share", S3Options::default());
+    let data = pattern(5 << 20, 4);
+    s.put("packs/ab/s.pack", &data, PutMode::Create)
+        .expect("put");
+    let c0 = s.stats();
+    let barrier = std::sync::Barrier::new(8);
+    let handles: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    s.open("packs/ab/s.pack").expect("open")
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("join")).collect()
+    });
+    let d = s.stats().since(&c0);
+    assert_eq!(d.requests(), 1, "8 concurrent opens, one GET: {d}");
+    // Eight handles read the same far block at once: one GET.
+    let c1 = s.stats();
+    std::thread::scope(|sc| {
+        for h in &handles {
+            let (barrier, data) = (&barrier, &data);
+            sc.spawn(move || {
+                barrier.wait();
+                let off = 3 << 20;
+                assert_eq!(
+                    &h.read_at(off as u64, 1000).expect("read")[..],
+                    &data[off..off + 1000]
+                );
+            });
+        }
+    });
+    let d = s.stats().since(&c1);
+    assert_eq!(d.gets, 1, "8 concurrent reads of one block, one GET: {d}");
 }
 
 #[test]
