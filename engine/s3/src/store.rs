@@ -155,8 +155,11 @@ pub(crate) struct Inner {
 #[derive(Default)]
 struct OpenState {
     known: HashMap<String, Opened>,
-    inflight: HashMap<String, Arc<Slot<(Opened, Option<Bytes>)>>>,
+    inflight: HashMap<String, Arc<Slot<OpenResult>>>,
 }
+
+/// What an open learned, and the first block if it fetched it.
+type OpenResult = (Opened, Option<Bytes>);
 
 impl Inner {
     pub(crate) fn describe(&self, key: &str) -> String {
@@ -286,7 +289,7 @@ impl Inner {
         Ok(S3ReadHandle::new(self.clone(), key, path, meta, first))
     }
 
-    fn open_request(&self, key: &str, path: &Path) -> io::Result<(Opened, Option<Bytes>)> {
+    fn open_request(&self, key: &str, path: &Path) -> io::Result<OpenResult> {
         let client = self.client.clone();
         let object = self.describe(key);
         let bs = self.block_size;
