@@ -518,7 +518,7 @@ impl S3Store {
     /// Replaces `key` with `data` only if its current ETag is `etag`
     /// (`If-Match`); a changed or deleted object is [`CasOutcome::Conflict`].
     /// Needs a server that honours `If-Match` on PUT (AWS S3 since 2024,
-    /// MinIO, R2, moto ≥ 5.1: see the README).
+    /// MinIO, R2, moto 5.2: see the README).
     pub fn put_if_match(&self, key: &str, data: &[u8], etag: &ETag) -> io::Result<CasOutcome> {
         let path = self.inner.path(key)?;
         let client = self.inner.client.clone();

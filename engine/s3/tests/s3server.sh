@@ -13,12 +13,12 @@
 #   TESSERA_S3_REQUIRED=1 engine/s3/tests/s3server.sh run cargo test -p tessera-s3
 #
 # Environment: TESSERA_S3_BUCKET (default tessera-test); MOTO_SPEC (default
-# 'moto[server]>=5.1,<6': 5.1 is the first with If-None-Match and If-Match on
-# PutObject).
+# 'moto[server]>=5.2,<6'; tested with 5.2.1. moto honours If-None-Match on
+# PutObject since getmoto/moto#8109 (2024) and If-Match since #8869 (2025)).
 set -euo pipefail
 
 BUCKET=${TESSERA_S3_BUCKET:-tessera-test}
-MOTO_SPEC=${MOTO_SPEC:-'moto[server]>=5.1,<6'}
+MOTO_SPEC=${MOTO_SPEC:-'moto[server]>=5.2,<6'}
 VENV=${XDG_CACHE_HOME:-$HOME/.cache}/tessera-s3/moto-venv
 
 say() { printf 's3server: %s\n' "$*" >&2; }
