@@ -55,6 +55,11 @@ impl BlockCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether anything can be cached at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.bound > 0
+    }
+
     /// The block, if cached (and marks it most recently used).
     pub(crate) fn get(&self, v: &ObjectVersion, block: u64) -> Option<Bytes> {
         let mut s = self.lock();

@@ -168,7 +168,8 @@ impl S3ReadHandle {
             if let Some(r) = runs.last_mut() {
                 let sequential =
                     r.start == next_seq || (r.start > 0 && cache.contains(v, r.start - 1));
-                let window = if sequential {
+                // Without a cache, blocks read ahead would be thrown away.
+                let window = if sequential && cache.enabled() {
                     (window * 2).min(self.inner.readahead_blocks)
                 } else {
                     1

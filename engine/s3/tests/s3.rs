@@ -189,6 +189,31 @@ fn ranged_reads_go_through_the_block_cache() {
 }
 
 #[test]
+fn without_a_cache_nothing_is_read_ahead() {
+    let Some(t) = s3_target("without_a_cache_nothing_is_read_ahead") else {
+        return;
+    };
+    let opts = S3Options {
+        block_size: 100_000,
+        cache_bytes: 0,
+        ..S3Options::default()
+    };
+    let (s, _d) = store(t, "nocache", opts);
+    let data = pattern(1_000_000, 6);
+    s.put("p", &data, PutMode::Create).expect("put");
+    let h = s.open("p").expect("open");
+    let c0 = s.stats();
+    for b in 0..10usize {
+        let off = b * 100_000;
+        let got = h.read_at(off as u64, 100_000).expect("read");
+        assert_eq!(&got[..], &data[off..off + 100_000]);
+    }
+    let d = s.stats().since(&c0);
+    // Block 0 came with the open; each other block is one exact GET.
+    assert_eq!((d.gets, d.bytes_down), (9, 900_000), "{d}");
+}
+
+#[test]
 fn concurrent_opens_and_reads_share_requests() {
     let Some(t) = s3_target("concurrent_opens_and_reads_share_requests") else {
         return;
