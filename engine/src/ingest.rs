@@ -375,7 +375,8 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
         };
-        if current.as_deref() != Some(&bytes[..]) {
+        let written = current.as_deref() != Some(&bytes[..]);
+        if written {
             let r = core
                 .objects
                 .put(&key, &bytes, PutMode::Replace)
@@ -384,8 +385,9 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             new_bytes += bytes.len() as u64;
         }
         // After the recipe: a description never outlives its file (one
-        // missing after a crash is recomputed when asked for).
-        if let Some(m) = &f.model {
+        // missing after a crash is recomputed when asked for). A file stored
+        // already has one: re-ingesting it writes nothing.
+        if let (true, Some(m)) = (written, &f.model) {
             core.poison_on(models::write(core, &recipe.file, m))?;
         }
         for r in &f.refs {

@@ -1,0 +1,166 @@
+//! A byte-bounded LRU of fetched blocks, shared by a store's read handles
+//! and keyed by (object version, aligned block index). The object version
+//! is the key plus its ETag, so a replaced object never serves the old
+//! bytes; the store also drops a key's blocks when it replaces or deletes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+/// Identifies one version of one object: `key` and its ETag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ObjectVersion {
+    pub(crate) key: Arc<str>,
+    pub(crate) etag: Arc<str>,
+}
+
+type BlockKey = (ObjectVersion, u64);
+
+#[derive(Default)]
+struct State {
+    map: HashMap<BlockKey, (Bytes, u64)>,
+    order: BTreeMap<u64, BlockKey>,
+    bytes: u64,
+    tick: u64,
+}
+
+/// The block cache.
+pub(crate) struct BlockCache {
+    bound: u64,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("bound", &self.bound)
+            .finish()
+    }
+}
+
+impl BlockCache {
+    /// A cache holding at most `bound` bytes of blocks (0: nothing).
+    pub(crate) fn new(bound: u64) -> Self {
+        BlockCache {
+            bound,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a consistent map (every
+        // mutation below completes before it could panic), so poisoning is
+        // ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether anything can be cached at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.bound > 0
+    }
+
+    /// The block, if cached (and marks it most recently used).
+    pub(crate) fn get(&self, v: &ObjectVersion, block: u64) -> Option<Bytes> {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let key = (v.clone(), block);
+        let (data, tick) = s.map.get_mut(&key)?;
+        let old = *tick;
+        s.tick += 1;
+        *tick = s.tick;
+        let data = data.clone();
+        s.order.remove(&old);
+        s.order.insert(s.tick, key);
+        Some(data)
+    }
+
+    /// Whether the block is cached (without touching its recency).
+    pub(crate) fn contains(&self, v: &ObjectVersion, block: u64) -> bool {
+        self.lock().map.contains_key(&(v.clone(), block))
+    }
+
+    /// Caches a block, evicting the least recently used ones past the bound.
+    pub(crate) fn insert(&self, v: &ObjectVersion, block: u64, data: Bytes) {
+        let len = data.len() as u64;
+        if len > self.bound {
+            return;
+        }
+        let mut s = self.lock();
+        let s = &mut *s;
+        let key = (v.clone(), block);
+        s.tick += 1;
+        if let Some((old, tick)) = s.map.insert(key.clone(), (data, s.tick)) {
+            s.bytes -= old.len() as u64;
+            s.order.remove(&tick);
+        }
+        s.order.insert(s.tick, key);
+        s.bytes += len;
+        while s.bytes > self.bound {
+            let Some((_, oldest)) = s.order.pop_first() else {
+                break;
+            };
+            if let Some((d, _)) = s.map.remove(&oldest) {
+                s.bytes -= d.len() as u64;
+            }
+        }
+    }
+
+    /// Drops every cached block of every version of `key`.
+    pub(crate) fn invalidate(&self, key: &str) {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let gone: Vec<(BlockKey, u64)> = s
+            .map
+            .iter()
+            .filter(|((v, _), _)| &*v.key == key)
+            .map(|(k, (_, t))| (k.clone(), *t))
+            .collect();
+        for (k, t) in gone {
+            if let Some((d, _)) = s.map.remove(&k) {
+                s.bytes -= d.len() as u64;
+            }
+            s.order.remove(&t);
+        }
+    }
+
+    /// Bytes cached.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(key: &str, etag: &str) -> ObjectVersion {
+        ObjectVersion {
+            key: key.into(),
+            etag: etag.into(),
+        }
+    }
+
+    #[test]
+    fn evicts_least_recently_used_past_the_byte_bound() {
+        let c = BlockCache::new(10);
+        let a = v("a", "1");
+        c.insert(&a, 0, Bytes::from_static(b"0000"));
+        c.insert(&a, 1, Bytes::from_static(b"1111"));
+        assert!(c.get(&a, 0).is_some()); // 1 is now the oldest
+        c.insert(&a, 2, Bytes::from_static(b"2222"));
+        assert_eq!(c.bytes(), 8);
+        assert!(c.get(&a, 1).is_none());
+        assert_eq!(c.get(&a, 0).as_deref(), Some(&b"0000"[..]));
+        assert_eq!(c.get(&a, 2).as_deref(), Some(&b"2222"[..]));
+        // Versions are distinct; a block larger than the bound is not kept.
+        assert!(c.get(&v("a", "2"), 0).is_none());
+        c.insert(&a, 3, Bytes::from(vec![0u8; 11]));
+        assert!(!c.contains(&a, 3));
+        c.insert(&v("b", "1"), 0, Bytes::from_static(b"b"));
+        c.invalidate("a");
+        assert_eq!(c.bytes(), 1);
+        assert!(c.get(&a, 0).is_none());
+        assert!(c.contains(&v("b", "1"), 0));
+    }
+}
