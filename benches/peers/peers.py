@@ -529,7 +529,9 @@ def main():
             rng = random.Random(1000 + run)
             offsets_proc = [rng.randrange(0, fsize - RANGE_LEN) for _ in range(a.range_procs)]
             offsets_inproc = [rng.randrange(0, fsize - RANGE_LEN) for _ in range(a.range_reads)]
-            for cls in tools:
+            # Rotate the order each run so that no tool always goes first (or
+            # always meets the same phase of another job's load).
+            for cls in tools[run % len(tools):] + tools[:run % len(tools)]:
                 if cls.name in errors:
                     continue
                 load_max = max(load_max, loadavg()[0])
