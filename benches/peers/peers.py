@@ -334,13 +334,13 @@ TOOLS = {t.name: t for t in (Tessera, HfXet, Borg, Borg64k, Restic)}
 def bench_tool(cls, repo, work, env, offsets_proc, offsets_inproc, log):
     tool = cls(work, env)
     tool.setup()
-    r = {"ingest_s": {}, "ingest_rss": [], "ingest_cpu_s": 0.0, "stored_after": {}}
+    r = {"ingest_s": {}, "ingest_rss": [], "ingest_cpu_s": {}, "stored_after": {}}
     for v in repo.versions:
         sync()
         res = tool.ingest(v)
         r["ingest_s"][v["name"]] = sum(x[0] for x in res)
         r["ingest_rss"] += [x[1] for x in res]
-        r["ingest_cpu_s"] += sum(x[3] for x in res)
+        r["ingest_cpu_s"][v["name"]] = sum(x[3] for x in res)
         r["stored_after"][v["name"]] = tool.stored_bytes()
         log(f"    ingest {v['name']}: {v['bytes'] / 1e6 / r['ingest_s'][v['name']]:7.1f} MB/s")
     sync()
@@ -399,7 +399,10 @@ def summarize(repo, per_run):
     s["ingest_MBps"]["total"] = med([repo.bytes / 1e6 / sum(r["ingest_s"].values()) for r in per_run])
     s["restore_MBps"] = med([repo.bytes / 1e6 / r["restore_s"] for r in per_run])
     # CPU seconds per logical GB: less sensitive to a shared machine's load than wall time.
-    s["ingest_cpu_s_per_GB"] = med([r["ingest_cpu_s"] / (repo.bytes / 1e9) for r in per_run])
+    s["ingest_cpu_s_per_GB"] = med([sum(r["ingest_cpu_s"].values()) / (repo.bytes / 1e9) for r in per_run])
+    # Per version: CPU seconds / wall seconds (2.0 = both cores busy; well under 1 = waiting, e.g. on fsync).
+    s["ingest_cpu_per_wall"] = {v["name"]: med([r["ingest_cpu_s"][v["name"]] / r["ingest_s"][v["name"]]
+                                                for r in per_run]) for v in repo.versions}
     s["restore_cpu_s_per_GB"] = med([r["restore_cpu_s"] / (repo.bytes / 1e9) for r in per_run])
     for key in ("range_proc", "range_inproc"):
         if key + "_s" in per_run[0]:
