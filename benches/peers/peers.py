@@ -398,6 +398,9 @@ def summarize(repo, per_run):
         s["ingest_MBps"][v["name"]] = med([v["bytes"] / 1e6 / r["ingest_s"][v["name"]] for r in per_run])
     s["ingest_MBps"]["total"] = med([repo.bytes / 1e6 / sum(r["ingest_s"].values()) for r in per_run])
     s["restore_MBps"] = med([repo.bytes / 1e6 / r["restore_s"] for r in per_run])
+    # Each run's figure, in run order, to show the spread behind the medians.
+    s["ingest_MBps_runs"] = [repo.bytes / 1e6 / sum(r["ingest_s"].values()) for r in per_run]
+    s["restore_MBps_runs"] = [repo.bytes / 1e6 / r["restore_s"] for r in per_run]
     # CPU seconds per logical GB: less sensitive to a shared machine's load than wall time.
     s["ingest_cpu_s_per_GB"] = med([sum(r["ingest_cpu_s"].values()) / (repo.bytes / 1e9) for r in per_run])
     # Per version: CPU seconds / wall seconds (2.0 = both cores busy; well under 1 = waiting, e.g. on fsync).
