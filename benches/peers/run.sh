@@ -26,8 +26,8 @@ XET_LIB=$TOOLS/hf-xet-$XET_VERSION
 if ! PYTHONPATH=$XET_LIB "$PY" -c 'import hf_xet' 2>/dev/null; then
   say "installing hf-xet $XET_VERSION into $XET_LIB"
   rm -rf "$XET_LIB"
-  "$PY" -m pip install -q --disable-pip-version-check --target "$XET_LIB" "hf-xet==$XET_VERSION" >&2 \
-    || python3 -m pip install -q --disable-pip-version-check --target "$XET_LIB" "hf-xet==$XET_VERSION" >&2
+  PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check --target "$XET_LIB" "hf-xet==$XET_VERSION" >&2 \
+    || PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check --target "$XET_LIB" "hf-xet==$XET_VERSION" >&2
 fi
 
 # --- borg and restic: Debian packages unpacked into $TOOLS/deb (no system install)
