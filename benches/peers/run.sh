@@ -23,7 +23,8 @@ PY=/usr/bin/python3
 
 # --- hf-xet: a pip --target directory (the wheel has no dependencies) --------
 XET_LIB=$TOOLS/hf-xet-$XET_VERSION
-if ! PYTHONPATH=$XET_LIB "$PY" -c 'import hf_xet' 2>/dev/null; then
+# (hf_xet writes logs under HF_XET_CACHE when imported: keep them out of ~/.cache)
+if ! HF_XET_CACHE=$TOOLS/hf-xet-cache PYTHONPATH=$XET_LIB "$PY" -c 'import hf_xet' 2>/dev/null; then
   say "installing hf-xet $XET_VERSION into $XET_LIB"
   rm -rf "$XET_LIB"
   PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check --target "$XET_LIB" "hf-xet==$XET_VERSION" >&2 \
