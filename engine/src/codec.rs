@@ -10,7 +10,8 @@
 use std::cell::RefCell;
 
 use bytes::Bytes;
-use tessera_codec::{Decoder, Encoder, EncoderOptions, Hint, Method};
+use tessera_codec::{Decoder, DtypeHint, Encoder, EncoderOptions, Hint, Method};
+use tessera_model::Format;
 
 use crate::error::{Error, Result};
 use crate::format::Compression;
@@ -71,16 +72,90 @@ fn name(c: Compression) -> &'static str {
     }
 }
 
+/// The codec's hint for a tensor dtype as a model format names it.
+fn dtype_hint(format: Format, dtype: &str) -> DtypeHint {
+    match (format, dtype) {
+        (Format::Gguf, "F32") => DtypeHint::F32,
+        (Format::Gguf, "F16") => DtypeHint::F16,
+        (Format::Gguf, "BF16") => DtypeHint::Bf16,
+        (Format::Gguf, "I8") => DtypeHint::I8,
+        // Plain integers and F64, and types the sniffer does not know.
+        (Format::Gguf, "I16" | "I32" | "I64" | "F64") => DtypeHint::Unknown,
+        (Format::Gguf, t) if t.starts_with("type_") => DtypeHint::Unknown,
+        // Every other GGUF type is block-quantized.
+        (Format::Gguf, _) => DtypeHint::Quantized,
+        (_, t) => DtypeHint::from_safetensors(t),
+    }
+}
+
+/// Dtype hints by byte range of a file, from its model header: each chunk
+/// gets the dtype of the tensor covering most of it, with the phase of its
+/// elements. Hints only steer the encoder's choice (every encoding is
+/// decoded and re-hashed before it is stored): a wrong one costs ratio or
+/// speed, never correctness.
+#[derive(Debug, Default)]
+pub(crate) struct HintMap {
+    /// (start, end, dtype), sorted by start, non-empty, hinted dtypes only.
+    regions: Vec<(u64, u64, DtypeHint)>,
+}
+
+impl HintMap {
+    /// From a sniffer's tensor regions (see `Sniffer::tensor_regions`).
+    pub(crate) fn new(format: Format, regions: &[(u64, u64, &str)]) -> Self {
+        let mut regions: Vec<(u64, u64, DtypeHint)> = regions
+            .iter()
+            .filter(|(_, len, _)| *len > 0)
+            .map(|&(start, len, dtype)| {
+                (start, start.saturating_add(len), dtype_hint(format, dtype))
+            })
+            .filter(|(_, _, h)| *h != DtypeHint::Unknown)
+            .collect();
+        regions.sort_by_key(|r| r.0);
+        HintMap { regions }
+    }
+
+    /// The hint for the chunk at `start..end` of the file.
+    pub(crate) fn hint(&self, start: u64, end: u64) -> Hint {
+        // Regions may overlap in a hostile header: look at those starting
+        // before `end` whose end is past `start`, from the first that could.
+        let first = self.regions.partition_point(|r| r.1 <= start);
+        let mut best: Option<(u64, u64, DtypeHint)> = None;
+        let mut best_overlap = 0;
+        for &(s, e, h) in self.regions[first..]
+            .iter()
+            .take_while(|r| r.0 < end)
+            .take(64)
+        {
+            let overlap = e.min(end).saturating_sub(s.max(start));
+            if overlap > best_overlap {
+                best_overlap = overlap;
+                best = Some((s, e, h));
+            }
+        }
+        match best {
+            Some((s, _, dtype)) => Hint {
+                dtype,
+                phase: dtype
+                    .float_width()
+                    .map(|w| ((s as i128 - start as i128).rem_euclid(w as i128)) as u8),
+            },
+            None => Hint::default(),
+        }
+    }
+}
+
 /// Encodes a chunk with the best encoding that saves at least `min_savings`
 /// of its size (byte planes only when `planes` is allowed: stores of version
 /// 2), then decodes it again and re-hashes it, so a codec bug cannot store
-/// undecodable bytes (spec §10.1 rule 7).
+/// undecodable bytes (spec §10.1 rule 7). `hint` says what the bytes are,
+/// when the file's header told (see [`HintMap`]).
 pub(crate) fn encode_chunk(
     raw: &Bytes,
     id: &ChunkId,
     level: i32,
     min_savings: f64,
     planes: bool,
+    hint: Hint,
 ) -> Result<(Compression, Bytes)> {
     if level == 0 || raw.is_empty() {
         return Ok((Compression::None, raw.clone()));
@@ -98,11 +173,9 @@ pub(crate) fn encode_chunk(
             ),
         };
         let bug = |e| Error::Bug(format!("encoding chunk {id}: {e:?}"));
-        let mut encoded = enc.encode(raw, Hint::default()).map_err(bug)?;
+        let mut encoded = enc.encode(raw, hint).map_err(bug)?;
         if encoded.method == Method::FloatPlanes && !planes {
-            encoded = enc
-                .encode_with(raw, Method::Zstd, Hint::default())
-                .map_err(bug)?;
+            encoded = enc.encode_with(raw, Method::Zstd, hint).map_err(bug)?;
             let limit = (raw.len() as f64) * (1.0 - min_savings);
             if encoded.bytes.len() as f64 > limit {
                 return Ok((Compression::None, raw.clone()));

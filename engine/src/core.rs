@@ -15,7 +15,8 @@ use crate::index::Index;
 use crate::layout::Layout;
 use crate::local::LockGuard;
 use crate::options::StoreOptions;
-use crate::pack::{OpenPackSlot, PackCache};
+use crate::pack::PackCache;
+use crate::packwriter::PackWriter;
 use crate::paths::{CLEAN, DIRTY};
 use crate::report::{CatchUpReason, Recovery};
 use crate::storage::{ObjectStore, PutMode};
@@ -28,8 +29,8 @@ pub(crate) struct Core {
     pub(crate) index: Index,
     pub(crate) packs: Arc<PackCache>,
     pub(crate) recipes: Mutex<Lru<FileId, Arc<Layout>>>,
-    /// The open pack all writers append to.
-    pub(crate) writer: Mutex<OpenPackSlot>,
+    /// The open pack all writers append to, and the packs being sealed.
+    pub(crate) writer: PackWriter,
     poison: Mutex<Option<Arc<Error>>>,
     /// What this open did to bring the index up to date (set once, by open).
     pub(crate) recovery: OnceLock<Recovery>,
@@ -54,7 +55,7 @@ impl Core {
             opts,
             config,
             index,
-            writer: Mutex::new(OpenPackSlot::default()),
+            writer: PackWriter::default(),
             poison: Mutex::new(None),
             recovery: OnceLock::new(),
             closed: AtomicBool::new(false),

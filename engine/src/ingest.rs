@@ -1,9 +1,35 @@
 //! Ingest: chunk, hash, dedup, encode and store files, then commit them
 //! durably and acknowledge them (spec §10.1).
+//!
+//! One file streams through a pipeline whose stages overlap, with a fixed
+//! number of batch buffers in flight:
+//!
+//! 1. the *reader* fills a buffer from the source, cuts it into chunks (in
+//!    parallel segments, identical to serial FastCDC: `chunking`) and feeds
+//!    the model sniffer, which gives the codec its dtype hints once the
+//!    safetensors or GGUF header is parsed;
+//! 2. the *hasher* (on the rayon pool) BLAKE3s every chunk, looks it up in
+//!    the index (a miss filter answers for most new chunks), and encodes
+//!    each new one (decoded and re-hashed before it may be stored);
+//! 3. the *appender* (the calling thread) appends new chunks to the shared
+//!    open pack under its lock, in file order, and hands full packs to
+//!    sealing threads, so a seal's fsync never stalls the pipeline or other
+//!    writers (`packwriter`);
+//! 4. SHA-256 runs beside them over the same batches — for a file on disk
+//!    only from the first chunk the index lacks on (reading the file again
+//!    up to there), or, when every chunk was stored, only if the chunk list
+//!    is not a stored file: re-ingesting a stored file takes its SHA-256
+//!    from the stored recipe.
+//!
+//! Commit then waits for (or performs) the seals of the packs its chunks
+//! are in, publishes recipes and refs, and indexes and flushes.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -11,14 +37,14 @@ use sha2::Digest;
 
 use crate::cache::lock;
 use crate::chunking::{Batch, Chunker};
-use crate::codec::encode_chunk;
+use crate::codec::{encode_chunk, HintMap};
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::format::{ChunkEntry, Compression, Recipe, Term, CHUNK_HEADER_LEN, TABLE_ENTRY_LEN};
+use crate::format::{ChunkEntry, Compression, Recipe, Term};
 use crate::ids::{ChunkId, FileId, FileIdHasher, PackId, Sha256};
-use crate::index::{NewFile, PackInfo};
+use crate::index::NewFile;
 use crate::models;
-use crate::pack::{OpenPackSlot, PackBuilder};
+use crate::packwriter::{Append, FullPack, Placed};
 use crate::paths::recipe_key;
 use crate::refs;
 use crate::storage::PutMode;
@@ -44,12 +70,10 @@ pub struct PutReport {
     pub new_file: bool,
 }
 
-/// Where a chunk of a staged file lives.
-#[derive(Clone, Copy, Debug)]
-enum Loc {
-    Sealed { pack: PackId, index: u32 },
-    Open { seq: u64 },
-}
+/// Batch buffers one ingest may hold at once: one being filled, one
+/// waiting for the hasher, one being hashed, one waiting for the
+/// appender, one being appended, and three for a stream's SHA-256.
+const BATCH_BUFFERS: usize = 8;
 
 /// How a regular file changed between two `stat`s around reading `read`
 /// bytes of it, if it did.
@@ -84,7 +108,7 @@ struct Staged {
     sha: Sha256,
     size: u64,
     chunks: Vec<(ChunkId, u32)>,
-    locs: Vec<Loc>,
+    locs: Vec<Placed>,
     refs: Vec<String>,
     new_chunks: u64,
     new_bytes: u64,
@@ -118,7 +142,7 @@ impl<'s> Ingest<'s> {
         refs: &[&str],
         progress: &mut dyn FnMut(u64),
     ) -> Result<FileId> {
-        let staged = self.stage(reader, source, refs, progress)?;
+        let staged = self.stage(reader, None, source, refs, progress)?;
         let file = staged.file;
         self.staged.push(staged);
         Ok(file)
@@ -149,12 +173,10 @@ impl<'s> Ingest<'s> {
                 std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
             ));
         }
-        let staged = self.stage(
-            std::io::BufReader::with_capacity(1 << 20, &file),
-            &name,
-            refs,
-            progress,
-        )?;
+        // A regular file can be read again: its SHA-256 is only computed
+        // when needed, reading again what went by before that was known.
+        let rereadable = before.is_file().then_some(&file);
+        let staged = self.stage(&file, rereadable, &name, refs, progress)?;
         if before.is_file() {
             let after = stat(&file)?;
             if let Some(detail) = source_change(&before, &after, staged.size) {
@@ -169,9 +191,13 @@ impl<'s> Ingest<'s> {
         Ok(id)
     }
 
+    /// Runs the pipeline of the module docs over one input. `rereadable` is
+    /// the input itself when it is a regular file (SHA-256 by a second read,
+    /// or from the stored recipe).
     fn stage(
         &mut self,
         reader: impl Read + Send,
+        rereadable: Option<&std::fs::File>,
         source: &str,
         refs: &[&str],
         progress: &mut dyn FnMut(u64),
@@ -182,63 +208,68 @@ impl<'s> Ingest<'s> {
             refs::validate(r)?;
         }
         let opts = &core.opts;
-        let chunker = Chunker::new(reader, core.config.chunking, opts.ingest_batch_bytes)?;
-        let mut fid = FileIdHasher::new();
-        let mut size = 0u64;
-        let mut chunks = Vec::new();
-        let mut locs = Vec::new();
-        let (mut new_chunks, mut new_bytes) = (0u64, 0u64);
+        let chunker = Chunker::with_buffers(
+            reader,
+            core.config.chunking,
+            opts.ingest_batch_bytes,
+            BATCH_BUFFERS,
+        )?;
         let input_err = |e| Error::io("read input", source, e);
-        // Two-stage pipeline: a producer thread reads, cuts and SHA-256s the
-        // next batch while this thread hashes, dedups and stores the current
-        // one. The channel holds one batch, so at most three batches are in
-        // memory at once.
-        let (sha, sniffer) = std::thread::scope(|scope| -> Result<(Sha256, Sniffer)> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Batch>>(1);
-            let producer = scope.spawn(move || {
-                let mut chunker = chunker;
-                let mut sha = sha2::Sha256::new();
-                // Sees every byte once, in order: the model format, its
-                // tensors, and every import of every pickle (spec §7.2).
-                let mut sniffer = Sniffer::new(Limits::default());
-                loop {
-                    match chunker.next_batch() {
-                        Ok(Some(b)) => {
-                            sha.update(&b.data);
-                            sniffer.feed(&b.data);
-                            if tx.send(Ok(b)).is_err() {
-                                return None;
-                            }
-                        }
-                        Ok(None) => return Some((Sha256(sha.finalize().into()), sniffer)),
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return None;
-                        }
-                    }
+        let mut out = Appender::default();
+        // SHA-256 is needed unless the input is a regular file whose chunk
+        // list turns out to be a stored file: set at once for a stream, and
+        // by the hasher at the first chunk the index lacks.
+        let need_sha = AtomicBool::new(rereadable.is_none());
+        let (sniffer, sha) = std::thread::scope(|scope| -> Result<(Sniffer, Sha256)> {
+            let (fed_tx, fed_rx) = sync_channel::<Fed>(1);
+            let (done_tx, done_rx) = sync_channel::<Result<Hashed>>(1);
+            let (sha_tx, sha_rx) = sync_channel::<Bytes>(2);
+            let need = &need_sha;
+            let sha_thread = scope.spawn(move || sha_stage(sha_rx, need, rereadable));
+            let reader = scope.spawn(move || read_stage(chunker, fed_tx, sha_tx));
+            scope.spawn(move || hash_stage(core, fed_rx, done_tx, need));
+            let mut seals = Vec::new();
+            let appended = (|| -> Result<()> {
+                for hashed in done_rx.iter() {
+                    let r = out.append(core, hashed?, &mut |full| {
+                        seals.push(scope.spawn(move || core.writer.seal(core, full)));
+                    });
+                    r?;
+                    progress(out.size);
                 }
-            });
-            for batch in rx {
-                let batch = batch.map_err(input_err)?;
-                let pieces: Vec<Bytes> = batch.chunk_bytes().collect();
-                let ids: Vec<ChunkId> = pieces.par_iter().map(|c| ChunkId::of(c)).collect();
-                let (l, n, b) = store_chunks(core, &ids, &pieces)?;
-                for (id, p) in ids.iter().zip(&pieces) {
-                    fid.push(id, p.len() as u64);
-                    chunks.push((*id, p.len() as u32));
-                }
-                locs.extend(l);
-                new_chunks += n;
-                new_bytes += b;
-                size += batch.data.len() as u64;
-                progress(size);
+                Ok(())
+            })();
+            // Stops the stages on an error (their channels close).
+            drop(done_rx);
+            let mut sealed = Ok(());
+            for h in seals {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Bug("a pack sealing thread panicked".into())));
+                sealed = sealed.and(r.map(|_| ()));
             }
-            producer
-                .join()
-                .ok()
-                .flatten()
-                .ok_or_else(|| input_err(std::io::Error::other("input reader thread failed")))
+            let sniffer = reader.join().ok().flatten();
+            let sha = sha_thread.join();
+            appended?;
+            sealed?;
+            let sniffer = sniffer
+                .ok_or_else(|| Error::Bug("the ingest reader stopped early".into()))?
+                .map_err(input_err)?;
+            let mut sha = sha
+                .map_err(|_| Error::Bug("the SHA-256 thread panicked".into()))?
+                .map_err(input_err)?;
+            // A regular file whose chunk list is a stored file: its SHA-256
+            // is in the stored recipe.
+            if !need_sha.load(Ordering::SeqCst) {
+                if let Some(known) = stored_sha256(core, &out.fid.finish())? {
+                    return Ok((sniffer, known));
+                }
+            }
+            // Whatever the SHA-256 stage skipped, from the file again.
+            sha.catch_up(rereadable, out.size).map_err(input_err)?;
+            Ok((sniffer, sha.finish()))
         })?;
+        let size = out.size;
         let model = sniffer.finish(size);
         let policy = core.opts.pickle_policy;
         if let Err(v) = policy.check(&model) {
@@ -249,14 +280,14 @@ impl<'s> Ingest<'s> {
             });
         }
         Ok(Staged {
-            file: fid.finish(),
+            file: out.fid.finish(),
             sha,
             size,
-            chunks,
-            locs,
+            chunks: out.chunks,
+            locs: out.locs,
             refs: refs.iter().map(|s| s.to_string()).collect(),
-            new_chunks,
-            new_bytes,
+            new_chunks: out.new_chunks,
+            new_bytes: out.new_bytes,
             model,
         })
     }
@@ -272,38 +303,13 @@ impl<'s> Ingest<'s> {
     }
 
     /// Makes every staged file durable and acknowledges it: packs sealed and
-    /// fsynced → recipe and ref files written → index updated and flushed.
+    /// fsynced (by this call, or waited for when another writer is sealing
+    /// them) → recipe and ref files written → index updated and flushed.
     pub fn commit(self) -> Result<Vec<PutReport>> {
         let core = self.core;
-        let mut seqs: Vec<u64> = self
-            .staged
-            .iter()
-            .flat_map(|s| s.locs.iter())
-            .filter_map(|l| match l {
-                Loc::Open { seq } => Some(*seq),
-                Loc::Sealed { .. } => None,
-            })
-            .collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        for seq in seqs {
-            ensure_sealed(core, seq)?;
-        }
         let mut files = Vec::with_capacity(self.staged.len());
         for s in self.staged {
-            // Resolve chunks that were in an open pack to their sealed pack.
-            let mut locs = Vec::with_capacity(s.locs.len());
-            for ((id, _), loc) in s.chunks.iter().zip(&s.locs) {
-                locs.push(match *loc {
-                    Loc::Sealed { pack, index } => (pack, index),
-                    Loc::Open { .. } => {
-                        let l = core.index.chunk(id)?.ok_or_else(|| {
-                            Error::Bug(format!("chunk {id} was not sealed by its pack writer"))
-                        })?;
-                        (l.pack, l.index)
-                    }
-                });
-            }
+            let locs = core.writer.resolve(core, &s.locs)?;
             let recipe = Recipe {
                 file: s.file,
                 sha256: s.sha,
@@ -321,6 +327,312 @@ impl<'s> Ingest<'s> {
         }
         publish_files(core, files)
     }
+}
+
+/// A batch as the reader hands it on: where it starts in the input, and
+/// the codec hints known when it was read.
+struct Fed {
+    batch: Batch,
+    offset: u64,
+    hints: Option<Arc<HintMap>>,
+}
+
+/// What the hasher found about one chunk.
+enum Found {
+    /// Indexed: in this pack, at this index.
+    Stored(PackId, u32),
+    /// New: encoded (and verified) as this.
+    New(Compression, Bytes),
+    /// New, but an earlier chunk of this file has the same id (the
+    /// appender places that one first).
+    Repeat,
+}
+
+/// A batch with every chunk's id and what was found about it.
+struct Hashed {
+    batch: Batch,
+    found: Vec<(ChunkId, Found)>,
+    /// The pack writer's generation read before the lookups.
+    looked_up_at: u64,
+}
+
+/// The reader stage: fills batches, cuts them, feeds the sniffer (whose
+/// header gives the codec hints) and the SHA-256 stage. Returns the
+/// sniffer at the end of input, the read error, or `None` when a later
+/// stage stopped first.
+fn read_stage<R: Read>(
+    mut chunker: Chunker<R>,
+    tx: SyncSender<Fed>,
+    sha: SyncSender<Bytes>,
+) -> Option<std::io::Result<Sniffer>> {
+    // Sees every byte once, in order: the model format, its tensors, and
+    // every import of every pickle (spec §7.2).
+    let mut sniffer = Sniffer::new(Limits::default());
+    let mut hints: Option<Arc<HintMap>> = None;
+    let mut offset = 0u64;
+    loop {
+        let batch = match chunker.next_batch() {
+            Ok(Some(b)) => b,
+            Ok(None) => return Some(Ok(sniffer)),
+            Err(e) => return Some(Err(e)),
+        };
+        sniffer.feed(&batch.data);
+        if hints.is_none() {
+            if let Some((format, regions)) = sniffer.tensor_regions() {
+                hints = Some(Arc::new(HintMap::new(format, &regions)));
+            }
+        }
+        if sha.send(batch.data.clone()).is_err() {
+            return None;
+        }
+        let len = batch.data.len() as u64;
+        let fed = Fed {
+            batch,
+            offset,
+            hints: hints.clone(),
+        };
+        if tx.send(fed).is_err() {
+            return None;
+        }
+        offset += len;
+    }
+}
+
+/// The hasher stage: ids, lookups and encodings of each batch, on the
+/// rayon pool; stops at the first error (sent on).
+fn hash_stage(
+    core: &Core,
+    rx: Receiver<Fed>,
+    tx: SyncSender<Result<Hashed>>,
+    need_sha: &AtomicBool,
+) {
+    // Ids of this file's new chunks so far: a repeat is encoded once.
+    let seen = Mutex::new(HashSet::new());
+    for fed in rx {
+        let r = hash_batch(core, fed, &seen);
+        if let Ok(h) = &r {
+            if !need_sha.load(Ordering::Relaxed)
+                && h.found.iter().any(|(_, f)| !matches!(f, Found::Stored(..)))
+            {
+                // Not a stored file: its SHA-256 is needed.
+                need_sha.store(true, Ordering::SeqCst);
+            }
+        }
+        let failed = r.is_err();
+        if tx.send(r).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn hash_batch(core: &Core, fed: Fed, seen: &Mutex<HashSet<ChunkId>>) -> Result<Hashed> {
+    let looked_up_at = core.writer.generation();
+    let (level, savings) = (core.opts.zstd_level, core.opts.min_compression_savings);
+    let planes = core.config.version >= 2;
+    let Fed {
+        batch,
+        offset,
+        hints,
+    } = fed;
+    let mut found: Vec<(ChunkId, Found)> = batch
+        .chunks
+        .par_iter()
+        .map(|r| {
+            let raw = batch.data.slice(r.clone());
+            let id = ChunkId::of(&raw);
+            if let Some(l) = core.index.chunk(&id)? {
+                return Ok((id, Found::Stored(l.pack, l.index)));
+            }
+            if !lock(seen).insert(id) {
+                return Ok((id, Found::Repeat));
+            }
+            let hint = hints.as_ref().map_or_else(Default::default, |h| {
+                h.hint(offset + r.start as u64, offset + r.end as u64)
+            });
+            let (compression, stored) = encode_chunk(&raw, &id, level, savings, planes, hint)?;
+            Ok((id, Found::New(compression, stored)))
+        })
+        .collect::<Result<_>>()?;
+    // Chunks were encoded in whatever order the pool ran them: within the
+    // batch, the first occurrence of an id must carry its encoding.
+    let mut first: HashMap<ChunkId, usize> = HashMap::new();
+    for i in 0..found.len() {
+        if matches!(found[i].1, Found::Stored(..)) {
+            continue;
+        }
+        match first.get(&found[i].0) {
+            None => {
+                first.insert(found[i].0, i);
+            }
+            Some(&j) => {
+                if matches!(found[i].1, Found::New(..)) {
+                    let new = std::mem::replace(&mut found[i].1, Found::Repeat);
+                    found[j].1 = new;
+                }
+            }
+        }
+    }
+    Ok(Hashed {
+        batch,
+        found,
+        looked_up_at,
+    })
+}
+
+/// The appender stage's state: the file's chunk list and where each chunk is.
+#[derive(Default)]
+struct Appender {
+    fid: FileIdHasher,
+    size: u64,
+    chunks: Vec<(ChunkId, u32)>,
+    locs: Vec<Placed>,
+    new_chunks: u64,
+    new_bytes: u64,
+}
+
+impl Appender {
+    /// Appends a batch's new chunks (in file order) to the shared open
+    /// pack; every pack that fills up goes to `seal`.
+    fn append(&mut self, core: &Core, h: Hashed, seal: &mut dyn FnMut(FullPack)) -> Result<()> {
+        let base = self.locs.len();
+        let mut appends = Vec::new();
+        let mut at = Vec::new();
+        for (i, ((id, f), r)) in h.found.iter().zip(&h.batch.chunks).enumerate() {
+            let len = r.len() as u32;
+            self.fid.push(id, u64::from(len));
+            self.chunks.push((*id, len));
+            match f {
+                Found::Stored(pack, index) => self.locs.push(Placed::Indexed {
+                    pack: *pack,
+                    index: *index,
+                }),
+                Found::New(compression, stored) => {
+                    at.push(base + i);
+                    appends.push(Append {
+                        id: *id,
+                        raw_len: len,
+                        compression: *compression,
+                        stored: Some(stored),
+                    });
+                }
+                Found::Repeat => {
+                    at.push(base + i);
+                    appends.push(Append {
+                        id: *id,
+                        raw_len: len,
+                        compression: Compression::None,
+                        stored: None,
+                    });
+                }
+            }
+            if !matches!(f, Found::Stored(..)) {
+                // Filled in below, once placed.
+                self.locs.push(Placed::Indexed {
+                    pack: PackId([0; 32]),
+                    index: u32::MAX,
+                });
+            }
+        }
+        if !appends.is_empty() {
+            let mut full = Vec::new();
+            let r = core
+                .writer
+                .append(core, &appends, h.looked_up_at, &mut full);
+            for f in full {
+                seal(f);
+            }
+            let a = r?;
+            if a.placed.len() != at.len() {
+                return Err(Error::Bug("a batch's chunks were not all placed".into()));
+            }
+            for (i, p) in at.into_iter().zip(a.placed) {
+                self.locs[i] = p;
+            }
+            self.new_chunks += a.new_chunks;
+            self.new_bytes += a.new_bytes;
+        }
+        self.size += h.batch.data.len() as u64;
+        Ok(())
+    }
+}
+
+/// The SHA-256 of a prefix of the input.
+struct ShaPrefix {
+    hasher: sha2::Sha256,
+    /// Bytes hashed: `0..upto` of the input.
+    upto: u64,
+}
+
+impl ShaPrefix {
+    /// Hashes `upto..to` of `file` (a second read of a regular file).
+    fn catch_up(&mut self, file: Option<&std::fs::File>, to: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.upto >= to {
+            return Ok(());
+        }
+        let Some(file) = file else {
+            return Err(std::io::Error::other(
+                "SHA-256 skipped bytes of an input that cannot be read again",
+            ));
+        };
+        let mut buf = vec![0u8; (to - self.upto).min(4 << 20) as usize];
+        while self.upto < to {
+            let n = (to - self.upto).min(buf.len() as u64) as usize;
+            match file.read_at(&mut buf[..n], self.upto) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file got shorter while it was read",
+                    ))
+                }
+                Ok(k) => {
+                    self.hasher.update(&buf[..k]);
+                    self.upto += k as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Sha256 {
+        Sha256(self.hasher.finalize().into())
+    }
+}
+
+/// The SHA-256 stage: hashes the batches in order once `need` is set,
+/// first reading again (from `file`) what went by before; without `need`,
+/// batches are only counted.
+fn sha_stage(
+    rx: Receiver<Bytes>,
+    need: &AtomicBool,
+    file: Option<&std::fs::File>,
+) -> std::io::Result<ShaPrefix> {
+    let mut sha = ShaPrefix {
+        hasher: sha2::Sha256::new(),
+        upto: 0,
+    };
+    let mut offset = 0u64;
+    for b in rx {
+        if need.load(Ordering::SeqCst) {
+            sha.catch_up(file, offset)?;
+            sha.hasher.update(&b);
+            sha.upto += b.len() as u64;
+        }
+        offset += b.len() as u64;
+    }
+    Ok(sha)
+}
+
+/// The SHA-256 of a stored file, from its recipe in the index (`None`
+/// when it is not stored or that copy does not check).
+fn stored_sha256(core: &Core, file: &FileId) -> Result<Option<Sha256>> {
+    Ok(core
+        .index
+        .recipe_bytes(file)?
+        .and_then(|b| Recipe::decode(*file, &b).ok())
+        .map(|r| r.sha256))
 }
 
 /// Terms for a chunk list whose chunks are at `locs` (pack, index in pack):
@@ -427,155 +739,36 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
 
 /// Appends chunks that are already encoded and verified (from a pack a
 /// client uploaded, or fetched by a pull) to the shared open pack, skipping
-/// those already stored, then seals it and flushes the index: when this
-/// returns, every chunk is durable and indexed. Returns (new chunks, bytes
-/// they added on disk).
+/// those already stored, then seals the packs holding them and flushes the
+/// index: when this returns, every chunk is durable and indexed. Returns
+/// (new chunks, bytes they added on disk).
 pub(crate) fn admit_encoded(core: &Core, chunks: &[(ChunkEntry, Bytes)]) -> Result<(u64, u64)> {
-    let mut w = lock(&core.writer);
     core.check_poison()?;
-    let (mut new, mut bytes) = (0u64, 0u64);
+    let looked_up_at = core.writer.generation();
+    let mut seen = HashSet::new();
+    let mut appends = Vec::new();
     for (e, stored) in chunks {
-        if w.open.as_ref().is_some_and(|o| o.contains(&e.id)) || core.index.chunk(&e.id)?.is_some()
-        {
+        if !seen.insert(e.id) || core.index.chunk(&e.id)?.is_some() {
             continue;
         }
-        let r = append_locked(core, &mut w, e.id, e.raw_len, e.compression, stored);
-        core.poison_on(r)?;
-        new += 1;
-        bytes += (CHUNK_HEADER_LEN + stored.len() + TABLE_ENTRY_LEN) as u64;
+        appends.push(Append {
+            id: e.id,
+            raw_len: e.raw_len,
+            compression: e.compression,
+            stored: Some(stored),
+        });
     }
-    if w.open.is_some() {
-        let r = seal_locked(core, &mut w);
-        core.poison_on(r)?;
+    let mut full = Vec::new();
+    let r = core.writer.append(core, &appends, looked_up_at, &mut full);
+    let mut sealed = Ok(());
+    for f in full {
+        if let Err(e) = core.writer.seal(core, f) {
+            sealed = sealed.and(Err(e));
+        }
     }
-    drop(w);
+    let a = r?;
+    sealed?;
+    core.writer.resolve(core, &a.placed)?;
     core.poison_on(core.index.flush())?;
-    Ok((new, bytes))
-}
-
-/// Appends new chunks of a batch to the shared open pack. Returns each
-/// chunk's location and the (count, bytes) this call stored.
-fn store_chunks(core: &Core, ids: &[ChunkId], chunks: &[Bytes]) -> Result<(Vec<Loc>, u64, u64)> {
-    let mut locs: Vec<Option<Loc>> = Vec::with_capacity(ids.len());
-    let mut candidates = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, id) in ids.iter().enumerate() {
-        match core.index.chunk(id)? {
-            Some(l) => locs.push(Some(Loc::Sealed {
-                pack: l.pack,
-                index: l.index,
-            })),
-            None => {
-                locs.push(None);
-                if seen.insert(*id) {
-                    candidates.push(i);
-                }
-            }
-        }
-    }
-    // Compress outside the writer lock, in parallel.
-    let (level, savings) = (core.opts.zstd_level, core.opts.min_compression_savings);
-    let planes = core.config.version >= 2;
-    let encoded: Vec<_> = candidates
-        .par_iter()
-        .map(|&i| encode_chunk(&chunks[i], &ids[i], level, savings, planes).map(|e| (i, e)))
-        .collect::<Result<_>>()?;
-
-    let mut new_chunks = 0u64;
-    let mut new_bytes = 0u64;
-    let mut placed: HashMap<ChunkId, Loc> = HashMap::new();
-    {
-        let mut w = lock(&core.writer);
-        core.check_poison()?;
-        for (i, (compression, stored)) in encoded {
-            let id = ids[i];
-            // Re-check under the lock: another thread may have stored it.
-            if w.open.as_ref().is_some_and(|o| o.contains(&id)) {
-                placed.insert(id, Loc::Open { seq: w.seq });
-                continue;
-            }
-            if let Some(l) = core.index.chunk(&id)? {
-                placed.insert(
-                    id,
-                    Loc::Sealed {
-                        pack: l.pack,
-                        index: l.index,
-                    },
-                );
-                continue;
-            }
-            let r = append_locked(
-                core,
-                &mut w,
-                id,
-                chunks[i].len() as u32,
-                compression,
-                &stored,
-            );
-            core.poison_on(r)?;
-            placed.insert(id, Loc::Open { seq: w.seq });
-            new_chunks += 1;
-            new_bytes += (CHUNK_HEADER_LEN + stored.len() + TABLE_ENTRY_LEN) as u64;
-        }
-    }
-    let locs = locs
-        .into_iter()
-        .zip(ids)
-        .map(|(l, id)| {
-            l.or_else(|| placed.get(id).copied())
-                .ok_or_else(|| Error::Bug(format!("chunk {id} was not placed")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((locs, new_chunks, new_bytes))
-}
-
-fn append_locked(
-    core: &Core,
-    w: &mut OpenPackSlot,
-    id: ChunkId,
-    raw_len: u32,
-    compression: Compression,
-    stored: &[u8],
-) -> Result<()> {
-    let objects = core.objects.as_ref();
-    if let Some(open) = &w.open {
-        if !open.is_empty() && open.sealed_len_with(stored.len()) > core.opts.pack_target_bytes {
-            seal_locked(core, w)?;
-        }
-    }
-    let open = match &mut w.open {
-        Some(open) => open,
-        None => w.open.insert(PackBuilder::create(objects)?),
-    };
-    open.append(objects, id, raw_len, compression, stored)?;
-    Ok(())
-}
-
-/// Seals the open pack (durably) and records it in the index.
-fn seal_locked(core: &Core, w: &mut OpenPackSlot) -> Result<()> {
-    let Some(open) = w.open.take() else {
-        return Ok(());
-    };
-    let sealed = open.seal(core.objects.as_ref())?;
-    let info = PackInfo {
-        size: sealed.size,
-        chunk_count: sealed.entries.len() as u32,
-        raw_bytes: sealed.raw_bytes,
-    };
-    let chunks: Vec<(u32, ChunkEntry)> = (0u32..).zip(sealed.entries.iter().copied()).collect();
-    core.index.add_pack(sealed.id, info, &chunks)?;
-    tracing::debug!(pack = %sealed.id, chunks = sealed.entries.len(), size = sealed.size, "sealed pack");
-    w.seq += 1;
-    Ok(())
-}
-
-/// Makes sure pack `seq` is sealed.
-fn ensure_sealed(core: &Core, seq: u64) -> Result<()> {
-    let mut w = lock(&core.writer);
-    core.check_poison()?;
-    if w.seq == seq && w.open.is_some() {
-        let r = seal_locked(core, &mut w);
-        core.poison_on(r)?;
-    }
-    Ok(())
+    Ok((a.new_chunks, a.new_bytes))
 }

@@ -51,6 +51,7 @@ mod models;
 mod open;
 mod options;
 mod pack;
+mod packwriter;
 mod paths;
 mod read;
 mod recover;

@@ -55,7 +55,7 @@ impl Default for StoreOptions {
             pack_target_bytes: 64 << 20,
             zstd_level: 3,
             min_compression_savings: 0.05,
-            ingest_batch_bytes: 16 << 20,
+            ingest_batch_bytes: 8 << 20,
             read_mode: ReadMode::Mmap,
             pack_cache: 512,
             recipe_cache: 64,

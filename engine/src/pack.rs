@@ -2,7 +2,7 @@
 //! under its content-addressed name when sealed), reading sealed ones, and
 //! the cache of open packs readers share.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -25,17 +25,7 @@ pub(crate) struct PackBuilder {
     hasher: PackIdHasher,
     len: u64,
     entries: Vec<ChunkEntry>,
-    /// The ids in `entries`, for dedup against the pack being written.
-    ids: HashSet<ChunkId>,
     raw_bytes: u64,
-}
-
-/// The shared open pack of a store's writers: the pack being built, if any,
-/// and the sequence number of the open (or next) pack.
-#[derive(Default)]
-pub(crate) struct OpenPackSlot {
-    pub(crate) open: Option<PackBuilder>,
-    pub(crate) seq: u64,
 }
 
 impl PackBuilder {
@@ -49,7 +39,6 @@ impl PackBuilder {
             hasher: PackIdHasher::new(),
             len: 0,
             entries: Vec::new(),
-            ids: HashSet::new(),
             raw_bytes: 0,
         };
         p.write(objects, &pack_header())?;
@@ -100,14 +89,13 @@ impl PackBuilder {
         self.write(objects, &entry.encode_header())?;
         self.write(objects, stored)?;
         self.entries.push(entry);
-        self.ids.insert(id);
         self.raw_bytes += u64::from(raw_len);
         Ok(index)
     }
 
-    /// Whether the pack holds chunk `id`.
-    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
-        self.ids.contains(id)
+    /// The ids of the chunks appended so far, in order.
+    pub(crate) fn chunk_ids(&self) -> Vec<ChunkId> {
+        self.entries.iter().map(|e| e.id).collect()
     }
 
     /// Writes the footer and publishes the pack under its content-addressed

@@ -3,10 +3,10 @@
 //! bytes leave the engine (spec §7.1, §10.2).
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::Arc;
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
+use std::sync::{Arc, Condvar, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::cache::lock;
@@ -109,6 +109,10 @@ fn read_chunk(packs: &PackCache, layout: &Layout, i: usize) -> Result<Bytes> {
 }
 
 /// Reads `len` bytes at `offset`, touching only the chunks that cover them.
+/// A range within one chunk is a slice of it (zero-copy when the chunk is
+/// stored raw in a mapped pack); a longer one is decoded chunk by chunk, in
+/// parallel, straight into the one output buffer: memory is the output plus
+/// one chunk per thread, whatever the range's size.
 pub(crate) fn read_range(core: &Core, file: &FileId, offset: u64, len: u64) -> Result<Bytes> {
     let layout = layout(core, file)?;
     let size = layout.size();
@@ -126,39 +130,100 @@ pub(crate) fn read_range(core: &Core, file: &FileId, offset: u64, len: u64) -> R
     let end = offset + len;
     let first = layout.chunk_at(offset);
     let last = layout.chunk_at(end - 1);
-    let parts: Vec<Bytes> = (first..=last)
-        .into_par_iter()
-        .map(|i| {
-            let data = read_chunk(&core.packs, &layout, i)?;
-            let start = layout.chunk(i).map_or(0, |c| c.file_offset);
-            let lo = offset.saturating_sub(start) as usize;
-            let hi = ((end - start) as usize).min(data.len());
-            Ok(data.slice(lo.min(hi)..hi))
-        })
-        .collect::<Result<_>>()?;
-    if parts.len() == 1 {
-        return Ok(parts.into_iter().next().unwrap_or_default());
+    // Byte range of chunk i in the file.
+    let span = |i: usize| {
+        layout
+            .chunk(i)
+            .map(|c| c.file_offset..c.file_offset + u64::from(c.len))
+            .ok_or_else(|| Error::RecipeCorrupt {
+                file: layout.recipe.file,
+                detail: format!("chunk {i} out of range"),
+            })
+    };
+    // The part of chunk i that is wanted, as a range within the chunk.
+    let wanted = |chunk: &std::ops::Range<u64>| {
+        (offset.max(chunk.start) - chunk.start) as usize
+            ..(end.min(chunk.end) - chunk.start) as usize
+    };
+    if first == last {
+        let data = read_chunk(&core.packs, &layout, first)?;
+        let part = wanted(&span(first)?);
+        return data
+            .get(part.clone())
+            .map(|_| data.slice(part))
+            .ok_or_else(|| Error::RecipeCorrupt {
+                file: layout.recipe.file,
+                detail: format!("chunk {first} is shorter than the recipe says"),
+            });
     }
-    let mut out = BytesMut::with_capacity(len as usize);
-    for p in parts {
-        out.extend_from_slice(&p);
+    let len = usize::try_from(len).map_err(|_| {
+        Error::InvalidArgument(format!("a {len}-byte range does not fit in memory"))
+    })?;
+    let mut out = vec![0u8; len];
+    // Split the output at chunk boundaries: one disjoint piece per chunk.
+    let mut pieces: Vec<(usize, std::ops::Range<usize>, &mut [u8])> =
+        Vec::with_capacity(last - first + 1);
+    let mut rest: &mut [u8] = &mut out;
+    for i in first..=last {
+        let part = wanted(&span(i)?);
+        let taken = std::mem::take(&mut rest);
+        let (piece, tail) = taken.split_at_mut(part.len().min(taken.len()));
+        pieces.push((i, part, piece));
+        rest = tail;
     }
-    Ok(out.freeze())
+    pieces.into_par_iter().try_for_each(|(i, part, piece)| {
+        let data = read_chunk(&core.packs, &layout, i)?;
+        let part = data.get(part).unwrap_or_default();
+        if part.len() != piece.len() {
+            return Err(Error::RecipeCorrupt {
+                file: layout.recipe.file,
+                detail: format!(
+                    "chunk {i} is {} bytes, the recipe says otherwise",
+                    data.len()
+                ),
+            });
+        }
+        piece.copy_from_slice(part);
+        Ok(())
+    })?;
+    Ok(Bytes::from(out))
 }
 
-/// A streaming reader over one file. Sequential reads decode a window of
-/// chunks ahead in parallel; memory is bounded by that window
-/// (`read_ahead_chunks × max chunk size`), not by the file size. Every chunk
-/// is verified against its id before any of its bytes are returned; a
-/// verification failure is an `io::Error` wrapping the engine [`Error`]
-/// (see [`unwrap_io`]).
+/// One chunk being read ahead: the result, once a pool thread has it.
+struct Ahead {
+    result: Mutex<Option<Result<Bytes>>>,
+    ready: Condvar,
+}
+
+impl Ahead {
+    fn wait(&self) -> Result<Bytes> {
+        let mut r = lock(&self.result);
+        loop {
+            if let Some(done) = r.take() {
+                return done;
+            }
+            r = self.ready.wait(r).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A streaming reader over one file. Sequential reads keep a window of
+/// chunks being read and verified ahead on the thread pool, so the next
+/// chunks are decoded while the current one is consumed; memory is bounded
+/// by that window (`read_ahead_chunks × max chunk size`), not by the file
+/// size. Every chunk is verified against its id before any of its bytes are
+/// returned; a verification failure is an `io::Error` wrapping the engine
+/// [`Error`] (see [`unwrap_io`]). [`BufRead`] hands out whole verified
+/// chunks without copying them.
 pub struct FileReader {
     packs: Arc<PackCache>,
     layout: Arc<Layout>,
     pos: u64,
-    /// Decoded chunks, consecutive, starting at `window_first`.
-    window: VecDeque<Bytes>,
-    window_first: usize,
+    /// The chunk holding `pos`, verified (its index and bytes).
+    current: Option<(usize, Bytes)>,
+    /// Chunks being read ahead, consecutive, starting at `ahead_first`.
+    window: VecDeque<Arc<Ahead>>,
+    ahead_first: usize,
     ahead: usize,
     /// Read-ahead never decodes chunks at or past this byte offset.
     end: u64,
@@ -179,8 +244,9 @@ impl FileReader {
             packs: core.packs.clone(),
             layout: layout(core, file)?,
             pos: 0,
+            current: None,
             window: VecDeque::new(),
-            window_first: 0,
+            ahead_first: 0,
             ahead: core.opts.read_ahead_chunks.max(1),
             end: u64::MAX,
         })
@@ -204,42 +270,83 @@ impl FileReader {
         Ok(out)
     }
 
-    fn fill(&mut self, chunk: usize) -> Result<(), Error> {
-        let in_window = chunk >= self.window_first && chunk < self.window_first + self.window.len();
-        if in_window {
-            // Drop chunks behind the reader.
-            while self.window_first < chunk {
-                self.window.pop_front();
-                self.window_first += 1;
-            }
-            return Ok(());
-        }
-        let mut end = (chunk + self.ahead).min(self.layout.chunk_count());
+    /// One past the last chunk read-ahead may decode.
+    fn ahead_limit(&self) -> usize {
+        let count = self.layout.chunk_count();
         if self.end < self.layout.size() {
             // The chunk holding byte end-1 is the last one wanted.
-            let last = self.layout.chunk_at(self.end.saturating_sub(1));
-            end = end.min(last + 1).max(chunk + 1);
+            (self.layout.chunk_at(self.end.saturating_sub(1)) + 1).min(count)
+        } else {
+            count
         }
-        let (packs, layout) = (&self.packs, &self.layout);
-        let decoded: Vec<Result<Bytes, Error>> = (chunk..end)
-            .into_par_iter()
-            .map(|i| read_chunk(packs, layout, i))
-            .collect();
-        // Keep the verified chunks up to the first failure. A failure in the
-        // read-ahead is only reported once the reader actually reaches that
-        // chunk (it is refetched then), so a read that stops before damage
-        // succeeds.
-        let mut window = VecDeque::with_capacity(decoded.len());
-        for r in decoded {
-            match r {
-                Ok(b) => window.push_back(b),
-                Err(e) if window.is_empty() => return Err(e),
-                Err(_) => break,
-            }
+    }
+
+    /// Starts reading chunk `i` on the pool.
+    fn spawn(&self, i: usize) -> Arc<Ahead> {
+        let slot = Arc::new(Ahead {
+            result: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        let (packs, layout, done) = (self.packs.clone(), self.layout.clone(), slot.clone());
+        rayon::spawn(move || {
+            let r = read_chunk(&packs, &layout, i);
+            *lock(&done.result) = Some(r);
+            done.ready.notify_all();
+        });
+        slot
+    }
+
+    /// Chunk `chunk`, verified, reading ahead of it.
+    fn fetch(&mut self, chunk: usize) -> Result<Bytes, Error> {
+        // A pool thread must not wait for the pool: read in place.
+        if rayon::current_thread_index().is_some() {
+            return read_chunk(&self.packs, &self.layout, chunk);
         }
-        self.window = window;
-        self.window_first = chunk;
-        Ok(())
+        let in_window = chunk >= self.ahead_first && chunk < self.ahead_first + self.window.len();
+        if !in_window {
+            // A seek: what was read ahead is not wanted.
+            self.window.clear();
+            self.ahead_first = chunk;
+        }
+        while self.ahead_first < chunk {
+            self.window.pop_front();
+            self.ahead_first += 1;
+        }
+        let limit = self.ahead_limit().max(chunk + 1);
+        let mut next = self.ahead_first + self.window.len();
+        while next < limit && next < chunk + self.ahead {
+            let slot = self.spawn(next);
+            self.window.push_back(slot);
+            next += 1;
+        }
+        let Some(slot) = self.window.pop_front() else {
+            return read_chunk(&self.packs, &self.layout, chunk);
+        };
+        self.ahead_first += 1;
+        match slot.wait() {
+            Ok(b) => Ok(b),
+            // A failure is reported only once the reader reaches the chunk,
+            // and after reading it again.
+            Err(_) => read_chunk(&self.packs, &self.layout, chunk),
+        }
+    }
+
+    /// The verified chunk holding `pos` (`None` at or past the end).
+    fn current(&mut self) -> Result<Option<(u64, &Bytes)>, Error> {
+        if self.pos >= self.layout.size() {
+            return Ok(None);
+        }
+        let i = self.layout.chunk_at(self.pos);
+        let c = self.layout.chunk(i).ok_or_else(|| Error::RecipeCorrupt {
+            file: self.layout.recipe.file,
+            detail: format!("chunk {i} out of range"),
+        })?;
+        if self.current.as_ref().is_none_or(|(at, _)| *at != i) {
+            self.current = None;
+            let data = self.fetch(i)?;
+            self.current = Some((i, data));
+        }
+        Ok(self.current.as_ref().map(|(_, b)| (c.file_offset, b)))
     }
 }
 
@@ -256,26 +363,29 @@ pub fn unwrap_io(e: io::Error) -> Error {
     }
 }
 
+impl BufRead for FileReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let pos = self.pos;
+        match self.current().map_err(io::Error::other)? {
+            None => Ok(&[]),
+            Some((start, data)) => Ok(data.get((pos - start) as usize..).unwrap_or_default()),
+        }
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = self.pos.saturating_add(amt as u64);
+    }
+}
+
 impl Read for FileReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.layout.size();
-        if buf.is_empty() || self.pos >= size {
+        if buf.is_empty() {
             return Ok(0);
         }
-        let i = self.layout.chunk_at(self.pos);
-        self.fill(i).map_err(io::Error::other)?;
-        let Some(c) = self.layout.chunk(i) else {
-            return Err(io::Error::other(Error::RecipeCorrupt {
-                file: self.layout.recipe.file,
-                detail: format!("chunk {i} out of range"),
-            }));
-        };
-        let data = self.window.front().cloned().unwrap_or_default();
-        let within = (self.pos - c.file_offset) as usize;
-        let avail = data.get(within..).unwrap_or_default();
+        let avail = self.fill_buf()?;
         let n = avail.len().min(buf.len());
         buf[..n].copy_from_slice(&avail[..n]);
-        self.pos += n as u64;
+        self.consume(n);
         Ok(n)
     }
 }

@@ -89,6 +89,10 @@ impl Default for Limits {
     }
 }
 
+/// A tensor's bytes as [`Sniffer::tensor_regions`] reports them: absolute
+/// offset, length and dtype name.
+pub type TensorRegion<'a> = (u64, u64, &'a str);
+
 /// Bytes looked at before deciding on a format.
 const DETECT_LEN: usize = 16;
 
@@ -197,6 +201,30 @@ impl Sniffer {
         }
         self.pos += data.len() as u64;
         self.advance(data);
+    }
+
+    /// The tensors' byte regions as soon as a safetensors or GGUF header has
+    /// been parsed: (absolute offset, length, dtype as the format names it:
+    /// `"BF16"`, `"Q4_K"`, …), in header order; `None` before then and for
+    /// other formats. For decisions per byte range while the rest of the
+    /// file streams (the engine picks codec hints from it): nothing here is
+    /// checked against the file's length yet, and a GGUF tensor of an
+    /// unknown type has length 0.
+    pub fn tensor_regions(&self) -> Option<(Format, Vec<TensorRegion<'_>>)> {
+        fn region(t: &TensorInfo) -> Option<TensorRegion<'_>> {
+            Some((t.offset?, t.length, t.dtype.as_str()))
+        }
+        match &self.state {
+            State::SafetensorsParsed(p) => Some((
+                Format::Safetensors,
+                p.tensors.iter().filter_map(region).collect(),
+            )),
+            State::GgufParsed(p) => Some((
+                Format::Gguf,
+                p.tensors.iter().filter_map(|(t, _)| region(t)).collect(),
+            )),
+            _ => None,
+        }
     }
 
     /// Picks the format from the first bytes and replays them into it.
