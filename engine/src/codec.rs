@@ -198,3 +198,74 @@ pub(crate) fn encode_chunk(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_follow_the_tensor_covering_most_of_a_chunk() {
+        let regions = [
+            (100u64, 1000u64, "BF16"),
+            (1100, 4000, "F32"),
+            (5100, 100, "I8"),
+            (5200, 0, "F16"),
+            (5200, 50, "BOOL"),
+        ];
+        let m = HintMap::new(Format::Safetensors, &regions);
+        // Header bytes: no tensor.
+        assert_eq!(m.hint(0, 100), Hint::default());
+        // Inside the BF16 tensor, starting one byte into an element.
+        assert_eq!(
+            m.hint(101, 900),
+            Hint {
+                dtype: DtypeHint::Bf16,
+                phase: Some(1)
+            }
+        );
+        // Starting before the F32 tensor (3 bytes early): phase 3; the F32
+        // tensor covers most of the chunk.
+        assert_eq!(
+            m.hint(1097, 3000),
+            Hint {
+                dtype: DtypeHint::F32,
+                phase: Some(3)
+            }
+        );
+        assert_eq!(m.hint(5100, 5150).dtype, DtypeHint::I8);
+        // Unknown dtypes give no hint.
+        assert_eq!(m.hint(5200, 5250), Hint::default());
+    }
+
+    #[test]
+    fn gguf_types_map_to_codec_hints() {
+        let g = |t| dtype_hint(Format::Gguf, t);
+        assert_eq!(g("BF16"), DtypeHint::Bf16);
+        assert_eq!(g("F32"), DtypeHint::F32);
+        assert_eq!(g("Q4_K"), DtypeHint::Quantized);
+        assert_eq!(g("I32"), DtypeHint::Unknown);
+        assert_eq!(g("type_99"), DtypeHint::Unknown);
+        assert_eq!(dtype_hint(Format::Safetensors, "Q4_K"), DtypeHint::Unknown);
+    }
+
+    #[test]
+    fn a_wrong_hint_still_round_trips() {
+        let raw: Vec<u8> = (0..65_536u32).map(|i| (i * 7 % 251) as u8).collect();
+        let raw = Bytes::from(raw);
+        let id = ChunkId::of(&raw);
+        for dtype in [
+            DtypeHint::Bf16,
+            DtypeHint::F32,
+            DtypeHint::I8,
+            DtypeHint::Quantized,
+            DtypeHint::Incompressible,
+        ] {
+            for phase in [None, Some(0), Some(1), Some(3)] {
+                let (c, stored) =
+                    encode_chunk(&raw, &id, 3, 0.05, true, Hint { dtype, phase }).expect("encode");
+                let back = decode_chunk(&stored, c, raw.len() as u32).expect("decode");
+                assert_eq!(back, raw);
+            }
+        }
+    }
+}

@@ -216,59 +216,22 @@ impl<'s> Ingest<'s> {
         )?;
         let input_err = |e| Error::io("read input", source, e);
         let mut out = Appender::default();
-        // SHA-256 is needed unless the input is a regular file whose chunk
-        // list turns out to be a stored file: set at once for a stream, and
-        // by the hasher at the first chunk the index lacks.
-        let need_sha = AtomicBool::new(rereadable.is_none());
-        let (sniffer, sha) = std::thread::scope(|scope| -> Result<(Sniffer, Sha256)> {
-            let (fed_tx, fed_rx) = sync_channel::<Fed>(1);
-            let (done_tx, done_rx) = sync_channel::<Result<Hashed>>(1);
-            let (sha_tx, sha_rx) = sync_channel::<Bytes>(2);
-            let need = &need_sha;
-            let sha_thread = scope.spawn(move || sha_stage(sha_rx, need, rereadable));
-            let reader = scope.spawn(move || read_stage(chunker, fed_tx, sha_tx));
-            scope.spawn(move || hash_stage(core, fed_rx, done_tx, need));
-            let mut seals = Vec::new();
-            let appended = (|| -> Result<()> {
-                for hashed in done_rx.iter() {
-                    let r = out.append(core, hashed?, &mut |full| {
-                        seals.push(scope.spawn(move || core.writer.seal(core, full)));
-                    });
-                    r?;
-                    progress(out.size);
-                }
-                Ok(())
-            })();
-            // Stops the stages on an error (their channels close).
-            drop(done_rx);
-            let mut sealed = Ok(());
-            for h in seals {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::Bug("a pack sealing thread panicked".into())));
-                sealed = sealed.and(r.map(|_| ()));
-            }
-            let sniffer = reader.join().ok().flatten();
-            let sha = sha_thread.join();
-            appended?;
-            sealed?;
-            let sniffer = sniffer
-                .ok_or_else(|| Error::Bug("the ingest reader stopped early".into()))?
-                .map_err(input_err)?;
-            let mut sha = sha
-                .map_err(|_| Error::Bug("the SHA-256 thread panicked".into()))?
-                .map_err(input_err)?;
-            // A regular file whose chunk list is a stored file: its SHA-256
-            // is in the stored recipe.
-            if !need_sha.load(Ordering::SeqCst) {
-                if let Some(known) = stored_sha256(core, &out.fid.finish())? {
-                    return Ok((sniffer, known));
-                }
-            }
-            // Whatever the SHA-256 stage skipped, from the file again.
-            sha.catch_up(rereadable, out.size).map_err(input_err)?;
-            Ok((sniffer, sha.finish()))
-        })?;
+        let small = rereadable
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.len() <= opts.ingest_batch_bytes as u64);
+        let (sniffer, sha) = if small {
+            // One batch: no pipeline to overlap, so no threads for it.
+            stage_inline(core, chunker, &mut out, progress).map_err(|e| match e {
+                StageError::Input(e) => input_err(e),
+                StageError::Engine(e) => e,
+            })?
+        } else {
+            self.stage_pipelined(chunker, rereadable, &mut out, progress)
+                .map_err(|e| match e {
+                    StageError::Input(e) => input_err(e),
+                    StageError::Engine(e) => e,
+                })?
+        };
         let size = out.size;
         let model = sniffer.finish(size);
         let policy = core.opts.pickle_policy;
@@ -290,6 +253,73 @@ impl<'s> Ingest<'s> {
             new_bytes: out.new_bytes,
             model,
         })
+    }
+
+    /// The pipeline of the module docs, one thread per stage.
+    fn stage_pipelined<R: Read + Send>(
+        &self,
+        chunker: Chunker<R>,
+        rereadable: Option<&std::fs::File>,
+        out: &mut Appender,
+        progress: &mut dyn FnMut(u64),
+    ) -> std::result::Result<(Sniffer, Sha256), StageError> {
+        let core = self.core;
+        // SHA-256 is needed unless the input is a regular file whose chunk
+        // list turns out to be a stored file: set at once for a stream, and
+        // by the hasher at the first chunk the index lacks.
+        let need_sha = AtomicBool::new(rereadable.is_none());
+        std::thread::scope(
+            |scope| -> std::result::Result<(Sniffer, Sha256), StageError> {
+                let (fed_tx, fed_rx) = sync_channel::<Fed>(1);
+                let (done_tx, done_rx) = sync_channel::<Result<Hashed>>(1);
+                let (sha_tx, sha_rx) = sync_channel::<Bytes>(2);
+                let need = &need_sha;
+                let sha_thread = scope.spawn(move || sha_stage(sha_rx, need, rereadable));
+                let reader = scope.spawn(move || read_stage(chunker, fed_tx, sha_tx));
+                scope.spawn(move || hash_stage(core, fed_rx, done_tx, need));
+                let mut seals = Vec::new();
+                let appended = (|| -> Result<()> {
+                    for hashed in done_rx.iter() {
+                        let r = out.append(core, hashed?, &mut |full| {
+                            seals.push(scope.spawn(move || core.writer.seal(core, full)));
+                        });
+                        r?;
+                        progress(out.size);
+                    }
+                    Ok(())
+                })();
+                // Stops the stages on an error (their channels close).
+                drop(done_rx);
+                let mut sealed = Ok(());
+                for h in seals {
+                    let r = h.join().unwrap_or_else(|_| {
+                        Err(Error::Bug("a pack sealing thread panicked".into()))
+                    });
+                    sealed = sealed.and(r.map(|_| ()));
+                }
+                let sniffer = reader.join().ok().flatten();
+                let sha = sha_thread.join();
+                appended?;
+                sealed?;
+                let sniffer = sniffer
+                    .ok_or_else(|| Error::Bug("the ingest reader stopped early".into()))?
+                    .map_err(StageError::Input)?;
+                let mut sha = sha
+                    .map_err(|_| Error::Bug("the SHA-256 thread panicked".into()))?
+                    .map_err(StageError::Input)?;
+                // A regular file whose chunk list is a stored file: its SHA-256
+                // is in the stored recipe.
+                if !need_sha.load(Ordering::SeqCst) {
+                    if let Some(known) = stored_sha256(core, &out.fid.finish())? {
+                        return Ok((sniffer, known));
+                    }
+                }
+                // Whatever the SHA-256 stage skipped, from the file again.
+                sha.catch_up(rereadable, out.size)
+                    .map_err(StageError::Input)?;
+                Ok((sniffer, sha.finish()))
+            },
+        )
     }
 
     /// Number of files staged.
@@ -327,6 +357,54 @@ impl<'s> Ingest<'s> {
         }
         publish_files(core, files)
     }
+}
+
+/// Why staging failed: reading the input (named by the caller), or the
+/// engine.
+enum StageError {
+    Input(std::io::Error),
+    Engine(Error),
+}
+
+impl From<Error> for StageError {
+    fn from(e: Error) -> Self {
+        StageError::Engine(e)
+    }
+}
+
+/// Stages a small regular file (one batch) on the calling thread: the same
+/// stages as the pipeline, one after the other, and SHA-256 as it goes.
+fn stage_inline<R: Read>(
+    core: &Core,
+    mut chunker: Chunker<R>,
+    out: &mut Appender,
+    progress: &mut dyn FnMut(u64),
+) -> std::result::Result<(Sniffer, Sha256), StageError> {
+    let mut sniffer = Sniffer::new(Limits::default());
+    let mut sha = sha2::Sha256::new();
+    let seen = Mutex::new(HashSet::new());
+    // A file that grew since its size was read takes more batches.
+    while let Some(batch) = chunker.next_batch().map_err(StageError::Input)? {
+        sniffer.feed(&batch.data);
+        sha.update(&batch.data);
+        let hints = sniffer
+            .tensor_regions()
+            .map(|(format, regions)| Arc::new(HintMap::new(format, &regions)));
+        let fed = Fed {
+            offset: out.size,
+            batch,
+            hints,
+        };
+        let hashed = hash_batch(core, fed, &seen)?;
+        let mut full = Vec::new();
+        let r = out.append(core, hashed, &mut |f| full.push(f));
+        for f in full {
+            core.writer.seal(core, f)?;
+        }
+        r?;
+        progress(out.size);
+    }
+    Ok((sniffer, Sha256(sha.finalize().into())))
 }
 
 /// A batch as the reader hands it on: where it starts in the input, and
