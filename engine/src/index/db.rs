@@ -16,6 +16,7 @@ use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::filter::{FilterSlot, MissFilter};
 use super::{ChunkLocation, Counters, NewFile, PackInfo, COUNTER_NAMES};
 use crate::error::{Error, Result};
 use crate::format::ChunkEntry;
@@ -110,6 +111,9 @@ pub(crate) struct Index {
     refs: sled::Tree,
     packs: sled::Tree,
     meta: sled::Tree,
+    /// The miss filter in front of `chunks`, made by the first lookup or
+    /// insert.
+    filter: FilterSlot,
 }
 
 impl std::fmt::Debug for Index {
@@ -144,6 +148,7 @@ impl Index {
                         refs,
                         packs,
                         meta,
+                        filter: FilterSlot::new(),
                     });
                 }
                 Err(sled::Error::Io(e))
@@ -216,8 +221,32 @@ impl Index {
         })
     }
 
-    /// Looks up a chunk.
+    /// The miss filter (see [`FilterSlot::get`]).
+    pub(super) fn filter(&self) -> &Arc<MissFilter> {
+        let tree = self.chunks.clone();
+        self.filter.get(
+            || self.meta_counter("chunks").unwrap_or(0),
+            move || {
+                tree.iter()
+                    .keys()
+                    .map(|k| k.ok().and_then(|k| ChunkId::from_slice(&k)))
+            },
+        )
+    }
+
+    /// Memory held by the miss filter, and whether it answers yet.
+    #[cfg(feature = "testing")]
+    pub(crate) fn filter_state(&self) -> (u64, bool) {
+        let f = self.filter();
+        (f.bytes(), f.answers())
+    }
+
+    /// Looks up a chunk. Most chunks the index lacks are answered by the
+    /// miss filter without reading the database.
     pub(crate) fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        if !self.filter().may_contain(id) {
+            return Ok(None);
+        }
         self.run(|| match self.chunks.get(id.0)? {
             None => Ok(None),
             Some(v) => ChunkLocation::decode(*id, &v)
@@ -234,18 +263,33 @@ impl Index {
         info: PackInfo,
         chunks: &[(u32, ChunkEntry)],
     ) -> Result<()> {
+        // The filter exists (and its scan has started) before any insert:
+        // an insert made while it was being made could be missed both by
+        // the scan and by the filter.
+        let f = self.filter();
         self.write(|| {
+            let _adding = self.filter.adding();
+            // Chunks the filter has never seen are not indexed (inserts are
+            // serialized): no lookup for them in the transaction. Every id
+            // goes into the filter before the transaction inserts it.
+            let unseen: Vec<bool> = chunks
+                .iter()
+                .map(|(_, e)| f.answers() && !f.may_contain(&e.id))
+                .collect();
+            for (_, e) in chunks {
+                f.add(&e.id);
+            }
             (&self.chunks, &self.packs, &self.meta).transaction(|(ct, pt, mt)| {
                 add_counter(mt, GENERATION, 1)?;
                 let mut new_chunks = 0i64;
                 let mut new_bytes = 0i64;
-                for (i, e) in chunks {
+                for ((i, e), unseen) in chunks.iter().zip(&unseen) {
                     let loc = ChunkLocation {
                         pack,
                         index: *i,
                         entry: *e,
                     };
-                    if ct.get(e.id.0)?.is_some() {
+                    if !unseen && ct.get(e.id.0)?.is_some() {
                         continue;
                     }
                     ct.insert(&e.id.0, &loc.encode()[..])?;

@@ -9,6 +9,9 @@
 //! encodings are described, informatively, in `format-spec/SPEC.md` §9.
 
 mod db;
+mod filter;
+#[cfg(test)]
+mod tests;
 
 #[cfg(feature = "testing")]
 pub(crate) use db::SEGMENT_BYTES;

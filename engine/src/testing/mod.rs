@@ -43,3 +43,47 @@ pub fn pack_id_of(bytes: &[u8]) -> crate::PackId {
     h.update(bytes);
     h.finish()
 }
+
+/// The chunk index alone (the database and its miss filter), for the
+/// index-at-scale benchmark (`benches/benches/index.rs`).
+pub struct ChunkIndex(crate::index::Index);
+
+impl ChunkIndex {
+    /// Opens (or creates) an index in `dir` with a page cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        crate::index::Index::open(dir, cache_bytes, None).map(ChunkIndex)
+    }
+
+    /// Records a sealed pack and its chunks, as a seal does.
+    pub fn add_pack(&self, pack: crate::PackId, entries: &[ChunkEntry]) -> Result<()> {
+        let info = crate::index::PackInfo {
+            size: entries.iter().map(|e| e.record_len()).sum(),
+            chunk_count: entries.len() as u32,
+            raw_bytes: entries.iter().map(|e| u64::from(e.raw_len)).sum(),
+        };
+        let chunks: Vec<(u32, ChunkEntry)> = (0u32..).zip(entries.iter().copied()).collect();
+        self.0.add_pack(pack, info, &chunks)
+    }
+
+    /// Whether a chunk is indexed (a lookup, as ingest makes).
+    pub fn contains(&self, id: &crate::ChunkId) -> Result<bool> {
+        Ok(self.0.chunk(id)?.is_some())
+    }
+
+    /// Makes the inserts durable.
+    pub fn flush(&self) -> Result<()> {
+        self.0.flush()
+    }
+
+    /// The database's size on disk as it reports it.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.0.size_on_disk()
+    }
+
+    /// The miss filter's memory and whether it answers yet (the first call
+    /// starts its scan).
+    pub fn filter_state(&self) -> (u64, bool) {
+        self.0.filter_state()
+    }
+}

@@ -1,0 +1,109 @@
+//! The miss filter in front of the chunk index: a lookup never answers
+//! "absent" for an indexed chunk — before the filter's scan is done, after
+//! it, while inserts race the scan, and after a reopen.
+
+use super::{Index, PackInfo};
+use crate::format::{ChunkEntry, Compression};
+use crate::ids::{ChunkId, PackId};
+
+fn id(n: u64) -> ChunkId {
+    ChunkId::of(&n.to_le_bytes())
+}
+
+fn entries(from: u64, to: u64) -> Vec<(u32, ChunkEntry)> {
+    (from..to)
+        .map(|n| {
+            let e = ChunkEntry {
+                id: id(n),
+                offset: 16 + (n - from) * 100,
+                stored_len: 90,
+                raw_len: 100,
+                compression: Compression::None,
+            };
+            ((n - from) as u32, e)
+        })
+        .collect()
+}
+
+fn add(index: &Index, pack: u64, from: u64, to: u64) {
+    let info = PackInfo {
+        size: (to - from) * 100,
+        chunk_count: (to - from) as u32,
+        raw_bytes: (to - from) * 100,
+    };
+    let p = PackId(*ChunkId::of(&pack.to_be_bytes()).as_bytes());
+    index
+        .add_pack(p, info, &entries(from, to))
+        .expect("add_pack");
+}
+
+fn wait_ready(index: &Index) {
+    let t = std::time::Instant::now();
+    while !index.filter().answers() {
+        assert!(t.elapsed().as_secs() < 60, "the filter's scan never ended");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn found(index: &Index, from: u64, to: u64) -> u64 {
+    (from..to)
+        .filter(|n| index.chunk(&id(*n)).expect("lookup").is_some())
+        .count() as u64
+}
+
+#[test]
+fn lookups_find_every_indexed_chunk_while_inserts_race_the_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Index::open(dir.path(), 8 << 20, None).expect("open");
+    // Ids the next open's filter learns only from its scan.
+    for p in 0..20 {
+        add(&index, p, p * 1000, p * 1000 + 1000);
+    }
+    drop(index);
+    let index = Index::open(dir.path(), 8 << 20, None).expect("reopen");
+    // Inserts and lookups on several threads while the scan of 20,000 ids
+    // runs in the background.
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let index = &index;
+            s.spawn(move || {
+                for p in 0..10 {
+                    let from = 100_000 + (t * 10 + p) * 500;
+                    add(index, 1000 + t * 10 + p, from, from + 500);
+                    assert_eq!(found(index, from, from + 500), 500);
+                    assert_eq!(found(index, p * 1000, p * 1000 + 200), 200);
+                }
+            });
+        }
+    });
+    wait_ready(&index);
+    assert_eq!(found(&index, 0, 20_000), 20_000);
+    assert_eq!(found(&index, 100_000, 115_000), 15_000);
+    // Absent ids: the filter answers most of them, and never wrongly.
+    assert_eq!(found(&index, 1_000_000, 1_020_000), 0);
+    assert_eq!(index.counters().expect("counters").chunks, 35_000);
+    // An id inserted again (another pack) is counted once.
+    add(&index, 5000, 0, 10);
+    assert_eq!(index.counters().expect("counters").chunks, 35_000);
+    drop(index);
+    let index = Index::open(dir.path(), 8 << 20, None).expect("reopen");
+    assert_eq!(found(&index, 0, 20_000), 20_000);
+    wait_ready(&index);
+    assert_eq!(found(&index, 0, 20_000), 20_000);
+    assert_eq!(found(&index, 100_000, 115_000), 15_000);
+}
+
+#[test]
+fn a_filter_that_cannot_answer_sends_every_lookup_to_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Index::open(dir.path(), 8 << 20, None).expect("open");
+    add(&index, 1, 0, 100);
+    wait_ready(&index);
+    // Not answering (as over its design load): lookups still find what is
+    // indexed, and inserts still count each id once.
+    index.filter().stop_answering();
+    assert_eq!(found(&index, 0, 100), 100);
+    add(&index, 2, 50, 150);
+    assert_eq!(found(&index, 0, 150), 150);
+    assert_eq!(index.counters().expect("counters").chunks, 150);
+}
