@@ -4,9 +4,11 @@
 //! - put of new data (a synthetic bf16 model) from memory, from a file, and
 //!   from a stream returning 64 KiB per read,
 //! - put of the same file again (duplicate path: hash + index lookups only),
+//!   from memory (a stream: SHA-256 computed) and from the file on disk
+//!   (SHA-256 taken from the stored recipe),
 //! - put of a fine-tune (10% of tensors rewritten),
 //! - sequential read (`cat`) of the whole file, and
-//! - random 1 MiB range reads.
+//! - random 1 MiB range reads (rate, and p50/p99 latency in ms).
 //!
 //! Input is generated into memory first, so generation is not timed.
 //! Usage: `cargo run --release -p tessera-benches --bin tessera-bench -- [--size-mib N] [--runs N] [--json] [--dir DIR]`
@@ -113,9 +115,12 @@ fn main() {
         ("put_new_file_MBps", vec![]),
         ("put_new_64KiB_reads_MBps", vec![]),
         ("put_dup_MBps", vec![]),
+        ("put_dup_file_MBps", vec![]),
         ("put_finetune_MBps", vec![]),
         ("cat_MBps", vec![]),
         ("range_1MiB_per_s", vec![]),
+        ("range_1MiB_p50_ms", vec![]),
+        ("range_1MiB_p99_ms", vec![]),
     ];
     let mut stored_ratio = 0.0;
     for run in 0..args.runs {
@@ -160,8 +165,12 @@ fn main() {
         store.put_bytes(&v1, &[]).expect("put dup");
         results[3].1.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
+        let r = store.put_file(&v1_file, &[]).expect("put dup file");
+        results[4].1.push(mb / t.elapsed().as_secs_f64());
+        assert_eq!((r.file_id, r.sha256), (r1.file_id, r1.sha256));
+        let t = Instant::now();
         store.put_bytes(&v2, &[]).expect("put finetune");
-        results[4]
+        results[5]
             .1
             .push(v2.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -176,16 +185,22 @@ fn main() {
             n += k as u64;
         }
         assert_eq!(n, v1.len() as u64);
-        results[5].1.push(mb / t.elapsed().as_secs_f64());
+        results[6].1.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut rng = tessera_synth::SplitMix64::new(99 + run as u64);
         let reads = 200;
+        let mut lat = Vec::with_capacity(reads);
         for _ in 0..reads {
             let off = rng.below(v1.len() as u64 - (1 << 20));
+            let one = Instant::now();
             let got = store.read_range(&r1.file_id, off, 1 << 20).expect("range");
+            lat.push(one.elapsed().as_secs_f64() * 1e3);
             assert_eq!(got.len(), 1 << 20);
         }
-        results[6].1.push(reads as f64 / t.elapsed().as_secs_f64());
+        results[7].1.push(reads as f64 / t.elapsed().as_secs_f64());
+        lat.sort_by(|a, b| a.total_cmp(b));
+        results[8].1.push(lat[reads / 2]);
+        results[9].1.push(lat[reads * 99 / 100]);
         stored_ratio = r1.new_bytes as f64 / v1.len() as f64;
     }
     if args.json {
@@ -203,9 +218,10 @@ fn main() {
             args.size_mib, args.runs
         );
         for (k, v) in &results {
-            let shown: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+            let digits = if k.ends_with("_ms") { 2 } else { 0 };
+            let shown: Vec<String> = v.iter().map(|x| format!("{x:.digits$}")).collect();
             println!(
-                "  {k:<20} {:>8.0}   (runs: {})",
+                "  {k:<24} {:>8.digits$}   (runs: {})",
                 median(v.clone()),
                 shown.join(", ")
             );
