@@ -25,12 +25,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::cache::lock;
-use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, Compression};
 use crate::ids::{ChunkId, PackId};
-use crate::index::PackInfo;
+use crate::index::{Index, PackInfo};
 use crate::pack::PackBuilder;
+use crate::storage::ObjectStore;
+
+/// What the pack writer needs of the store it writes for. The store's core,
+/// which holds the writer, implements it, so this module does not name it.
+pub(crate) trait Host {
+    /// Where packs are written.
+    fn objects(&self) -> &dyn ObjectStore;
+    /// Where sealed packs are indexed, and chunks looked up.
+    fn index(&self) -> &Index;
+    /// The size at which an open pack is full.
+    fn pack_target_bytes(&self) -> u64;
+    /// `Err(Poisoned)` once an earlier write failed.
+    fn check_poison(&self) -> Result<()>;
+    /// Poisons the store if `r` is a failed write.
+    fn poison_on<T>(&self, r: Result<T>) -> Result<T>;
+}
 
 /// The seal of one pack, shared by every writer with chunks in it.
 pub(crate) struct Sealing {
@@ -145,12 +160,12 @@ impl PackWriter {
     /// ([`PackWriter::seal`]).
     pub(crate) fn append(
         &self,
-        core: &Core,
+        core: &impl Host,
         chunks: &[Append<'_>],
         looked_up_at: u64,
         full: &mut Vec<FullPack>,
     ) -> Result<Appended> {
-        let objects = core.objects.as_ref();
+        let objects = core.objects();
         let mut out = Appended {
             placed: Vec::with_capacity(chunks.len()),
             new_chunks: 0,
@@ -169,7 +184,7 @@ impl PackWriter {
             }
             let stored = match c.stored {
                 Some(stored) if fresh => stored,
-                _ => match core.index.chunk(&c.id)? {
+                _ => match core.index().chunk(&c.id)? {
                     Some(l) => {
                         out.placed.push(Placed::Indexed {
                             pack: l.pack,
@@ -184,7 +199,7 @@ impl PackWriter {
             };
             if let Some(open) = &s.open {
                 if !open.builder.is_empty()
-                    && open.builder.sealed_len_with(stored.len()) > core.opts.pack_target_bytes
+                    && open.builder.sealed_len_with(stored.len()) > core.pack_target_bytes()
                 {
                     if let Some(o) = s.open.take() {
                         full.push(FullPack {
@@ -226,13 +241,13 @@ impl PackWriter {
 
     /// Seals a pack taken out of the slot: footer, fsync, publish, then one
     /// index transaction; then its chunks leave `pending`. Returns its id.
-    pub(crate) fn seal(&self, core: &Core, mut full: FullPack) -> Result<PackId> {
+    pub(crate) fn seal(&self, core: &impl Host, mut full: FullPack) -> Result<PackId> {
         let Some(builder) = full.builder.take() else {
             return Err(Error::Bug("pack sealed twice".into()));
         };
         let ids = builder.chunk_ids();
         let r = (|| {
-            let sealed = builder.seal(core.objects.as_ref())?;
+            let sealed = builder.seal(core.objects())?;
             let info = PackInfo {
                 size: sealed.size,
                 chunk_count: sealed.entries.len() as u32,
@@ -240,7 +255,7 @@ impl PackWriter {
             };
             let chunks: Vec<(u32, ChunkEntry)> =
                 (0u32..).zip(sealed.entries.iter().copied()).collect();
-            core.index.add_pack(sealed.id, info, &chunks)?;
+            core.index().add_pack(sealed.id, info, &chunks)?;
             tracing::debug!(pack = %sealed.id, chunks = sealed.entries.len(), size = sealed.size, "sealed pack");
             Ok(sealed.id)
         })();
@@ -263,7 +278,7 @@ impl PackWriter {
 
     /// The id of pack `sealing` once it is sealed and indexed: seals it now
     /// if it is still the open pack, else waits for whoever is sealing it.
-    pub(crate) fn sealed(&self, core: &Core, sealing: &Arc<Sealing>) -> Result<PackId> {
+    pub(crate) fn sealed(&self, core: &impl Host, sealing: &Arc<Sealing>) -> Result<PackId> {
         let taken = {
             let mut s = lock(&self.slot);
             match &s.open {
@@ -295,7 +310,11 @@ impl PackWriter {
 
     /// Resolves placements to (pack, index in pack), sealing or waiting for
     /// every pack not yet indexed that they name.
-    pub(crate) fn resolve(&self, core: &Core, placed: &[Placed]) -> Result<Vec<(PackId, u32)>> {
+    pub(crate) fn resolve(
+        &self,
+        core: &impl Host,
+        placed: &[Placed],
+    ) -> Result<Vec<(PackId, u32)>> {
         let mut ids: HashMap<u64, PackId> = HashMap::new();
         let mut out = Vec::with_capacity(placed.len());
         for p in placed {

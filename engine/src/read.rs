@@ -14,6 +14,7 @@ use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::format::Recipe;
 use crate::ids::{FileId, PackId, Sha256};
+use crate::index::Index;
 use crate::layout::Layout;
 use crate::pack::PackCache;
 use crate::paths::recipe_key;
@@ -99,13 +100,23 @@ pub(crate) fn open_packs(core: &Core, file: &FileId, offset: u64, len: u64) -> R
     Ok(())
 }
 
-/// Reads chunk `i` of a layout, verified.
-fn read_chunk(packs: &PackCache, layout: &Layout, i: usize) -> Result<Bytes> {
+/// Reads chunk `i` of a layout, verified. A pack that is gone (a repack or
+/// GC deleted it after this layout was read) is not the end: the chunk is
+/// looked up in the index by its id and read where it is now (spec §10.5).
+fn read_chunk(packs: &PackCache, index: &Index, layout: &Layout, i: usize) -> Result<Bytes> {
     let c = layout.chunk(i).ok_or_else(|| Error::RecipeCorrupt {
         file: layout.recipe.file,
         detail: format!("chunk {i} out of range"),
     })?;
-    packs.read_chunk(&c.pack, c.pack_index, &c.id)
+    match packs.read_chunk(&c.pack, c.pack_index, &c.id) {
+        Err(e @ Error::PackMissing { .. }) => match index.chunk(&c.id)? {
+            Some(loc) if (loc.pack, loc.index) != (c.pack, c.pack_index) => {
+                packs.read_chunk(&loc.pack, loc.index, &c.id)
+            }
+            _ => Err(e),
+        },
+        r => r,
+    }
 }
 
 /// Reads `len` bytes at `offset`, touching only the chunks that cover them.
@@ -146,7 +157,7 @@ pub(crate) fn read_range(core: &Core, file: &FileId, offset: u64, len: u64) -> R
             ..(end.min(chunk.end) - chunk.start) as usize
     };
     if first == last {
-        let data = read_chunk(&core.packs, &layout, first)?;
+        let data = read_chunk(&core.packs, &core.index, &layout, first)?;
         let part = wanted(&span(first)?);
         return data
             .get(part.clone())
@@ -172,7 +183,7 @@ pub(crate) fn read_range(core: &Core, file: &FileId, offset: u64, len: u64) -> R
         rest = tail;
     }
     pieces.into_par_iter().try_for_each(|(i, part, piece)| {
-        let data = read_chunk(&core.packs, &layout, i)?;
+        let data = read_chunk(&core.packs, &core.index, &layout, i)?;
         let part = data.get(part).unwrap_or_default();
         if part.len() != piece.len() {
             return Err(Error::RecipeCorrupt {
@@ -217,6 +228,7 @@ impl Ahead {
 /// chunks without copying them.
 pub struct FileReader {
     packs: Arc<PackCache>,
+    index: Arc<Index>,
     layout: Arc<Layout>,
     pos: u64,
     /// The chunk holding `pos`, verified (its index and bytes).
@@ -242,6 +254,7 @@ impl FileReader {
     pub(crate) fn new(core: &Core, file: &FileId) -> Result<Self> {
         Ok(FileReader {
             packs: core.packs.clone(),
+            index: core.index.clone(),
             layout: layout(core, file)?,
             pos: 0,
             current: None,
@@ -287,9 +300,14 @@ impl FileReader {
             result: Mutex::new(None),
             ready: Condvar::new(),
         });
-        let (packs, layout, done) = (self.packs.clone(), self.layout.clone(), slot.clone());
+        let (packs, index, layout, done) = (
+            self.packs.clone(),
+            self.index.clone(),
+            self.layout.clone(),
+            slot.clone(),
+        );
         rayon::spawn(move || {
-            let r = read_chunk(&packs, &layout, i);
+            let r = read_chunk(&packs, &index, &layout, i);
             *lock(&done.result) = Some(r);
             done.ready.notify_all();
         });
@@ -300,7 +318,7 @@ impl FileReader {
     fn fetch(&mut self, chunk: usize) -> Result<Bytes, Error> {
         // A pool thread must not wait for the pool: read in place.
         if rayon::current_thread_index().is_some() {
-            return read_chunk(&self.packs, &self.layout, chunk);
+            return read_chunk(&self.packs, &self.index, &self.layout, chunk);
         }
         let in_window = chunk >= self.ahead_first && chunk < self.ahead_first + self.window.len();
         if !in_window {
@@ -320,14 +338,14 @@ impl FileReader {
             next += 1;
         }
         let Some(slot) = self.window.pop_front() else {
-            return read_chunk(&self.packs, &self.layout, chunk);
+            return read_chunk(&self.packs, &self.index, &self.layout, chunk);
         };
         self.ahead_first += 1;
         match slot.wait() {
             Ok(b) => Ok(b),
             // A failure is reported only once the reader reaches the chunk,
             // and after reading it again.
-            Err(_) => read_chunk(&self.packs, &self.layout, chunk),
+            Err(_) => read_chunk(&self.packs, &self.index, &self.layout, chunk),
         }
     }
 

@@ -54,6 +54,8 @@ pub(crate) fn write_file(core: &Core, name: &str, file: &FileId) -> Result<()> {
 pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
     validate(name)?;
     core.check_poison()?;
+    // GC must not delete the file between the check and the ref.
+    let _gate = core.gate.shared();
     if !core.index.has_file(&file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }
@@ -68,6 +70,7 @@ pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
 /// acknowledges its loss.
 pub(crate) fn delete(core: &Core, name: &str) -> Result<()> {
     core.check_poison()?;
+    let _gate = core.gate.shared();
     let key = ref_key(name);
     let objects = core.objects.as_ref();
     let on_disk = objects

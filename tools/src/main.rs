@@ -11,6 +11,7 @@ use tessera_http::client::ClientError;
 
 mod demo;
 mod inspect;
+mod maintain;
 mod pull;
 mod push;
 mod put;
@@ -164,6 +165,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete what no ref names: files whose last ref is gone (older than
+    /// --grace) and packs no remaining file needs; record each pack's live
+    /// bytes for `repack`.
+    ///
+    /// Runs beside readers; writers wait while it marks. Deletion goes
+    /// through a journal, so a crash never brings anything back or loses
+    /// what is named. Reclaims whole dead packs only: run `repack` to
+    /// reclaim the garbage inside packs that are still partly live.
+    Gc(maintain::GcArgs),
+    /// Run `gc`, then rewrite packs that are mostly garbage (and combine
+    /// small ones) into new packs holding only live chunks, ordered as files
+    /// read them; then delete the old packs.
+    ///
+    /// Every copied chunk is decoded and re-hashed first; a pack with a
+    /// chunk that does not verify is left alone (exit 4). Readers in flight
+    /// keep working.
+    Repack(maintain::RepackArgs),
     /// Repair the store.
     Repair {
         #[command(subcommand)]
@@ -616,6 +634,8 @@ fn run(cli: Cli) -> CliResult {
             }
             damaged("repair could not recover", &rep.problems)
         }
+        Cmd::Gc(args) => maintain::gc(&store_dir(&cli.store)?, args, cli.wait),
+        Cmd::Repack(args) => maintain::repack(&store_dir(&cli.store)?, args, cli.wait),
         Cmd::Serve(args) => serve::run(&store_dir(&cli.store)?, args, cli.wait),
         Cmd::Pull(args) => pull::run(&store_dir(&cli.store)?, args, cli.wait),
         Cmd::Push(args) => push::run(&store_dir(&cli.store)?, args, cli.wait),

@@ -47,6 +47,8 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/packs/{id}", get(get_pack).put(put_pack))
         .route("/v1/chunks/missing", post(post_missing))
         .route("/v1/refs", get(list_refs))
+        .route("/v1/admin/gc", post(post_gc))
+        .route("/v1/admin/repack", post(post_repack))
         .route(
             "/v1/refs/{*name}",
             get(get_ref).put(put_ref).delete(delete_ref),
@@ -372,33 +374,81 @@ fn file_body(
     Body::from_stream(stream)
 }
 
+/// A tensor named in a file request: `?tensor=NAME` after any name, or
+/// `{id}/tensors/{NAME}` after a file id, `file:ID` or `sha256:HEX` (a ref
+/// of that shape is reached as `ref:NAME`). Returns the file's name and the
+/// tensor's.
+fn split_tensor(name: String, query: Option<&str>) -> ApiResult<(String, Option<String>)> {
+    if let Some(t) = query_params(query)?.remove("tensor") {
+        return Ok((name, Some(t)));
+    }
+    if let Some((file, tensor)) = name.split_once("/tensors/") {
+        if ref_of_name(file).is_none() && !file.starts_with("ref:") {
+            return Ok((file.to_string(), Some(tensor.to_string())));
+        }
+    }
+    Ok((name, None))
+}
+
 async fn get_file(
     State(s): St,
     headers: HeaderMap,
     method: Method,
+    RawQuery(query): RawQuery,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let name = path_arg(name)?;
+    let (name, tensor) = split_tensor(path_arg(name)?, query.as_deref())?;
     let access = s.access(&headers)?;
     let (id, public) = s.readable_file(&access, &name).await?;
-    let etag = etag_of(&id.to_hex());
     let cache = if public {
         IMMUTABLE_PUBLIC
     } else {
         IMMUTABLE_PRIVATE
     };
+    let store = s.store.clone();
+    let reader = blocking(move || store.read(&id)).await?;
+    // The window served: the whole file, or one tensor's bytes.
+    let (base, size, etag, what) = match tensor {
+        None => (
+            0,
+            reader.size(),
+            etag_of(&id.to_hex()),
+            format!("file {id}"),
+        ),
+        Some(t) => {
+            let store = s.store.clone();
+            let info = blocking(move || store.model_info(&id)).await?;
+            let found = info
+                .tensors
+                .iter()
+                .find(|x| x.name == t)
+                .and_then(|x| x.offset.map(|o| (o, x.length)));
+            let Some((offset, length)) = found else {
+                return Err(ApiError::not_found(format!(
+                    "file {id} ({}) has no tensor {} stored as plain bytes",
+                    info.format,
+                    tessera_clip(&t)
+                )));
+            };
+            let tag = etag_of(&format!("{id}/{}", blake3::hash(t.as_bytes()).to_hex()));
+            (
+                offset,
+                length,
+                tag,
+                format!("tensor {} of file {id}", tessera_clip(&t)),
+            )
+        }
+    };
     if none_match(&headers, &etag) {
         return Ok(not_modified(&etag, cache));
     }
-    let store = s.store.clone();
-    let reader = blocking(move || store.read(&id)).await?;
-    let size = reader.size();
     let range = match wanted_range(&headers, size, &etag) {
-        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("file {id}"), size)),
+        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&what, size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b)),
         None => None,
     };
     let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
+    let (start, end) = (base + start, base + end);
     if method == Method::HEAD {
         return Ok(content(range, size, &etag, cache, Body::empty()));
     }
@@ -807,4 +857,78 @@ async fn list_refs(
             .collect(),
     })
     .into_response())
+}
+
+/// The GC options of an admin request's query: `grace` (seconds, default
+/// one hour) and `dry_run`.
+fn gc_query(q: &BTreeMap<String, String>) -> ApiResult<tessera::GcOptions> {
+    let mut opts = tessera::GcOptions::default();
+    if let Some(g) = q.get("grace") {
+        let secs: u64 = g.parse().map_err(|_| {
+            ApiError::bad_request(format!("grace={}: want seconds", tessera_clip(g)))
+        })?;
+        opts.grace = Duration::from_secs(secs);
+    }
+    opts.dry_run = matches!(q.get("dry_run").map(String::as_str), Some("1" | "true"));
+    Ok(opts)
+}
+
+fn fraction_query(q: &BTreeMap<String, String>, key: &str, default: f64) -> ApiResult<f64> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+            _ => Err(ApiError::bad_request(format!(
+                "{key}={}: want a fraction between 0 and 1",
+                tessera_clip(v)
+            ))),
+        },
+    }
+}
+
+impl Inner {
+    fn require_admin(&self, headers: &HeaderMap, what: &str) -> ApiResult<()> {
+        let access = self.access(headers)?;
+        if self.policy.is_admin(&access) {
+            return Ok(());
+        }
+        Err(match access {
+            Access::Anonymous => ApiError::unauthorized(format!("{what} needs an admin token")),
+            _ => ApiError::forbidden(format!("{what} needs an admin token")),
+        })
+    }
+}
+
+/// `POST /v1/admin/gc`: runs a GC; the response is its report.
+async fn post_gc(
+    State(s): St,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    s.require_admin(&headers, "gc")?;
+    let opts = gc_query(&query_params(query.as_deref())?)?;
+    let store = s.store.clone();
+    let rep = blocking(move || store.gc(&opts)).await?;
+    Ok(Json(rep).into_response())
+}
+
+/// `POST /v1/admin/repack`: runs GC then repack; the response is the
+/// report. Query: `grace`, `dry_run`, `threshold`, `max_garbage`.
+async fn post_repack(
+    State(s): St,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    s.require_admin(&headers, "repack")?;
+    let q = query_params(query.as_deref())?;
+    let defaults = tessera::RepackOptions::default();
+    let opts = tessera::RepackOptions {
+        gc: gc_query(&q)?,
+        threshold: fraction_query(&q, "threshold", defaults.threshold)?,
+        max_garbage: fraction_query(&q, "max_garbage", defaults.max_garbage)?,
+        ..defaults
+    };
+    let store = s.store.clone();
+    let rep = blocking(move || store.repack(&opts)).await?;
+    Ok(Json(rep).into_response())
 }
