@@ -1,6 +1,7 @@
 //! The miss filter in front of the chunk index: a lookup never answers
 //! "absent" for an indexed chunk — before the filter's scan is done, after
-//! it, while inserts race the scan, and after a reopen.
+//! it, while inserts race the scan, after GC removes entries and repack
+//! moves them, and after a reopen.
 
 use super::{Index, PackInfo};
 use crate::format::{ChunkEntry, Compression};
@@ -106,4 +107,55 @@ fn a_filter_that_cannot_answer_sends_every_lookup_to_the_database() {
     add(&index, 2, 50, 150);
     assert_eq!(found(&index, 0, 150), 150);
     assert_eq!(index.counters().expect("counters").chunks, 150);
+}
+
+fn pack_id(pack: u64) -> PackId {
+    PackId(*ChunkId::of(&pack.to_be_bytes()).as_bytes())
+}
+
+#[test]
+fn gc_removals_and_repack_moves_keep_lookups_right() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Index::open(dir.path(), 8 << 20, None).expect("open");
+    for p in 0..4 {
+        add(&index, p, p * 1000, p * 1000 + 1000);
+    }
+    wait_ready(&index);
+    // GC removes pack 1 and its entries: they are absent now (the filter
+    // still holds them, so the database answers).
+    let mut ids: Vec<ChunkId> = (1000..2000).map(id).collect();
+    index.remove_packs(&[pack_id(1)], &mut ids).expect("gc");
+    assert_eq!(found(&index, 1000, 2000), 0);
+    assert_eq!(found(&index, 0, 1000), 1000);
+    assert_eq!(index.counters().expect("counters").chunks, 3000);
+    // Stored again later (a new pack): found, and counted as new.
+    add(&index, 10, 1000, 1500);
+    assert_eq!(found(&index, 1000, 2000), 500);
+    assert_eq!(index.counters().expect("counters").chunks, 3500);
+    // Repack moves pack 2's chunks and a hundred of pack 3's to a new pack
+    // (replacing their entries), then removes pack 2: every moved chunk is
+    // found there, and none counts twice.
+    let info = PackInfo {
+        size: 1,
+        chunk_count: 1100,
+        raw_bytes: 1,
+    };
+    let moved = entries(2000, 3100);
+    index
+        .relocate_chunks(pack_id(20), info, &moved)
+        .expect("relocate");
+    let mut ids: Vec<ChunkId> = (2000..3000).map(id).collect();
+    index.remove_packs(&[pack_id(2)], &mut ids).expect("remove");
+    for n in 2000..3100 {
+        let loc = index.chunk(&id(n)).expect("lookup").expect("moved chunk");
+        assert_eq!(loc.pack, pack_id(20));
+    }
+    assert_eq!(index.counters().expect("counters").chunks, 3500);
+    drop(index);
+    let index = Index::open(dir.path(), 8 << 20, None).expect("reopen");
+    wait_ready(&index);
+    assert_eq!(found(&index, 0, 1000), 1000);
+    assert_eq!(found(&index, 1000, 2000), 500);
+    assert_eq!(found(&index, 2000, 3100), 1100);
+    assert_eq!(found(&index, 3000, 4000), 1000);
 }
