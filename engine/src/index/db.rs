@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::filter::{FilterSlot, MissFilter};
+use super::filter::{FilterSlot, Ids, MissFilter};
 use super::{ChunkLocation, Counters, NewFile, PackInfo, COUNTER_NAMES};
 use crate::error::{Error, Result};
 use crate::format::ChunkEntry;
@@ -117,7 +117,7 @@ pub(crate) struct Index {
     /// file id → u64 stored_at (unix milliseconds).
     stored: sled::Tree,
     /// The miss filter in front of `chunks`, made by the first lookup or
-    /// insert.
+    /// insert, and again when it is full.
     filter: FilterSlot,
 }
 
@@ -244,17 +244,19 @@ impl Index {
         })
     }
 
-    /// The miss filter (see [`FilterSlot::get`]).
-    pub(super) fn filter(&self) -> &Arc<MissFilter> {
-        let tree = self.chunks.clone();
-        self.filter.get(
-            || self.meta_counter("chunks").unwrap_or(0),
-            move || {
-                tree.iter()
-                    .keys()
-                    .map(|k| k.ok().and_then(|k| ChunkId::from_slice(&k)))
-            },
-        )
+    /// The chunk count and every chunk id, to size and fill a miss filter.
+    fn filter_source(&self) -> (u64, Ids) {
+        let keys = self
+            .chunks
+            .iter()
+            .keys()
+            .map(|k| k.ok().and_then(|k| ChunkId::from_slice(&k)));
+        (self.meta_counter("chunks").unwrap_or(0), Box::new(keys))
+    }
+
+    /// The miss filter for a lookup (see [`FilterSlot::get`]).
+    pub(super) fn filter(&self) -> Arc<MissFilter> {
+        self.filter.get(&|| self.filter_source())
     }
 
     /// Memory held by the miss filter, and whether it answers yet.
@@ -310,12 +312,9 @@ impl Index {
         replace: bool,
     ) -> Result<()> {
         let now = now_millis();
-        // The filter exists (and its scan has started) before any insert:
-        // an insert made while it was being made could be missed both by
-        // the scan and by the filter.
-        let f = self.filter();
         self.write(|| {
-            let _adding = self.filter.adding();
+            // Held through the transaction (see `FilterSlot::for_insert`).
+            let (_adding, f) = self.filter.for_insert(&|| self.filter_source());
             // Chunks the filter has never seen are not indexed (inserts are
             // serialized): no lookup for them in the transaction. Every id
             // goes into the filter before the transaction inserts it.

@@ -5,18 +5,20 @@
 //! It never answers "absent" for an indexed chunk: ids are added before the
 //! index transaction that inserts them (an aborted transaction leaves a
 //! harmless extra id), and the filter is only consulted once a scan of the
-//! `chunks` tree, started when the first lookup needs it, has added every
-//! id that was there (ids inserted meanwhile are added by their insert).
-//! Chunk ids are BLAKE3 outputs, uniformly distributed, so the bit
-//! positions are taken from the id's bytes directly.
+//! `chunks` tree, started when the filter was made, has added every id
+//! that was there (ids inserted meanwhile are added by their insert: a
+//! filter is made, and inserts add to it, under one lock). Removed ids stay
+//! in it (false positives, never false negatives). Chunk ids are BLAKE3
+//! outputs, uniformly distributed, so the bit positions are taken from the
+//! id's bytes directly.
 //!
-//! Sized at 10 bits per id for twice the chunks the index held when it was
-//! opened (at least 4 million: 5 MiB): about 1 % false positives at that
-//! load. Past it the filter stops answering and every lookup goes to the
-//! database, until the next open sizes a larger one.
+//! Sized at 10 bits per id for twice the chunks the index holds when it is
+//! made (at least 4 million: 5 MiB): about 1 % false positives at that
+//! load. Past it the filter stops answering, and the next lookup or insert
+//! makes a new one, sized for the index then, with a new scan.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use crate::cache::lock;
@@ -91,6 +93,11 @@ impl MissFilter {
         self.ready.load(Ordering::Acquire) && self.added.load(Ordering::Relaxed) <= self.capacity
     }
 
+    /// Whether more ids were added than it is sized for.
+    fn full(&self) -> bool {
+        self.added.load(Ordering::Relaxed) > self.capacity
+    }
+
     /// Marks the scan of the existing ids complete.
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
@@ -109,78 +116,100 @@ impl MissFilter {
     }
 }
 
-/// An index's miss filter, made by its first use, and the scan that adds
-/// the ids indexed before it.
+/// An index's miss filter, made by its first use (and again when it is
+/// full), and the scan that adds the ids indexed before it was made.
 pub(crate) struct FilterSlot {
-    filter: OnceLock<Arc<MissFilter>>,
-    /// Held by every chunk insert and while the filter is made: inserts are
-    /// serialized, and none is in flight when the scan starts.
+    current: RwLock<Option<Arc<MissFilter>>>,
+    /// Held by every chunk insert and while a filter is made: inserts are
+    /// serialized, and none is in flight when a scan starts.
     adding: Mutex<()>,
-    /// The scan, and its stop flag.
+    /// The current filter's scan, and its stop flag.
     scan: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
+
+/// Every indexed id, for a scan (`None`: an unreadable key, and the filter
+/// then never answers).
+pub(crate) type Ids = Box<dyn Iterator<Item = Option<ChunkId>> + Send>;
+
+/// How a filter is sized and filled: the number of ids indexed now, and
+/// every indexed id (iterated on the scan's thread).
+pub(crate) type Source<'a> = &'a dyn Fn() -> (u64, Ids);
 
 impl FilterSlot {
     pub(crate) fn new() -> Self {
         FilterSlot {
-            filter: OnceLock::new(),
+            current: RwLock::new(None),
             adding: Mutex::new(()),
             scan: Mutex::new(None),
         }
     }
 
-    /// The filter. The first call sizes it for `chunks` ids and starts a
-    /// thread adding every id `keys` yields (`None`, an unreadable key: the
-    /// filter never answers). Until that scan is done the filter cannot
-    /// tell, and every lookup reads the database.
-    ///
-    /// Every chunk insert must call this before it takes [`Self::adding`]
-    /// and add its ids then: an insert made while the filter was being made
-    /// could be missed by both.
-    pub(crate) fn get<I, K>(&self, chunks: impl FnOnce() -> u64, keys: K) -> &Arc<MissFilter>
-    where
-        K: FnOnce() -> I + Send + 'static,
-        I: Iterator<Item = Option<ChunkId>>,
-    {
-        self.filter.get_or_init(|| {
-            let _adding = self.adding();
-            let filter = Arc::new(MissFilter::new(chunks()));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (f, halt) = (filter.clone(), stop.clone());
-            let scan = std::thread::Builder::new()
-                .name("tessera-index-filter".into())
-                .spawn(move || {
-                    for id in keys() {
-                        if halt.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        match id {
-                            Some(id) => f.add(&id),
-                            None => return,
-                        }
-                    }
-                    f.set_ready();
-                });
-            // A scan that cannot start leaves a filter that never answers.
-            if let Ok(scan) = scan {
-                *lock(&self.scan) = Some((stop, scan));
+    /// The filter for a lookup. Until its scan is done it cannot tell, and
+    /// every lookup reads the database.
+    pub(crate) fn get(&self, source: Source<'_>) -> Arc<MissFilter> {
+        if let Some(f) = self.current() {
+            if !f.full() {
+                return f;
             }
-            filter
-        })
+        }
+        self.for_insert(source).1
     }
 
-    /// Serializes chunk inserts (see [`Self::get`]).
-    pub(crate) fn adding(&self) -> MutexGuard<'_, ()> {
-        lock(&self.adding)
+    /// For an insert: holds the insert lock and gives the filter to add
+    /// the ids to before they are inserted (made now if there is none or it
+    /// is full).
+    pub(crate) fn for_insert(&self, source: Source<'_>) -> (MutexGuard<'_, ()>, Arc<MissFilter>) {
+        let adding = lock(&self.adding);
+        if let Some(f) = self.current() {
+            if !f.full() {
+                return (adding, f);
+            }
+        }
+        // No insert is in flight (the lock is held): the scan sees every id
+        // inserted so far, and every later insert adds to the new filter.
+        let (chunks, keys) = source();
+        let filter = Arc::new(MissFilter::new(chunks));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, halt) = (filter.clone(), stop.clone());
+        let scan = std::thread::Builder::new()
+            .name("tessera-index-filter".into())
+            .spawn(move || {
+                for id in keys {
+                    if halt.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match id {
+                        Some(id) => f.add(&id),
+                        None => return,
+                    }
+                }
+                f.set_ready();
+            });
+        // A scan that cannot start leaves a filter that never answers.
+        let old = std::mem::replace(&mut *lock(&self.scan), scan.ok().map(|h| (stop, h)));
+        stop_scan(old);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(filter.clone());
+        (adding, filter)
+    }
+
+    fn current(&self) -> Option<Arc<MissFilter>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn stop_scan(scan: Option<(Arc<AtomicBool>, JoinHandle<()>)>) {
+    if let Some((stop, scan)) = scan {
+        stop.store(true, Ordering::Relaxed);
+        let _ = scan.join();
     }
 }
 
 impl Drop for FilterSlot {
     fn drop(&mut self) {
-        if let Some((stop, scan)) = lock(&self.scan).take() {
-            stop.store(true, Ordering::Relaxed);
-            let _ = scan.join();
-        }
+        stop_scan(lock(&self.scan).take());
     }
 }
 

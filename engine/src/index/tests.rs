@@ -95,18 +95,32 @@ fn lookups_find_every_indexed_chunk_while_inserts_race_the_scan() {
 }
 
 #[test]
-fn a_filter_that_cannot_answer_sends_every_lookup_to_the_database() {
+fn a_full_filter_is_replaced_by_a_larger_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let index = Index::open(dir.path(), 8 << 20, None).expect("open");
     add(&index, 1, 0, 100);
     wait_ready(&index);
-    // Not answering (as over its design load): lookups still find what is
-    // indexed, and inserts still count each id once.
-    index.filter().stop_answering();
+    let first = index.filter();
+    // Past its design load (as after millions of inserts): it stops
+    // answering, and the next lookup makes a new filter with a new scan.
+    first.stop_answering();
+    assert!(!first.answers());
     assert_eq!(found(&index, 0, 100), 100);
+    let second = index.filter();
+    assert!(!std::sync::Arc::ptr_eq(&first, &second));
+    // Inserts during and after its scan: found, and counted once.
     add(&index, 2, 50, 150);
+    wait_ready(&index);
     assert_eq!(found(&index, 0, 150), 150);
+    assert_eq!(found(&index, 1000, 2000), 0);
     assert_eq!(index.counters().expect("counters").chunks, 150);
+    // Full again while inserting: the insert makes the new one.
+    index.filter().stop_answering();
+    add(&index, 3, 150, 300);
+    assert_eq!(found(&index, 0, 300), 300);
+    wait_ready(&index);
+    assert_eq!(found(&index, 0, 300), 300);
+    assert_eq!(index.counters().expect("counters").chunks, 300);
 }
 
 fn pack_id(pack: u64) -> PackId {
