@@ -6,6 +6,9 @@
 //! the raw entries, the memory (RSS), and a reopen.
 //!
 //! `cargo bench -p tessera-benches --bench index -- [--entries N] [--lookups N] [--dir DIR] [--json]`
+//!
+//! `--index PATH` measures an index an earlier run filled with the same
+//! `--entries` (kept, not filled again; its insert figures are not shown).
 
 use std::time::{Duration, Instant};
 
@@ -96,6 +99,7 @@ fn main() {
     let mut count: u64 = 1_000_000;
     let mut dir: Option<std::path::PathBuf> = None;
     let mut json = false;
+    let mut existing: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -113,13 +117,15 @@ fn main() {
             }
             "--dir" => dir = args.next().map(Into::into),
             "--json" => json = true,
+            "--index" => existing = args.next().map(Into::into),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
     let base = tempfile::tempdir_in(dir.unwrap_or_else(std::env::temp_dir)).expect("tempdir");
-    let path = base.path().join("index");
+    let fill = existing.is_none();
+    let path = existing.unwrap_or_else(|| base.path().join("index"));
     let cache = tessera::StoreOptions::default().index_cache_bytes;
     let mut out = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
@@ -136,7 +142,7 @@ fn main() {
     let mut n = 0u64;
     let mut pack = 0u64;
     let mut last = Instant::now();
-    while n < entries {
+    while fill && n < entries {
         let k = CHUNKS_PER_PACK.min(entries - n);
         let es: Vec<ChunkEntry> = (0..k)
             .map(|i| ChunkEntry {
