@@ -23,6 +23,8 @@ pub(crate) fn open(
     local: Local,
     opts: StoreOptions,
 ) -> Result<Arc<Core>> {
+    // A shared store keeps its markers beside its index (spec §4.3).
+    let objects = crate::remote::wrap(objects, local.dir())?;
     let location = objects.location();
     let index_dir = local.index_dir();
     let (config, lock, created) = match objects.get(CONFIG) {
@@ -30,8 +32,11 @@ pub(crate) fn open(
             let config = check_config(objects.as_ref(), &bytes, &opts)?;
             let lock = local.lock(opts.lock_wait)?;
             // An existing store without its index would look empty:
-            // refuse, and say how to rebuild it.
-            if !opts.allow_missing_index && !index_dir.exists() {
+            // refuse, and say how to rebuild it. (A shared store's index is
+            // a cache that fills on demand: a node may start without one.)
+            if objects.shared() && !index_dir.exists() {
+                local.create_index_dir()?;
+            } else if !opts.allow_missing_index && !index_dir.exists() {
                 return Err(Error::IndexMissing { path: index_dir });
             }
             (config, lock, false)
@@ -105,7 +110,21 @@ pub(crate) fn open(
     };
     let core = Arc::new(Core::new(objects, opts, config, index, lock));
     if let Some(reason) = reason {
-        let report = match recover::catch_up(&core, reason) {
+        // A shared store's index is a cache of a bucket others write too:
+        // it is brought up to date from a listing, never by rewriting
+        // objects from it (spec §4.3); `repair index` rebuilds it whole.
+        let caught_up = if core.objects.shared() {
+            crate::remote::catch_up(&core, reason)
+        } else {
+            recover::catch_up(&core, reason)
+        };
+        if core.objects.shared()
+            && reason == CatchUpReason::NewIndex
+            && !core.opts.allow_missing_index
+        {
+            return Ok(core);
+        }
+        let report = match caught_up {
             Ok(r) => r,
             Err(e) => {
                 // Keep `dirty` (a poisoned store does not close cleanly): the

@@ -72,12 +72,20 @@ pub struct S3Options {
     pub readahead_blocks: u64,
     /// Worker threads of the store's own tokio runtime.
     pub runtime_threads: usize,
+    /// Whether several Tessera processes may use the store at once, each
+    /// with its own local cache (on by default; see
+    /// [`tessera::storage::ObjectStore::shared`]): refs are written with
+    /// conditional writes, a node looks in the bucket for what its index
+    /// lacks, and the `dirty`/`clean` markers are node-local. Off: one
+    /// process at a time, like a directory store.
+    pub shared: bool,
 }
 
 impl Default for S3Options {
     fn default() -> Self {
         S3Options {
             from_env: true,
+            shared: true,
             config: Vec::new(),
             staging_dir: None,
             request_timeout: None,

@@ -16,11 +16,11 @@ use object_store::{
     BackoffConfig, ClientConfigKey, GetOptions, ObjectMeta, ObjectStoreExt, PutMode as OsPutMode,
     PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
-use tessera::storage::{ObjectStore, PutMode, ReadHandle, StagedObject};
+use tessera::storage::{Cas, Listed, ObjectStore, PutMode, ReadHandle, StagedObject, Version};
 
 use crate::cache::{BlockCache, ObjectVersion};
 use crate::counters::{Counters, CountingConnector, S3Stats};
-use crate::options::S3Options;
+use crate::options::{RetryOptions, S3Options};
 use crate::read::{Fetching, Opened, S3ReadHandle};
 use crate::runtime::Bridge;
 use crate::slot::{share, Slot};
@@ -149,6 +149,10 @@ pub(crate) struct Inner {
     pub(crate) readahead_blocks: u64,
     fetching: Mutex<Fetching>,
     opening: Mutex<OpenState>,
+    shared: bool,
+    /// How a create-only PUT that failed in transport is retried (see
+    /// [`create`]).
+    create_retry: RetryOptions,
 }
 
 /// Opens: what earlier ones learned, and the ones in flight.
@@ -208,6 +212,7 @@ impl Inner {
     fn put(&self, key: &str, data: Bytes, mode: PutMode) -> io::Result<()> {
         let path = self.path(key)?;
         let client = self.client.clone();
+        let retry = self.create_retry.clone();
         let object = self.describe(key);
         let payload = PutPayload::from(data);
         let r = self.run("PUT", key, async move {
@@ -217,7 +222,7 @@ impl Inner {
                     .await
                     .map(|_| ())
                     .map_err(|e| os_error("PUT", &object, e)),
-                PutMode::Create => create(client.as_ref(), &path, payload, &object)
+                PutMode::Create => create(client.as_ref(), &path, payload, &object, &retry)
                     .await
                     .map(|_| ()),
             }
@@ -347,13 +352,25 @@ fn version_tag(meta: &ObjectMeta) -> String {
 /// A create-only PUT (`If-None-Match: *`). A refusal is confirmed with a
 /// HEAD: S3 also refuses (409) a conditional write racing another one in
 /// flight, and if the other fails nothing is there, so the PUT is retried.
+///
+/// object_store does not retry a create-only PUT whose connection failed
+/// after it was sent (it is not idempotent in general). This one is retried
+/// here, with the store's backoff: an attempt that landed although its
+/// answer was lost makes the retry find the object (`AlreadyExists`), which
+/// every caller handles as "there" — packs and recipes are named by their
+/// content, and the engine reads back and checks the config, refs and
+/// leases it created.
 async fn create(
     client: &dyn object_store::ObjectStore,
     path: &Path,
     payload: PutPayload,
     object: &str,
+    retry: &RetryOptions,
 ) -> io::Result<Option<ETag>> {
     let mut attempt = 0;
+    let mut transport_retries = 0;
+    let started = std::time::Instant::now();
+    let mut backoff = retry.init_backoff;
     loop {
         attempt += 1;
         let r = client
@@ -374,6 +391,15 @@ async fn create(
                 }
                 Err(h) => return Err(os_error("HEAD", object, h)),
             },
+            Err(e @ object_store::Error::Generic { .. })
+                if transport_retries < retry.max_retries
+                    && started.elapsed() + backoff < retry.retry_timeout =>
+            {
+                transport_retries += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry.max_backoff);
+                let _ = e;
+            }
             Err(e) => return Err(os_error("create-only PUT", object, e)),
         }
     }
@@ -473,6 +499,8 @@ impl S3Store {
                 readahead_blocks: options.readahead_blocks.max(1),
                 fetching: Mutex::new(HashMap::new()),
                 opening: Mutex::new(OpenState::default()),
+                shared: options.shared,
+                create_retry: options.retry.clone(),
             }),
         })
     }
@@ -556,8 +584,9 @@ impl S3Store {
         let client = self.inner.client.clone();
         let object = self.inner.describe(key);
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
+        let retry = self.inner.create_retry.clone();
         self.inner.run("create-only PUT", key, async move {
-            match create(client.as_ref(), &path, payload, &object).await {
+            match create(client.as_ref(), &path, payload, &object, &retry).await {
                 Ok(Some(t)) => Ok(CasOutcome::Written(t)),
                 Ok(None) => Err(io::Error::other(format!(
                     "create-only PUT {object}: the server sent no ETag"
@@ -717,38 +746,46 @@ impl ObjectStore for S3Store {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let full = self.inner.full(prefix);
-        // object_store lists whole path segments: list the deepest complete
-        // "directory" of the prefix, then keep the keys that start with it.
-        let dir = full.rfind('/').map_or("", |i| &full[..i]);
-        let dir = if dir.is_empty() {
-            None
-        } else {
-            Some(Path::parse(dir).map_err(|e| {
-                invalid(format!(
-                    "list {}: bad prefix: {e}",
-                    self.inner.describe(prefix)
-                ))
-            })?)
+        Ok(self
+            .list_metas(prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    fn get_versioned(&self, key: &str) -> io::Result<Option<(Vec<u8>, Version)>> {
+        match self.get_with_etag(key) {
+            Ok(v) => Ok(Some((v.data.to_vec(), Version(v.etag.0)))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_if_version(&self, key: &str, data: &[u8], expect: Option<&Version>) -> io::Result<Cas> {
+        let r = match expect {
+            None => self.put_if_absent(key, data)?,
+            Some(v) => self.put_if_match(key, data, &ETag(v.0.clone()))?,
         };
-        let client = self.inner.client.clone();
-        let object = format!("{}*", self.inner.describe(prefix));
-        let metas: Vec<ObjectMeta> = self.inner.run("LIST", prefix, async move {
-            client
-                .list(dir.as_ref())
-                .try_collect()
-                .await
-                .map_err(|e| os_error("LIST", &object, e))
-        })?;
-        let mut keys: Vec<String> = metas
-            .iter()
-            .filter_map(|m| self.inner.relative(&m.location))
-            .filter(|k| k.starts_with(prefix))
-            .map(str::to_string)
-            .collect();
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
+        Ok(match r {
+            CasOutcome::Written(t) => Cas::Written(Version(t.0)),
+            CasOutcome::Conflict => Cas::Conflict,
+        })
+    }
+
+    fn list_versioned(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+        Ok(self
+            .list_metas(prefix)?
+            .into_iter()
+            .map(|(key, m)| Listed {
+                key,
+                version: m.e_tag.map(Version),
+                modified: Some(std::time::SystemTime::from(m.last_modified)),
+            })
+            .collect())
     }
 
     fn exists(&self, key: &str) -> io::Result<bool> {
@@ -850,6 +887,46 @@ impl ObjectStore for S3Store {
             }
         }
         Ok(None)
+    }
+}
+
+impl S3Store {
+    /// Every object under `prefix` (keys relative to the store), sorted,
+    /// with what the listing says of it.
+    fn list_metas(&self, prefix: &str) -> io::Result<Vec<(String, ObjectMeta)>> {
+        let full = self.inner.full(prefix);
+        // object_store lists whole path segments: list the deepest complete
+        // "directory" of the prefix, then keep the keys that start with it.
+        let dir = full.rfind('/').map_or("", |i| &full[..i]);
+        let dir = if dir.is_empty() {
+            None
+        } else {
+            Some(Path::parse(dir).map_err(|e| {
+                invalid(format!(
+                    "list {}: bad prefix: {e}",
+                    self.inner.describe(prefix)
+                ))
+            })?)
+        };
+        let client = self.inner.client.clone();
+        let object = format!("{}*", self.inner.describe(prefix));
+        let metas: Vec<ObjectMeta> = self.inner.run("LIST", prefix, async move {
+            client
+                .list(dir.as_ref())
+                .try_collect()
+                .await
+                .map_err(|e| os_error("LIST", &object, e))
+        })?;
+        let mut keys: Vec<(String, ObjectMeta)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let k = self.inner.relative(&m.location)?.to_string();
+                k.starts_with(prefix).then_some((k, m))
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.dedup_by(|a, b| a.0 == b.0);
+        Ok(keys)
     }
 }
 

@@ -491,3 +491,42 @@ fn an_unreachable_server_fails_fast_naming_the_object() {
     assert!(e.to_string().contains("s3://bkt/dirty"), "{e}");
     assert!(e.to_string().contains("onnection refused"), "{e}");
 }
+
+#[test]
+fn a_create_only_put_whose_connection_drops_is_retried() {
+    // The first connection reads the request and closes without an answer
+    // (what a server restart does to a PUT in flight); later ones answer 200.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    n += 1;
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_millis(300)));
+                    let mut buf = [0u8; 65536];
+                    let _ = c.read(&mut buf);
+                    if n > 1 {
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = S3Store::from_url("s3://bkt/pre", fast_failing(&url, d.path())).expect("store");
+    s.put("packs/ab/x.pack", b"data", PutMode::Create)
+        .expect("the dropped create-only PUT is sent again and succeeds");
+    let st = s.stats();
+    assert!(st.puts >= 2, "retried: {st}");
+    stop.store(true, Ordering::Relaxed);
+}
