@@ -50,6 +50,11 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
         self.map.insert(k, (v, self.tick));
     }
 
+    /// Forgets `k`.
+    pub(crate) fn remove(&mut self, k: &K) {
+        self.map.remove(k);
+    }
+
     /// Number of entries.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -5,7 +5,8 @@
 //! it; nothing here calls back into them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::cache::{lock, Lru};
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ pub(crate) struct Core {
     pub(crate) objects: Arc<dyn ObjectStore>,
     pub(crate) opts: StoreOptions,
     pub(crate) config: StoreConfig,
-    pub(crate) index: Index,
+    pub(crate) index: Arc<Index>,
     pub(crate) packs: Arc<PackCache>,
     pub(crate) recipes: Mutex<Lru<FileId, Arc<Layout>>>,
     /// The open pack all writers append to.
@@ -33,6 +34,11 @@ pub(crate) struct Core {
     poison: Mutex<Option<Arc<Error>>>,
     /// What this open did to bring the index up to date (set once, by open).
     pub(crate) recovery: OnceLock<Recovery>,
+    /// Held shared by writers that may dedup against stored chunks or name
+    /// files, exclusively by GC and repack (spec §10.5).
+    pub(crate) gate: Gate,
+    /// Held by a GC or repack for its whole run: one at a time.
+    pub(crate) maintenance: Mutex<()>,
     closed: AtomicBool,
     /// Held for the life of the store: one process at a time. Declared
     /// last, so it is released after the index is closed.
@@ -53,8 +59,10 @@ impl Core {
             objects,
             opts,
             config,
-            index,
+            index: Arc::new(index),
             writer: Mutex::new(OpenPackSlot::default()),
+            gate: Gate::default(),
+            maintenance: Mutex::new(()),
             poison: Mutex::new(None),
             recovery: OnceLock::new(),
             closed: AtomicBool::new(false),
@@ -187,5 +195,75 @@ pub(crate) fn check_clean_record(
             Ok(Some(CatchUpReason::NoCleanRecord))
         }
         Err(e) => Err(Error::io("read", objects.describe(CLEAN), e)),
+    }
+}
+
+/// The GC gate: any number of writers share it; GC and repack hold it alone.
+/// A writer never waits for a GC that is only waiting (so a thread holding
+/// the gate can take it again without deadlock); a GC waits until no writer
+/// holds it, up to a deadline.
+#[derive(Default)]
+pub(crate) struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    shared: usize,
+    exclusive: bool,
+}
+
+/// A writer's hold on the gate.
+pub(crate) struct Shared<'a>(&'a Gate);
+
+/// GC's or repack's hold on the gate.
+pub(crate) struct Exclusive<'a>(&'a Gate);
+
+impl Gate {
+    /// Holds the gate shared (waits while a GC holds it).
+    pub(crate) fn shared(&self) -> Shared<'_> {
+        let mut s = lock(&self.state);
+        while s.exclusive {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.shared += 1;
+        Shared(self)
+    }
+
+    /// Holds the gate alone, waiting up to `wait` for writers to let go.
+    pub(crate) fn exclusive(&self, wait: Duration) -> Result<Exclusive<'_>> {
+        let deadline = Instant::now() + wait;
+        let mut s = lock(&self.state);
+        while s.shared > 0 || s.exclusive {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Busy(format!(
+                    "{} writers kept the store busy for {wait:?}",
+                    s.shared
+                )));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        s.exclusive = true;
+        Ok(Exclusive(self))
+    }
+}
+
+impl Drop for Shared<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).shared -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).exclusive = false;
+        self.0.changed.notify_all();
     }
 }

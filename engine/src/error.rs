@@ -294,6 +294,11 @@ pub enum Error {
         cause: Arc<Error>,
     },
 
+    /// The store is too busy for the operation to start (GC waiting for
+    /// writers); retrying later can help.
+    #[error("store busy: {0}")]
+    Busy(String),
+
     /// An internal invariant failed: a bug in the engine, not bad input.
     #[error("internal error (a bug in tessera; please report it): {0}")]
     Bug(String),

@@ -12,7 +12,7 @@ use sha2::Digest;
 use crate::cache::lock;
 use crate::chunking::{Batch, Chunker};
 use crate::codec::encode_chunk;
-use crate::core::Core;
+use crate::core::{Core, Shared};
 use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, Compression, Recipe, Term, CHUNK_HEADER_LEN, TABLE_ENTRY_LEN};
 use crate::ids::{ChunkId, FileId, FileIdHasher, PackId, Sha256};
@@ -97,6 +97,9 @@ struct Staged {
 pub struct Ingest<'s> {
     core: &'s Core,
     staged: Vec<Staged>,
+    /// Held until the ingest commits or is dropped: GC must not delete a
+    /// stored chunk this ingest dedups against before its recipe names it.
+    _gate: Shared<'s>,
 }
 
 impl<'s> Ingest<'s> {
@@ -104,6 +107,7 @@ impl<'s> Ingest<'s> {
         Ingest {
             core,
             staged: Vec::new(),
+            _gate: core.gate.shared(),
         }
     }
 

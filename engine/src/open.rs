@@ -109,6 +109,13 @@ pub(crate) fn open(
         check_clean_record(objects.as_ref(), &index)?
     };
     let core = Arc::new(Core::new(objects, opts, config, index, lock));
+    // A deletion a crash interrupted is finished before anything else looks
+    // at the objects: a catch-up would otherwise index (or heal) what it was
+    // deleting (spec §10.5).
+    if let Err(e) = crate::gc::finish_journal(&core) {
+        core.poison(&Error::Bug(format!("finishing a GC failed: {e}")));
+        return Err(e);
+    }
     if let Some(reason) = reason {
         // A shared store's index is a cache of a bucket others write too:
         // it is brought up to date from a listing, never by rewriting

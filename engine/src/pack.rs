@@ -353,6 +353,16 @@ impl PackReader {
     /// Returns the raw bytes (zero-copy for uncompressed chunks of a mapped
     /// pack).
     pub fn read_chunk(&self, index: u32, expected: &ChunkId) -> Result<Bytes> {
+        self.read_record(index, expected).map(|(_, _, raw)| raw)
+    }
+
+    /// [`PackReader::read_chunk`], also returning the table entry and the
+    /// stored (encoded) bytes it verified.
+    pub(crate) fn read_record(
+        &self,
+        index: u32,
+        expected: &ChunkId,
+    ) -> Result<(ChunkEntry, Bytes, Bytes)> {
         let e = self.entry(index)?;
         let bad = |detail: String| Error::ChunkCorrupt {
             pack: self.id,
@@ -384,7 +394,7 @@ impl PackReader {
         if ChunkId::of(&raw) != *expected {
             return Err(bad("content does not hash to the chunk id".into()));
         }
-        Ok(raw)
+        Ok((e, stored, raw))
     }
 }
 
@@ -475,6 +485,12 @@ impl PackCache {
         }
         lock(&self.opening).remove(id);
         opened
+    }
+
+    /// Forgets an open pack (deleted by GC or repack): its mapping is
+    /// released once no reader holds it.
+    pub(crate) fn forget(&self, id: &PackId) {
+        crate::cache::lock(&self.open).remove(id);
     }
 
     /// Reads and verifies chunk `index` of pack `pack`, expected to be `id`.

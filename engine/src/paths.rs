@@ -21,6 +21,8 @@ pub const RECIPES: &str = "recipes/";
 pub const REFS: &str = "refs/";
 /// Prefix of every model description (spec §7.2).
 pub const MODELS: &str = "models/";
+/// What a GC or repack in progress deletes (spec §10.5).
+pub const GC_JOURNAL: &str = "gc/journal";
 /// Prefix under which repair keeps damaged objects it took out of service.
 pub const DAMAGED: &str = "damaged/";
 

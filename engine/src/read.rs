@@ -14,6 +14,7 @@ use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::format::Recipe;
 use crate::ids::{FileId, PackId, Sha256};
+use crate::index::Index;
 use crate::layout::Layout;
 use crate::pack::PackCache;
 use crate::paths::recipe_key;
@@ -101,13 +102,23 @@ pub(crate) fn open_packs(core: &Core, file: &FileId, offset: u64, len: u64) -> R
     Ok(())
 }
 
-/// Reads chunk `i` of a layout, verified.
-fn read_chunk(packs: &PackCache, layout: &Layout, i: usize) -> Result<Bytes> {
+/// Reads chunk `i` of a layout, verified. A pack that is gone (a repack or
+/// GC deleted it after this layout was read) is not the end: the chunk is
+/// looked up in the index by its id and read where it is now (spec §10.5).
+fn read_chunk(packs: &PackCache, index: &Index, layout: &Layout, i: usize) -> Result<Bytes> {
     let c = layout.chunk(i).ok_or_else(|| Error::RecipeCorrupt {
         file: layout.recipe.file,
         detail: format!("chunk {i} out of range"),
     })?;
-    packs.read_chunk(&c.pack, c.pack_index, &c.id)
+    match packs.read_chunk(&c.pack, c.pack_index, &c.id) {
+        Err(e @ Error::PackMissing { .. }) => match index.chunk(&c.id)? {
+            Some(loc) if (loc.pack, loc.index) != (c.pack, c.pack_index) => {
+                packs.read_chunk(&loc.pack, loc.index, &c.id)
+            }
+            _ => Err(e),
+        },
+        r => r,
+    }
 }
 
 /// Reads `len` bytes at `offset`, touching only the chunks that cover them.
@@ -131,7 +142,7 @@ pub(crate) fn read_range(core: &Core, file: &FileId, offset: u64, len: u64) -> R
     let parts: Vec<Bytes> = (first..=last)
         .into_par_iter()
         .map(|i| {
-            let data = read_chunk(&core.packs, &layout, i)?;
+            let data = read_chunk(&core.packs, &core.index, &layout, i)?;
             let start = layout.chunk(i).map_or(0, |c| c.file_offset);
             let lo = offset.saturating_sub(start) as usize;
             let hi = ((end - start) as usize).min(data.len());
@@ -156,6 +167,7 @@ pub(crate) fn read_range(core: &Core, file: &FileId, offset: u64, len: u64) -> R
 /// (see [`unwrap_io`]).
 pub struct FileReader {
     packs: Arc<PackCache>,
+    index: Arc<Index>,
     layout: Arc<Layout>,
     pos: u64,
     /// Decoded chunks, consecutive, starting at `window_first`.
@@ -179,6 +191,7 @@ impl FileReader {
     pub(crate) fn new(core: &Core, file: &FileId) -> Result<Self> {
         Ok(FileReader {
             packs: core.packs.clone(),
+            index: core.index.clone(),
             layout: layout(core, file)?,
             pos: 0,
             window: VecDeque::new(),
@@ -222,10 +235,10 @@ impl FileReader {
             let last = self.layout.chunk_at(self.end.saturating_sub(1));
             end = end.min(last + 1).max(chunk + 1);
         }
-        let (packs, layout) = (&self.packs, &self.layout);
+        let (packs, index, layout) = (&self.packs, &self.index, &self.layout);
         let decoded: Vec<Result<Bytes, Error>> = (chunk..end)
             .into_par_iter()
-            .map(|i| read_chunk(packs, layout, i))
+            .map(|i| read_chunk(packs, index, layout, i))
             .collect();
         // Keep the verified chunks up to the first failure. A failure in the
         // read-ahead is only reported once the reader actually reaches that

@@ -69,6 +69,8 @@ pub(crate) fn has_file(core: &Core, file: &FileId) -> Result<bool> {
 pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
     validate(name)?;
     core.check_poison()?;
+    // GC must not delete the file between the check and the ref.
+    let _gate = core.gate.shared();
     if !has_file(core, &file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }
@@ -104,6 +106,7 @@ pub(crate) fn compare_and_set(
 /// acknowledges its loss.
 pub(crate) fn delete(core: &Core, name: &str) -> Result<()> {
     core.check_poison()?;
+    let _gate = core.gate.shared();
     let key = ref_key(name);
     let objects = core.objects.as_ref();
     let on_disk = objects

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::chunking::ChunkParams;
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::gc::{self, GcOptions, GcReport};
 use crate::ids::{ChunkId, FileId, PackId, Sha256};
 use crate::index::Counters;
 use crate::ingest::{Ingest, PutReport};
@@ -18,6 +19,7 @@ use crate::local::Local;
 use crate::options::StoreOptions;
 use crate::read::{self, FileInfo, FileReader};
 use crate::remote::{self, RefreshReport};
+use crate::repack::{self, RepackOptions, RepackReport};
 use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
 use crate::storage::{DirStore, ObjectStore};
@@ -338,6 +340,60 @@ impl Store {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<VerifyReport> {
         verify::verify(&self.core, opts, progress)
+    }
+
+    /// Collects garbage (spec §10.5): deletes files no ref names that are
+    /// older than the grace period, and packs no live file names, and
+    /// records every pack's live bytes for [`Store::repack`]. Runs beside
+    /// readers and writers (it waits for writers in flight to let go while
+    /// it marks and updates the index).
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.gc_with_progress(opts, &mut |_, _, _| {})
+    }
+
+    /// [`Store::gc`] with a progress callback: (phase, done, total).
+    pub fn gc_with_progress(
+        &self,
+        opts: &GcOptions,
+        progress: &mut dyn FnMut(&str, u64, u64),
+    ) -> Result<GcReport> {
+        self.refuse_shared("gc")?;
+        gc::gc(&self.core, opts, progress)
+    }
+
+    /// GC and repack mark from this process's index and guard writers with
+    /// an in-process gate: on a store other processes write too, that would
+    /// delete what they store (spec §10.6), so they are refused there until
+    /// the cross-process protocol (lease, condemned set, writer checks) runs.
+    fn refuse_shared(&self, what: &str) -> Result<()> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{what} of {} refused: the store is shared by several processes, and \
+             this engine does not yet run the cross-process GC protocol (spec §10.6: \
+             a lease, a published condemned set, writers that check it); no object was touched",
+            self.location()
+        )))
+    }
+
+    /// Runs [`Store::gc`], then rewrites packs whose live fraction is below
+    /// `opts.threshold` (and combines small ones) into packs holding only
+    /// live chunks, in the order files read them; recipes and the chunk
+    /// index switch to the copies and the old packs are deleted (spec
+    /// §10.5). Readers holding old recipes keep working.
+    pub fn repack(&self, opts: &RepackOptions) -> Result<RepackReport> {
+        self.repack_with_progress(opts, &mut |_, _, _| {})
+    }
+
+    /// [`Store::repack`] with a progress callback: (phase, done, total).
+    pub fn repack_with_progress(
+        &self,
+        opts: &RepackOptions,
+        progress: &mut dyn FnMut(&str, u64, u64),
+    ) -> Result<RepackReport> {
+        self.refuse_shared("repack")?;
+        repack::repack(&self.core, opts, progress)
     }
 
     /// Rebuilds the index of the store in directory `root` from its packs,

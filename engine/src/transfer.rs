@@ -576,6 +576,9 @@ pub(crate) fn register_file(
     for r in ref_names {
         refs::validate(r)?;
     }
+    // GC must not delete a chunk this registration names before it is
+    // committed (spec §10.5).
+    let _gate = core.gate.shared();
     let reject = |reason: String| Error::Rejected {
         what: format!("file {file}"),
         reason,

@@ -1,7 +1,8 @@
 //! Model-based crash tests over [`tessera::testing::FaultStorage`].
 //!
 //! Each seed runs a random sequence of puts (single and grouped), abandoned
-//! ingests, ref updates, ref deletions and reads against an in-memory model of
+//! ingests, ref updates, ref deletions, GCs and repacks (no grace period:
+//! every unnamed file goes) and reads against an in-memory model of
 //! what the store has acknowledged, fails the N-th storage operation (usually
 //! "sticky": every later operation fails too, i.e. the process died there),
 //! takes the crash image (power loss, power loss with part of the unsynced
@@ -351,6 +352,8 @@ struct Report {
     poisoned_checks: u64,
     inflight_present: u64,
     inflight_absent: u64,
+    gcs: u64,
+    repacks: u64,
 }
 
 // ---------------------------------------------------------------- world
@@ -615,11 +618,71 @@ impl World<'_> {
                     Err(e) => Err(Box::new((e, inf))),
                 }
             }
+            75..=79 => self.collect(&store),
             _ => {
                 self.read_some(&store, None);
                 Ok(Outcome::ReadOnly)
             }
         }
+    }
+
+    /// GC or repack with no grace period: every acknowledged file no ref
+    /// names goes (it is the operation in flight until it returns), every
+    /// named one stays.
+    fn collect(&mut self, store: &Store) -> Result<Outcome, StepErr> {
+        let repack = self.rng.chance(1, 2);
+        let named: BTreeSet<FileId> = self.model.refs.values().copied().collect();
+        let doomed: Vec<FileId> = self
+            .model
+            .order
+            .iter()
+            .filter(|id| !named.contains(id))
+            .copied()
+            .collect();
+        let what = if repack { "repack" } else { "gc" };
+        self.note(format!("{what}: {} unnamed files go", doomed.len()));
+        let mut inf = InFlight::new(what.into());
+        for id in &doomed {
+            if let Some(data) = self.model.files.remove(id) {
+                inf.file(*id, &data);
+            }
+        }
+        self.model.order.retain(|id| named.contains(id));
+        let gc = tessera::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let dead = if repack {
+            self.report.repacks += 1;
+            let opts = tessera::RepackOptions {
+                threshold: [0.3, 0.6, 0.95][self.rng.below(3) as usize],
+                max_garbage: [0.0, 0.05, 1.0][self.rng.below(3) as usize],
+                combine_small: self.rng.chance(1, 2),
+                recompress: self.rng.chance(1, 4),
+                gc,
+            };
+            let rep = store.repack(&opts).map_err(|e| Box::new((e, inf)))?;
+            if !rep.skipped.is_empty() {
+                self.fail(format!("repack skipped packs: {:?}", rep.skipped));
+            }
+            rep.gc.dead_files
+        } else {
+            self.report.gcs += 1;
+            store.gc(&gc).map_err(|e| Box::new((e, inf)))?.dead_files
+        };
+        if dead != doomed.len() as u64 {
+            self.fail(format!(
+                "{what} deleted {dead} files, {} were unnamed",
+                doomed.len()
+            ));
+        }
+        for id in &doomed {
+            match store.contains(id) {
+                Ok(false) => {}
+                r => self.fail(format!("{what} kept unnamed {id}: {r:?}")),
+            }
+        }
+        Ok(Outcome::Mutated)
     }
 
     /// Reads of acknowledged data, which must work at any time (also when
@@ -905,7 +968,10 @@ impl World<'_> {
             .or_default() += 1;
         self.note(format!("crash: {mode:?} (in flight: {})", inflight.desc));
         self.fs = self.fs.crash_with(mode);
-        if self.sled_mode && self.rng.chance(1, 2) {
+        // GC and repack flush the index before they delete anything (spec
+        // §10.5): rolling it back past that flush is not a loss sled has.
+        let flushes_midway = matches!(inflight.desc.as_str(), "gc" | "repack");
+        if self.sled_mode && !flushes_midway && self.rng.chance(1, 2) {
             self.report.sled_rollbacks += 1;
             self.note("index rolled back to its copy at the last acknowledgement".into());
             if let Err(e) = replace_dir(

@@ -1,14 +1,20 @@
 //! `tessera demo`: a synthetic model repository in five versions, stored,
-//! tabulated and read back.
+//! tabulated and read back; then its model description, a pull over HTTP
+//! that downloads only what the client lacks, and GC + repack.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use tessera::{Store, StoreOptions};
-use tessera_synth::{demo_repo, ModelSpec};
+use std::sync::Arc;
 
+use tessera::{GcOptions, RepackOptions, Store, StoreOptions};
+use tessera_http::client::{open_local_store, pull, Client, ClientOptions, Progress};
+use tessera_http::{Policy, Server, ServerConfig};
+use tessera_synth::{demo_repo, ModelSpec, RepoVersion, DEMO_MODEL_FILE};
+
+use crate::remote::runtime;
 use crate::{human, CliError, CliResult};
 
 /// Bytes of tensors in `spec` whose content is not in any earlier version.
@@ -190,7 +196,170 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
         t.elapsed().as_secs_f64()
     )
     .map_err(crate::out_err)?;
+    describe(&mut out, &store, &versions[0])?;
+    pull_over_http(&mut out, &store, &versions)?;
+    collect(&mut out, &store, &versions)?;
+    store.close()?;
     Ok(())
+}
+
+fn name(v: &RepoVersion, path: &str) -> String {
+    format!("{}@{}:{}", v.repo, v.rev, path)
+}
+
+/// The model description ingest recorded for v1's weights.
+fn describe(out: &mut impl Write, store: &Store, v: &RepoVersion) -> CliResult {
+    let ref_name = name(v, DEMO_MODEL_FILE);
+    let info = store.model_info(&store.resolve(&ref_name)?)?;
+    let mut dtypes: Vec<&str> = info.tensors.iter().map(|t| t.dtype.as_str()).collect();
+    dtypes.sort_unstable();
+    dtypes.dedup();
+    writeln!(
+        out,
+        "model: {ref_name} is {}, {} tensors ({}), described at ingest (`tessera info`, `cat --tensor`)",
+        info.format,
+        info.tensors.len(),
+        dtypes.join(", ")
+    )
+    .map_err(crate::out_err)
+}
+
+/// Serves the store on loopback; a client store that holds v1 pulls the
+/// fine-tune v2 and downloads only what it lacks.
+fn pull_over_http(out: &mut impl Write, store: &Store, versions: &[RepoVersion]) -> CliResult {
+    let (Some(held), Some(last)) = (versions.first(), versions.get(1)) else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir().map_err(|e| CliError::File("<tempdir>".into(), e))?;
+    let output = tmp.path().join(DEMO_MODEL_FILE);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CliError::Check(format!("listening on loopback: {e}")))?;
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(|e| CliError::Check(format!("listening on loopback: {e}")))?
+        );
+        let server = Server::new(store.clone(), Policy::open(), ServerConfig::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let result = async {
+            let client = Client::new(&url, ClientOptions::default())?;
+            let info = client.server_info().await?;
+            let local =
+                open_local_store(&tmp.path().join("client"), &info, false, Default::default())?;
+            let mut ingest = local.ingest();
+            for (path, spec) in &held.files {
+                ingest.add(path, spec.reader(), &[], &mut |_| {})?;
+            }
+            ingest.commit()?;
+            let quiet: Arc<dyn Progress> = Arc::new(Quiet);
+            let report = pull(
+                &client,
+                &local,
+                &name(last, DEMO_MODEL_FILE),
+                &output,
+                quiet,
+            )
+            .await?;
+            local.close()?;
+            Ok::<_, CliError>(report)
+        }
+        .await;
+        let _ = stop.send(());
+        let _ = serving.await;
+        result
+    })?;
+    let spec = last
+        .files
+        .iter()
+        .find(|(p, _)| p == DEMO_MODEL_FILE)
+        .map(|(_, s)| s);
+    let file = std::fs::File::open(&output).map_err(|e| CliError::File(output.clone(), e))?;
+    if let Some(spec) = spec {
+        if !same_stream(std::io::BufReader::new(file), spec.reader()).map_err(crate::out_err)? {
+            return Err(CliError::Check(format!(
+                "{} pulled other bytes",
+                name(last, DEMO_MODEL_FILE)
+            )));
+        }
+    }
+    writeln!(
+        out,
+        "pull: a client holding {}@{} pulls {} over HTTP (loopback): downloaded {} of {} ({:.1}%) in {} requests, verified",
+        held.repo,
+        held.rev,
+        name(last, DEMO_MODEL_FILE),
+        human(report.bytes_downloaded),
+        human(report.size),
+        100.0 * report.bytes_downloaded as f64 / report.size.max(1) as f64,
+        report.requests + 1
+    )
+    .map_err(crate::out_err)
+}
+
+struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Deletes the refs of the first three versions, then GC and repack
+/// reclaim what only they used; the rest reads back byte-identical.
+fn collect(out: &mut impl Write, store: &Store, versions: &[RepoVersion]) -> CliResult {
+    let gone = &versions[..versions.len().min(3)];
+    for v in gone {
+        for (path, _) in &v.files {
+            store.delete_ref(&name(v, path))?;
+        }
+        for (path, _) in &v.small_files {
+            store.delete_ref(&name(v, path))?;
+        }
+    }
+    let before = store.stats()?;
+    let rep = store.repack(&RepackOptions {
+        gc: GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+        ..Default::default()
+    })?;
+    let after = store.stats()?;
+    for v in &versions[gone.len()..] {
+        for (path, spec) in &v.files {
+            let id = store.resolve(&name(v, path))?;
+            if !same_stream(store.read(&id)?, spec.reader()).map_err(crate::out_err)? {
+                return Err(CliError::Check(format!(
+                    "{} differs after repack",
+                    name(v, path)
+                )));
+            }
+        }
+    }
+    writeln!(
+        out,
+        "gc: refs of {} versions deleted; gc + repack deleted {} files and {} packs, rewrote {}: stored {} -> {} (live {}) in {:.2} s; the other versions read back byte-identical",
+        gone.len(),
+        rep.gc.dead_files,
+        rep.gc.dead_packs + rep.packs_rewritten,
+        rep.packs_rewritten,
+        human(before.stored_bytes),
+        human(after.stored_bytes),
+        human(rep.gc.live_bytes),
+        rep.seconds
+    )
+    .map_err(crate::out_err)
 }
 
 /// Writes the demo repository as files under `dir`.

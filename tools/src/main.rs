@@ -13,6 +13,7 @@ use tessera_http::client::ClientError;
 mod demo;
 mod inspect;
 mod location;
+mod maintain;
 mod pull;
 mod push;
 mod put;
@@ -203,6 +204,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete what no ref names: files whose last ref is gone (older than
+    /// --grace) and packs no remaining file needs; record each pack's live
+    /// bytes for `repack`.
+    ///
+    /// Runs beside readers; writers wait while it marks. Deletion goes
+    /// through a journal, so a crash never brings anything back or loses
+    /// what is named. Reclaims whole dead packs only: run `repack` to
+    /// reclaim the garbage inside packs that are still partly live.
+    Gc(maintain::GcArgs),
+    /// Run `gc`, then rewrite packs that are mostly garbage (and combine
+    /// small ones) into new packs holding only live chunks, ordered as files
+    /// read them; then delete the old packs.
+    ///
+    /// Every copied chunk is decoded and re-hashed first; a pack with a
+    /// chunk that does not verify is left alone (exit 4). Readers in flight
+    /// keep working.
+    Repack(maintain::RepackArgs),
     /// Repair the store.
     Repair {
         #[command(subcommand)]
@@ -721,6 +739,8 @@ fn run(cli: Cli) -> CliResult {
             }
             damaged("repair could not recover", &rep.problems)
         }
+        Cmd::Gc(args) => maintain::gc(&loc()?, args, cli.wait),
+        Cmd::Repack(args) => maintain::repack(&loc()?, args, cli.wait),
         Cmd::Serve(args) => serve::run(&loc()?, args, cli.wait),
         Cmd::Pull(args) => pull::run(&loc()?, args, cli.wait),
         Cmd::Push(args) => push::run(&loc()?, args, cli.wait),

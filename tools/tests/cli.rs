@@ -935,7 +935,8 @@ fn help_mentions_every_subcommand() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).expect("utf-8");
     for sub in [
-        "put", "cat", "refs", "ref", "info", "stat", "verify", "repair", "demo", "synth",
+        "put", "cat", "refs", "ref", "info", "stat", "verify", "repair", "demo", "synth", "gc",
+        "repack", "serve", "pull", "push",
     ] {
         assert!(
             help.lines()
@@ -959,4 +960,53 @@ fn put_of_a_missing_file_names_it() {
     let (code, err) = failure(&env.run(&["put", "a-dir"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("a-dir"), "{err}");
+}
+
+#[test]
+fn gc_and_repack_reclaim_what_no_ref_names() {
+    let env = Env::new();
+    let keep = noise(900_000, 1);
+    let gone = noise(900_000, 2);
+    env.put("keep.bin", &keep, &["--ref", "m/keep"]);
+    let gone_id = env.put("gone.bin", &gone, &["--ref", "m/gone"]);
+    env.ok(&["ref", "rm", "m/gone"]);
+    for bad in [
+        vec!["gc", "--grace", "soon"],
+        vec!["gc", "--grace", "5y"],
+        vec!["repack", "--threshold", "1.5"],
+        vec!["repack", "--max-garbage", "-1"],
+    ] {
+        let out = env.run(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    // The default grace period keeps what was just stored.
+    let out = env.ok_text(&["gc", "--json"]);
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["dead_files"], 0, "{v}");
+    // A dry run says what would go and deletes nothing.
+    let out = env.ok_text(&["gc", "--grace", "0s", "--dry-run"]);
+    assert!(out.starts_with("gc: would delete 1 of 2 files"), "{out}");
+    env.ok(&["cat", &gone_id]);
+    let out = env.ok_text(&["repack", "--grace", "0s"]);
+    assert!(out.contains("gc: deleted 1 of 2 files"), "{out}");
+    assert!(out.contains("repack: "), "{out}");
+    let (code, err) = failure(&env.run(&["cat", &gone_id]));
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(env.ok(&["cat", "m/keep"]), keep);
+    let stat = json_lines(&env.ok_text(&["stat", "--json"]))[0].clone();
+    let stored = stat["stored_bytes"].as_u64().expect("stored_bytes");
+    assert!(
+        stored < 1_000_000,
+        "stored {stored} after collecting half of 1.8 MB"
+    );
+    env.ok(&["verify"]);
+    // Nothing left to do: a second run reports nothing reclaimed.
+    let v = json_lines(&env.ok_text(&["repack", "--grace", "0s", "--json"]))[0].clone();
+    assert_eq!(
+        (
+            v["gc"]["dead_files"].as_u64(),
+            v["packs_rewritten"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
 }

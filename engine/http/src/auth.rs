@@ -267,6 +267,16 @@ impl Policy {
         }
     }
 
+    /// Whether `access` may run store maintenance (GC, repack): an admin
+    /// token, or anyone on a server without tokens (loopback only).
+    pub fn is_admin(&self, access: &Access) -> bool {
+        match access {
+            Access::Open => true,
+            Access::Token(g) => g.admin,
+            Access::Anonymous => false,
+        }
+    }
+
     /// Whether `access` may upload at all (some write scope).
     pub fn is_writer(&self, access: &Access) -> bool {
         match access {

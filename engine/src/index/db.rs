@@ -110,6 +110,25 @@ pub(crate) struct Index {
     refs: sled::Tree,
     packs: sled::Tree,
     meta: sled::Tree,
+    /// pack id → u64 sealed_at (unix milliseconds) ‖ u64 live bytes (u64::MAX:
+    /// not measured yet), for GC (spec §10.5).
+    pack_gc: sled::Tree,
+    /// file id → u64 stored_at (unix milliseconds).
+    stored: sled::Tree,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn pack_gc_value(sealed_at: u64, live: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&sealed_at.to_le_bytes());
+    v[8..].copy_from_slice(&live.to_le_bytes());
+    v
 }
 
 impl std::fmt::Debug for Index {
@@ -133,7 +152,7 @@ impl Index {
         loop {
             match Self::open_once(dir, cache_bytes) {
                 Ok((db, trees)) => {
-                    let [chunks, files, sha256, refs, packs, meta] = trees;
+                    let [chunks, files, sha256, refs, packs, meta, pack_gc, stored] = trees;
                     return Ok(Index {
                         path: dir.to_path_buf(),
                         guard,
@@ -144,6 +163,8 @@ impl Index {
                         refs,
                         packs,
                         meta,
+                        pack_gc,
+                        stored,
                     });
                 }
                 Err(sled::Error::Io(e))
@@ -169,7 +190,7 @@ impl Index {
         }
     }
 
-    fn open_once(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, [sled::Tree; 6])> {
+    fn open_once(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, [sled::Tree; 8])> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -184,6 +205,8 @@ impl Index {
             db.open_tree("refs")?,
             db.open_tree("packs")?,
             db.open_tree("meta")?,
+            db.open_tree("pack_gc")?,
+            db.open_tree("stored")?,
         ];
         Ok((db, trees))
     }
@@ -234,32 +257,62 @@ impl Index {
         info: PackInfo,
         chunks: &[(u32, ChunkEntry)],
     ) -> Result<()> {
+        self.insert_pack(pack, info, chunks, false)
+    }
+
+    /// Records a pack written by repack and points every one of `chunks` at
+    /// it, replacing entries that point elsewhere.
+    pub(crate) fn relocate_chunks(
+        &self,
+        pack: PackId,
+        info: PackInfo,
+        chunks: &[(u32, ChunkEntry)],
+    ) -> Result<()> {
+        self.insert_pack(pack, info, chunks, true)
+    }
+
+    fn insert_pack(
+        &self,
+        pack: PackId,
+        info: PackInfo,
+        chunks: &[(u32, ChunkEntry)],
+        replace: bool,
+    ) -> Result<()> {
+        let now = now_millis();
         self.write(|| {
-            (&self.chunks, &self.packs, &self.meta).transaction(|(ct, pt, mt)| {
-                add_counter(mt, GENERATION, 1)?;
-                let mut new_chunks = 0i64;
-                let mut new_bytes = 0i64;
-                for (i, e) in chunks {
-                    let loc = ChunkLocation {
-                        pack,
-                        index: *i,
-                        entry: *e,
-                    };
-                    if ct.get(e.id.0)?.is_some() {
-                        continue;
+            (&self.chunks, &self.packs, &self.meta, &self.pack_gc).transaction(
+                |(ct, pt, mt, gt)| {
+                    add_counter(mt, GENERATION, 1)?;
+                    let mut new_chunks = 0i64;
+                    let mut new_bytes = 0i64;
+                    for (i, e) in chunks {
+                        let loc = ChunkLocation {
+                            pack,
+                            index: *i,
+                            entry: *e,
+                        };
+                        let old = ct.get(e.id.0)?;
+                        if old.is_some() && !replace {
+                            continue;
+                        }
+                        ct.insert(&e.id.0, &loc.encode()[..])?;
+                        if old.is_none() {
+                            new_chunks += 1;
+                            new_bytes += i64::from(e.raw_len);
+                        }
                     }
-                    ct.insert(&e.id.0, &loc.encode()[..])?;
-                    new_chunks += 1;
-                    new_bytes += i64::from(e.raw_len);
-                }
-                if pt.insert(&pack.0, &info.encode()[..])?.is_none() {
-                    add_counter(mt, "packs", 1)?;
-                    add_counter(mt, "stored_bytes", info.size as i64)?;
-                }
-                add_counter(mt, "chunks", new_chunks)?;
-                add_counter(mt, "chunk_bytes", new_bytes)?;
-                Ok(())
-            })?;
+                    if pt.insert(&pack.0, &info.encode()[..])?.is_none() {
+                        add_counter(mt, "packs", 1)?;
+                        add_counter(mt, "stored_bytes", info.size as i64)?;
+                    }
+                    if gt.get(pack.0)?.is_none() {
+                        gt.insert(&pack.0, &pack_gc_value(now, u64::MAX)[..])?;
+                    }
+                    add_counter(mt, "chunks", new_chunks)?;
+                    add_counter(mt, "chunk_bytes", new_bytes)?;
+                    Ok(())
+                },
+            )?;
             Ok(())
         })
     }
@@ -315,14 +368,22 @@ impl Index {
             return Ok(vec![false; files.len()]);
         }
         self.write(|| {
-            let out = (&self.files, &self.sha256, &self.refs, &self.meta).transaction(
-                |(ft, st, rt, mt)| {
+            let now = now_millis().to_le_bytes();
+            let out = (
+                &self.files,
+                &self.sha256,
+                &self.refs,
+                &self.meta,
+                &self.stored,
+            )
+                .transaction(|(ft, st, rt, mt, tt)| {
                     add_counter(mt, GENERATION, 1)?;
                     let mut out = Vec::with_capacity(files.len());
                     for f in files {
                         let new = ft.get(f.file.0)?.is_none();
                         if new {
                             ft.insert(&f.file.0, f.recipe)?;
+                            tt.insert(&f.file.0, &now[..])?;
                             add_counter(mt, "files", 1)?;
                             add_counter(mt, "logical_bytes", f.size as i64)?;
                         }
@@ -337,8 +398,7 @@ impl Index {
                         out.push(new);
                     }
                     Ok(out)
-                },
-            )?;
+                })?;
             Ok(out)
         })
     }
@@ -427,6 +487,138 @@ impl Index {
                     detail: format!("{}-byte value, expected 32", v.len()),
                 })?;
                 out.push((name, id));
+            }
+            Ok(out)
+        })
+    }
+
+    /// What is recorded about a pack.
+    pub(crate) fn pack(&self, pack: &PackId) -> Result<Option<PackInfo>> {
+        self.run(|| match self.packs.get(pack.0)? {
+            None => Ok(None),
+            Some(v) => PackInfo::decode(&v)
+                .map(Some)
+                .ok_or_else(|| undecodable("packs", pack.to_hex(), v.len()).into()),
+        })
+    }
+
+    /// When a pack was sealed (or indexed by a catch-up) and its live bytes
+    /// as the last GC measured them (`None`: not measured).
+    pub(crate) fn pack_gc(&self, pack: &PackId) -> Result<(u64, Option<u64>)> {
+        self.run(|| match self.pack_gc.get(pack.0)? {
+            Some(v) if v.len() == 16 => {
+                let sealed = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+                let live = u64::from_le_bytes(v[8..].try_into().unwrap_or_default());
+                Ok((sealed, (live != u64::MAX).then_some(live)))
+            }
+            // No record (an index from before GC): as old as can be.
+            _ => Ok((0, None)),
+        })
+    }
+
+    /// Records the live bytes GC measured for packs.
+    pub(crate) fn set_live_bytes(&self, live: &[(PackId, u64)]) -> Result<()> {
+        self.write(|| {
+            for (pack, bytes) in live {
+                let sealed = match self.pack_gc.get(pack.0)? {
+                    Some(v) if v.len() == 16 => {
+                        u64::from_le_bytes(v[..8].try_into().unwrap_or_default())
+                    }
+                    _ => 0,
+                };
+                self.pack_gc
+                    .insert(pack.0, &pack_gc_value(sealed, *bytes)[..])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// When a file was stored (or indexed by a catch-up); 0 when unknown.
+    pub(crate) fn stored_at(&self, file: &FileId) -> Result<u64> {
+        self.run(|| {
+            Ok(self
+                .stored
+                .get(file.0)?
+                .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+                .map_or(0, u64::from_le_bytes))
+        })
+    }
+
+    /// Removes files (GC): their recipes, sha256 aliases naming them and
+    /// times; counters follow. Refs are not touched (a file GC removes has
+    /// none).
+    pub(crate) fn remove_files(&self, files: &[(FileId, Option<Sha256>)]) -> Result<()> {
+        self.write(|| {
+            (&self.files, &self.sha256, &self.meta, &self.stored).transaction(
+                |(ft, st, mt, tt)| {
+                    add_counter(mt, GENERATION, 1)?;
+                    for (file, sha) in files {
+                        if let Some(v) = ft.remove(&file.0)? {
+                            add_counter(mt, "files", -1)?;
+                            let size = v
+                                .get(16..24)
+                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                                .map_or(0, u64::from_le_bytes);
+                            add_counter(mt, "logical_bytes", -(size as i64))?;
+                        }
+                        if let Some(sha) = sha {
+                            if st.get(sha.0)?.as_deref() == Some(&file.0[..]) {
+                                st.remove(&sha.0)?;
+                            }
+                        }
+                        tt.remove(&file.0)?;
+                    }
+                    Ok(())
+                },
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a pack (GC, repack) and every chunk entry in `chunks` that
+    /// points into it; counters follow.
+    pub(crate) fn remove_pack(&self, pack: PackId, chunks: &[ChunkId]) -> Result<()> {
+        self.write(|| {
+            (&self.chunks, &self.packs, &self.meta, &self.pack_gc).transaction(
+                |(ct, pt, mt, gt)| {
+                    add_counter(mt, GENERATION, 1)?;
+                    for id in chunks {
+                        let Some(v) = ct.get(id.0)? else { continue };
+                        if v.get(..32) == Some(&pack.0[..]) {
+                            ct.remove(&id.0)?;
+                            add_counter(mt, "chunks", -1)?;
+                            let raw = v
+                                .get(48..52)
+                                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                                .map_or(0, |b| u64::from(u32::from_le_bytes(b)));
+                            add_counter(mt, "chunk_bytes", -(raw as i64))?;
+                        }
+                    }
+                    if let Some(v) = pt.remove(&pack.0)? {
+                        add_counter(mt, "packs", -1)?;
+                        let size = PackInfo::decode(&v).map_or(0, |i| i.size);
+                        add_counter(mt, "stored_bytes", -(size as i64))?;
+                    }
+                    gt.remove(&pack.0)?;
+                    Ok(())
+                },
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The chunk ids whose entries point into `pack` (a full scan: for a pack
+    /// whose own table cannot be read).
+    pub(crate) fn chunks_in_pack(&self, pack: &PackId) -> Result<Vec<ChunkId>> {
+        self.run(|| {
+            let mut out = Vec::new();
+            for kv in self.chunks.iter() {
+                let (k, v) = kv?;
+                if v.get(..32) == Some(&pack.0[..]) {
+                    if let Some(id) = ChunkId::from_slice(&k) {
+                        out.push(id);
+                    }
+                }
             }
             Ok(out)
         })

@@ -12,7 +12,7 @@ mod db;
 
 #[cfg(feature = "testing")]
 pub(crate) use db::SEGMENT_BYTES;
-pub(crate) use db::{Index, WriteGuard};
+pub(crate) use db::{now_millis, Index, WriteGuard};
 
 use crate::format::{ChunkEntry, Compression, Cursor};
 use crate::ids::{ChunkId, FileId, PackId, Sha256};

@@ -62,7 +62,7 @@ impl From<tessera::Error> for ApiError {
             E::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             E::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_policy"),
             E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            E::Poisoned { .. } | E::StoreLocked { .. } => {
+            E::Poisoned { .. } | E::StoreLocked { .. } | E::Busy(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             e if e.is_corruption() => (StatusCode::INTERNAL_SERVER_ERROR, "damaged"),

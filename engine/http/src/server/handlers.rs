@@ -47,6 +47,8 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/packs/{id}", get(get_pack).put(put_pack))
         .route("/v1/chunks/missing", post(post_missing))
         .route("/v1/refs", get(list_refs))
+        .route("/v1/admin/gc", post(post_gc))
+        .route("/v1/admin/repack", post(post_repack))
         .route(
             "/v1/refs/{*name}",
             get(get_ref).put(put_ref).delete(delete_ref),
@@ -807,4 +809,78 @@ async fn list_refs(
             .collect(),
     })
     .into_response())
+}
+
+/// The GC options of an admin request's query: `grace` (seconds, default
+/// one hour) and `dry_run`.
+fn gc_query(q: &BTreeMap<String, String>) -> ApiResult<tessera::GcOptions> {
+    let mut opts = tessera::GcOptions::default();
+    if let Some(g) = q.get("grace") {
+        let secs: u64 = g.parse().map_err(|_| {
+            ApiError::bad_request(format!("grace={}: want seconds", tessera_clip(g)))
+        })?;
+        opts.grace = Duration::from_secs(secs);
+    }
+    opts.dry_run = matches!(q.get("dry_run").map(String::as_str), Some("1" | "true"));
+    Ok(opts)
+}
+
+fn fraction_query(q: &BTreeMap<String, String>, key: &str, default: f64) -> ApiResult<f64> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+            _ => Err(ApiError::bad_request(format!(
+                "{key}={}: want a fraction between 0 and 1",
+                tessera_clip(v)
+            ))),
+        },
+    }
+}
+
+impl Inner {
+    fn require_admin(&self, headers: &HeaderMap, what: &str) -> ApiResult<()> {
+        let access = self.access(headers)?;
+        if self.policy.is_admin(&access) {
+            return Ok(());
+        }
+        Err(match access {
+            Access::Anonymous => ApiError::unauthorized(format!("{what} needs an admin token")),
+            _ => ApiError::forbidden(format!("{what} needs an admin token")),
+        })
+    }
+}
+
+/// `POST /v1/admin/gc`: runs a GC; the response is its report.
+async fn post_gc(
+    State(s): St,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    s.require_admin(&headers, "gc")?;
+    let opts = gc_query(&query_params(query.as_deref())?)?;
+    let store = s.store.clone();
+    let rep = blocking(move || store.gc(&opts)).await?;
+    Ok(Json(rep).into_response())
+}
+
+/// `POST /v1/admin/repack`: runs GC then repack; the response is the
+/// report. Query: `grace`, `dry_run`, `threshold`, `max_garbage`.
+async fn post_repack(
+    State(s): St,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    s.require_admin(&headers, "repack")?;
+    let q = query_params(query.as_deref())?;
+    let defaults = tessera::RepackOptions::default();
+    let opts = tessera::RepackOptions {
+        gc: gc_query(&q)?,
+        threshold: fraction_query(&q, "threshold", defaults.threshold)?,
+        max_garbage: fraction_query(&q, "max_garbage", defaults.max_garbage)?,
+        ..defaults
+    };
+    let store = s.store.clone();
+    let rep = blocking(move || store.repack(&opts)).await?;
+    Ok(Json(rep).into_response())
 }

@@ -1,0 +1,382 @@
+//! Garbage collection (spec §10.5): files no ref names (and older than the
+//! grace period) and packs no live recipe names are deleted, through a
+//! deletion journal so that a crash never brings them back; every other
+//! pack gets its live bytes measured for repack.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::lock;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::format::{Recipe, TABLE_ENTRY_LEN};
+use crate::ids::{ChunkId, FileId, PackId, Sha256};
+use crate::index::now_millis;
+use crate::paths::{model_key, pack_key, recipe_key, GC_JOURNAL};
+use crate::storage::PutMode;
+
+/// How to collect.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Files stored and packs sealed less than this long ago are kept even
+    /// when nothing names them (uploads in flight; a push sets its ref after
+    /// it registers the file).
+    pub grace: Duration,
+    /// Report what would be reclaimed; change nothing.
+    pub dry_run: bool,
+    /// How long to wait for writers in flight to let the store go.
+    pub wait: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            dry_run: false,
+            wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a GC found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Files in the store before.
+    pub files: u64,
+    /// Files kept: named by a ref or within the grace period.
+    pub live_files: u64,
+    /// Files deleted (or, with `dry_run`, that would be).
+    pub dead_files: u64,
+    /// Packs before.
+    pub packs: u64,
+    /// Packs deleted (or that would be).
+    pub dead_packs: u64,
+    /// Packs kept only because they are younger than the grace period.
+    pub young_packs: u64,
+    /// Bytes of packs and recipes deleted (or that would be).
+    pub reclaimed_bytes: u64,
+    /// Pack bytes before.
+    pub stored_bytes_before: u64,
+    /// Pack bytes after.
+    pub stored_bytes_after: u64,
+    /// Bytes live files need in packs: their chunk records and table
+    /// entries (what a repack keeps).
+    pub live_bytes: u64,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// A file GC deletes, with the sha256 alias to drop.
+pub(crate) type DeadFile = (FileId, Option<Sha256>);
+
+/// What a GC or repack deletes: written durably before anything is deleted
+/// and finished by the next open if the process dies (spec §10.5).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Journal {
+    pub(crate) files: Vec<DeadFile>,
+    pub(crate) packs: Vec<PackId>,
+    /// Chunks whose index entry points into a pack deleted here while a
+    /// live recipe names another copy: (chunk, pack, index) of that copy.
+    #[serde(default)]
+    pub(crate) relink: Vec<(ChunkId, PackId, u32)>,
+}
+
+/// Which chunk positions of each pack live recipes name: one bit per chunk.
+#[derive(Default)]
+struct Marks(HashMap<PackId, Vec<u64>>);
+
+impl Marks {
+    fn set(&mut self, pack: PackId, first: u32, count: u32) {
+        let bits = self.0.entry(pack).or_default();
+        for i in first..first.saturating_add(count) {
+            let (w, b) = ((i / 64) as usize, i % 64);
+            if bits.len() <= w {
+                bits.resize(w + 1, 0);
+            }
+            bits[w] |= 1 << b;
+        }
+    }
+
+    fn positions(&self, pack: &PackId) -> Option<impl Iterator<Item = u32> + '_> {
+        self.0.get(pack).map(|bits| {
+            bits.iter().enumerate().flat_map(|(w, word)| {
+                (0..64u32)
+                    .filter(move |b| word & (1 << b) != 0)
+                    .map(move |b| w as u32 * 64 + b)
+            })
+        })
+    }
+}
+
+/// Marks from the index: live files (named by a ref, or stored within the
+/// grace period) and the chunk positions their recipes name; the rest of
+/// the files are dead. A recipe that does not decode stops the GC: marking
+/// without it could delete what it names.
+fn mark(core: &Core, cutoff: u64, rep: &mut GcReport) -> Result<(Marks, Vec<DeadFile>)> {
+    let index = &core.index;
+    let named: HashSet<FileId> = index
+        .refs_with_prefix("")?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let mut marks = Marks::default();
+    let mut dead = Vec::new();
+    for item in index.files() {
+        let (file, bytes) = item?;
+        rep.files += 1;
+        let recipe = Recipe::decode(file, &bytes).map_err(|e| Error::Busy(format!(
+            "gc stopped: the index's recipe of file {file} does not decode ({}); run `tessera repair index` first",
+            e.into_error(file)
+        )))?;
+        if named.contains(&file) || index.stored_at(&file)? > cutoff {
+            rep.live_files += 1;
+            for t in &recipe.terms {
+                marks.set(t.pack, t.first_chunk, t.chunk_count);
+            }
+        } else {
+            rep.dead_files += 1;
+            rep.reclaimed_bytes += bytes.len() as u64;
+            dead.push((file, Some(recipe.sha256)));
+        }
+    }
+    Ok((marks, dead))
+}
+
+/// A pack GC kept, measured.
+pub(crate) struct LivePack {
+    pub(crate) id: PackId,
+    pub(crate) size: u64,
+    pub(crate) sealed_at: u64,
+    pub(crate) live_bytes: u64,
+}
+
+/// What marking found: the report so far, the packs kept, and the deletion
+/// to make.
+pub(crate) struct Collection {
+    pub(crate) report: GcReport,
+    pub(crate) live: Vec<LivePack>,
+    pub(crate) journal: Journal,
+    /// Unix milliseconds at or before which unnamed objects are garbage.
+    pub(crate) cutoff: u64,
+}
+
+/// Marks and measures (nothing is changed). The caller holds the gate
+/// exclusively.
+pub(crate) fn collect(
+    core: &Core,
+    opts: &GcOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Collection> {
+    let index = &core.index;
+    let mut rep = GcReport {
+        dry_run: opts.dry_run,
+        stored_bytes_before: index.counters()?.stored_bytes,
+        ..Default::default()
+    };
+    let cutoff = now_millis().saturating_sub(opts.grace.as_millis() as u64);
+    progress("mark", 0, 1);
+    let (marks, dead_files) = mark(core, cutoff, &mut rep)?;
+    // Packs: dead (nothing names them, older than the grace period), or
+    // live with their live bytes measured.
+    let packs: Vec<(PackId, u64)> = index
+        .packs()
+        .map(|r| r.map(|(id, info)| (id, info.size)))
+        .collect::<Result<_>>()?;
+    rep.packs = packs.len() as u64;
+    let mut dead = HashSet::new();
+    let mut live = Vec::new();
+    // Named chunks whose index entry is not this copy: if the entry's pack
+    // dies, the entry is pointed here instead (so dedup keeps finding it).
+    let mut alternates: HashMap<ChunkId, (PackId, u32, Option<PackId>)> = HashMap::new();
+    for (n, (pack, size)) in packs.iter().enumerate() {
+        progress("measure packs", n as u64, rep.packs);
+        let (sealed_at, _) = index.pack_gc(pack)?;
+        let Some(positions) = marks.positions(pack) else {
+            if sealed_at > cutoff {
+                rep.young_packs += 1;
+            } else {
+                dead.insert(*pack);
+                rep.reclaimed_bytes += size;
+            }
+            continue;
+        };
+        let reader = core.packs.get(pack)?;
+        let mut bytes = 0u64;
+        for i in positions {
+            let e = reader.entry(i)?;
+            bytes += e.record_len() + TABLE_ENTRY_LEN as u64;
+            match index.chunk(&e.id)? {
+                Some(l) if l.pack == *pack => {}
+                other => {
+                    alternates
+                        .entry(e.id)
+                        .or_insert((*pack, i, other.map(|l| l.pack)));
+                }
+            }
+        }
+        rep.live_bytes += bytes;
+        live.push(LivePack {
+            id: *pack,
+            size: *size,
+            sealed_at,
+            live_bytes: bytes,
+        });
+    }
+    let dead_bytes: u64 = packs
+        .iter()
+        .filter(|(id, _)| dead.contains(id))
+        .map(|(_, s)| s)
+        .sum();
+    rep.dead_packs = dead.len() as u64;
+    rep.stored_bytes_after = rep.stored_bytes_before.saturating_sub(dead_bytes);
+    let relink = alternates
+        .into_iter()
+        .filter(|(_, (_, _, at))| at.is_none_or(|p| dead.contains(&p)))
+        .map(|(id, (pack, i, _))| (id, pack, i))
+        .collect();
+    Ok(Collection {
+        report: rep,
+        live,
+        journal: Journal {
+            files: dead_files,
+            packs: dead.into_iter().collect(),
+            relink,
+        },
+        cutoff,
+    })
+}
+
+/// Collects garbage (spec §10.5). `progress` gets (phase, done, total).
+pub(crate) fn gc(
+    core: &Core,
+    opts: &GcOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<GcReport> {
+    let started = Instant::now();
+    core.check_poison()?;
+    let _one = lock(&core.maintenance);
+    let gate = core.gate.exclusive(opts.wait)?;
+    let Collection {
+        mut report,
+        live,
+        journal,
+        ..
+    } = collect(core, opts, progress)?;
+    if !opts.dry_run {
+        let live: Vec<(PackId, u64)> = live.iter().map(|p| (p.id, p.live_bytes)).collect();
+        core.poison_on(core.index.set_live_bytes(&live))?;
+        remove_from_index(core, &journal)?;
+        drop(gate);
+        progress("delete", 0, 1);
+        delete_objects(core, &journal)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Steps 1–2 of a deletion (spec §10.5): the journal, durably, then the
+/// index entries, flushed. The caller holds the gate exclusively.
+pub(crate) fn remove_from_index(core: &Core, journal: &Journal) -> Result<()> {
+    if journal.files.is_empty() && journal.packs.is_empty() {
+        return Ok(());
+    }
+    let objects = core.objects.as_ref();
+    let bytes = serde_json::to_vec(journal).map_err(|e| Error::Bug(format!("gc journal: {e}")))?;
+    let r = objects
+        .put(GC_JOURNAL, &bytes, PutMode::Replace)
+        .map_err(|e| Error::io("write", objects.describe(GC_JOURNAL), e));
+    core.poison_on(r)?;
+    apply_to_index(core, journal)
+}
+
+/// The index side of a journal (idempotent).
+fn apply_to_index(core: &Core, journal: &Journal) -> Result<()> {
+    let index = &core.index;
+    core.poison_on(index.remove_files(&journal.files))?;
+    for (file, _) in &journal.files {
+        lock(&core.recipes).remove(file);
+    }
+    for pack in &journal.packs {
+        // The chunk entries that may point into it: from its own table, or
+        // (when it cannot be read) from a scan of the index.
+        let ids: Vec<ChunkId> = match core.packs.get(pack) {
+            Ok(r) => (0..r.chunk_count())
+                .filter_map(|i| r.entry(i).ok().map(|e| e.id))
+                .collect(),
+            Err(_) => index.chunks_in_pack(pack)?,
+        };
+        core.poison_on(index.remove_pack(*pack, &ids))?;
+        core.packs.forget(pack);
+    }
+    for (id, pack, i) in &journal.relink {
+        if index.chunk(id)?.is_some() {
+            continue;
+        }
+        let (Some(info), Ok(reader)) = (index.pack(pack)?, core.packs.get(pack)) else {
+            continue;
+        };
+        let entry = reader.entry(*i)?;
+        if entry.id == *id {
+            core.poison_on(index.add_pack(*pack, info, &[(*i, entry)]))?;
+        }
+    }
+    core.poison_on(index.flush())
+}
+
+/// Steps 3–4: the objects, then the journal (idempotent).
+pub(crate) fn delete_objects(core: &Core, journal: &Journal) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let mut keys: Vec<String> = Vec::new();
+    for (file, _) in &journal.files {
+        keys.push(recipe_key(file));
+        keys.push(model_key(file));
+    }
+    keys.extend(journal.packs.iter().map(pack_key));
+    keys.push(GC_JOURNAL.to_string());
+    for key in keys {
+        let r = match objects.delete(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", objects.describe(&key), e)),
+        };
+        core.poison_on(r)?;
+    }
+    Ok(())
+}
+
+/// Finishes a deletion a crash interrupted: if a journal is there, its
+/// index entries are removed and its objects deleted (spec §10.3, §10.5).
+/// Returns whether there was one.
+pub(crate) fn finish_journal(core: &Core) -> Result<bool> {
+    let objects = core.objects.as_ref();
+    let bytes = match objects.get(GC_JOURNAL) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("read", objects.describe(GC_JOURNAL), e)),
+    };
+    let journal: Journal = match serde_json::from_slice(&bytes) {
+        Ok(j) => j,
+        Err(e) => {
+            // A journal is published whole (atomically): one that does not
+            // parse was damaged afterwards. Deleting on its word is unsafe;
+            // leave everything and say so.
+            tracing::error!(error = %e, "the GC journal does not parse; nothing it lists was deleted (remove {} to go on)", objects.describe(GC_JOURNAL));
+            return Err(Error::ConfigCorrupt {
+                object: objects.describe(GC_JOURNAL),
+                detail: format!("GC journal does not parse: {e}"),
+            });
+        }
+    };
+    tracing::warn!(
+        files = journal.files.len(),
+        packs = journal.packs.len(),
+        "finishing a GC the last session did not finish"
+    );
+    apply_to_index(core, &journal)?;
+    delete_objects(core, &journal)?;
+    Ok(true)
+}

@@ -1,0 +1,182 @@
+//! `tessera gc` and `tessera repack`: reclaiming space.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use tessera::{GcOptions, GcReport, RepackOptions};
+
+use crate::location::Location;
+use crate::{human, open_store, out_err, progress_bar, write_json, CliError, CliResult};
+
+/// Options GC and repack share.
+#[derive(clap::Args, Debug)]
+pub(crate) struct GcArgs {
+    /// Keep unnamed files stored, and packs sealed, less than this long ago
+    /// (uploads in flight name their files last). `0s` collects everything
+    /// unnamed; only safe when nothing writes. Units: s, m, h, d.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+    grace: Duration,
+    /// Report what would be reclaimed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `repack`'s options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RepackArgs {
+    #[command(flatten)]
+    gc: GcArgs,
+    /// Rewrite packs whose live bytes are below this fraction of their size.
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+    threshold: f64,
+    /// Then rewrite more packs, least live first, until the garbage left
+    /// inside packs is at most this fraction of the stored bytes (1 turns
+    /// this off).
+    #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+    max_garbage: f64,
+    /// Re-encode copied chunks with the store's codec (slower) instead of
+    /// copying their stored bytes.
+    #[arg(long)]
+    recompress: bool,
+    /// Leave small packs as they are (by default packs under a quarter of
+    /// the pack size are combined when there are two or more).
+    #[arg(long)]
+    no_combine: bool,
+}
+
+/// Parses `90`, `90s`, `15m`, `1h`, `7d`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: want a number and a unit (s, m, h, d), e.g. 1h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+fn gc_options(a: &GcArgs) -> GcOptions {
+    GcOptions {
+        grace: a.grace,
+        dry_run: a.dry_run,
+        ..GcOptions::default()
+    }
+}
+
+fn progress() -> (indicatif::ProgressBar, impl FnMut(&str, u64, u64)) {
+    let pb = progress_bar(0);
+    let bar = pb.clone();
+    (pb, move |phase: &str, done: u64, total: u64| {
+        bar.set_message(phase.to_string());
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+}
+
+fn print_gc(out: &mut impl Write, r: &GcReport) -> CliResult {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    writeln!(
+        out,
+        "gc: {verb} {} of {} files and {} of {} packs ({} young packs kept); {} reclaimed; packs {} -> {}; live chunk data {} ({:.1}s)",
+        r.dead_files,
+        r.files,
+        r.dead_packs,
+        r.packs,
+        r.young_packs,
+        human(r.reclaimed_bytes),
+        human(r.stored_bytes_before),
+        human(r.stored_bytes_after),
+        human(r.live_bytes),
+        r.seconds
+    )
+    .map_err(out_err)
+}
+
+pub(crate) fn gc(loc: &Location, args: GcArgs, wait: bool) -> CliResult {
+    let store = open_store(loc, false, wait)?;
+    let (pb, mut cb) = progress();
+    let rep = store.gc_with_progress(&gc_options(&args), &mut cb)?;
+    pb.finish_and_clear();
+    store.close()?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        write_json(&mut out, &rep)
+    } else {
+        print_gc(&mut out, &rep)
+    }
+}
+
+pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult {
+    for (flag, v) in [
+        ("--threshold", args.threshold),
+        ("--max-garbage", args.max_garbage),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(CliError::Usage(format!(
+                "{flag} {v}: want a fraction between 0 and 1"
+            )));
+        }
+    }
+    let store = open_store(loc, false, wait)?;
+    let (pb, mut cb) = progress();
+    let opts = RepackOptions {
+        threshold: args.threshold,
+        max_garbage: args.max_garbage,
+        combine_small: !args.no_combine,
+        recompress: args.recompress,
+        gc: gc_options(&args.gc),
+    };
+    let rep = store.repack_with_progress(&opts, &mut cb)?;
+    pb.finish_and_clear();
+    store.close()?;
+    let mut out = io::stdout().lock();
+    if args.gc.json {
+        return write_json(&mut out, &rep);
+    }
+    print_gc(&mut out, &rep.gc)?;
+    for s in &rep.skipped {
+        writeln!(out, "SKIPPED  {s}").map_err(out_err)?;
+    }
+    let verb = if rep.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
+    writeln!(
+        out,
+        "repack: {verb} {} packs ({}) into {} ({} chunks, {} recipes switched); packs {} -> {} ({:.1}s)",
+        if rep.dry_run {
+            rep.candidates
+        } else {
+            rep.packs_rewritten
+        },
+        human(rep.bytes_rewritten),
+        rep.packs_written,
+        rep.chunks_copied,
+        rep.recipes_rewritten,
+        human(rep.stored_bytes_before),
+        human(rep.stored_bytes_after),
+        rep.seconds
+    )
+    .map_err(out_err)?;
+    if rep.skipped.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Damaged(format!(
+            "{} packs were left alone because a chunk in them does not verify; run `tessera verify`",
+            rep.skipped.len()
+        )))
+    }
+}
