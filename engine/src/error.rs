@@ -207,7 +207,7 @@ pub enum Error {
         detail: String,
     },
 
-    /// A lease (spec §11.4) is held by another process.
+    /// A lease (spec §10.6) is held by another process.
     #[error("lease {object} is held by {holder}: {detail}")]
     LeaseHeld {
         /// The lease object.

@@ -1,4 +1,4 @@
-//! Leases (spec §11.4): at most one holder at a time of a role over a store
+//! Leases (spec §10.6): at most one holder at a time of a role over a store
 //! that several processes share — the garbage collector's, above all. A
 //! lease is a small JSON object written only with conditional writes, so of
 //! two processes that try to take it at once exactly one succeeds; it
@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::storage::{Cas, ObjectStore, Version};
 
-/// The key of the garbage collector's lease (spec §11.4).
+/// The key of the garbage collector's lease (spec §10.6).
 pub const GC_LEASE: &str = "gc/lease";
 
 /// Format version of a lease object.
@@ -153,10 +153,26 @@ impl Lease {
         opts: LeaseOptions,
     ) -> Result<Lease> {
         let store = objects.as_ref();
+        // What this process last tried to write, and when it sent it.
+        let mut tried: Option<(LeaseRecord, Instant)> = None;
         for _ in 0..3 {
             let current = store
                 .get_versioned(key)
                 .map_err(|e| io(store, "read lease", key, e))?;
+            // A write whose answer was lost (the backend retried it and
+            // found its own first attempt there) did take the lease.
+            if let (Some((bytes, v)), Some((mine, sent))) = (&current, &tried) {
+                if serde_json::from_slice::<LeaseRecord>(bytes).ok().as_ref() == Some(mine) {
+                    return Ok(Lease {
+                        objects: objects.clone(),
+                        key: key.to_string(),
+                        record: mine.clone(),
+                        version: v.clone(),
+                        sent: *sent,
+                        opts,
+                    });
+                }
+            }
             let sent = Instant::now();
             let now = now_ms();
             let (token, expect) = match &current {
@@ -191,6 +207,7 @@ impl Lease {
                 expires_ms: now.saturating_add(ms(opts.ttl)),
                 released: false,
             };
+            tried = Some((record.clone(), sent));
             match store
                 .put_if_version(key, &encode(&record), expect)
                 .map_err(|e| io(store, "write lease", key, e))?

@@ -92,6 +92,7 @@ pub(crate) fn compare_and_set(
 ) -> Result<()> {
     validate(name)?;
     core.check_poison()?;
+    let _gate = core.gate.shared();
     if !has_file(core, &file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }

@@ -491,13 +491,32 @@ fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_millis(base * jitter / 1000));
 }
 
+/// The file the ref object of `name` names; `None` when there is none (or
+/// it is another name's). A ref object that does not decode is damage.
+fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
+    let objects = core.objects.as_ref();
+    let key = ref_key(name);
+    match objects.get(&key) {
+        Ok(b) => match decode_ref(&b) {
+            Ok((n, f)) => Ok((n == name).then_some(f)),
+            Err(detail) => Err(Error::IndexCorrupt {
+                tree: "refs",
+                key: clip(name),
+                detail: format!("ref file {key}: {detail}"),
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(objects, "read ref", &key, e)),
+    }
+}
+
 /// Resolves a ref on a shared store: the ref object is read every time (a
 /// ref is the one kind of object another node may change), the file it
 /// names is found (on a miss, in the bucket), and the index is brought in
 /// line. A ref object naming a file whose recipe is missing or damaged is
 /// [`Error::RefDangling`].
 pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
-    let Some(file) = crate::refs::read_file(core, name)? else {
+    let Some(file) = read_ref(core, name)? else {
         if core.index.get_ref(name)?.is_some() {
             core.index.delete_ref(name)?;
         }
