@@ -792,6 +792,20 @@ fn serve_on_an_s3_store_answers_a_pull() {
     let r = pull("acme/m@v2:m.bin", &out2);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(std::fs::read(&out2).expect("out") == data2);
+    // A pull whose local store is itself on S3 (another prefix).
+    let mirror = Env::new(env.t, "mirror");
+    let out3 = env.path("out3.bin");
+    let r = mirror
+        .cmd("puller")
+        .args(["pull", &url, "acme/m@v1:m.bin", "--json", "-o"])
+        .arg(&out3)
+        .output()
+        .expect("pull");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::read(&out3).expect("out") == data);
+    let pulled: Value = serde_json::from_slice(&r.stdout).expect("json");
+    let id = pulled["file_id"].as_str().expect("file_id");
+    assert!(mirror.ok("other", &["cat", id]) == data, "the mirror holds it");
     // A ref nobody asks the server for shows in its listing after its
     // periodic refresh (every second here).
     env.ok(
