@@ -187,21 +187,41 @@ pub(crate) fn collect(
         .map(|r| r.map(|(id, info)| (id, info.size)))
         .collect::<Result<_>>()?;
     rep.packs = packs.len() as u64;
+    // Dead packs first: those no live recipe names, older than the grace
+    // period.
     let mut dead = HashSet::new();
+    let mut young = HashSet::new();
+    for (pack, size) in &packs {
+        if marks.positions(pack).is_some() {
+            continue;
+        }
+        if index.pack_gc(pack)?.0 > cutoff {
+            young.insert(*pack);
+        } else {
+            dead.insert(*pack);
+            rep.reclaimed_bytes += size;
+        }
+    }
+    rep.young_packs = young.len() as u64;
+    // The chunks whose index entry is in a dead pack: if a live recipe names
+    // another copy of one (two uploads raced), the entry is pointed there
+    // instead, so dedup keeps finding it. (Memory: one id per dead chunk.)
+    let mut doomed: HashSet<ChunkId> = HashSet::new();
+    for pack in &dead {
+        let Ok(reader) = core.packs.get(pack) else {
+            continue; // unreadable: its entries are found by a scan later
+        };
+        for i in 0..reader.chunk_count() {
+            doomed.insert(reader.entry(i)?.id);
+        }
+    }
+    let mut relink: HashMap<ChunkId, (PackId, u32)> = HashMap::new();
+    // Live packs: their live bytes, from the table entries of the named
+    // positions.
     let mut live = Vec::new();
-    // Named chunks whose index entry is not this copy: if the entry's pack
-    // dies, the entry is pointed here instead (so dedup keeps finding it).
-    let mut alternates: HashMap<ChunkId, (PackId, u32, Option<PackId>)> = HashMap::new();
     for (n, (pack, size)) in packs.iter().enumerate() {
         progress("measure packs", n as u64, rep.packs);
-        let (sealed_at, _) = index.pack_gc(pack)?;
         let Some(positions) = marks.positions(pack) else {
-            if sealed_at > cutoff {
-                rep.young_packs += 1;
-            } else {
-                dead.insert(*pack);
-                rep.reclaimed_bytes += size;
-            }
             continue;
         };
         let reader = core.packs.get(pack)?;
@@ -209,20 +229,15 @@ pub(crate) fn collect(
         for i in positions {
             let e = reader.entry(i)?;
             bytes += e.record_len() + TABLE_ENTRY_LEN as u64;
-            match index.chunk(&e.id)? {
-                Some(l) if l.pack == *pack => {}
-                other => {
-                    alternates
-                        .entry(e.id)
-                        .or_insert((*pack, i, other.map(|l| l.pack)));
-                }
+            if doomed.contains(&e.id) {
+                relink.entry(e.id).or_insert((*pack, i));
             }
         }
         rep.live_bytes += bytes;
         live.push(LivePack {
             id: *pack,
             size: *size,
-            sealed_at,
+            sealed_at: index.pack_gc(pack)?.0,
             live_bytes: bytes,
         });
     }
@@ -233,10 +248,9 @@ pub(crate) fn collect(
         .sum();
     rep.dead_packs = dead.len() as u64;
     rep.stored_bytes_after = rep.stored_bytes_before.saturating_sub(dead_bytes);
-    let relink = alternates
+    let relink = relink
         .into_iter()
-        .filter(|(_, (_, _, at))| at.is_none_or(|p| dead.contains(&p)))
-        .map(|(id, (pack, i, _))| (id, pack, i))
+        .map(|(id, (pack, i))| (id, pack, i))
         .collect();
     Ok(Collection {
         report: rep,
@@ -300,16 +314,22 @@ fn apply_to_index(core: &Core, journal: &Journal) -> Result<()> {
     for (file, _) in &journal.files {
         lock(&core.recipes).remove(file);
     }
+    // The chunk entries that may point into the packs: from their own
+    // tables, or (for one that cannot be read) from a scan of the index.
+    let mut ids: Vec<ChunkId> = Vec::new();
+    let mut unreadable = Vec::new();
     for pack in &journal.packs {
-        // The chunk entries that may point into it: from its own table, or
-        // (when it cannot be read) from a scan of the index.
-        let ids: Vec<ChunkId> = match core.packs.get(pack) {
-            Ok(r) => (0..r.chunk_count())
-                .filter_map(|i| r.entry(i).ok().map(|e| e.id))
-                .collect(),
-            Err(_) => index.chunks_in_pack(pack)?,
-        };
-        core.poison_on(index.remove_pack(*pack, &ids))?;
+        match core.packs.get(pack) {
+            Ok(r) => ids.extend((0..r.chunk_count()).filter_map(|i| r.entry(i).ok().map(|e| e.id))),
+            Err(_) => unreadable.push(*pack),
+        }
+    }
+    for pack in &unreadable {
+        ids.extend(index.chunks_in_pack(pack)?);
+    }
+    core.poison_on(index.remove_packs(&journal.packs, &mut ids))?;
+    drop(ids);
+    for pack in &journal.packs {
         core.packs.forget(pack);
     }
     for (id, pack, i) in &journal.relink {

@@ -366,11 +366,8 @@ pub(crate) fn repack(
     // are copied too, then the index and the recipes move to the copies.
     let gate = core.gate.exclusive(opts.gc.wait)?;
     progress("switch", 0, 1);
-    let mut layouts_now = Vec::new();
     for layout in layouts(core) {
-        let layout = layout?;
-        core.poison_on(copier.place_file(&layout))?;
-        layouts_now.push(layout);
+        core.poison_on(copier.place_file(&layout?))?;
     }
     core.poison_on(copier.seal())?;
     let index = &core.index;
@@ -380,8 +377,29 @@ pub(crate) fn repack(
     }
     let objects = core.objects.as_ref();
     let mut switched: Vec<FileId> = Vec::new();
-    for layout in &layouts_now {
-        let Some(recipe) = copier.rebuilt(layout)? else {
+    // (Nothing else writes while the gate is held: this pass sees the files
+    // the pass above placed.)
+    let stale: Vec<FileId> = layouts(core)
+        .filter_map(|l| match l {
+            Ok(l)
+                if l.recipe
+                    .terms
+                    .iter()
+                    .any(|t| copier.rewrite.contains(&t.pack)) =>
+            {
+                Some(Ok(l.recipe.file))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    for file in stale {
+        let bytes = core
+            .index
+            .recipe_bytes(&file)?
+            .ok_or_else(|| Error::Bug(format!("file {file} left the index during a repack")))?;
+        let layout = Layout::new(Recipe::decode(file, &bytes).map_err(|e| e.into_error(file))?);
+        let Some(recipe) = copier.rebuilt(&layout)? else {
             continue;
         };
         let file = recipe.file;

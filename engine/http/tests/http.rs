@@ -209,3 +209,82 @@ async fn files_ranges_etags_and_refs_over_curl_and_the_client() {
     assert_eq!(r.status, 404);
     srv.stop().await;
 }
+
+/// A safetensors file: an 8-byte little-endian header length, the JSON
+/// header, then the tensors' bytes.
+fn safetensors(tensors: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "U8", "shape": [bytes.len()],
+                "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
+        data.extend_from_slice(bytes);
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// One tensor of a stored safetensors file over `curl`, by path
+/// (`{id}/tensors/{name}`) and by query (`?tensor=` after a ref): exactly its
+/// bytes, ranges relative to the tensor, an ETag of its own, 404 for a
+/// tensor the file lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tensor_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&tmp.path().join("srv"));
+    let (w, b) = (noise(400_000, 21), noise(3_000, 22));
+    let file = safetensors(&[("layer.0.weight", &w), ("layer.0.bias", &b)]);
+    let name = "acme/m@v1:model.safetensors";
+    let id = store.put_bytes(&file, &[name]).expect("put").file_id;
+    let info = store.model_info(&id).expect("info");
+    let bias = info
+        .tensors
+        .iter()
+        .find(|t| t.name == "layer.0.bias")
+        .expect("bias described");
+    let off = bias.offset.expect("plain bytes") as usize;
+    assert_eq!(&file[off..off + bias.length as usize], &b[..]);
+
+    let srv = TestServer::start(store.clone(), Policy::open(), ServerConfig::default()).await;
+    let u = |p: &str| format!("{}{p}", srv.url);
+    let by_path = u(&format!("/v1/files/{id}/tensors/layer.0.weight"));
+    let r = curl(vec![by_path.clone()]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == w, "tensor by path: other bytes");
+    let etag = r.header("etag").expect("etag").to_string();
+    assert_ne!(etag, format!("\"{id}\""), "a tensor has its own ETag");
+    let r = curl(vec![u(&format!(
+        "/v1/files/{}?tensor=layer.0.bias",
+        encode_segment(name)
+    ))])
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == b, "tensor by query: other bytes");
+    assert_eq!(r.header("content-length"), Some("3000"));
+    // Ranges count from the tensor's first byte.
+    let r = curl(vec![s("-r"), s("100-199"), by_path.clone()]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 100-199/400000"));
+    assert!(r.body == w[100..200]);
+    let r = curl(vec![s("-r"), s("400000-"), by_path.clone()]).await;
+    assert_eq!(r.status, 416);
+    let r = curl(vec![s("-H"), format!("If-None-Match: {etag}"), by_path]).await;
+    assert_eq!(r.status, 304);
+    // A tensor the file lacks, and a file that is not a model.
+    let r = curl(vec![u(&format!("/v1/files/{id}/tensors/nope"))]).await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("nope"), "{}", r.text());
+    let plain = store
+        .put_bytes(&noise(10_000, 23), &[])
+        .expect("put")
+        .file_id;
+    let r = curl(vec![u(&format!("/v1/files/{plain}/tensors/x"))]).await;
+    assert_eq!(r.status, 404);
+    srv.stop().await;
+}

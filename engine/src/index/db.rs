@@ -575,34 +575,56 @@ impl Index {
         })
     }
 
-    /// Removes a pack (GC, repack) and every chunk entry in `chunks` that
-    /// points into it; counters follow.
-    pub(crate) fn remove_pack(&self, pack: PackId, chunks: &[ChunkId]) -> Result<()> {
-        self.write(|| {
-            (&self.chunks, &self.packs, &self.meta, &self.pack_gc).transaction(
-                |(ct, pt, mt, gt)| {
+    /// Removes packs (GC, repack) and every chunk entry in `chunks` that
+    /// points into one of them; counters follow.
+    pub(crate) fn remove_packs(&self, packs: &[PackId], chunks: &mut [ChunkId]) -> Result<()> {
+        let dead: std::collections::HashSet<[u8; 32]> = packs.iter().map(|p| p.0).collect();
+        // In key order, so each page of the tree is visited once, and in
+        // slices (sled's transactions slow down with their size).
+        chunks.sort_unstable_by_key(|c| c.0);
+        for slice in chunks.chunks(4096) {
+            self.write(|| {
+                (&self.chunks, &self.meta).transaction(|(ct, mt)| {
                     add_counter(mt, GENERATION, 1)?;
-                    for id in chunks {
-                        let Some(v) = ct.get(id.0)? else { continue };
-                        if v.get(..32) == Some(&pack.0[..]) {
-                            ct.remove(&id.0)?;
-                            add_counter(mt, "chunks", -1)?;
-                            let raw = v
-                                .get(48..52)
-                                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                                .map_or(0, |b| u64::from(u32::from_le_bytes(b)));
-                            add_counter(mt, "chunk_bytes", -(raw as i64))?;
+                    let (mut removed, mut raw_bytes) = (0i64, 0i64);
+                    for id in slice {
+                        // One operation per entry: remove, and put back the
+                        // rare entry that points elsewhere.
+                        let Some(v) = ct.remove(&id.0)? else { continue };
+                        let into_dead = v
+                            .get(..32)
+                            .and_then(|p| <[u8; 32]>::try_from(p).ok())
+                            .is_some_and(|p| dead.contains(&p));
+                        if !into_dead {
+                            ct.insert(&id.0, v)?;
+                            continue;
                         }
+                        removed += 1;
+                        raw_bytes += v
+                            .get(48..52)
+                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                            .map_or(0, |b| i64::from(u32::from_le_bytes(b)));
                     }
+                    add_counter(mt, "chunks", -removed)?;
+                    add_counter(mt, "chunk_bytes", -raw_bytes)?;
+                    Ok(())
+                })?;
+                Ok(())
+            })?;
+        }
+        self.write(|| {
+            (&self.packs, &self.meta, &self.pack_gc).transaction(|(pt, mt, gt)| {
+                add_counter(mt, GENERATION, 1)?;
+                for pack in packs {
                     if let Some(v) = pt.remove(&pack.0)? {
                         add_counter(mt, "packs", -1)?;
                         let size = PackInfo::decode(&v).map_or(0, |i| i.size);
                         add_counter(mt, "stored_bytes", -(size as i64))?;
                     }
                     gt.remove(&pack.0)?;
-                    Ok(())
-                },
-            )?;
+                }
+                Ok(())
+            })?;
             Ok(())
         })
     }

@@ -374,33 +374,81 @@ fn file_body(
     Body::from_stream(stream)
 }
 
+/// A tensor named in a file request: `?tensor=NAME` after any name, or
+/// `{id}/tensors/{NAME}` after a file id, `file:ID` or `sha256:HEX` (a ref
+/// of that shape is reached as `ref:NAME`). Returns the file's name and the
+/// tensor's.
+fn split_tensor(name: String, query: Option<&str>) -> ApiResult<(String, Option<String>)> {
+    if let Some(t) = query_params(query)?.remove("tensor") {
+        return Ok((name, Some(t)));
+    }
+    if let Some((file, tensor)) = name.split_once("/tensors/") {
+        if ref_of_name(file).is_none() && !file.starts_with("ref:") {
+            return Ok((file.to_string(), Some(tensor.to_string())));
+        }
+    }
+    Ok((name, None))
+}
+
 async fn get_file(
     State(s): St,
     headers: HeaderMap,
     method: Method,
+    RawQuery(query): RawQuery,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let name = path_arg(name)?;
+    let (name, tensor) = split_tensor(path_arg(name)?, query.as_deref())?;
     let access = s.access(&headers)?;
     let (id, public) = s.readable_file(&access, &name).await?;
-    let etag = etag_of(&id.to_hex());
     let cache = if public {
         IMMUTABLE_PUBLIC
     } else {
         IMMUTABLE_PRIVATE
     };
+    let store = s.store.clone();
+    let reader = blocking(move || store.read(&id)).await?;
+    // The window served: the whole file, or one tensor's bytes.
+    let (base, size, etag, what) = match tensor {
+        None => (
+            0,
+            reader.size(),
+            etag_of(&id.to_hex()),
+            format!("file {id}"),
+        ),
+        Some(t) => {
+            let store = s.store.clone();
+            let info = blocking(move || store.model_info(&id)).await?;
+            let found = info
+                .tensors
+                .iter()
+                .find(|x| x.name == t)
+                .and_then(|x| x.offset.map(|o| (o, x.length)));
+            let Some((offset, length)) = found else {
+                return Err(ApiError::not_found(format!(
+                    "file {id} ({}) has no tensor {} stored as plain bytes",
+                    info.format,
+                    tessera_clip(&t)
+                )));
+            };
+            let tag = etag_of(&format!("{id}/{}", blake3::hash(t.as_bytes()).to_hex()));
+            (
+                offset,
+                length,
+                tag,
+                format!("tensor {} of file {id}", tessera_clip(&t)),
+            )
+        }
+    };
     if none_match(&headers, &etag) {
         return Ok(not_modified(&etag, cache));
     }
-    let store = s.store.clone();
-    let reader = blocking(move || store.read(&id)).await?;
-    let size = reader.size();
     let range = match wanted_range(&headers, size, &etag) {
-        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("file {id}"), size)),
+        Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&what, size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b)),
         None => None,
     };
     let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
+    let (start, end) = (base + start, base + end);
     if method == Method::HEAD {
         return Ok(content(range, size, &etag, cache, Body::empty()));
     }

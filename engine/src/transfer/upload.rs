@@ -1,0 +1,300 @@
+//! The upload side of a transfer: which chunks a store lacks, admitting a
+//! client's pack or verified chunks only after every chunk in them
+//! re-hashes, and registering a file from its chunk list only when every
+//! chunk is stored.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::Digest;
+use tessera_model::{Limits, Sniffer};
+
+use super::VerifiedChunks;
+use crate::codec::decode_chunk;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::format::{Recipe, PACK_HEADER_LEN};
+use crate::ids::{ChunkId, FileId, FileIdHasher, PackId, PackIdHasher, Sha256};
+use crate::index::PackInfo;
+use crate::ingest::{admit_encoded, publish_files, terms_for, NewRecipe, PutReport};
+use crate::pack::{encode_pack, PackReader};
+use crate::paths::pack_key;
+use crate::read::layout;
+use crate::refs;
+use crate::storage::{BytesFile, PutMode};
+
+/// Which of `ids` the store does not hold.
+pub(crate) fn missing_chunks(core: &Core, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for id in ids {
+        if seen.insert(*id) && core.index.chunk(id)?.is_none() {
+            out.push(*id);
+        }
+    }
+    Ok(out)
+}
+
+/// What admitting an uploaded pack did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AdmitReport {
+    /// The pack.
+    pub pack: PackId,
+    /// Chunks in it.
+    pub chunks: u64,
+    /// Chunks the store did not hold before.
+    pub new_chunks: u64,
+}
+
+/// Admits a pack uploaded by a client, only after checking all of it: its
+/// bytes hash to the pack id claimed, its footer is intact, its records
+/// tile the data region exactly (no hidden bytes), every chunk is at most
+/// the store's chunk size and decodes and re-hashes to its id. Then the
+/// pack is published as it is (create-only) and indexed. A refused pack
+/// leaves nothing behind.
+pub(crate) fn admit_pack(core: &Core, claimed: PackId, bytes: Bytes) -> Result<AdmitReport> {
+    core.check_poison()?;
+    let what = format!("pack {claimed}");
+    let reject = |reason: String| Error::Rejected {
+        what: what.clone(),
+        reason,
+    };
+    let mut h = PackIdHasher::new();
+    h.update(&bytes);
+    if h.finish() != claimed {
+        return Err(reject(format!("its bytes hash to {}", h.finish())));
+    }
+    let len = bytes.len() as u64;
+    let reader = PackReader::from_handle(claimed, Arc::new(BytesFile(bytes.clone())), "upload")
+        .map_err(|e| reject(e.to_string()))?;
+    if reader.chunk_count() == 0 {
+        return Err(reject("it holds no chunk".into()));
+    }
+    let max = core.config.chunking.max;
+    let mut entries = Vec::with_capacity(reader.chunk_count() as usize);
+    let mut expect_offset = PACK_HEADER_LEN as u64;
+    for i in 0..reader.chunk_count() {
+        let e = reader.entry(i).map_err(|e| reject(e.to_string()))?;
+        if e.offset != expect_offset {
+            return Err(reject(format!(
+                "record {i} is at {}, not right after the one before it ({expect_offset})",
+                e.offset
+            )));
+        }
+        if e.raw_len > max {
+            return Err(reject(format!(
+                "chunk {} is {} bytes, more than this store's maximum {max}",
+                e.id, e.raw_len
+            )));
+        }
+        reader
+            .read_chunk(i, &e.id)
+            .map_err(|e| reject(e.to_string()))?;
+        expect_offset = e.offset + e.record_len();
+        entries.push((i, e));
+    }
+    if expect_offset != reader.table_offset() {
+        return Err(reject(
+            "bytes between the last record and the chunk table".into(),
+        ));
+    }
+    let raw_bytes = entries.iter().map(|(_, e)| u64::from(e.raw_len)).sum();
+    let mut new_chunks = 0u64;
+    for (_, e) in &entries {
+        if core.index.chunk(&e.id)?.is_none() {
+            new_chunks += 1;
+        }
+    }
+    let key = pack_key(&claimed);
+    let published = match core.objects.put(&key, &bytes, PutMode::Create) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("publish pack", core.objects.describe(&key), e)),
+    };
+    core.poison_on(published)?;
+    let info = PackInfo {
+        size: len,
+        chunk_count: reader.chunk_count(),
+        raw_bytes,
+    };
+    core.poison_on(core.index.add_pack(claimed, info, &entries))?;
+    core.poison_on(core.index.flush())?;
+    Ok(AdmitReport {
+        pack: claimed,
+        chunks: entries.len() as u64,
+        new_chunks,
+    })
+}
+
+/// Admits chunks fetched and verified by [`verify_fetched`] into the store
+/// (durably, when this returns). Returns how many were new.
+pub(crate) fn admit_chunks(core: &Core, chunks: &VerifiedChunks) -> Result<u64> {
+    for (e, stored) in &chunks.0 {
+        // Re-verify: the records may not come from verify_fetched.
+        let raw = decode_chunk(stored, e.compression, e.raw_len).map_err(|d| Error::Rejected {
+            what: format!("chunk {}", e.id),
+            reason: d,
+        })?;
+        if ChunkId::of(&raw) != e.id {
+            return Err(Error::Rejected {
+                what: format!("chunk {}", e.id),
+                reason: "content does not hash to the chunk id".into(),
+            });
+        }
+    }
+    Ok(admit_encoded(core, &chunks.0)?.0)
+}
+
+/// A pack of the given chunks as they are stored locally (their records
+/// copied, not re-encoded, each re-verified first): what a push uploads.
+/// Returns the pack id and its bytes.
+pub(crate) fn export_pack(core: &Core, ids: &[ChunkId]) -> Result<(PackId, Vec<u8>)> {
+    let mut chunks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let loc = core
+            .index
+            .chunk(id)?
+            .ok_or_else(|| Error::not_found("chunk", &id.to_hex()))?;
+        let pack = core.packs.get(&loc.pack)?;
+        // Verifies the chunk (decode + hash) before it leaves the store.
+        pack.read_chunk(loc.index, id)?;
+        let e = loc.entry;
+        let stored = pack.read_stored(loc.index)?;
+        chunks.push((e.id, e.raw_len, e.compression, stored));
+    }
+    encode_pack(&chunks)
+}
+
+/// The chunk list of a stored file (what a push registers).
+pub(crate) fn chunk_list(core: &Core, file: &FileId) -> Result<Vec<(ChunkId, u32)>> {
+    Ok(layout(core, file)?.recipe.chunks.clone())
+}
+
+/// Registers a file from its chunk list, only when every chunk is stored:
+/// the list must hash to `file` and sum to `size`; the file's SHA-256 is
+/// computed here by reading it (verified), and a `sha256` the client claimed
+/// must match. Refs are set to it. A file already stored only gets its refs.
+pub(crate) fn register_file(
+    core: &Core,
+    file: FileId,
+    size: u64,
+    chunks: &[(ChunkId, u32)],
+    claimed_sha256: Option<Sha256>,
+    ref_names: &[&str],
+) -> Result<PutReport> {
+    core.check_poison()?;
+    for r in ref_names {
+        refs::validate(r)?;
+    }
+    // GC must not delete a chunk this registration names before it is
+    // committed (spec §10.5).
+    let _gate = core.gate.shared();
+    let reject = |reason: String| Error::Rejected {
+        what: format!("file {file}"),
+        reason,
+    };
+    let mut h = FileIdHasher::new();
+    let mut total = 0u64;
+    for (id, len) in chunks {
+        h.push(id, u64::from(*len));
+        total += u64::from(*len);
+    }
+    if h.finish() != file {
+        return Err(reject(format!("its chunk list hashes to {}", h.finish())));
+    }
+    if total != size {
+        return Err(reject(format!("its chunks hold {total} bytes, not {size}")));
+    }
+    if core.index.has_file(&file)? {
+        // Stored already (a fork, a re-upload): its recipe, SHA-256 and
+        // description are known; only the refs are new.
+        let existing = layout(core, &file)?.recipe.clone();
+        if claimed_sha256.is_some_and(|c| c != existing.sha256) {
+            return Err(reject(format!(
+                "its content hashes to sha256 {}, not the one claimed",
+                existing.sha256
+            )));
+        }
+        let mut reports = publish_files(
+            core,
+            vec![NewRecipe {
+                recipe: existing,
+                refs: ref_names.iter().map(|s| s.to_string()).collect(),
+                new_chunks: 0,
+                new_bytes: 0,
+                model: None,
+            }],
+        )?;
+        return reports
+            .pop()
+            .ok_or_else(|| Error::Bug("publishing one file reported none".into()));
+    }
+    let mut locs = Vec::with_capacity(chunks.len());
+    let mut missing = 0usize;
+    for (id, len) in chunks {
+        match core.index.chunk(id)? {
+            Some(l) if l.entry.raw_len == *len => locs.push((l.pack, l.index)),
+            Some(l) => {
+                return Err(reject(format!(
+                    "chunk {id} is {} bytes, not {len}",
+                    l.entry.raw_len
+                )))
+            }
+            None => missing += 1,
+        }
+    }
+    if missing > 0 {
+        return Err(reject(format!(
+            "{missing} of its {} chunks are not stored",
+            chunks.len()
+        )));
+    }
+    // The content's SHA-256 (what git-lfs pointers name files by) is
+    // computed here, from verified chunks: a client cannot alias a file to
+    // another's hash.
+    // Its model description and pickle verdict are computed here too, and
+    // the store's policy applies to uploads as to local puts.
+    let mut sha = sha2::Sha256::new();
+    let mut sniffer = Sniffer::new(Limits::default());
+    for ((id, _), (pack, index)) in chunks.iter().zip(&locs) {
+        let raw = core.packs.read_chunk(pack, *index, id)?;
+        sha.update(&raw);
+        sniffer.feed(&raw);
+    }
+    let sha = Sha256(sha.finalize().into());
+    let model = sniffer.finish(size);
+    let policy = core.opts.pickle_policy;
+    if let Err(v) = policy.check(&model) {
+        return Err(Error::Refused {
+            source_name: format!("file {file}"),
+            policy: policy.as_str().to_string(),
+            reason: v.to_string(),
+        });
+    }
+    if claimed_sha256.is_some_and(|c| c != sha) {
+        return Err(reject(format!(
+            "its content hashes to sha256 {sha}, not the one claimed"
+        )));
+    }
+    let recipe = Recipe {
+        file,
+        sha256: sha,
+        size,
+        terms: terms_for(chunks, &locs),
+        chunks: chunks.to_vec(),
+    };
+    let mut reports = publish_files(
+        core,
+        vec![NewRecipe {
+            recipe,
+            refs: ref_names.iter().map(|s| s.to_string()).collect(),
+            new_chunks: 0,
+            new_bytes: 0,
+            model: Some(model),
+        }],
+    )?;
+    reports
+        .pop()
+        .ok_or_else(|| Error::Bug("publishing one file reported none".into()))
+}
