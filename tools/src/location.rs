@@ -15,6 +15,9 @@ use crate::{CliError, CliResult};
 /// about 20 s of an unreachable server before a command gives up);
 /// `TESSERA_S3_RETRIES` overrides it.
 const S3_RETRIES: usize = 8;
+/// Bound of the on-disk cache of pack ranges in an s3:// store's cache
+/// directory, in MiB; `TESSERA_S3_DISK_CACHE_MIB` overrides it (0: none).
+const DISK_CACHE_MIB: u64 = 1024;
 
 /// A store location given on the command line.
 #[derive(Clone, Debug)]
@@ -107,8 +110,20 @@ impl Location {
             Location::Dir(d) => Ok((None, d.clone())),
             Location::S3 { url, cache } => {
                 let d = S3Options::default();
+                let disk_mib: u64 = match std::env::var("TESSERA_S3_DISK_CACHE_MIB") {
+                    Ok(v) => v.trim().parse().map_err(|_| {
+                        CliError::Usage(format!(
+                            "TESSERA_S3_DISK_CACHE_MIB={v}: expected a number of MiB"
+                        ))
+                    })?,
+                    Err(_) => DISK_CACHE_MIB,
+                };
                 let opts = S3Options {
                     staging_dir: Some(cache.join("staging")),
+                    // Pack ranges this node fetched, kept for later
+                    // commands (TESSERA_S3_DISK_CACHE_MIB, 0: none).
+                    disk_cache_dir: (disk_mib > 0).then(|| cache.join("ranges")),
+                    disk_cache_bytes: disk_mib << 20,
                     // Ride out a server restart of several seconds (a put
                     // that fails is not acknowledged; it is run again).
                     retry: RetryOptions {

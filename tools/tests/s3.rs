@@ -109,6 +109,23 @@ impl Env {
     }
 }
 
+/// The files under `dir`, recursively, with their sizes (none if missing).
+fn walk(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if let Ok(m) = e.metadata() {
+            out.push((p, m.len()));
+        }
+    }
+    out
+}
+
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -178,6 +195,24 @@ fn cli_round_trip_ranges_dedup_and_every_command_on_s3() {
     assert_eq!(code(&env.run("a", &["cat", "acme/m@v1:w.bin"])), 3);
     // Another node sees all of it: by ref, by id, by sha256.
     assert!(env.ok("b", &["cat", "acme/m@latest"]) == data);
+    // The pack ranges node b fetched stay in its cache for later commands
+    // (bounded; TESSERA_S3_DISK_CACHE_MIB=0 keeps none).
+    let cached: u64 = walk(&env.path("cache-b/ranges"))
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        cached >= data.len() as u64,
+        "{cached} bytes of ranges cached"
+    );
+    let r = env
+        .cmd("b2")
+        .env("TESSERA_S3_DISK_CACHE_MIB", "0")
+        .args(["cat", "acme/m@latest"])
+        .output()
+        .expect("cat");
+    assert!(r.status.success() && r.stdout == data);
+    assert!(!env.path("cache-b2/ranges").exists());
     assert!(env.ok("c", &["cat", &id]) == data);
     assert!(env.ok("d", &["cat", &format!("sha256:{sha}")]) == data);
     assert!(!env.text("e", &["refs"]).contains("acme/m@v1:w.bin"));
@@ -805,7 +840,10 @@ fn serve_on_an_s3_store_answers_a_pull() {
     assert!(std::fs::read(&out3).expect("out") == data);
     let pulled: Value = serde_json::from_slice(&r.stdout).expect("json");
     let id = pulled["file_id"].as_str().expect("file_id");
-    assert!(mirror.ok("other", &["cat", id]) == data, "the mirror holds it");
+    assert!(
+        mirror.ok("other", &["cat", id]) == data,
+        "the mirror holds it"
+    );
     // A ref nobody asks the server for shows in its listing after its
     // periodic refresh (every second here).
     env.ok(

@@ -20,6 +20,7 @@ use tessera::storage::{Cas, Listed, ObjectStore, PutMode, ReadHandle, StagedObje
 
 use crate::cache::{BlockCache, ObjectVersion};
 use crate::counters::{Counters, CountingConnector, S3Stats};
+use crate::disk::DiskCache;
 use crate::options::{RetryOptions, S3Options};
 use crate::read::{Fetching, Opened, S3ReadHandle};
 use crate::runtime::Bridge;
@@ -486,14 +487,18 @@ impl S3Store {
                 .join("tessera-s3")
                 .join(&h.as_str()[..16])
         });
+        let disk = match &options.disk_cache_dir {
+            Some(d) => Some(DiskCache::open(d, options.disk_cache_bytes)?),
+            None => None,
+        };
         Ok(S3Store {
             inner: Arc::new(Inner {
                 url,
                 prefix,
                 client: Arc::new(client),
                 bridge,
-                counters,
-                cache: BlockCache::new(options.cache_bytes),
+                counters: counters.clone(),
+                cache: BlockCache::new(options.cache_bytes, disk, counters.clone()),
                 staging,
                 block_size: options.block_size.max(1),
                 readahead_blocks: options.readahead_blocks.max(1),
@@ -510,9 +515,14 @@ impl S3Store {
         self.inner.counters.snapshot()
     }
 
-    /// Bytes held by the block cache now.
+    /// Bytes held by the in-memory block cache now.
     pub fn cached_bytes(&self) -> u64 {
         self.inner.cache.bytes()
+    }
+
+    /// Bytes held by the on-disk block cache (0 without one).
+    pub fn disk_cached_bytes(&self) -> u64 {
+        self.inner.cache.disk_bytes()
     }
 
     /// The local directory where objects are staged.
