@@ -121,7 +121,7 @@ pub(crate) fn open(
         // it is brought up to date from a listing, never by rewriting
         // objects from it (spec §4.3); `repair index` rebuilds it whole.
         let caught_up = if core.objects.shared() {
-            crate::remote::catch_up(&core, reason)
+            crate::refresh::catch_up(&core, reason)
         } else {
             recover::catch_up(&core, reason)
         };

@@ -6,7 +6,9 @@ use crate::error::{clip, Error, Result};
 use crate::format::{decode_ref, encode_ref, Recipe, MAX_REF_LEN};
 use crate::ids::{FileId, Sha256};
 use crate::paths::{recipe_key, ref_key};
-use crate::remote::{self, Expect};
+use crate::refresh::{self, RefreshReport};
+use crate::remote;
+use crate::shared_refs::{self, Expect};
 use crate::storage::PutMode;
 
 /// Prefixes that make a name explicit in [`resolve`]; no ref name may
@@ -47,7 +49,7 @@ pub(crate) fn validate(name: &str) -> Result<()> {
 /// shared store, with conditional writes (spec §8.3).
 pub(crate) fn write_file(core: &Core, name: &str, file: &FileId) -> Result<()> {
     if core.objects.shared() {
-        return remote::write_ref(core, name, file, Expect::Any).map(|_| ());
+        return shared_refs::write_ref(core, name, file, Expect::Any).map(|_| ());
     }
     let key = ref_key(name);
     core.objects
@@ -96,7 +98,12 @@ pub(crate) fn compare_and_set(
     if !has_file(core, &file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }
-    core.poison_on(remote::write_ref(core, name, &file, Expect::Is(expected)))?;
+    core.poison_on(shared_refs::write_ref(
+        core,
+        name,
+        &file,
+        Expect::Is(expected),
+    ))?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
 }
@@ -151,7 +158,7 @@ pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
 /// indexed.)
 pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
     if core.objects.shared() {
-        return remote::resolve_ref(core, name);
+        return shared_refs::resolve_ref(core, name);
     }
     if let Some(id) = core.index.get_ref(name)? {
         return Ok(id);
@@ -176,7 +183,7 @@ pub(crate) fn by_sha256(core: &Core, sha: &Sha256) -> Result<FileId> {
     // A shared store names files by id only: a sha256 this node has not
     // seen costs a listing of the recipes it lacks (spec §4.3).
     if core.objects.shared() {
-        remote::refresh_files(core, &mut remote::RefreshReport::default())?;
+        refresh::refresh_files(core, &mut RefreshReport::default())?;
         if let Some(f) = core.index.by_sha256(sha)? {
             return Ok(f);
         }

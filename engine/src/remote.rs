@@ -3,33 +3,30 @@
 //!
 //! A node's index is a cache of the bucket. What another node wrote is found
 //! two ways: on a miss (a file id or ref the index lacks: its recipe or ref
-//! object is read, checked and indexed with the packs it names), and by a
-//! listing ([`refresh`]). Refs are read from the bucket whenever they are
+//! object is read, checked and indexed with the packs it names: here), and
+//! by a listing (`refresh`). Refs are read from the bucket whenever they are
 //! resolved (they are the only mutable objects) and written with
-//! conditional writes, so no node silently overwrites a change it did not
-//! see. The `dirty` and `clean` markers describe one node's index, so they
-//! are node-local files ([`NodeLocal`]), not objects.
+//! conditional writes (`shared_refs`), so no node silently overwrites a
+//! change it did not see. The `dirty` and `clean` markers describe one
+//! node's index, so they are node-local files ([`NodeLocal`]), not objects.
 //!
 //! Nothing here runs for a store that is not [`ObjectStore::shared`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::lock;
 use crate::core::Core;
-use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, encode_ref, ChunkEntry, Recipe};
+use crate::error::{Error, Result};
+use crate::format::{ChunkEntry, Recipe};
 use crate::ids::{FileId, PackId};
 use crate::index::PackInfo;
 use crate::layout::Layout;
-use crate::paths::{
-    file_of_key, is_ref_key, pack_of_key, recipe_key, ref_key, CLEAN, DIRTY, PACKS, RECIPES, REFS,
-};
-use crate::report::{CatchUpReason, Problem, RepairReport};
+use crate::paths::{recipe_key, CLEAN, DIRTY};
+use crate::report::Problem;
 use crate::storage::{
     Cas, DirStore, Listed, ObjectStore, PutMode, ReadHandle, ReadMode, StagedObject, Version,
 };
@@ -37,14 +34,8 @@ use crate::storage::{
 /// Keys under this prefix are node-local state of a shared store (kept in
 /// the local directory, never in the bucket).
 const NODE: &str = "node/";
-/// What the last listing of refs saw: `<key> <version>` per line.
-const REFS_SEEN: &str = "node/refs-seen";
-/// When the last [`refresh`] finished: milliseconds since the epoch.
-const REFRESHED: &str = "node/refreshed";
 /// The store a local directory is the cache of (its location).
 const ORIGIN: &str = "origin";
-/// Conditional ref writes that lose a race are retried this many times.
-const REF_ATTEMPTS: u32 = 8;
 /// Requests in flight while a listing's unknown objects are indexed.
 const DISCOVERY_THREADS: usize = 16;
 
@@ -170,40 +161,14 @@ impl ObjectStore for NodeLocal {
     }
 }
 
-// ------------------------------------------------------------ opening
-
-/// Brings a shared store's index up to date at open when it cannot be
-/// trusted. A new index (a node's first open with this cache) is left
-/// empty: it fills on misses and by [`refresh`] (`repair index`, which
-/// opens over an empty index, fills it whole from a listing). An index whose counters disagree with this node's clean-close
-/// record is recounted; after a crash, or over a damaged index, the node
-/// refreshes from a listing (what it lost is in the bucket).
-pub(crate) fn catch_up(core: &Core, reason: CatchUpReason) -> Result<RepairReport> {
-    match reason {
-        // `repair index` opens over an empty index to fill it whole.
-        CatchUpReason::NewIndex if !core.opts.allow_missing_index => Ok(RepairReport::default()),
-        CatchUpReason::CountersDiffer => {
-            core.index.recount()?;
-            Ok(RepairReport::default())
-        }
-        _ => {
-            forget_seen_refs(core)?;
-            let r = refresh(core)?;
-            Ok(RepairReport {
-                packs: r.packs,
-                chunks: r.chunks,
-                files: r.files,
-                refs: r.refs_updated + r.refs_removed,
-                healed: Vec::new(),
-                problems: r.problems,
-            })
-        }
-    }
-}
-
 // ------------------------------------------------------------ discovery
 
-fn io_err(objects: &dyn ObjectStore, op: &'static str, key: &str, e: io::Error) -> Error {
+pub(crate) fn io_err(
+    objects: &dyn ObjectStore,
+    op: &'static str,
+    key: &str,
+    e: io::Error,
+) -> Error {
     Error::io(op, objects.describe(key), e)
 }
 
@@ -234,7 +199,7 @@ pub(crate) fn discover_pack(core: &Core, id: &PackId) -> Result<u64> {
 /// Indexes the packs of `packs` the index lacks, several at once. A pack
 /// that is missing or damaged is reported (reads of what it holds fail,
 /// naming it); an I/O error fails the call.
-fn discover_packs(
+pub(crate) fn discover_packs(
     core: &Core,
     packs: &[PackId],
     problems: &mut Vec<Problem>,
@@ -389,378 +354,9 @@ pub(crate) fn publish_recipe(
     Ok((true, bytes))
 }
 
-// ------------------------------------------------------------ refs
-
-/// What a conditional ref write expects the ref to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Expect {
-    /// Anything: the write is retried on whatever the ref became.
-    Any,
-    /// Exactly this (`None`: no ref); otherwise [`Error::RefConflict`].
-    Is(Option<FileId>),
-}
-
-/// The file a ref object names, if it is a valid ref object of `name`.
-fn ref_target(name: &str, bytes: &[u8]) -> Option<FileId> {
-    match decode_ref(bytes) {
-        Ok((n, f)) if n == name => Some(f),
-        _ => None,
-    }
-}
-
-/// Points ref `name` at `file` in the store with conditional writes: the
-/// write names the version it replaces (or that there is none), so a
-/// concurrent change by another node makes it fail instead of being
-/// overwritten unseen. With [`Expect::Any`] a lost race is retried on the
-/// new state (up to 8 times, with growing jittered pauses); with
-/// [`Expect::Is`] a ref that is not what the caller expects fails with
-/// [`Error::RefConflict`]. Returns what the ref named before. Works on any
-/// store (a non-shared one serializes within the process).
-pub(crate) fn write_ref(
-    core: &Core,
-    name: &str,
-    file: &FileId,
-    expect: Expect,
-) -> Result<Option<FileId>> {
-    let objects = core.objects.as_ref();
-    let key = ref_key(name);
-    let data = encode_ref(name, file);
-    // What is there: `None` no object; else its target (`None` when it is
-    // damaged or another name's) and version. New refs are the common
-    // case, so the first attempt assumes there is none (a create-only
-    // write: one request) unless the caller expects a file.
-    let mut state: Option<(Option<FileId>, Version)> = None;
-    let mut assumed = matches!(expect, Expect::Any | Expect::Is(None));
-    for attempt in 0..REF_ATTEMPTS {
-        if !assumed {
-            state = objects
-                .get_versioned(&key)
-                .map_err(|e| io_err(objects, "read ref", &key, e))?
-                .map(|(b, v)| (ref_target(name, &b), v));
-        }
-        assumed = false;
-        let before = state.as_ref().and_then(|(f, _)| *f);
-        if let Expect::Is(want) = expect {
-            if before != want {
-                return Err(Error::RefConflict {
-                    name: clip(name),
-                    detail: format!(
-                        "expected it to name {}, but it names {}; nothing was written",
-                        show(want),
-                        show(before)
-                    ),
-                });
-            }
-        }
-        if before == Some(*file) {
-            return Ok(before);
-        }
-        let version = state.as_ref().map(|(_, v)| v);
-        match objects
-            .put_if_version(&key, &data, version)
-            .map_err(|e| io_err(objects, "write ref", &key, e))?
-        {
-            Cas::Written(_) => return Ok(before),
-            // Another writer got in between: read what it wrote and go
-            // again (at once the first time: usually a create that found
-            // the ref existing).
-            Cas::Conflict if attempt > 0 => backoff(attempt - 1),
-            Cas::Conflict => {}
-        }
-    }
-    Err(Error::RefConflict {
-        name: clip(name),
-        detail: format!(
-            "other writers changed it {REF_ATTEMPTS} times while this update was retried; nothing was written"
-        ),
-    })
-}
-
-fn show(f: Option<FileId>) -> String {
-    f.map_or("nothing (no such ref)".to_string(), |f| format!("file {f}"))
-}
-
-/// A pause before retrying a lost race: 10 ms doubling per attempt (to
-/// 1.3 s), times a jitter factor in [0.5, 1.5) so racing nodes drift apart.
-fn backoff(attempt: u32) {
-    let base = 10u64 << attempt.min(7);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = 500 + (u64::from(nanos) ^ u64::from(std::process::id())) % 1000;
-    std::thread::sleep(Duration::from_millis(base * jitter / 1000));
-}
-
-/// The file the ref object of `name` names; `None` when there is none (or
-/// it is another name's). A ref object that does not decode is damage.
-fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
-    let objects = core.objects.as_ref();
-    let key = ref_key(name);
-    match objects.get(&key) {
-        Ok(b) => match decode_ref(&b) {
-            Ok((n, f)) => Ok((n == name).then_some(f)),
-            Err(detail) => Err(Error::IndexCorrupt {
-                tree: "refs",
-                key: clip(name),
-                detail: format!("ref file {key}: {detail}"),
-            }),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(objects, "read ref", &key, e)),
-    }
-}
-
-/// Resolves a ref on a shared store: the ref object is read every time (a
-/// ref is the one kind of object another node may change), the file it
-/// names is found (on a miss, in the bucket), and the index is brought in
-/// line. A ref object naming a file whose recipe is missing or damaged is
-/// [`Error::RefDangling`].
-pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
-    let Some(file) = read_ref(core, name)? else {
-        if core.index.get_ref(name)?.is_some() {
-            core.index.delete_ref(name)?;
-        }
-        return Err(Error::not_found("ref", name));
-    };
-    let found = match has_file(core, &file) {
-        Ok(f) => f,
-        Err(e) if e.is_corruption() => false,
-        Err(e) => return Err(e),
-    };
-    if !found {
-        return Err(Error::RefDangling {
-            name: clip(name),
-            file,
-        });
-    }
-    if core.index.get_ref(name)? != Some(file) {
-        core.index.set_ref(name, file)?;
-    }
-    Ok(file)
-}
-
-// ------------------------------------------------------------ refresh
-
-/// What a [`refresh`] found.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct RefreshReport {
-    /// Packs indexed (new to this node).
-    pub packs: u64,
-    /// Chunks those packs hold.
-    pub chunks: u64,
-    /// Files indexed (recipes new to this node).
-    pub files: u64,
-    /// Refs added or changed in the index.
-    pub refs_updated: u64,
-    /// Refs removed from the index (deleted in the store).
-    pub refs_removed: u64,
-    /// Objects listed.
-    pub listed: u64,
-    /// Objects that could not be indexed (damaged), by name.
-    pub problems: Vec<Problem>,
-}
-
-fn list(objects: &dyn ObjectStore, prefix: &str) -> Result<Vec<Listed>> {
-    objects
-        .list_versioned(prefix)
-        .map_err(|e| Error::io("list", objects.describe(prefix), e))
-}
-
-/// Brings this node's index up to date with a listing of the bucket: packs
-/// and recipes it lacks are indexed (as on a miss), refs that changed since
-/// the last listing (by version) are read and applied, and refs deleted in
-/// the store are removed. Objects written during the listing may be missed;
-/// they are found on a miss or by the next refresh.
-pub(crate) fn refresh(core: &Core) -> Result<RefreshReport> {
-    let mut rep = RefreshReport::default();
-    refresh_files(core, &mut rep)?;
-    refresh_refs(core, &mut rep)?;
-    core.index.flush()?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let objects = core.objects.as_ref();
-    objects
-        .put(REFRESHED, now.to_string().as_bytes(), PutMode::Replace)
-        .map_err(|e| io_err(objects, "write", REFRESHED, e))?;
-    Ok(rep)
-}
-
-/// When this node last finished a [`refresh`], if ever.
-pub(crate) fn last_refresh(core: &Core) -> Option<SystemTime> {
-    let b = core.objects.get(REFRESHED).ok()?;
-    let ms: u64 = std::str::from_utf8(&b).ok()?.trim().parse().ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
-}
-
-/// The packs and recipes part of [`refresh`].
-pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<()> {
-    let objects = core.objects.as_ref();
-    let mut packs = Vec::new();
-    for l in list(objects, PACKS)? {
-        rep.listed += 1;
-        match pack_of_key(&l.key) {
-            Some(id) => packs.push(id),
-            None => rep.problems.push(stray(&l.key)),
-        }
-    }
-    let (n, chunks) = discover_packs(core, &packs, &mut rep.problems)?;
-    rep.packs += n;
-    rep.chunks += chunks;
-    let mut files = Vec::new();
-    for l in list(objects, RECIPES)? {
-        rep.listed += 1;
-        match file_of_key(&l.key) {
-            Some(f) if !core.index.has_file(&f)? => files.push(f),
-            Some(_) => {}
-            None => rep.problems.push(stray(&l.key)),
-        }
-    }
-    let results = parallel(&files, |f| discover_file(core, f));
-    for (f, r) in files.iter().zip(results) {
-        match r {
-            Ok(true) => rep.files += 1,
-            Ok(false) => {} // deleted since it was listed
-            Err(e @ Error::Io { .. }) => return Err(e),
-            Err(e) => rep.problems.push(Problem {
-                object: format!("file {f}"),
-                detail: e.to_string(),
-            }),
-        }
-    }
-    Ok(())
-}
-
-fn stray(key: &str) -> Problem {
-    Problem {
-        object: key.to_string(),
-        detail: "unexpected object (not named like a pack, recipe or ref)".into(),
-    }
-}
-
-/// The refs part of [`refresh`].
-fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
-    let objects = core.objects.as_ref();
-    let seen = load_seen(core);
-    let listed = list(objects, REFS)?;
-    rep.listed += listed.len() as u64;
-    let mut now_seen: HashMap<String, Version> = HashMap::new();
-    let mut todo: Vec<String> = Vec::new();
-    let mut present: HashSet<String> = HashSet::new();
-    for l in listed {
-        if !is_ref_key(&l.key) {
-            rep.problems.push(stray(&l.key));
-            continue;
-        }
-        present.insert(l.key.clone());
-        match (&l.version, seen.get(&l.key)) {
-            (Some(v), Some(s)) if v == s => {
-                now_seen.insert(l.key, v.clone());
-            }
-            _ => todo.push(l.key),
-        }
-    }
-    let fetched = parallel(&todo, |key| match objects.get_versioned(key) {
-        Ok(r) => Ok(r),
-        Err(e) => Err(io_err(objects, "read ref", key, e)),
-    });
-    for (key, r) in todo.iter().zip(fetched) {
-        let Some((bytes, version)) = r? else {
-            continue; // deleted since it was listed
-        };
-        let (name, file) = match decode_ref(&bytes) {
-            Ok((n, f)) if ref_key(&n) == *key => (n, f),
-            Ok(_) => {
-                rep.problems.push(Problem {
-                    object: key.clone(),
-                    detail: "ref file stored under the wrong name".into(),
-                });
-                continue;
-            }
-            Err(d) => {
-                rep.problems.push(Problem {
-                    object: key.clone(),
-                    detail: format!("damaged ref file: {d}"),
-                });
-                continue;
-            }
-        };
-        match has_file(core, &file) {
-            Ok(true) => {}
-            Err(e @ Error::Io { .. }) => return Err(e),
-            Ok(false) | Err(_) => {
-                rep.problems.push(Problem {
-                    object: format!("ref {}", clip(&name)),
-                    detail: format!("names file {file}, whose recipe is missing or damaged"),
-                });
-                continue;
-            }
-        }
-        if core.index.get_ref(&name)? != Some(file) {
-            core.index.set_ref(&name, file)?;
-            rep.refs_updated += 1;
-        }
-        now_seen.insert(key.clone(), version);
-    }
-    // Refs the index holds whose objects are gone: deleted by another node
-    // (confirmed by a read, since a ref may have been set since the listing).
-    for (name, _) in core.index.refs_with_prefix("")? {
-        let key = ref_key(&name);
-        if present.contains(&key) {
-            continue;
-        }
-        match objects.get(&key) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                core.index.delete_ref(&name)?;
-                rep.refs_removed += 1;
-            }
-            Err(e) => return Err(io_err(objects, "read ref", &key, e)),
-            Ok(_) => {}
-        }
-    }
-    core.index.flush()?;
-    save_seen(core, &now_seen)
-}
-
-fn load_seen(core: &Core) -> HashMap<String, Version> {
-    let Ok(b) = core.objects.get(REFS_SEEN) else {
-        return HashMap::new();
-    };
-    String::from_utf8_lossy(&b)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(k, v)| (k.to_string(), Version(v.to_string())))
-        .collect()
-}
-
-fn save_seen(core: &Core, seen: &HashMap<String, Version>) -> Result<()> {
-    let mut text = String::new();
-    for (k, v) in seen {
-        text.push_str(k);
-        text.push(' ');
-        text.push_str(&v.0);
-        text.push('\n');
-    }
-    let objects = core.objects.as_ref();
-    objects
-        .put(REFS_SEEN, text.as_bytes(), PutMode::Replace)
-        .map_err(|e| io_err(objects, "write", REFS_SEEN, e))
-}
-
-/// Makes the next refresh read every ref (after the index may have lost
-/// writes).
-fn forget_seen_refs(core: &Core) -> Result<()> {
-    let objects = core.objects.as_ref();
-    match objects.delete(REFS_SEEN) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(objects, "remove", REFS_SEEN, e)),
-    }
-}
-
 /// `f` over every item, [`DISCOVERY_THREADS`] at a time (object-store
 /// requests spend their time waiting); results in item order.
-fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if items.len() <= 1 {
         return items.iter().map(&f).collect();
     }

@@ -18,7 +18,8 @@ use crate::ingest::{Ingest, PutReport};
 use crate::local::Local;
 use crate::options::StoreOptions;
 use crate::read::{self, FileInfo, FileReader};
-use crate::remote::{self, RefreshReport};
+use crate::refresh::{self, RefreshReport};
+use crate::remote;
 use crate::repack::{self, RepackOptions, RepackReport};
 use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
@@ -306,7 +307,7 @@ impl Store {
         if !self.is_shared() {
             return Ok(RefreshReport::default());
         }
-        remote::refresh(&self.core)
+        refresh::refresh(&self.core)
     }
 
     /// When this node last finished a [`Store::refresh`] (never: `None`).
@@ -314,7 +315,7 @@ impl Store {
         if !self.is_shared() {
             return None;
         }
-        remote::last_refresh(&self.core)
+        refresh::last_refresh(&self.core)
     }
 
     /// Bytes the index takes on disk.

@@ -11,7 +11,7 @@ use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
 use crate::paths::{model_key, recipe_key, ref_key, DAMAGED, MODELS};
 use crate::report::Problem;
-use crate::{refs, remote};
+use crate::{refresh, refs, remote, shared_refs};
 
 /// What `verify` checks.
 #[derive(Clone, Copy, Debug)]
@@ -137,7 +137,7 @@ pub(crate) fn verify(
     // this runs (spec §4.3, §10.4).
     let shared = objects.shared();
     if shared {
-        remote::refresh(core)?;
+        refresh::refresh(core)?;
     }
     let on_disk = inventory::packs(objects, &mut rep.problems)?;
     rep.packs = on_disk.len() as u64;
@@ -363,7 +363,7 @@ pub(crate) fn verify(
             Ok(Some(f)) if f == file => {}
             // Changed or deleted by another node since the refresh: the
             // index follows the bucket.
-            Ok(_) if shared => match remote::resolve_ref(core, &name) {
+            Ok(_) if shared => match shared_refs::resolve_ref(core, &name) {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => rep.problem(obj, e.to_string()),
@@ -374,7 +374,7 @@ pub(crate) fn verify(
     }
     for rel in ref_files {
         let detail = match objects.get(&rel).map(|b| decode_ref(&b)) {
-            Ok(Ok((name, _))) if shared && remote::resolve_ref(core, &name).is_ok() => {
+            Ok(Ok((name, _))) if shared && shared_refs::resolve_ref(core, &name).is_ok() => {
                 rep.refs += 1;
                 continue;
             }
