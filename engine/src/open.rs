@@ -9,7 +9,7 @@ use crate::index::Index;
 use crate::inventory;
 use crate::local::Local;
 use crate::options::StoreOptions;
-use crate::paths::{CLEAN, CONFIG, DIRTY};
+use crate::paths::{CLEAN, CONFIG, DIRTY, GC_JOURNAL};
 use crate::recover;
 use crate::report::{CatchUpReason, Recovery};
 use crate::storage::{ObjectStore, PutMode};
@@ -112,7 +112,18 @@ pub(crate) fn open(
     // A deletion a crash interrupted is finished before anything else looks
     // at the objects: a catch-up would otherwise index (or heal) what it was
     // deleting (spec §10.5).
-    if let Err(e) = crate::gc::finish_journal(&core) {
+    // On a shared store only the holder of the GC lease may finish one
+    // (spec §10.6), and this engine runs no GC there: a journal left by a
+    // single-process GC over the same bucket stays, named in the log.
+    if core.objects.shared() {
+        let objects = core.objects.as_ref();
+        if objects.exists(GC_JOURNAL).unwrap_or(false) {
+            tracing::warn!(
+                journal = %objects.describe(GC_JOURNAL),
+                "an unfinished GC journal is in the shared store; it is left for a GC that holds the lease"
+            );
+        }
+    } else if let Err(e) = crate::gc::finish_journal(&core) {
         core.poison(&Error::Bug(format!("finishing a GC failed: {e}")));
         return Err(e);
     }

@@ -162,6 +162,32 @@ fn a_second_node_finds_what_the_first_wrote() {
     for n in [a, b, c, d] {
         n.store.close().expect("close");
     }
+    // A GC journal in the bucket (left by a single-process GC over it) is
+    // finished only by a lease holder (spec §10.6): a node opening the
+    // shared store deletes nothing it lists.
+    let packs: Vec<String> = objects
+        .iter()
+        .filter_map(|k| k.strip_prefix("packs/"))
+        .filter_map(|k| k.split('/').nth(1)?.strip_suffix(".pack"))
+        .map(str::to_string)
+        .collect();
+    assert!(!packs.is_empty());
+    let s3 = Arc::new(S3Store::from_url(&url, t.options()).expect("s3"));
+    let journal = format!(r#"{{"files":[],"packs":["{}"]}}"#, packs[0]);
+    s3.put("gc/journal", journal.as_bytes(), PutMode::Create)
+        .expect("journal");
+    let e = node(t, &url, &tmp.path().join("e"), false);
+    let after = s3.list("").expect("list");
+    assert!(after.iter().any(|k| k == "gc/journal"), "the journal stays");
+    assert_eq!(
+        after
+            .into_iter()
+            .filter(|k| k != "gc/journal")
+            .collect::<Vec<_>>(),
+        objects,
+        "nothing the journal lists was deleted"
+    );
+    e.store.close().expect("close");
 }
 
 #[test]
