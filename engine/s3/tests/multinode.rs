@@ -436,8 +436,9 @@ fn the_gc_lease_over_s3_has_one_holder() {
     }
     // Expiry and takeover, renewal refused to the old holder.
     let quick = LeaseOptions {
-        ttl: Duration::from_millis(300),
-        max_clock_skew: Duration::from_millis(100),
+        // Long enough that a loaded machine does not expire it early.
+        ttl: Duration::from_millis(1000),
+        max_clock_skew: Duration::from_millis(200),
     };
     let mut first = Lease::acquire(mk(), GC_LEASE, "first", quick).expect("first");
     first.renew().expect("renew while held");
@@ -445,7 +446,7 @@ fn the_gc_lease_over_s3_has_one_holder() {
         Lease::acquire(mk(), GC_LEASE, "second", quick),
         Err(Error::LeaseHeld { holder, .. }) if holder == "first"
     ));
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1400));
     let second = Lease::acquire(mk(), GC_LEASE, "second", quick).expect("takeover");
     assert_eq!(second.token(), first.token() + 1);
     assert!(matches!(first.renew(), Err(Error::LeaseLost { .. })));
