@@ -196,6 +196,38 @@ pub enum Error {
         file: FileId,
     },
 
+    /// A conditional ref update lost to another writer (spec §8.3): the
+    /// ref was not what the caller expected, or kept changing while the
+    /// update was retried. Nothing was written.
+    #[error("ref {name} changed concurrently: {detail}")]
+    RefConflict {
+        /// The ref (shortened if long).
+        name: String,
+        /// What it was expected to be and what it is.
+        detail: String,
+    },
+
+    /// A lease (spec §10.6) is held by another process.
+    #[error("lease {object} is held by {holder}: {detail}")]
+    LeaseHeld {
+        /// The lease object.
+        object: String,
+        /// Who holds it.
+        holder: String,
+        /// Until when.
+        detail: String,
+    },
+
+    /// A lease this process held is no longer certainly its own: it must
+    /// stop what the lease protects.
+    #[error("lease {object} lost: {detail}")]
+    LeaseLost {
+        /// The lease object.
+        object: String,
+        /// Why.
+        detail: String,
+    },
+
     /// A file id, sha256, ref or other named object does not exist.
     #[error("{kind} not found: {name}")]
     NotFound {

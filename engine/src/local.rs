@@ -29,6 +29,11 @@ impl Local {
         Local { dir: dir.into() }
     }
 
+    /// The local directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The index's directory.
     pub(crate) fn index_dir(&self) -> PathBuf {
         self.dir.join("index")

@@ -9,7 +9,7 @@ use crate::index::Index;
 use crate::inventory;
 use crate::local::Local;
 use crate::options::StoreOptions;
-use crate::paths::{CLEAN, CONFIG, DIRTY};
+use crate::paths::{CLEAN, CONFIG, DIRTY, GC_JOURNAL};
 use crate::recover;
 use crate::report::{CatchUpReason, Recovery};
 use crate::storage::{ObjectStore, PutMode};
@@ -23,6 +23,8 @@ pub(crate) fn open(
     local: Local,
     opts: StoreOptions,
 ) -> Result<Arc<Core>> {
+    // A shared store keeps its markers beside its index (spec §4.3).
+    let objects = crate::remote::wrap(objects, local.dir())?;
     let location = objects.location();
     let index_dir = local.index_dir();
     let (config, lock, created) = match objects.get(CONFIG) {
@@ -30,8 +32,11 @@ pub(crate) fn open(
             let config = check_config(objects.as_ref(), &bytes, &opts)?;
             let lock = local.lock(opts.lock_wait)?;
             // An existing store without its index would look empty:
-            // refuse, and say how to rebuild it.
-            if !opts.allow_missing_index && !index_dir.exists() {
+            // refuse, and say how to rebuild it. (A shared store's index is
+            // a cache that fills on demand: a node may start without one.)
+            if objects.shared() && !index_dir.exists() {
+                local.create_index_dir()?;
+            } else if !opts.allow_missing_index && !index_dir.exists() {
                 return Err(Error::IndexMissing { path: index_dir });
             }
             (config, lock, false)
@@ -107,12 +112,37 @@ pub(crate) fn open(
     // A deletion a crash interrupted is finished before anything else looks
     // at the objects: a catch-up would otherwise index (or heal) what it was
     // deleting (spec §10.5).
-    if let Err(e) = crate::gc::finish_journal(&core) {
+    // On a shared store only the holder of the GC lease may finish one
+    // (spec §10.6), and this engine runs no GC there: a journal left by a
+    // single-process GC over the same bucket stays, named in the log.
+    if core.objects.shared() {
+        let objects = core.objects.as_ref();
+        if objects.exists(GC_JOURNAL).unwrap_or(false) {
+            tracing::warn!(
+                journal = %objects.describe(GC_JOURNAL),
+                "an unfinished GC journal is in the shared store; it is left for a GC that holds the lease"
+            );
+        }
+    } else if let Err(e) = crate::gc::finish_journal(&core) {
         core.poison(&Error::Bug(format!("finishing a GC failed: {e}")));
         return Err(e);
     }
     if let Some(reason) = reason {
-        let report = match recover::catch_up(&core, reason) {
+        // A shared store's index is a cache of a bucket others write too:
+        // it is brought up to date from a listing, never by rewriting
+        // objects from it (spec §4.3); `repair index` rebuilds it whole.
+        let caught_up = if core.objects.shared() {
+            crate::refresh::catch_up(&core, reason)
+        } else {
+            recover::catch_up(&core, reason)
+        };
+        if core.objects.shared()
+            && reason == CatchUpReason::NewIndex
+            && !core.opts.allow_missing_index
+        {
+            return Ok(core);
+        }
+        let report = match caught_up {
             Ok(r) => r,
             Err(e) => {
                 // Keep `dirty` (a poisoned store does not close cleanly): the

@@ -45,6 +45,11 @@ pub struct StoreOptions {
     /// rebuild it from the packs, recipe files and ref files (as `repair
     /// index` would). Off: opening fails with [`crate::Error::IndexDamaged`].
     pub rebuild_damaged_index: bool,
+    /// For a store shared by several processes (an S3 bucket): refresh this
+    /// node's index from a listing at open when the last refresh is older
+    /// than this ([`crate::Store::refresh`]). `None`: only on demand (what
+    /// this node lacks is still found on a miss).
+    pub refresh_after: Option<std::time::Duration>,
 }
 
 impl Default for StoreOptions {
@@ -65,6 +70,7 @@ impl Default for StoreOptions {
             lock_wait: None,
             pickle_policy: PicklePolicy::DenyUnsafe,
             rebuild_damaged_index: true,
+            refresh_after: None,
         }
     }
 }

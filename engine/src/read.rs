@@ -42,10 +42,12 @@ pub(crate) fn layout(core: &Core, file: &FileId) -> Result<Arc<Layout>> {
     if let Some(l) = lock(&core.recipes).get(file) {
         return Ok(l);
     }
-    let bytes = core
-        .index
-        .recipe_bytes(file)?
-        .ok_or_else(|| Error::not_found("file", &file.to_hex()))?;
+    let mut bytes = core.index.recipe_bytes(file)?;
+    // A shared store's index is a cache: look in the bucket on a miss.
+    if bytes.is_none() && core.objects.shared() && crate::remote::discover_file(core, file)? {
+        bytes = core.index.recipe_bytes(file)?;
+    }
+    let bytes = bytes.ok_or_else(|| Error::not_found("file", &file.to_hex()))?;
     let recipe = match Recipe::decode(*file, &bytes) {
         Ok(r) => r,
         Err(first) => {

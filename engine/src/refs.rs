@@ -6,6 +6,9 @@ use crate::error::{clip, Error, Result};
 use crate::format::{decode_ref, encode_ref, Recipe, MAX_REF_LEN};
 use crate::ids::{FileId, Sha256};
 use crate::paths::{recipe_key, ref_key};
+use crate::refresh::{self, RefreshReport};
+use crate::remote;
+use crate::shared_refs::{self, Expect};
 use crate::storage::PutMode;
 
 /// Prefixes that make a name explicit in [`resolve`]; no ref name may
@@ -42,12 +45,26 @@ pub(crate) fn validate(name: &str) -> Result<()> {
     }
 }
 
-/// Writes the ref file of `name` durably (the ref's durable copy).
+/// Writes the ref file of `name` durably (the ref's durable copy). On a
+/// shared store, with conditional writes (spec §8.3).
 pub(crate) fn write_file(core: &Core, name: &str, file: &FileId) -> Result<()> {
+    if core.objects.shared() {
+        return shared_refs::write_ref(core, name, file, Expect::Any).map(|_| ());
+    }
     let key = ref_key(name);
     core.objects
         .put(&key, &encode_ref(name, file), PutMode::Replace)
         .map_err(|e| Error::io("write ref", core.objects.describe(&key), e))
+}
+
+/// Whether a file is stored (on a shared store, looking in the bucket on a
+/// miss).
+pub(crate) fn has_file(core: &Core, file: &FileId) -> Result<bool> {
+    if core.objects.shared() {
+        remote::has_file(core, file)
+    } else {
+        core.index.has_file(file)
+    }
 }
 
 /// Points ref `name` at `file`, durably: the ref file, then the index.
@@ -56,10 +73,37 @@ pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
     core.check_poison()?;
     // GC must not delete the file between the check and the ref.
     let _gate = core.gate.shared();
-    if !core.index.has_file(&file)? {
+    if !has_file(core, &file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }
     core.poison_on(write_file(core, name, &file))?;
+    core.poison_on(core.index.set_ref(name, file))?;
+    core.poison_on(core.index.flush())
+}
+
+/// Points ref `name` at `file` only if it now names `expected` (`None`: only
+/// if there is no such ref); otherwise [`Error::RefConflict`] and nothing is
+/// written. On a shared store this is a conditional write, atomic against
+/// every other writer (spec §8.3); on a directory store, against other
+/// compare-and-sets of the process.
+pub(crate) fn compare_and_set(
+    core: &Core,
+    name: &str,
+    expected: Option<FileId>,
+    file: FileId,
+) -> Result<()> {
+    validate(name)?;
+    core.check_poison()?;
+    let _gate = core.gate.shared();
+    if !has_file(core, &file)? {
+        return Err(Error::not_found("file", &file.to_hex()));
+    }
+    core.poison_on(shared_refs::write_ref(
+        core,
+        name,
+        &file,
+        Expect::Is(expected),
+    ))?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
 }
@@ -113,6 +157,9 @@ pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
 /// belongs to a commit in flight, or one that failed: not found until it is
 /// indexed.)
 pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
+    if core.objects.shared() {
+        return shared_refs::resolve_ref(core, name);
+    }
     if let Some(id) = core.index.get_ref(name)? {
         return Ok(id);
     }
@@ -130,9 +177,18 @@ pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
 
 /// The file whose content has this SHA-256.
 pub(crate) fn by_sha256(core: &Core, sha: &Sha256) -> Result<FileId> {
-    core.index
-        .by_sha256(sha)?
-        .ok_or_else(|| Error::not_found("sha256", &sha.to_hex()))
+    if let Some(f) = core.index.by_sha256(sha)? {
+        return Ok(f);
+    }
+    // A shared store names files by id only: a sha256 this node has not
+    // seen costs a listing of the recipes it lacks (spec §4.3).
+    if core.objects.shared() {
+        refresh::refresh_files(core, &mut RefreshReport::default())?;
+        if let Some(f) = core.index.by_sha256(sha)? {
+            return Ok(f);
+        }
+    }
+    Err(Error::not_found("sha256", &sha.to_hex()))
 }
 
 /// Resolves a user-supplied name (spec §8.2): `file:ID`, `sha256:HEX` or
@@ -146,7 +202,7 @@ pub(crate) fn resolve(core: &Core, name: &str) -> Result<FileId> {
     };
     if let Some(rest) = name.strip_prefix("file:") {
         let id = hex_id(rest, "file id")?;
-        return match core.index.has_file(&id)? {
+        return match has_file(core, &id)? {
             true => Ok(id),
             false => Err(Error::not_found("file", rest)),
         };
@@ -159,12 +215,12 @@ pub(crate) fn resolve(core: &Core, name: &str) -> Result<FileId> {
     }
     if is_hex64(name) {
         let id = hex_id(name, "file id")?;
-        if core.index.has_file(&id)? {
+        if has_file(core, &id)? {
             return Ok(id);
         }
-        return match core.index.by_sha256(&Sha256(id.0))? {
-            Some(f) => Ok(f),
-            None => Err(Error::not_found("file id or sha256", name)),
+        return match by_sha256(core, &Sha256(id.0)) {
+            Err(e) if e.is_not_found() => Err(Error::not_found("file id or sha256", name)),
+            r => r,
         };
     }
     resolve_ref(core, name)

@@ -40,7 +40,9 @@ pub(crate) fn repair_index(
         Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
     }
     let mut healed = RepairReport::default();
-    if local.index_dir().exists() {
+    // A shared store's objects are never rewritten from one node's cache:
+    // it may hold files other nodes have deleted since (spec §4.3).
+    if local.index_dir().exists() && !objects.shared() {
         let current = open::open(
             objects.clone(),
             local.clone(),

@@ -38,6 +38,11 @@ pub(crate) fn salvage(core: &Core, rep: &mut RepairReport) -> Result<()> {
     let mut strays = Vec::new();
     for id in inventory::packs(objects, &mut strays)? {
         if !indexed.contains(&id) {
+            // On a shared store another node may have uploaded it since the
+            // listing that filled the index: salvage only what does not open.
+            if objects.shared() && crate::remote::discover_pack(core, &id).is_ok() {
+                continue;
+            }
             salvage_pack(core, id, rep)?;
         }
     }

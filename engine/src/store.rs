@@ -18,6 +18,8 @@ use crate::ingest::{Ingest, PutReport};
 use crate::local::Local;
 use crate::options::StoreOptions;
 use crate::read::{self, FileInfo, FileReader};
+use crate::refresh::{self, RefreshReport};
+use crate::remote;
 use crate::repack::{self, RepackOptions, RepackReport};
 use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
@@ -84,9 +86,19 @@ impl Store {
         local_dir: impl Into<PathBuf>,
         opts: StoreOptions,
     ) -> Result<Store> {
-        Ok(Store {
+        let store = Store {
             core: open::open(objects, Local::new(local_dir), opts)?,
-        })
+        };
+        if let (true, Some(after)) = (store.is_shared(), store.core.opts.refresh_after) {
+            let stale = store
+                .last_refresh()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age >= after);
+            if stale {
+                store.refresh()?;
+            }
+        }
+        Ok(store)
     }
 
     /// Closes the store cleanly and reports whether that worked: the index
@@ -164,14 +176,18 @@ impl Store {
 
     /// Reads `len` bytes at `offset`, touching only the chunks that cover them.
     pub fn read_range(&self, file: &FileId, offset: u64, len: u64) -> Result<Bytes> {
-        read::read_range(&self.core, file, offset, len)
+        remote::retry_stale(&self.core, file, || {
+            read::read_range(&self.core, file, offset, len)
+        })
     }
 
     /// Opens (checking each footer) every pack that holds a byte of
     /// `offset..offset+len` of `file`, so that a missing or truncated pack
     /// fails before a reader returns any byte.
     pub fn open_packs(&self, file: &FileId, offset: u64, len: u64) -> Result<()> {
-        read::open_packs(&self.core, file, offset, len)
+        remote::retry_stale(&self.core, file, || {
+            read::open_packs(&self.core, file, offset, len)
+        })
     }
 
     /// Size, chunks, terms, packs and sha256 of a file.
@@ -187,9 +203,10 @@ impl Store {
         crate::models::read(&self.core, file)
     }
 
-    /// Whether a file is in the store.
+    /// Whether a file is in the store (on a shared store, looking in the
+    /// bucket when this node's index lacks it).
     pub fn contains(&self, file: &FileId) -> Result<bool> {
-        self.core.index.has_file(file)
+        refs::has_file(&self.core, file)
     }
 
     // ------------------------------------------------------------ names
@@ -215,6 +232,20 @@ impl Store {
     /// Points ref `name` at `file` (durably).
     pub fn set_ref(&self, name: &str, file: FileId) -> Result<()> {
         refs::set(&self.core, name, file)
+    }
+
+    /// Points ref `name` at `file` only if it names `expected` now (`None`:
+    /// only if there is no such ref); otherwise [`Error::RefConflict`] and
+    /// nothing is written. On a store shared by several processes this is
+    /// a conditional write: of racing updates that expect the same state,
+    /// exactly one succeeds (spec §8.3).
+    pub fn compare_and_set_ref(
+        &self,
+        name: &str,
+        expected: Option<FileId>,
+        file: FileId,
+    ) -> Result<()> {
+        refs::compare_and_set(&self.core, name, expected, file)
     }
 
     /// Deletes a ref (durably); also a damaged ref the index no longer lists.
@@ -262,6 +293,31 @@ impl Store {
         })
     }
 
+    /// Whether other processes may use this store at the same time (a
+    /// bucket shared by several nodes: see [`crate::storage::ObjectStore::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.core.objects.shared()
+    }
+
+    /// Brings this node's index up to date with a listing of a shared
+    /// store: packs and recipes other nodes wrote are indexed, changed refs
+    /// applied and deleted ones removed (spec §4.3). A store that is not
+    /// shared has nothing to refresh: an empty report.
+    pub fn refresh(&self) -> Result<RefreshReport> {
+        if !self.is_shared() {
+            return Ok(RefreshReport::default());
+        }
+        refresh::refresh(&self.core)
+    }
+
+    /// When this node last finished a [`Store::refresh`] (never: `None`).
+    pub fn last_refresh(&self) -> Option<std::time::SystemTime> {
+        if !self.is_shared() {
+            return None;
+        }
+        refresh::last_refresh(&self.core)
+    }
+
     /// Bytes the index takes on disk.
     pub fn index_size(&self) -> Result<u64> {
         self.core.index.size_on_disk()
@@ -302,7 +358,24 @@ impl Store {
         opts: &GcOptions,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<GcReport> {
+        self.refuse_shared("gc")?;
         gc::gc(&self.core, opts, progress)
+    }
+
+    /// GC and repack mark from this process's index and guard writers with
+    /// an in-process gate: on a store other processes write too, that would
+    /// delete what they store (spec §10.6), so they are refused there until
+    /// the cross-process protocol (lease, condemned set, writer checks) runs.
+    fn refuse_shared(&self, what: &str) -> Result<()> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{what} of {} refused: the store is shared by several processes, and \
+             this engine does not yet run the cross-process GC protocol (spec §10.6: \
+             a lease, a published condemned set, writers that check it); no object was touched",
+            self.location()
+        )))
     }
 
     /// Runs [`Store::gc`], then rewrites packs whose live fraction is below
@@ -320,6 +393,7 @@ impl Store {
         opts: &RepackOptions,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<RepackReport> {
+        self.refuse_shared("repack")?;
         repack::repack(&self.core, opts, progress)
     }
 
@@ -367,7 +441,9 @@ impl Store {
         file: &FileId,
         range: Option<(u64, u64)>,
     ) -> Result<Reconstruction> {
-        transfer::reconstruction(&self.core, file, range)
+        remote::retry_stale(&self.core, file, || {
+            transfer::reconstruction(&self.core, file, range)
+        })
     }
 
     /// Plans downloading `rec` (from another store) into this one: which
@@ -411,7 +487,33 @@ impl Store {
         claimed_sha256: Option<Sha256>,
         refs: &[&str],
     ) -> Result<PutReport> {
-        transfer::register_file(&self.core, file, size, chunks, claimed_sha256, refs)
+        transfer::register_file(&self.core, file, size, chunks, claimed_sha256, refs, None)
+    }
+
+    /// [`Store::register_file`] that also writes the file's bytes to `out`
+    /// in the same pass, as they are read from the store (verified) and
+    /// hashed: a client that pulled the chunks writes its output without
+    /// reading them a second time. `out` has every byte of the file when
+    /// this returns `Ok`; on an error it may hold some, and the caller
+    /// discards it.
+    pub fn register_file_writing(
+        &self,
+        file: FileId,
+        size: u64,
+        chunks: &[(ChunkId, u32)],
+        claimed_sha256: Option<Sha256>,
+        refs: &[&str],
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<PutReport> {
+        transfer::register_file(
+            &self.core,
+            file,
+            size,
+            chunks,
+            claimed_sha256,
+            refs,
+            Some(out),
+        )
     }
 
     /// `len` bytes at `offset` of a pack as stored, and the pack's size

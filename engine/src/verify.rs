@@ -10,8 +10,8 @@ use crate::ids::{FileId, PackId};
 use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
 use crate::paths::{model_key, recipe_key, ref_key, DAMAGED, MODELS};
-use crate::refs;
 use crate::report::Problem;
+use crate::{refresh, refs, remote, shared_refs};
 
 /// What `verify` checks.
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +132,13 @@ pub(crate) fn verify(
     let objects = core.objects.as_ref();
     let index = &core.index;
     let mut rep = VerifyReport::default();
+    // A shared store's index is this node's cache: bring it up to date
+    // first, and index (rather than report) what other nodes write while
+    // this runs (spec §4.3, §10.4).
+    let shared = objects.shared();
+    if shared {
+        refresh::refresh(core)?;
+    }
     let on_disk = inventory::packs(objects, &mut rep.problems)?;
     rep.packs = on_disk.len() as u64;
 
@@ -206,7 +213,9 @@ pub(crate) fn verify(
         }
     }
     for id in &on_disk {
-        if !indexed_packs.contains(id) {
+        let indexed =
+            indexed_packs.contains(id) || (shared && remote::discover_pack(core, id).is_ok());
+        if !indexed {
             rep.orphan_packs.push(*id);
             rep.problem(
                 format!("pack {id}"),
@@ -279,6 +288,12 @@ pub(crate) fn verify(
         let mut bad_packs: BTreeMap<PackId, u64> = BTreeMap::new();
         let mut next = 0usize;
         for t in &recipe.terms {
+            if shared && !readers.contains_key(&t.pack) {
+                // Uploaded since the listing above.
+                if let Ok(r) = PackReader::open(objects, t.pack) {
+                    readers.insert(t.pack, Arc::new(r));
+                }
+            }
             let Some(r) = readers.get(&t.pack) else {
                 *bad_packs.entry(t.pack).or_default() += 1;
                 next += t.chunk_count as usize;
@@ -311,6 +326,10 @@ pub(crate) fn verify(
         }
     }
     for (file, rel) in recipe_files {
+        if shared && remote::discover_file(core, &file).is_ok_and(|found| found) {
+            rep.files += 1;
+            continue;
+        }
         let detail = match objects.get(&rel) {
             Ok(b) => match Recipe::decode(file, &b) {
                 Ok(_) => format!(
@@ -342,12 +361,23 @@ pub(crate) fn verify(
         }
         match refs::read_file(core, &name) {
             Ok(Some(f)) if f == file => {}
+            // Changed or deleted by another node since the refresh: the
+            // index follows the bucket.
+            Ok(_) if shared => match shared_refs::resolve_ref(core, &name) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => rep.problem(obj, e.to_string()),
+            },
             Ok(_) => rep.problem(obj, "ref file missing or names another file"),
             Err(e) => rep.problem(obj, e.to_string()),
         }
     }
     for rel in ref_files {
         let detail = match objects.get(&rel).map(|b| decode_ref(&b)) {
+            Ok(Ok((name, _))) if shared && shared_refs::resolve_ref(core, &name).is_ok() => {
+                rep.refs += 1;
+                continue;
+            }
             Ok(Ok((name, file))) if ref_key(&name) == rel => {
                 let target = if index.has_file(&file)? {
                     "a stored file".to_string()
@@ -386,7 +416,7 @@ pub(crate) fn verify(
             );
             continue;
         };
-        if !index.has_file(&file)? {
+        if !refs::has_file(core, &file).unwrap_or(false) {
             rep.problem(
                 format!("file {file}"),
                 format!("model description {key} of a file that is not stored"),

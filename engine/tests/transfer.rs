@@ -32,10 +32,14 @@ fn pull(server: &Store, client: &Store, file: &FileId, gap: u64) -> (u64, usize)
         client.admit_chunks(&chunks).expect("admit");
     }
     let chunks: Vec<(ChunkId, u32)> = rec.chunks().map(|(_, c)| (c.id, c.len)).collect();
+    // Registering writes the file's bytes in the same pass.
+    let mut out = Vec::new();
     let rep = client
-        .register_file(*file, rec.size, &chunks, Some(rec.sha256), &[])
+        .register_file_writing(*file, rec.size, &chunks, Some(rec.sha256), &[], &mut out)
         .expect("register");
     assert_eq!(rep.file_id, *file);
+    let want = server.read(file).expect("open").read_all().expect("read");
+    assert!(out == want, "register_file_writing wrote other bytes");
     (fetched, plan.fetches.len())
 }
 
@@ -201,6 +205,16 @@ fn hostile_uploads_are_refused_and_leave_nothing_behind() {
         .register_file(id, data.len() as u64, &list, None, &["x"])
         .expect("register");
     assert!(server.read(&id).expect("open").read_all().expect("read") == data);
+    // Registering a stored file again (a new ref) writes its bytes too.
+    let mut again = Vec::new();
+    server
+        .register_file_writing(id, data.len() as u64, &list, None, &["y"], &mut again)
+        .expect("register again");
+    assert!(
+        again == data,
+        "a stored file's registration wrote other bytes"
+    );
+    assert_eq!(server.resolve("y").expect("ref y"), id);
 }
 
 #[test]

@@ -1,16 +1,18 @@
 //! `tessera`: the command line of the Tessera chunk store.
 
 use std::io::{self, BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use location::Location;
 use tessera::{Error, Store, StoreOptions};
 use tessera_http::client::ClientError;
 
 mod demo;
 mod inspect;
+mod location;
 mod maintain;
 mod pull;
 mod push;
@@ -30,21 +32,48 @@ mod serve;
 /// say which explicitly. Ref names cannot be 64 hex digits or start with
 /// those prefixes, so a name never changes meaning.
 ///
-/// Concurrency: one process at a time opens a store (an embedding server
-/// reads and writes from many threads at once). A second `tessera` command
-/// on the same store fails at once naming the pid that holds it, or waits
-/// for it with --wait.
+/// Stores: a directory (`--store DIR` or `file://DIR`), or an S3-compatible
+/// bucket (`--store s3://BUCKET/PREFIX`; credentials, region and endpoint
+/// from the AWS_* environment variables, e.g. AWS_ENDPOINT_URL and
+/// AWS_ALLOW_HTTP=true for a local server). Several processes, on one
+/// machine or many, may use one bucket at once, each with its own local
+/// cache (--cache): what another wrote is found when asked for, and
+/// `refresh` lists the bucket.
+///
+/// Concurrency: one process at a time opens a store directory or cache (an
+/// embedding server reads and writes from many threads at once). A second
+/// `tessera` command on the same one fails at once naming the pid that
+/// holds it, or waits for it with --wait.
 ///
 /// Exit status: 0 on success, 1 on any error (one line on stderr naming the
 /// object), 2 on a usage error, 3 when a named file, sha256 or ref does not
 /// exist, 4 when stored data is damaged, 5 when a file is refused by policy
-/// (a pickle that imports code: see `put --pickle`).
+/// (a pickle that imports code: see `put --pickle`), 6 when a conditional
+/// ref update (`ref set --expect`) found the ref changed.
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about, long_about)]
 struct Cli {
-    /// Store directory (created by the first `put`, in a new or empty directory only).
-    #[arg(long, env = "TESSERA_STORE", global = true, value_name = "DIR")]
-    store: Option<PathBuf>,
+    /// The store: a directory (created by the first `put`, in a new or empty
+    /// directory only), file://DIR, or s3://BUCKET/PREFIX.
+    #[arg(long, env = "TESSERA_STORE", global = true, value_name = "DIR|URL")]
+    store: Option<String>,
+
+    /// Local cache of an s3:// store: its index, lock and staging area
+    /// (default: $XDG_CACHE_HOME/tessera/BUCKET/HASH, or ~/.cache/...).
+    /// One process at a time uses a cache; give each concurrent process its
+    /// own (or use --wait).
+    #[arg(long, env = "TESSERA_CACHE", global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+
+    /// For an s3:// store: list the bucket at open when this node's last
+    /// `refresh` is older than SECS (default: only when a command lists).
+    #[arg(
+        long,
+        env = "TESSERA_REFRESH_AFTER",
+        global = true,
+        value_name = "SECS"
+    )]
+    refresh_after: Option<u64>,
 
     /// Wait for another process to release the store instead of failing.
     #[arg(long, env = "TESSERA_WAIT", global = true)]
@@ -165,6 +194,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bring this node's cache of an s3:// store up to date from a listing
+    /// of the bucket: packs, files and refs other processes wrote, refs
+    /// they changed or deleted. (Reads find what the cache lacks anyway;
+    /// `refs`, `stat` and `verify` refresh first.) Nothing to do for a
+    /// directory store.
+    Refresh {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete what no ref names: files whose last ref is gone (older than
     /// --grace) and packs no remaining file needs; record each pack's live
     /// bytes for `repack`.
@@ -235,13 +274,17 @@ enum RepairCmd {
     /// the files after a crash, or when sled reports damage or comes back
     /// older than the last clean close (logged as a warning). Run it when
     /// `verify` reports damaged recipe or ref files, or index errors.
+    ///
+    /// On an s3:// store it rebuilds this node's cache from a listing of the
+    /// bucket alone (every pack's footer checked, every recipe and ref
+    /// read); the bucket's objects are never rewritten from the cache.
     Index {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Write the config (`tessera.store`) of a store that lost it or whose
-    /// config is corrupt.
+    /// config is corrupt (directory stores only).
     ///
     /// The chunking parameters are checked first: the leading chunks of
     /// several stored files are read back and re-chunked, and every boundary
@@ -264,11 +307,21 @@ enum RepairCmd {
 #[derive(Subcommand, Debug)]
 enum RefCmd {
     /// Point NAME at a file (by id, sha256 or another ref).
+    ///
+    /// On an s3:// store the write is conditional on what the ref was just
+    /// before (retried on the new state if another process got in between),
+    /// so no update is overwritten unseen; with --expect it fails instead
+    /// (exit 6) unless the ref still names the expected file.
     Set {
         /// The ref name.
         name: String,
         /// The file.
         target: String,
+        /// Only if NAME names this file now (a file id, sha256 or ref), or
+        /// `none`: only if NAME does not exist. Otherwise exit 6, nothing
+        /// written.
+        #[arg(long, value_name = "FILE|none")]
+        expect: Option<String>,
     },
     /// Delete NAME (also a damaged ref the index no longer lists: that is
     /// how its loss is acknowledged).
@@ -335,6 +388,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Damaged(_) => 4,
             CliError::Engine(Error::Refused { .. }) => 5,
+            CliError::Engine(Error::RefConflict { .. }) => 6,
             CliError::Engine(e) if e.is_not_found() => 3,
             CliError::Engine(e) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Engine(e)) if e.is_corruption() => 4,
@@ -378,42 +432,45 @@ pub(crate) fn out_err(e: io::Error) -> CliError {
 
 pub(crate) type CliResult<T = ()> = Result<T, CliError>;
 
-fn store_dir(cli_store: &Option<PathBuf>) -> CliResult<PathBuf> {
-    cli_store.clone().ok_or_else(|| {
-        CliError::Usage("no store given: pass --store DIR or set TESSERA_STORE".into())
-    })
-}
+/// `--refresh-after`, set once by `run`.
+static REFRESH_AFTER: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
 
-/// The options every command opens a store with.
+/// The options every command opens a store with. `TESSERA_PACK_TARGET_BYTES`
+/// sets the size new packs are sealed at (default 64 MiB; tests use small
+/// packs to get many).
 pub(crate) fn store_options(create: bool) -> StoreOptions {
+    let d = StoreOptions::default();
     StoreOptions {
         create,
-        ..Default::default()
+        refresh_after: REFRESH_AFTER.get().copied(),
+        pack_target_bytes: std::env::var("TESSERA_PACK_TARGET_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u64| n >= 4096)
+            .unwrap_or(d.pack_target_bytes),
+        ..d
     }
 }
 
 /// Opens the store; with `wait`, waits for another process to release it.
 /// Says on stderr what the open had to repair and what it could not.
-pub(crate) fn open_store(dir: &Path, create: bool, wait: bool) -> CliResult<Store> {
-    open_store_with(dir, store_options(create), wait)
+pub(crate) fn open_store(loc: &Location, create: bool, wait: bool) -> CliResult<Store> {
+    open_store_with(loc, store_options(create), wait)
 }
 
-pub(crate) fn open_store_with(dir: &Path, opts: StoreOptions, wait: bool) -> CliResult<Store> {
-    let store = match Store::open(dir, opts.clone()) {
-        Err(Error::StoreLocked { pid, .. }) if wait => {
+pub(crate) fn open_store_with(loc: &Location, opts: StoreOptions, wait: bool) -> CliResult<Store> {
+    let store = match loc.open(opts.clone()) {
+        Err(CliError::Engine(Error::StoreLocked { pid, .. })) if wait => {
             eprintln!(
                 "tessera: waiting for pid {pid} to release the store {}",
-                dir.display()
+                loc.display()
             );
-            Store::open(
-                dir,
-                StoreOptions {
-                    lock_wait: Some(std::time::Duration::MAX),
-                    ..opts
-                },
-            )?
+            loc.open(StoreOptions {
+                lock_wait: Some(std::time::Duration::MAX),
+                ..opts
+            })?
         }
-        Err(e @ Error::StoreLocked { .. }) => {
+        Err(CliError::Engine(e @ Error::StoreLocked { .. })) => {
             return Err(CliError::Check(format!("{e}; pass --wait to wait for it")))
         }
         r => r?,
@@ -434,6 +491,11 @@ pub(crate) fn open_store_with(dir: &Path, opts: StoreOptions, wait: bool) -> Cli
 }
 
 fn run(cli: Cli) -> CliResult {
+    if let Some(secs) = cli.refresh_after {
+        let _ = REFRESH_AFTER.set(std::time::Duration::from_secs(secs));
+    }
+    let (store_arg, cache_arg) = (cli.store.clone(), cli.cache.clone());
+    let loc = || Location::parse(store_arg.as_deref(), cache_arg.as_deref());
     match cli.cmd {
         Cmd::Put {
             files,
@@ -447,7 +509,7 @@ fn run(cli: Cli) -> CliResult {
                 pickle_policy: pickle,
                 ..store_options(true)
             };
-            let store = open_store_with(&store_dir(&cli.store)?, opts, cli.wait)?;
+            let store = open_store_with(&loc()?, opts, cli.wait)?;
             put::put(&store, &inputs, json)
         }
         Cmd::Cat {
@@ -456,11 +518,13 @@ fn run(cli: Cli) -> CliResult {
             length,
             tensor,
         } => {
-            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
+            let store = open_store(&loc()?, false, cli.wait)?;
             inspect::cat(&store, &name, offset, length, tensor.as_deref())
         }
         Cmd::Refs { prefix, json } => {
-            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
+            let store = open_store(&loc()?, false, cli.wait)?;
+            // A shared store: list what other nodes wrote too.
+            store.refresh()?;
             let mut out = BufWriter::new(io::stdout().lock());
             for (name, id) in store.list_refs(prefix.as_deref().unwrap_or(""))? {
                 if json {
@@ -473,12 +537,23 @@ fn run(cli: Cli) -> CliResult {
             out.flush().map_err(out_err)
         }
         Cmd::Ref { action } => {
-            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
+            let store = open_store(&loc()?, false, cli.wait)?;
             let mut out = io::stdout().lock();
             match action {
-                RefCmd::Set { name, target } => {
+                RefCmd::Set {
+                    name,
+                    target,
+                    expect,
+                } => {
                     let id = store.resolve(&target)?;
-                    store.set_ref(&name, id)?;
+                    match expect.as_deref() {
+                        None => store.set_ref(&name, id)?,
+                        Some("none") => store.compare_and_set_ref(&name, None, id)?,
+                        Some(e) => {
+                            let want = store.resolve(e)?;
+                            store.compare_and_set_ref(&name, Some(want), id)?
+                        }
+                    }
                     writeln!(out, "{id}  {name}").map_err(out_err)?;
                 }
                 RefCmd::Rm { name } => {
@@ -488,11 +563,12 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Cmd::Info { name, json } => {
-            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
+            let store = open_store(&loc()?, false, cli.wait)?;
             inspect::info(&store, &name, json)
         }
         Cmd::Stat { json } => {
-            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
+            let store = open_store(&loc()?, false, cli.wait)?;
+            store.refresh()?;
             let mut out = io::stdout().lock();
             let s = store.stats()?;
             if json {
@@ -538,7 +614,7 @@ fn run(cli: Cli) -> CliResult {
             if !(0.0..=100.0).contains(&sample) {
                 return Err(CliError::Usage(format!("--sample {sample}: want 0..=100")));
             }
-            let store = open_store(&store_dir(&cli.store)?, false, cli.wait)?;
+            let store = open_store(&loc()?, false, cli.wait)?;
             let pb = progress_bar(0);
             let rep = store.verify_with_progress(
                 tessera::VerifyOptions {
@@ -582,12 +658,41 @@ fn run(cli: Cli) -> CliResult {
             }
             damaged("verify found", &rep.problems)
         }
+        Cmd::Refresh { json } => {
+            let store = open_store(&loc()?, false, cli.wait)?;
+            let t0 = std::time::Instant::now();
+            let rep = store.refresh()?;
+            let mut out = io::stdout().lock();
+            if json {
+                write_json(&mut out, &rep)?;
+            } else {
+                for p in &rep.problems {
+                    writeln!(out, "DAMAGED  {}: {}", p.object, p.detail).map_err(out_err)?;
+                }
+                writeln!(
+                    out,
+                    "refreshed in {:.2} s: {} objects listed; indexed {} packs ({} chunks) and {} files; {} refs updated, {} removed; {} problems",
+                    t0.elapsed().as_secs_f64(),
+                    rep.listed,
+                    rep.packs,
+                    rep.chunks,
+                    rep.files,
+                    rep.refs_updated,
+                    rep.refs_removed,
+                    rep.problems.len()
+                )
+                .map_err(out_err)?;
+            }
+            store.close()?;
+            damaged("refresh found", &rep.problems)
+        }
         Cmd::Repair {
             what: RepairCmd::Config { chunking, json },
         } => {
-            let dir = store_dir(&cli.store)?;
+            let loc = loc()?;
+            let dir = loc.dir("repair config")?;
             let params = parse_chunking(&chunking)?;
-            let rep = Store::repair_config(&dir, params, &store_options(false))?;
+            let rep = Store::repair_config(dir, params, &store_options(false))?;
             let mut out = io::stdout().lock();
             if json {
                 write_json(&mut out, &rep)?;
@@ -604,12 +709,12 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Repair {
             what: RepairCmd::Index { json },
         } => {
-            let dir = store_dir(&cli.store)?;
             let opts = StoreOptions {
                 lock_wait: cli.wait.then_some(std::time::Duration::MAX),
+                refresh_after: None,
                 ..store_options(false)
             };
-            let rep = Store::repair_index(&dir, opts)?;
+            let rep = loc()?.repair_index(opts)?;
             let mut out = io::stdout().lock();
             if json {
                 write_json(&mut out, &rep)?;
@@ -634,12 +739,18 @@ fn run(cli: Cli) -> CliResult {
             }
             damaged("repair could not recover", &rep.problems)
         }
-        Cmd::Gc(args) => maintain::gc(&store_dir(&cli.store)?, args, cli.wait),
-        Cmd::Repack(args) => maintain::repack(&store_dir(&cli.store)?, args, cli.wait),
-        Cmd::Serve(args) => serve::run(&store_dir(&cli.store)?, args, cli.wait),
-        Cmd::Pull(args) => pull::run(&store_dir(&cli.store)?, args, cli.wait),
-        Cmd::Push(args) => push::run(&store_dir(&cli.store)?, args, cli.wait),
-        Cmd::Demo { size_mib, seed } => demo::run(cli.store.as_deref(), size_mib, seed),
+        Cmd::Gc(args) => maintain::gc(&loc()?, args, cli.wait),
+        Cmd::Repack(args) => maintain::repack(&loc()?, args, cli.wait),
+        Cmd::Serve(args) => serve::run(&loc()?, args, cli.wait),
+        Cmd::Pull(args) => pull::run(&loc()?, args, cli.wait),
+        Cmd::Push(args) => push::run(&loc()?, args, cli.wait),
+        Cmd::Demo { size_mib, seed } => {
+            let dir = match store_arg.is_some() {
+                true => Some(loc()?.dir("demo")?.to_path_buf()),
+                false => None,
+            };
+            demo::run(dir.as_deref(), size_mib, seed)
+        }
         Cmd::Synth {
             dir,
             size_mib,

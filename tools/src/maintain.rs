@@ -1,11 +1,11 @@
 //! `tessera gc` and `tessera repack`: reclaiming space.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use tessera::{GcOptions, GcReport, RepackOptions};
 
+use crate::location::Location;
 use crate::{human, open_store, out_err, progress_bar, write_json, CliError, CliResult};
 
 /// Options GC and repack share.
@@ -104,8 +104,8 @@ fn print_gc(out: &mut impl Write, r: &GcReport) -> CliResult {
     .map_err(out_err)
 }
 
-pub(crate) fn gc(dir: &Path, args: GcArgs, wait: bool) -> CliResult {
-    let store = open_store(dir, false, wait)?;
+pub(crate) fn gc(loc: &Location, args: GcArgs, wait: bool) -> CliResult {
+    let store = open_store(loc, false, wait)?;
     let (pb, mut cb) = progress();
     let rep = store.gc_with_progress(&gc_options(&args), &mut cb)?;
     pb.finish_and_clear();
@@ -118,7 +118,7 @@ pub(crate) fn gc(dir: &Path, args: GcArgs, wait: bool) -> CliResult {
     }
 }
 
-pub(crate) fn repack(dir: &Path, args: RepackArgs, wait: bool) -> CliResult {
+pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult {
     for (flag, v) in [
         ("--threshold", args.threshold),
         ("--max-garbage", args.max_garbage),
@@ -129,7 +129,7 @@ pub(crate) fn repack(dir: &Path, args: RepackArgs, wait: bool) -> CliResult {
             )));
         }
     }
-    let store = open_store(dir, false, wait)?;
+    let store = open_store(loc, false, wait)?;
     let (pb, mut cb) = progress();
     let opts = RepackOptions {
         threshold: args.threshold,

@@ -1,12 +1,13 @@
 //! `tessera pull`: a file from a server, through the local store.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_http::client::{open_local_store, pull};
+use tessera_http::client::pull;
 
-use crate::remote::{runtime, Bar, RemoteArgs};
+use crate::location::Location;
+use crate::remote::{open_local, runtime, Bar, RemoteArgs};
 use crate::{human, out_err, write_json, CliResult};
 
 /// `pull`'s options.
@@ -33,13 +34,13 @@ pub(crate) struct PullArgs {
     remote: RemoteArgs,
 }
 
-pub(crate) fn run(dir: &Path, args: PullArgs, wait: bool) -> CliResult {
+pub(crate) fn run(loc: &Location, args: PullArgs, wait: bool) -> CliResult {
     let client = args.remote.client(&args.url)?;
     let rt = runtime()?;
     let bar = Arc::new(Bar::new());
     let (store, report) = rt.block_on(async {
         let info = client.server_info().await?;
-        let store = open_local_store(dir, &info, wait, args.pickle)?;
+        let store = open_local(loc, &info, wait, args.pickle)?;
         let report = pull(&client, &store, &args.name, &args.output, bar.clone()).await?;
         Ok::<_, crate::CliError>((store, report))
     })?;

@@ -1,12 +1,13 @@
 //! `tessera push`: files to a server, uploading only the chunks it lacks.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_http::client::{open_local_store, push, PushInput};
+use tessera_http::client::{push, PushInput};
 
-use crate::remote::{runtime, Bar, RemoteArgs};
+use crate::location::Location;
+use crate::remote::{open_local, runtime, Bar, RemoteArgs};
 use crate::{human, out_err, put, write_json, CliResult};
 
 /// `push`'s options.
@@ -42,7 +43,7 @@ pub(crate) struct PushArgs {
     remote: RemoteArgs,
 }
 
-pub(crate) fn run(dir: &Path, args: PushArgs, wait: bool) -> CliResult {
+pub(crate) fn run(loc: &Location, args: PushArgs, wait: bool) -> CliResult {
     let inputs: Vec<PushInput> = put::inputs(&args.paths, args.ref_name, args.ref_prefix)?
         .into_iter()
         .map(|i| PushInput {
@@ -56,7 +57,7 @@ pub(crate) fn run(dir: &Path, args: PushArgs, wait: bool) -> CliResult {
     let bar = Arc::new(Bar::new());
     let (store, report) = rt.block_on(async {
         let info = client.server_info().await?;
-        let store = open_local_store(dir, &info, wait, args.pickle)?;
+        let store = open_local(loc, &info, wait, args.pickle)?;
         let report = push(&client, &store, &inputs, bar.clone()).await?;
         Ok::<_, crate::CliError>((store, report))
     })?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 use tessera_http::client::{Client, ClientOptions, Progress};
 
+use crate::location::Location;
 use crate::{progress_bar, CliError, CliResult};
 
 /// Options of commands that talk to a server.
@@ -72,5 +73,30 @@ impl Progress for Bar {
 
     fn finish(&self) {
         self.0.finish_and_clear();
+    }
+}
+
+/// The local store of `pull` and `push` (created if new, with the server's
+/// chunking parameters; one with others is refused).
+pub(crate) fn open_local(
+    loc: &Location,
+    server: &tessera_http::protocol::ServerInfo,
+    wait: bool,
+    pickle: tessera::PicklePolicy,
+) -> CliResult<tessera::Store> {
+    let params: tessera::ChunkParams = server.chunking.into();
+    let opts = tessera::StoreOptions {
+        chunking: Some(params),
+        pickle_policy: pickle,
+        ..crate::store_options(true)
+    };
+    match crate::open_store_with(loc, opts, wait) {
+        Err(CliError::Engine(tessera::Error::ChunkParamsMismatch { stored, .. })) => {
+            Err(CliError::Usage(format!(
+                "local store {} uses chunking {stored}, the server {params}: use another --store for this server",
+                loc.display()
+            )))
+        }
+        r => r,
     }
 }

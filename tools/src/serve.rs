@@ -1,11 +1,13 @@
 //! `tessera serve`: the registry server over the store.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use tessera_http::{Policy, Server, ServerConfig};
 
+use crate::location::Location;
 use crate::remote::runtime;
 use crate::{CliError, CliResult};
 
@@ -31,9 +33,14 @@ pub(crate) struct ServeArgs {
     /// naming the file and the imports).
     #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
     pickle: tessera::PicklePolicy,
+    /// For an s3:// store shared with other writers: list the bucket every
+    /// SECS seconds, so refs and files other nodes wrote show in listings
+    /// and access checks (lookups by name find them at once anyway); 0: never.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    refresh: u64,
 }
 
-pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
+pub(crate) fn run(loc: &Location, args: ServeArgs, wait: bool) -> CliResult {
     let addr: SocketAddr = args.listen.parse().map_err(|_| {
         CliError::Usage(format!(
             "--listen {:?}: want IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)",
@@ -53,7 +60,22 @@ pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
         pickle_policy: args.pickle,
         ..crate::store_options(true)
     };
-    let store = crate::open_store_with(dir, opts, wait)?;
+    let store = crate::open_store_with(loc, opts, wait)?;
+    // A shared store: what other nodes wrote, listed now and then.
+    let (stop, stopped) = mpsc::channel::<()>();
+    let refresher = (store.is_shared() && args.refresh > 0).then(|| {
+        let store = store.clone();
+        let every = Duration::from_secs(args.refresh);
+        std::thread::spawn(move || loop {
+            if let Err(e) = store.refresh() {
+                tracing::warn!(store = %store.location(), error = %e, "refresh failed; retrying later");
+            }
+            match stopped.recv_timeout(every) {
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        })
+    });
     let config = ServerConfig {
         url_ttl: Duration::from_secs(args.url_ttl.max(1)),
         max_rate: args.max_rate.filter(|&r| r > 0),
@@ -74,7 +96,7 @@ pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
         };
         eprintln!(
             "tessera: serving store {} on http://{local} ({auth})",
-            dir.display()
+            loc.display()
         );
         server
             .serve(listener, tessera_http::server::shutdown_signal())
@@ -82,6 +104,10 @@ pub(crate) fn run(dir: &Path, args: ServeArgs, wait: bool) -> CliResult {
             .map_err(|e| CliError::Check(e.to_string()))
     })?;
     drop(rt);
+    drop(stop);
+    if let Some(t) = refresher {
+        let _ = t.join();
+    }
     store.close()?;
     eprintln!("tessera: server stopped");
     Ok(())

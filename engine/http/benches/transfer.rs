@@ -282,7 +282,7 @@ fn main() {
             r.requests
         );
         println!(
-            "   phases: fetch+verify+admit {:.2} s ({:.0} MB/s of file bytes), register (read back + SHA-256) {:.2} s, write output {:.2} s",
+            "   phases: fetch+verify+admit {:.2} s ({:.0} MB/s of file bytes), register + output written (one read-back pass: SHA-256, model sniff, write) {:.2} s, fsync + rename {:.2} s",
             r.download_secs,
             size as f64 / 1e6 / r.download_secs,
             r.register_secs,

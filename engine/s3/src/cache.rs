@@ -2,11 +2,17 @@
 //! and keyed by (object version, aligned block index). The object version
 //! is the key plus its ETag, so a replaced object never serves the old
 //! bytes; the store also drops a key's blocks when it replaces or deletes it.
+//! Under it, optionally, an on-disk tier ([`DiskCache`]) that outlives the
+//! process: a block missing in memory is looked for there before it is
+//! fetched, and every fetched block is written there too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+
+use crate::counters::Counters;
+use crate::disk::DiskCache;
 
 /// Identifies one version of one object: `key` and its ETag.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -29,22 +35,28 @@ struct State {
 pub(crate) struct BlockCache {
     bound: u64,
     state: Mutex<State>,
+    disk: Option<DiskCache>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for BlockCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockCache")
             .field("bound", &self.bound)
+            .field("disk", &self.disk)
             .finish()
     }
 }
 
 impl BlockCache {
-    /// A cache holding at most `bound` bytes of blocks (0: nothing).
-    pub(crate) fn new(bound: u64) -> Self {
+    /// A cache holding at most `bound` bytes of blocks in memory (0:
+    /// nothing), over `disk` if given; disk hits are counted in `counters`.
+    pub(crate) fn new(bound: u64, disk: Option<DiskCache>, counters: Arc<Counters>) -> Self {
         BlockCache {
             bound,
             state: Mutex::new(State::default()),
+            disk,
+            counters,
         }
     }
 
@@ -57,11 +69,24 @@ impl BlockCache {
 
     /// Whether anything can be cached at all.
     pub(crate) fn enabled(&self) -> bool {
-        self.bound > 0
+        self.bound > 0 || self.disk.is_some()
     }
 
-    /// The block, if cached (and marks it most recently used).
+    /// The block, if cached in memory or on disk (and marks it most
+    /// recently used; a block from disk is kept in memory too).
     pub(crate) fn get(&self, v: &ObjectVersion, block: u64) -> Option<Bytes> {
+        if let Some(b) = self.get_mem(v, block) {
+            return Some(b);
+        }
+        let data = self.disk.as_ref()?.get(v, block)?;
+        self.counters
+            .disk_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.insert_mem(v, block, data.clone());
+        Some(data)
+    }
+
+    fn get_mem(&self, v: &ObjectVersion, block: u64) -> Option<Bytes> {
         let mut s = self.lock();
         let s = &mut *s;
         let key = (v.clone(), block);
@@ -78,10 +103,19 @@ impl BlockCache {
     /// Whether the block is cached (without touching its recency).
     pub(crate) fn contains(&self, v: &ObjectVersion, block: u64) -> bool {
         self.lock().map.contains_key(&(v.clone(), block))
+            || self.disk.as_ref().is_some_and(|d| d.contains(v, block))
     }
 
-    /// Caches a block, evicting the least recently used ones past the bound.
+    /// Caches a fetched block, in memory (evicting the least recently used
+    /// ones past the bound) and on disk.
     pub(crate) fn insert(&self, v: &ObjectVersion, block: u64, data: Bytes) {
+        if let Some(d) = &self.disk {
+            d.insert(v, block, &data);
+        }
+        self.insert_mem(v, block, data);
+    }
+
+    fn insert_mem(&self, v: &ObjectVersion, block: u64, data: Bytes) {
         let len = data.len() as u64;
         if len > self.bound {
             return;
@@ -124,9 +158,14 @@ impl BlockCache {
         }
     }
 
-    /// Bytes cached.
+    /// Bytes cached in memory.
     pub(crate) fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// Bytes cached on disk (0 without a disk tier).
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.disk.as_ref().map_or(0, DiskCache::bytes)
     }
 }
 
@@ -143,7 +182,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_past_the_byte_bound() {
-        let c = BlockCache::new(10);
+        let c = BlockCache::new(10, None, Arc::default());
         let a = v("a", "1");
         c.insert(&a, 0, Bytes::from_static(b"0000"));
         c.insert(&a, 1, Bytes::from_static(b"1111"));

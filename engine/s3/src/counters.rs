@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     bytes_down: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
+    pub(crate) disk_hits: AtomicU64,
 }
 
 /// A snapshot of a store's request counters (see [`crate::S3Store::stats`]).
@@ -54,6 +55,9 @@ pub struct S3Stats {
     pub cache_hits: u64,
     /// Block reads that needed a request.
     pub cache_misses: u64,
+    /// Of the cache hits, those served by the on-disk tier
+    /// ([`crate::S3Options::disk_cache_dir`]).
+    pub disk_hits: u64,
 }
 
 impl S3Stats {
@@ -76,6 +80,7 @@ impl S3Stats {
             bytes_down: self.bytes_down.saturating_sub(earlier.bytes_down),
             cache_hits: self.cache_hits.saturating_sub(earlier.cache_hits),
             cache_misses: self.cache_misses.saturating_sub(earlier.cache_misses),
+            disk_hits: self.disk_hits.saturating_sub(earlier.disk_hits),
         }
     }
 }
@@ -85,7 +90,7 @@ impl std::fmt::Display for S3Stats {
         write!(
             f,
             "{} requests (GET {}, HEAD {}, PUT {}, LIST {}, DELETE {}, other {}, failed {}), \
-             {} B up, {} B down, cache {} hits / {} misses",
+             {} B up, {} B down, cache {} hits ({} from disk) / {} misses",
             self.requests(),
             self.gets,
             self.heads,
@@ -97,6 +102,7 @@ impl std::fmt::Display for S3Stats {
             self.bytes_up,
             self.bytes_down,
             self.cache_hits,
+            self.disk_hits,
             self.cache_misses
         )
     }
@@ -117,6 +123,7 @@ impl Counters {
             bytes_down: g(&self.bytes_down),
             cache_hits: g(&self.cache_hits),
             cache_misses: g(&self.cache_misses),
+            disk_hits: g(&self.disk_hits),
         }
     }
 

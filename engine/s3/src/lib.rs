@@ -49,6 +49,7 @@
 
 mod cache;
 mod counters;
+mod disk;
 mod options;
 mod read;
 mod runtime;

@@ -67,17 +67,32 @@ pub struct S3Options {
     /// handle of the store (0 disables caching; concurrent readers of one
     /// block still share one request).
     pub cache_bytes: u64,
+    /// A local directory for the on-disk tier of the block cache (`None`:
+    /// none). Fetched blocks are kept there across processes, bounded by
+    /// `disk_cache_bytes`; give each concurrently running store its own.
+    pub disk_cache_dir: Option<PathBuf>,
+    /// Bound on the on-disk cache's files, in bytes (least recently used
+    /// blocks go first).
+    pub disk_cache_bytes: u64,
     /// Most blocks fetched in one ranged GET when reads are sequential (the
     /// read-ahead window doubles from one block up to this).
     pub readahead_blocks: u64,
     /// Worker threads of the store's own tokio runtime.
     pub runtime_threads: usize,
+    /// Whether several Tessera processes may use the store at once, each
+    /// with its own local cache (on by default; see
+    /// [`tessera::storage::ObjectStore::shared`]): refs are written with
+    /// conditional writes, a node looks in the bucket for what its index
+    /// lacks, and the `dirty`/`clean` markers are node-local. Off: one
+    /// process at a time, like a directory store.
+    pub shared: bool,
 }
 
 impl Default for S3Options {
     fn default() -> Self {
         S3Options {
             from_env: true,
+            shared: true,
             config: Vec::new(),
             staging_dir: None,
             request_timeout: None,
@@ -85,6 +100,8 @@ impl Default for S3Options {
             retry: RetryOptions::default(),
             block_size: 1 << 20,
             cache_bytes: 256 << 20,
+            disk_cache_dir: None,
+            disk_cache_bytes: 1 << 30,
             readahead_blocks: 8,
             runtime_threads: 2,
         }

@@ -16,14 +16,18 @@ use object_store::{
     BackoffConfig, ClientConfigKey, GetOptions, ObjectMeta, ObjectStoreExt, PutMode as OsPutMode,
     PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
-use tessera::storage::{ObjectStore, PutMode, ReadHandle, StagedObject};
+use tessera::storage::{Cas, Listed, ObjectStore, PutMode, ReadHandle, StagedObject, Version};
 
 use crate::cache::{BlockCache, ObjectVersion};
 use crate::counters::{Counters, CountingConnector, S3Stats};
-use crate::options::S3Options;
+use crate::disk::DiskCache;
+use crate::options::{RetryOptions, S3Options};
 use crate::read::{Fetching, Opened, S3ReadHandle};
 use crate::runtime::Bridge;
 use crate::slot::{share, Slot};
+
+mod build;
+mod objects;
 
 /// The store config, dirty and clean markers (see `tessera`'s `paths`): the
 /// only objects allowed at the top of a store besides the fan-out prefixes.
@@ -149,6 +153,10 @@ pub(crate) struct Inner {
     pub(crate) readahead_blocks: u64,
     fetching: Mutex<Fetching>,
     opening: Mutex<OpenState>,
+    shared: bool,
+    /// How a create-only PUT that failed in transport is retried (see
+    /// [`create`]).
+    create_retry: RetryOptions,
 }
 
 /// Opens: what earlier ones learned, and the ones in flight.
@@ -208,6 +216,7 @@ impl Inner {
     fn put(&self, key: &str, data: Bytes, mode: PutMode) -> io::Result<()> {
         let path = self.path(key)?;
         let client = self.client.clone();
+        let retry = self.create_retry.clone();
         let object = self.describe(key);
         let payload = PutPayload::from(data);
         let r = self.run("PUT", key, async move {
@@ -217,7 +226,7 @@ impl Inner {
                     .await
                     .map(|_| ())
                     .map_err(|e| os_error("PUT", &object, e)),
-                PutMode::Create => create(client.as_ref(), &path, payload, &object)
+                PutMode::Create => create(client.as_ref(), &path, payload, &object, &retry)
                     .await
                     .map(|_| ()),
             }
@@ -347,13 +356,25 @@ fn version_tag(meta: &ObjectMeta) -> String {
 /// A create-only PUT (`If-None-Match: *`). A refusal is confirmed with a
 /// HEAD: S3 also refuses (409) a conditional write racing another one in
 /// flight, and if the other fails nothing is there, so the PUT is retried.
+///
+/// object_store does not retry a create-only PUT whose connection failed
+/// after it was sent (it is not idempotent in general). This one is retried
+/// here, with the store's backoff: an attempt that landed although its
+/// answer was lost makes the retry find the object (`AlreadyExists`), which
+/// every caller handles as "there" — packs and recipes are named by their
+/// content, and the engine reads back and checks the config, refs and
+/// leases it created.
 async fn create(
     client: &dyn object_store::ObjectStore,
     path: &Path,
     payload: PutPayload,
     object: &str,
+    retry: &RetryOptions,
 ) -> io::Result<Option<ETag>> {
     let mut attempt = 0;
+    let mut transport_retries = 0;
+    let started = std::time::Instant::now();
+    let mut backoff = retry.init_backoff;
     loop {
         attempt += 1;
         let r = client
@@ -374,6 +395,15 @@ async fn create(
                 }
                 Err(h) => return Err(os_error("HEAD", object, h)),
             },
+            Err(e @ object_store::Error::Generic { .. })
+                if transport_retries < retry.max_retries
+                    && started.elapsed() + backoff < retry.retry_timeout =>
+            {
+                transport_retries += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry.max_backoff);
+                let _ = e;
+            }
             Err(e) => return Err(os_error("create-only PUT", object, e)),
         }
     }
@@ -397,94 +427,19 @@ impl std::fmt::Debug for S3Store {
 }
 
 impl S3Store {
-    /// The store at `s3://bucket/prefix` (the prefix may be empty), with
-    /// the connection from the `AWS_*` environment variables and/or
-    /// `options.config`. Nothing is sent until the first operation.
-    pub fn from_url(url: &str, options: S3Options) -> io::Result<S3Store> {
-        let (bucket, prefix) = parse_url(url)?;
-        let url = if prefix.is_empty() {
-            format!("s3://{bucket}")
-        } else {
-            format!("s3://{bucket}/{prefix}")
-        };
-        let mut b = if options.from_env {
-            AmazonS3Builder::from_env()
-        } else {
-            AmazonS3Builder::new()
-        };
-        for (k, v) in &options.config {
-            let key: AmazonS3ConfigKey = k
-                .parse()
-                .map_err(|e| invalid(format!("{url}: S3 setting {k:?}: {e}")))?;
-            b = b.with_config(key, v);
-        }
-        b = b.with_bucket_name(&bucket);
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let timeout_key = AmazonS3ConfigKey::Client(ClientConfigKey::Timeout);
-        let request_timeout = options.request_timeout.unwrap_or(Duration::from_secs(60));
-        if options.request_timeout.is_some() || b.get_config_value(&timeout_key).is_none() {
-            b = b.with_config(timeout_key, ms(request_timeout));
-        }
-        let connect_key = AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout);
-        let connect_timeout = options.connect_timeout.unwrap_or(Duration::from_secs(5));
-        if options.connect_timeout.is_some() || b.get_config_value(&connect_key).is_none() {
-            b = b.with_config(connect_key, ms(connect_timeout));
-        }
-        let r = &options.retry;
-        b = b.with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: r.init_backoff,
-                max_backoff: r.max_backoff,
-                base: 2.0,
-            },
-            max_retries: r.max_retries,
-            retry_timeout: r.retry_timeout,
-        });
-        let counters = Arc::new(Counters::default());
-        b = b.with_http_connector(CountingConnector {
-            counters: counters.clone(),
-        });
-        let client = b
-            .build()
-            .map_err(|e| invalid(format!("{url}: configure the S3 client: {e}")))?;
-        // A last-resort bound on any one call: retries stop starting after
-        // `retry_timeout`, each attempt is bounded by the request timeout.
-        let deadline = r.retry_timeout
-            + r.max_backoff
-            + request_timeout * (CREATE_ATTEMPTS + 1)
-            + Duration::from_secs(30);
-        let bridge = Bridge::new(options.runtime_threads, deadline)?;
-        let staging = options.staging_dir.clone().unwrap_or_else(|| {
-            let h = blake3::hash(url.as_bytes()).to_hex();
-            std::env::temp_dir()
-                .join("tessera-s3")
-                .join(&h.as_str()[..16])
-        });
-        Ok(S3Store {
-            inner: Arc::new(Inner {
-                url,
-                prefix,
-                client: Arc::new(client),
-                bridge,
-                counters,
-                cache: BlockCache::new(options.cache_bytes),
-                staging,
-                block_size: options.block_size.max(1),
-                readahead_blocks: options.readahead_blocks.max(1),
-                fetching: Mutex::new(HashMap::new()),
-                opening: Mutex::new(OpenState::default()),
-            }),
-        })
-    }
-
     /// Request counters since the store was built.
     pub fn stats(&self) -> S3Stats {
         self.inner.counters.snapshot()
     }
 
-    /// Bytes held by the block cache now.
+    /// Bytes held by the in-memory block cache now.
     pub fn cached_bytes(&self) -> u64 {
         self.inner.cache.bytes()
+    }
+
+    /// Bytes held by the on-disk block cache (0 without one).
+    pub fn disk_cached_bytes(&self) -> u64 {
+        self.inner.cache.disk_bytes()
     }
 
     /// The local directory where objects are staged.
@@ -556,8 +511,9 @@ impl S3Store {
         let client = self.inner.client.clone();
         let object = self.inner.describe(key);
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
+        let retry = self.inner.create_retry.clone();
         self.inner.run("create-only PUT", key, async move {
-            match create(client.as_ref(), &path, payload, &object).await {
+            match create(client.as_ref(), &path, payload, &object, &retry).await {
                 Ok(Some(t)) => Ok(CasOutcome::Written(t)),
                 Ok(None) => Err(io::Error::other(format!(
                     "create-only PUT {object}: the server sent no ETag"
@@ -600,256 +556,6 @@ impl S3Store {
             .next()
             .unwrap_or_default()
             .to_string()
-    }
-}
-
-/// An object being written to a local temp file, uploaded by `publish`.
-struct Staged {
-    inner: Arc<Inner>,
-    path: PathBuf,
-    file: Option<BufWriter<File>>,
-}
-
-impl Staged {
-    fn err(&self, what: &str, e: io::Error) -> io::Error {
-        io::Error::new(
-            e.kind(),
-            format!("{what} staged object {}: {e}", self.path.display()),
-        )
-    }
-}
-
-impl StagedObject for Staged {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let r = match self.file.as_mut() {
-            Some(f) => f.write_all(buf),
-            None => Err(io::Error::other("already published")),
-        };
-        r.map_err(|e| self.err("write", e))
-    }
-
-    fn publish(mut self: Box<Self>, key: &str, mode: PutMode) -> io::Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().map_err(|e| self.err("flush", e))?;
-        }
-        let data = fs::read(&self.path).map_err(|e| self.err("read back", e))?;
-        // The bytes are in memory now; the file goes whatever the upload does.
-        let _ = fs::remove_file(&self.path);
-        self.inner.put(key, Bytes::from(data), mode)
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        // Never published (or published: then already gone).
-        drop(self.file.take());
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-impl ObjectStore for S3Store {
-    fn location(&self) -> String {
-        self.inner.url.clone()
-    }
-
-    fn describe(&self, key: &str) -> String {
-        self.inner.describe(key)
-    }
-
-    fn stage(&self) -> io::Result<Box<dyn StagedObject>> {
-        let dir = &self.inner.staging;
-        fs::create_dir_all(dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "create staging directory {} for {}: {e}",
-                    dir.display(),
-                    self.inner.url
-                ),
-            )
-        })?;
-        loop {
-            let path = dir.join(format!(
-                "{}-{}.tmp",
-                std::process::id(),
-                NEXT_STAGED.fetch_add(1, Ordering::Relaxed)
-            ));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(f) => {
-                    return Ok(Box::new(Staged {
-                        inner: self.inner.clone(),
-                        path,
-                        file: Some(BufWriter::with_capacity(1 << 20, f)),
-                    }))
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("create staged object {}: {e}", path.display()),
-                    ))
-                }
-            }
-        }
-    }
-
-    fn put(&self, key: &str, data: &[u8], mode: PutMode) -> io::Result<()> {
-        // Small whole objects (refs, markers, config) need no staging file.
-        self.inner.put(key, Bytes::copy_from_slice(data), mode)
-    }
-
-    fn get(&self, key: &str) -> io::Result<Vec<u8>> {
-        let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
-        let object = self.inner.describe(key);
-        self.inner.run("GET", key, async move {
-            let r = client
-                .get(&path)
-                .await
-                .map_err(|e| os_error("GET", &object, e))?;
-            let b = r.bytes().await.map_err(|e| os_error("GET", &object, e))?;
-            Ok(b.to_vec())
-        })
-    }
-
-    fn open(&self, key: &str) -> io::Result<Arc<dyn ReadHandle>> {
-        Ok(Arc::new(self.inner.open(key)?))
-    }
-
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let full = self.inner.full(prefix);
-        // object_store lists whole path segments: list the deepest complete
-        // "directory" of the prefix, then keep the keys that start with it.
-        let dir = full.rfind('/').map_or("", |i| &full[..i]);
-        let dir = if dir.is_empty() {
-            None
-        } else {
-            Some(Path::parse(dir).map_err(|e| {
-                invalid(format!(
-                    "list {}: bad prefix: {e}",
-                    self.inner.describe(prefix)
-                ))
-            })?)
-        };
-        let client = self.inner.client.clone();
-        let object = format!("{}*", self.inner.describe(prefix));
-        let metas: Vec<ObjectMeta> = self.inner.run("LIST", prefix, async move {
-            client
-                .list(dir.as_ref())
-                .try_collect()
-                .await
-                .map_err(|e| os_error("LIST", &object, e))
-        })?;
-        let mut keys: Vec<String> = metas
-            .iter()
-            .filter_map(|m| self.inner.relative(&m.location))
-            .filter(|k| k.starts_with(prefix))
-            .map(str::to_string)
-            .collect();
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
-    }
-
-    fn exists(&self, key: &str) -> io::Result<bool> {
-        let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
-        let object = self.inner.describe(key);
-        self.inner.run("HEAD", key, async move {
-            match client.head(&path).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(os_error("HEAD", &object, e)),
-            }
-        })
-    }
-
-    fn delete(&self, key: &str) -> io::Result<()> {
-        // S3 answers a DELETE of a missing key with success; the contract
-        // wants NotFound, so a HEAD comes first.
-        let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
-        let object = self.inner.describe(key);
-        let r = self.inner.run("DELETE", key, async move {
-            client
-                .head(&path)
-                .await
-                .map_err(|e| os_error("DELETE", &object, e))?;
-            client
-                .delete(&path)
-                .await
-                .map_err(|e| os_error("DELETE", &object, e))
-        });
-        self.inner.forget(key);
-        r
-    }
-
-    fn discard_staged(&self) -> io::Result<()> {
-        let dir = &self.inner.staging;
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("list staging directory {}: {e}", dir.display()),
-                ))
-            }
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("list staging directory {}: {e}", dir.display()),
-                )
-            })?;
-            let name = entry.file_name();
-            if name.to_str().is_some_and(is_staging_name) {
-                let p = entry.path();
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("remove staged object {}: {e}", p.display()),
-                        ))
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn foreign(&self) -> io::Result<Option<String>> {
-        // The same rule as the directory backend: the markers and config at
-        // the top, and packs/, recipes/, refs/ holding only two-hex-digit
-        // fan-out prefixes. Staging is local, so nothing else belongs here.
-        let top = self.list_level("")?;
-        for o in &top.objects {
-            let name = Self::last_segment(&o.location);
-            if !ROOT_OBJECTS.contains(&name.as_str()) {
-                return Ok(Some(format!("it holds {name:?}")));
-            }
-        }
-        for p in &top.common_prefixes {
-            let name = Self::last_segment(p);
-            if !FANNED.contains(&name.as_str()) {
-                return Ok(Some(format!("it holds {name:?}")));
-            }
-            let level = self.list_level(&name)?;
-            if let Some(o) = level.objects.first() {
-                let fan = Self::last_segment(&o.location);
-                return Ok(Some(format!("it holds {name}/{fan}")));
-            }
-            for f in &level.common_prefixes {
-                let fan = Self::last_segment(f);
-                if fan.len() != 2 || !fan.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Ok(Some(format!("it holds {name}/{fan}")));
-                }
-            }
-        }
-        Ok(None)
     }
 }
 

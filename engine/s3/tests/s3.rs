@@ -189,6 +189,103 @@ fn ranged_reads_go_through_the_block_cache() {
 }
 
 #[test]
+fn the_disk_cache_serves_a_later_process_and_stays_bounded() {
+    let Some(t) = s3_target("the_disk_cache_serves_a_later_process_and_stays_bounded") else {
+        return;
+    };
+    let mib = 1usize << 20;
+    let url = t.url("disk");
+    let local = tempfile::tempdir().expect("tempdir");
+    let ranges = local.path().join("ranges");
+    let node = |disk_bytes: u64| {
+        let o = S3Options {
+            staging_dir: Some(local.path().join("staging")),
+            disk_cache_dir: Some(ranges.clone()),
+            disk_cache_bytes: disk_bytes,
+            ..t.options()
+        };
+        S3Store::from_url(&url, o).expect("store")
+    };
+    let data = pattern(6 * mib + 1000, 21);
+    let a = node(64 << 20);
+    a.put("packs/ab/big.pack", &data, PutMode::Create)
+        .expect("put");
+    let all = a.open("packs/ab/big.pack").expect("open");
+    assert_eq!(&all.read_at(0, data.len()).expect("read")[..], &data[..]);
+    assert!(a.disk_cached_bytes() >= data.len() as u64);
+    drop(all);
+    drop(a);
+    // A later process (new client, empty memory): only the open's first
+    // block is fetched; the rest comes from disk.
+    let b = node(64 << 20);
+    let c0 = b.stats();
+    let h = b.open("packs/ab/big.pack").expect("open");
+    assert_eq!(&h.read_at(0, data.len()).expect("read")[..], &data[..]);
+    let d = b.stats().since(&c0);
+    assert_eq!((d.gets, d.requests()), (1, 1), "only the open: {d}");
+    assert_eq!(d.bytes_down as usize, mib, "{d}");
+    assert_eq!(d.disk_hits, 6, "{d}");
+    drop(h);
+    // A replaced object has another ETag: its old blocks are not served.
+    let data2 = pattern(3 * mib, 22);
+    b.put("packs/ab/big.pack", &data2, PutMode::Replace)
+        .expect("replace");
+    drop(b);
+    let c = node(64 << 20);
+    let h = c.open("packs/ab/big.pack").expect("open");
+    assert_eq!(&h.read_at(0, data2.len()).expect("read")[..], &data2[..]);
+    drop(h);
+    drop(c);
+    // A damaged cache file is a miss: the block is fetched again.
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for fan in std::fs::read_dir(&ranges).expect("ranges").flatten() {
+        if fan.path().is_dir() {
+            files.extend(
+                std::fs::read_dir(fan.path())
+                    .expect("fan")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    assert!(files.len() >= 9, "{} cached blocks", files.len());
+    for f in &files {
+        let mut b = std::fs::read(f).expect("read");
+        let last = b.len() - 1;
+        b[last] ^= 0x55;
+        std::fs::write(f, &b).expect("write");
+    }
+    let e = node(64 << 20);
+    let c0 = e.stats();
+    let h = e.open("packs/ab/big.pack").expect("open");
+    assert_eq!(&h.read_at(0, data2.len()).expect("read")[..], &data2[..]);
+    let d = e.stats().since(&c0);
+    assert_eq!(
+        (d.disk_hits, d.bytes_down as usize),
+        (0, data2.len()),
+        "{d}"
+    );
+    drop(h);
+    drop(e);
+    // Bounded: a 3 MiB disk cache after reading 6 MiB holds at most 3 MiB.
+    let bound = 3 * mib as u64;
+    let f = node(bound);
+    f.put("packs/cd/other.pack", &data, PutMode::Create)
+        .expect("put");
+    let h = f.open("packs/cd/other.pack").expect("open");
+    assert_eq!(&h.read_at(0, data.len()).expect("read")[..], &data[..]);
+    let mut on_disk = 0;
+    for fan in std::fs::read_dir(&ranges).expect("ranges").flatten() {
+        if fan.path().is_dir() {
+            for e in std::fs::read_dir(fan.path()).expect("fan").flatten() {
+                on_disk += e.metadata().expect("meta").len();
+            }
+        }
+    }
+    assert!(on_disk <= bound, "{on_disk} bytes on disk, bound {bound}");
+}
+
+#[test]
 fn without_a_cache_nothing_is_read_ahead() {
     let Some(t) = s3_target("without_a_cache_nothing_is_read_ahead") else {
         return;
@@ -490,4 +587,43 @@ fn an_unreachable_server_fails_fast_naming_the_object() {
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert!(e.to_string().contains("s3://bkt/dirty"), "{e}");
     assert!(e.to_string().contains("onnection refused"), "{e}");
+}
+
+#[test]
+fn a_create_only_put_whose_connection_drops_is_retried() {
+    // The first connection reads the request and closes without an answer
+    // (what a server restart does to a PUT in flight); later ones answer 200.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    n += 1;
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_millis(300)));
+                    let mut buf = [0u8; 65536];
+                    let _ = c.read(&mut buf);
+                    if n > 1 {
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = S3Store::from_url("s3://bkt/pre", fast_failing(&url, d.path())).expect("store");
+    s.put("packs/ab/x.pack", b"data", PutMode::Create)
+        .expect("the dropped create-only PUT is sent again and succeeds");
+    let st = s.stats();
+    assert!(st.puts >= 2, "retried: {st}");
+    stop.store(true, Ordering::Relaxed);
 }

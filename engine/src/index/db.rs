@@ -762,6 +762,11 @@ impl Index {
         })
     }
 
+    /// Whether a pack is indexed.
+    pub(crate) fn has_pack(&self, pack: &PackId) -> Result<bool> {
+        self.run(|| Ok(self.packs.contains_key(pack.0)?))
+    }
+
     /// Every pack entry, in id order.
     pub(crate) fn packs(&self) -> impl Iterator<Item = Result<(PackId, PackInfo)>> + '_ {
         self.packs.iter().map(move |kv| {

@@ -358,22 +358,36 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
         let bytes = recipe.encode();
         let key = recipe_key(&recipe.file);
         let mut new_bytes = f.new_bytes;
-        // The recipe object must say exactly what the index will say. One
-        // left by an ingest that crashed before its index flush may name
-        // packs the index no longer knows (their chunks were then stored
-        // again elsewhere): replace it.
-        let current = match core.objects.get(&key) {
-            Ok(b) => Some(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
+        let (written, bytes) = if core.objects.shared() {
+            // Another node may hold the same file: see `remote`.
+            let known = core.index.has_file(&recipe.file)?;
+            core.poison_on(crate::remote::publish_recipe(
+                core,
+                &recipe.file,
+                bytes,
+                known,
+            ))?
+        } else {
+            // The recipe object must say exactly what the index will say.
+            // One left by an ingest that crashed before its index flush may
+            // name packs the index no longer knows (their chunks were then
+            // stored again elsewhere): replace it.
+            let current = match core.objects.get(&key) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io("read recipe", core.objects.describe(&key), e)),
+            };
+            let written = current.as_deref() != Some(&bytes[..]);
+            if written {
+                let r = core
+                    .objects
+                    .put(&key, &bytes, PutMode::Replace)
+                    .map_err(|e| Error::io("write recipe", core.objects.describe(&key), e));
+                core.poison_on(r)?;
+            }
+            (written, bytes)
         };
-        let written = current.as_deref() != Some(&bytes[..]);
         if written {
-            let r = core
-                .objects
-                .put(&key, &bytes, PutMode::Replace)
-                .map_err(|e| Error::io("write recipe", core.objects.describe(&key), e));
-            core.poison_on(r)?;
             new_bytes += bytes.len() as u64;
         }
         // After the recipe: a description never outlives its file (one

@@ -98,6 +98,118 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn check_index_write(&self) -> io::Result<()> {
         Ok(())
     }
+
+    // ------------------------------------------------------------ shared stores
+
+    /// Whether several processes may use this store at once, each with its
+    /// own local state (index, lock): a bucket shared by several nodes
+    /// (spec §4.3). The index of such a store is a cache that may lack what
+    /// other processes wrote; the engine looks in the store on a miss, and
+    /// updates refs with conditional writes. A directory store is not shared.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Reads a whole object with its version (for
+    /// [`ObjectStore::put_if_version`]); `None` when there is none.
+    ///
+    /// The default reads the object and names the version by a digest of its
+    /// bytes; together with the default `put_if_version` it is atomic among
+    /// the callers of one process only, which is all a store that is not
+    /// [`shared`](ObjectStore::shared) has. Shared backends override both.
+    fn get_versioned(&self, key: &str) -> io::Result<Option<(Vec<u8>, Version)>> {
+        let _one_at_a_time = local_cas_lock();
+        match self.get(key) {
+            Ok(b) => {
+                let v = Version::of_bytes(&b);
+                Ok(Some((b, v)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `data` under `key` only if the object is still the version
+    /// `expect` (`None`: only if there is no object), durably and
+    /// atomically; otherwise writes nothing and returns
+    /// [`Cas::Conflict`]. For a shared store this is atomic against every
+    /// other writer (S3: `If-Match` / `If-None-Match: *`).
+    fn put_if_version(&self, key: &str, data: &[u8], expect: Option<&Version>) -> io::Result<Cas> {
+        let _one_at_a_time = local_cas_lock();
+        let current = match self.get(key) {
+            Ok(b) => Some(Version::of_bytes(&b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if current.as_ref() != expect {
+            return Ok(Cas::Conflict);
+        }
+        let mode = if expect.is_none() {
+            PutMode::Create
+        } else {
+            PutMode::Replace
+        };
+        match self.put(key, data, mode) {
+            Ok(()) => Ok(Cas::Written(Version::of_bytes(data))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Cas::Conflict),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every key starting with `prefix`, sorted, with what the listing
+    /// tells of each (version, modification time). The default lists keys
+    /// only.
+    fn list_versioned(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+        Ok(self
+            .list(prefix)?
+            .into_iter()
+            .map(|key| Listed {
+                key,
+                version: None,
+                modified: None,
+            })
+            .collect())
+    }
+}
+
+/// The version of an object as conditional writes name it: an S3 ETag, or
+/// for a backend without one, a digest of the content.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(pub String);
+
+impl Version {
+    /// The version the default [`ObjectStore::get_versioned`] gives `data`.
+    pub fn of_bytes(data: &[u8]) -> Version {
+        Version(format!("b3:{}", blake3::hash(data).to_hex()))
+    }
+}
+
+/// What a conditional write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cas {
+    /// Written; the new version.
+    Written(Version),
+    /// The object was not at the expected version (changed, deleted, or
+    /// created meanwhile): nothing was written.
+    Conflict,
+}
+
+/// An object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The key.
+    pub key: String,
+    /// Its version, when the listing tells (an S3 listing gives ETags).
+    pub version: Option<Version>,
+    /// When it was last written, by the store's clock, when known.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// Serializes the default compare-and-set of non-shared stores within the
+/// process (their only writer).
+fn local_cas_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How a [`DirStore`] reads immutable objects.

@@ -4,9 +4,11 @@
 //! chunk is stored.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rayon::prelude::*;
 use sha2::Digest;
 use tessera_model::{Limits, Sniffer};
 
@@ -182,6 +184,7 @@ pub(crate) fn register_file(
     chunks: &[(ChunkId, u32)],
     claimed_sha256: Option<Sha256>,
     ref_names: &[&str],
+    mut sink: Option<&mut (dyn Write + Send)>,
 ) -> Result<PutReport> {
     core.check_poison()?;
     for r in ref_names {
@@ -216,6 +219,10 @@ pub(crate) fn register_file(
                 existing.sha256
             )));
         }
+        if let Some(out) = sink {
+            let locs = chunk_locations(core, chunks, &reject)?;
+            stream_chunks(core, chunks, &locs, |raw| write_out(out, raw))?;
+        }
         let mut reports = publish_files(
             core,
             vec![NewRecipe {
@@ -230,26 +237,7 @@ pub(crate) fn register_file(
             .pop()
             .ok_or_else(|| Error::Bug("publishing one file reported none".into()));
     }
-    let mut locs = Vec::with_capacity(chunks.len());
-    let mut missing = 0usize;
-    for (id, len) in chunks {
-        match core.index.chunk(id)? {
-            Some(l) if l.entry.raw_len == *len => locs.push((l.pack, l.index)),
-            Some(l) => {
-                return Err(reject(format!(
-                    "chunk {id} is {} bytes, not {len}",
-                    l.entry.raw_len
-                )))
-            }
-            None => missing += 1,
-        }
-    }
-    if missing > 0 {
-        return Err(reject(format!(
-            "{missing} of its {} chunks are not stored",
-            chunks.len()
-        )));
-    }
+    let locs = chunk_locations(core, chunks, &reject)?;
     // The content's SHA-256 (what git-lfs pointers name files by) is
     // computed here, from verified chunks: a client cannot alias a file to
     // another's hash.
@@ -257,11 +245,14 @@ pub(crate) fn register_file(
     // the store's policy applies to uploads as to local puts.
     let mut sha = sha2::Sha256::new();
     let mut sniffer = Sniffer::new(Limits::default());
-    for ((id, _), (pack, index)) in chunks.iter().zip(&locs) {
-        let raw = core.packs.read_chunk(pack, *index, id)?;
-        sha.update(&raw);
-        sniffer.feed(&raw);
-    }
+    stream_chunks(core, chunks, &locs, |raw| {
+        sha.update(raw);
+        sniffer.feed(raw);
+        match sink.as_deref_mut() {
+            Some(out) => write_out(out, raw),
+            None => Ok(()),
+        }
+    })?;
     let sha = Sha256(sha.finalize().into());
     let model = sniffer.finish(size);
     let policy = core.opts.pickle_policy;
@@ -297,4 +288,78 @@ pub(crate) fn register_file(
     reports
         .pop()
         .ok_or_else(|| Error::Bug("publishing one file reported none".into()))
+}
+
+/// Where each of `chunks` is stored; a chunk that is missing or of another
+/// length refuses the registration.
+fn chunk_locations(
+    core: &Core,
+    chunks: &[(ChunkId, u32)],
+    reject: &dyn Fn(String) -> Error,
+) -> Result<Vec<(PackId, u32)>> {
+    let mut locs = Vec::with_capacity(chunks.len());
+    let mut missing = 0usize;
+    for (id, len) in chunks {
+        match core.index.chunk(id)? {
+            Some(l) if l.entry.raw_len == *len => locs.push((l.pack, l.index)),
+            Some(l) => {
+                return Err(reject(format!(
+                    "chunk {id} is {} bytes, not {len}",
+                    l.entry.raw_len
+                )))
+            }
+            None => missing += 1,
+        }
+    }
+    if missing > 0 {
+        return Err(reject(format!(
+            "{missing} of its {} chunks are not stored",
+            chunks.len()
+        )));
+    }
+    Ok(locs)
+}
+
+/// Chunks decoded (and verified) per step of [`stream_chunks`].
+const STREAM_WINDOW: usize = 16;
+
+/// Hands the chunks' verified bytes to `consume` in file order. A window
+/// of chunks is decoded in parallel while `consume` works through the one
+/// before it, so at most two windows are held at once.
+fn stream_chunks(
+    core: &Core,
+    chunks: &[(ChunkId, u32)],
+    locs: &[(PackId, u32)],
+    mut consume: impl FnMut(&[u8]) -> Result<()> + Send,
+) -> Result<()> {
+    let decode = |i: usize| -> Result<Vec<Bytes>> {
+        let end = (i + STREAM_WINDOW).min(chunks.len());
+        (i..end)
+            .into_par_iter()
+            .map(|k| core.packs.read_chunk(&locs[k].0, locs[k].1, &chunks[k].0))
+            .collect()
+    };
+    let mut current = decode(0)?;
+    let mut next_at = STREAM_WINDOW;
+    while !current.is_empty() {
+        let (next, done) = rayon::join(
+            || {
+                if next_at < chunks.len() {
+                    decode(next_at)
+                } else {
+                    Ok(Vec::new())
+                }
+            },
+            || current.iter().try_for_each(|raw| consume(raw)),
+        );
+        done?;
+        current = next?;
+        next_at += STREAM_WINDOW;
+    }
+    Ok(())
+}
+
+fn write_out(out: &mut (dyn Write + Send), raw: &[u8]) -> Result<()> {
+    out.write_all(raw)
+        .map_err(|e| Error::io("write the registered file's bytes", "the output", e))
 }

@@ -69,10 +69,12 @@ pub struct PullReport {
     pub output: String,
     /// Seconds spent fetching, verifying and admitting chunks.
     pub download_secs: f64,
-    /// Seconds spent registering the file locally (reading every chunk
-    /// back and computing its SHA-256).
+    /// Seconds spent registering the file locally: reading every chunk
+    /// back (verified), computing its SHA-256 and writing the output in the
+    /// same pass.
     pub register_secs: f64,
-    /// Seconds spent writing the output (fsync'd).
+    /// Seconds spent making the output durable (fsync, rename); for a file
+    /// the store held already, writing it from the store as well.
     pub write_secs: f64,
 }
 
@@ -194,22 +196,36 @@ pub async fn pull(
             .await?;
         progress.finish();
         report.download_secs = t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
         report.bytes_resumed = resumed.load(Ordering::Relaxed);
+    }
+    // The output is written to a temp file beside it: in the registering
+    // pass for a file new to the store, from the store otherwise.
+    let out = TempOutput::create(output)?;
+    let mut file = out.file()?;
+    progress.start("write", rec.size);
+    if !have_file {
+        let t0 = Instant::now();
         // Register the file locally: its SHA-256 is computed from the
-        // verified chunks and must be the one the server named.
-        let (st, r) = (store.clone(), rec.clone());
-        blocking(move || {
+        // verified chunks and must be the one the server named; the same
+        // pass writes the output.
+        let (st, r, p) = (store.clone(), rec.clone(), progress.clone());
+        let registered = tokio::task::spawn_blocking(move || {
             let chunks: Vec<(ChunkId, u32)> = r.chunks().map(|(_, c)| (c.id, c.len)).collect();
-            st.register_file(r.file_id, r.size, &chunks, Some(r.sha256), &[])
+            let mut sink = Counted {
+                inner: &mut file,
+                progress: p.as_ref(),
+            };
+            st.register_file_writing(r.file_id, r.size, &chunks, Some(r.sha256), &[], &mut sink)
+                .map(|_| file)
         })
         .await
-        .map_err(|e| match e {
-            ClientError::Engine(e @ tessera::Error::Rejected { .. }) => ClientError::Protocol {
+        .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
+        file = registered.map_err(|e| match e {
+            e @ tessera::Error::Rejected { .. } => ClientError::Protocol {
                 url: rec_url.clone(),
                 detail: format!("the server's reconstruction does not hold up: {e}"),
             },
-            e => e,
+            e => ClientError::Engine(e),
         })?;
         report.register_secs = t0.elapsed().as_secs_f64();
     }
@@ -227,11 +243,15 @@ pub async fn pull(
         }
     }
     report.sha256 = sha;
-    progress.start("write", rec.size);
-    let (st, out, p) = (store.clone(), output.to_path_buf(), progress.clone());
-    tokio::task::spawn_blocking(move || write_output(&st, &id, &out, p.as_ref()))
-        .await
-        .map_err(|e| ClientError::Usage(format!("writing the output failed: {e}")))??;
+    let (st, p) = (store.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || {
+        if have_file {
+            copy_from_store(&st, &id, &mut file, &out.tmp, p.as_ref())?;
+        }
+        out.finish(file)
+    })
+    .await
+    .map_err(|e| ClientError::Usage(format!("writing the output failed: {e}")))??;
     progress.finish();
     report.write_secs = t0.elapsed().as_secs_f64();
     if tokio::fs::metadata(&dir).await.is_ok() {
@@ -607,50 +627,99 @@ async fn download_range(
     Ok(buf.freeze())
 }
 
-/// Writes the file from the store to `output` atomically: a temp file in
-/// the same directory, fsync'd, renamed over `output`, the directory
-/// fsync'd.
-fn write_output(
-    store: &Store,
-    id: &FileId,
-    output: &Path,
-    progress: &dyn Progress,
-) -> ClientResult<()> {
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tessera-tmp-{}", std::process::id()));
-    let result = (|| -> ClientResult<()> {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| ClientError::io(&tmp, e))?;
-        let mut reader = store.read(id)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = std::io::Read::read(&mut reader, &mut buf)
-                .map_err(|e| ClientError::Engine(tessera::unwrap_io(e)))?;
-            if n == 0 {
-                break;
-            }
-            f.write_all(&buf[..n])
-                .map_err(|e| ClientError::io(&tmp, e))?;
-            progress.advance(n as u64);
-        }
-        f.sync_all().map_err(|e| ClientError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, output).map_err(|e| ClientError::io(output, e))?;
-        if let Ok(d) = std::fs::File::open(&parent) {
-            d.sync_all().map_err(|e| ClientError::io(&parent, e))?;
+/// An output written atomically: a temp file in the same directory,
+/// fsync'd, renamed over the output, the directory fsync'd. Dropped
+/// unfinished, the temp file is removed.
+struct TempOutput {
+    tmp: PathBuf,
+    output: PathBuf,
+    parent: PathBuf,
+    done: bool,
+}
+
+impl TempOutput {
+    fn create(output: &Path) -> ClientResult<TempOutput> {
+        let parent = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(".{name}.tessera-tmp-{}", std::process::id()));
+        Ok(TempOutput {
+            tmp,
+            output: output.to_path_buf(),
+            parent,
+            done: false,
+        })
+    }
+
+    /// The temp file, created empty.
+    fn file(&self) -> ClientResult<std::fs::File> {
+        std::fs::File::create(&self.tmp).map_err(|e| ClientError::io(&self.tmp, e))
+    }
+
+    /// Makes `file` durable and puts it in place.
+    fn finish(mut self, file: std::fs::File) -> ClientResult<()> {
+        file.sync_all().map_err(|e| ClientError::io(&self.tmp, e))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.output).map_err(|e| ClientError::io(&self.output, e))?;
+        self.done = true;
+        if let Ok(d) = std::fs::File::open(&self.parent) {
+            d.sync_all().map_err(|e| ClientError::io(&self.parent, e))?;
         }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A writer that advances a progress bar by what it writes.
+struct Counted<'a, W> {
+    inner: W,
+    progress: &'a dyn Progress,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a file the store holds to `f` (`tmp` names it in errors).
+fn copy_from_store(
+    store: &Store,
+    id: &FileId,
+    f: &mut std::fs::File,
+    tmp: &Path,
+    progress: &dyn Progress,
+) -> ClientResult<()> {
+    let mut reader = store.read(id)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf)
+            .map_err(|e| ClientError::Engine(tessera::unwrap_io(e)))?;
+        if n == 0 {
+            return Ok(());
+        }
+        f.write_all(&buf[..n])
+            .map_err(|e| ClientError::io(tmp, e))?;
+        progress.advance(n as u64);
+    }
 }
 
 #[cfg(test)]

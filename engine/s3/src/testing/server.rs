@@ -57,6 +57,45 @@ impl S3Target {
         self.options.clone()
     }
 
+    /// The S3 endpoint URL: the spawned server's, else `AWS_ENDPOINT_URL`
+    /// (or `AWS_ENDPOINT`); `None` for AWS itself.
+    pub fn endpoint_url(&self) -> Option<String> {
+        self.endpoint.clone().or_else(|| {
+            std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok()
+        })
+    }
+
+    /// Environment variables a child process (a `tessera` binary) needs to
+    /// reach the server: the connection of a spawned server; nothing for a
+    /// target from the environment (the child inherits it).
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        match &self.endpoint {
+            Some(e) => self.child_env_at(e),
+            None => Vec::new(),
+        }
+    }
+
+    /// [`S3Target::child_env`] with the endpoint replaced by `endpoint` (a
+    /// proxy in front of the server).
+    pub fn child_env_at(&self, endpoint: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = match &self.endpoint {
+            Some(_) => [
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_REGION", "us-east-1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            None => Vec::new(),
+        };
+        env.push(("AWS_ENDPOINT_URL".into(), endpoint.to_string()));
+        env.push(("AWS_ALLOW_HTTP".into(), "true".into()));
+        env
+    }
+
     /// A store at a fresh [`S3Target::url`].
     pub fn store(&self, name: &str, mut options: S3Options) -> S3Store {
         options.from_env = self.options.from_env;

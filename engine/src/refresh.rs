@@ -1,0 +1,269 @@
+//! Refresh of a shared store (spec §4.3): a listing of the bucket brings a
+//! node's index up to date with what other nodes wrote — packs and recipes
+//! it lacks are indexed (as on a miss, `remote`), refs that changed since
+//! the last listing are read and applied, refs deleted in the bucket leave
+//! the index — and the catch-up of a node's index at open.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::core::Core;
+use crate::error::{clip, Error, Result};
+use crate::format::decode_ref;
+use crate::paths::{file_of_key, is_ref_key, pack_of_key, ref_key, PACKS, RECIPES, REFS};
+use crate::remote::{discover_file, discover_packs, has_file, io_err, parallel};
+use crate::report::{CatchUpReason, Problem, RepairReport};
+use crate::storage::{Listed, ObjectStore, PutMode, Version};
+
+/// What the last listing of refs saw: `<key> <version>` per line
+/// (node-local: the `node/` prefix).
+const REFS_SEEN: &str = "node/refs-seen";
+/// When the last [`refresh`] finished: milliseconds since the epoch.
+const REFRESHED: &str = "node/refreshed";
+
+/// Brings a shared store's index up to date at open when it cannot be
+/// trusted. A new index (a node's first open with this cache) is left
+/// empty: it fills on misses and by [`refresh`] (`repair index`, which
+/// opens over an empty index, fills it whole from a listing). An index whose counters disagree with this node's clean-close
+/// record is recounted; after a crash, or over a damaged index, the node
+/// refreshes from a listing (what it lost is in the bucket).
+pub(crate) fn catch_up(core: &Core, reason: CatchUpReason) -> Result<RepairReport> {
+    match reason {
+        // `repair index` opens over an empty index to fill it whole.
+        CatchUpReason::NewIndex if !core.opts.allow_missing_index => Ok(RepairReport::default()),
+        CatchUpReason::CountersDiffer => {
+            core.index.recount()?;
+            Ok(RepairReport::default())
+        }
+        _ => {
+            forget_seen_refs(core)?;
+            let r = refresh(core)?;
+            Ok(RepairReport {
+                packs: r.packs,
+                chunks: r.chunks,
+                files: r.files,
+                refs: r.refs_updated + r.refs_removed,
+                healed: Vec::new(),
+                problems: r.problems,
+            })
+        }
+    }
+}
+
+/// What a [`refresh`] found.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RefreshReport {
+    /// Packs indexed (new to this node).
+    pub packs: u64,
+    /// Chunks those packs hold.
+    pub chunks: u64,
+    /// Files indexed (recipes new to this node).
+    pub files: u64,
+    /// Refs added or changed in the index.
+    pub refs_updated: u64,
+    /// Refs removed from the index (deleted in the store).
+    pub refs_removed: u64,
+    /// Objects listed.
+    pub listed: u64,
+    /// Objects that could not be indexed (damaged), by name.
+    pub problems: Vec<Problem>,
+}
+
+fn list(objects: &dyn ObjectStore, prefix: &str) -> Result<Vec<Listed>> {
+    objects
+        .list_versioned(prefix)
+        .map_err(|e| Error::io("list", objects.describe(prefix), e))
+}
+
+/// Brings this node's index up to date with a listing of the bucket: packs
+/// and recipes it lacks are indexed (as on a miss), refs that changed since
+/// the last listing (by version) are read and applied, and refs deleted in
+/// the store are removed. Objects written during the listing may be missed;
+/// they are found on a miss or by the next refresh.
+pub(crate) fn refresh(core: &Core) -> Result<RefreshReport> {
+    let mut rep = RefreshReport::default();
+    refresh_files(core, &mut rep)?;
+    refresh_refs(core, &mut rep)?;
+    core.index.flush()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let objects = core.objects.as_ref();
+    objects
+        .put(REFRESHED, now.to_string().as_bytes(), PutMode::Replace)
+        .map_err(|e| io_err(objects, "write", REFRESHED, e))?;
+    Ok(rep)
+}
+
+/// When this node last finished a [`refresh`], if ever.
+pub(crate) fn last_refresh(core: &Core) -> Option<SystemTime> {
+    let b = core.objects.get(REFRESHED).ok()?;
+    let ms: u64 = std::str::from_utf8(&b).ok()?.trim().parse().ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
+/// The packs and recipes part of [`refresh`].
+pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let mut packs = Vec::new();
+    for l in list(objects, PACKS)? {
+        rep.listed += 1;
+        match pack_of_key(&l.key) {
+            Some(id) => packs.push(id),
+            None => rep.problems.push(stray(&l.key)),
+        }
+    }
+    let (n, chunks) = discover_packs(core, &packs, &mut rep.problems)?;
+    rep.packs += n;
+    rep.chunks += chunks;
+    let mut files = Vec::new();
+    for l in list(objects, RECIPES)? {
+        rep.listed += 1;
+        match file_of_key(&l.key) {
+            Some(f) if !core.index.has_file(&f)? => files.push(f),
+            Some(_) => {}
+            None => rep.problems.push(stray(&l.key)),
+        }
+    }
+    let results = parallel(&files, |f| discover_file(core, f));
+    for (f, r) in files.iter().zip(results) {
+        match r {
+            Ok(true) => rep.files += 1,
+            Ok(false) => {} // deleted since it was listed
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => rep.problems.push(Problem {
+                object: format!("file {f}"),
+                detail: e.to_string(),
+            }),
+        }
+    }
+    Ok(())
+}
+
+fn stray(key: &str) -> Problem {
+    Problem {
+        object: key.to_string(),
+        detail: "unexpected object (not named like a pack, recipe or ref)".into(),
+    }
+}
+
+/// The refs part of [`refresh`].
+fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let seen = load_seen(core);
+    let listed = list(objects, REFS)?;
+    rep.listed += listed.len() as u64;
+    let mut now_seen: HashMap<String, Version> = HashMap::new();
+    let mut todo: Vec<String> = Vec::new();
+    let mut present: HashSet<String> = HashSet::new();
+    for l in listed {
+        if !is_ref_key(&l.key) {
+            rep.problems.push(stray(&l.key));
+            continue;
+        }
+        present.insert(l.key.clone());
+        match (&l.version, seen.get(&l.key)) {
+            (Some(v), Some(s)) if v == s => {
+                now_seen.insert(l.key, v.clone());
+            }
+            _ => todo.push(l.key),
+        }
+    }
+    let fetched = parallel(&todo, |key| match objects.get_versioned(key) {
+        Ok(r) => Ok(r),
+        Err(e) => Err(io_err(objects, "read ref", key, e)),
+    });
+    for (key, r) in todo.iter().zip(fetched) {
+        let Some((bytes, version)) = r? else {
+            continue; // deleted since it was listed
+        };
+        let (name, file) = match decode_ref(&bytes) {
+            Ok((n, f)) if ref_key(&n) == *key => (n, f),
+            Ok(_) => {
+                rep.problems.push(Problem {
+                    object: key.clone(),
+                    detail: "ref file stored under the wrong name".into(),
+                });
+                continue;
+            }
+            Err(d) => {
+                rep.problems.push(Problem {
+                    object: key.clone(),
+                    detail: format!("damaged ref file: {d}"),
+                });
+                continue;
+            }
+        };
+        match has_file(core, &file) {
+            Ok(true) => {}
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Ok(false) | Err(_) => {
+                rep.problems.push(Problem {
+                    object: format!("ref {}", clip(&name)),
+                    detail: format!("names file {file}, whose recipe is missing or damaged"),
+                });
+                continue;
+            }
+        }
+        if core.index.get_ref(&name)? != Some(file) {
+            core.index.set_ref(&name, file)?;
+            rep.refs_updated += 1;
+        }
+        now_seen.insert(key.clone(), version);
+    }
+    // Refs the index holds whose objects are gone: deleted by another node
+    // (confirmed by a read, since a ref may have been set since the listing).
+    for (name, _) in core.index.refs_with_prefix("")? {
+        let key = ref_key(&name);
+        if present.contains(&key) {
+            continue;
+        }
+        match objects.get(&key) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                core.index.delete_ref(&name)?;
+                rep.refs_removed += 1;
+            }
+            Err(e) => return Err(io_err(objects, "read ref", &key, e)),
+            Ok(_) => {}
+        }
+    }
+    core.index.flush()?;
+    save_seen(core, &now_seen)
+}
+
+fn load_seen(core: &Core) -> HashMap<String, Version> {
+    let Ok(b) = core.objects.get(REFS_SEEN) else {
+        return HashMap::new();
+    };
+    String::from_utf8_lossy(&b)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), Version(v.to_string())))
+        .collect()
+}
+
+fn save_seen(core: &Core, seen: &HashMap<String, Version>) -> Result<()> {
+    let mut text = String::new();
+    for (k, v) in seen {
+        text.push_str(k);
+        text.push(' ');
+        text.push_str(&v.0);
+        text.push('\n');
+    }
+    let objects = core.objects.as_ref();
+    objects
+        .put(REFS_SEEN, text.as_bytes(), PutMode::Replace)
+        .map_err(|e| io_err(objects, "write", REFS_SEEN, e))
+}
+
+/// Makes the next refresh read every ref (after the index may have lost
+/// writes).
+fn forget_seen_refs(core: &Core) -> Result<()> {
+    let objects = core.objects.as_ref();
+    match objects.delete(REFS_SEEN) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(objects, "remove", REFS_SEEN, e)),
+    }
+}

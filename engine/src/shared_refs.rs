@@ -1,0 +1,167 @@
+//! Refs on a shared store (spec §8.3): written only with conditional writes
+//! (create-only, or `If-Match` the version read), so no node silently
+//! overwrites a change it did not see, and read from the bucket whenever
+//! they are resolved (they are the only objects other nodes change in
+//! place). Nothing here runs for a store that is not shared, except
+//! [`write_ref`], which works on any store.
+
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::core::Core;
+use crate::error::{clip, Error, Result};
+use crate::format::{decode_ref, encode_ref};
+use crate::ids::FileId;
+use crate::paths::ref_key;
+use crate::remote::{has_file, io_err};
+use crate::storage::{Cas, Version};
+
+/// Conditional ref writes that lose a race are retried this many times.
+const REF_ATTEMPTS: u32 = 8;
+/// What a conditional ref write expects the ref to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Anything: the write is retried on whatever the ref became.
+    Any,
+    /// Exactly this (`None`: no ref); otherwise [`Error::RefConflict`].
+    Is(Option<FileId>),
+}
+
+/// The file a ref object names, if it is a valid ref object of `name`.
+fn ref_target(name: &str, bytes: &[u8]) -> Option<FileId> {
+    match decode_ref(bytes) {
+        Ok((n, f)) if n == name => Some(f),
+        _ => None,
+    }
+}
+
+/// Points ref `name` at `file` in the store with conditional writes: the
+/// write names the version it replaces (or that there is none), so a
+/// concurrent change by another node makes it fail instead of being
+/// overwritten unseen. With [`Expect::Any`] a lost race is retried on the
+/// new state (up to 8 times, with growing jittered pauses); with
+/// [`Expect::Is`] a ref that is not what the caller expects fails with
+/// [`Error::RefConflict`]. Returns what the ref named before. Works on any
+/// store (a non-shared one serializes within the process).
+pub(crate) fn write_ref(
+    core: &Core,
+    name: &str,
+    file: &FileId,
+    expect: Expect,
+) -> Result<Option<FileId>> {
+    let objects = core.objects.as_ref();
+    let key = ref_key(name);
+    let data = encode_ref(name, file);
+    // What is there: `None` no object; else its target (`None` when it is
+    // damaged or another name's) and version. New refs are the common
+    // case, so the first attempt assumes there is none (a create-only
+    // write: one request) unless the caller expects a file.
+    let mut state: Option<(Option<FileId>, Version)> = None;
+    let mut assumed = matches!(expect, Expect::Any | Expect::Is(None));
+    for attempt in 0..REF_ATTEMPTS {
+        if !assumed {
+            state = objects
+                .get_versioned(&key)
+                .map_err(|e| io_err(objects, "read ref", &key, e))?
+                .map(|(b, v)| (ref_target(name, &b), v));
+        }
+        assumed = false;
+        let before = state.as_ref().and_then(|(f, _)| *f);
+        if let Expect::Is(want) = expect {
+            if before != want {
+                return Err(Error::RefConflict {
+                    name: clip(name),
+                    detail: format!(
+                        "expected it to name {}, but it names {}; nothing was written",
+                        show(want),
+                        show(before)
+                    ),
+                });
+            }
+        }
+        if before == Some(*file) {
+            return Ok(before);
+        }
+        let version = state.as_ref().map(|(_, v)| v);
+        match objects
+            .put_if_version(&key, &data, version)
+            .map_err(|e| io_err(objects, "write ref", &key, e))?
+        {
+            Cas::Written(_) => return Ok(before),
+            // Another writer got in between: read what it wrote and go
+            // again (at once the first time: usually a create that found
+            // the ref existing).
+            Cas::Conflict if attempt > 0 => backoff(attempt - 1),
+            Cas::Conflict => {}
+        }
+    }
+    Err(Error::RefConflict {
+        name: clip(name),
+        detail: format!(
+            "other writers changed it {REF_ATTEMPTS} times while this update was retried; nothing was written"
+        ),
+    })
+}
+
+fn show(f: Option<FileId>) -> String {
+    f.map_or("nothing (no such ref)".to_string(), |f| format!("file {f}"))
+}
+
+/// A pause before retrying a lost race: 10 ms doubling per attempt (to
+/// 1.3 s), times a jitter factor in [0.5, 1.5) so racing nodes drift apart.
+fn backoff(attempt: u32) {
+    let base = 10u64 << attempt.min(7);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 500 + (u64::from(nanos) ^ u64::from(std::process::id())) % 1000;
+    std::thread::sleep(Duration::from_millis(base * jitter / 1000));
+}
+
+/// The file the ref object of `name` names; `None` when there is none (or
+/// it is another name's). A ref object that does not decode is damage.
+fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
+    let objects = core.objects.as_ref();
+    let key = ref_key(name);
+    match objects.get(&key) {
+        Ok(b) => match decode_ref(&b) {
+            Ok((n, f)) => Ok((n == name).then_some(f)),
+            Err(detail) => Err(Error::IndexCorrupt {
+                tree: "refs",
+                key: clip(name),
+                detail: format!("ref file {key}: {detail}"),
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(objects, "read ref", &key, e)),
+    }
+}
+
+/// Resolves a ref on a shared store: the ref object is read every time (a
+/// ref is the one kind of object another node may change), the file it
+/// names is found (on a miss, in the bucket), and the index is brought in
+/// line. A ref object naming a file whose recipe is missing or damaged is
+/// [`Error::RefDangling`].
+pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
+    let Some(file) = read_ref(core, name)? else {
+        if core.index.get_ref(name)?.is_some() {
+            core.index.delete_ref(name)?;
+        }
+        return Err(Error::not_found("ref", name));
+    };
+    let found = match has_file(core, &file) {
+        Ok(f) => f,
+        Err(e) if e.is_corruption() => false,
+        Err(e) => return Err(e),
+    };
+    if !found {
+        return Err(Error::RefDangling {
+            name: clip(name),
+            file,
+        });
+    }
+    if core.index.get_ref(name)? != Some(file) {
+        core.index.set_ref(name, file)?;
+    }
+    Ok(file)
+}
