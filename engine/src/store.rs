@@ -370,7 +370,7 @@ impl Store {
         if !self.is_shared() {
             return Ok(());
         }
-        Err(Error::InvalidArgument(format!(
+        Err(Error::Unsupported(format!(
             "{what} of {} refused: the store is shared by several processes, and \
              this engine does not yet run the cross-process GC protocol (spec §10.6: \
              a lease, a published condemned set, writers that check it); no object was touched",

@@ -154,7 +154,7 @@ fn a_second_node_finds_what_the_first_wrote() {
             .map(|_| ()),
     ] {
         match r {
-            Err(Error::InvalidArgument(m)) => assert!(m.contains("§10.6"), "{m}"),
+            Err(Error::Unsupported(m)) => assert!(m.contains("§10.6"), "{m}"),
             other => panic!("GC on a shared store must be refused: {other:?}"),
         }
     }
