@@ -10,7 +10,7 @@
 # warm). Every restore is compared with the source. Prints milliseconds.
 #
 # Usage: bash benches/s3/cli.sh [--size-mib N] [--runs N]   (default 256, 3)
-# Time it alone: flock -x /tmp/tessera-timing.lock bash benches/s3/cli.sh
+# Time it on a quiet machine (nothing else building or benchmarking).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE=256
