@@ -272,13 +272,25 @@ fn pull_over_http(out: &mut impl Write, store: &Store, versions: &[RepoVersion])
             )
             .await?;
             local.close()?;
-            Ok::<_, CliError>(report)
+            // One tensor of v2 by name, as any HTTP client would ask for it.
+            let info = store.model_info(&store.resolve(&name(last, DEMO_MODEL_FILE))?)?;
+            let tensor = info
+                .tensors
+                .iter()
+                .filter_map(|t| t.offset.map(|o| (t.name.clone(), o, t.length)))
+                .max_by_key(|t| t.2)
+                .ok_or_else(|| CliError::Check("v2 has no tensors stored as plain bytes".into()))?;
+            let bytes = client
+                .get_tensor(&name(last, DEMO_MODEL_FILE), &tensor.0)
+                .await?;
+            Ok::<_, CliError>((report, tensor, bytes))
         }
         .await;
         let _ = stop.send(());
         let _ = serving.await;
         result
     })?;
+    let (report, (tensor, offset, length), tensor_bytes) = report;
     let spec = last
         .files
         .iter()
@@ -303,6 +315,30 @@ fn pull_over_http(out: &mut impl Write, store: &Store, versions: &[RepoVersion])
         human(report.size),
         100.0 * report.bytes_downloaded as f64 / report.size.max(1) as f64,
         report.requests + 1
+    )
+    .map_err(crate::out_err)?;
+    // The tensor served by name is exactly its bytes in the pulled file.
+    let mut f = std::fs::File::open(&output).map_err(|e| CliError::File(output.clone(), e))?;
+    let mut want = vec![
+        0u8;
+        usize::try_from(length).map_err(|_| CliError::Check(format!(
+            "tensor {tensor} is too large to check"
+        )))?
+    ];
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset))
+        .and_then(|_| std::io::Read::read_exact(&mut f, &mut want))
+        .map_err(|e| CliError::File(output.clone(), e))?;
+    if tensor_bytes[..] != want[..] {
+        return Err(CliError::Check(format!(
+            "GET ?tensor={tensor} returned other bytes than the file holds at {offset}"
+        )));
+    }
+    writeln!(
+        out,
+        "tensor: GET /v1/files/{}?tensor={tensor} returns its {} (bytes {offset}..{} of the file), checked",
+        name(last, DEMO_MODEL_FILE),
+        human(length),
+        offset + length
     )
     .map_err(crate::out_err)
 }

@@ -267,6 +267,18 @@ async fn one_tensor_by_name() {
     assert_eq!(r.status, 200);
     assert!(r.body == b, "tensor by query: other bytes");
     assert_eq!(r.header("content-length"), Some("3000"));
+    // The client asks the same way.
+    let client = Client::new(&srv.url, ClientOptions::default()).expect("client");
+    let got = client
+        .get_tensor(name, "layer.0.bias")
+        .await
+        .expect("tensor");
+    assert!(got == b, "client: other bytes");
+    let missing = client
+        .get_tensor(name, "nope")
+        .await
+        .expect_err("no such tensor");
+    assert_eq!(missing.status().map(|c| c.as_u16()), Some(404), "{missing}");
     // Ranges count from the tensor's first byte.
     let r = curl(vec![s("-r"), s("100-199"), by_path.clone()]).await;
     assert_eq!(r.status, 206);

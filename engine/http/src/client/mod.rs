@@ -401,6 +401,26 @@ impl Client {
         read_limited(resp, u64::MAX, self.opts.stall_timeout).await
     }
 
+    /// `GET /v1/files/{name}?tensor=T`: one tensor's bytes of a model file
+    /// (PROTOCOL §4.1).
+    pub async fn get_tensor(&self, name: &str, tensor: &str) -> ClientResult<Bytes> {
+        let url = self.url(&format!(
+            "/v1/files/{}?tensor={}",
+            encode_segment(name),
+            encode_segment(tensor)
+        ));
+        let resp = self
+            .send_retry(Method::GET, &url, |r| r, self.opts.stall_timeout)
+            .await?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(ClientError::Protocol {
+                url,
+                detail: format!("expected 200, got {}", resp.status()),
+            });
+        }
+        read_limited(resp, u64::MAX, self.opts.stall_timeout).await
+    }
+
     /// `GET /v1/refs/{name}`.
     pub async fn get_ref(&self, name: &str) -> ClientResult<RefInfo> {
         self.get_json(&format!("/v1/refs/{}", encode_segment(name)))
