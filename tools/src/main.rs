@@ -437,11 +437,24 @@ static REFRESH_AFTER: std::sync::OnceLock<std::time::Duration> = std::sync::Once
 
 /// The options every command opens a store with. `TESSERA_PACK_TARGET_BYTES`
 /// sets the size new packs are sealed at (default 64 MiB; tests use small
-/// packs to get many).
+/// packs to get many). `TESSERA_READ_MODE=pread` reads packs with `pread`
+/// instead of mapping them (a mapped pack's pages count in the process's
+/// RSS while it stays in the pack cache).
 pub(crate) fn store_options(create: bool) -> StoreOptions {
     let d = StoreOptions::default();
+    let read_mode = match std::env::var("TESSERA_READ_MODE").as_deref() {
+        Ok("pread") => tessera::ReadMode::Pread,
+        Ok("mmap") | Ok("") | Err(_) => tessera::ReadMode::Mmap,
+        Ok(other) => {
+            eprintln!(
+                "tessera: warning: TESSERA_READ_MODE={other:?} is not mmap or pread; using mmap"
+            );
+            tessera::ReadMode::Mmap
+        }
+    };
     StoreOptions {
         create,
+        read_mode,
         refresh_after: REFRESH_AFTER.get().copied(),
         pack_target_bytes: std::env::var("TESSERA_PACK_TARGET_BYTES")
             .ok()

@@ -411,6 +411,31 @@ fn info_and_stat_json() {
     assert_eq!(stat["unique_bytes"], s.unique_bytes);
 }
 
+/// `TESSERA_READ_MODE=pread` reads the same bytes without mapping packs;
+/// an unknown mode is named in a warning and mmap is used.
+#[test]
+fn read_mode_from_the_environment() {
+    let env = Env::new();
+    let data = noise(300_000, 31);
+    let id = env.put("f.bin", &data, &[]);
+    for (mode, warns) in [("pread", false), ("mmap", false), ("bogus", true)] {
+        let out = env
+            .cmd()
+            .env("TESSERA_READ_MODE", mode)
+            .args(["cat", &id, "--offset", "1000", "--length", "250000"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {err}");
+        assert!(out.stdout == data[1000..251_000], "{mode}: other bytes");
+        assert_eq!(
+            err.contains("\"bogus\" is not mmap or pread"),
+            warns,
+            "{mode}: {err}"
+        );
+    }
+}
+
 #[test]
 fn store_from_the_environment() {
     let env = Env::new();
