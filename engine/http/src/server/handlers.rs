@@ -659,17 +659,14 @@ async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult
         let e = s.deny_write(&access, "(asking which chunks are stored)");
         return Err(refuse(body, e).await);
     }
-    let cfg = &s.config;
-    let bytes = read_body(
+    let req: MissingRequest = json_body(
+        &s,
         body,
         &headers,
-        cfg.max_json_body,
-        cfg.body_idle_timeout,
-        cfg.body_deadline,
+        s.config.max_json_body,
         "chunks/missing request",
     )
     .await?;
-    let req: MissingRequest = parse_json(&bytes, "chunks/missing request")?;
     if req.chunks.len() > MAX_MISSING_IDS {
         return Err(ApiError::too_large(format!(
             "chunks/missing request: {} ids, at most {MAX_MISSING_IDS} per request",
@@ -681,6 +678,28 @@ async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult
     Ok(Json(MissingResponse { missing }).into_response())
 }
 
+/// Reads a JSON body of at most `limit` bytes within the server's body
+/// timeouts and parses it; `what` names it in errors.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    s: &Inner,
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    what: &str,
+) -> ApiResult<T> {
+    let cfg = &s.config;
+    let bytes = read_body(
+        body,
+        headers,
+        limit,
+        cfg.body_idle_timeout,
+        cfg.body_deadline,
+        what,
+    )
+    .await?;
+    parse_json(&bytes, what)
+}
+
 async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     let access = match s.access(&headers) {
         Ok(a) => a,
@@ -689,17 +708,14 @@ async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Re
     if !s.policy.is_writer(&access) {
         return Err(refuse(body, s.deny_write(&access, "files")).await);
     }
-    let cfg = &s.config;
-    let bytes = read_body(
+    let req: RegisterRequest = json_body(
+        &s,
         body,
         &headers,
-        cfg.max_json_body,
-        cfg.body_idle_timeout,
-        cfg.body_deadline,
+        s.config.max_json_body,
         "file registration",
     )
     .await?;
-    let req: RegisterRequest = parse_json(&bytes, "file registration")?;
     for r in &req.refs {
         if !s.policy.can_write(&access, r) {
             return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(r))));
@@ -773,17 +789,8 @@ async fn put_ref(
         Ok(x) => x,
         Err(e) => return Err(refuse(body, e).await),
     };
-    let cfg = &s.config;
-    let bytes = read_body(
-        body,
-        &headers,
-        cfg.max_json_body.min(1 << 20),
-        cfg.body_idle_timeout,
-        cfg.body_deadline,
-        "ref body",
-    )
-    .await?;
-    let req: SetRef = parse_json(&bytes, "ref body")?;
+    let limit = s.config.max_json_body.min(1 << 20);
+    let req: SetRef = json_body(&s, body, &headers, limit, "ref body").await?;
     // The target must be a file this token may read: a ref is not a way
     // to reach someone else's file.
     let (id, _) = s
