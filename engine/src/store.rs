@@ -203,6 +203,26 @@ impl Store {
         crate::models::read(&self.core, file)
     }
 
+    /// Where tensor `name` of a model file lies: (offset, length) of its
+    /// bytes in the file. `NotFound` (naming the tensor, the file and its
+    /// format) when the description has no such tensor stored as plain
+    /// bytes.
+    pub fn tensor_range(&self, file: &FileId, name: &str) -> Result<(u64, u64)> {
+        let model = self.model_info(file)?;
+        let found = model.tensors.iter().find(|t| t.name == name);
+        found
+            .and_then(|t| Some((t.offset?, t.length)))
+            .ok_or_else(|| Error::NotFound {
+                kind: "tensor",
+                name: format!(
+                    "{} in file {file} ({} tensors, format {})",
+                    crate::error::clip(name),
+                    model.tensors.len(),
+                    model.format.as_str()
+                ),
+            })
+    }
+
     /// Whether a file is in the store (on a shared store, looking in the
     /// bucket when this node's index lacks it).
     pub fn contains(&self, file: &FileId) -> Result<bool> {

@@ -67,22 +67,8 @@ pub(crate) fn cat(
     let (offset, length) = match tensor {
         None => (offset, length),
         Some(t) => {
-            let model = store.model_info(&id)?;
-            let found = model.tensors.iter().find(|x| x.name == t);
-            match found.and_then(|x| Some((x.offset?, x.length))) {
-                Some((o, l)) => (o, Some(l)),
-                None => {
-                    return Err(CliError::Engine(Error::NotFound {
-                        kind: "tensor",
-                        name: format!(
-                            "{} in file {id} ({} tensors, format {})",
-                            tessera::clip_name(t),
-                            model.tensors.len(),
-                            model.format.as_str()
-                        ),
-                    }))
-                }
-            }
+            let (o, l) = store.tensor_range(&id, t)?;
+            (o, Some(l))
         }
     };
     let mut reader = store.read(&id)?;

@@ -416,20 +416,8 @@ async fn get_file(
             format!("file {id}"),
         ),
         Some(t) => {
-            let store = s.store.clone();
-            let info = blocking(move || store.model_info(&id)).await?;
-            let found = info
-                .tensors
-                .iter()
-                .find(|x| x.name == t)
-                .and_then(|x| x.offset.map(|o| (o, x.length)));
-            let Some((offset, length)) = found else {
-                return Err(ApiError::not_found(format!(
-                    "file {id} ({}) has no tensor {} stored as plain bytes",
-                    info.format,
-                    tessera_clip(&t)
-                )));
-            };
+            let (store, name) = (s.store.clone(), t.clone());
+            let (offset, length) = blocking(move || store.tensor_range(&id, &name)).await?;
             let tag = etag_of(&format!("{id}/{}", blake3::hash(t.as_bytes()).to_hex()));
             (
                 offset,
