@@ -22,6 +22,14 @@ use crate::paths::{CLEAN, DIRTY};
 use crate::report::{CatchUpReason, Recovery};
 use crate::storage::{ObjectStore, PutMode};
 
+/// A node's copy of the condemned packs and when it was read.
+pub(crate) type CondemnedCopy = Mutex<
+    Option<(
+        std::time::Instant,
+        Arc<std::collections::HashSet<crate::ids::PackId>>,
+    )>,
+>;
+
 /// The shared state of an open store (see the module docs).
 pub(crate) struct Core {
     pub(crate) objects: Arc<dyn ObjectStore>,
@@ -40,6 +48,9 @@ pub(crate) struct Core {
     pub(crate) gate: Gate,
     /// Held by a GC or repack for its whole run: one at a time.
     pub(crate) maintenance: Mutex<()>,
+    /// On a shared store, this node's recent copy of the GC's condemned
+    /// packs (dedup skips them, spec §10.6).
+    pub(crate) condemned: CondemnedCopy,
     closed: AtomicBool,
     /// Held for the life of the store: one process at a time. Declared
     /// last, so it is released after the index is closed.
@@ -64,6 +75,7 @@ impl Core {
             writer: PackWriter::default(),
             gate: Gate::default(),
             maintenance: Mutex::new(()),
+            condemned: Default::default(),
             poison: Mutex::new(None),
             recovery: OnceLock::new(),
             closed: AtomicBool::new(false),

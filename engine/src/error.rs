@@ -299,11 +299,6 @@ pub enum Error {
     #[error("store busy: {0}")]
     Busy(String),
 
-    /// The operation is not available on this kind of store (GC and repack
-    /// on a store shared by several processes, spec §10.6).
-    #[error("not supported: {0}")]
-    Unsupported(String),
-
     /// An internal invariant failed: a bug in the engine, not bad input.
     #[error("internal error (a bug in tessera; please report it): {0}")]
     Bug(String),

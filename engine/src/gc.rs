@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::lock;
+use crate::condemned::Condemned;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::format::{Recipe, TABLE_ENTRY_LEN};
 use crate::ids::{ChunkId, FileId, PackId, Sha256};
 use crate::index::now_millis;
+use crate::lease::LeaseOptions;
 use crate::paths::{model_key, pack_key, recipe_key, GC_JOURNAL};
 use crate::storage::PutMode;
 
@@ -28,6 +30,12 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// How long to wait for writers in flight to let the store go.
     pub wait: Duration,
+    /// On a shared store: how long the collector waits between publishing
+    /// what it condemns and deleting it (spec §10.6). At least twice every
+    /// node's `StoreOptions::gc_check_valid`.
+    pub writer_window: Duration,
+    /// On a shared store: the GC lease's time to live and clock skew.
+    pub lease: LeaseOptions,
 }
 
 impl Default for GcOptions {
@@ -36,6 +44,8 @@ impl Default for GcOptions {
             grace: Duration::from_secs(3600),
             dry_run: false,
             wait: Duration::from_secs(600),
+            writer_window: Duration::from_secs(300),
+            lease: LeaseOptions::default(),
         }
     }
 }
@@ -64,6 +74,10 @@ pub struct GcReport {
     /// Bytes live files need in packs: their chunk records and table
     /// entries (what a repack keeps).
     pub live_bytes: u64,
+    /// On a shared store: bytes of chunks live files name in one pack while
+    /// the index holds another live copy (two nodes stored them at once); not
+    /// in `live_bytes`, so a repack reclaims them.
+    pub duplicate_bytes: u64,
     /// Whether nothing was changed.
     pub dry_run: bool,
     /// Seconds taken.
@@ -112,11 +126,50 @@ impl Marks {
     }
 }
 
+/// Where a collection takes the age of objects from.
+pub(crate) enum Ages {
+    /// The index's record of when this process stored or sealed them.
+    Index,
+    /// A listing of a shared store (`Last-Modified`, the server's clock,
+    /// Unix ms; spec §10.6). An object the listing lacks is young.
+    Listed {
+        files: HashMap<FileId, u64>,
+        packs: HashMap<PackId, u64>,
+    },
+}
+
+impl Ages {
+    fn file(&self, core: &Core, file: &FileId) -> Result<u64> {
+        match self {
+            Ages::Index => core.index.stored_at(file),
+            Ages::Listed { files, .. } => Ok(files.get(file).copied().unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn pack(&self, core: &Core, pack: &PackId) -> Result<u64> {
+        match self {
+            Ages::Index => Ok(core.index.pack_gc(pack)?.0),
+            Ages::Listed { packs, .. } => Ok(packs.get(pack).copied().unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// What a collection may delete: everything dead, or (the second mark on a
+/// shared store) only what the first mark condemned; a dead object outside
+/// it is kept like a young one.
+pub(crate) type Only<'a> = Option<&'a Condemned>;
+
 /// Marks from the index: live files (named by a ref, or stored within the
 /// grace period) and the chunk positions their recipes name; the rest of
 /// the files are dead. A recipe that does not decode stops the GC: marking
 /// without it could delete what it names.
-fn mark(core: &Core, cutoff: u64, rep: &mut GcReport) -> Result<(Marks, Vec<DeadFile>)> {
+fn mark(
+    core: &Core,
+    cutoff: u64,
+    ages: &Ages,
+    only: Only<'_>,
+    rep: &mut GcReport,
+) -> Result<(Marks, Vec<DeadFile>)> {
     let index = &core.index;
     let named: HashSet<FileId> = index
         .refs_with_prefix("")?
@@ -132,7 +185,8 @@ fn mark(core: &Core, cutoff: u64, rep: &mut GcReport) -> Result<(Marks, Vec<Dead
             "gc stopped: the index's recipe of file {file} does not decode ({}); run `tessera repair index` first",
             e.into_error(file)
         )))?;
-        if named.contains(&file) || index.stored_at(&file)? > cutoff {
+        let kept = only.is_some_and(|c| !c.files.contains(&file));
+        if named.contains(&file) || kept || ages.file(core, &file)? > cutoff {
             rep.live_files += 1;
             for t in &recipe.terms {
                 marks.set(t.pack, t.first_chunk, t.chunk_count);
@@ -169,6 +223,8 @@ pub(crate) struct Collection {
 pub(crate) fn collect(
     core: &Core,
     opts: &GcOptions,
+    ages: &Ages,
+    only: Only<'_>,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<Collection> {
     let index = &core.index;
@@ -179,7 +235,7 @@ pub(crate) fn collect(
     };
     let cutoff = now_millis().saturating_sub(opts.grace.as_millis() as u64);
     progress("mark", 0, 1);
-    let (marks, dead_files) = mark(core, cutoff, &mut rep)?;
+    let (marks, dead_files) = mark(core, cutoff, ages, only, &mut rep)?;
     // Packs: dead (nothing names them, older than the grace period), or
     // live with their live bytes measured.
     let packs: Vec<(PackId, u64)> = index
@@ -195,7 +251,8 @@ pub(crate) fn collect(
         if marks.positions(pack).is_some() {
             continue;
         }
-        if index.pack_gc(pack)?.0 > cutoff {
+        let kept = only.is_some_and(|c| !c.packs.contains(pack));
+        if kept || ages.pack(core, pack)? > cutoff {
             young.insert(*pack);
         } else {
             dead.insert(*pack);
@@ -216,6 +273,7 @@ pub(crate) fn collect(
         }
     }
     let mut relink: HashMap<ChunkId, (PackId, u32)> = HashMap::new();
+    let shared = matches!(ages, Ages::Listed { .. });
     // Live packs: their live bytes, from the table entries of the named
     // positions.
     let mut live = Vec::new();
@@ -228,16 +286,25 @@ pub(crate) fn collect(
         let mut bytes = 0u64;
         for i in positions {
             let e = reader.entry(i)?;
-            bytes += e.record_len() + TABLE_ENTRY_LEN as u64;
+            let len = e.record_len() + TABLE_ENTRY_LEN as u64;
             if doomed.contains(&e.id) {
                 relink.entry(e.id).or_insert((*pack, i));
             }
+            // On a shared store two nodes may each have stored a chunk (spec
+            // §4.3): a copy the index does not point at, while the one it
+            // points at is in a live pack, is garbage a repack reclaims
+            // (recipes move to the indexed copy).
+            if shared && is_duplicate(core, &e.id, pack, &dead)? {
+                rep.duplicate_bytes += len;
+                continue;
+            }
+            bytes += len;
         }
         rep.live_bytes += bytes;
         live.push(LivePack {
             id: *pack,
             size: *size,
-            sealed_at: index.pack_gc(pack)?.0,
+            sealed_at: ages.pack(core, pack)?,
             live_bytes: bytes,
         });
     }
@@ -264,6 +331,15 @@ pub(crate) fn collect(
     })
 }
 
+/// Whether the index points chunk `id` at a copy in a live pack other than
+/// `pack`.
+fn is_duplicate(core: &Core, id: &ChunkId, pack: &PackId, dead: &HashSet<PackId>) -> Result<bool> {
+    Ok(core
+        .index
+        .chunk(id)?
+        .is_some_and(|l| l.pack != *pack && !dead.contains(&l.pack)))
+}
+
 /// Collects garbage (spec §10.5). `progress` gets (phase, done, total).
 pub(crate) fn gc(
     core: &Core,
@@ -279,14 +355,14 @@ pub(crate) fn gc(
         live,
         journal,
         ..
-    } = collect(core, opts, progress)?;
+    } = collect(core, opts, &Ages::Index, None, progress)?;
     if !opts.dry_run {
         let live: Vec<(PackId, u64)> = live.iter().map(|p| (p.id, p.live_bytes)).collect();
         core.poison_on(core.index.set_live_bytes(&live))?;
         remove_from_index(core, &journal)?;
         drop(gate);
         progress("delete", 0, 1);
-        delete_objects(core, &journal)?;
+        delete_objects(core, &journal, &mut || Ok(()))?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -308,7 +384,7 @@ pub(crate) fn remove_from_index(core: &Core, journal: &Journal) -> Result<()> {
 }
 
 /// The index side of a journal (idempotent).
-fn apply_to_index(core: &Core, journal: &Journal) -> Result<()> {
+pub(crate) fn apply_to_index(core: &Core, journal: &Journal) -> Result<()> {
     let index = &core.index;
     core.poison_on(index.remove_files(&journal.files))?;
     for (file, _) in &journal.files {
@@ -347,8 +423,17 @@ fn apply_to_index(core: &Core, journal: &Journal) -> Result<()> {
     core.poison_on(index.flush())
 }
 
-/// Steps 3–4: the objects, then the journal (idempotent).
-pub(crate) fn delete_objects(core: &Core, journal: &Journal) -> Result<()> {
+/// Objects deleted between two calls of `before_batch` (which a collector
+/// on a shared store uses to check its lease).
+const DELETE_BATCH: usize = 64;
+
+/// Steps 3–4: the objects, then the journal (idempotent). `before_batch`
+/// runs before every [`DELETE_BATCH`] deletions and stops them on an error.
+pub(crate) fn delete_objects(
+    core: &Core,
+    journal: &Journal,
+    before_batch: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let objects = core.objects.as_ref();
     let mut keys: Vec<String> = Vec::new();
     for (file, _) in &journal.files {
@@ -357,7 +442,10 @@ pub(crate) fn delete_objects(core: &Core, journal: &Journal) -> Result<()> {
     }
     keys.extend(journal.packs.iter().map(pack_key));
     keys.push(GC_JOURNAL.to_string());
-    for key in keys {
+    for (n, key) in keys.into_iter().enumerate() {
+        if n % DELETE_BATCH == 0 {
+            before_batch()?;
+        }
         let r = match objects.delete(&key) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -397,6 +485,6 @@ pub(crate) fn finish_journal(core: &Core) -> Result<bool> {
         "finishing a GC the last session did not finish"
     );
     apply_to_index(core, &journal)?;
-    delete_objects(core, &journal)?;
+    delete_objects(core, &journal, &mut || Ok(()))?;
     Ok(true)
 }

@@ -303,6 +303,11 @@ impl Lease {
         self.record.token
     }
 
+    /// Who holds it (this process's holder name).
+    pub fn holder(&self) -> &str {
+        &self.record.holder
+    }
+
     /// The lease object as last written.
     pub fn record(&self) -> &LeaseRecord {
         &self.record

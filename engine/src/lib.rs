@@ -38,6 +38,7 @@
 mod cache;
 mod chunking;
 mod codec;
+mod condemned;
 mod core;
 mod error;
 mod format;
@@ -64,6 +65,7 @@ mod repack;
 mod repair;
 mod report;
 mod salvage;
+mod shared_gc;
 mod shared_refs;
 pub mod storage;
 mod store;

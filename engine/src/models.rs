@@ -50,7 +50,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<ModelInfo> {
 /// A file's model description: the stored one, or, when it is missing or
 /// does not parse (a file stored before descriptions, or damage), computed
 /// by reading the file (verified) and written back.
-pub(crate) fn read(core: &Core, file: &FileId) -> Result<ModelInfo> {
+pub(crate) fn read(core: &std::sync::Arc<Core>, file: &FileId) -> Result<ModelInfo> {
     let key = model_key(file);
     if let Ok(bytes) = core.objects.get(&key) {
         match parse(&bytes) {

@@ -50,6 +50,11 @@ pub struct StoreOptions {
     /// than this ([`crate::Store::refresh`]). `None`: only on demand (what
     /// this node lacks is still found on a miss).
     pub refresh_after: Option<std::time::Duration>,
+    /// For a shared store: how long a writer's check of the GC's condemned
+    /// set stays good (it publishes within this long of the check, or fails
+    /// and says retry; spec §10.6). Every node of a store must use at most
+    /// half of the collector's writer window ([`crate::GcOptions`]).
+    pub gc_check_valid: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -71,6 +76,7 @@ impl Default for StoreOptions {
             pickle_policy: PicklePolicy::DenyUnsafe,
             rebuild_damaged_index: true,
             refresh_after: None,
+            gc_check_valid: std::time::Duration::from_secs(30),
         }
     }
 }

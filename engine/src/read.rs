@@ -241,7 +241,14 @@ pub struct FileReader {
     ahead: usize,
     /// Read-ahead never decodes chunks at or past this byte offset.
     end: u64,
+    /// On a shared store: rereads the file's recipe from the bucket when a
+    /// pack the cached one names is gone (another node's repack replaced
+    /// it; spec §4.3). `Some` new layout when it changed.
+    reload: Option<Reload>,
 }
+
+/// See [`FileReader`]'s `reload`.
+type Reload = Arc<dyn Fn() -> Result<Option<Arc<Layout>>> + Send + Sync>;
 
 impl std::fmt::Debug for FileReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,8 +260,18 @@ impl std::fmt::Debug for FileReader {
 }
 
 impl FileReader {
-    pub(crate) fn new(core: &Core, file: &FileId) -> Result<Self> {
+    pub(crate) fn new(core: &Arc<Core>, file: &FileId) -> Result<Self> {
+        let reload: Option<Reload> = core.objects.shared().then(|| {
+            let (core, file) = (core.clone(), *file);
+            Arc::new(move || {
+                if !crate::remote::reload_file(&core, &file)? {
+                    return Ok(None);
+                }
+                layout(&core, &file).map(Some)
+            }) as Reload
+        });
         Ok(FileReader {
+            reload,
             packs: core.packs.clone(),
             index: core.index.clone(),
             layout: layout(core, file)?,
@@ -316,8 +333,25 @@ impl FileReader {
         slot
     }
 
-    /// Chunk `chunk`, verified, reading ahead of it.
+    /// Chunk `chunk`, verified, reading ahead of it; on a shared store, once
+    /// more with the recipe reloaded when a pack it names is gone.
     fn fetch(&mut self, chunk: usize) -> Result<Bytes, Error> {
+        match self.fetch_ahead(chunk) {
+            Err(Error::PackMissing { pack, object }) => {
+                let Some(layout) = self.reload.as_ref().map(|r| r()).transpose()?.flatten() else {
+                    return Err(Error::PackMissing { pack, object });
+                };
+                // The same file id: the same chunk list, elsewhere.
+                self.layout = layout;
+                self.window.clear();
+                self.ahead_first = chunk;
+                self.fetch_ahead(chunk)
+            }
+            r => r,
+        }
+    }
+
+    fn fetch_ahead(&mut self, chunk: usize) -> Result<Bytes, Error> {
         // A pool thread must not wait for the pool: read in place.
         if rayon::current_thread_index().is_some() {
             return read_chunk(&self.packs, &self.index, &self.layout, chunk);

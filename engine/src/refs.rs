@@ -1,6 +1,7 @@
 //! Refs: names for files (`org/model@rev:path`), and how a user-supplied
 //! name is resolved to a file (spec §8, §8.2).
 
+use crate::condemned::WriterCheck;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
 use crate::format::{decode_ref, encode_ref, Recipe, MAX_REF_LEN};
@@ -76,6 +77,8 @@ pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
     if !has_file(core, &file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }
+    // On a shared store: not condemned by a GC, still there (spec §10.6).
+    WriterCheck::new(core)?.file(core, &file)?;
     core.poison_on(write_file(core, name, &file))?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
@@ -98,6 +101,8 @@ pub(crate) fn compare_and_set(
     if !has_file(core, &file)? {
         return Err(Error::not_found("file", &file.to_hex()));
     }
+    // On a shared store: not condemned by a GC, still there (spec §10.6).
+    WriterCheck::new(core)?.file(core, &file)?;
     core.poison_on(shared_refs::write_ref(
         core,
         name,

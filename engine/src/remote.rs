@@ -311,16 +311,22 @@ pub(crate) fn retry_stale<T>(core: &Core, file: &FileId, op: impl Fn() -> Result
 /// same bytes, nothing to do; another valid recipe of the same file (a node
 /// that stored the same file at the same time, with its chunks in its own
 /// packs) is adopted, its packs indexed, so every node indexes the object
-/// the bucket holds; a damaged one is replaced (healed) with ours.
+/// the bucket holds; a damaged one is replaced (healed) with ours, and so
+/// is one `adopt` turns down (given the file and the packs the recipe names:
+/// a GC condemned the recipe or one of its packs, spec §10.6) — a recipe
+/// object `adopt` turns down for the file alone is replaced even when it
+/// holds our bytes, so its age starts again.
 pub(crate) fn publish_recipe(
     core: &Core,
     file: &FileId,
     bytes: Vec<u8>,
     probably_stored: bool,
+    adopt: &dyn Fn(&FileId, &HashSet<PackId>) -> Result<bool>,
 ) -> Result<(bool, Vec<u8>)> {
     let objects = core.objects.as_ref();
     let key = recipe_key(file);
-    if !probably_stored {
+    let renew = !adopt(file, &HashSet::new())?;
+    if !probably_stored || renew {
         match objects.put(&key, &bytes, PutMode::Create) {
             Ok(()) => return Ok((true, bytes)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -333,20 +339,24 @@ pub(crate) fn publish_recipe(
         Err(e) => return Err(io_err(objects, "read recipe", &key, e)),
     };
     match current {
-        Some(cur) if cur == bytes => return Ok((false, bytes)),
-        Some(cur) => {
+        Some(cur) if cur == bytes && !renew => return Ok((false, bytes)),
+        Some(cur) if !renew => {
             if let Ok(r) = Recipe::decode(*file, &cur) {
                 let packs: Vec<PackId> = r.terms.iter().map(|t| t.pack).collect();
                 let mut problems = Vec::new();
                 discover_packs(core, &packs, &mut problems)?;
-                if problems.is_empty() {
-                    return Ok((false, cur));
+                match problems.first() {
+                    None if adopt(file, &packs.iter().copied().collect())? => {
+                        return Ok((false, cur))
+                    }
+                    None => tracing::info!(file = %file,
+                        "the stored recipe names a pack a GC condemned or deleted; replacing it"),
+                    Some(p) => tracing::warn!(file = %file, problem = %p.detail,
+                        "the stored recipe names a pack that cannot be read; replacing it"),
                 }
-                tracing::warn!(file = %file, problem = %problems[0].detail,
-                    "the stored recipe names a pack that cannot be read; replacing it");
             }
         }
-        None => {}
+        Some(_) | None => {}
     }
     objects
         .put(&key, &bytes, PutMode::Replace)

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cache::lock;
 use crate::codec::encode_chunk;
-use crate::core::Core;
+use crate::core::{Core, Exclusive};
 use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, Recipe, Term, PACK_HEADER_LEN, TRAILER_LEN};
 use crate::gc::{self, Collection, GcOptions, GcReport, Journal};
@@ -252,12 +252,19 @@ fn info(sealed: &SealedPack) -> PackInfo {
 }
 
 /// Every file's recipe in the index, decoded.
-fn layouts(core: &Core) -> impl Iterator<Item = Result<Layout>> + '_ {
-    core.index.files().map(|item| {
-        let (file, bytes) = item?;
-        Recipe::decode(file, &bytes)
-            .map(Layout::new)
-            .map_err(|e| e.into_error(file))
+/// The recipes of the index's files, but those of `dead`.
+fn layouts<'a>(
+    core: &'a Core,
+    dead: &'a HashSet<FileId>,
+) -> impl Iterator<Item = Result<Layout>> + 'a {
+    core.index.files().filter_map(move |item| match item {
+        Ok((file, _)) if dead.contains(&file) => None,
+        Ok((file, bytes)) => Some(
+            Recipe::decode(file, &bytes)
+                .map(Layout::new)
+                .map_err(|e| e.into_error(file)),
+        ),
+        Err(e) => Some(Err(e)),
     })
 }
 
@@ -265,7 +272,7 @@ fn layouts(core: &Core) -> impl Iterator<Item = Result<Layout>> + '_ {
 /// below the live threshold, small ones (when there are two or more), then
 /// more in order of increasing live fraction until the garbage left is at
 /// most `max_garbage` of the stored bytes after the repack.
-fn choose(c: &Collection, opts: &RepackOptions, target: u64) -> Vec<(PackId, u64, u64)> {
+pub(crate) fn choose(c: &Collection, opts: &RepackOptions, target: u64) -> Chosen {
     // A pack whose every chunk is live has a live fraction of exactly 1.
     let fixed = (PACK_HEADER_LEN + TRAILER_LEN) as u64;
     let live = |p: &gc::LivePack| p.live_bytes + fixed;
@@ -295,13 +302,8 @@ fn choose(c: &Collection, opts: &RepackOptions, target: u64) -> Vec<(PackId, u64
         .collect()
 }
 
-/// Runs GC, then repacks (spec §10.5). `progress` gets (phase, done, total).
-pub(crate) fn repack(
-    core: &Core,
-    opts: &RepackOptions,
-    progress: &mut dyn FnMut(&str, u64, u64),
-) -> Result<RepackReport> {
-    let started = Instant::now();
+/// Refuses fractions outside 0..=1.
+pub(crate) fn check_options(opts: &RepackOptions) -> Result<()> {
     for (what, v) in [
         ("threshold", opts.threshold),
         ("max_garbage", opts.max_garbage),
@@ -312,6 +314,17 @@ pub(crate) fn repack(
             )));
         }
     }
+    Ok(())
+}
+
+/// Runs GC, then repacks (spec §10.5). `progress` gets (phase, done, total).
+pub(crate) fn repack(
+    core: &Core,
+    opts: &RepackOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<RepackReport> {
+    let started = Instant::now();
+    check_options(opts)?;
     let mut rep = RepackReport {
         dry_run: opts.gc.dry_run,
         ..Default::default()
@@ -320,7 +333,7 @@ pub(crate) fn repack(
     let _one = lock(&core.maintenance);
     // GC first, and choose from what it measured.
     let gate = core.gate.exclusive(opts.gc.wait)?;
-    let collection = gc::collect(core, &opts.gc, progress)?;
+    let collection = gc::collect(core, &opts.gc, &gc::Ages::Index, None, progress)?;
     if !opts.gc.dry_run {
         let live: Vec<(PackId, u64)> = collection
             .live
@@ -332,20 +345,55 @@ pub(crate) fn repack(
     }
     drop(gate);
     if !opts.gc.dry_run {
-        gc::delete_objects(core, &collection.journal)?;
+        gc::delete_objects(core, &collection.journal, &mut || Ok(()))?;
     }
     rep.gc = collection.report.clone();
     rep.gc.seconds = started.elapsed().as_secs_f64();
     rep.stored_bytes_before = rep.gc.stored_bytes_after;
     let chosen = choose(&collection, opts, core.opts.pack_target_bytes);
+    let Some((old, gate)) = rewrite(core, &chosen, &HashSet::new(), opts, &mut rep, progress)?
+    else {
+        rep.seconds = started.elapsed().as_secs_f64();
+        return Ok(rep);
+    };
+    let journal = Journal {
+        files: Vec::new(),
+        packs: old,
+        relink: Vec::new(),
+    };
+    gc::remove_from_index(core, &journal)?;
+    drop(gate);
+    progress("delete", 0, 1);
+    gc::delete_objects(core, &journal, &mut || Ok(()))?;
+    rep.stored_bytes_after = core.index.counters()?.stored_bytes;
+    rep.seconds = started.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+/// The packs a repack chose: (id, size, live bytes).
+pub(crate) type Chosen = Vec<(PackId, u64, u64)>;
+
+/// Copies the live chunks of the `chosen` packs into new ones and switches
+/// the index and the recipes to them (spec §10.5). Returns the old packs,
+/// now named by no recipe this process knows and not yet deleted, with the
+/// gate still held exclusively; `None` on a dry run or when nothing was
+/// chosen (the report then says what a repack would rewrite). Files of
+/// `dead` are left out (GC deletes them, with whatever only they name).
+pub(crate) fn rewrite<'c>(
+    core: &'c Core,
+    chosen: &Chosen,
+    dead: &HashSet<FileId>,
+    opts: &RepackOptions,
+    rep: &mut RepackReport,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Option<(Vec<PackId>, Exclusive<'c>)>> {
     rep.candidates = chosen.len() as u64;
     if opts.gc.dry_run || chosen.is_empty() {
         let live: u64 = chosen.iter().map(|(_, _, l)| l).sum();
         let size: u64 = chosen.iter().map(|(_, s, _)| s).sum();
         rep.bytes_rewritten = size;
         rep.stored_bytes_after = rep.stored_bytes_before - size + live;
-        rep.seconds = started.elapsed().as_secs_f64();
-        return Ok(rep);
+        return Ok(None);
     }
     let total_live: u64 = chosen.iter().map(|(_, _, l)| l).sum();
     let mut copier = Copier {
@@ -355,12 +403,12 @@ pub(crate) fn repack(
         open: None,
         sealed: Vec::new(),
         recompress: opts.recompress,
-        rep: &mut rep,
+        rep,
     };
     // Copy, beside writers: file by file, so each file's chunks end up
     // together.
     // (A failed write poisons the store, as any failed write does.)
-    for layout in layouts(core) {
+    for layout in layouts(core, dead) {
         core.poison_on(copier.place_file(&layout?))?;
         progress("copy", copier.rep.bytes_written, total_live);
     }
@@ -368,7 +416,7 @@ pub(crate) fn repack(
     // are copied too, then the index and the recipes move to the copies.
     let gate = core.gate.exclusive(opts.gc.wait)?;
     progress("switch", 0, 1);
-    for layout in layouts(core) {
+    for layout in layouts(core, dead) {
         core.poison_on(copier.place_file(&layout?))?;
     }
     core.poison_on(copier.seal())?;
@@ -381,7 +429,7 @@ pub(crate) fn repack(
     let mut switched: Vec<FileId> = Vec::new();
     // (Nothing else writes while the gate is held: this pass sees the files
     // the pass above placed.)
-    let stale: Vec<FileId> = layouts(core)
+    let stale: Vec<FileId> = layouts(core, dead)
         .filter_map(|l| match l {
             Ok(l)
                 if l.recipe
@@ -425,15 +473,6 @@ pub(crate) fn repack(
         .filter(|p| !new.contains(p))
         .copied()
         .collect();
-    let journal = Journal {
-        files: Vec::new(),
-        packs: old.clone(),
-        relink: Vec::new(),
-    };
-    gc::remove_from_index(core, &journal)?;
-    drop(gate);
-    progress("delete", 0, 1);
-    gc::delete_objects(core, &journal)?;
     rep.recipes_rewritten = switched.len() as u64;
     rep.packs_rewritten = old.len() as u64;
     rep.bytes_rewritten = chosen
@@ -441,7 +480,5 @@ pub(crate) fn repack(
         .filter(|(p, _, _)| old.contains(p))
         .map(|(_, s, _)| s)
         .sum();
-    rep.stored_bytes_after = index.counters()?.stored_bytes;
-    rep.seconds = started.elapsed().as_secs_f64();
-    Ok(rep)
+    Ok(Some((old, gate)))
 }

@@ -23,6 +23,7 @@ use crate::remote;
 use crate::repack::{self, RepackOptions, RepackReport};
 use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
+use crate::shared_gc;
 use crate::storage::{DirStore, ObjectStore};
 use crate::transfer::{self, AdmitReport, DownloadPlan, Reconstruction, VerifiedChunks};
 use crate::verify::{self, VerifyOptions, VerifyReport};
@@ -378,24 +379,11 @@ impl Store {
         opts: &GcOptions,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<GcReport> {
-        self.refuse_shared("gc")?;
-        gc::gc(&self.core, opts, progress)
-    }
-
-    /// GC and repack mark from this process's index and guard writers with
-    /// an in-process gate: on a store other processes write too, that would
-    /// delete what they store (spec §10.6), so they are refused there until
-    /// the cross-process protocol (lease, condemned set, writer checks) runs.
-    fn refuse_shared(&self, what: &str) -> Result<()> {
-        if !self.is_shared() {
-            return Ok(());
+        if self.is_shared() {
+            shared_gc::gc(&self.core, opts, progress)
+        } else {
+            gc::gc(&self.core, opts, progress)
         }
-        Err(Error::Unsupported(format!(
-            "{what} of {} refused: the store is shared by several processes, and \
-             this engine does not yet run the cross-process GC protocol (spec §10.6: \
-             a lease, a published condemned set, writers that check it); no object was touched",
-            self.location()
-        )))
     }
 
     /// Runs [`Store::gc`], then rewrites packs whose live fraction is below
@@ -413,8 +401,11 @@ impl Store {
         opts: &RepackOptions,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<RepackReport> {
-        self.refuse_shared("repack")?;
-        repack::repack(&self.core, opts, progress)
+        if self.is_shared() {
+            shared_gc::repack(&self.core, opts, progress)
+        } else {
+            repack::repack(&self.core, opts, progress)
+        }
     }
 
     /// Rebuilds the index of the store in directory `root` from its packs,

@@ -31,6 +31,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
+use crate::condemned::WriterCheck;
 use crate::core::{Core, Shared};
 use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, Recipe, Term};
@@ -359,14 +360,23 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
         let key = recipe_key(&recipe.file);
         let mut new_bytes = f.new_bytes;
         let (written, bytes) = if core.objects.shared() {
-            // Another node may hold the same file: see `remote`.
+            // Nothing it names may be condemned or gone (spec §10.6) — its
+            // own new packs included: a pack this ingest built can be
+            // byte for byte one already in the bucket (same chunks, same
+            // order), whose create-only write then found it there.
+            let check = WriterCheck::new(core)?;
+            let packs: HashSet<PackId> = recipe.terms.iter().map(|t| t.pack).collect();
+            check.packs(core, &packs)?;
+            // Another node may hold the same file: see `remote`. A recipe
+            // object the GC condemned is replaced, not adopted.
             let known = core.index.has_file(&recipe.file)?;
-            core.poison_on(crate::remote::publish_recipe(
-                core,
-                &recipe.file,
-                bytes,
-                known,
-            ))?
+            let r =
+                crate::remote::publish_recipe(core, &recipe.file, bytes, known, &|file, packs| {
+                    Ok(!check.file_condemned(file) && check.packs(core, packs).is_ok())
+                });
+            let r = core.poison_on(r)?;
+            check.still_valid(core)?;
+            r
         } else {
             // The recipe object must say exactly what the index will say.
             // One left by an ingest that crashed before its index flush may

@@ -15,6 +15,7 @@ use sha2::Digest;
 use crate::cache::lock;
 use crate::chunking::{Batch, Chunker};
 use crate::codec::{encode_chunk, HintMap};
+use crate::condemned::DedupFilter;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::format::{Compression, Recipe};
@@ -119,6 +120,7 @@ pub(super) fn inline<R: Read>(
     let mut sniffer = Sniffer::new(Limits::default());
     let mut sha = sha2::Sha256::new();
     let seen = Mutex::new(HashSet::new());
+    let skip = DedupFilter::new(core)?;
     // A file that grew since its size was read takes more batches.
     while let Some(batch) = chunker.next_batch().map_err(StageError::Input)? {
         sniffer.feed(&batch.data);
@@ -131,7 +133,7 @@ pub(super) fn inline<R: Read>(
             batch,
             hints,
         };
-        let hashed = hash_batch(core, fed, &seen)?;
+        let hashed = hash_batch(core, fed, &seen, &skip)?;
         let mut full = Vec::new();
         let r = out.append(core, hashed, &mut |f| full.push(f));
         for f in full {
@@ -222,8 +224,17 @@ fn hash_stage(
 ) {
     // Ids of this file's new chunks so far: a repeat is encoded once.
     let seen = Mutex::new(HashSet::new());
+    // On a shared store, packs a GC condemned: their chunks are stored
+    // again rather than named (spec §10.6).
+    let skip = match DedupFilter::new(core) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
     for fed in rx {
-        let r = hash_batch(core, fed, &seen);
+        let r = hash_batch(core, fed, &seen, &skip);
         if let Ok(h) = &r {
             if !need_sha.load(Ordering::Relaxed)
                 && h.found.iter().any(|(_, f)| !matches!(f, Found::Stored(..)))
@@ -239,7 +250,12 @@ fn hash_stage(
     }
 }
 
-fn hash_batch(core: &Core, fed: Fed, seen: &Mutex<HashSet<ChunkId>>) -> Result<Hashed> {
+fn hash_batch(
+    core: &Core,
+    fed: Fed,
+    seen: &Mutex<HashSet<ChunkId>>,
+    skip: &DedupFilter,
+) -> Result<Hashed> {
     let looked_up_at = core.writer.generation();
     let (level, savings) = (core.opts.zstd_level, core.opts.min_compression_savings);
     let planes = core.config.version >= 2;
@@ -255,7 +271,9 @@ fn hash_batch(core: &Core, fed: Fed, seen: &Mutex<HashSet<ChunkId>>) -> Result<H
             let raw = batch.data.slice(r.clone());
             let id = ChunkId::of(&raw);
             if let Some(l) = core.index.chunk(&id)? {
-                return Ok((id, Found::Stored(l.pack, l.index)));
+                if skip.usable(core, &l.pack)? {
+                    return Ok((id, Found::Stored(l.pack, l.index)));
+                }
             }
             if !lock(seen).insert(id) {
                 return Ok((id, Found::Repeat));

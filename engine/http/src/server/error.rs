@@ -62,7 +62,7 @@ impl From<tessera::Error> for ApiError {
             E::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             E::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_policy"),
             E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            E::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not_supported"),
+            E::LeaseHeld { .. } => (StatusCode::CONFLICT, "lease_held"),
             E::Poisoned { .. } | E::StoreLocked { .. } | E::Busy(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

@@ -855,14 +855,24 @@ async fn list_refs(
 }
 
 /// The GC options of an admin request's query: `grace` (seconds, default
-/// one hour) and `dry_run`.
+/// one hour), `window` (seconds, the writer window on a shared store,
+/// default 300) and `dry_run`.
 fn gc_query(q: &BTreeMap<String, String>) -> ApiResult<tessera::GcOptions> {
     let mut opts = tessera::GcOptions::default();
-    if let Some(g) = q.get("grace") {
-        let secs: u64 = g.parse().map_err(|_| {
-            ApiError::bad_request(format!("grace={}: want seconds", tessera_clip(g)))
-        })?;
-        opts.grace = Duration::from_secs(secs);
+    let secs = |key: &str| -> ApiResult<Option<Duration>> {
+        q.get(key)
+            .map(|g| {
+                g.parse().map(Duration::from_secs).map_err(|_| {
+                    ApiError::bad_request(format!("{key}={}: want seconds", tessera_clip(g)))
+                })
+            })
+            .transpose()
+    };
+    if let Some(g) = secs("grace")? {
+        opts.grace = g;
+    }
+    if let Some(w) = secs("window")? {
+        opts.writer_window = w;
     }
     opts.dry_run = matches!(q.get("dry_run").map(String::as_str), Some("1" | "true"));
     Ok(opts)

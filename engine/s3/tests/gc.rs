@@ -1,0 +1,341 @@
+//! GC and repack on a store several nodes share (spec §10.6), against a
+//! real S3-compatible server: each node is its own `S3Store` with its own
+//! local cache, as separate processes are.
+//!
+//! What is checked: a collector on a node that wrote nothing deletes
+//! exactly the files no ref in the bucket names and the packs only they
+//! needed, whoever wrote them; what is named stays readable from a fresh
+//! node and `verify` is clean; a node whose index still lists the deleted
+//! packs stores their chunks again instead of naming them; during the
+//! writer window a second collector is refused the lease, and a ref
+//! naming a condemned file or a put that would name a condemned pack is
+//! refused with nothing published (and succeeds after); the condemned set
+//! and the lease are gone after; a repack on a shared store rewrites a half-dead pack and another
+//! node that cached the old recipe still reads the file.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera::lease::{Lease, LeaseOptions, GC_LEASE};
+use tessera::storage::ObjectStore;
+use tessera::testing::{pack_key, recipe_key};
+use tessera::{Error, FileId, GcOptions, RepackOptions, Store, StoreOptions, VerifyOptions};
+use tessera_s3::testing::{s3_target, S3Target};
+use tessera_s3::S3Store;
+
+const CONDEMNED: &str = "gc/condemned";
+
+struct Node {
+    s3: Arc<S3Store>,
+    store: Store,
+}
+
+fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> Node {
+    let mut o = t.options();
+    o.staging_dir = Some(local.join("staging"));
+    let s3 = Arc::new(S3Store::from_url(url, o).unwrap_or_else(|e| panic!("{url}: {e}")));
+    let opts = StoreOptions {
+        create,
+        pack_target_bytes: 1 << 20,
+        // Tests run a short writer window; a writer check good for 300 ms
+        // keeps the window's rule (at least twice the check).
+        gc_check_valid: Duration::from_millis(300),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(s3.clone(), local, opts)
+        .unwrap_or_else(|e| panic!("open {url} with cache {}: {e}", local.display()));
+    Node { s3, store }
+}
+
+fn gc_opts(window: Duration) -> GcOptions {
+    GcOptions {
+        grace: Duration::ZERO,
+        writer_window: window,
+        lease: LeaseOptions {
+            ttl: Duration::from_secs(8),
+            max_clock_skew: Duration::from_secs(1),
+        },
+        ..GcOptions::default()
+    }
+}
+
+fn read_all(store: &Store, id: &FileId) -> Vec<u8> {
+    store.read(id).expect("read").read_all().expect("read all")
+}
+
+fn packs_of(store: &Store, id: &FileId) -> Vec<tessera::PackId> {
+    let mut p: Vec<_> = store
+        .layout(id)
+        .expect("layout")
+        .recipe
+        .terms
+        .iter()
+        .map(|t| t.pack)
+        .collect();
+    p.dedup();
+    p
+}
+
+fn wait_for(s3: &S3Store, key: &str) {
+    let t0 = Instant::now();
+    while !s3.exists(key).expect("exists") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{key} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn gc_across_nodes_deletes_only_what_no_ref_names() {
+    let Some(t) = s3_target("gc_across_nodes_deletes_only_what_no_ref_names") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-nodes");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    let keep = tessera_synth::noise(2_500_000, 1);
+    let drop_a = tessera_synth::noise(2_000_000, 2);
+    let drop_b = tessera_synth::noise(1_800_000, 3);
+    let k = a.store.put_bytes(&keep, &["m/keep"]).expect("put").file_id;
+    let da = a.store.put_bytes(&drop_a, &["m/da"]).expect("put").file_id;
+    let db = b.store.put_bytes(&drop_b, &["m/db"]).expect("put").file_id;
+    let (da_packs, db_packs) = (packs_of(&a.store, &da), packs_of(&b.store, &db));
+    a.store.delete_ref("m/da").expect("delete ref");
+    b.store.delete_ref("m/db").expect("delete ref");
+
+    // A collector on a third node, which wrote nothing and whose cache is
+    // empty: it marks from the bucket.
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    let rep = c
+        .store
+        .gc(&gc_opts(Duration::from_millis(800)))
+        .expect("gc on a shared store");
+    assert_eq!((rep.files, rep.dead_files), (3, 2), "{rep:?}");
+    assert!(rep.dead_packs >= 2, "{rep:?}");
+    assert!(rep.reclaimed_bytes > 3_000_000, "{rep:?}");
+    let keys = a.s3.list("").expect("list");
+    for f in [&da, &db] {
+        assert!(!keys.contains(&recipe_key(f)), "recipe of {f} deleted");
+    }
+    assert!(keys.contains(&recipe_key(&k)));
+    for p in da_packs.iter().chain(&db_packs) {
+        assert!(!keys.contains(&pack_key(p)), "pack {p} deleted");
+    }
+    assert!(
+        !keys.iter().any(|k| k == CONDEMNED),
+        "condemned set removed"
+    );
+    let lease = Lease::read(a.s3.as_ref(), GC_LEASE)
+        .expect("lease")
+        .expect("lease object");
+    assert!(lease.released, "lease released: {lease:?}");
+
+    // What is named is whole, read by a node that starts empty.
+    let d = node(t, &url, &tmp.path().join("d"), false);
+    assert_eq!(read_all(&d.store, &k), keep);
+    let v = d.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "verify after gc: {:?}", v.problems);
+
+    // Node b's index still lists the packs of the file it stored: storing
+    // the same bytes again must not name them (they are gone); the chunks
+    // are stored afresh and every node reads the file.
+    let again = b.store.put_bytes(&drop_b, &["m/db2"]).expect("put again");
+    assert_eq!(again.file_id, db);
+    assert_eq!(again.new_chunks, again.chunks, "every chunk stored again");
+    assert_eq!(read_all(&d.store, &db), drop_b);
+    let v = d.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "verify after re-put: {:?}", v.problems);
+    for n in [a, b, c, d] {
+        n.store.close().expect("close");
+    }
+}
+
+#[test]
+fn writers_during_the_window_name_nothing_condemned() {
+    let Some(t) = s3_target("writers_during_the_window_name_nothing_condemned") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-window");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    let dead = tessera_synth::noise(2_200_000, 7);
+    let d = a.store.put_bytes(&dead, &["m/dead"]).expect("put").file_id;
+    let old_packs = packs_of(&a.store, &d);
+    // b knows the file (and its packs) before it is condemned.
+    assert_eq!(read_all(&b.store, &d), dead);
+    a.store.delete_ref("m/dead").expect("delete ref");
+
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    let collector = std::thread::spawn(move || {
+        let r = c.store.gc(&gc_opts(Duration::from_secs(4)));
+        (c, r)
+    });
+    wait_for(&a.s3, CONDEMNED);
+
+    // One collector at a time.
+    let e = node(t, &url, &tmp.path().join("e"), false);
+    match e.store.gc(&gc_opts(Duration::from_secs(1))) {
+        Err(Error::LeaseHeld { .. }) => {}
+        other => panic!("a second collector must be refused the lease: {other:?}"),
+    }
+    // A ref naming the condemned file is refused, and not written.
+    match b.store.set_ref("m/revived", d) {
+        Err(Error::Busy(m)) => assert!(m.contains("condemned"), "{m}"),
+        other => panic!("a ref naming a condemned file must be refused: {other:?}"),
+    }
+    assert!(b
+        .store
+        .read_ref_file("m/revived")
+        .expect("ref file")
+        .is_none());
+    // Storing the same content again during the window builds the same
+    // packs (same chunks, same order) as the condemned ones: refused, with
+    // nothing published, until the collection is over.
+    match b.store.put_bytes(&dead, &["m/again"]) {
+        Err(Error::Busy(m)) => assert!(m.contains("condemned"), "{m}"),
+        other => panic!("naming a condemned pack must be refused: {other:?}"),
+    }
+    assert!(b
+        .store
+        .read_ref_file("m/again")
+        .expect("ref file")
+        .is_none());
+
+    let (c, r) = collector.join().expect("collector thread");
+    let rep = r.expect("gc");
+    assert_eq!(rep.dead_files, 1, "{rep:?}");
+    assert_eq!(rep.dead_packs as usize, old_packs.len(), "{rep:?}");
+    let keys = a.s3.list("").expect("list");
+    for p in &old_packs {
+        assert!(!keys.contains(&pack_key(p)), "pack {p} deleted");
+    }
+    assert!(!keys.contains(&recipe_key(&d)));
+    assert!(!keys.iter().any(|k| k == CONDEMNED));
+    // Now the same put succeeds: b's index still lists the deleted packs,
+    // so it finds them gone and stores every chunk again.
+    let again = b
+        .store
+        .put_bytes(&dead, &["m/again"])
+        .expect("put after the gc");
+    assert_eq!(again.file_id, d);
+    assert_eq!(again.new_chunks, again.chunks, "every chunk stored again");
+    // Every node reads it: a fresh one, and a, whose cached recipe names
+    // the deleted packs' old copies.
+    let f = node(t, &url, &tmp.path().join("f"), false);
+    assert_eq!(read_all(&f.store, &d), dead);
+    assert_eq!(read_all(&a.store, &d), dead);
+    let v = f.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+    b.store.set_ref("m/revived", d).expect("set ref after gc");
+    for n in [a, b, c, e, f] {
+        n.store.close().expect("close");
+    }
+}
+
+#[test]
+fn repack_on_a_shared_store_rewrites_and_other_nodes_follow() {
+    let Some(t) = s3_target("repack_on_a_shared_store_rewrites_and_other_nodes_follow") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-repack");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    // Two files in one pack: one ingest, small files.
+    let x = tessera_synth::noise(300_000, 21);
+    let y = tessera_synth::noise(300_000, 22);
+    let mut ing = a.store.ingest();
+    let xf = ing.add("x", &x[..], &["m/x"], &mut |_| {}).expect("add x");
+    let yf = ing.add("y", &y[..], &["m/y"], &mut |_| {}).expect("add y");
+    ing.commit().expect("commit");
+    let shared_pack = packs_of(&a.store, &yf);
+    assert_eq!(shared_pack, packs_of(&a.store, &xf), "one pack holds both");
+    // Node b caches y's recipe, naming that pack.
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    assert_eq!(read_all(&b.store, &yf), y);
+    a.store.delete_ref("m/x").expect("delete ref");
+
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    let rep = c
+        .store
+        .repack(&RepackOptions {
+            threshold: 0.9,
+            gc: gc_opts(Duration::from_millis(800)),
+            ..RepackOptions::default()
+        })
+        .expect("repack on a shared store");
+    assert_eq!(rep.packs_rewritten, 1, "{rep:?}");
+    assert_eq!(rep.gc.dead_files, 1, "{rep:?}");
+    let keys = a.s3.list("").expect("list");
+    assert!(
+        !keys.contains(&pack_key(&shared_pack[0])),
+        "old pack deleted"
+    );
+    assert!(!keys.contains(&recipe_key(&xf)));
+    assert!(rep.stored_bytes_after < rep.stored_bytes_before, "{rep:?}");
+    // b's cached recipe names the deleted pack: it reloads and reads.
+    assert_eq!(read_all(&b.store, &yf), y);
+    let d = node(t, &url, &tmp.path().join("d"), false);
+    assert_eq!(read_all(&d.store, &yf), y);
+    let v = d.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+    for n in [a, b, c, d] {
+        n.store.close().expect("close");
+    }
+}
+
+#[test]
+fn repack_reclaims_chunks_two_nodes_stored_twice() {
+    let Some(t) = s3_target("repack_reclaims_chunks_two_nodes_stored_twice") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-dups");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    // Two files sharing 600 kB; b has never seen a's packs, so it stores
+    // the shared chunks again (dedup across nodes is by what each knows).
+    let common = tessera_synth::noise(600_000, 41);
+    let x: Vec<u8> = [&common[..], &tessera_synth::noise(200_000, 42)].concat();
+    let y: Vec<u8> = [&common[..], &tessera_synth::noise(200_000, 43)].concat();
+    let xf = a.store.put_bytes(&x, &["m/x"]).expect("put x").file_id;
+    let put_y = b.store.put_bytes(&y, &["m/y"]).expect("put y");
+    assert_eq!(
+        put_y.new_chunks, put_y.chunks,
+        "b stored the shared chunks again"
+    );
+    let yf = put_y.file_id;
+    let before = a.s3.list("packs/").expect("list").len();
+
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    let rep = c
+        .store
+        .repack(&RepackOptions {
+            threshold: 0.9,
+            gc: gc_opts(Duration::from_millis(800)),
+            ..RepackOptions::default()
+        })
+        .expect("repack");
+    assert!(rep.gc.duplicate_bytes > 500_000, "{rep:?}");
+    assert_eq!(rep.packs_rewritten, 1, "{rep:?}");
+    assert!(
+        rep.stored_bytes_before - rep.stored_bytes_after > 500_000,
+        "the second copy is gone: {rep:?}"
+    );
+    assert_eq!(a.s3.list("packs/").expect("list").len(), before);
+    // Both files read whole from every node; verify is clean.
+    let d = node(t, &url, &tmp.path().join("d"), false);
+    for n in [&a, &b, &d] {
+        assert_eq!(read_all(&n.store, &xf), x);
+        assert_eq!(read_all(&n.store, &yf), y);
+    }
+    let v = d.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+    for n in [a, b, c, d] {
+        n.store.close().expect("close");
+    }
+}

@@ -1,0 +1,307 @@
+//! GC and repack on a store several processes share (spec §10.6).
+//!
+//! The collector holds the GC lease for the whole run and deletes in two
+//! phases: it marks from the bucket (every recipe and ref object a listing
+//! shows, aged by the listing's `Last-Modified`), publishes the dead objects
+//! as the condemned set, waits the writer window, marks again, and deletes
+//! only what is condemned and still dead — checking its lease before every
+//! batch of deletions. Writers check the condemned set before they name
+//! stored objects (`condemned`), so nothing a writer names is deleted.
+//!
+//! A repack on a shared store rewrites its chosen packs between the two
+//! phases and condemns the packs it replaced with the dead ones, so the old
+//! packs go through the same window.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Instant, UNIX_EPOCH};
+
+use crate::cache::lock;
+use crate::condemned::{self, Condemned, CondemnedRecord};
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::format::Recipe;
+use crate::gc::{self, Ages, Collection, GcOptions, GcReport};
+use crate::ids::{FileId, PackId};
+use crate::lease::{Lease, GC_LEASE};
+use crate::paths::{file_of_key, pack_key, pack_of_key, recipe_key, PACKS, RECIPES};
+use crate::refresh;
+use crate::remote::{parallel, reload_file};
+use crate::repack::{self, RepackOptions, RepackReport};
+
+/// Garbage collection on a shared store.
+pub(crate) fn gc(
+    core: &Core,
+    opts: &GcOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<GcReport> {
+    let started = Instant::now();
+    let mut report = run(core, opts, progress, &mut |_, _, _| Ok(Vec::new()))?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Repack on a shared store: GC's first mark, the rewrite, and the
+/// replaced packs condemned with the dead objects.
+pub(crate) fn repack(
+    core: &Core,
+    opts: &RepackOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<RepackReport> {
+    let started = Instant::now();
+    repack::check_options(opts)?;
+    let mut rep = RepackReport {
+        dry_run: opts.gc.dry_run,
+        ..Default::default()
+    };
+    let gc_report = run(core, &opts.gc, progress, &mut |core, first, progress| {
+        rep.gc = first.report.clone();
+        rep.stored_bytes_before = first.report.stored_bytes_before;
+        let chosen = repack::choose(first, opts, core.opts.pack_target_bytes);
+        let dead = first.journal.files.iter().map(|(f, _)| *f).collect();
+        match repack::rewrite(core, &chosen, &dead, opts, &mut rep, progress)? {
+            // Other nodes may still name the old packs: they are condemned
+            // and deleted after the window, if still dead then.
+            Some((old, _gate)) => Ok(old),
+            None => Ok(Vec::new()),
+        }
+    })?;
+    if !opts.gc.dry_run {
+        // The deletions are the second mark's; the duplicates the rewrite
+        // reclaimed were found by the first.
+        let found = rep.gc.duplicate_bytes;
+        rep.gc = gc_report;
+        rep.gc.duplicate_bytes = found;
+        rep.stored_bytes_after = core.index.counters()?.stored_bytes;
+    }
+    rep.seconds = started.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+/// What runs between the two marks (a repack's rewrite): given the first
+/// collection, returns more packs to condemn.
+type Between<'a> =
+    dyn FnMut(&Core, &Collection, &mut dyn FnMut(&str, u64, u64)) -> Result<Vec<PackId>> + 'a;
+
+fn run(
+    core: &Core,
+    opts: &GcOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+    between: &mut Between<'_>,
+) -> Result<GcReport> {
+    core.check_poison()?;
+    let _one = lock(&core.maintenance);
+    if opts.dry_run {
+        // Nothing is deleted: no lease, one mark.
+        let ages = survey(core, progress)?;
+        let first = {
+            let _gate = core.gate.exclusive(opts.wait)?;
+            gc::collect(core, opts, &ages, None, progress)?
+        };
+        between(core, &first, progress)?;
+        return Ok(first.report);
+    }
+    let window = opts.writer_window;
+    if window < core.opts.gc_check_valid * 2 {
+        return Err(Error::InvalidArgument(format!(
+            "a writer window of {} ms is shorter than twice this node's writer check ({} ms; spec §10.6)",
+            window.as_millis(),
+            core.opts.gc_check_valid.as_millis()
+        )));
+    }
+    let objects = core.objects.clone();
+    let mut lease = Lease::acquire(
+        objects.clone(),
+        GC_LEASE,
+        &Lease::default_holder(),
+        opts.lease,
+    )?;
+    let r = two_phases(core, opts, &mut lease, progress, between);
+    match (r, lease.release()) {
+        (Ok(rep), Ok(())) => Ok(rep),
+        (Ok(rep), Err(e)) => {
+            // It expires by itself.
+            tracing::warn!(error = %e, "releasing the GC lease failed");
+            Ok(rep)
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+fn two_phases(
+    core: &Core,
+    opts: &GcOptions,
+    lease: &mut Lease,
+    progress: &mut dyn FnMut(&str, u64, u64),
+    between: &mut Between<'_>,
+) -> Result<GcReport> {
+    let objects = core.objects.as_ref();
+    // The longest one step (a survey, a batch of deletions) may take while
+    // the lease is counted on.
+    let margin = opts.lease.ttl / 3;
+    // 1. Mark from the bucket.
+    let ages = survey(core, progress)?;
+    let first = {
+        let _gate = core.gate.exclusive(opts.wait)?;
+        gc::collect(core, opts, &ages, None, progress)?
+    };
+    let before = first.report.stored_bytes_before;
+    let mut extra = between(core, &first, progress)?;
+    let mut condemned = Condemned {
+        token: lease.token(),
+        files: first.journal.files.iter().map(|(f, _)| *f).collect(),
+        packs: first.journal.packs.iter().copied().collect(),
+    };
+    condemned.packs.extend(extra.drain(..));
+    if condemned.is_empty() {
+        let mut rep = first.report;
+        rep.dead_files = 0;
+        rep.dead_packs = 0;
+        return Ok(rep);
+    }
+    // 2. Publish what is condemned (replacing a set a dead collector left).
+    lease.renew()?;
+    let previous = condemned::read(objects).ok().flatten().map(|(_, v)| v);
+    condemned::publish(objects, &record(lease, opts, &condemned), previous.as_ref())?;
+    tracing::info!(
+        files = condemned.files.len(),
+        packs = condemned.packs.len(),
+        window_ms = opts.writer_window.as_millis() as u64,
+        "published the condemned set; waiting the writer window"
+    );
+    // 3. The writer window, renewing the lease.
+    progress("writer window", 0, 1);
+    let end = Instant::now() + opts.writer_window;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(opts.lease.ttl / 4));
+        lease.renew()?;
+    }
+    // 4. Mark again; delete only what is condemned and still dead.
+    let ages = survey(core, progress)?;
+    lease.renew()?;
+    lease.check(margin)?;
+    let second = {
+        let _gate = core.gate.exclusive(opts.wait)?;
+        let second = gc::collect(core, opts, &ages, Some(&condemned), progress)?;
+        let live: Vec<(PackId, u64)> = second.live.iter().map(|p| (p.id, p.live_bytes)).collect();
+        core.poison_on(core.index.set_live_bytes(&live))?;
+        // No journal object: a deletion cut short leaves objects the next
+        // collection condemns again, and the condemned set, left in place,
+        // keeps writers off them until then.
+        gc::apply_to_index(core, &second.journal)?;
+        second
+    };
+    progress("delete", 0, 1);
+    gc::delete_objects(core, &second.journal, &mut || {
+        lease.renew()?;
+        lease.check(margin)
+    })?;
+    // 5. Done: writers may name anything again.
+    condemned::remove(objects)?;
+    let mut rep = second.report;
+    rep.stored_bytes_before = before;
+    Ok(rep)
+}
+
+fn record(lease: &Lease, opts: &GcOptions, c: &Condemned) -> CondemnedRecord {
+    let mut files: Vec<String> = c.files.iter().map(|f| f.to_hex()).collect();
+    let mut packs: Vec<String> = c.packs.iter().map(|p| p.to_hex()).collect();
+    files.sort();
+    packs.sort();
+    CondemnedRecord {
+        version: 1,
+        token: lease.token(),
+        holder: lease.holder().to_string(),
+        published_ms: condemned::now_ms(),
+        window_ms: opts.writer_window.as_millis() as u64,
+        files,
+        packs,
+    }
+}
+
+/// Brings this node's index to what the bucket holds, for marking: new
+/// packs, recipes and refs indexed (a refresh), every recipe reread (another
+/// node's repack may have replaced one), objects gone from the bucket
+/// dropped; and the age of every listed pack and recipe.
+fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages> {
+    progress("survey", 0, 1);
+    let objects = core.objects.as_ref();
+    let list = |prefix: &str| {
+        objects
+            .list_versioned(prefix)
+            .map_err(|e| Error::io("list", objects.describe(prefix), e))
+    };
+    let ms = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(u64::MAX, |d| d.as_millis() as u64)
+    };
+    let mut packs: HashMap<PackId, u64> = HashMap::new();
+    for l in list(PACKS)? {
+        if let Some(p) = pack_of_key(&l.key) {
+            packs.insert(p, ms(l.modified));
+        }
+    }
+    let mut files: HashMap<FileId, u64> = HashMap::new();
+    for l in list(RECIPES)? {
+        if let Some(f) = file_of_key(&l.key) {
+            files.insert(f, ms(l.modified));
+        }
+    }
+    let r = refresh::refresh(core)?;
+    for p in &r.problems {
+        tracing::warn!(object = %p.object, "survey: {}", p.detail);
+    }
+    // Every recipe as the bucket holds it now.
+    let listed: Vec<FileId> = files.keys().copied().collect();
+    for (f, r) in listed
+        .iter()
+        .zip(parallel(&listed, |f| reload_file(core, f)))
+    {
+        match r {
+            Ok(_) => {}
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => tracing::warn!(file = %f, error = %e, "survey: rereading the recipe failed"),
+        }
+    }
+    // What the index holds that the bucket no longer does (confirmed one by
+    // one: a listing misses objects written while it runs).
+    let mut gone_files = Vec::new();
+    for item in core.index.files() {
+        let (file, bytes) = item?;
+        if !files.contains_key(&file) && !exists(core, &recipe_key(&file))? {
+            let sha = Recipe::decode(file, &bytes).ok().map(|r| r.sha256);
+            gone_files.push((file, sha));
+        }
+    }
+    if !gone_files.is_empty() {
+        core.poison_on(core.index.remove_files(&gone_files))?;
+        for (f, _) in &gone_files {
+            lock(&core.recipes).remove(f);
+        }
+    }
+    let mut gone_packs = Vec::new();
+    for item in core.index.packs() {
+        let (pack, _) = item?;
+        if !packs.contains_key(&pack) && !exists(core, &pack_key(&pack))? {
+            gone_packs.push(pack);
+        }
+    }
+    if !gone_packs.is_empty() {
+        core.poison_on(condemned::forget_packs(core, &gone_packs))?;
+    }
+    core.poison_on(core.index.flush())?;
+    Ok(Ages::Listed { files, packs })
+}
+
+fn exists(core: &Core, key: &str) -> Result<bool> {
+    let objects = core.objects.as_ref();
+    match objects.exists(key) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("stat", objects.describe(key), e)),
+    }
+}
