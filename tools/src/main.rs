@@ -212,6 +212,11 @@ enum Cmd {
     /// through a journal, so a crash never brings anything back or loses
     /// what is named. Reclaims whole dead packs only: run `repack` to
     /// reclaim the garbage inside packs that are still partly live.
+    ///
+    /// On an s3:// store several nodes share, it takes the GC lease (one
+    /// collector at a time), marks from the bucket, publishes what it
+    /// condemns, waits --writer-window while other nodes' writers learn of
+    /// it, marks again and deletes only what is still dead (spec §10.6).
     Gc(maintain::GcArgs),
     /// Run `gc`, then rewrite packs that are mostly garbage (and combine
     /// small ones) into new packs holding only live chunks, ordered as files

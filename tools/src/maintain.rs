@@ -19,6 +19,12 @@ pub(crate) struct GcArgs {
     /// Report what would be reclaimed; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// On an s3:// store other nodes write too: how long to wait between
+    /// publishing what is condemned and deleting it, so writers on other
+    /// nodes see it first (at least twice their 30 s writer check; the GC
+    /// lease is held meanwhile). Ignored for a directory store.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
+    writer_window: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -71,6 +77,7 @@ fn gc_options(a: &GcArgs) -> GcOptions {
     GcOptions {
         grace: a.grace,
         dry_run: a.dry_run,
+        writer_window: a.writer_window,
         ..GcOptions::default()
     }
 }
@@ -101,7 +108,16 @@ fn print_gc(out: &mut impl Write, r: &GcReport) -> CliResult {
         human(r.live_bytes),
         r.seconds
     )
-    .map_err(out_err)
+    .map_err(out_err)?;
+    if r.duplicate_bytes > 0 {
+        writeln!(
+            out,
+            "gc: {} of chunks stored twice by nodes at once (repack reclaims them)",
+            human(r.duplicate_bytes)
+        )
+        .map_err(out_err)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn gc(loc: &Location, args: GcArgs, wait: bool) -> CliResult {

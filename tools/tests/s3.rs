@@ -863,3 +863,67 @@ fn serve_on_an_s3_store_answers_a_pull() {
     server.kill().expect("kill");
     let _ = server.wait();
 }
+
+#[test]
+fn gc_from_one_process_while_another_writes() {
+    let Some(t) = s3_target("gc_from_one_process_while_another_writes") else {
+        return;
+    };
+    let env = Env::new(t, "cli-gc");
+    let keep = tessera_synth::noise(2 * MIB, 31);
+    let dead = tessera_synth::noise(2 * MIB + 77, 32);
+    let (kp, dp) = (env.file("keep.bin", &keep), env.file("dead.bin", &dead));
+    let path = |p: &PathBuf| p.to_str().expect("path").to_string();
+    env.ok("a", &["put", "--ref", "m/keep", &path(&kp)]);
+    let put = json_lines(&env.text("a", &["put", "--ref", "m/dead", "--json", &path(&dp)]));
+    let dead_id = put[0]["file_id"].as_str().expect("id").to_string();
+    env.ok("a", &["ref", "rm", "m/dead"]);
+    // A writer window shorter than twice the writers' 30 s check is refused.
+    let short = env.run("c", &["gc", "--grace", "0s", "--writer-window", "10s"]);
+    assert_eq!(code(&short), 1);
+    assert!(String::from_utf8_lossy(&short.stderr).contains("writer window"));
+
+    // The collector (node c) runs its window; meanwhile node b may not name
+    // the condemned file, and a second collector is refused the lease.
+    let gc = env
+        .cmd("c")
+        .args(["gc", "--grace", "0s", "--writer-window", "60s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gc");
+    let s3 = env.s3();
+    let t0 = Instant::now();
+    while !s3.exists("gc/condemned").expect("exists") {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no condemned set");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let revive = env.run("b", &["ref", "set", "m/revived", &dead_id]);
+    assert_eq!(code(&revive), 1);
+    assert!(String::from_utf8_lossy(&revive.stderr).contains("condemned"));
+    let second = env.run("d", &["gc", "--grace", "0s", "--writer-window", "60s"]);
+    assert_ne!(code(&second), 0);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("lease"));
+    // Writing something new is not held up.
+    let other = env.file("other.bin", &tessera_synth::noise(MIB, 33));
+    env.ok("b", &["put", "--ref", "m/other", &path(&other)]);
+
+    let out = gc.wait_with_output().expect("gc");
+    assert!(
+        out.status.success(),
+        "gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: Value = serde_json::from_slice(&out.stdout).expect("gc json");
+    assert_eq!(rep["dead_files"], 1, "{rep}");
+    assert!(
+        rep["dead_packs"].as_u64().expect("dead_packs") >= 1,
+        "{rep}"
+    );
+    assert!(!s3.exists("gc/condemned").expect("exists"));
+    // What is named reads whole from a fresh node; verify is clean.
+    assert!(env.ok("e", &["cat", "m/keep"]) == keep);
+    assert!(env.ok("e", &["cat", "m/other"]) == tessera_synth::noise(MIB, 33));
+    env.ok("e", &["verify"]);
+    assert_eq!(code(&env.run("e", &["cat", &dead_id])), 3);
+}
