@@ -26,6 +26,7 @@ use crate::cache::lock;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::ids::{FileId, PackId};
+use crate::lease::{Lease, LeaseOptions, GC_LEASE};
 use crate::paths::{pack_key, recipe_key};
 use crate::remote::parallel;
 use crate::storage::{Cas, ObjectStore, Version};
@@ -116,6 +117,37 @@ pub(crate) fn read(objects: &dyn ObjectStore) -> Result<Option<(Condemned, Versi
     Ok(Some((c, version)))
 }
 
+/// The condemned set writers must obey: the published one, unless its
+/// collector can no longer delete anything — the GC lease was released,
+/// taken by a later collector (which publishes its own set before it
+/// deletes), or expired more than the default clock skew ago by this
+/// process's clock (a collector checks its lease before every deletion, so
+/// it stopped). A set a dead collector left thus stops holding writers off
+/// once its lease runs out.
+pub(crate) fn in_force(objects: &dyn ObjectStore) -> Result<Option<Condemned>> {
+    let Some((set, _)) = read(objects)? else {
+        return Ok(None);
+    };
+    let lease = Lease::read(objects, GC_LEASE)?;
+    let skew = LeaseOptions::default().max_clock_skew.as_millis() as u64;
+    match lease {
+        Some(l)
+            if !l.released
+                && l.token == set.token
+                && now_ms() <= l.expires_ms.saturating_add(skew) =>
+        {
+            Ok(Some(set))
+        }
+        _ => {
+            tracing::debug!(
+                token = set.token,
+                "the condemned set's collector no longer holds the lease; ignoring it"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Publishes a collector's condemned set, replacing one a dead collector
 /// left (whose version `previous` is); the caller holds the GC lease.
 pub(crate) fn publish(
@@ -173,7 +205,7 @@ impl DedupFilter {
                 Some((at, set)) if at.elapsed() < DEDUP_COPY_AGE => set.clone(),
                 _ => {
                     let set = Arc::new(
-                        read(core.objects.as_ref())?.map_or_else(HashSet::new, |(c, _)| c.packs),
+                        in_force(core.objects.as_ref())?.map_or_else(HashSet::new, |c| c.packs),
                     );
                     *copy = Some((Instant::now(), set.clone()));
                     set
@@ -226,7 +258,7 @@ impl WriterCheck {
     pub(crate) fn new(core: &Core) -> Result<WriterCheck> {
         let read_at = Instant::now();
         let condemned = if core.objects.shared() {
-            read(core.objects.as_ref())?.map_or_else(Condemned::default, |(c, _)| c)
+            in_force(core.objects.as_ref())?.unwrap_or_default()
         } else {
             Condemned::default()
         };

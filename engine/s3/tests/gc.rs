@@ -339,3 +339,63 @@ fn repack_reclaims_chunks_two_nodes_stored_twice() {
         n.store.close().expect("close");
     }
 }
+
+#[test]
+fn a_condemned_set_holds_writers_only_while_its_collector_holds_the_lease() {
+    let Some(t) =
+        s3_target("a_condemned_set_holds_writers_only_while_its_collector_holds_the_lease")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-void");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(500_000, 51);
+    let f = a.store.put_bytes(&data, &["m/f"]).expect("put").file_id;
+    let set = |token: u64| {
+        format!(
+            r#"{{"version":1,"token":{token},"holder":"test","published_ms":0,"window_ms":1000,"files":["{}"],"packs":[]}}"#,
+            f.to_hex()
+        )
+    };
+    let objects: Arc<dyn ObjectStore> = a.s3.clone();
+    // The collector holds the lease with the set's token: writers obey it.
+    let lease = Lease::acquire(
+        objects.clone(),
+        GC_LEASE,
+        "collector",
+        LeaseOptions::default(),
+    )
+    .expect("lease");
+    a.s3.put(
+        CONDEMNED,
+        set(lease.token()).as_bytes(),
+        tessera::storage::PutMode::Replace,
+    )
+    .expect("publish set");
+    match a.store.set_ref("m/g", f) {
+        Err(Error::Busy(m)) => assert!(m.contains("condemned"), "{m}"),
+        other => panic!("a live condemned set must be obeyed: {other:?}"),
+    }
+    // A set whose token is not the lease's (a dead collector's, the lease
+    // since taken by another) does not hold writers.
+    a.s3.put(
+        CONDEMNED,
+        set(lease.token() + 7).as_bytes(),
+        tessera::storage::PutMode::Replace,
+    )
+    .expect("publish set");
+    a.store.set_ref("m/g", f).expect("a stale set is void");
+    // Nor one whose collector released (or lost) the lease.
+    a.s3.put(
+        CONDEMNED,
+        set(lease.token()).as_bytes(),
+        tessera::storage::PutMode::Replace,
+    )
+    .expect("publish set");
+    lease.release().expect("release");
+    a.store
+        .set_ref("m/h", f)
+        .expect("a released lease voids the set");
+    a.store.close().expect("close");
+}
