@@ -485,4 +485,21 @@ impl PackCache {
     pub(crate) fn read_chunk(&self, pack: &PackId, index: u32, id: &ChunkId) -> Result<Bytes> {
         self.get(pack)?.read_chunk(index, id)
     }
+
+    /// Where chunk `index`'s record is in an open pack: (offset, length).
+    pub(crate) fn record_span(&self, pack: &PackId, index: u32) -> Option<(u64, u64)> {
+        let reader = crate::cache::lock(&self.open).get(pack)?;
+        let e = reader.entry(index).ok()?;
+        Some((e.offset, e.record_len()))
+    }
+
+    /// Tells an open pack that a sequential reader is done with `len` bytes
+    /// at `offset` (a mapped pack drops those pages from the resident set).
+    /// Best effort: nothing happens for a pack not open.
+    pub(crate) fn release(&self, pack: &PackId, offset: u64, len: u64) {
+        let reader = crate::cache::lock(&self.open).get(pack);
+        if let Some(r) = reader {
+            r.handle.release(offset, len);
+        }
+    }
 }

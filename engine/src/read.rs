@@ -245,7 +245,12 @@ pub struct FileReader {
     /// pack the cached one names is gone (another node's repack replaced
     /// it; spec §4.3). `Some` new layout when it changed.
     reload: Option<Reload>,
+    /// Pack bytes read past and not yet released: (pack, start, end).
+    done: Option<(PackId, u64, u64)>,
 }
+
+/// Pack bytes a sequential reader releases at once (one `madvise` each).
+const RELEASE_SPAN: u64 = 8 << 20;
 
 /// See [`FileReader`]'s `reload`.
 type Reload = Arc<dyn Fn() -> Result<Option<Arc<Layout>>> + Send + Sync>;
@@ -272,6 +277,7 @@ impl FileReader {
         });
         Ok(FileReader {
             reload,
+            done: None,
             packs: core.packs.clone(),
             index: core.index.clone(),
             layout: layout(core, file)?,
@@ -385,6 +391,37 @@ impl FileReader {
         }
     }
 
+    /// A sequential read moved past chunk `i`: its record joins the span of
+    /// pack bytes read, which is released (a mapped pack's pages leave the
+    /// resident set, so a long read stays small) once it reaches
+    /// [`RELEASE_SPAN`] or the read moves to other bytes.
+    fn done_with(&mut self, i: usize) {
+        let Some(c) = self.layout.chunk(i) else {
+            return;
+        };
+        let Some((offset, len)) = self.packs.record_span(&c.pack, c.pack_index) else {
+            return;
+        };
+        match &mut self.done {
+            Some((pack, _, end)) if *pack == c.pack && *end == offset => *end += len,
+            _ => {
+                self.release_done();
+                self.done = Some((c.pack, offset, offset + len));
+            }
+        }
+        if let Some((_, start, end)) = self.done {
+            if end - start >= RELEASE_SPAN {
+                self.release_done();
+            }
+        }
+    }
+
+    fn release_done(&mut self) {
+        if let Some((pack, start, end)) = self.done.take() {
+            self.packs.release(&pack, start, end - start);
+        }
+    }
+
     /// The verified chunk holding `pos` (`None` at or past the end).
     fn current(&mut self) -> Result<Option<(u64, &Bytes)>, Error> {
         if self.pos >= self.layout.size() {
@@ -396,7 +433,11 @@ impl FileReader {
             detail: format!("chunk {i} out of range"),
         })?;
         if self.current.as_ref().is_none_or(|(at, _)| *at != i) {
-            self.current = None;
+            if let Some((prev, _)) = self.current.take() {
+                if prev + 1 == i {
+                    self.done_with(prev);
+                }
+            }
             let data = self.fetch(i)?;
             self.current = Some((i, data));
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{BytesFile, ReadHandle, ReadMode};
+use super::{ReadHandle, ReadMode};
 
 /// A file being written (always a new temp file).
 pub trait WriteHandle: Send {
@@ -161,7 +161,7 @@ impl Fs for RealFs {
         let len = file.metadata()?.len();
         match self.mode {
             ReadMode::Pread => Ok(Arc::new(PreadFile { file, len })),
-            ReadMode::Mmap => Ok(Arc::new(BytesFile(super::mmap::map_sealed(&file, len)?))),
+            ReadMode::Mmap => Ok(Arc::new(super::mmap::map_sealed(&file, len)?)),
         }
     }
     fn list_dir(&self, rel: &str) -> io::Result<Vec<String>> {

@@ -38,6 +38,11 @@ pub trait ReadHandle: Send + Sync {
     }
     /// Reads exactly `len` bytes at `offset`; past the end is `UnexpectedEof`.
     fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
+    /// A hint: this process is done with `len` bytes at `offset` for now (a
+    /// sequential reader moved past them). A memory-mapped handle drops
+    /// those pages from the resident set; bytes already returned stay
+    /// valid. The default does nothing.
+    fn release(&self, _offset: u64, _len: u64) {}
 }
 
 /// What to do when an object already exists under the key being written.
@@ -222,7 +227,8 @@ pub enum ReadMode {
     Pread,
 }
 
-/// A read handle over an in-memory buffer (used for mapped files and tests).
+/// A read handle over an in-memory buffer (uploads, tests; mapped files
+/// read through it).
 pub(crate) struct BytesFile(pub(crate) Bytes);
 
 impl ReadHandle for BytesFile {
