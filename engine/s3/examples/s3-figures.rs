@@ -216,6 +216,30 @@ fn main() {
                 Store::repair_index_with(d.clone(), &d_dir, opts(false)).expect("repair");
             }),
         );
+        // Node D collects after v1's refs are gone: v1's recipe and the
+        // packs only it names are deleted, in two phases 2 s apart (the
+        // writer window; writers' checks are good for 1 s here).
+        let d_opts = StoreOptions {
+            gc_check_valid: std::time::Duration::from_secs(1),
+            ..opts(false)
+        };
+        let store = Store::open_with(d.clone(), &d_dir, d_opts).expect("open");
+        store.delete_ref("acme/m@v1:model").expect("delete ref");
+        store.delete_ref("acme/m@v1b:model").expect("delete ref");
+        push(
+            "S3: node D gc, v1 unnamed (includes the 2 s writer window)",
+            measure(Some(&d), || {
+                let r = store
+                    .gc(&tessera::GcOptions {
+                        grace: std::time::Duration::ZERO,
+                        writer_window: std::time::Duration::from_secs(2),
+                        ..tessera::GcOptions::default()
+                    })
+                    .expect("gc");
+                assert_eq!(r.dead_files, 1);
+            }),
+        );
+        store.close().expect("close");
 
         // The directory backend on the same data (same disk as the caches).
         let dir = tmp.path().join("dir-store");
