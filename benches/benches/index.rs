@@ -158,6 +158,11 @@ fn main() {
             .expect("add_pack");
         n += k;
         pack += 1;
+        // A flush per ~64 k entries, as commits make them (the index merges
+        // its tree into its sorted run at flushes).
+        if pack.is_multiple_of(64) {
+            index.flush().expect("flush");
+        }
         if !json && last.elapsed() > Duration::from_secs(10) {
             eprintln!(
                 "    {n} entries, {:.0}/s, RSS {} MiB",

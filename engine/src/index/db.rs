@@ -11,14 +11,16 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
 use super::filter::{FilterSlot, Ids, MissFilter};
-use super::{ChunkLocation, Counters, NewFile, PackInfo, COUNTER_NAMES};
+use super::run::{self, Run};
+use super::{ChunkLocation, Counters, NewFile, PackInfo, CHUNK_VALUE_LEN, COUNTER_NAMES};
 use crate::error::{Error, Result};
 use crate::format::ChunkEntry;
 use crate::ids::{ChunkId, FileId, PackId, Sha256};
@@ -33,6 +35,17 @@ pub(crate) const SEGMENT_BYTES: usize = 128 * 1024;
 /// transaction, so an index that lost any write, even one that changed no
 /// other counter (a ref pointed elsewhere), is told from an intact one.
 const GENERATION: &str = "generation";
+
+/// `meta` key of the checksum of the chunk run the `chunks` tree is layered
+/// over (absent: no run). A run file whose checksum differs belongs to no
+/// database of this index (a crash between publishing it and recording it,
+/// or a cleared index) and is discarded; a recorded run that is missing or
+/// damaged makes the index damaged (it held entries the tree no longer has).
+const RUN_KEY: &str = "chunk_run";
+
+/// Entries written to the `chunks` tree after which it is merged into the
+/// run (compaction): the tree stays small enough to live in sled's cache.
+const COMPACT_AFTER: u64 = 500_000;
 
 /// Called before every index write; an error fails the write (tests).
 pub(crate) type WriteGuard = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
@@ -123,6 +136,27 @@ pub(crate) struct Index {
     /// The miss filter in front of `chunks`, made by the first lookup or
     /// insert, and again when it is full.
     filter: FilterSlot,
+    /// The sorted run under `chunks` (module `run`): most chunk entries. A
+    /// lookup reads `chunks` first (an empty value there is a tombstone: the
+    /// entry was removed from the run), then the run. Swapped by compaction.
+    chunk_run: RwLock<Arc<Run>>,
+    /// Held shared by writes to `chunks`, exclusively by a compaction while
+    /// it swaps the run and drops from `chunks` what the run now answers.
+    layering: RwLock<()>,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+    /// Entries written to `chunks` since the last compaction (about).
+    written: AtomicU64,
+}
+
+/// A lock that a panic elsewhere poisoned is still usable here: the data
+/// it guards (an `Arc` or nothing) cannot be left half-changed.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -161,7 +195,20 @@ impl Index {
             match Self::open_once(dir, cache_bytes) {
                 Ok((db, trees)) => {
                     let [chunks, files, sha256, refs, packs, meta, pack_gc, stored] = trees;
+                    let run = Self::open_run(dir, &meta)?;
+                    // About how many entries the tree holds over the run.
+                    let total = meta
+                        .get("chunks")
+                        .ok()
+                        .flatten()
+                        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+                        .map_or(0, u64::from_le_bytes);
+                    let written = total.saturating_sub(run.len() as u64);
                     return Ok(Index {
+                        chunk_run: RwLock::new(Arc::new(run)),
+                        layering: RwLock::new(()),
+                        compacting: Mutex::new(()),
+                        written: AtomicU64::new(written),
                         path: dir.to_path_buf(),
                         guard,
                         db,
@@ -197,6 +244,38 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// The run this database is layered over (see [`RUN_KEY`]).
+    fn open_run(dir: &Path, meta: &sled::Tree) -> Result<Run> {
+        let damaged = |detail: String| Error::IndexDamaged {
+            path: dir.to_path_buf(),
+            detail,
+        };
+        let recorded = meta
+            .get(RUN_KEY)
+            .map_err(|e| damaged(format!("reading {RUN_KEY}: {e}")))?;
+        let run = match Run::open(dir) {
+            Ok(r) => r,
+            // A damaged file the database does not name is just discarded.
+            Err(_) if recorded.is_none() => Run::empty(),
+            Err(e) => return Err(e),
+        };
+        match (recorded, run.checksum()) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                tracing::info!(index = %dir.display(), "discarding a chunk run the index does not record");
+                Run::remove(dir)?;
+                return Ok(Run::empty());
+            }
+            (Some(r), Some(c)) if &r[..] == c => {}
+            (Some(_), _) => {
+                return Err(damaged(
+                    "the chunk run the index records is missing or another one".into(),
+                ))
+            }
+        }
+        Ok(run)
     }
 
     fn open_once(dir: &Path, cache_bytes: u64) -> sled::Result<(sled::Db, [sled::Tree; 8])> {
@@ -240,22 +319,103 @@ impl Index {
         self.run(f)
     }
 
-    /// Makes everything inserted so far durable.
+    /// Makes everything inserted so far durable (and merges a grown
+    /// `chunks` tree into the run).
     pub(crate) fn flush(&self) -> Result<()> {
         self.write(|| {
             self.db.flush()?;
             Ok(())
-        })
+        })?;
+        self.maybe_compact()
     }
 
     /// The chunk count and every chunk id, to size and fill a miss filter.
     fn filter_source(&self) -> (u64, Ids) {
-        let keys = self
-            .chunks
-            .iter()
-            .keys()
-            .map(|k| k.ok().and_then(|k| ChunkId::from_slice(&k)));
+        let keys = self.entries().map(|e| e.ok().map(|(id, _)| ChunkId(id)));
         (self.meta_counter("chunks").unwrap_or(0), Box::new(keys))
+    }
+
+    /// The current run.
+    fn chunk_run(&self) -> Arc<Run> {
+        read(&self.chunk_run).clone()
+    }
+
+    /// Every chunk entry, in id order: the tree over the run, tombstones
+    /// applied.
+    fn entries(&self) -> Entries {
+        Entries {
+            tree: self.chunks.iter().peekable(),
+            run: self.chunk_run(),
+            at: 0,
+        }
+    }
+
+    /// Compacts now, however little the tree holds (tests).
+    #[cfg(test)]
+    pub(crate) fn compact_now(&self) -> Result<()> {
+        self.written.store(COMPACT_AFTER, Ordering::Relaxed);
+        self.maybe_compact()
+    }
+
+    /// Entries in the run and in the tree (tests).
+    #[cfg(test)]
+    pub(crate) fn layers(&self) -> (usize, usize) {
+        (self.chunk_run().len(), self.chunks.len())
+    }
+
+    /// Merges the `chunks` tree into a new run when it has grown (called at
+    /// flushes). Writers wait only while the run is swapped and the tree
+    /// trimmed; lookups never wait.
+    fn maybe_compact(&self) -> Result<()> {
+        if self.written.load(Ordering::Relaxed) < COMPACT_AFTER {
+            return Ok(());
+        }
+        let _one = match self.compacting.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()), // another thread is at it
+        };
+        let t0 = std::time::Instant::now();
+        let before = self.written.load(Ordering::Relaxed);
+        let mut merged = self.entries().map(|e| e.map_err(|e| self.run_err(e)));
+        let count = run::write(&self.path, &mut merged)?;
+        let new = Arc::new(Run::open(&self.path)?);
+        let _alone = write(&self.layering);
+        *write(&self.chunk_run) = new.clone();
+        self.run(|| {
+            self.meta
+                .insert(RUN_KEY, new.checksum().unwrap_or_default())?;
+            self.db.flush()?;
+            // The tree keeps only what the run does not answer the same way.
+            let mut kept = 0u64;
+            for kv in self.chunks.iter() {
+                let (k, v) = kv?;
+                let Some(id) = ChunkId::from_slice(&k) else {
+                    return Err(bad_key("chunks", &k).into());
+                };
+                let same = match new.get(&id) {
+                    None => v.is_empty(),
+                    Some(r) => r == &v[..],
+                };
+                if same {
+                    // Unchanged since it was read, or kept.
+                    let _ = self.chunks.compare_and_swap(&k, Some(v), None::<&[u8]>)?;
+                } else {
+                    kept += 1;
+                }
+            }
+            self.db.flush()?;
+            let during = self.written.load(Ordering::Relaxed).saturating_sub(before);
+            self.written.store(kept.max(during), Ordering::Relaxed);
+            Ok(())
+        })?;
+        tracing::debug!(
+            entries = count,
+            kept = self.written.load(Ordering::Relaxed),
+            ms = t0.elapsed().as_millis() as u64,
+            "chunk index compacted"
+        );
+        Ok(())
     }
 
     /// The miss filter for a lookup (see [`FilterSlot::get`]).
@@ -277,10 +437,16 @@ impl Index {
             return Ok(None);
         }
         self.run(|| match self.chunks.get(id.0)? {
-            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
             Some(v) => ChunkLocation::decode(*id, &v)
                 .map(Some)
                 .ok_or_else(|| undecodable("chunks", id.to_hex(), v.len()).into()),
+            None => match self.chunk_run().get(id) {
+                None => Ok(None),
+                Some(v) => ChunkLocation::decode(*id, v)
+                    .map(Some)
+                    .ok_or_else(|| undecodable("chunks", id.to_hex(), v.len()).into()),
+            },
         })
     }
 
@@ -316,6 +482,8 @@ impl Index {
         replace: bool,
     ) -> Result<()> {
         let now = now_millis();
+        let _layer = read(&self.layering);
+        let run = self.chunk_run();
         self.write(|| {
             // Held through the transaction (see `FilterSlot::for_insert`).
             let (_adding, f) = self.filter.for_insert(&|| self.filter_source());
@@ -340,7 +508,15 @@ impl Index {
                             index: *i,
                             entry: *e,
                         };
-                        let old = if *unseen { None } else { ct.get(e.id.0)? };
+                        let old = if *unseen {
+                            None
+                        } else {
+                            match ct.get(e.id.0)? {
+                                Some(v) if v.is_empty() => None,
+                                Some(_) => Some(()),
+                                None => run.get(&e.id).map(|_| ()),
+                            }
+                        };
                         if old.is_some() && !replace {
                             continue;
                         }
@@ -363,7 +539,10 @@ impl Index {
                 },
             )?;
             Ok(())
-        })
+        })?;
+        self.written
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The recipe bytes of a file.
@@ -571,14 +750,18 @@ impl Index {
 
     /// Every chunk entry, in id order.
     pub(crate) fn chunks(&self) -> impl Iterator<Item = Result<ChunkLocation>> + '_ {
-        self.chunks.iter().map(move |kv| {
-            self.run(|| {
-                let (k, v) = kv?;
-                let id = ChunkId::from_slice(&k).ok_or_else(|| bad_key("chunks", &k))?;
-                Ok(ChunkLocation::decode(id, &v)
-                    .ok_or_else(|| undecodable("chunks", id.to_hex(), v.len()))?)
-            })
+        self.entries().map(move |e| {
+            let (id, v) = e.map_err(|e| self.run_err(e))?;
+            let id = ChunkId(id);
+            ChunkLocation::decode(id, &v).ok_or_else(|| undecodable("chunks", id.to_hex(), v.len()))
         })
+    }
+
+    /// An error of the merged iteration, named like any other.
+    fn run_err(&self, e: DbError) -> Error {
+        self.run(|| -> Db<()> { Err(e) })
+            .err()
+            .unwrap_or_else(|| Error::Bug("no error".into()))
     }
 
     /// Every file id with its recipe bytes, in id order.
@@ -592,8 +775,60 @@ impl Index {
         })
     }
 
-    /// On-disk size of the index as its database reports it.
+    /// On-disk size of the index: the database as it reports it, and the
+    /// chunk run.
     pub(crate) fn size_on_disk(&self) -> Result<u64> {
-        self.run(|| Ok(self.db.size_on_disk()?))
+        let run = std::fs::metadata(self.path.join(run::RUN_FILE)).map_or(0, |m| m.len());
+        self.run(|| Ok(self.db.size_on_disk()? + run))
+    }
+}
+
+/// The merged iteration of [`Index::entries`].
+struct Entries {
+    tree: std::iter::Peekable<sled::Iter>,
+    run: Arc<Run>,
+    at: usize,
+}
+
+type Entry = ([u8; 32], [u8; CHUNK_VALUE_LEN]);
+
+impl Iterator for Entries {
+    type Item = Db<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let run_key = (self.at < self.run.len()).then(|| self.run.record(self.at).0);
+            let tree_first = match (self.tree.peek(), run_key) {
+                (None, None) => return None,
+                (None, Some(_)) => false,
+                (Some(Ok((k, _))), Some(r)) => k.as_ref() <= r,
+                (Some(_), _) => true,
+            };
+            if !tree_first {
+                let (k, v) = self.run.record(self.at);
+                self.at += 1;
+                return match (k.try_into(), v.try_into()) {
+                    (Ok(k), Ok(v)) => Some(Ok((k, v))),
+                    _ => Some(Err(bad_key("chunks", k).into())),
+                };
+            }
+            let (k, v) = match self.tree.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if run_key.is_some_and(|r| r == k.as_ref()) {
+                self.at += 1; // the tree's entry replaces the run's
+            }
+            if v.is_empty() {
+                continue; // a tombstone
+            }
+            let Ok(id) = <[u8; 32]>::try_from(k.as_ref()) else {
+                return Some(Err(bad_key("chunks", &k).into()));
+            };
+            let Ok(value) = <[u8; CHUNK_VALUE_LEN]>::try_from(v.as_ref()) else {
+                return Some(Err(undecodable("chunks", hex::encode(id), v.len()).into()));
+            };
+            return Some(Ok((id, value)));
+        }
     }
 }

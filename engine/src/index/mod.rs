@@ -10,6 +10,7 @@
 
 mod db;
 mod filter;
+mod run;
 #[cfg(test)]
 mod tests;
 

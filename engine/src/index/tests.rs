@@ -173,3 +173,100 @@ fn gc_removals_and_repack_moves_keep_lookups_right() {
     assert_eq!(found(&index, 2000, 3100), 1100);
     assert_eq!(found(&index, 3000, 4000), 1000);
 }
+
+/// Every lookup, the ordered iteration and the counters agree with a model
+/// of the entries.
+fn check(index: &Index, model: &std::collections::BTreeMap<ChunkId, PackId>) {
+    for n in 0..6000 {
+        let got = index.chunk(&id(n)).expect("lookup").map(|l| l.pack);
+        assert_eq!(got, model.get(&id(n)).copied(), "chunk {n}");
+    }
+    let listed: Vec<(ChunkId, PackId)> = index
+        .chunks()
+        .map(|l| l.map(|l| (l.entry.id, l.pack)))
+        .collect::<crate::error::Result<_>>()
+        .expect("iterate");
+    let expect: Vec<(ChunkId, PackId)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(listed, expect, "chunks() in id order");
+    let before = index.counters().expect("counters");
+    let after = index.recount().expect("recount");
+    assert_eq!(
+        (before.chunks, after.chunks),
+        (model.len() as u64, model.len() as u64)
+    );
+    assert_eq!(before.chunk_bytes, after.chunk_bytes);
+}
+
+#[test]
+fn the_chunk_run_under_the_tree_keeps_every_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Index::open(dir.path(), 8 << 20, None).expect("open");
+    let mut model = std::collections::BTreeMap::new();
+    for p in 0..4 {
+        add(&index, p, p * 1000, p * 1000 + 1000);
+        for n in p * 1000..p * 1000 + 1000 {
+            model.insert(id(n), pack_id(p));
+        }
+    }
+    check(&index, &model);
+    index.compact_now().expect("compact");
+    assert_eq!(index.layers(), (4000, 0), "all in the run, the tree empty");
+    check(&index, &model);
+    // Removing entries that live in the run leaves tombstones in the tree.
+    let mut ids: Vec<ChunkId> = (1000..2000).map(id).collect();
+    index.remove_packs(&[pack_id(1)], &mut ids).expect("gc");
+    for n in 1000..2000 {
+        model.remove(&id(n));
+    }
+    check(&index, &model);
+    // A chunk stored again over its tombstone; a relocation over the run.
+    add(&index, 10, 1000, 1500);
+    for n in 1000..1500 {
+        model.insert(id(n), pack_id(10));
+    }
+    let info = PackInfo {
+        size: 1,
+        chunk_count: 1100,
+        raw_bytes: 1,
+    };
+    index
+        .relocate_chunks(pack_id(20), info, &entries(2000, 3100))
+        .expect("relocate");
+    for n in 2000..3100 {
+        model.insert(id(n), pack_id(20));
+    }
+    // An add does not replace an entry the run holds.
+    add(&index, 30, 3500, 3600);
+    add(&index, 31, 5000, 5100);
+    for n in 5000..5100 {
+        model.insert(id(n), pack_id(31));
+    }
+    check(&index, &model);
+    index.compact_now().expect("compact");
+    assert_eq!(index.layers(), (model.len(), 0));
+    check(&index, &model);
+    // Reopened: the run is the one the database records.
+    index.flush().expect("flush");
+    drop(index);
+    let index = Index::open(dir.path(), 8 << 20, None).expect("reopen");
+    check(&index, &model);
+    drop(index);
+    // A run the database does not record (another index's) is discarded;
+    // a recorded run that is gone makes the index damaged.
+    let run = dir.path().join(super::run::RUN_FILE);
+    let saved = std::fs::read(&run).expect("run");
+    std::fs::remove_file(&run).expect("rm");
+    assert!(matches!(
+        Index::open(dir.path(), 8 << 20, None),
+        Err(crate::error::Error::IndexDamaged { .. })
+    ));
+    let fresh = tempfile::tempdir().expect("tempdir");
+    Index::open(fresh.path(), 8 << 20, None)
+        .expect("create")
+        .flush()
+        .expect("flush");
+    std::fs::write(fresh.path().join(super::run::RUN_FILE), &saved).expect("plant");
+    let other = Index::open(fresh.path(), 8 << 20, None).expect("open");
+    assert_eq!(found(&other, 0, 6000), 0, "nothing of the planted run");
+    assert!(!fresh.path().join(super::run::RUN_FILE).exists());
+}

@@ -85,6 +85,13 @@ pub(crate) fn map_sealed(file: &File, len: u64) -> io::Result<MappedFile> {
     })
 }
 
+impl MappedFile {
+    /// The mapped bytes (the mapping lives as long as they do).
+    pub(crate) fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+}
+
 impl ReadHandle for MappedFile {
     fn len(&self) -> u64 {
         self.bytes.len() as u64

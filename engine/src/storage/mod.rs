@@ -227,6 +227,15 @@ pub enum ReadMode {
     Pread,
 }
 
+/// Maps a sealed local file read-only (the index's chunk run; see `mmap`
+/// for the safety argument: the file is published whole by rename and
+/// never modified).
+pub(crate) fn map_sealed_file(path: &std::path::Path) -> io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    Ok(mmap::map_sealed(&file, len)?.into_bytes())
+}
+
 /// A read handle over an in-memory buffer (uploads, tests; mapped files
 /// read through it).
 pub(crate) struct BytesFile(pub(crate) Bytes);

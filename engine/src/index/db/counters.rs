@@ -53,8 +53,8 @@ impl Index {
                 kv?;
                 c.refs += 1;
             }
-            for kv in self.chunks.iter() {
-                let (_, v) = kv?;
+            for e in self.entries() {
+                let (_, v) = e?;
                 c.chunks += 1;
                 c.chunk_bytes += v
                     .get(48..52)

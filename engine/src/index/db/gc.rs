@@ -87,28 +87,44 @@ impl Index {
         // In key order, so each page of the tree is visited once, and in
         // slices (sled's transactions slow down with their size).
         chunks.sort_unstable_by_key(|c| c.0);
+        let into_dead = |v: &[u8]| {
+            v.get(..32)
+                .and_then(|p| <[u8; 32]>::try_from(p).ok())
+                .is_some_and(|p| dead.contains(&p))
+        };
+        let raw_len = |v: &[u8]| {
+            v.get(48..52)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, |b| i64::from(u32::from_le_bytes(b)))
+        };
+        let _layer = read(&self.layering);
+        let run = self.chunk_run();
         for slice in chunks.chunks(4096) {
             self.write(|| {
                 (&self.chunks, &self.meta).transaction(|(ct, mt)| {
                     add_counter(mt, GENERATION, 1)?;
                     let (mut removed, mut raw_bytes) = (0i64, 0i64);
                     for id in slice {
-                        // One operation per entry: remove, and put back the
-                        // rare entry that points elsewhere.
-                        let Some(v) = ct.remove(&id.0)? else { continue };
-                        let into_dead = v
-                            .get(..32)
-                            .and_then(|p| <[u8; 32]>::try_from(p).ok())
-                            .is_some_and(|p| dead.contains(&p));
-                        if !into_dead {
-                            ct.insert(&id.0, v)?;
+                        // The live entry: the tree's, else the run's. One
+                        // that the run holds is removed by a tombstone.
+                        let v = match ct.get(id.0)? {
+                            Some(v) if v.is_empty() => continue,
+                            Some(v) => v.to_vec(),
+                            None => match run.get(id) {
+                                Some(v) => v.to_vec(),
+                                None => continue,
+                            },
+                        };
+                        if !into_dead(&v) {
                             continue;
                         }
+                        if run.get(id).is_some() {
+                            ct.insert(&id.0, &[][..])?;
+                        } else {
+                            ct.remove(&id.0)?;
+                        }
                         removed += 1;
-                        raw_bytes += v
-                            .get(48..52)
-                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                            .map_or(0, |b| i64::from(u32::from_le_bytes(b)));
+                        raw_bytes += raw_len(&v);
                     }
                     add_counter(mt, "chunks", -removed)?;
                     add_counter(mt, "chunk_bytes", -raw_bytes)?;
@@ -116,6 +132,8 @@ impl Index {
                 })?;
                 Ok(())
             })?;
+            self.written
+                .fetch_add(slice.len() as u64, Ordering::Relaxed);
         }
         self.write(|| {
             (&self.packs, &self.meta, &self.pack_gc).transaction(|(pt, mt, gt)| {
@@ -139,12 +157,10 @@ impl Index {
     pub(crate) fn chunks_in_pack(&self, pack: &PackId) -> Result<Vec<ChunkId>> {
         self.run(|| {
             let mut out = Vec::new();
-            for kv in self.chunks.iter() {
-                let (k, v) = kv?;
-                if v.get(..32) == Some(&pack.0[..]) {
-                    if let Some(id) = ChunkId::from_slice(&k) {
-                        out.push(id);
-                    }
+            for e in self.entries() {
+                let (k, v) = e?;
+                if v[..32] == pack.0[..] {
+                    out.push(ChunkId(k));
                 }
             }
             Ok(out)
