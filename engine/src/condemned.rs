@@ -121,31 +121,41 @@ pub(crate) fn read(objects: &dyn ObjectStore) -> Result<Option<(Condemned, Versi
 /// collector can no longer delete anything — the GC lease was released,
 /// taken by a later collector (which publishes its own set before it
 /// deletes), or expired more than the default clock skew ago by this
-/// process's clock (a collector checks its lease before every deletion, so
-/// it stopped). A set a dead collector left thus stops holding writers off
-/// once its lease runs out.
+/// process's clock (a collector renews before its lease lapses and stops
+/// when it cannot). A set a dead collector left thus stops holding writers
+/// off once its lease runs out. The lease is read first: while no collector
+/// holds it, a set is not even parsed (a damaged one blocks nobody).
 pub(crate) fn in_force(objects: &dyn ObjectStore) -> Result<Option<Condemned>> {
+    let skew = LeaseOptions::default().max_clock_skew.as_millis() as u64;
+    let lease = match Lease::read(objects, GC_LEASE) {
+        Ok(Some(l)) if !l.released && now_ms() <= l.expires_ms.saturating_add(skew) => Some(l),
+        Ok(_) => return Ok(None),
+        // A lease object that does not parse: someone may hold it.
+        Err(e @ Error::Io { .. }) => return Err(e),
+        Err(_) => None,
+    };
     let Some((set, _)) = read(objects)? else {
         return Ok(None);
     };
-    let lease = Lease::read(objects, GC_LEASE)?;
-    let skew = LeaseOptions::default().max_clock_skew.as_millis() as u64;
     match lease {
-        Some(l)
-            if !l.released
-                && l.token == set.token
-                && now_ms() <= l.expires_ms.saturating_add(skew) =>
-        {
-            Ok(Some(set))
-        }
-        _ => {
+        Some(l) if l.token != set.token => {
             tracing::debug!(
                 token = set.token,
                 "the condemned set's collector no longer holds the lease; ignoring it"
             );
             Ok(None)
         }
+        _ => Ok(Some(set)),
     }
+}
+
+/// The version of the condemned set, whether or not it parses (a collector
+/// replaces it).
+pub(crate) fn version(objects: &dyn ObjectStore) -> Result<Option<Version>> {
+    Ok(objects
+        .get_versioned(CONDEMNED)
+        .map_err(|e| io(objects, "read", e))?
+        .map(|(_, v)| v))
 }
 
 /// Publishes a collector's condemned set, replacing one a dead collector

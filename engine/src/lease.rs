@@ -236,8 +236,20 @@ impl Lease {
 
     /// Extends the lease by its time to live from now. Fails with
     /// [`Error::LeaseLost`] when another process took it over (it had
-    /// expired) or it was released; the holder must then stop.
+    /// expired) or it was released, or when it lapsed before this call
+    /// (others may have counted it expired); the holder must then stop.
     pub fn renew(&mut self) -> Result<()> {
+        // Once it lapsed, others may have counted it expired (a collector's
+        // condemned set is void for writers then): a late renewal is a loss.
+        if self.remaining().is_zero() {
+            return Err(Error::LeaseLost {
+                object: self.objects.describe(&self.key),
+                detail: format!(
+                    "it lapsed ({} ms without a renewal) before this renewal",
+                    self.sent.elapsed().as_millis()
+                ),
+            });
+        }
         let sent = Instant::now();
         let now = now_ms();
         let mut record = self.record.clone();

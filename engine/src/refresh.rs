@@ -11,13 +11,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
 use crate::format::decode_ref;
+use crate::ids::FileId;
 use crate::paths::{file_of_key, is_ref_key, pack_of_key, ref_key, PACKS, RECIPES, REFS};
 use crate::remote::{discover_file, discover_packs, has_file, io_err, parallel};
 use crate::report::{CatchUpReason, Problem, RepairReport};
 use crate::storage::{Listed, ObjectStore, PutMode, Version};
 
-/// What the last listing of refs saw: `<key> <version>` per line
-/// (node-local: the `node/` prefix).
+/// What the last listing of refs saw: `<key> <version> <file id>` per
+/// line (node-local: the `node/` prefix). A ref is read again unless both
+/// its listed version and this node's index entry are what was seen: a
+/// version alone (an S3 ETag, the MD5 of the bytes) comes back when a ref
+/// is set back to a file it named before, while this node's index may have
+/// changed meanwhile (its own delete).
 const REFS_SEEN: &str = "node/refs-seen";
 /// When the last [`refresh`] finished: milliseconds since the epoch.
 const REFRESHED: &str = "node/refreshed";
@@ -152,9 +157,15 @@ fn stray(key: &str) -> Problem {
 fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
     let objects = core.objects.as_ref();
     let seen = load_seen(core);
+    let indexed: HashMap<String, FileId> = core
+        .index
+        .refs_with_prefix("")?
+        .into_iter()
+        .map(|(name, file)| (ref_key(&name), file))
+        .collect();
     let listed = list(objects, REFS)?;
     rep.listed += listed.len() as u64;
-    let mut now_seen: HashMap<String, Version> = HashMap::new();
+    let mut now_seen: HashMap<String, (Version, FileId)> = HashMap::new();
     let mut todo: Vec<String> = Vec::new();
     let mut present: HashSet<String> = HashSet::new();
     for l in listed {
@@ -163,9 +174,9 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
             continue;
         }
         present.insert(l.key.clone());
-        match (&l.version, seen.get(&l.key)) {
-            (Some(v), Some(s)) if v == s => {
-                now_seen.insert(l.key, v.clone());
+        match (&l.version, seen.get(&l.key), indexed.get(&l.key)) {
+            (Some(v), Some((sv, sf)), Some(f)) if v == sv && sf == f => {
+                now_seen.insert(l.key, (v.clone(), *f));
             }
             _ => todo.push(l.key),
         }
@@ -210,7 +221,7 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
             core.index.set_ref(&name, file)?;
             rep.refs_updated += 1;
         }
-        now_seen.insert(key.clone(), version);
+        now_seen.insert(key.clone(), (version, file));
     }
     // Refs the index holds whose objects are gone: deleted by another node
     // (confirmed by a read, since a ref may have been set since the listing).
@@ -232,23 +243,33 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
     save_seen(core, &now_seen)
 }
 
-fn load_seen(core: &Core) -> HashMap<String, Version> {
+fn load_seen(core: &Core) -> HashMap<String, (Version, FileId)> {
     let Ok(b) = core.objects.get(REFS_SEEN) else {
         return HashMap::new();
     };
+    // Lines of another shape (older engines wrote no file id) are dropped:
+    // those refs are read again.
     String::from_utf8_lossy(&b)
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(k, v)| (k.to_string(), Version(v.to_string())))
+        .filter_map(|l| {
+            let mut it = l.split(' ');
+            let (k, v, f) = (it.next()?, it.next()?, it.next()?);
+            Some((
+                k.to_string(),
+                (Version(v.to_string()), FileId::from_hex(f)?),
+            ))
+        })
         .collect()
 }
 
-fn save_seen(core: &Core, seen: &HashMap<String, Version>) -> Result<()> {
+fn save_seen(core: &Core, seen: &HashMap<String, (Version, FileId)>) -> Result<()> {
     let mut text = String::new();
-    for (k, v) in seen {
+    for (k, (v, f)) in seen {
         text.push_str(k);
         text.push(' ');
         text.push_str(&v.0);
+        text.push(' ');
+        text.push_str(&f.to_hex());
         text.push('\n');
     }
     let objects = core.objects.as_ref();
@@ -259,7 +280,7 @@ fn save_seen(core: &Core, seen: &HashMap<String, Version>) -> Result<()> {
 
 /// Makes the next refresh read every ref (after the index may have lost
 /// writes).
-fn forget_seen_refs(core: &Core) -> Result<()> {
+pub(crate) fn forget_seen_refs(core: &Core) -> Result<()> {
     let objects = core.objects.as_ref();
     match objects.delete(REFS_SEEN) {
         Ok(()) => Ok(()),

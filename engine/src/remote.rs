@@ -338,8 +338,19 @@ pub(crate) fn publish_recipe(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(objects, "read recipe", &key, e)),
     };
+    // A recipe object kept as it is gets written again all the same: its
+    // `Last-Modified` is the file's age to a collector on a shared store
+    // (§10.6), and a file stored again must start its grace period again.
+    let touch = |b: &[u8]| {
+        objects
+            .put(&key, b, PutMode::Replace)
+            .map_err(|e| io_err(objects, "write recipe", &key, e))
+    };
     match current {
-        Some(cur) if cur == bytes && !renew => return Ok((false, bytes)),
+        Some(cur) if cur == bytes && !renew => {
+            touch(&bytes)?;
+            return Ok((false, bytes));
+        }
         Some(cur) if !renew => {
             if let Ok(r) = Recipe::decode(*file, &cur) {
                 let packs: Vec<PackId> = r.terms.iter().map(|t| t.pack).collect();
@@ -347,7 +358,8 @@ pub(crate) fn publish_recipe(
                 discover_packs(core, &packs, &mut problems)?;
                 match problems.first() {
                     None if adopt(file, &packs.iter().copied().collect())? => {
-                        return Ok((false, cur))
+                        touch(&cur)?;
+                        return Ok((false, cur));
                     }
                     None => tracing::info!(file = %file,
                         "the stored recipe names a pack a GC condemned or deleted; replacing it"),

@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::time::{Instant, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::cache::lock;
 use crate::condemned::{self, Condemned, CondemnedRecord};
@@ -110,13 +112,30 @@ fn run(
         )));
     }
     let objects = core.objects.clone();
-    let mut lease = Lease::acquire(
+    let lease = Lease::acquire(
         objects.clone(),
         GC_LEASE,
         &Lease::default_holder(),
         opts.lease,
     )?;
-    let r = two_phases(core, opts, &mut lease, progress, between);
+    let held = Held {
+        lease: Mutex::new(lease),
+        lost: AtomicBool::new(false),
+        margin: opts.lease.ttl / 3,
+    };
+    // The lease is renewed every quarter of its time to live for the whole
+    // run, whatever step is slow (a survey of many recipes, a wait for the
+    // gate, a repack's copy); a renewal that fails, or comes after the
+    // lease lapsed, ends the run before its next destructive step.
+    let stop = AtomicBool::new(false);
+    let r = std::thread::scope(|s| {
+        let beat = s.spawn(|| held.heartbeat(&stop, opts.lease.ttl / 4));
+        let r = two_phases(core, opts, &held, progress, between);
+        stop.store(true, Ordering::SeqCst);
+        let _ = beat.join();
+        r
+    });
+    let lease = held.lease.into_inner().unwrap_or_else(|p| p.into_inner());
     match (r, lease.release()) {
         (Ok(rep), Ok(())) => Ok(rep),
         (Ok(rep), Err(e)) => {
@@ -128,17 +147,55 @@ fn run(
     }
 }
 
+/// The GC lease, kept renewed by a heartbeat thread.
+struct Held {
+    lease: Mutex<Lease>,
+    /// A renewal failed or came too late: the run must stop.
+    lost: AtomicBool,
+    /// The longest one step (a batch of deletions, a publication) may take
+    /// while the lease is counted on.
+    margin: Duration,
+}
+
+impl Held {
+    fn heartbeat(&self, stop: &AtomicBool, every: Duration) {
+        let mut last = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            if last.elapsed() < every {
+                continue;
+            }
+            last = Instant::now();
+            if let Err(e) = lock(&self.lease).renew() {
+                tracing::error!(error = %e, "the GC lease could not be renewed; the collection stops");
+                self.lost.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    /// Ok while the lease is certainly held for the next step.
+    fn check(&self) -> Result<()> {
+        let lease = lock(&self.lease);
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::LeaseLost {
+                object: GC_LEASE.into(),
+                detail: "a renewal failed or came after the lease lapsed; nothing more is deleted"
+                    .into(),
+            });
+        }
+        lease.check(self.margin)
+    }
+}
+
 fn two_phases(
     core: &Core,
     opts: &GcOptions,
-    lease: &mut Lease,
+    held: &Held,
     progress: &mut dyn FnMut(&str, u64, u64),
     between: &mut Between<'_>,
 ) -> Result<GcReport> {
     let objects = core.objects.as_ref();
-    // The longest one step (a survey, a batch of deletions) may take while
-    // the lease is counted on.
-    let margin = opts.lease.ttl / 3;
     // 1. Mark from the bucket.
     let ages = survey(core, progress)?;
     let first = {
@@ -147,8 +204,9 @@ fn two_phases(
     };
     let before = first.report.stored_bytes_before;
     let mut extra = between(core, &first, progress)?;
+    let token = lock(&held.lease).token();
     let mut condemned = Condemned {
-        token: lease.token(),
+        token,
         files: first.journal.files.iter().map(|(f, _)| *f).collect(),
         packs: first.journal.packs.iter().copied().collect(),
     };
@@ -160,33 +218,32 @@ fn two_phases(
         return Ok(rep);
     }
     // 2. Publish what is condemned (replacing a set a dead collector left).
-    lease.renew()?;
-    let previous = condemned::read(objects).ok().flatten().map(|(_, v)| v);
-    condemned::publish(objects, &record(lease, opts, &condemned), previous.as_ref())?;
+    held.check()?;
+    let previous = condemned::version(objects)?;
+    let rec = record(&lock(&held.lease), opts, &condemned);
+    condemned::publish(objects, &rec, previous.as_ref())?;
     tracing::info!(
         files = condemned.files.len(),
         packs = condemned.packs.len(),
         window_ms = opts.writer_window.as_millis() as u64,
         "published the condemned set; waiting the writer window"
     );
-    // 3. The writer window, renewing the lease.
+    // 3. The writer window (the heartbeat renews the lease).
     progress("writer window", 0, 1);
     let end = Instant::now() + opts.writer_window;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        std::thread::sleep(left.min(opts.lease.ttl / 4));
-        lease.renew()?;
+    while Instant::now() < end {
+        std::thread::sleep(
+            end.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200)),
+        );
+        held.check()?;
     }
     // 4. Mark again; delete only what is condemned and still dead.
     let ages = survey(core, progress)?;
-    lease.renew()?;
-    lease.check(margin)?;
     let second = {
         let _gate = core.gate.exclusive(opts.wait)?;
         let second = gc::collect(core, opts, &ages, Some(&condemned), progress)?;
+        held.check()?;
         let live: Vec<(PackId, u64)> = second.live.iter().map(|p| (p.id, p.live_bytes)).collect();
         core.poison_on(core.index.set_live_bytes(&live))?;
         // No journal object: a deletion cut short leaves objects the next
@@ -196,11 +253,9 @@ fn two_phases(
         second
     };
     progress("delete", 0, 1);
-    gc::delete_objects(core, &second.journal, &mut || {
-        lease.renew()?;
-        lease.check(margin)
-    })?;
+    gc::delete_objects(core, &second.journal, &mut || held.check())?;
     // 5. Done: writers may name anything again.
+    held.check()?;
     condemned::remove(objects)?;
     let mut rep = second.report;
     rep.stored_bytes_before = before;
@@ -251,20 +306,25 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
             files.insert(f, ms(l.modified));
         }
     }
+    // Every ref is read again (not only those whose version changed): the
+    // mark must see the bucket's refs as they are.
+    refresh::forget_seen_refs(core)?;
     let r = refresh::refresh(core)?;
     for p in &r.problems {
         tracing::warn!(object = %p.object, "survey: {}", p.detail);
     }
-    // Every recipe as the bucket holds it now.
+    // Every recipe as the bucket holds it now. One that cannot be read
+    // stops the collection (§10.5): marking without it could delete what it
+    // names.
     let listed: Vec<FileId> = files.keys().copied().collect();
-    for (f, r) in listed
-        .iter()
-        .zip(parallel(&listed, |f| reload_file(core, f)))
-    {
-        match r {
-            Ok(_) => {}
-            Err(e @ Error::Io { .. }) => return Err(e),
-            Err(e) => tracing::warn!(file = %f, error = %e, "survey: rereading the recipe failed"),
+    let reread = parallel(&listed, |f| reload_file(core, f));
+    for (f, r) in listed.iter().zip(reread) {
+        r?;
+        if !core.index.has_file(f)? && exists(core, &recipe_key(f))? {
+            return Err(Error::Busy(format!(
+                "gc stopped: the recipe of file {f} in the store does not decode; \
+                 run `tessera verify` and repair it first"
+            )));
         }
     }
     // What the index holds that the bucket no longer does (confirmed one by

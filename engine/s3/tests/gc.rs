@@ -399,3 +399,132 @@ fn a_condemned_set_holds_writers_only_while_its_collector_holds_the_lease() {
         .expect("a released lease voids the set");
     a.store.close().expect("close");
 }
+
+/// Found by review: refs-seen versions are content ETags. A node that
+/// deletes a ref itself changes its index, not refs-seen; when another node
+/// writes the ref back to the same bytes (the same ETag), a refresh that
+/// trusted the version alone skipped it, and the collector marked without
+/// it. Now a refresh also compares the index, and a collector rereads every
+/// ref.
+#[test]
+fn a_ref_set_back_to_the_same_bytes_is_seen_by_the_collector() {
+    let Some(t) = s3_target("a_ref_set_back_to_the_same_bytes_is_seen_by_the_collector") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-review-aba");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    let data = tessera_synth::noise(1_500_000, 77);
+    let f = a.store.put_bytes(&data, &["m/r"]).expect("put").file_id;
+    // a's refresh records the ref's version (its ETag) in node/refs-seen.
+    a.store.refresh().expect("refresh");
+    // a deletes the ref (index and bucket; refs-seen untouched) ...
+    a.store.delete_ref("m/r").expect("delete ref");
+    // ... and b puts it back, naming the same file: same bytes, same ETag.
+    b.store.set_ref("m/r", f).expect("b sets the ref again");
+    assert_eq!(a.store.read_ref_file("m/r").expect("ref file"), Some(f));
+    // a collects: the bucket's ref names f, so nothing may be deleted.
+    let rep = a
+        .store
+        .gc(&gc_opts(Duration::from_millis(800)))
+        .expect("gc");
+    let keys = a.s3.list("").expect("list");
+    assert!(
+        keys.contains(&recipe_key(&f)),
+        "the recipe of a file the bucket's ref m/r names was deleted: {rep:?}"
+    );
+    let d = node(t, &url, &tmp.path().join("d"), false);
+    assert_eq!(read_all(&d.store, &f), data);
+    for n in [a, b, d] {
+        n.store.close().expect("close");
+    }
+}
+
+/// Found by review: a file stored again whose recipe object was already in
+/// the bucket with the same bytes was not rewritten, so its age stayed the
+/// old object's `Last-Modified` and a collection right after the put
+/// deleted it inside the grace period. Now the recipe is written again.
+#[test]
+fn a_file_stored_again_starts_its_grace_period_again() {
+    let Some(t) = s3_target("a_file_stored_again_starts_its_grace_period_again") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-review-age");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    let data = tessera_synth::noise(1_500_000, 78);
+    let f = a.store.put_bytes(&data, &["m/old"]).expect("put").file_id;
+    a.store.delete_ref("m/old").expect("delete ref");
+    std::thread::sleep(Duration::from_secs(5));
+    // b stores the same bytes now (no ref yet: it sets one a little later,
+    // well within the grace period).
+    let again = b.store.put_bytes(&data, &[]).expect("put again");
+    assert_eq!(again.file_id, f);
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    let mut opts = gc_opts(Duration::from_millis(800));
+    opts.grace = Duration::from_secs(3);
+    let rep = c.store.gc(&opts).expect("gc");
+    // b stored f less than a grace period ago: it must still be there.
+    let r = b.store.set_ref("m/new", f);
+    assert!(
+        r.is_ok(),
+        "a file b stored just before the gc (grace {:?}) was collected: {r:?}; {rep:?}",
+        opts.grace
+    );
+    for n in [a, b, c] {
+        n.store.close().expect("close");
+    }
+}
+
+/// Found by review: writers void a condemned set once the collector's lease
+/// expired (plus the skew); a collector whose second mark waited for its
+/// node's gate (a local ingest held it) past the lease's expiry renewed it
+/// late and deleted what a writer had named meanwhile. Now a heartbeat
+/// renews the lease through every step and a late renewal stops the run:
+/// the writer stays refused throughout, and nothing it named is deleted.
+#[test]
+fn the_collectors_lease_stays_renewed_while_it_waits() {
+    let Some(t) = s3_target("the_collectors_lease_stays_renewed_while_it_waits") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-review-lapse");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let b = node(t, &url, &tmp.path().join("b"), false);
+    let dead = tessera_synth::noise(1_200_000, 79);
+    let d = a.store.put_bytes(&dead, &["m/dead"]).expect("put").file_id;
+    assert_eq!(read_all(&b.store, &d), dead);
+    a.store.delete_ref("m/dead").expect("delete ref");
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    let cs = c.store.clone();
+    let collector = std::thread::spawn(move || cs.gc(&gc_opts(Duration::from_secs(3))));
+    wait_for(&a.s3, CONDEMNED);
+    // An ingest on the collector's node (a server taking an upload) holds
+    // the gate; the collector's second mark waits for it.
+    let ing = c.store.ingest();
+    // The collector's heartbeat keeps its lease (ttl 8 s) renewed while it
+    // waits, so the set stays in force past the lease's time to live and
+    // the writers' skew (the default, 60 s): b is refused all along.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(72) {
+        match b.store.set_ref("m/revived", d) {
+            Err(Error::Busy(m)) => assert!(m.contains("condemned"), "{m}"),
+            other => panic!(
+                "a ref named a condemned file after {:?}: {other:?}",
+                t0.elapsed()
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    drop(ing);
+    let rep = collector.join().expect("collector thread").expect("gc");
+    assert_eq!(rep.dead_files, 1, "{rep:?}");
+    assert!(b
+        .store
+        .read_ref_file("m/revived")
+        .expect("ref file")
+        .is_none());
+    assert!(matches!(b.store.set_ref("m/revived", d), Err(e) if e.is_not_found()));
+}

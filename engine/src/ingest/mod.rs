@@ -359,6 +359,7 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
         let bytes = recipe.encode();
         let key = recipe_key(&recipe.file);
         let mut new_bytes = f.new_bytes;
+        let mut check_done: Option<WriterCheck> = None;
         let (written, bytes) = if core.objects.shared() {
             // Nothing it names may be condemned or gone (spec §10.6) — its
             // own new packs included: a pack this ingest built can be
@@ -376,6 +377,7 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
                 });
             let r = core.poison_on(r)?;
             check.still_valid(core)?;
+            check_done = Some(check);
             r
         } else {
             // The recipe object must say exactly what the index will say.
@@ -403,10 +405,14 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
         // After the recipe: a description never outlives its file (one
         // missing after a crash is recomputed when asked for). A file stored
         // already has one: re-ingesting it writes nothing.
+        // Each publication within the writer check's time (spec §10.6).
+        let in_time = || check_done.as_ref().map_or(Ok(()), |c| c.still_valid(core));
         if let (true, Some(m)) = (written, &f.model) {
+            in_time()?;
             core.poison_on(models::write(core, &recipe.file, m))?;
         }
         for r in &f.refs {
+            in_time()?;
             core.poison_on(refs::write_file(core, r, &recipe.file))?;
         }
         let report = PutReport {
