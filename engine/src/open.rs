@@ -112,9 +112,10 @@ pub(crate) fn open(
     // A deletion a crash interrupted is finished before anything else looks
     // at the objects: a catch-up would otherwise index (or heal) what it was
     // deleting (spec §10.5).
-    // On a shared store only the holder of the GC lease may finish one
-    // (spec §10.6), and this engine runs no GC there: a journal left by a
-    // single-process GC over the same bucket stays, named in the log.
+    // On a shared store no node finishes one at open (spec §10.6): a
+    // journal left by a single-process GC over the same bucket stays, named
+    // in the log, until a collector (which marks everything again) removes
+    // it.
     if core.objects.shared() {
         let objects = core.objects.as_ref();
         if objects.exists(GC_JOURNAL).unwrap_or(false) {

@@ -315,13 +315,15 @@ pub(crate) fn retry_stale<T>(core: &Core, file: &FileId, op: impl Fn() -> Result
 /// is one `adopt` turns down (given the file and the packs the recipe names:
 /// a GC condemned the recipe or one of its packs, spec §10.6) — a recipe
 /// object `adopt` turns down for the file alone is replaced even when it
-/// holds our bytes, so its age starts again.
+/// holds our bytes, so its age starts again (as is one kept for a file
+/// stored without a ref, `unnamed`).
 pub(crate) fn publish_recipe(
     core: &Core,
     file: &FileId,
     bytes: Vec<u8>,
     probably_stored: bool,
     adopt: &dyn Fn(&FileId, &HashSet<PackId>) -> Result<bool>,
+    unnamed: bool,
 ) -> Result<(bool, Vec<u8>)> {
     let objects = core.objects.as_ref();
     let key = recipe_key(file);
@@ -338,10 +340,15 @@ pub(crate) fn publish_recipe(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(objects, "read recipe", &key, e)),
     };
-    // A recipe object kept as it is gets written again all the same: its
-    // `Last-Modified` is the file's age to a collector on a shared store
-    // (§10.6), and a file stored again must start its grace period again.
+    // A recipe object kept as it is gets written again all the same when
+    // the file is stored without a ref (`unnamed`): its `Last-Modified` is
+    // the file's age to a collector on a shared store (§10.6), and only the
+    // grace period protects an unnamed file. (A ref written within the
+    // writer check's time protects a named one.)
     let touch = |b: &[u8]| {
+        if !unnamed {
+            return Ok(());
+        }
         objects
             .put(&key, b, PutMode::Replace)
             .map_err(|e| io_err(objects, "write recipe", &key, e))

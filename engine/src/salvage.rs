@@ -21,14 +21,40 @@ use crate::ids::{ChunkId, FileId, PackId};
 use crate::index::PackInfo;
 use crate::inventory;
 use crate::layout::Layout;
+use crate::lease::{Lease, LeaseOptions, GC_LEASE};
 use crate::pack::PackBuilder;
 use crate::paths::{damaged_key, pack_key, recipe_key};
 use crate::report::RepairReport;
 use crate::storage::{ObjectStore, PutMode, ReadHandle};
 
 /// Salvages every pack on storage the index does not hold (those a catch-up
-/// could not open), then rebuilds the recipes that name missing packs.
+/// could not open), then rebuilds the recipes that name missing packs. On
+/// a shared store it holds the GC lease meanwhile (spec §10.6): it rewrites
+/// recipes, which must not race a collector's deletions.
 pub(crate) fn salvage(core: &Core, rep: &mut RepairReport) -> Result<()> {
+    if !core.objects.shared() {
+        return salvage_with(core, rep, &mut || Ok(()));
+    }
+    let mut lease = Lease::acquire(
+        core.objects.clone(),
+        GC_LEASE,
+        &Lease::default_holder(),
+        LeaseOptions::default(),
+    )?;
+    let r = salvage_with(core, rep, &mut || lease.renew());
+    if let Err(e) = lease.release() {
+        tracing::warn!(error = %e, "releasing the GC lease after repair failed");
+    }
+    r
+}
+
+/// [`salvage`], calling `keep` (which renews a held lease) before each
+/// step that writes.
+fn salvage_with(
+    core: &Core,
+    rep: &mut RepairReport,
+    keep: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let objects = core.objects.as_ref();
     let indexed: HashSet<PackId> = core
         .index
@@ -43,9 +69,11 @@ pub(crate) fn salvage(core: &Core, rep: &mut RepairReport) -> Result<()> {
             if objects.shared() && crate::remote::discover_pack(core, &id).is_ok() {
                 continue;
             }
+            keep()?;
             salvage_pack(core, id, rep)?;
         }
     }
+    keep()?;
     relocate_recipes(core, rep)
 }
 

@@ -371,10 +371,14 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             // Another node may hold the same file: see `remote`. A recipe
             // object the GC condemned is replaced, not adopted.
             let known = core.index.has_file(&recipe.file)?;
-            let r =
-                crate::remote::publish_recipe(core, &recipe.file, bytes, known, &|file, packs| {
-                    Ok(!check.file_condemned(file) && check.packs(core, packs).is_ok())
-                });
+            let r = crate::remote::publish_recipe(
+                core,
+                &recipe.file,
+                bytes,
+                known,
+                &|file, packs| Ok(!check.file_condemned(file) && check.packs(core, packs).is_ok()),
+                f.refs.is_empty(),
+            );
             let r = core.poison_on(r)?;
             check.still_valid(core)?;
             check_done = Some(check);
