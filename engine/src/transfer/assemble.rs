@@ -43,6 +43,11 @@ use crate::refs;
 /// a few in flight stay well under it.
 const HOLD_BYTES: u64 = 64 << 20;
 
+/// The output is fsync'd in the background each time this much more of it
+/// has been written, so that its writeback overlaps the download and the
+/// fsync at the end has little left to do.
+const SYNC_EVERY: u64 = 64 << 20;
+
 /// A file being assembled from a download (see the module docs): made by
 /// [`crate::Store::assemble`], fed with [`Assembly::add`] (from any number
 /// of threads), completed by [`Assembly::finish`]. Dropped unfinished, it
@@ -50,6 +55,7 @@ const HOLD_BYTES: u64 = 64 << 20;
 pub struct Assembly {
     shared: Arc<Shared>,
     hasher: Option<JoinHandle<Result<Hashed>>>,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Assembly {
@@ -76,7 +82,10 @@ struct Shared {
     /// At most this many bytes held ([`HOLD_BYTES`]; tests set less).
     hold: AtomicU64,
     state: Mutex<State>,
+    /// Signals the hashing thread (a chunk arrived, or the end).
     changed: Condvar,
+    /// Signals the fsync thread (more written, or the end).
+    to_sync: Condvar,
 }
 
 #[derive(Default)]
@@ -95,6 +104,13 @@ struct State {
     closed: bool,
     /// Dropped unfinished: the hashing thread stops.
     abandoned: bool,
+    /// Bytes written to the output, and as many when the last background
+    /// fsync was asked for.
+    written: u64,
+    sync_asked: u64,
+    /// A background fsync's error (reported by `finish`: Linux reports a
+    /// writeback error to one fsync only).
+    sync_error: Option<std::io::Error>,
 }
 
 impl Assembly {
@@ -144,16 +160,26 @@ impl Assembly {
             hold: AtomicU64::new(HOLD_BYTES),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            to_sync: Condvar::new(),
         });
         let sh = shared.clone();
         let hasher = std::thread::Builder::new()
             .name("tessera-assemble".into())
             .spawn(move || sh.hash_in_order())
             .map_err(|e| Error::io("start a thread", "the assembly's SHA-256", e))?;
-        Ok(Assembly {
+        let mut a = Assembly {
             shared,
             hasher: Some(hasher),
-        })
+            syncer: None,
+        };
+        let sh = a.shared.clone();
+        a.syncer = Some(
+            std::thread::Builder::new()
+                .name("tessera-assemble-sync".into())
+                .spawn(move || sh.sync_in_background())
+                .map_err(|e| Error::io("start a thread", "the assembly's fsync", e))?,
+        );
+        Ok(a)
     }
 
     /// The file being assembled.
@@ -195,6 +221,7 @@ impl Assembly {
                 sh.write_at(raw, i)?;
             }
             let mut st = lock(&sh.state);
+            sh.wrote(&mut st, raw.len() as u64 * positions.len() as u64);
             if !st.arrived.insert(e.id) {
                 continue;
             }
@@ -225,6 +252,14 @@ impl Assembly {
         }
         lock(&sh.state).closed = true;
         sh.changed.notify_all();
+        sh.to_sync.notify_all();
+        if let Some(h) = self.syncer.take() {
+            h.join()
+                .map_err(|_| Error::Bug("the assembly's fsync thread panicked".into()))?;
+        }
+        if let Some(e) = lock(&sh.state).sync_error.take() {
+            return Err(Error::io("sync the assembled file", "the output", e));
+        }
         let hashed = match self.hasher.take() {
             Some(h) => h.join().unwrap_or_else(|_| {
                 Err(Error::Bug("the assembly's SHA-256 thread panicked".into()))
@@ -264,9 +299,13 @@ impl Assembly {
 
 impl Drop for Assembly {
     fn drop(&mut self) {
+        lock(&self.shared.state).abandoned = true;
+        self.shared.changed.notify_all();
+        self.shared.to_sync.notify_all();
         if let Some(h) = self.hasher.take() {
-            lock(&self.shared.state).abandoned = true;
-            self.shared.changed.notify_all();
+            let _ = h.join();
+        }
+        if let Some(h) = self.syncer.take() {
             let _ = h.join();
         }
     }
@@ -277,6 +316,37 @@ impl Shared {
         Error::Rejected {
             what: format!("file {}", self.file),
             reason,
+        }
+    }
+
+    /// Counts `n` more bytes written, and asks for a background fsync
+    /// every [`SYNC_EVERY`].
+    fn wrote(&self, st: &mut State, n: u64) {
+        st.written += n;
+        if st.written - st.sync_asked >= SYNC_EVERY {
+            st.sync_asked = st.written;
+            self.to_sync.notify_one();
+        }
+    }
+
+    /// The fsync thread: the output's data made durable in the background
+    /// as it is written, until the end.
+    fn sync_in_background(&self) {
+        let mut done = 0u64;
+        loop {
+            let mut st = lock(&self.state);
+            while st.sync_asked == done && !st.closed && !st.abandoned {
+                st = self.to_sync.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.closed || st.abandoned {
+                return;
+            }
+            done = st.sync_asked;
+            drop(st);
+            if let Err(e) = self.out.sync_data() {
+                lock(&self.state).sync_error.get_or_insert(e);
+                return;
+            }
         }
     }
 
@@ -308,6 +378,7 @@ impl Shared {
                 }
                 let raw = self.read_stored(id, *len)?;
                 self.write_at(&raw, i)?;
+                self.wrote(&mut lock(&self.state), raw.len() as u64);
                 raw
             };
             sha.update(&raw);
