@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use reqwest::{Method, StatusCode};
 use tessera::{verify_fetched, Assembly, Fetch, FileId, PackId, Reconstruction, Sha256, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::{Client, ClientError, ClientResult, Progress};
 
@@ -520,6 +520,27 @@ async fn download_range(
     if have == len {
         return Ok(buf.freeze());
     }
+    // Appended to from blocking tasks, the received pieces handed over as
+    // they are (no copy into a tokio buffer).
+    let file = Arc::new(file.into_std().await);
+    let append = |pieces: Vec<Bytes>, sync: bool| {
+        let (file, part) = (file.clone(), part.to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut f: &std::fs::File = &file;
+                for p in &pieces {
+                    f.write_all(p)?;
+                }
+                if sync {
+                    f.sync_data()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?
+            .map_err(|e| ClientError::io(&part, e))
+        }
+    };
     let (url, generation) = sh.url_for(&f.pack).await?;
     let (from, to) = (f.start + have, f.end - 1);
     let stall = sh.client.options().stall_timeout;
@@ -563,6 +584,7 @@ async fn download_range(
         )));
     }
     let mut pending = 0usize;
+    let mut pieces: Vec<Bytes> = Vec::new();
     let mut last_sync = Instant::now();
     let result: Result<(), RangeFail> = async {
         loop {
@@ -605,13 +627,12 @@ async fn download_range(
             sh.downloaded
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             sh.progress.advance(chunk.len() as u64);
+            pieces.push(chunk);
             if pending >= WRITE_EVERY {
-                let at = buf.len() - pending;
-                file.write_all(&buf[at..]).await.map_err(io)?;
-                file.flush().await.map_err(io)?;
+                let sync = last_sync.elapsed() >= SYNC_EVERY;
+                append(std::mem::take(&mut pieces), sync).await?;
                 pending = 0;
-                if last_sync.elapsed() >= SYNC_EVERY {
-                    file.sync_data().await.map_err(io)?;
+                if sync {
                     last_sync = Instant::now();
                 }
             }
@@ -619,14 +640,10 @@ async fn download_range(
         Ok(())
     }
     .await;
-    // Whatever arrived is kept for the next attempt, even on failure.
-    if pending > 0 {
-        let at = buf.len() - pending;
-        file.write_all(&buf[at..]).await.map_err(io)?;
-        file.flush().await.map_err(io)?;
-    }
-    if result.is_err() {
-        file.sync_data().await.map_err(io)?;
+    // Whatever arrived is kept for the next attempt, even on failure
+    // (then made durable).
+    if pending > 0 || result.is_err() {
+        append(pieces, result.is_err()).await?;
     }
     result?;
     if buf.len() as u64 != len {
