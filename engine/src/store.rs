@@ -25,7 +25,7 @@ use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
 use crate::shared_gc;
 use crate::storage::{DirStore, ObjectStore};
-use crate::transfer::{self, AdmitReport, DownloadPlan, Reconstruction, VerifiedChunks};
+use crate::transfer::{self, AdmitReport, Assembly, DownloadPlan, Reconstruction, VerifiedChunks};
 use crate::verify::{self, VerifyOptions, VerifyReport};
 use crate::{open, refs};
 
@@ -485,6 +485,24 @@ impl Store {
     /// Returns how many were new.
     pub fn admit_chunks(&self, chunks: &VerifiedChunks) -> Result<u64> {
         transfer::admit_chunks(&self.core, chunks)
+    }
+
+    /// Starts assembling the file of `rec` (a whole-file reconstruction from
+    /// another store) into `out` as its chunks arrive, in any order, from a
+    /// download `plan` made by [`Store::plan_download`] for it: each batch of
+    /// verified chunks given to [`Assembly::add`] is admitted into this store
+    /// and written to `out` at its offsets, the chunks this store already
+    /// held are read from it, and the file's SHA-256 is computed in file
+    /// order as the bytes come. [`Assembly::finish`] then registers the file
+    /// without reading a chunk back, and only if its SHA-256 is the one
+    /// `rec` names. `out` is cut or extended to the file's size first.
+    pub fn assemble(
+        &self,
+        rec: &Reconstruction,
+        plan: &DownloadPlan,
+        out: std::fs::File,
+    ) -> Result<Assembly> {
+        Assembly::new(self.core.clone(), rec, plan, out)
     }
 
     /// Registers a file from its chunk list, only when every chunk is

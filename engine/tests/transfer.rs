@@ -6,10 +6,12 @@
 mod common;
 
 use std::io::Read;
+use std::path::Path;
 
 use bytes::Bytes;
 use common::{dir_bytes, noise, opts};
-use tessera::{verify_fetched, ChunkId, Error, FileId, Reconstruction, Store};
+use sha2::Digest;
+use tessera::{verify_fetched, ChunkId, Error, FileId, PutReport, Reconstruction, Sha256, Store};
 use tessera_synth::{DType, ModelSpec};
 
 fn model(spec: &ModelSpec) -> Vec<u8> {
@@ -243,4 +245,177 @@ fn tampered_downloads_are_caught() {
     let json = serde_json::to_string(&rec).expect("json");
     let back: Reconstruction = serde_json::from_str(&json).expect("parse");
     assert_eq!(back, rec);
+}
+
+/// Pulls the file of `rec` from `server` into `client` through an
+/// assembly writing `out`: small requests, added in reverse order (the
+/// worst order for hashing in file order) from `threads` threads at once,
+/// holding at most `hold` bytes when given.
+fn assemble(
+    server: &Store,
+    client: &Store,
+    rec: &Reconstruction,
+    out: &Path,
+    threads: usize,
+    hold: Option<u64>,
+) -> tessera::Result<PutReport> {
+    let plan = client.plan_download(rec, 0, 256 << 10).expect("plan");
+    let file = std::fs::File::create(out).expect("create output");
+    let a = client.assemble(rec, &plan, file)?;
+    if let Some(h) = hold {
+        a.set_hold_bytes(h);
+    }
+    let fetches: Vec<_> = plan.fetches.iter().rev().collect();
+    let per = fetches.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = fetches
+            .chunks(per)
+            .map(|part| {
+                let a = &a;
+                s.spawn(move || -> tessera::Result<()> {
+                    for f in part {
+                        let (body, _) = server.pack_range(&f.pack, f.start, f.len())?;
+                        a.add(&verify_fetched(f, &body)?)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().expect("adding thread")?;
+        }
+        Ok::<(), Error>(())
+    })?;
+    let read_back = a.chunks_read_back();
+    let rep = a.finish(&[])?;
+    if hold == Some(0) {
+        assert!(read_back > 0, "nothing was read back");
+    }
+    Ok(rep)
+}
+
+/// The output and the client's copy of `file` are `want`, and the client
+/// registered it with its true SHA-256.
+fn assert_assembled(client: &Store, file: &FileId, out: &Path, want: &[u8], rep: &PutReport) {
+    let sha = Sha256(sha2::Sha256::digest(want).into());
+    assert_eq!(
+        (rep.file_id, rep.sha256, rep.size),
+        (*file, sha, want.len() as u64)
+    );
+    assert!(
+        std::fs::read(out).expect("read output") == want,
+        "the output differs"
+    );
+    assert_eq!(client.info(file).expect("registered").sha256, sha);
+    let stored = client.read(file).expect("open").read_all().expect("read");
+    assert!(stored == want, "the registered file differs");
+}
+
+#[test]
+fn an_assembled_pull_writes_and_registers_the_file_without_reading_it_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Store::open(tmp.path().join("server"), opts()).expect("server");
+    let client = Store::open(tmp.path().join("client"), opts()).expect("client");
+    let base = ModelSpec::base(8, 6 << 20, DType::BF16);
+    let (tuned, _) = base.finetune(9, 0.10);
+    let (v1, v2) = (model(&base), model(&tuned));
+    // A file holding the same chunks more than once.
+    let (a, b) = (noise(400_000, 1), noise(300_000, 2));
+    let repeats = [&a[..], &b[..], &a[..], &a[..], &b[..]].concat();
+    let id1 = server.put_bytes(&v1, &[]).expect("v1").file_id;
+    let id2 = server.put_bytes(&v2, &[]).expect("v2").file_id;
+    let idr = server.put_bytes(&repeats, &[]).expect("repeats").file_id;
+    let out = tmp.path().join("out");
+
+    // v1 into an empty store, added from three threads in reverse order.
+    let rec1 = server.reconstruction(&id1, None).expect("rec");
+    let rep = assemble(&server, &client, &rec1, &out, 3, None).expect("v1");
+    assert_assembled(&client, &id1, &out, &v1, &rep);
+    assert!(rep.new_file);
+
+    // v2 with v1 local: the chunks the store held are read from it (and
+    // written out) by the assembly itself.
+    let rec2 = server.reconstruction(&id2, None).expect("rec");
+    let plan = client.plan_download(&rec2, 0, 256 << 10).expect("plan");
+    assert!(plan.reused_chunks > 0 && plan.fetch_chunks > 0);
+    let rep = assemble(&server, &client, &rec2, &out, 1, None).expect("v2");
+    assert_assembled(&client, &id2, &out, &v2, &rep);
+
+    // Repeated chunks, nothing held: every chunk not waited for is read
+    // back from the store to be hashed.
+    let recr = server.reconstruction(&idr, None).expect("rec");
+    let rep = assemble(&server, &client, &recr, &out, 2, Some(0)).expect("repeats");
+    assert_assembled(&client, &idr, &out, &repeats, &rep);
+
+    // Into a store that holds the file already (another pull got there
+    // first): only the output is new. A longer output is cut to size.
+    std::fs::write(&out, vec![7u8; v1.len() + 1000]).expect("write");
+    let plan = client.plan_download(&rec1, 0, 256 << 10).expect("plan");
+    assert!(plan.fetches.is_empty());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&out)
+        .expect("open");
+    let a = client.assemble(&rec1, &plan, file).expect("assemble");
+    let rep = a.finish(&["pulled/v1"]).expect("finish");
+    assert_assembled(&client, &id1, &out, &v1, &rep);
+    assert!(!rep.new_file);
+    assert_eq!(client.resolve("pulled/v1").expect("ref"), id1);
+}
+
+#[test]
+fn an_assembly_refuses_a_sha256_other_than_its_contents_and_registers_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Store::open(tmp.path().join("server"), opts()).expect("server");
+    let client = Store::open(tmp.path().join("client"), opts()).expect("client");
+    let data = noise(900_000, 3);
+    let id = server.put_bytes(&data, &[]).expect("put").file_id;
+    let rec = server.reconstruction(&id, None).expect("rec");
+    let out = tmp.path().join("out");
+
+    // A reconstruction naming another SHA-256 (its chunk list, and so the
+    // file id, intact): the content is verified, the SHA-256 is not its.
+    let mut lying = rec.clone();
+    lying.sha256 = Sha256([0x5a; 32]);
+    lying.check().expect("the chunk list still checks");
+    match assemble(&server, &client, &lying, &out, 2, None) {
+        Err(Error::Rejected { reason, .. }) => {
+            assert!(reason.contains("hashes to sha256"), "{reason}")
+        }
+        other => panic!("a wrong sha256 was not refused: {other:?}"),
+    }
+    assert!(!client.contains(&id).expect("contains"));
+    assert!(client.info(&id).is_err());
+
+    // The refused run admitted its verified chunks: assembled again, the
+    // file needs no fetch and is registered with its true SHA-256.
+    let plan = client.plan_download(&rec, 0, 64 << 10).expect("plan");
+    assert!(plan.fetches.is_empty());
+    let file = std::fs::File::create(&out).expect("create");
+    let a = client.assemble(&rec, &plan, file).expect("assemble");
+    let rep = a.finish(&[]).expect("all chunks stored");
+    assert_assembled(&client, &id, &out, &data, &rep);
+
+    // A chunk never added: refused, nothing registered.
+    let other = noise(500_000, 4);
+    let ido = server.put_bytes(&other, &[]).expect("put").file_id;
+    let reco = server.reconstruction(&ido, None).expect("rec");
+    let plan = client.plan_download(&reco, 0, 64 << 10).expect("plan");
+    assert!(plan.fetches.len() > 1);
+    let file = std::fs::File::create(&out).expect("create");
+    let a = client.assemble(&reco, &plan, file).expect("assemble");
+    let f = &plan.fetches[0];
+    let (body, _) = server.pack_range(&f.pack, f.start, f.len()).expect("range");
+    a.add(&verify_fetched(f, &body).expect("verify"))
+        .expect("add");
+    assert!(
+        a.finish(&[]).is_err(),
+        "an assembly missing chunks finished"
+    );
+    assert!(!client.contains(&ido).expect("contains"));
+
+    // Only a whole file is assembled.
+    let part = server.reconstruction(&ido, Some((10, 1000))).expect("rec");
+    let file = std::fs::File::create(&out).expect("create");
+    assert!(client.assemble(&part, &plan, file).is_err());
 }

@@ -30,6 +30,21 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// CPU seconds (user, system) this process has used, from /proc (Linux);
+/// zero elsewhere.
+fn cpu_secs() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and
+    // stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let tick = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    (tick(11), tick(12))
+}
+
 fn open(dir: &Path) -> Store {
     Store::open(
         dir,
@@ -269,11 +284,12 @@ fn main() {
         let c = Client::new(&s.url, ClientOptions::default()).expect("client");
         let local = open(&root.join("big"));
         let out = root.join("big.bin");
-        let t = Instant::now();
+        let (t, cpu0) = (Instant::now(), cpu_secs());
         let r = pull(&c, &local, &idb.to_hex(), &out, Arc::new(NoProgress))
             .await
             .expect("pull big");
         let secs = t.elapsed().as_secs_f64();
+        let cpu1 = cpu_secs();
         println!(
             "4. pull of a new {} MiB file: {secs:.2} s, {:.0} MB/s end to end (every chunk verified, admitted durably into the local store, registered, output written and fsync'd), {} bytes downloaded in {} requests",
             size >> 20,
@@ -282,11 +298,16 @@ fn main() {
             r.requests
         );
         println!(
-            "   phases: fetch+verify+admit {:.2} s ({:.0} MB/s of file bytes), register + output written (one read-back pass: SHA-256, model sniff, write) {:.2} s, fsync + rename {:.2} s",
+            "   phases: fetch+verify+admit+write (SHA-256 and model sniff in order alongside) {:.2} s ({:.0} MB/s of file bytes), SHA-256 tail + register with the output's fsync {:.2} s, rename {:.2} s",
             r.download_secs,
             size as f64 / 1e6 / r.download_secs,
             r.register_secs,
             r.write_secs
+        );
+        println!(
+            "   CPU (client and server, one process): {:.2} s user, {:.2} s system",
+            cpu1.0 - cpu0.0,
+            cpu1.1 - cpu0.1
         );
         s.stop().await;
     });

@@ -56,6 +56,11 @@ async fn pull_moves_what_v2_adds_and_push_sends_only_new_chunks() {
     .expect("pull v1");
     assert_eq!(r1.file_id, id1);
     assert!(std::fs::read(out.join("v1.bin")).expect("read") == v1);
+    // Registered locally as it was assembled, with its true SHA-256.
+    let want_sha = server_store.info(&id1).expect("info").sha256;
+    assert_eq!(r1.sha256, want_sha);
+    assert_eq!(local.info(&id1).expect("registered").sha256, want_sha);
+    assert!(local.read(&id1).expect("open").read_all().expect("read") == v1);
     assert!(r1.bytes_downloaded > v1.len() as u64 / 2);
     assert_eq!(r1.bytes_reused, 0);
     assert!(

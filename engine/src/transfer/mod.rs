@@ -8,7 +8,8 @@
 //! client sends is trusted until it is verified; a refused upload leaves
 //! nothing behind.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +23,9 @@ use crate::pack::PackReader;
 use crate::paths::pack_key;
 use crate::read::layout;
 
+mod assemble;
 mod upload;
+pub use assemble::Assembly;
 pub use upload::AdmitReport;
 pub(crate) use upload::{
     admit_chunks, admit_pack, chunk_list, export_pack, missing_chunks, register_file,
@@ -274,7 +277,7 @@ impl Fetch {
 /// What a download of a reconstruction into a local store needs.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct DownloadPlan {
-    /// The requests to make, by pack and offset.
+    /// The requests to make, in the file order of their first chunks.
     pub fetches: Vec<Fetch>,
     /// Distinct chunks already in the local store.
     pub reused_chunks: u64,
@@ -289,6 +292,9 @@ pub struct DownloadPlan {
 /// Plans the download of `rec` into the store `local`: every distinct chunk
 /// the local store lacks is fetched, once; records of one pack less than
 /// `gap` bytes apart share a request, up to `max_request` bytes per request.
+/// The requests are in the order of the file position of their first
+/// chunk, so that a client fetching a few at a time receives the file about
+/// in order (an [`Assembly`] hashes it in order as it arrives).
 pub(crate) fn plan_download(
     local: &Core,
     rec: &Reconstruction,
@@ -296,12 +302,14 @@ pub(crate) fn plan_download(
     max_request: u64,
 ) -> Result<DownloadPlan> {
     let mut plan = DownloadPlan::default();
-    let mut seen = HashSet::new();
+    // Each distinct chunk and where it first is in the file.
+    let mut first_at: HashMap<ChunkId, usize> = HashMap::new();
     let mut wanted: BTreeMap<PackId, Vec<ReconChunk>> = BTreeMap::new();
-    for (t, c) in rec.chunks() {
-        if !seen.insert(c.id) {
-            continue;
-        }
+    for (i, (t, c)) in rec.chunks().enumerate() {
+        match first_at.entry(c.id) {
+            Entry::Occupied(_) => continue,
+            Entry::Vacant(v) => v.insert(i),
+        };
         if local.index.chunk(&c.id)?.is_some() {
             plan.reused_chunks += 1;
             plan.reused_bytes += u64::from(c.len);
@@ -337,34 +345,49 @@ pub(crate) fn plan_download(
         }
         plan.fetches.extend(cur);
     }
+    plan.fetches.sort_by_key(|f| {
+        f.chunks
+            .iter()
+            .filter_map(|c| first_at.get(&c.id).copied())
+            .min()
+    });
     plan.fetch_bytes = plan.fetches.iter().map(Fetch::len).sum();
     Ok(plan)
 }
 
 /// Chunk records that were checked against their ids, ready to be admitted
-/// into a store ([`crate::Store::admit_chunks`]).
+/// into a store ([`crate::Store::admit_chunks`], [`Assembly::add`]), with
+/// the raw bytes the check decoded. Only [`verify_fetched`] makes them (and
+/// [`VerifiedChunks::extend`] joins them), so holding one means every chunk
+/// in it was verified.
 #[derive(Clone, Debug, Default)]
-pub struct VerifiedChunks(pub(crate) Vec<(ChunkEntry, Bytes)>);
+pub struct VerifiedChunks {
+    /// The records as stored: table entry and stored (encoded) bytes.
+    pub(crate) records: Vec<(ChunkEntry, Bytes)>,
+    /// Each record's raw (decoded) bytes, which hash to its id.
+    pub(crate) raw: Vec<Bytes>,
+}
 
 impl VerifiedChunks {
     /// Number of chunks.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.records.len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.records.is_empty()
     }
 
     /// Their raw bytes.
     pub fn raw_bytes(&self) -> u64 {
-        self.0.iter().map(|(e, _)| u64::from(e.raw_len)).sum()
+        self.records.iter().map(|(e, _)| u64::from(e.raw_len)).sum()
     }
 
     /// Appends another set.
     pub fn extend(&mut self, other: VerifiedChunks) {
-        self.0.extend(other.0);
+        self.records.extend(other.records);
+        self.raw.extend(other.raw);
     }
 }
 
@@ -388,7 +411,8 @@ pub fn verify_fetched(fetch: &Fetch, body: &Bytes) -> Result<VerifiedChunks> {
             reason: format!("{} bytes received, {} expected", body.len(), fetch.len()),
         });
     }
-    let mut out = Vec::with_capacity(fetch.chunks.len());
+    let mut records = Vec::with_capacity(fetch.chunks.len());
+    let mut raws = Vec::with_capacity(fetch.chunks.len());
     for c in &fetch.chunks {
         let at = (c.offset - fetch.start) as usize;
         let header = body
@@ -408,9 +432,10 @@ pub fn verify_fetched(fetch: &Fetch, body: &Bytes) -> Result<VerifiedChunks> {
         if ChunkId::of(&raw) != c.id {
             return Err(bad(c, "content does not hash to the chunk id".into()));
         }
-        out.push((e, stored));
+        records.push((e, stored));
+        raws.push(raw);
     }
-    Ok(VerifiedChunks(out))
+    Ok(VerifiedChunks { records, raw: raws })
 }
 
 /// Reads `len` bytes of a pack at `offset`, exactly as stored (what a

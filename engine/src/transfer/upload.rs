@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rayon::prelude::*;
 use sha2::Digest;
-use tessera_model::{Limits, Sniffer};
+use tessera_model::{Limits, ModelInfo, Sniffer};
 
 use super::VerifiedChunks;
 use crate::codec::decode_chunk;
@@ -132,7 +132,7 @@ pub(crate) fn admit_pack(core: &Core, claimed: PackId, bytes: Bytes) -> Result<A
 /// Admits chunks fetched and verified by [`verify_fetched`] into the store
 /// (durably, when this returns). Returns how many were new.
 pub(crate) fn admit_chunks(core: &Core, chunks: &VerifiedChunks) -> Result<u64> {
-    for (e, stored) in &chunks.0 {
+    for (e, stored) in &chunks.records {
         // Re-verify: the records may not come from verify_fetched.
         let raw = decode_chunk(stored, e.compression, e.raw_len).map_err(|d| Error::Rejected {
             what: format!("chunk {}", e.id),
@@ -145,7 +145,7 @@ pub(crate) fn admit_chunks(core: &Core, chunks: &VerifiedChunks) -> Result<u64> 
             });
         }
     }
-    Ok(admit_encoded(core, &chunks.0)?.0)
+    Ok(admit_encoded(core, &chunks.records)?.0)
 }
 
 /// A pack of the given chunks as they are stored locally (their records
@@ -223,19 +223,7 @@ pub(crate) fn register_file(
             let locs = chunk_locations(core, chunks, &reject)?;
             stream_chunks(core, chunks, &locs, |raw| write_out(out, raw))?;
         }
-        let mut reports = publish_files(
-            core,
-            vec![NewRecipe {
-                recipe: existing,
-                refs: ref_names.iter().map(|s| s.to_string()).collect(),
-                new_chunks: 0,
-                new_bytes: 0,
-                model: None,
-            }],
-        )?;
-        return reports
-            .pop()
-            .ok_or_else(|| Error::Bug("publishing one file reported none".into()));
+        return publish_one(core, existing, ref_names, None);
     }
     let locs = chunk_locations(core, chunks, &reject)?;
     // The content's SHA-256 (what git-lfs pointers name files by) is
@@ -253,8 +241,46 @@ pub(crate) fn register_file(
             None => Ok(()),
         }
     })?;
-    let sha = Sha256(sha.finalize().into());
-    let model = sniffer.finish(size);
+    let hashed = Hashed {
+        sha256: Sha256(sha.finalize().into()),
+        model: sniffer.finish(size),
+    };
+    register_hashed(
+        core,
+        file,
+        size,
+        chunks,
+        &locs,
+        hashed,
+        claimed_sha256,
+        ref_names,
+    )
+}
+
+/// What was learnt from a file's verified bytes read in order.
+pub(super) struct Hashed {
+    /// Its SHA-256.
+    pub(super) sha256: Sha256,
+    /// Its model description.
+    pub(super) model: ModelInfo,
+}
+
+/// The end of registering a file new to the store whose bytes were read
+/// (verified, in order) into `hashed`, its chunks stored at `locs`: the
+/// store's pickle policy, the claimed SHA-256, then the recipe and refs.
+/// The caller holds the GC gate and checked the chunk list against `file`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn register_hashed(
+    core: &Core,
+    file: FileId,
+    size: u64,
+    chunks: &[(ChunkId, u32)],
+    locs: &[(PackId, u32)],
+    hashed: Hashed,
+    claimed_sha256: Option<Sha256>,
+    ref_names: &[&str],
+) -> Result<PutReport> {
+    let Hashed { sha256: sha, model } = hashed;
     let policy = core.opts.pickle_policy;
     if let Err(v) = policy.check(&model) {
         return Err(Error::Refused {
@@ -264,17 +290,28 @@ pub(crate) fn register_file(
         });
     }
     if claimed_sha256.is_some_and(|c| c != sha) {
-        return Err(reject(format!(
-            "its content hashes to sha256 {sha}, not the one claimed"
-        )));
+        return Err(Error::Rejected {
+            what: format!("file {file}"),
+            reason: format!("its content hashes to sha256 {sha}, not the one claimed"),
+        });
     }
     let recipe = Recipe {
         file,
         sha256: sha,
         size,
-        terms: terms_for(chunks, &locs),
+        terms: terms_for(chunks, locs),
         chunks: chunks.to_vec(),
     };
+    publish_one(core, recipe, ref_names, Some(model))
+}
+
+/// Publishes one file's recipe and refs.
+pub(super) fn publish_one(
+    core: &Core,
+    recipe: Recipe,
+    ref_names: &[&str],
+    model: Option<ModelInfo>,
+) -> Result<PutReport> {
     let mut reports = publish_files(
         core,
         vec![NewRecipe {
@@ -282,7 +319,7 @@ pub(crate) fn register_file(
             refs: ref_names.iter().map(|s| s.to_string()).collect(),
             new_chunks: 0,
             new_bytes: 0,
-            model: Some(model),
+            model,
         }],
     )?;
     reports
@@ -292,7 +329,7 @@ pub(crate) fn register_file(
 
 /// Where each of `chunks` is stored; a chunk that is missing or of another
 /// length refuses the registration.
-fn chunk_locations(
+pub(super) fn chunk_locations(
     core: &Core,
     chunks: &[(ChunkId, u32)],
     reject: &dyn Fn(String) -> Error,

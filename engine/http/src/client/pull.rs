@@ -12,6 +12,14 @@
 //! bytes, which never change (packs are named by their content), so they
 //! stay valid across runs, URLs and server restarts; what they hold is
 //! verified like everything else before it is kept.
+//!
+//! The output is assembled as the ranges complete ([`Store::assemble`]):
+//! each verified chunk is admitted into the store and written to a temp
+//! file in the download directory at its offsets, while the file's SHA-256
+//! is computed in file order; once the last range is in, the file is
+//! registered locally (only if its SHA-256 is the one the server named) as
+//! the temp file is fsync'd, and the temp file is renamed over the output.
+//! No chunk is read back.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -23,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use reqwest::{Method, StatusCode};
-use tessera::{verify_fetched, ChunkId, Fetch, FileId, PackId, Reconstruction, Sha256, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tessera::{verify_fetched, Assembly, Fetch, FileId, PackId, Reconstruction, Sha256, Store};
+use tokio::io::AsyncReadExt;
 
 use super::{Client, ClientError, ClientResult, Progress};
 
@@ -67,20 +75,19 @@ pub struct PullReport {
     pub retries: u64,
     /// Where the file was written.
     pub output: String,
-    /// Seconds spent fetching, verifying and admitting chunks.
+    /// Seconds spent fetching, verifying and admitting chunks, and writing
+    /// them to the output as they arrive (its SHA-256 computed meanwhile).
     pub download_secs: f64,
-    /// Seconds spent registering the file locally: reading every chunk
-    /// back (verified), computing its SHA-256 and writing the output in the
-    /// same pass.
+    /// Seconds spent after the last range came in: the SHA-256 catching
+    /// up, then registering the file locally while the output is fsync'd.
     pub register_secs: f64,
-    /// Seconds spent making the output durable (fsync, rename); for a file
-    /// the store held already, writing it from the store as well.
+    /// Seconds spent putting the output in place (rename); for a file the
+    /// store held already, writing it from the store and fsync'ing it.
     pub write_secs: f64,
 }
 
 struct Shared {
     client: Client,
-    store: Store,
     name: String,
     file: FileId,
     dir: PathBuf,
@@ -111,11 +118,7 @@ pub(crate) fn download_dir(output: &Path) -> ClientResult<PathBuf> {
     let name = output.file_name().ok_or_else(|| {
         ClientError::Usage(format!("output {}: not a file name", output.display()))
     })?;
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok(parent.join(format!(".{}.tessera-pull", name.to_string_lossy())))
+    Ok(parent_of(output).join(format!(".{}.tessera-pull", name.to_string_lossy())))
 }
 
 /// Pulls file `name` (a file id, `sha256:…`, or a ref) from the server into
@@ -139,7 +142,6 @@ pub async fn pull(
     check_reconstruction(&rec, name, &rec_url)?;
     let shared = Arc::new(Shared {
         client: client.clone(),
-        store: store.clone(),
         name: name.to_string(),
         file: rec.file_id,
         dir: dir.clone(),
@@ -171,56 +173,46 @@ pub async fn pull(
         register_secs: 0.0,
         write_secs: 0.0,
     };
-    if !have_file {
+    let assembled = if have_file {
+        None
+    } else {
         let c = client.options();
         let (st, r, gap, max) = (store.clone(), rec.clone(), c.gap, c.max_request);
         let plan = blocking(move || st.plan_download(&r, gap, max)).await?;
         report.bytes_reused = plan.reused_bytes;
         report.chunks_reused = plan.reused_chunks;
         report.chunks_downloaded = plan.fetch_chunks;
-        if !plan.fetches.is_empty() {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| ClientError::io(&dir, e))?;
-        }
+        // The part files and the output being assembled.
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| ClientError::io(&dir, e))?;
+        let out = TempOutput::in_dir(output, &dir);
+        let file = out.file()?;
         let parts = existing_parts(&dir).await?;
+        let (st, r, p) = (store.clone(), rec.clone(), plan.clone());
+        let assembly = Arc::new(blocking(move || st.assemble(&r, &p, file)).await?);
         let fetches = split_at_parts(plan.fetches, &parts);
         progress.start("download", plan.fetch_bytes);
         let t0 = Instant::now();
         let resumed = Arc::new(AtomicU64::new(0));
         futures_util::stream::iter(fetches.into_iter().map(Ok))
             .try_for_each_concurrent(c.parallel.max(1), |f| {
-                let (sh, resumed) = (shared.clone(), resumed.clone());
-                async move { fetch_one(&sh, f, &resumed).await }
+                let (sh, resumed, a) = (shared.clone(), resumed.clone(), assembly.clone());
+                async move { fetch_one(&sh, &a, f, &resumed).await }
             })
             .await?;
         progress.finish();
         report.download_secs = t0.elapsed().as_secs_f64();
         report.bytes_resumed = resumed.load(Ordering::Relaxed);
-    }
-    // The output is written to a temp file beside it: in the registering
-    // pass for a file new to the store, from the store otherwise.
-    let out = TempOutput::create(output)?;
-    let mut file = out.file()?;
-    progress.start("write", rec.size);
-    if !have_file {
+        // Every range is in: the SHA-256 must be the one the server named
+        // before the file is registered and the output fsync'd.
         let t0 = Instant::now();
-        // Register the file locally: its SHA-256 is computed from the
-        // verified chunks and must be the one the server named; the same
-        // pass writes the output.
-        let (st, r, p) = (store.clone(), rec.clone(), progress.clone());
-        let registered = tokio::task::spawn_blocking(move || {
-            let chunks: Vec<(ChunkId, u32)> = r.chunks().map(|(_, c)| (c.id, c.len)).collect();
-            let mut sink = Counted {
-                inner: &mut file,
-                progress: p.as_ref(),
-            };
-            st.register_file_writing(r.file_id, r.size, &chunks, Some(r.sha256), &[], &mut sink)
-                .map(|_| file)
-        })
-        .await
-        .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
-        file = registered.map_err(|e| match e {
+        let assembly = Arc::into_inner(assembly)
+            .ok_or_else(|| ClientError::Usage("the assembly is still in use".into()))?;
+        let registered = tokio::task::spawn_blocking(move || assembly.finish(&[]))
+            .await
+            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
+        let put = registered.map_err(|e| match e {
             e @ tessera::Error::Rejected { .. } => ClientError::Protocol {
                 url: rec_url.clone(),
                 detail: format!("the server's reconstruction does not hold up: {e}"),
@@ -228,10 +220,16 @@ pub async fn pull(
             e => ClientError::Engine(e),
         })?;
         report.register_secs = t0.elapsed().as_secs_f64();
-    }
+        Some((put.sha256, out))
+    };
     let t0 = Instant::now();
-    let (st, id) = (store.clone(), rec.file_id);
-    let sha = blocking(move || Ok(st.info(&id)?.sha256)).await?;
+    let sha = match &assembled {
+        Some((sha, _)) => *sha,
+        None => {
+            let (st, id) = (store.clone(), rec.file_id);
+            blocking(move || Ok(st.info(&id)?.sha256)).await?
+        }
+    };
     if let Some(want) = asked_sha256(name) {
         if want != sha {
             return Err(ClientError::Protocol {
@@ -243,16 +241,22 @@ pub async fn pull(
         }
     }
     report.sha256 = sha;
-    let (st, p) = (store.clone(), progress.clone());
-    tokio::task::spawn_blocking(move || {
-        if have_file {
+    let (st, id, p) = (store.clone(), rec.file_id, progress.clone());
+    let output = output.to_path_buf();
+    tokio::task::spawn_blocking(move || match assembled {
+        // Assembled, fsync'd: put in place.
+        Some((_, out)) => out.finish_synced(),
+        None => {
+            let out = TempOutput::create(&output);
+            let mut file = out.file()?;
+            p.start("write", rec.size);
             copy_from_store(&st, &id, &mut file, &out.tmp, p.as_ref())?;
+            p.finish();
+            out.finish(file)
         }
-        out.finish(file)
     })
     .await
     .map_err(|e| ClientError::Usage(format!("writing the output failed: {e}")))??;
-    progress.finish();
     report.write_secs = t0.elapsed().as_secs_f64();
     if tokio::fs::metadata(&dir).await.is_ok() {
         tokio::fs::remove_dir_all(&dir)
@@ -404,8 +408,14 @@ impl Shared {
     }
 }
 
-/// One planned range: download (resuming), verify, admit; retried.
-async fn fetch_one(sh: &Shared, f: Fetch, resumed: &AtomicU64) -> ClientResult<()> {
+/// One planned range: download (resuming), verify, add to the assembly
+/// (admitted into the store, written to the output); retried.
+async fn fetch_one(
+    sh: &Shared,
+    assembly: &Arc<Assembly>,
+    f: Fetch,
+    resumed: &AtomicU64,
+) -> ClientResult<()> {
     let part = sh.dir.join(format!("{}-{}.part", f.pack, f.start));
     let opts = sh.client.options();
     let (mut attempt, mut refreshes, mut refetched) = (0u32, 0u32, false);
@@ -413,14 +423,16 @@ async fn fetch_one(sh: &Shared, f: Fetch, resumed: &AtomicU64) -> ClientResult<(
         let first = attempt == 0 && refreshes == 0 && !refetched;
         match download_range(sh, &f, &part, first.then_some(resumed)).await {
             Ok(bytes) => {
-                let f2 = f.clone();
-                let verified = tokio::task::spawn_blocking(move || verify_fetched(&f2, &bytes))
-                    .await
-                    .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
+                let (f2, a) = (f.clone(), assembly.clone());
+                // Verified, then added (the outer result is the check's).
+                let verified = tokio::task::spawn_blocking(move || {
+                    verify_fetched(&f2, &bytes).map(|chunks| a.add(&chunks))
+                })
+                .await
+                .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
                 match verified {
-                    Ok(chunks) => {
-                        let st = sh.store.clone();
-                        blocking(move || st.admit_chunks(&chunks)).await?;
+                    Ok(added) => {
+                        added.map_err(ClientError::Engine)?;
                         remove_part(&part).await?;
                         return Ok(());
                     }
@@ -508,6 +520,27 @@ async fn download_range(
     if have == len {
         return Ok(buf.freeze());
     }
+    // Appended to from blocking tasks, the received pieces handed over as
+    // they are (no copy into a tokio buffer).
+    let file = Arc::new(file.into_std().await);
+    let append = |pieces: Vec<Bytes>, sync: bool| {
+        let (file, part) = (file.clone(), part.to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut f: &std::fs::File = &file;
+                for p in &pieces {
+                    f.write_all(p)?;
+                }
+                if sync {
+                    f.sync_data()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?
+            .map_err(|e| ClientError::io(&part, e))
+        }
+    };
     let (url, generation) = sh.url_for(&f.pack).await?;
     let (from, to) = (f.start + have, f.end - 1);
     let stall = sh.client.options().stall_timeout;
@@ -551,6 +584,7 @@ async fn download_range(
         )));
     }
     let mut pending = 0usize;
+    let mut pieces: Vec<Bytes> = Vec::new();
     let mut last_sync = Instant::now();
     let result: Result<(), RangeFail> = async {
         loop {
@@ -593,13 +627,12 @@ async fn download_range(
             sh.downloaded
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             sh.progress.advance(chunk.len() as u64);
+            pieces.push(chunk);
             if pending >= WRITE_EVERY {
-                let at = buf.len() - pending;
-                file.write_all(&buf[at..]).await.map_err(io)?;
-                file.flush().await.map_err(io)?;
+                let sync = last_sync.elapsed() >= SYNC_EVERY;
+                append(std::mem::take(&mut pieces), sync).await?;
                 pending = 0;
-                if last_sync.elapsed() >= SYNC_EVERY {
-                    file.sync_data().await.map_err(io)?;
+                if sync {
                     last_sync = Instant::now();
                 }
             }
@@ -607,14 +640,10 @@ async fn download_range(
         Ok(())
     }
     .await;
-    // Whatever arrived is kept for the next attempt, even on failure.
-    if pending > 0 {
-        let at = buf.len() - pending;
-        file.write_all(&buf[at..]).await.map_err(io)?;
-        file.flush().await.map_err(io)?;
-    }
-    if result.is_err() {
-        file.sync_data().await.map_err(io)?;
+    // Whatever arrived is kept for the next attempt, even on failure
+    // (then made durable).
+    if pending > 0 || result.is_err() {
+        append(pieces, result.is_err()).await?;
     }
     result?;
     if buf.len() as u64 != len {
@@ -638,22 +667,29 @@ struct TempOutput {
 }
 
 impl TempOutput {
-    fn create(output: &Path) -> ClientResult<TempOutput> {
-        let parent = match output.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+    fn create(output: &Path) -> TempOutput {
         let name = output
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let parent = parent_of(output);
         let tmp = parent.join(format!(".{name}.tessera-tmp-{}", std::process::id()));
-        Ok(TempOutput {
+        TempOutput::at(tmp, output)
+    }
+
+    /// A temp file in the download directory `dir` (beside the output):
+    /// what a killed run leaves of it goes with that directory.
+    fn in_dir(output: &Path, dir: &Path) -> TempOutput {
+        TempOutput::at(dir.join("output.tmp"), output)
+    }
+
+    fn at(tmp: PathBuf, output: &Path) -> TempOutput {
+        TempOutput {
             tmp,
             output: output.to_path_buf(),
-            parent,
+            parent: parent_of(output),
             done: false,
-        })
+        }
     }
 
     /// The temp file, created empty.
@@ -662,9 +698,14 @@ impl TempOutput {
     }
 
     /// Makes `file` durable and puts it in place.
-    fn finish(mut self, file: std::fs::File) -> ClientResult<()> {
+    fn finish(self, file: std::fs::File) -> ClientResult<()> {
         file.sync_all().map_err(|e| ClientError::io(&self.tmp, e))?;
         drop(file);
+        self.finish_synced()
+    }
+
+    /// Puts the temp file, durable already, in place.
+    fn finish_synced(mut self) -> ClientResult<()> {
         std::fs::rename(&self.tmp, &self.output).map_err(|e| ClientError::io(&self.output, e))?;
         self.done = true;
         if let Ok(d) = std::fs::File::open(&self.parent) {
@@ -682,21 +723,11 @@ impl Drop for TempOutput {
     }
 }
 
-/// A writer that advances a progress bar by what it writes.
-struct Counted<'a, W> {
-    inner: W,
-    progress: &'a dyn Progress,
-}
-
-impl<W: Write> Write for Counted<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+/// The directory of `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -725,7 +756,7 @@ fn copy_from_store(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera::ReconChunk;
+    use tessera::{ChunkId, ReconChunk};
 
     fn chunk(offset: u64, len: u64) -> ReconChunk {
         ReconChunk {
