@@ -516,33 +516,7 @@ impl Store {
         claimed_sha256: Option<Sha256>,
         refs: &[&str],
     ) -> Result<PutReport> {
-        transfer::register_file(&self.core, file, size, chunks, claimed_sha256, refs, None)
-    }
-
-    /// [`Store::register_file`] that also writes the file's bytes to `out`
-    /// in the same pass, as they are read from the store (verified) and
-    /// hashed: a client that pulled the chunks writes its output without
-    /// reading them a second time. `out` has every byte of the file when
-    /// this returns `Ok`; on an error it may hold some, and the caller
-    /// discards it.
-    pub fn register_file_writing(
-        &self,
-        file: FileId,
-        size: u64,
-        chunks: &[(ChunkId, u32)],
-        claimed_sha256: Option<Sha256>,
-        refs: &[&str],
-        out: &mut (dyn std::io::Write + Send),
-    ) -> Result<PutReport> {
-        transfer::register_file(
-            &self.core,
-            file,
-            size,
-            chunks,
-            claimed_sha256,
-            refs,
-            Some(out),
-        )
+        transfer::register_file(&self.core, file, size, chunks, claimed_sha256, refs)
     }
 
     /// `len` bytes at `offset` of a pack as stored, and the pack's size

@@ -34,14 +34,13 @@ fn pull(server: &Store, client: &Store, file: &FileId, gap: u64) -> (u64, usize)
         client.admit_chunks(&chunks).expect("admit");
     }
     let chunks: Vec<(ChunkId, u32)> = rec.chunks().map(|(_, c)| (c.id, c.len)).collect();
-    // Registering writes the file's bytes in the same pass.
-    let mut out = Vec::new();
     let rep = client
-        .register_file_writing(*file, rec.size, &chunks, Some(rec.sha256), &[], &mut out)
+        .register_file(*file, rec.size, &chunks, Some(rec.sha256), &[])
         .expect("register");
     assert_eq!(rep.file_id, *file);
     let want = server.read(file).expect("open").read_all().expect("read");
-    assert!(out == want, "register_file_writing wrote other bytes");
+    let got = client.read(file).expect("open").read_all().expect("read");
+    assert!(got == want, "the registered file reads other bytes");
     (fetched, plan.fetches.len())
 }
 
@@ -207,15 +206,11 @@ fn hostile_uploads_are_refused_and_leave_nothing_behind() {
         .register_file(id, data.len() as u64, &list, None, &["x"])
         .expect("register");
     assert!(server.read(&id).expect("open").read_all().expect("read") == data);
-    // Registering a stored file again (a new ref) writes its bytes too.
-    let mut again = Vec::new();
-    server
-        .register_file_writing(id, data.len() as u64, &list, None, &["y"], &mut again)
+    // Registering a stored file again only adds the ref.
+    let again = server
+        .register_file(id, data.len() as u64, &list, None, &["y"])
         .expect("register again");
-    assert!(
-        again == data,
-        "a stored file's registration wrote other bytes"
-    );
+    assert_eq!((again.file_id, again.new_chunks), (id, 0));
     assert_eq!(server.resolve("y").expect("ref y"), id);
 }
 

@@ -4,7 +4,6 @@
 //! chunk is stored.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -184,7 +183,6 @@ pub(crate) fn register_file(
     chunks: &[(ChunkId, u32)],
     claimed_sha256: Option<Sha256>,
     ref_names: &[&str],
-    mut sink: Option<&mut (dyn Write + Send)>,
 ) -> Result<PutReport> {
     core.check_poison()?;
     for r in ref_names {
@@ -219,10 +217,6 @@ pub(crate) fn register_file(
                 existing.sha256
             )));
         }
-        if let Some(out) = sink {
-            let locs = chunk_locations(core, chunks, &reject)?;
-            stream_chunks(core, chunks, &locs, |raw| write_out(out, raw))?;
-        }
         return publish_one(core, existing, ref_names, None);
     }
     let locs = chunk_locations(core, chunks, &reject)?;
@@ -236,10 +230,7 @@ pub(crate) fn register_file(
     stream_chunks(core, chunks, &locs, |raw| {
         sha.update(raw);
         sniffer.feed(raw);
-        match sink.as_deref_mut() {
-            Some(out) => write_out(out, raw),
-            None => Ok(()),
-        }
+        Ok(())
     })?;
     let hashed = Hashed {
         sha256: Sha256(sha.finalize().into()),
@@ -394,9 +385,4 @@ fn stream_chunks(
         next_at += STREAM_WINDOW;
     }
     Ok(())
-}
-
-fn write_out(out: &mut (dyn Write + Send), raw: &[u8]) -> Result<()> {
-    out.write_all(raw)
-        .map_err(|e| Error::io("write the registered file's bytes", "the output", e))
 }
