@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,7 @@ use crate::cache::lock;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::ids::{FileId, PackId};
+use crate::index::now_millis;
 use crate::lease::{Lease, LeaseOptions, GC_LEASE};
 use crate::paths::{pack_key, recipe_key};
 use crate::remote::parallel;
@@ -128,7 +129,7 @@ pub(crate) fn read(objects: &dyn ObjectStore) -> Result<Option<(Condemned, Versi
 pub(crate) fn in_force(objects: &dyn ObjectStore) -> Result<Option<Condemned>> {
     let skew = LeaseOptions::default().max_clock_skew.as_millis() as u64;
     let lease = match Lease::read(objects, GC_LEASE) {
-        Ok(Some(l)) if !l.released && now_ms() <= l.expires_ms.saturating_add(skew) => Some(l),
+        Ok(Some(l)) if !l.released && now_millis() <= l.expires_ms.saturating_add(skew) => Some(l),
         Ok(_) => return Ok(None),
         // A lease object that does not parse: someone may hold it.
         Err(e @ Error::Io { .. }) => return Err(e),
@@ -185,13 +186,6 @@ pub(crate) fn remove(objects: &dyn ObjectStore) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(objects, "remove", e)),
     }
-}
-
-/// Unix milliseconds now.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Which stored packs one ingest may deduplicate against. On a shared

@@ -30,11 +30,12 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::index::now_millis;
 use crate::storage::{Cas, ObjectStore, Version};
 
 /// The key of the garbage collector's lease (spec §10.6).
@@ -95,12 +96,6 @@ pub struct Lease {
     opts: LeaseOptions,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -123,7 +118,7 @@ impl Lease {
             .filter(|h| !h.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "unknown host".into());
-        let nonce = blake3::hash(format!("{:?}{}", Instant::now(), now_ms()).as_bytes());
+        let nonce = blake3::hash(format!("{:?}{}", Instant::now(), now_millis()).as_bytes());
         format!(
             "pid {} on {host} ({})",
             std::process::id(),
@@ -174,7 +169,7 @@ impl Lease {
                 }
             }
             let sent = Instant::now();
-            let now = now_ms();
+            let now = now_millis();
             let (token, expect) = match &current {
                 None => (1, None),
                 Some((bytes, v)) => match serde_json::from_slice::<LeaseRecord>(bytes) {
@@ -251,7 +246,7 @@ impl Lease {
             });
         }
         let sent = Instant::now();
-        let now = now_ms();
+        let now = now_millis();
         let mut record = self.record.clone();
         record.expires_ms = now.saturating_add(ms(self.opts.ttl));
         self.write(record, sent, "renew")
@@ -261,7 +256,7 @@ impl Lease {
     pub fn release(mut self) -> Result<()> {
         let mut record = self.record.clone();
         record.released = true;
-        record.expires_ms = now_ms();
+        record.expires_ms = now_millis();
         self.write(record, Instant::now(), "release")
     }
 

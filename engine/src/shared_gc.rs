@@ -271,7 +271,7 @@ fn record(lease: &Lease, opts: &GcOptions, c: &Condemned) -> CondemnedRecord {
         version: 1,
         token: lease.token(),
         holder: lease.holder().to_string(),
-        published_ms: condemned::now_ms(),
+        published_ms: crate::index::now_millis(),
         window_ms: opts.writer_window.as_millis() as u64,
         files,
         packs,
