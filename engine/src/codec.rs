@@ -3,8 +3,9 @@
 //! Raw (0), one zstd frame (1), or float byte planes (2: bf16/f16/f32
 //! weights split into byte planes and entropy-coded, `tessera-codec`),
 //! whichever saves at least the configured fraction, decided per chunk
-//! from a quick sample. Every encoding is decoded and re-hashed before it is
-//! stored, and decoding never allocates more than the record's raw length.
+//! from a quick sample. Every encoding is decoded and compared with the raw
+//! bytes before it is stored, and decoding never allocates more than the
+//! record's raw length.
 //! Encoder and decoder contexts are kept per thread and reused.
 
 use std::cell::RefCell;
@@ -20,6 +21,23 @@ use crate::ids::ChunkId;
 thread_local! {
     static ENCODER: RefCell<Option<Encoder>> = const { RefCell::new(None) };
     static DECODER: RefCell<Option<Decoder>> = const { RefCell::new(None) };
+    /// The buffer an encoding is decoded into to check it (reused: the
+    /// check allocates nothing once it has seen the largest chunk).
+    static CHECK_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's decoder.
+fn with_decoder<T>(
+    f: impl FnOnce(&mut Decoder) -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dec = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(Decoder::new().map_err(|e| format!("decoder: {e:?}"))?),
+        };
+        f(dec)
+    })
 }
 
 fn compression_of(m: Method) -> Compression {
@@ -45,12 +63,7 @@ pub(crate) fn decode_chunk(
         }
         return Ok(stored.clone());
     }
-    DECODER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let dec = match &mut *slot {
-            Some(d) => d,
-            None => slot.insert(Decoder::new().map_err(|e| format!("decoder: {e:?}"))?),
-        };
+    with_decoder(|dec| {
         let mut out = Vec::new();
         dec.decode(compression as u8, stored, raw_len as usize, &mut out)
             .map_err(|e| format!("{} decode: {e:?}", name(compression)))?;
@@ -146,8 +159,10 @@ impl HintMap {
 
 /// Encodes a chunk with the best encoding that saves at least `min_savings`
 /// of its size (byte planes only when `planes` is allowed: stores of version
-/// 2), then decodes it again and re-hashes it, so a codec bug cannot store
-/// undecodable bytes (spec §10.1 rule 7). `hint` says what the bytes are,
+/// 2), then decodes it again and compares the result with `raw` byte for
+/// byte, so a codec bug cannot store bytes that do not decode to the chunk
+/// (spec §10.1 rule 7; `raw` is what `id` names, so equal bytes is the
+/// re-hash without the hashing). `hint` says what the bytes are,
 /// when the file's header told (see [`HintMap`]).
 pub(crate) fn encode_chunk(
     raw: &Bytes,
@@ -189,14 +204,27 @@ pub(crate) fn encode_chunk(
     if compression == Compression::None {
         return Ok((compression, stored));
     }
-    match decode_chunk(&stored, compression, raw.len() as u32) {
-        Ok(back) if ChunkId::of(&back) == *id => Ok((compression, stored)),
-        // The encoder produced something that does not round-trip: store raw.
-        _ => {
-            tracing::error!(chunk = %id, encoding = name(compression), "encoded chunk failed re-verification; storing raw");
-            Ok((Compression::None, raw.clone()))
-        }
+    if round_trips(&stored, compression, raw) {
+        Ok((compression, stored))
+    } else {
+        // The encoder produced something that does not decode to the
+        // chunk: store it raw.
+        tracing::error!(chunk = %id, encoding = name(compression), "encoded chunk failed re-verification; storing raw");
+        Ok((Compression::None, raw.clone()))
     }
+}
+
+/// Whether `stored` decodes (as `compression`) to exactly `raw`.
+fn round_trips(stored: &[u8], compression: Compression, raw: &[u8]) -> bool {
+    CHECK_BUF.with(|buf| {
+        let mut out = buf.borrow_mut();
+        with_decoder(|dec| {
+            dec.decode(compression as u8, stored, raw.len(), &mut out)
+                .map_err(|e| format!("{e:?}"))
+        })
+        .is_ok()
+            && out[..] == raw[..]
+    })
 }
 
 #[cfg(test)]
@@ -246,6 +274,32 @@ mod tests {
         assert_eq!(g("I32"), DtypeHint::Unknown);
         assert_eq!(g("type_99"), DtypeHint::Unknown);
         assert_eq!(dtype_hint(Format::Safetensors, "Q4_K"), DtypeHint::Unknown);
+    }
+
+    #[test]
+    fn the_check_refuses_encodings_that_do_not_decode_to_the_chunk() {
+        let raw = Bytes::from(tessera_codec::testvec::normal_bf16(64 * 1024, 3));
+        let id = ChunkId::of(&raw);
+        let hint = Hint {
+            dtype: DtypeHint::Bf16,
+            phase: Some(0),
+        };
+        let (c, stored) = encode_chunk(&raw, &id, 3, 0.05, true, hint).expect("encode");
+        assert_eq!(c, Compression::FloatPlanes);
+        assert!(round_trips(&stored, c, &raw));
+        // The check's buffer now holds `raw`: a damaged encoding of the same
+        // chunk must still fail, wherever the damage is.
+        for at in [8, stored.len() / 3, stored.len() / 2, stored.len() - 1] {
+            let mut bad = stored.to_vec();
+            bad[at] ^= 0x10;
+            assert!(!round_trips(&bad, c, &raw), "damage at byte {at} passed");
+        }
+        assert!(!round_trips(&stored[..stored.len() - 1], c, &raw));
+        // An encoding of other bytes.
+        let mut other = raw.to_vec();
+        other[1000] ^= 1;
+        assert!(!round_trips(&stored, c, &other));
+        assert!(!round_trips(&stored, Compression::Zstd, &raw));
     }
 
     #[test]
