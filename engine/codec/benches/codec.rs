@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the chunk codec: encode and decode throughput
-//! (one thread) on FastCDC chunks of synthetic bf16 / f16 / f32 models from
+//! (one thread) on FastCDC chunks of synthetic bf16 / f16 / f32 / int8 models from
 //! `tessera_synth`, against zstd -3 (what the engine stores today).
 //!
 //! `cargo bench -p tessera-codec --bench codec`
@@ -29,7 +29,7 @@ fn hint(dtype: DType) -> DtypeHint {
 }
 
 fn codec(c: &mut Criterion) {
-    for dtype in [DType::BF16, DType::F16, DType::F32] {
+    for dtype in [DType::BF16, DType::F16, DType::F32, DType::I8] {
         let data = ModelSpec::base(1, MODEL_BYTES, dtype).to_bytes();
         let ranges = chunks(&data);
         let mut g = c.benchmark_group(format!("codec/{}", dtype.name()));
