@@ -259,6 +259,10 @@ pub struct DecodeTables {
     /// The code lengths the tables were last built for (a cache key).
     lens: [u8; 256],
     valid: bool,
+    /// Whether codes are long enough (int8 weights: ~7 bits) that a look-up
+    /// rarely yields more than one symbol: the fast loop then decodes one
+    /// symbol per look-up from `single`, with fewer operations each.
+    single_mode: bool,
 }
 
 impl Default for DecodeTables {
@@ -268,6 +272,7 @@ impl Default for DecodeTables {
             multi: vec![0; TABLE_SIZE],
             lens: [0; 256],
             valid: false,
+            single_mode: false,
         }
     }
 }
@@ -318,8 +323,19 @@ impl DecodeTables {
         }
         self.lens = *lens;
         self.valid = true;
+        // The code's own idea of the mean length: sum of l * 2^-l.
+        let mean: u64 = lens
+            .iter()
+            .filter(|&&l| l != 0)
+            .map(|&l| (l as u64) << (MAX_LEN - l as u32))
+            .sum();
+        self.single_mode = mean >= SINGLE_MODE_MEAN_BITS * TABLE_SIZE as u64;
     }
 }
+
+/// Mean code length (bits, under the code's implied distribution) from
+/// which the one-symbol fast loop is used.
+const SINGLE_MODE_MEAN_BITS: u64 = 5;
 
 /// Reads the table description at the start of `payload`: fills `lens`,
 /// checks the code is canonical-valid (complete, lengths ≤ 11, first and
@@ -412,6 +428,85 @@ fn safe_rounds(bitpos: usize, end: usize, o: usize, oend: usize) -> usize {
     by_input.min(by_output)
 }
 
+/// Rounds of the one-symbol fast loop that stay within a stream's bytes
+/// and its output segment: each round reads 8 bytes at the current
+/// position, consumes at most 55 bits and writes exactly 5 bytes.
+#[inline]
+fn safe_rounds_single(bitpos: usize, end: usize, o: usize, oend: usize) -> usize {
+    let end_bits = end * 8;
+    let by_input = if end_bits >= bitpos + 64 {
+        (end_bits - 64 - bitpos) / 55 + 1
+    } else {
+        0
+    };
+    by_input.min(oend.saturating_sub(o) / 5)
+}
+
+/// The one-symbol fast loop (see [`DecodeTables::single_mode`]): rounds of
+/// one 64-bit load and 5 look-ups per stream, the four streams
+/// interleaved; returns the streams' bit and output positions after it.
+#[allow(clippy::type_complexity)]
+fn fast_single(
+    payload: &[u8],
+    single: &[u16; TABLE_SIZE],
+    segs: [&mut [u8]; STREAMS],
+    pos: [usize; STREAMS],
+    op: [usize; STREAMS],
+    end: [usize; STREAMS],
+) -> ([usize; STREAMS], [usize; STREAMS]) {
+    let [s0, s1, s2, s3] = segs;
+    let [mut b0, mut b1, mut b2, mut b3] = pos;
+    let [mut o0, mut o1, mut o2, mut o3] = op;
+    loop {
+        let rounds = safe_rounds_single(b0, end[0], o0, s0.len())
+            .min(safe_rounds_single(b1, end[1], o1, s1.len()))
+            .min(safe_rounds_single(b2, end[2], o2, s2.len()))
+            .min(safe_rounds_single(b3, end[3], o3, s3.len()));
+        if rounds == 0 {
+            break;
+        }
+        for _ in 0..rounds {
+            fn window(s: &mut [u8], o: usize) -> Option<&mut [u8; 5]> {
+                s.get_mut(o..o + 5)?.try_into().ok()
+            }
+            let (Some(d0), Some(d1), Some(d2), Some(d3)) = (
+                window(s0, o0),
+                window(s1, o1),
+                window(s2, o2),
+                window(s3, o3),
+            ) else {
+                break;
+            };
+            let mut w = [
+                peek_fast(payload, b0),
+                peek_fast(payload, b1),
+                peek_fast(payload, b2),
+                peek_fast(payload, b3),
+            ];
+            let mut used = [0usize; 4];
+            let d: [&mut [u8; 5]; 4] = [d0, d1, d2, d3];
+            for j in 0..5 {
+                for k in 0..4 {
+                    let e = single[(w[k] & TABLE_MASK) as usize];
+                    d[k][j] = e as u8;
+                    let l = e >> 8;
+                    w[k] >>= l;
+                    used[k] += l as usize;
+                }
+            }
+            b0 += used[0];
+            b1 += used[1];
+            b2 += used[2];
+            b3 += used[3];
+            o0 += 5;
+            o1 += 5;
+            o2 += 5;
+            o3 += 5;
+        }
+    }
+    ([b0, b1, b2, b3], [o0, o1, o2, o3])
+}
+
 /// Decodes a Huffman plane payload into `out` (whose length is the number
 /// of symbols). `payload` must be exactly the payload (its length given by
 /// the enclosing plane record).
@@ -458,6 +553,19 @@ pub fn decode(payload: &[u8], tables: &mut DecodeTables, out: &mut [u8]) -> Resu
         (op[k], oend[k]) = segment(n, k);
     }
 
+    if tables.single_mode {
+        let single: &[u16; TABLE_SIZE] = tables.single[..]
+            .try_into()
+            .map_err(|_| CodecError::Corrupt("huffman: table size"))?;
+        let (s0, rest) = out.split_at_mut(oend[0]);
+        let (s1, rest) = rest.split_at_mut(oend[1] - oend[0]);
+        let (s2, s3) = rest.split_at_mut(oend[2] - oend[1]);
+        let rel = [op[0], op[1] - oend[0], op[2] - oend[1], op[3] - oend[2]];
+        let (p, o) = fast_single(payload, single, [s0, s1, s2, s3], pos, rel, end);
+        pos = p;
+        op = [o[0], o[1] + oend[0], o[2] + oend[1], o[3] + oend[2]];
+        return decode_tails(payload, tables, out, pos, op, end, oend, sizes);
+    }
     let multi: &[u32; TABLE_SIZE] = tables.multi[..]
         .try_into()
         .map_err(|_| CodecError::Corrupt("huffman: table size"))?;
@@ -528,7 +636,22 @@ pub fn decode(payload: &[u8], tables: &mut DecodeTables, out: &mut [u8]) -> Resu
         pos = [b0, b1, b2, b3];
         op = [o0, o1 + oend[0], o2 + oend[1], o3 + oend[2]];
     }
-    // Careful tail, one symbol at a time, zeros past a stream's end.
+    decode_tails(payload, tables, out, pos, op, end, oend, sizes)
+}
+
+/// The careful tail of every stream, one symbol at a time, zeros past a
+/// stream's end; then checks each stream ended exactly at its length.
+#[allow(clippy::too_many_arguments)]
+fn decode_tails(
+    payload: &[u8],
+    tables: &DecodeTables,
+    out: &mut [u8],
+    pos: [usize; STREAMS],
+    op: [usize; STREAMS],
+    end: [usize; STREAMS],
+    oend: [usize; STREAMS],
+    sizes: [usize; STREAMS],
+) -> Result<(), CodecError> {
     let single = &tables.single[..TABLE_SIZE];
     for k in 0..STREAMS {
         let mut b = pos[k];
@@ -635,6 +758,56 @@ mod tests {
         assert!(size < plane.len() / 3, "{size}");
         for n in [2usize, 3, 5, 17, 63, 64, 65, 100, 1000, 4099] {
             roundtrip(&plane[..n]);
+        }
+    }
+
+    /// Bytes of a rounded normal distribution with the given spread: ~7
+    /// bits of entropy at 32 (int8 weights), ~2-3 at 2 (float exponents).
+    fn normal_bytes(n: usize, spread: f64, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|_| {
+                let g = (0..4).map(|_| next()).sum::<f64>() - 2.0;
+                (128.0 + g * spread * 1.7).round().clamp(0.0, 255.0) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_codes_decode_one_symbol_a_look_up_and_short_ones_several() {
+        for (spread, single) in [(32.0, true), (2.0, false)] {
+            for n in [2, 5, 19, 20, 21, 99, 1000, 4099, 65_536, 100_003] {
+                let plane = normal_bytes(n, spread, n as u64);
+                let mut hist = [0u32; 256];
+                histogram(&plane, &mut hist);
+                let mut lens = [0u8; 256];
+                if code_lengths(&hist, &mut lens) < 2 {
+                    continue;
+                }
+                let mut payload = Vec::new();
+                encode(&plane, &lens, &mut payload);
+                let mut tables = DecodeTables::default();
+                let mut out = vec![0u8; plane.len()];
+                decode(&payload, &mut tables, &mut out).expect("decodes");
+                assert_eq!(out, plane, "spread {spread} n {n}");
+                if n >= 1000 {
+                    assert_eq!(tables.single_mode, single, "spread {spread} n {n}");
+                }
+                // A damaged payload is an error or other bytes, never a panic.
+                for at in [payload.len() / 2, payload.len() - 1] {
+                    let mut bad = payload.clone();
+                    bad[at] ^= 0x5a;
+                    let _ = decode(&bad, &mut tables, &mut out);
+                }
+                // So is a truncated one.
+                assert!(decode(&payload[..payload.len() - 1], &mut tables, &mut out).is_err());
+            }
         }
     }
 
