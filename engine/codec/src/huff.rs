@@ -485,6 +485,9 @@ fn fast_single(
             ];
             let mut used = [0usize; 4];
             let d: [&mut [u8; 5]; 4] = [d0, d1, d2, d3];
+            // Position-major, stream-minor: the four streams' look-ups are
+            // independent, so they overlap.
+            #[allow(clippy::needless_range_loop)]
             for j in 0..5 {
                 for k in 0..4 {
                     let e = single[(w[k] & TABLE_MASK) as usize];
