@@ -536,7 +536,7 @@ fn probes(args: &Args) {
     }
     println!("\n### probes: one Huffman plane (int8 values, normal with std s), 64 KiB chunks, hint I8\n");
     println!("| std s | stored/raw (bits a byte) | encode MB/s | decode MB/s |\n| --- | ---: | ---: | ---: |");
-    for spread in [1.0, 8.0, 40.0] {
+    for spread in [1.0, 8.0, 16.0, 40.0] {
         let data: Vec<u8> = tessera_codec::testvec::normal_f32_values(32 << 20, 3, spread)
             .into_iter()
             .map(|x| (x.round() as i32).clamp(-127, 127) as i8 as u8)

@@ -259,9 +259,10 @@ pub struct DecodeTables {
     /// The code lengths the tables were last built for (a cache key).
     lens: [u8; 256],
     valid: bool,
-    /// Whether codes are long enough (int8 weights: ~7 bits) that a look-up
-    /// rarely yields more than one symbol: the fast loop then decodes one
-    /// symbol per look-up from `single`, with fewer operations each.
+    /// Whether codes are long enough (mean 6 bits or more: int8 weights at
+    /// ~7) that a look-up rarely yields more than one symbol: the fast loop
+    /// then decodes one symbol per look-up from `single`, with fewer
+    /// operations each.
     single_mode: bool,
 }
 
@@ -335,7 +336,7 @@ impl DecodeTables {
 
 /// Mean code length (bits, under the code's implied distribution) from
 /// which the one-symbol fast loop is used.
-const SINGLE_MODE_MEAN_BITS: u64 = 5;
+const SINGLE_MODE_MEAN_BITS: u64 = 6;
 
 /// Reads the table description at the start of `payload`: fills `lens`,
 /// checks the code is canonical-valid (complete, lengths ≤ 11, first and
