@@ -124,7 +124,12 @@ impl FsWriter {
         self.join_write_back()?;
         self.file.flush()?;
         let file = self.file.get_ref().try_clone()?;
-        self.write_back = Some(std::thread::spawn(move || file.sync_data()));
+        // Without a thread there is no early write-back, only the final
+        // sync: slower, not wrong.
+        self.write_back = std::thread::Builder::new()
+            .name("tessera-write-back".into())
+            .spawn(move || file.sync_data())
+            .ok();
         Ok(())
     }
 }
