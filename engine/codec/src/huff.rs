@@ -709,6 +709,80 @@ mod tests {
         payload.len()
     }
 
+    /// The payload [`encode`] must produce, one bit at a time: table
+    /// description, stream lengths, then each segment's codes (bit-reversed
+    /// canonical, LSB first), each stream padded to a whole byte.
+    fn encode_bit_by_bit(plane: &[u8], lens: &[u8; 256]) -> Vec<u8> {
+        let mut head = Vec::new();
+        let first = lens.iter().position(|&l| l != 0).unwrap_or(0);
+        let last = lens.iter().rposition(|&l| l != 0).unwrap_or(0);
+        head.push(first as u8);
+        head.push(last as u8);
+        for pair in lens[first..=last].chunks(2) {
+            head.push(pair[0] | (pair.get(1).copied().unwrap_or(0) << 4));
+        }
+        let table = encode_table(lens);
+        let mut streams = Vec::new();
+        for k in 0..STREAMS {
+            let (a, b) = segment(plane.len(), k);
+            let mut bits: Vec<bool> = Vec::new();
+            for &s in &plane[a..b] {
+                let e = table[s as usize];
+                for i in 0..(e >> 16) {
+                    bits.push((e >> i) & 1 == 1);
+                }
+            }
+            let bytes: Vec<u8> = bits
+                .chunks(8)
+                .map(|c| c.iter().enumerate().map(|(i, &b)| (b as u8) << i).sum())
+                .collect();
+            streams.push(bytes);
+        }
+        for s in &streams[..STREAMS - 1] {
+            head.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        }
+        for s in streams {
+            head.extend_from_slice(&s);
+        }
+        head
+    }
+
+    #[test]
+    fn the_encoder_writes_the_specified_bits() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut sizes: Vec<usize> = (2..=64).collect();
+        sizes.extend([
+            99, 100, 101, 4095, 4096, 4097, 65_535, 65_536, 65_537, 100_003,
+        ]);
+        for (i, &n) in sizes.iter().enumerate() {
+            // Flat (8-bit codes), skewed (short codes) and long-code planes.
+            let plane: Vec<u8> = (0..n)
+                .map(|_| match i % 3 {
+                    0 => next() as u8,
+                    1 => (next() % 5) as u8,
+                    _ => (next() % 7).min(next() % 200) as u8,
+                })
+                .collect();
+            let mut hist = [0u32; 256];
+            histogram(&plane, &mut hist);
+            let mut lens = [0u8; 256];
+            if code_lengths(&hist, &mut lens) < 2 {
+                continue;
+            }
+            let mut fast = vec![0xAA; 3]; // appended after existing bytes
+            encode(&plane, &lens, &mut fast);
+            assert_eq!(&fast[..3], &[0xAA; 3], "n = {n}");
+            assert_eq!(fast[3..], encode_bit_by_bit(&plane, &lens), "n = {n}");
+            assert_eq!(roundtrip(&plane), fast.len() - 3, "n = {n}");
+        }
+    }
+
     #[test]
     fn lengths_are_complete_and_limited_for_skewed_counts() {
         // Fibonacci counts give an unlimited Huffman depth of ~n.
