@@ -94,6 +94,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// The journal of an unfinished GC does not parse: nothing it lists was
+    /// deleted, and nothing is until it is dealt with.
+    #[error("GC journal {object} is damaged ({detail}); nothing it lists was deleted. Remove it to go on: the GC it records did not finish, and the next `tessera gc` collects what it would have")]
+    JournalCorrupt {
+        /// The journal object.
+        object: String,
+        /// What is wrong.
+        detail: String,
+    },
+
     /// A chunk's bytes do not hash to its id (or fail to decompress).
     #[error("chunk {chunk} in pack {pack} at offset {offset} is corrupt: {detail}")]
     ChunkCorrupt {
@@ -342,6 +352,7 @@ impl Error {
                 | Error::IndexMissing { .. }
                 | Error::IndexDamaged { .. }
                 | Error::ConfigCorrupt { .. }
+                | Error::JournalCorrupt { .. }
                 | Error::Index { damaged: true, .. }
         )
     }

@@ -456,6 +456,59 @@ pub(crate) fn delete_objects(
     Ok(())
 }
 
+/// A journal less the files a ref names (and the packs their recipes use).
+/// A GC journals only files no ref names, under the gate, and the store
+/// stays locked until the journal is finished, so a journal that lists a
+/// named file was not written by that GC (a stale copy, or forged): deleting
+/// on its word would lose a named file.
+fn spare_named_files(core: &Core, mut journal: Journal) -> Result<Journal> {
+    let objects = core.objects.as_ref();
+    let mut named: HashSet<FileId> = core
+        .index
+        .refs_with_prefix("")?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let mut ignored = Vec::new();
+    for key in crate::inventory::refs(objects, &mut ignored)? {
+        if let Ok(Ok((_, f))) = objects.get(&key).map(|b| crate::format::decode_ref(&b)) {
+            named.insert(f);
+        }
+    }
+    let (spared, dead): (Vec<DeadFile>, Vec<DeadFile>) = journal
+        .files
+        .into_iter()
+        .partition(|(f, _)| named.contains(f));
+    journal.files = dead;
+    if spared.is_empty() {
+        return Ok(journal);
+    }
+    let mut keep: HashSet<PackId> = HashSet::new();
+    for (file, _) in &spared {
+        let recipe = core
+            .index
+            .recipe_bytes(file)?
+            .and_then(|b| Recipe::decode(*file, &b).ok())
+            .or_else(|| {
+                let b = objects.get(&recipe_key(file)).ok()?;
+                Recipe::decode(*file, &b).ok()
+            });
+        match recipe {
+            Some(r) => keep.extend(r.terms.iter().map(|t| t.pack)),
+            // Which packs it needs is unknown: keep them all.
+            None => keep.extend(journal.packs.iter().copied()),
+        }
+    }
+    journal.packs.retain(|p| !keep.contains(p));
+    tracing::error!(
+        files = spared.len(),
+        packs = keep.len(),
+        journal = %objects.describe(GC_JOURNAL),
+        "the GC journal lists files a ref names; they and their packs are kept"
+    );
+    Ok(journal)
+}
+
 /// Finishes a deletion a crash interrupted: if a journal is there, its
 /// index entries are removed and its objects deleted (spec §10.3, §10.5).
 /// Returns whether there was one.
@@ -472,13 +525,13 @@ pub(crate) fn finish_journal(core: &Core) -> Result<bool> {
             // A journal is published whole (atomically): one that does not
             // parse was damaged afterwards. Deleting on its word is unsafe;
             // leave everything and say so.
-            tracing::error!(error = %e, "the GC journal does not parse; nothing it lists was deleted (remove {} to go on)", objects.describe(GC_JOURNAL));
-            return Err(Error::ConfigCorrupt {
+            return Err(Error::JournalCorrupt {
                 object: objects.describe(GC_JOURNAL),
-                detail: format!("GC journal does not parse: {e}"),
+                detail: format!("does not parse: {e}"),
             });
         }
     };
+    let journal = spare_named_files(core, journal)?;
     tracing::warn!(
         files = journal.files.len(),
         packs = journal.packs.len(),

@@ -568,7 +568,59 @@ fn a_journal_that_does_not_parse_stops_the_open() {
         fs.rename("tmp/j", GC_JOURNAL).expect("rename");
     }
     match tessera::testing::open_on(&fs, root.path(), crash_opts()) {
-        Err(Error::ConfigCorrupt { object, .. }) => assert!(object.contains("journal"), "{object}"),
+        Err(e @ Error::JournalCorrupt { .. }) => {
+            assert!(e.is_corruption());
+            let msg = e.to_string();
+            assert!(
+                msg.contains("journal") && msg.contains("Remove it"),
+                "{msg}"
+            );
+        }
         r => panic!("open with a damaged journal: {:?}", r.map(|_| ())),
     }
+}
+
+/// A journal that lists files a ref names (a stale copy put back, or a
+/// forged one) is not obeyed for them: the open that finishes it deletes
+/// neither those files nor the packs they use, and deletes the rest.
+#[test]
+fn a_journal_listing_named_files_spares_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let named = noise(1_500_000, 31);
+    let a = store.put_bytes(&named, &["org/m@v1:a.bin"]).expect("put");
+    let b = store
+        .put_bytes(&noise(900_000, 32), &["org/m@v1:b.bin"])
+        .expect("put");
+    store.delete_ref("org/m@v1:b.bin").expect("rm ref");
+    let a_packs = store.info(&a.file_id).expect("info").packs;
+    let b_packs = store.info(&b.file_id).expect("info").packs;
+    drop(store);
+    let hexes = |ps: &[tessera::PackId]| ps.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>();
+    let packs = [hexes(&a_packs), hexes(&b_packs)].concat().join(",");
+    let journal = format!(
+        "{{\"files\":[[\"{}\",null],[\"{}\",null]],\"packs\":[{packs}],\"relink\":[]}}",
+        a.file_id, b.file_id
+    );
+    std::fs::create_dir_all(dir.path().join("gc")).expect("mkdir");
+    std::fs::write(dir.path().join(GC_JOURNAL), journal).expect("journal");
+    let store = Store::open(dir.path(), small_packs()).expect("open finishes the journal");
+    assert!(!dir.path().join(GC_JOURNAL).exists(), "journal left");
+    let back = store
+        .read(&a.file_id)
+        .expect("named file")
+        .read_all()
+        .expect("read");
+    assert!(back == named, "the named file changed");
+    assert!(store.read(&b.file_id).is_err(), "the unnamed file was kept");
+    for p in &a_packs {
+        assert!(
+            dir.path().join(tessera::testing::pack_key(p)).exists(),
+            "{p}"
+        );
+    }
+    let v = store
+        .verify(tessera::VerifyOptions::default())
+        .expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
 }
