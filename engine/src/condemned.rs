@@ -188,12 +188,14 @@ pub(crate) fn remove(objects: &dyn ObjectStore) -> Result<()> {
     }
 }
 
-/// Which stored packs one ingest may deduplicate against. On a shared
-/// store: not a condemned one (the node's copy of the set is read at most
-/// every few seconds), nor one another node's GC deleted (asked once per
-/// pack per ingest; a gone pack is dropped from the node's index). Their
-/// chunks are stored again. A stale answer costs at worst a refused
-/// commit, never a wrong one: the writer check decides.
+/// Which stored packs one ingest may deduplicate against: not one that is
+/// gone (asked once per pack per ingest; a gone pack is dropped from the
+/// index, so its chunks are stored again and indexed in their new packs) —
+/// on a shared store deleted by another node's GC, on a directory store
+/// lost (damage `repair index` reports); and on a shared store not a
+/// condemned one (the node's copy of the set is read at most every few
+/// seconds). A stale answer costs at worst a refused commit, never a wrong
+/// one: the writer check decides.
 pub(crate) struct DedupFilter {
     shared: bool,
     condemned: Arc<HashSet<PackId>>,
@@ -227,9 +229,6 @@ impl DedupFilter {
 
     /// Whether a chunk stored in `pack` may be named rather than stored.
     pub(crate) fn usable(&self, core: &Core, pack: &PackId) -> Result<bool> {
-        if !self.shared {
-            return Ok(true);
-        }
         if self.condemned.contains(pack) {
             return Ok(false);
         }
@@ -242,7 +241,11 @@ impl DedupFilter {
             .exists(&key)
             .map_err(|e| Error::io("stat", objects.describe(&key), e))?;
         if lock(&self.present).insert(*pack, present).is_none() && !present {
-            tracing::info!(%pack, "a pack this node indexed was deleted by another node's GC; forgetting it");
+            if self.shared {
+                tracing::info!(%pack, "a pack this node indexed was deleted by another node's GC; forgetting it");
+            } else {
+                tracing::warn!(%pack, "a pack the index names is missing: its chunks are stored again (`tessera verify` lists the files it held)");
+            }
             forget_packs(core, &[*pack])?;
         }
         Ok(present)

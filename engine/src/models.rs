@@ -8,6 +8,7 @@
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tessera_model::{Limits, ModelInfo, Sniffer};
 
 use crate::core::Core;
@@ -17,46 +18,85 @@ use crate::paths::model_key;
 use crate::read::FileReader;
 use crate::storage::PutMode;
 
-/// Version of the model description object.
-const MODEL_VERSION: u32 = 1;
+/// Version of the model description object. Version 1 objects (no file id,
+/// no checksum) are not trusted: they are recomputed like damaged ones.
+const MODEL_VERSION: u32 = 2;
 
+/// The object as written: the description's JSON (`info`) is kept as the
+/// exact bytes the checksum covers.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct Stored<'a> {
     version: u32,
-    info: ModelInfo,
+    /// The file described (hex): a description copied to another file's
+    /// name does not check.
+    file: String,
+    /// BLAKE3 (hex) of the bytes of `info`.
+    checksum: String,
+    #[serde(borrow)]
+    info: &'a RawValue,
+}
+
+fn checksum(info: &RawValue) -> String {
+    blake3::hash(info.get().as_bytes()).to_hex().to_string()
 }
 
 /// Writes a file's model description (replacing one that exists).
 pub(crate) fn write(core: &Core, file: &FileId, info: &ModelInfo) -> Result<()> {
     let key = model_key(file);
+    let bug = |e: serde_json::Error| Error::Bug(format!("model description of {file}: {e}"));
+    let info = serde_json::value::to_raw_value(info).map_err(bug)?;
     let bytes = serde_json::to_vec(&Stored {
         version: MODEL_VERSION,
-        info: info.clone(),
+        file: file.to_hex(),
+        checksum: checksum(&info),
+        info: &info,
     })
-    .map_err(|e| Error::Bug(format!("model description of {file}: {e}")))?;
+    .map_err(bug)?;
     core.objects
         .put(&key, &bytes, PutMode::Replace)
         .map_err(|e| Error::io("write model description", core.objects.describe(&key), e))
 }
 
-/// The description in a stored object, if it parses and is of this version.
-pub(crate) fn parse(bytes: &[u8]) -> Option<ModelInfo> {
-    serde_json::from_slice::<Stored>(bytes)
-        .ok()
-        .filter(|s| s.version == MODEL_VERSION)
-        .map(|s| s.info)
+/// The description in the stored object of `file`, or why it cannot be
+/// trusted: it does not parse, is of another version, describes another
+/// file, or fails its checksum.
+pub(crate) fn parse(file: &FileId, bytes: &[u8]) -> std::result::Result<ModelInfo, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let parse_err = |e: serde_json::Error| format!("does not parse: {e}");
+    let v: Version = serde_json::from_slice(bytes).map_err(parse_err)?;
+    if v.version != MODEL_VERSION {
+        return Err(format!(
+            "is of version {} (this engine writes and trusts {MODEL_VERSION})",
+            v.version
+        ));
+    }
+    let s: Stored = serde_json::from_slice(bytes).map_err(parse_err)?;
+    if s.file != file.to_hex() {
+        return Err(format!(
+            "describes another file ({})",
+            crate::error::clip(&s.file)
+        ));
+    }
+    if s.checksum != checksum(s.info) {
+        return Err("fails its checksum".into());
+    }
+    serde_json::from_str(s.info.get()).map_err(parse_err)
 }
 
 /// A file's model description: the stored one, or, when it is missing or
-/// does not parse (a file stored before descriptions, or damage), computed
+/// cannot be trusted (a file stored before descriptions, damage, an older
+/// version), computed
 /// by reading the file (verified) and written back.
 pub(crate) fn read(core: &std::sync::Arc<Core>, file: &FileId) -> Result<ModelInfo> {
     let key = model_key(file);
     if let Ok(bytes) = core.objects.get(&key) {
-        match parse(&bytes) {
-            Some(info) => return Ok(info),
-            None => {
-                tracing::warn!(file = %file, "model description does not parse; recomputing it")
+        match parse(file, &bytes) {
+            Ok(info) => return Ok(info),
+            Err(why) => {
+                tracing::warn!(file = %file, "model description {why}; recomputing it")
             }
         }
     }

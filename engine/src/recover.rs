@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, ChunkEntry, Recipe};
+use crate::format::{decode_ref, ChunkEntry, Recipe, DELETED_REF};
 use crate::ids::{FileId, PackId};
 use crate::index::{Index, PackInfo};
 use crate::inventory;
@@ -122,7 +122,9 @@ fn sync_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
 
 /// Makes the index's refs agree with the ref objects (the durable copy). A
 /// damaged ref object whose ref the index holds (naming a stored file) is
-/// rewritten from the index. A ref object that cannot be applied or healed
+/// rewritten from the index, and so, on a directory store, is a missing one
+/// (a deletion leaves a tombstone; on a shared store a missing object is
+/// another node's deletion). A ref object that cannot be applied or healed
 /// (damaged, or naming a file that is not stored) is reported and left
 /// alone: it may be the only copy of its ref. (It cannot be the leftover of
 /// an unacknowledged put: a put makes the recipe durable before the ref,
@@ -134,12 +136,17 @@ fn reconcile_refs(core: &Core, rep: &mut RepairReport) -> Result<()> {
     // Ref objects that exist but cannot be applied: key → what is wrong
     // (empty: names a file that is not stored, reported already).
     let mut damaged: HashMap<String, String> = HashMap::new();
+    // Names whose ref file is a tombstone: deleted refs.
+    let mut deleted: HashSet<String> = HashSet::new();
     for key in inventory::refs(objects, &mut rep.problems)? {
         // A failed read is an error (not damage): never guess.
         let bytes = objects
             .get(&key)
             .map_err(|e| Error::io("read ref", objects.describe(&key), e))?;
         match decode_ref(&bytes) {
+            Ok((name, file)) if ref_key(&name) == key && file == DELETED_REF => {
+                deleted.insert(name);
+            }
             Ok((name, file)) if ref_key(&name) == key => {
                 if index.has_file(&file)? {
                     on_disk.insert(name, file);
@@ -184,9 +191,26 @@ fn reconcile_refs(core: &Core, rep: &mut RepairReport) -> Result<()> {
                         format!("{why}; the index's copy names a file that is not stored"),
                     );
                 }
-                // Deleted (its object is removed before the index entry).
-                None => {
+                // Deleted: a tombstone, or on a shared store no object
+                // (another node deleted it; the bucket is what every node
+                // agrees on).
+                None if deleted.contains(&name) || objects.shared() => {
                     index.delete_ref(&name)?;
+                }
+                // A deletion leaves a tombstone here, so a missing ref
+                // file is damage: rewrite it.
+                None if index.has_file(&file)? => {
+                    core.poison_on(refs::write_file(core, &name, &file))?;
+                    rep.healed(
+                        format!("ref {}", clip(&name)),
+                        format!("ref file was missing ({key}); rewritten from the index's copy (file {file})"),
+                    );
+                }
+                None => {
+                    rep.problem(
+                        format!("ref {}", clip(&name)),
+                        format!("ref file is missing ({key}) and the index's copy names file {file}, which is not stored"),
+                    );
                 }
             },
         }

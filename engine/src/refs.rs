@@ -4,7 +4,7 @@
 use crate::condemned::WriterCheck;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, encode_ref, Recipe, MAX_REF_LEN};
+use crate::format::{decode_ref, encode_ref, Recipe, DELETED_REF, MAX_REF_LEN};
 use crate::ids::{FileId, Sha256};
 use crate::paths::{recipe_key, ref_key};
 use crate::refresh::{self, RefreshReport};
@@ -113,33 +113,45 @@ pub(crate) fn compare_and_set(
     core.poison_on(core.index.flush())
 }
 
-/// Deletes a ref, durably: the ref file, then the index entry. Deleting a
-/// missing ref is "not found". A ref file the index does not know (damaged,
-/// or naming a file that is not stored) is deleted too: that is how a user
-/// acknowledges its loss.
+/// Deletes a ref, durably: the ref file, then the index entry. On a
+/// directory store the ref file is replaced by a tombstone (spec §8), so
+/// that recovery tells a deleted ref from a ref file that went missing; on
+/// a shared store the object is deleted (§8.3). Deleting a missing ref is
+/// "not found". A ref file the index does not know (damaged, or naming a
+/// file that is not stored) is deleted too: that is how a user acknowledges
+/// its loss.
 pub(crate) fn delete(core: &Core, name: &str) -> Result<()> {
     core.check_poison()?;
     let _gate = core.gate.shared();
     let key = ref_key(name);
     let objects = core.objects.as_ref();
-    let on_disk = objects
-        .exists(&key)
-        .map_err(|e| Error::io("stat", objects.describe(&key), e))?;
+    let on_disk = match objects.get(&key) {
+        Ok(b) => !matches!(decode_ref(&b), Ok((_, f)) if f == DELETED_REF),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io("read ref", objects.describe(&key), e)),
+    };
     if core.index.get_ref(name)?.is_none() && !on_disk {
         return Err(Error::not_found("ref", name));
     }
-    let r = match objects.delete(&key) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove ref", objects.describe(&key), e)),
+    let r = if objects.shared() {
+        match objects.delete(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove ref", objects.describe(&key), e)),
+        }
+    } else {
+        objects
+            .put(&key, &encode_ref(name, &DELETED_REF), PutMode::Replace)
+            .map_err(|e| Error::io("write ref tombstone", objects.describe(&key), e))
     };
     core.poison_on(r)?;
     core.poison_on(core.index.delete_ref(name))?;
     core.poison_on(core.index.flush())
 }
 
-/// Reads a ref file (the durable copy of a ref); `None` when there is none
-/// or it names another ref (a hash collision of names, or misplaced).
+/// Reads a ref file (the durable copy of a ref); `None` when there is none,
+/// it is a tombstone (the ref was deleted), or it names another ref (a hash
+/// collision of names, or misplaced).
 pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
     let key = ref_key(name);
     match core.objects.get(&key) {
@@ -149,7 +161,7 @@ pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
                 key: clip(name),
                 detail: format!("ref file {key}: {detail}"),
             })?;
-            Ok((n == name).then_some(id))
+            Ok((n == name && id != DELETED_REF).then_some(id))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read ref", core.objects.describe(&key), e)),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::core::Core;
 use crate::error::{clip, Result};
-use crate::format::{decode_ref, Recipe};
+use crate::format::{decode_ref, Recipe, DELETED_REF};
 use crate::ids::{FileId, PackId};
 use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
@@ -368,7 +368,7 @@ pub(crate) fn verify(
                 Err(e) if e.is_not_found() => {}
                 Err(e) => rep.problem(obj, e.to_string()),
             },
-            Ok(_) => rep.problem(obj, "ref file missing or names another file"),
+            Ok(_) => rep.problem(obj, "ref file missing, a tombstone, or names another file"),
             Err(e) => rep.problem(obj, e.to_string()),
         }
     }
@@ -378,6 +378,8 @@ pub(crate) fn verify(
                 rep.refs += 1;
                 continue;
             }
+            // A tombstone: the ref was deleted.
+            Ok(Ok((name, file))) if ref_key(&name) == rel && file == DELETED_REF => continue,
             Ok(Ok((name, file))) if ref_key(&name) == rel => {
                 let target = if index.has_file(&file)? {
                     "a stored file".to_string()
@@ -397,8 +399,8 @@ pub(crate) fn verify(
         rep.problem(rel, detail);
     }
     // Model descriptions: derived from the content, recomputed when
-    // missing; one that does not parse, or describes no stored file, is
-    // reported.
+    // missing; one that does not check (§7.2), or describes no stored file,
+    // is reported.
     for key in objects
         .list(MODELS)
         .map_err(|e| crate::Error::io("list", objects.describe(MODELS), e))?
@@ -421,11 +423,17 @@ pub(crate) fn verify(
                 format!("file {file}"),
                 format!("model description {key} of a file that is not stored"),
             );
-        } else if crate::models::parse(&objects.get(&key).unwrap_or_default()).is_none() {
-            rep.problem(
-                format!("file {file}"),
-                format!("model description {key} does not parse (`tessera info` recomputes it)"),
-            );
+        } else {
+            let checked = match objects.get(&key) {
+                Ok(bytes) => crate::models::parse(&file, &bytes).map(|_| ()),
+                Err(e) => Err(format!("cannot be read: {e}")),
+            };
+            if let Err(why) = checked {
+                rep.problem(
+                    format!("file {file}"),
+                    format!("model description {key} {why} (`tessera info` recomputes it)"),
+                );
+            }
         }
     }
     rep.damaged_kept = objects

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{noise, small_packs};
-use tessera::testing::{recipe_key, ref_key};
+use tessera::testing::{model_key, recipe_key, ref_key};
 use tessera::{Error, FileId, Store, StoreOptions};
 use tessera::{Problem, VerifyOptions};
 
@@ -242,7 +242,9 @@ fn damage_with_a_lost_index_is_reported_never_dropped() {
     // still reported until it is removed.
     let store = fx.open();
     store.delete_ref(&name).expect("rm ref");
-    assert!(!fx.path(&ref_key(&name)).exists());
+    // Its ref file is now a tombstone.
+    assert_eq!(store.read_ref_file(&name).expect("ref file"), None);
+    assert!(store.resolve_ref(&name).is_err());
     let v = verify(&store);
     assert_eq!(v.problems.len(), 1, "{}", names(&v.problems));
     assert_eq!(v.problems[0].object, obj);
@@ -662,4 +664,217 @@ fn repair_salvages_what_verifies_of_a_truncated_pack() {
         })
         .count();
     assert_eq!(readable, layout.chunk_count() - 1);
+}
+
+/// A ref file that goes missing (a careless `rm`, a lost directory entry)
+/// while the index names the ref is damage, not a deletion: `verify`
+/// reports it, and both `repair index` and the catch-up of an open after a
+/// crash rewrite it from the index — the ref is never dropped (which would
+/// let GC delete a named file). `ref rm` still deletes for good: it leaves
+/// a tombstone, which is how recovery tells the two apart.
+#[test]
+fn a_missing_ref_file_is_rewritten_from_the_index() {
+    for how in ["repair", "crash"] {
+        let fx = Fixture::new();
+        let (id, _, name) = fx.files[1].clone();
+        let rel = ref_key(&name);
+        std::fs::remove_file(fx.path(&rel)).expect("rm ref file");
+        if how == "repair" {
+            let store = fx.open();
+            let v = verify(&store);
+            assert!(!v.is_clean(), "{how}: a missing ref file is clean");
+            drop(store);
+            let rep = Store::repair_index(fx.root(), small_packs()).expect("repair");
+            assert!(rep.problems.is_empty(), "{how}: {}", names(&rep.problems));
+            assert!(
+                rep.healed.iter().any(|p| p.object.contains(name.as_str())),
+                "{how}: not healed: {}",
+                names(&rep.healed)
+            );
+        } else {
+            fx.leave_dirty();
+            let store = fx.open();
+            let rec = store.recovery().expect("caught up");
+            assert!(
+                rec.report
+                    .healed
+                    .iter()
+                    .any(|p| p.object.contains(name.as_str())),
+                "{how}: not healed: {}",
+                names(&rec.report.healed)
+            );
+        }
+        let store = fx.open();
+        assert_eq!(
+            store.read_ref_file(&name).expect("ref file"),
+            Some(id),
+            "{how}"
+        );
+        fx.check_all(&store);
+        let v = verify(&store);
+        assert!(v.is_clean(), "{how}: {}", names(&v.problems));
+        let gc = store
+            .gc(&tessera::GcOptions {
+                grace: std::time::Duration::ZERO,
+                ..Default::default()
+            })
+            .expect("gc");
+        assert_eq!(gc.dead_files, 0, "{how}: gc deleted a named file");
+        fx.check_all(&store);
+        // A deletion is still one, across a crash (its ref file is a
+        // tombstone), and so is a second.
+        store.delete_ref(&name).expect("ref rm");
+        drop(store);
+        fx.leave_dirty();
+        let store = fx.open();
+        assert!(store.resolve_ref(&name).is_err(), "{how}: ref rm undone");
+        assert_eq!(
+            store.read_ref_file(&name).expect("tombstone"),
+            None,
+            "{how}"
+        );
+        assert!(fx.path(&rel).exists(), "{how}: no tombstone");
+        assert!(verify(&store).is_clean(), "{how}");
+        let again = store.delete_ref(&name).expect_err("deleted twice");
+        assert!(again.is_not_found(), "{how}: {again}");
+        store.set_ref(&name, id).expect("set again");
+        assert_eq!(store.resolve_ref(&name).expect("ref"), id, "{how}");
+    }
+}
+
+/// A safetensors file: header length, JSON header, the tensors' bytes.
+fn safetensors(tensors: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "U8", "shape": [bytes.len()],
+                "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
+        data.extend_from_slice(bytes);
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// A model description is trusted only when it checks (spec §7.2): one
+/// whose tensor offset was changed (still valid JSON), another file's copied
+/// over it, or an unchecked version 1 object is reported by `verify` and
+/// recomputed from the file on the next read — a tensor read never returns
+/// other bytes.
+#[test]
+fn a_model_description_that_does_not_check_is_recomputed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let (w, b) = (noise(300_000, 7), noise(5_000, 8));
+    let file = safetensors(&[("w", &w), ("b", &b)]);
+    let id = store
+        .put_bytes(&file, &["org/m@v1:m.safetensors"])
+        .expect("put")
+        .file_id;
+    let other = safetensors(&[("w", &b), ("b", &w)]);
+    let other_id = store
+        .put_bytes(&other, &["org/m@v2:m.safetensors"])
+        .expect("put")
+        .file_id;
+    let path = dir.path().join(model_key(&id));
+    let good = std::fs::read(&path).expect("description");
+    let text = String::from_utf8(good.clone()).expect("utf-8");
+    let info = store.model_info(&id).expect("info");
+    let w_off = info
+        .tensors
+        .iter()
+        .find(|t| t.name == "w")
+        .and_then(|t| t.offset)
+        .expect("w");
+    // The offset's last digit, changed: still JSON, another range.
+    let needle = format!("\"offset\":{w_off}");
+    assert!(text.contains(&needle), "{text}");
+    let shifted = text.replacen(&needle, &format!("\"offset\":{}", w_off + 1), 1);
+    let v1 = {
+        let v: serde_json::Value = serde_json::from_str(&shifted).expect("json");
+        serde_json::json!({"version": 1, "info": v["info"]}).to_string()
+    };
+    let copied = std::fs::read(dir.path().join(model_key(&other_id))).expect("other");
+    for (how, bytes, why) in [
+        ("offset changed", shifted.into_bytes(), "checksum"),
+        ("another file's", copied, "another file"),
+        ("version 1", v1.into_bytes(), "version 1"),
+    ] {
+        std::fs::write(&path, &bytes).expect("write");
+        let v = verify(&store);
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.object == format!("file {id}") && p.detail.contains(why)),
+            "{how}: {}",
+            names(&v.problems)
+        );
+        let (off, len) = store.tensor_range(&id, "w").expect("tensor");
+        assert_eq!((off, len), (w_off, w.len() as u64), "{how}");
+        let got = store.read_range(&id, off, len).expect("read");
+        assert!(got[..] == w[..], "{how}: other bytes");
+        assert_eq!(std::fs::read(&path).expect("rewritten"), good, "{how}");
+        assert!(verify(&store).is_clean(), "{how}");
+    }
+}
+
+/// Ingest never deduplicates against a pack that is gone: a new file
+/// sharing chunks with a lost pack is stored whole and reads back, and
+/// putting a file whose packs were lost again stores its chunks again and
+/// makes it readable (its recipe replaced in the index and on disk) — the
+/// caller who still has the bytes can always heal the store.
+#[test]
+fn a_put_never_names_chunks_in_a_lost_pack_and_a_re_put_heals() {
+    for how in ["new file", "re-put"] {
+        let fx = Fixture::new();
+        let (id, data, name) = fx.files[1].clone();
+        let packs = fx.open().info(&id).expect("info").packs;
+        assert!(packs.len() >= 3, "{how}: {} packs", packs.len());
+        // Two lost packs: stored again, their chunks share one new pack (a
+        // single lost pack could come back byte for byte, under its name).
+        for p in &packs[..2] {
+            std::fs::remove_file(fx.path(&tessera::testing::pack_key(p))).expect("rm pack");
+        }
+        let store = Store::open(fx.root(), common::opts()).expect("open");
+        assert!(store.read(&id).and_then(|r| r.read_all()).is_err(), "{how}");
+        if how == "new file" {
+            let mut longer = data.clone();
+            longer.extend_from_slice(b"one more line");
+            let b = store
+                .put_bytes(&longer, &["org/m@v2:longer.bin"])
+                .expect("put");
+            let back = store
+                .read(&b.file_id)
+                .expect("open")
+                .read_all()
+                .expect("read");
+            assert!(back == longer, "a new file named chunks of a lost pack");
+            let named = store.info(&b.file_id).expect("info").packs;
+            assert!(!named.iter().any(|p| packs[..2].contains(p)), "{how}");
+        } else {
+            let again = store.put_bytes(&data, &[&name]).expect("re-put");
+            assert_eq!(again.file_id, id);
+            let named = store.info(&id).expect("info").packs;
+            let on_disk: Vec<bool> = named
+                .iter()
+                .map(|p| fx.path(&tessera::testing::pack_key(p)).exists())
+                .collect();
+            assert!(
+                !named.iter().any(|p| packs[..2].contains(p)),
+                "{how}: {named:?} {on_disk:?} lost {:?}",
+                &packs[..2]
+            );
+            fx.check_all(&store);
+            let v = verify(&store);
+            assert!(v.is_clean(), "{how}: {}", names(&v.problems));
+            drop(store);
+            let store = fx.open();
+            fx.check_all(&store);
+        }
+    }
 }

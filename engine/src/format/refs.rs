@@ -7,6 +7,10 @@ use crate::ids::{checksum, FileId};
 pub const REF_MAGIC: [u8; 8] = *b"TSRREF\0\0";
 /// Longest accepted ref name, in bytes.
 pub const MAX_REF_LEN: usize = 4096;
+/// The file id a *tombstone* names: the ref file of a deleted ref on a
+/// directory store (spec §8), which says the ref was deleted — so a ref file
+/// that is missing is damage, never a deletion. No file has this id.
+pub const DELETED_REF: FileId = FileId([0; 32]);
 
 /// Encodes a ref file: name → file id.
 pub fn encode_ref(name: &str, file: &FileId) -> Vec<u8> {

@@ -576,13 +576,16 @@ impl Index {
     }
 
     /// Records several files in one transaction: readers see all of them or
-    /// none. Returns, per file, whether it was new.
+    /// none. Returns, per file, whether it was new. A file already held
+    /// with another recipe gets this one (another valid recipe of the same
+    /// file, whose packs are durable: one that placed chunks again because
+    /// the packs the held one names are gone).
     pub(crate) fn add_files(&self, files: &[NewFile<'_>]) -> Result<Vec<bool>> {
         // Re-ingesting known files must not write to the index at all.
         let known = self.run(|| {
             for f in files {
-                let mut known =
-                    self.files.contains_key(f.file.0)? && self.sha256.contains_key(f.sha.0)?;
+                let mut known = self.files.get(f.file.0)?.as_deref() == Some(f.recipe)
+                    && self.sha256.contains_key(f.sha.0)?;
                 for r in f.refs {
                     known = known && self.refs.get(r.as_bytes())?.as_deref() == Some(&f.file.0[..]);
                 }
@@ -608,12 +611,15 @@ impl Index {
                     add_counter(mt, GENERATION, 1)?;
                     let mut out = Vec::with_capacity(files.len());
                     for f in files {
-                        let new = ft.get(f.file.0)?.is_none();
+                        let held = ft.get(f.file.0)?;
+                        let new = held.is_none();
                         if new {
                             ft.insert(&f.file.0, f.recipe)?;
                             tt.insert(&f.file.0, &now[..])?;
                             add_counter(mt, "files", 1)?;
                             add_counter(mt, "logical_bytes", f.size as i64)?;
+                        } else if held.as_deref() != Some(f.recipe) {
+                            ft.insert(&f.file.0, f.recipe)?;
                         }
                         if st.get(f.sha.0)?.is_none() {
                             st.insert(&f.sha.0, &f.file.0)?;

@@ -30,6 +30,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use crate::cache::lock;
 use crate::chunking::Chunker;
 use crate::condemned::WriterCheck;
 use crate::core::{Core, Shared};
@@ -441,6 +442,11 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
         })
         .collect();
     let new = core.poison_on(core.index.add_files(&batch))?;
+    // A file held before may have a new recipe now (its old packs were
+    // gone): readers must not keep using the old one.
+    for f in &batch {
+        lock(&core.recipes).remove(&f.file);
+    }
     drop(batch);
     let reports: Vec<PutReport> = done
         .into_iter()

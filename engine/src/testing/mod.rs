@@ -9,7 +9,8 @@ pub use crate::ids::{check32, checksum, FILE_ID_CONTEXT, PACK_ID_CONTEXT};
 pub use crate::layout::{ChunkRef, Layout};
 pub use crate::pack::PackReader;
 pub use crate::paths::{
-    file_of_key, pack_key, pack_of_key, recipe_key, ref_key, CLEAN, CONFIG, DIRTY, GC_JOURNAL,
+    file_of_key, model_key, pack_key, pack_of_key, recipe_key, ref_key, CLEAN, CONFIG, DIRTY,
+    GC_JOURNAL,
 };
 pub use crate::storage::fault::{CrashMode, Fault, FaultStorage, OpKind, OpRecord};
 
