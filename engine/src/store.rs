@@ -457,6 +457,15 @@ impl Store {
         })
     }
 
+    /// The byte ranges of `pack` holding records of `file`'s chunks (sorted,
+    /// merged): what a pack URL handed out with `file`'s reconstruction may
+    /// read (see `format-spec/PROTOCOL.md`).
+    pub fn pack_spans(&self, file: &FileId, pack: &PackId) -> Result<Vec<(u64, u64)>> {
+        remote::retry_stale(&self.core, file, || {
+            transfer::pack_spans(&self.core, file, pack)
+        })
+    }
+
     /// Plans downloading `rec` (from another store) into this one: which
     /// chunks this store already holds, and which pack byte ranges to fetch
     /// (records less than `gap` bytes apart share a request of at most

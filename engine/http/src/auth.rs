@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use tessera::PackId;
+use tessera::{FileId, PackId};
 
 /// One token's grants, as the token file has it.
 #[derive(Clone, Debug, Deserialize)]
@@ -286,35 +286,43 @@ impl Policy {
         }
     }
 
-    fn signature(&self, pack: &PackId, exp: u64) -> String {
-        let msg = format!("tessera pack url v1\n{pack}\n{exp}");
+    fn signature(&self, pack: &PackId, file: &FileId, exp: u64) -> String {
+        let msg = format!("tessera pack url v2\n{pack}\n{file}\n{exp}");
         blake3::keyed_hash(&self.key, msg.as_bytes())
             .to_hex()
             .to_string()
     }
 
-    /// The query string (`exp=…&sig=…`) of a pack URL valid for `ttl_secs`.
-    pub fn sign_pack(&self, pack: &PackId, ttl_secs: u64) -> String {
-        self.sign_pack_until(pack, now_secs().saturating_add(ttl_secs))
+    /// The query string (`file=…&exp=…&sig=…`) of a URL for the records of
+    /// `file` in `pack`, valid for `ttl_secs`.
+    pub fn sign_pack(&self, pack: &PackId, file: &FileId, ttl_secs: u64) -> String {
+        self.sign_pack_until(pack, file, now_secs().saturating_add(ttl_secs))
     }
 
     /// The query string of a pack URL that expires at `exp` (Unix seconds).
-    pub fn sign_pack_until(&self, pack: &PackId, exp: u64) -> String {
-        format!("exp={exp}&sig={}", self.signature(pack, exp))
+    pub fn sign_pack_until(&self, pack: &PackId, file: &FileId, exp: u64) -> String {
+        format!(
+            "file={file}&exp={exp}&sig={}",
+            self.signature(pack, file, exp)
+        )
     }
 
-    /// Checks a pack URL's `exp` and `sig`: `Err` says why it is refused.
+    /// Checks a pack URL's `file`, `exp` and `sig`; returns the file whose
+    /// records it may read, or why it is refused.
     pub fn check_pack(
         &self,
         pack: &PackId,
+        file: Option<&str>,
         exp: Option<&str>,
         sig: Option<&str>,
-    ) -> Result<(), &'static str> {
-        let (Some(exp), Some(sig)) = (exp, sig) else {
-            return Err("a pack URL needs exp and sig (take it from a reconstruction)");
+    ) -> Result<FileId, &'static str> {
+        let (Some(file), Some(exp), Some(sig)) = (file, exp, sig) else {
+            return Err("a pack URL needs file, exp and sig (take it from a reconstruction)");
         };
+        let file = FileId::from_hex(file).ok_or("file is not a file id")?;
         let exp: u64 = exp.parse().map_err(|_| "exp is not a number")?;
-        let want = blake3::Hash::from_hex(self.signature(pack, exp)).map_err(|_| "bad key")?;
+        let want =
+            blake3::Hash::from_hex(self.signature(pack, &file, exp)).map_err(|_| "bad key")?;
         let got = blake3::Hash::from_hex(sig).map_err(|_| "sig is not 64 hex digits")?;
         // blake3::Hash compares in constant time.
         if want != got {
@@ -323,7 +331,7 @@ impl Policy {
         if exp < now_secs() {
             return Err("the URL has expired (fetch the reconstruction again)");
         }
-        Ok(())
+        Ok(file)
     }
 }
 
@@ -371,25 +379,40 @@ mod tests {
     fn signatures() {
         let p = policy();
         let pack = PackId([3; 32]);
-        let q = p.sign_pack(&pack, 60);
-        let (exp, sig) = q.split_once('&').expect("two params");
+        let file = FileId([5; 32]);
+        let q = p.sign_pack(&pack, &file, 60);
+        let params: Vec<&str> = q.split('&').collect();
+        let [f, exp, sig] = params[..] else {
+            panic!("three params: {q}")
+        };
+        let f = f.strip_prefix("file=").expect("file");
         let exp = exp.strip_prefix("exp=").expect("exp");
         let sig = sig.strip_prefix("sig=").expect("sig");
-        assert!(p.check_pack(&pack, Some(exp), Some(sig)).is_ok());
+        assert_eq!(p.check_pack(&pack, Some(f), Some(exp), Some(sig)), Ok(file));
         assert!(p
-            .check_pack(&PackId([4; 32]), Some(exp), Some(sig))
+            .check_pack(&PackId([4; 32]), Some(f), Some(exp), Some(sig))
             .is_err());
+        // Another file's records in the same pack.
+        let other_file = FileId([6; 32]).to_hex();
+        assert!(p
+            .check_pack(&pack, Some(&other_file), Some(exp), Some(sig))
+            .is_err());
+        assert!(p.check_pack(&pack, None, Some(exp), Some(sig)).is_err());
         let later = (exp.parse::<u64>().expect("n") + 1).to_string();
-        assert!(p.check_pack(&pack, Some(&later), Some(sig)).is_err());
-        assert!(p.check_pack(&pack, Some(exp), None).is_err());
+        assert!(p
+            .check_pack(&pack, Some(f), Some(&later), Some(sig))
+            .is_err());
+        assert!(p.check_pack(&pack, Some(f), Some(exp), None).is_err());
         // Expired, though correctly signed.
         let old = now_secs() - 10;
-        let sig_old = p.signature(&pack, old);
+        let sig_old = p.signature(&pack, &file, old);
         assert!(p
-            .check_pack(&pack, Some(&old.to_string()), Some(&sig_old))
+            .check_pack(&pack, Some(f), Some(&old.to_string()), Some(&sig_old))
             .is_err());
         // Another server's key.
         let other = Policy::open();
-        assert!(other.check_pack(&pack, Some(exp), Some(sig)).is_err());
+        assert!(other
+            .check_pack(&pack, Some(f), Some(exp), Some(sig))
+            .is_err());
     }
 }

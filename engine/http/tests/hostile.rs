@@ -98,6 +98,19 @@ impl H {
         }
         (status, bytes)
     }
+
+    /// GETs bytes `start..=end` of `path` without a token.
+    async fn get_range(&self, path: &str, start: u64, end: u64) -> (StatusCode, Vec<u8>) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status();
+        (status, resp.bytes().await.expect("body").to_vec())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,11 +181,25 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     }
     // A pack that does not exist, with a valid signature: 404.
     let ghost = tessera::PackId([9; 32]);
-    let q = srv.server.policy().sign_pack(&ghost, 60);
+    let q = srv.server.policy().sign_pack(&ghost, &alice_file, 60);
     let (st, _) = h
         .send(M::GET, &format!("/v1/packs/{ghost}?{q}"), None, None)
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+    // Even to a conditional request that any version would satisfy.
+    let st = h
+        .http
+        .get(format!("{}/v1/packs/{ghost}?{q}", h.url))
+        .header(reqwest::header::IF_NONE_MATCH, "*")
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "If-None-Match: * on a missing pack"
+    );
 
     // Tokens: missing or unknown → 401; out of scope → 403 (writes) or
     // 404 (reads, not revealing the file).
@@ -327,8 +354,34 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     )
     .expect("reconstruction");
     let (p, url) = resp.pack_urls.iter().next().expect("a pack");
+    let term = resp
+        .reconstruction
+        .terms
+        .iter()
+        .find(|t| t.pack == *p)
+        .expect("a term in that pack");
+    let (a, b) = (term.pack_start, term.pack_end - 1);
+    let (st, _) = h.get_range(url, a, b).await;
+    assert_eq!(
+        st,
+        StatusCode::PARTIAL_CONTENT,
+        "a signed URL works without a token"
+    );
+    // Only the file's records: not the whole pack, not a byte before them.
     let (st, _) = h.send(M::GET, url, None, None).await;
-    assert_eq!(st, StatusCode::OK, "a signed URL works without a token");
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "a whole pack through a file's URL"
+    );
+    if a > 0 {
+        assert_eq!(h.get_range(url, a - 1, b).await.0, StatusCode::FORBIDDEN);
+    }
+    let file_of_bob = url.replace(&alice_file.to_hex(), &bob_file.to_hex());
+    assert_eq!(
+        h.get_range(&file_of_bob, a, b).await.0,
+        StatusCode::FORBIDDEN
+    );
     let (st, _) = h
         .send(M::GET, &format!("/v1/packs/{p}"), Some(ROOT), None)
         .await;
@@ -347,7 +400,10 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         h.send(M::GET, &other_pack, None, None).await.0,
         StatusCode::FORBIDDEN
     );
-    let expired = srv.server.policy().sign_pack_until(p, 1_000_000);
+    let expired = srv
+        .server
+        .policy()
+        .sign_pack_until(p, &alice_file, 1_000_000);
     assert_eq!(
         h.send(M::GET, &format!("/v1/packs/{p}?{expired}"), None, None)
             .await
@@ -585,4 +641,107 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     );
     let _ = public_file;
     srv.stop().await;
+}
+
+/// A pack can hold chunks of several files (one commit, or a repack that
+/// combined packs): the URL a reader gets for one file reads that file's
+/// records and nothing else of the pack (a private file's bytes beside a
+/// public one's stay private), and a client's pull through such URLs works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_url_reads_only_its_files_records() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&tmp.path().join("srv"));
+    let secret = noise(700_000, 41);
+    let public = noise(300_000, 42);
+    let mut ing = store.ingest();
+    ing.add("secret", &secret[..], &["bob/secret@v1:w.bin"], &mut |_| {})
+        .expect("stage");
+    let public_file = ing
+        .add("public", &public[..], &["public/m@v1:w.bin"], &mut |_| {})
+        .expect("stage");
+    ing.commit().expect("commit");
+    let secret_file = store.resolve_ref("bob/secret@v1:w.bin").expect("ref");
+    let shared: Vec<_> = store
+        .info(&public_file)
+        .expect("info")
+        .packs
+        .into_iter()
+        .filter(|p| store.info(&secret_file).expect("info").packs.contains(p))
+        .collect();
+    assert!(!shared.is_empty(), "the two files share no pack");
+    let srv = TestServer::start(store.clone(), policy(), ServerConfig::default()).await;
+    let h = H {
+        http: reqwest::Client::new(),
+        url: srv.url.clone(),
+    };
+    let resp: ReconstructionResponse = serde_json::from_slice(
+        &h.send(
+            Method::GET,
+            "/v1/reconstructions/public/m@v1:w.bin",
+            None,
+            None,
+        )
+        .await
+        .1,
+    )
+    .expect("reconstruction");
+    let pack = shared[0];
+    let url = resp
+        .pack_urls
+        .get(&pack)
+        .expect("a URL for the shared pack");
+    let secret_spans = store.pack_spans(&secret_file, &pack).expect("spans");
+    assert!(!secret_spans.is_empty());
+    for (a, b) in secret_spans {
+        let (st, body) = h.get_range(url, a, b - 1).await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "secret records {a}..{b} readable"
+        );
+        assert!(body.len() < 1000, "an error, not bytes");
+    }
+    for t in resp.reconstruction.terms.iter().filter(|t| t.pack == pack) {
+        let (st, body) = h.get_range(url, t.pack_start, t.pack_end - 1).await;
+        assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body.len() as u64, t.pack_end - t.pack_start);
+    }
+    // Whether the secret is stored is not revealed either: by sha256 or by
+    // file id, it answers exactly as content that is not stored.
+    let zeros = "0".repeat(64);
+    let secret_sha = store.info(&secret_file).expect("info").sha256.to_hex();
+    for (held, absent) in [
+        (format!("sha256:{secret_sha}"), format!("sha256:{zeros}")),
+        (secret_file.to_hex(), zeros.clone()),
+        (secret_sha.clone(), zeros.clone()),
+    ] {
+        let answer = |name: String| {
+            let h = &h;
+            async move {
+                let (st, body) = h
+                    .send(Method::GET, &format!("/v1/files/{name}"), None, None)
+                    .await;
+                (st, String::from_utf8_lossy(&body).replace(&name, "NAME"))
+            }
+        };
+        assert_eq!(answer(held).await, answer(absent).await);
+    }
+    // A client pulls the public file through those URLs.
+    let local = open(&tmp.path().join("client"));
+    let remote = tessera_http::client::Client::new(&srv.url, Default::default()).expect("client");
+    let out = tmp.path().join("public.bin");
+    let got = tessera_http::client::pull(
+        &remote,
+        &local,
+        "public/m@v1:w.bin",
+        &out,
+        std::sync::Arc::new(tessera_http::client::NoProgress),
+    )
+    .await
+    .expect("pull");
+    assert_eq!(got.file_id, public_file);
+    assert!(
+        std::fs::read(&out).expect("pulled") == public,
+        "pulled bytes differ"
+    );
 }

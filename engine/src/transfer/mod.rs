@@ -248,6 +248,50 @@ pub(crate) fn reconstruction(
     Ok(rec)
 }
 
+/// The byte ranges of `pack` that hold records of `file`'s chunks, sorted
+/// and merged (touching ranges joined): what a pack URL handed out for
+/// `file` may read, so that it reveals nothing of other files in the pack.
+pub(crate) fn pack_spans(core: &Core, file: &FileId, pack: &PackId) -> Result<Vec<(u64, u64)>> {
+    let layout = layout(core, file)?;
+    let mut spans = Vec::new();
+    let mut reader: Option<Arc<PackReader>> = None;
+    for t in layout.recipe.terms.iter().filter(|t| t.pack == *pack) {
+        let r = match &reader {
+            Some(r) => r.clone(),
+            None => {
+                let r = core.packs.get(pack)?;
+                reader = Some(r.clone());
+                r
+            }
+        };
+        let last = t
+            .first_chunk
+            .saturating_add(t.chunk_count.saturating_sub(1));
+        let (a, b) = (r.entry(t.first_chunk)?, r.entry(last)?);
+        spans.push((a.offset, b.offset + b.record_len()));
+    }
+    Ok(merge_spans(spans))
+}
+
+/// Sorts byte ranges and joins those that overlap or touch.
+fn merge_spans(mut spans: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Whether `start..end` lies inside one of `spans` (merged, sorted).
+pub fn within_spans(spans: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let i = spans.partition_point(|s| s.1 < end);
+    spans.get(i).is_some_and(|&(a, b)| a <= start && end <= b)
+}
+
 /// One HTTP Range request of a download: a byte range of a pack and the
 /// chunks whose records lie in it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -291,7 +335,9 @@ pub struct DownloadPlan {
 
 /// Plans the download of `rec` into the store `local`: every distinct chunk
 /// the local store lacks is fetched, once; records of one pack less than
-/// `gap` bytes apart share a request, up to `max_request` bytes per request.
+/// `gap` bytes apart share a request, up to `max_request` bytes per request,
+/// when the gap holds records of this file too (a pack URL reads only those:
+/// see [`pack_spans`]).
 /// The requests are in the order of the file position of their first
 /// chunk, so that a client fetching a few at a time receives the file about
 /// in order (an [`Assembly`] hashes it in order as it arrives).
@@ -319,13 +365,22 @@ pub(crate) fn plan_download(
     }
     for (pack, mut chunks) in wanted {
         chunks.sort_by_key(|c| c.offset);
+        let spans = merge_spans(
+            rec.terms
+                .iter()
+                .filter(|t| t.pack == pack)
+                .map(|t| (t.pack_start, t.pack_end))
+                .collect(),
+        );
         let mut cur: Option<Fetch> = None;
         for c in chunks {
             plan.fetch_chunks += 1;
             let end = c.offset + c.record_len;
             match &mut cur {
                 Some(f)
-                    if c.offset <= f.end.saturating_add(gap) && end - f.start <= max_request =>
+                    if c.offset <= f.end.saturating_add(gap)
+                        && end - f.start <= max_request
+                        && within_spans(&spans, f.start, end) =>
                 {
                     f.end = f.end.max(end);
                     f.chunks.push(c);

@@ -185,7 +185,15 @@ impl Inner {
             return Ok((id, public));
         }
         let name = name.to_string();
-        let id = blocking(move || store.resolve(&name)).await?;
+        let resolved = blocking(move || Ok(store.resolve(&name))).await?;
+        let id = match resolved {
+            Ok(id) => id,
+            // The engine says which of file id and sha256 it looked for:
+            // with tokens, a name nobody may read must not answer
+            // differently from one that is not stored.
+            Err(e) if self.policy.is_enforced() && e.is_not_found() => return Err(hidden()),
+            Err(e) => return Err(e.into()),
+        };
         if !self.policy.is_enforced() {
             return Ok((id, true));
         }
@@ -365,7 +373,12 @@ fn file_body(
                     reader.read_exact(&mut buf).map(|()| (reader, buf))
                 })
                 .await
-                .map_err(std::io::Error::other)??;
+                .map_err(std::io::Error::other)?
+                .inspect_err(|e| {
+                    // The status line went out already: the log is where
+                    // an operator learns of the damage.
+                    tracing::warn!(at = pos, error = %e, "a file response stopped early");
+                })?;
                 stats.file_bytes_sent.fetch_add(n, Ordering::Relaxed);
                 Ok(Some((Bytes::from(buf), (Some(reader), pos + n, n))))
             }
@@ -479,7 +492,7 @@ async fn get_reconstruction(
     let pack_urls = packs
         .into_iter()
         .map(|p| {
-            let q = s.policy.sign_pack(&p, ttl);
+            let q = s.policy.sign_pack(&p, &id, ttl);
             (p, format!("/v1/packs/{p}?{q}"))
         })
         .collect();
@@ -526,7 +539,10 @@ fn pack_body(
                         .await
                         .map_err(std::io::Error::other)?
                         .map(|(b, _)| b)
-                        .map_err(std::io::Error::other)?;
+                        .map_err(|e| {
+                            tracing::warn!(%pack, at = pos, error = %e, "a pack response stopped early");
+                            std::io::Error::other(e)
+                        })?;
                 }
                 let n = (buffered.len() as u64).min(SLICE);
                 if n == 0 {
@@ -551,30 +567,48 @@ async fn get_pack(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let pack = parse_pack_id(&path_arg(id)?)?;
-    if s.policy.is_enforced() {
+    // With tokens, the URL names the file it was handed out for, and reads
+    // only the byte ranges of that file's records: a pack can hold chunks
+    // of files the holder may not read.
+    let allowed = if s.policy.is_enforced() {
         let q = query_params(query.as_deref())?;
-        s.policy
+        let file = s
+            .policy
             .check_pack(
                 &pack,
+                q.get("file").map(String::as_str),
                 q.get("exp").map(String::as_str),
                 q.get("sig").map(String::as_str),
             )
             .map_err(|why| ApiError::forbidden(format!("pack {pack}: {why}")))?;
-    }
+        let store = s.store.clone();
+        let spans = blocking(move || store.pack_spans(&file, &pack)).await?;
+        Some((file, spans))
+    } else {
+        None
+    };
     let etag = etag_of(&pack.to_hex());
-    if none_match(&headers, &etag) {
-        return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
-    }
     let store = s.store.clone();
     // `pack_range` answers "not found" for a pack that is not stored
     // (`pack_size` would call it damage).
     let size = blocking(move || Ok(store.pack_range(&pack, 0, 0)?.1)).await?;
+    if none_match(&headers, &etag) {
+        return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
+    }
     let range = match wanted_range(&headers, size, &etag) {
         Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("pack {pack}"), size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b)),
         None => None,
     };
     let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
+    if let Some((file, spans)) = &allowed {
+        if method != Method::HEAD && !tessera::within_spans(spans, start, end) {
+            return Err(ApiError::forbidden(format!(
+                "pack {pack}: bytes {start}-{} are not all records of file {file}; this URL reads only those (ask for a range inside them)",
+                end.saturating_sub(1)
+            )));
+        }
+    }
     if method == Method::HEAD {
         return Ok(content(
             range,
