@@ -414,3 +414,45 @@ fn an_assembly_refuses_a_sha256_other_than_its_contents_and_registers_nothing() 
     let file = std::fs::File::create(&out).expect("create");
     assert!(client.assemble(&part, &plan, file).is_err());
 }
+
+/// No chunk is empty: a pack with a 0-byte record and a registration
+/// listing a 0-byte chunk are refused (a file of such chunks would
+/// reconstruct to a chunk list that no longer hashes to its id).
+#[test]
+fn empty_chunks_are_refused() {
+    use tessera::testing::{pack_header, ChunkEntry, Compression, Trailer};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Store::open(tmp.path().join("server"), opts()).expect("server");
+    let empty = ChunkId(*blake3::hash(b"").as_bytes());
+    let mut bytes = pack_header().to_vec();
+    let e = ChunkEntry {
+        id: empty,
+        offset: bytes.len() as u64,
+        stored_len: 0,
+        raw_len: 0,
+        compression: Compression::None,
+    };
+    bytes.extend_from_slice(&e.encode_header());
+    let table_offset = bytes.len() as u64;
+    let mut table = Vec::new();
+    e.encode_table_entry(&mut table);
+    bytes.extend_from_slice(&table);
+    bytes.extend_from_slice(&Trailer::encode(table_offset, 1, &table));
+    let id = tessera::testing::pack_id_of(&bytes);
+    match server.admit_pack(id, Bytes::from(bytes)) {
+        Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("empty"), "{e}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    let data = noise(100_000, 5);
+    let f = server.put_bytes(&data, &[]).expect("put").file_id;
+    let mut list = server.chunk_list(&f).expect("chunks");
+    list.insert(0, (empty, 0));
+    let mut h = tessera::FileIdHasher::new();
+    for (c, len) in &list {
+        h.push(c, u64::from(*len));
+    }
+    match server.register_file(h.finish(), data.len() as u64, &list, None, &["z"]) {
+        Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("0 bytes"), "{e}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}

@@ -211,7 +211,12 @@ pub enum ByteRange {
 /// `None` when it is malformed or names several ranges (the whole resource
 /// is served then).
 pub fn parse_range(header: &str, size: u64) -> Option<ByteRange> {
-    let spec = header.trim().strip_prefix("bytes=")?;
+    // The range unit is case-insensitive (RFC 9110 §14.1).
+    let header = header.trim();
+    let (unit, spec) = header.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
     if spec.contains(',') {
         return None;
     }
@@ -277,6 +282,14 @@ mod tests {
         assert_eq!(parse_range("bytes=-0", 100), Some(ByteRange::Unsatisfiable));
         assert_eq!(parse_range("bytes=0-0", 0), Some(ByteRange::Unsatisfiable));
         assert_eq!(parse_range("bytes=5-3", 100), None);
+        // The unit is case-insensitive; other units are not ranges.
+        assert_eq!(parse_range("BYTES=0-9", 100), Some(ByteRange::Bytes(0, 9)));
+        assert_eq!(
+            parse_range(" Bytes=-10", 100),
+            Some(ByteRange::Bytes(90, 99))
+        );
+        assert_eq!(parse_range("items=0-9", 100), None);
+        assert_eq!(parse_range("bytes 0-9", 100), None);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
         assert_eq!(parse_range("bytes=x-1", 100), None);

@@ -89,6 +89,11 @@ pub(crate) fn admit_pack(core: &Core, claimed: PackId, bytes: Bytes) -> Result<A
                 e.id, e.raw_len
             )));
         }
+        // Chunking never makes an empty chunk; a file listing them would
+        // reconstruct to a chunk list that no longer hashes to its id.
+        if e.raw_len == 0 {
+            return Err(reject(format!("chunk {} is empty (0 bytes)", e.id)));
+        }
         reader
             .read_chunk(i, &e.id)
             .map_err(|e| reject(e.to_string()))?;
@@ -328,6 +333,11 @@ pub(super) fn chunk_locations(
     let mut locs = Vec::with_capacity(chunks.len());
     let mut missing = 0usize;
     for (id, len) in chunks {
+        if *len == 0 {
+            return Err(reject(format!(
+                "chunk {id} is listed with 0 bytes (no chunk is empty)"
+            )));
+        }
         match core.index.chunk(id)? {
             Some(l) if l.entry.raw_len == *len => locs.push((l.pack, l.index)),
             Some(l) => {

@@ -555,7 +555,12 @@ async fn download_range(
         )
         .await;
     let mut resp = match resp {
-        Err(e) if e.status() == Some(StatusCode::FORBIDDEN) => {
+        // An expired URL, or a pack the server repacked away since the
+        // reconstruction: fetch it again (a file that is gone then says so).
+        Err(e)
+            if e.status() == Some(StatusCode::FORBIDDEN)
+                || e.status() == Some(StatusCode::NOT_FOUND) =>
+        {
             return Err(RangeFail::Refresh(generation))
         }
         r => r?,
