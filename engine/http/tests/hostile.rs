@@ -745,3 +745,45 @@ async fn a_pack_url_reads_only_its_files_records() {
         "pulled bytes differ"
     );
 }
+
+/// A client that stops reading a response loses its connection once the
+/// server's writes have stalled for `write_stall_timeout`: it cannot hold a
+/// connection slot and the response's buffer for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&tmp.path().join("srv"));
+    let size = 48usize << 20;
+    store
+        .put_bytes(&noise(size, 51), &["public/big@v1:w.bin"])
+        .expect("put");
+    let config = ServerConfig {
+        write_stall_timeout: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let srv = TestServer::start(store, tessera_http::Policy::open(), config).await;
+    let mut sock = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    sock.write_all(b"GET /v1/files/public%2Fbig%40v1%3Aw.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // Read nothing for a while: the socket buffers fill, the server stalls.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(
+        got < size,
+        "the whole response came: the stall did not end it"
+    );
+}

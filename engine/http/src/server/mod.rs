@@ -10,6 +10,7 @@
 mod body;
 mod error;
 mod handlers;
+mod stall;
 
 use std::future::Future;
 use std::io;
@@ -50,6 +51,9 @@ pub struct ServerConfig {
     pub max_rate: Option<u64>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// How long a response may wait for the client to read (take) any of
+    /// it before the connection is closed.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +68,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_rate: None,
             shutdown_grace: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -200,6 +205,7 @@ impl Server {
                     tower::ServiceExt::oneshot(app.clone(), req)
                 },
             );
+            let stream = stall::StallGuard::new(stream, cfg.write_stall_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
