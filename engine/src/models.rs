@@ -86,6 +86,45 @@ pub(crate) fn parse(file: &FileId, bytes: &[u8]) -> std::result::Result<ModelInf
     serde_json::from_str(s.info.get()).map_err(parse_err)
 }
 
+/// Recomputes every stored description that does not check (damage, or
+/// version 1 from an older engine) by reading its file: what `repair
+/// index` does for them. Each is reported as healed, or as a problem when
+/// its file cannot be read.
+pub(crate) fn recompute_unchecked(
+    core: &std::sync::Arc<Core>,
+    rep: &mut crate::report::RepairReport,
+) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let keys = objects
+        .list(crate::paths::MODELS)
+        .map_err(|e| Error::io("list", objects.describe(crate::paths::MODELS), e))?;
+    for key in keys {
+        let Some(file) = crate::paths::file_of_model_key(&key) else {
+            continue;
+        };
+        if !core.index.has_file(&file)? {
+            continue;
+        }
+        let Ok(bytes) = objects.get(&key) else {
+            continue;
+        };
+        let Err(why) = parse(&file, &bytes) else {
+            continue;
+        };
+        match read(core, &file) {
+            Ok(_) => rep.healed(
+                format!("file {file}"),
+                format!("model description {key} {why}; recomputed from the file"),
+            ),
+            Err(e) => rep.problem(
+                format!("file {file}"),
+                format!("model description {key} {why}, and the file cannot be read to recompute it: {e}"),
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// A file's model description: the stored one, or, when it is missing or
 /// cannot be trusted (a file stored before descriptions, damage, an older
 /// version), computed

@@ -68,6 +68,13 @@ pub fn file_of_key(key: &str) -> Option<FileId> {
     FileId::from_hex(id).filter(|id| recipe_key(id) == key)
 }
 
+/// The file a model description key names (`None` for a key of another
+/// shape).
+pub fn file_of_model_key(key: &str) -> Option<FileId> {
+    let id = key.rsplit('/').next()?.strip_suffix(".json")?;
+    FileId::from_hex(id).filter(|id| model_key(id) == key)
+}
+
 /// Whether a key has the shape of a ref key (the name inside decides
 /// whether it is the right one).
 pub fn is_ref_key(key: &str) -> bool {

@@ -23,8 +23,10 @@ use crate::storage::{ObjectStore, PutMode};
 /// still holds); then the index is deleted and rebuilt; then packs that
 /// cannot be opened are salvaged (their verified records re-packed) and
 /// recipes naming packs that are gone are rebuilt from where their chunks
-/// are. Damaged packs, recipes and refs are reported by name; everything
-/// else is recovered. Chunks are indexed only after they re-hash to their id.
+/// are; last, model descriptions that do not check are recomputed from
+/// their files. Damaged packs, recipes and refs are reported by name;
+/// everything else is recovered. Chunks are indexed only after they re-hash
+/// to their id.
 pub(crate) fn repair_index(
     objects: Arc<dyn ObjectStore>,
     local: Local,
@@ -88,6 +90,7 @@ pub(crate) fn repair_index(
         .unwrap_or_default();
     rep.healed.splice(0..0, healed.healed);
     salvage::salvage(&core, &mut rep)?;
+    crate::models::recompute_unchecked(&core, &mut rep)?;
     core.close()?;
     Ok(rep)
 }

@@ -9,7 +9,7 @@ use crate::format::{decode_ref, Recipe, DELETED_REF};
 use crate::ids::{FileId, PackId};
 use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
-use crate::paths::{model_key, recipe_key, ref_key, DAMAGED, MODELS};
+use crate::paths::{file_of_model_key, recipe_key, ref_key, DAMAGED, MODELS};
 use crate::report::Problem;
 use crate::{refresh, refs, remote, shared_refs};
 
@@ -405,13 +405,7 @@ pub(crate) fn verify(
         .list(MODELS)
         .map_err(|e| crate::Error::io("list", objects.describe(MODELS), e))?
     {
-        let file = key
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(FileId::from_hex)
-            .filter(|f| model_key(f) == key);
-        let Some(file) = file else {
+        let Some(file) = file_of_model_key(&key) else {
             rep.problem(
                 key,
                 "unexpected object (not named like models/xx/<file id>.json)",
@@ -431,7 +425,7 @@ pub(crate) fn verify(
             if let Err(why) = checked {
                 rep.problem(
                     format!("file {file}"),
-                    format!("model description {key} {why} (`tessera info` recomputes it)"),
+                    format!("model description {key} {why} (`tessera info` or `repair index` recomputes it)"),
                 );
             }
         }

@@ -800,6 +800,7 @@ fn a_model_description_that_does_not_check_is_recomputed() {
         serde_json::json!({"version": 1, "info": v["info"]}).to_string()
     };
     let copied = std::fs::read(dir.path().join(model_key(&other_id))).expect("other");
+    let v1_again = v1.clone().into_bytes();
     for (how, bytes, why) in [
         ("offset changed", shifted.into_bytes(), "checksum"),
         ("another file's", copied, "another file"),
@@ -821,6 +822,21 @@ fn a_model_description_that_does_not_check_is_recomputed() {
         assert_eq!(std::fs::read(&path).expect("rewritten"), good, "{how}");
         assert!(verify(&store).is_clean(), "{how}");
     }
+    // `repair index` recomputes them too (a store written by an engine
+    // whose descriptions were version 1 is healed in one command).
+    std::fs::write(&path, &v1_again).expect("write");
+    drop(store);
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(
+        rep.healed
+            .iter()
+            .any(|p| p.object == format!("file {id}") && p.detail.contains("model description")),
+        "{}",
+        names(&rep.healed)
+    );
+    assert_eq!(std::fs::read(&path).expect("rewritten"), good);
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    assert!(verify(&store).is_clean());
 }
 
 /// Ingest never deduplicates against a pack that is gone: a new file

@@ -272,8 +272,10 @@ enum RepairCmd {
     ///
     /// First, recipe and ref files that are missing or damaged are rewritten
     /// from the current index's verified copies (HEALED lines); then the
-    /// index is deleted and rebuilt. What cannot be recovered is listed
-    /// (UNRECOVERED lines, exit 4); everything else is recovered.
+    /// index is deleted and rebuilt; last, model descriptions that do not
+    /// check (damaged, or written by an older version) are recomputed from
+    /// their files. What cannot be recovered is listed (UNRECOVERED lines,
+    /// exit 4); everything else is recovered.
     ///
     /// Rarely needed by hand: every open already catches the index up with
     /// the files after a crash, or when sled reports damage or comes back
