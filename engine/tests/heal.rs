@@ -12,6 +12,7 @@ use common::{noise, small_packs};
 use tessera::testing::{model_key, recipe_key, ref_key};
 use tessera::{Error, FileId, Store, StoreOptions};
 use tessera::{Problem, VerifyOptions};
+use tessera_synth::{DType, ModelSpec};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -742,25 +743,6 @@ fn a_missing_ref_file_is_rewritten_from_the_index() {
     }
 }
 
-/// A safetensors file: header length, JSON header, the tensors' bytes.
-fn safetensors(tensors: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, bytes) in tensors {
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "U8", "shape": [bytes.len()],
-                "data_offsets": [data.len(), data.len() + bytes.len()]}),
-        );
-        data.extend_from_slice(bytes);
-    }
-    let h = serde_json::Value::Object(header).to_string();
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(h.as_bytes());
-    out.extend_from_slice(&data);
-    out
-}
-
 /// A model description is trusted only when it checks (spec §7.2): one
 /// whose tensor offset was changed (still valid JSON), another file's copied
 /// over it, or an unchecked version 1 object is reported by `verify` and
@@ -770,13 +752,16 @@ fn safetensors(tensors: &[(&str, &[u8])]) -> Vec<u8> {
 fn a_model_description_that_does_not_check_is_recomputed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), small_packs()).expect("open");
-    let (w, b) = (noise(300_000, 7), noise(5_000, 8));
-    let file = safetensors(&[("w", &w), ("b", &b)]);
+    // Two safetensors files from the synthetic model generator.
+    let spec = ModelSpec::base(7, 2 << 20, DType::BF16);
+    let file = spec.to_bytes();
+    let (tensor, range) = spec.tensor_ranges().into_iter().next().expect("a tensor");
+    let w = file[range.start as usize..range.end as usize].to_vec();
     let id = store
         .put_bytes(&file, &["org/m@v1:m.safetensors"])
         .expect("put")
         .file_id;
-    let other = safetensors(&[("w", &b), ("b", &w)]);
+    let other = ModelSpec::base(8, 2 << 20, DType::BF16).to_bytes();
     let other_id = store
         .put_bytes(&other, &["org/m@v2:m.safetensors"])
         .expect("put")
@@ -788,13 +773,14 @@ fn a_model_description_that_does_not_check_is_recomputed() {
     let w_off = info
         .tensors
         .iter()
-        .find(|t| t.name == "w")
+        .find(|t| t.name == tensor)
         .and_then(|t| t.offset)
-        .expect("w");
+        .expect("described");
+    assert_eq!(w_off, range.start);
     // The offset's last digit, changed: still JSON, another range.
-    let needle = format!("\"offset\":{w_off}");
+    let needle = format!("\"offset\":{w_off},");
     assert!(text.contains(&needle), "{text}");
-    let shifted = text.replacen(&needle, &format!("\"offset\":{}", w_off + 1), 1);
+    let shifted = text.replacen(&needle, &format!("\"offset\":{},", w_off + 1), 1);
     let v1 = {
         let v: serde_json::Value = serde_json::from_str(&shifted).expect("json");
         serde_json::json!({"version": 1, "info": v["info"]}).to_string()
@@ -815,7 +801,7 @@ fn a_model_description_that_does_not_check_is_recomputed() {
             "{how}: {}",
             names(&v.problems)
         );
-        let (off, len) = store.tensor_range(&id, "w").expect("tensor");
+        let (off, len) = store.tensor_range(&id, &tensor).expect("tensor");
         assert_eq!((off, len), (w_off, w.len() as u64), "{how}");
         let got = store.read_range(&id, off, len).expect("read");
         assert!(got[..] == w[..], "{how}: other bytes");
