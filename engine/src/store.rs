@@ -486,8 +486,11 @@ impl Store {
 
     /// Admits a pack a client uploaded, after verifying all of it (its id,
     /// footer, layout and every chunk); a refused pack leaves nothing behind.
-    pub fn admit_pack(&self, claimed: PackId, bytes: Bytes) -> Result<AdmitReport> {
-        transfer::admit_pack(&self.core, claimed, bytes)
+    /// `max_raw` bounds the chunks' total decoded size, checked before any
+    /// is decoded: a server passes its pack body limit, so an upload costs
+    /// it at most that much decoding however well its records compress.
+    pub fn admit_pack(&self, claimed: PackId, bytes: Bytes, max_raw: u64) -> Result<AdmitReport> {
+        transfer::admit_pack(&self.core, claimed, bytes, max_raw)
     }
 
     /// Stores verified chunks (from [`crate::verify_fetched`]) durably.

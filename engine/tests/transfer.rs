@@ -113,7 +113,9 @@ fn pull_moves_only_missing_chunks_and_push_only_new_ones() {
     assert!(!missing.is_empty() && missing.len() < ids.len() / 2);
     let (pack, bytes) = client.export_pack(&missing).expect("export");
     let sent = bytes.len();
-    let admitted = server.admit_pack(pack, Bytes::from(bytes)).expect("admit");
+    let admitted = server
+        .admit_pack(pack, Bytes::from(bytes), u64::MAX)
+        .expect("admit");
     assert_eq!(admitted.new_chunks as usize, missing.len());
     let rep = server
         .register_file(id3, v3.len() as u64, &list, None, &["m@v3"])
@@ -160,19 +162,31 @@ fn hostile_uploads_are_refused_and_leave_nothing_behind() {
     bad[200] ^= 1;
     refused(
         "flipped byte",
-        server.admit_pack(pack, Bytes::from(bad.clone())),
+        server.admit_pack(pack, Bytes::from(bad.clone()), u64::MAX),
     );
     // The same, claiming the id of the damaged bytes: a chunk fails.
     let mut h = tessera::testing::pack_id_of(&bad);
-    refused("damaged chunk", server.admit_pack(h, Bytes::from(bad)));
+    refused(
+        "damaged chunk",
+        server.admit_pack(h, Bytes::from(bad), u64::MAX),
+    );
     // Truncated.
     let cut = good[..good.len() - 100].to_vec();
     h = tessera::testing::pack_id_of(&cut);
-    refused("truncated", server.admit_pack(h, Bytes::from(cut)));
+    refused(
+        "truncated",
+        server.admit_pack(h, Bytes::from(cut), u64::MAX),
+    );
     // Garbage.
     let junk = noise(5000, 3);
     h = tessera::testing::pack_id_of(&junk);
-    refused("garbage", server.admit_pack(h, Bytes::from(junk)));
+    refused("garbage", server.admit_pack(h, Bytes::from(junk), u64::MAX));
+    // A pack whose chunks decode to more than the caller allows, refused
+    // from its chunk table (one byte over is enough).
+    match server.admit_pack(pack, Bytes::from(good.clone()), data.len() as u64 - 1) {
+        Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("decode to more"), "{e}"),
+        other => panic!("over the raw limit: expected Rejected, got {other:?}"),
+    }
     // A registration naming chunks the server does not hold.
     match server.register_file(id, data.len() as u64, &list, None, &["x"]) {
         Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("not stored"), "{e}"),
@@ -195,7 +209,9 @@ fn hostile_uploads_are_refused_and_leave_nothing_behind() {
     );
     assert_eq!(before, after, "a refused upload left something behind");
     // The good pack is admitted; a wrong sha256 claim is still refused.
-    server.admit_pack(pack, Bytes::from(good)).expect("admit");
+    server
+        .admit_pack(pack, Bytes::from(good), u64::MAX)
+        .expect("admit");
     let other = tessera::Sha256([7; 32]);
     match server.register_file(id, data.len() as u64, &list, Some(other), &[]) {
         Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("sha256"), "{e}"),
@@ -439,7 +455,7 @@ fn empty_chunks_are_refused() {
     bytes.extend_from_slice(&table);
     bytes.extend_from_slice(&Trailer::encode(table_offset, 1, &table));
     let id = tessera::testing::pack_id_of(&bytes);
-    match server.admit_pack(id, Bytes::from(bytes)) {
+    match server.admit_pack(id, Bytes::from(bytes), u64::MAX) {
         Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("empty"), "{e}"),
         other => panic!("expected Rejected, got {other:?}"),
     }

@@ -445,6 +445,32 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         put_pack(pack, Vec::new()).await,
         StatusCode::UNPROCESSABLE_ENTITY
     );
+    // A pack under the body limit whose chunks decode to more than it (a
+    // "zip bomb") is refused from its chunk table, before any decoding.
+    let text: Vec<u8> = (0..220_000u32)
+        .flat_map(|i| format!("row {i:08} value {}\n", i % 977).into_bytes())
+        .collect();
+    assert!(text.len() > 4 << 20);
+    let text_file = client_store.put_bytes(&text, &[]).expect("put").file_id;
+    let text_ids: Vec<ChunkId> = client_store
+        .chunk_list(&text_file)
+        .expect("chunks")
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    let (bomb, bomb_bytes) = client_store.export_pack(&text_ids).expect("export");
+    assert!(bomb_bytes.len() < 4 << 20, "{} bytes", bomb_bytes.len());
+    let (st, body) = h
+        .send(
+            M::PUT,
+            &format!("/v1/packs/{bomb}"),
+            Some(ALICE),
+            Some(bomb_bytes),
+        )
+        .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("decode to more than"), "{body}");
     // A declared length over the limit is refused before the body is read
     // (raw, because a client still sending when the answer comes may see
     // the connection reset instead of the answer).

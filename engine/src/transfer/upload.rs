@@ -51,10 +51,18 @@ pub struct AdmitReport {
 /// Admits a pack uploaded by a client, only after checking all of it: its
 /// bytes hash to the pack id claimed, its footer is intact, its records
 /// tile the data region exactly (no hidden bytes), every chunk is at most
-/// the store's chunk size and decodes and re-hashes to its id. Then the
+/// the store's chunk size and decodes and re-hashes to its id, and the
+/// chunks' declared sizes add up to at most `max_raw` bytes (checked from
+/// the chunk table before anything is decoded, so a small pack of highly
+/// compressed records cannot make the store decode gigabytes). Then the
 /// pack is published as it is (create-only) and indexed. A refused pack
 /// leaves nothing behind.
-pub(crate) fn admit_pack(core: &Core, claimed: PackId, bytes: Bytes) -> Result<AdmitReport> {
+pub(crate) fn admit_pack(
+    core: &Core,
+    claimed: PackId,
+    bytes: Bytes,
+    max_raw: u64,
+) -> Result<AdmitReport> {
     core.check_poison()?;
     let what = format!("pack {claimed}");
     let reject = |reason: String| Error::Rejected {
@@ -73,10 +81,21 @@ pub(crate) fn admit_pack(core: &Core, claimed: PackId, bytes: Bytes) -> Result<A
         return Err(reject("it holds no chunk".into()));
     }
     let max = core.config.chunking.max;
-    let mut entries = Vec::with_capacity(reader.chunk_count() as usize);
-    let mut expect_offset = PACK_HEADER_LEN as u64;
+    let mut table = Vec::with_capacity(reader.chunk_count() as usize);
+    let mut declared = 0u64;
     for i in 0..reader.chunk_count() {
         let e = reader.entry(i).map_err(|e| reject(e.to_string()))?;
+        declared += u64::from(e.raw_len);
+        if declared > max_raw {
+            return Err(reject(format!(
+                "its chunks decode to more than {max_raw} bytes (the most one pack may carry)"
+            )));
+        }
+        table.push(e);
+    }
+    let mut entries = Vec::with_capacity(table.len());
+    let mut expect_offset = PACK_HEADER_LEN as u64;
+    for (i, e) in (0..).zip(table) {
         if e.offset != expect_offset {
             return Err(reject(format!(
                 "record {i} is at {}, not right after the one before it ({expect_offset})",

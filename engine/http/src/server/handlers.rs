@@ -659,7 +659,11 @@ async fn put_pack(
     .await?;
     let n = bytes.len() as u64;
     let store = s.store.clone();
-    let rep = blocking(move || store.admit_pack(pack, bytes)).await?;
+    // A pack's chunks may decode to no more than the largest body this
+    // server accepts: the reference client fills packs by raw size, and
+    // highly compressed records cannot buy more decoding than that.
+    let max_raw = cfg.max_pack_body;
+    let rep = blocking(move || store.admit_pack(pack, bytes, max_raw)).await?;
     s.stats.pack_bytes_admitted.fetch_add(n, Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
