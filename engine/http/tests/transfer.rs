@@ -277,3 +277,50 @@ async fn thirty_two_clients_pull_while_one_pushes() {
     assert!(v.is_clean(), "server store damaged: {:?}", v.problems);
     srv.stop().await;
 }
+
+/// A part file an earlier run left is used when its bytes verify and
+/// counted as resumed; a damaged one is thrown away, fetched again, and
+/// not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_left_part_counts_as_resumed_only_when_it_verifies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let data = model(&ModelSpec::base(9, 2 << 20, DType::BF16));
+    server_store.put_bytes(&data, &["m@v1:w"]).expect("put");
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig::default(),
+    )
+    .await;
+    let c = client(&srv.url);
+    let rec = c
+        .reconstruction("m@v1:w")
+        .await
+        .expect("rec")
+        .reconstruction;
+    let term = &rec.terms[0];
+    let (good, _) = server_store
+        .pack_range(&term.pack, term.pack_start, 1000)
+        .expect("pack bytes");
+    for (case, left, resumed) in [
+        ("damaged", vec![0xAA; 1000], 0),
+        ("intact", good.to_vec(), 1000),
+    ] {
+        let local = open(&tmp.path().join(format!("local-{case}")));
+        let out = tmp.path().join(format!("{case}.bin"));
+        let dir = tmp.path().join(format!(".{case}.bin.tessera-pull"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join(format!("{}-{}.part", term.pack, term.pack_start)),
+            &left,
+        )
+        .expect("plant part");
+        let r = pull(&c, &local, "m@v1:w", &out, Arc::new(NoProgress))
+            .await
+            .expect("pull");
+        assert!(std::fs::read(&out).expect("read") == data, "{case}");
+        assert_eq!(r.bytes_resumed, resumed, "{case}: {r:?}");
+        assert!(!dir.exists(), "{case}: the download directory stayed");
+    }
+}

@@ -419,9 +419,16 @@ async fn fetch_one(
     let part = sh.dir.join(format!("{}-{}.part", f.pack, f.start));
     let opts = sh.client.options();
     let (mut attempt, mut refreshes, mut refetched) = (0u32, 0u32, false);
+    // Bytes an earlier run left in the part file: shown as progress now,
+    // counted as resumed once they verify (not when a damaged part is
+    // thrown away).
+    let mut kept = match tokio::fs::metadata(&part).await {
+        Ok(m) => m.len().min(f.len()),
+        Err(_) => 0,
+    };
+    sh.progress.advance(kept);
     loop {
-        let first = attempt == 0 && refreshes == 0 && !refetched;
-        match download_range(sh, &f, &part, first.then_some(resumed)).await {
+        match download_range(sh, &f, &part).await {
             Ok(bytes) => {
                 let (f2, a) = (f.clone(), assembly.clone());
                 // Verified, then added (the outer result is the check's).
@@ -434,6 +441,7 @@ async fn fetch_one(
                     Ok(added) => {
                         added.map_err(ClientError::Engine)?;
                         remove_part(&part).await?;
+                        resumed.fetch_add(kept, Ordering::Relaxed);
                         return Ok(());
                     }
                     Err(e) if !refetched => {
@@ -441,6 +449,7 @@ async fn fetch_one(
                         tracing::warn!(error = %e, "a fetched range failed verification; fetching it again");
                         remove_part(&part).await?;
                         refetched = true;
+                        kept = 0;
                     }
                     Err(e) => {
                         remove_part(&part).await?;
@@ -485,12 +494,7 @@ async fn remove_part(part: &Path) -> ClientResult<()> {
 
 /// Brings the part file of `f` to its full length (fetching what it lacks)
 /// and returns its bytes.
-async fn download_range(
-    sh: &Shared,
-    f: &Fetch,
-    part: &Path,
-    resumed: Option<&AtomicU64>,
-) -> Result<Bytes, RangeFail> {
+async fn download_range(sh: &Shared, f: &Fetch, part: &Path) -> Result<Bytes, RangeFail> {
     let len = f.len();
     let io = |e| ClientError::io(part, e);
     let mut file = tokio::fs::OpenOptions::new()
@@ -507,12 +511,6 @@ async fn download_range(
     if have > 0 {
         buf.resize(have as usize, 0);
         file.read_exact(&mut buf).await.map_err(io)?;
-        // Counted once: what an earlier run left (a retry in this run
-        // re-reads what this run already counted).
-        if let Some(resumed) = resumed {
-            resumed.fetch_add(have, Ordering::Relaxed);
-            sh.progress.advance(have);
-        }
     }
     if on_disk != have {
         file.set_len(have).await.map_err(io)?;
