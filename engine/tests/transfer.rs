@@ -208,6 +208,12 @@ fn hostile_uploads_are_refused_and_leave_nothing_behind() {
         dir_bytes(&tmp.path().join("server/packs")),
     );
     assert_eq!(before, after, "a refused upload left something behind");
+    // A pack holding a chunk twice counts it once as new.
+    let (twice, twice_bytes) = client.export_pack(&[ids[0], ids[0]]).expect("export");
+    let rep = server
+        .admit_pack(twice, Bytes::from(twice_bytes), u64::MAX)
+        .expect("admit");
+    assert_eq!((rep.chunks, rep.new_chunks), (2, 1));
     // The good pack is admitted; a wrong sha256 claim is still refused.
     server
         .admit_pack(pack, Bytes::from(good), u64::MAX)

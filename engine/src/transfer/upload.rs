@@ -125,9 +125,11 @@ pub(crate) fn admit_pack(
         ));
     }
     let raw_bytes = entries.iter().map(|(_, e)| u64::from(e.raw_len)).sum();
+    // Distinct ids: a pack may hold a chunk twice.
     let mut new_chunks = 0u64;
+    let mut seen = HashSet::new();
     for (_, e) in &entries {
-        if core.index.chunk(&e.id)?.is_none() {
+        if seen.insert(e.id) && core.index.chunk(&e.id)?.is_none() {
             new_chunks += 1;
         }
     }
