@@ -6,10 +6,11 @@ use std::sync::Arc;
 use crate::core::Core;
 use crate::error::{clip, Result};
 use crate::format::{decode_ref, Recipe, DELETED_REF};
-use crate::ids::{FileId, PackId};
+use crate::ids::{FileId, PackId, Sha256};
 use crate::inventory;
 use crate::pack::{check_pack_name, PackReader};
 use crate::paths::{file_of_model_key, recipe_key, ref_key, DAMAGED, MODELS};
+use crate::read::{unwrap_io, FileReader};
 use crate::report::Problem;
 use crate::{refresh, refs, remote, shared_refs};
 
@@ -22,6 +23,11 @@ pub struct VerifyOptions {
     pub sample_percent: f64,
     /// Read data at all (false: structure only).
     pub read_data: bool,
+    /// Also read every stored file back through the read path and check
+    /// that its bytes hash to the SHA-256 its recipe records (what
+    /// `sha256:` names resolve by). Reads every file's logical bytes, so
+    /// it takes as long as restoring them all.
+    pub read_files: bool,
 }
 
 impl Default for VerifyOptions {
@@ -30,6 +36,7 @@ impl Default for VerifyOptions {
         VerifyOptions {
             sample_percent: 100.0,
             read_data: true,
+            read_files: false,
         }
     }
 }
@@ -49,6 +56,10 @@ pub struct VerifyReport {
     pub bytes_read: u64,
     /// Files (recipes) checked.
     pub files: u64,
+    /// Files read back whole and SHA-256-checked (`read_files`).
+    pub files_read: u64,
+    /// Their bytes.
+    pub file_bytes_read: u64,
     /// Refs checked.
     pub refs: u64,
     /// Damage and inconsistencies; the store is clean when this is empty.
@@ -125,7 +136,7 @@ fn sampled(id: &PackId, percent: f64) -> bool {
 /// file is in the index. A failing chunk read is retried once to tell a
 /// transient error from damage. `progress` gets (packs done, packs total).
 pub(crate) fn verify(
-    core: &Core,
+    core: &Arc<Core>,
     opts: VerifyOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
@@ -253,6 +264,8 @@ pub(crate) fn verify(
     let mut recipe_files: HashMap<FileId, String> = inventory::recipes(objects, &mut rep.problems)?
         .into_iter()
         .collect();
+    // Files to read back whole (`read_files`): id, recorded SHA-256, size.
+    let mut to_read: Vec<(FileId, Sha256, u64)> = Vec::new();
     for item in index.files() {
         let (file, bytes) = item?;
         rep.files += 1;
@@ -264,6 +277,9 @@ pub(crate) fn verify(
                 continue;
             }
         };
+        if opts.read_files {
+            to_read.push((file, recipe.sha256, recipe.size));
+        }
         let rel = recipe_files
             .remove(&file)
             .unwrap_or_else(|| recipe_key(&file));
@@ -430,10 +446,64 @@ pub(crate) fn verify(
             }
         }
     }
+    if opts.read_files {
+        read_files_back(core, &to_read, &mut rep, progress);
+    }
     rep.damaged_kept = objects
         .list(DAMAGED)
         .map_err(|e| crate::Error::io("list", objects.describe(DAMAGED), e))?
         .len() as u64;
     rep.group_problems();
     Ok(rep)
+}
+
+/// Reads each file back through the read path (every chunk decoded and
+/// verified against its id) and checks its bytes hash to the SHA-256 its
+/// recipe records; progress in bytes.
+fn read_files_back(
+    core: &Arc<Core>,
+    files: &[(FileId, Sha256, u64)],
+    rep: &mut VerifyReport,
+    progress: &mut dyn FnMut(u64, u64),
+) {
+    use sha2::Digest;
+    use std::io::BufRead;
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let mut done = 0u64;
+    progress(0, total);
+    for (file, recorded, size) in files {
+        let read = (|| -> Result<(Sha256, u64)> {
+            let mut r = FileReader::new(core, file)?;
+            let mut sha = sha2::Sha256::new();
+            let mut n = 0u64;
+            loop {
+                let buf = r.fill_buf().map_err(unwrap_io)?;
+                if buf.is_empty() {
+                    break;
+                }
+                let k = buf.len();
+                sha.update(buf);
+                r.consume(k);
+                n += k as u64;
+                progress(done + n, total);
+            }
+            Ok((Sha256(sha.finalize().into()), n))
+        })();
+        done += size;
+        progress(done, total);
+        let obj = format!("file {file}");
+        match read {
+            Ok((sha, n)) if sha == *recorded && n == *size => {
+                rep.files_read += 1;
+                rep.file_bytes_read += n;
+            }
+            Ok((sha, n)) => rep.problem(
+                obj,
+                format!(
+                    "reads back as {n} bytes hashing to sha256 {sha}; its recipe records {size} bytes and sha256 {recorded}"
+                ),
+            ),
+            Err(e) => rep.problem(obj, format!("cannot be read back: {e}")),
+        }
+    }
 }

@@ -65,6 +65,7 @@ fn clean_store_verifies_clean_with_and_without_data() {
         .verify(VerifyOptions {
             sample_percent: 0.0,
             read_data: true,
+            read_files: false,
         })
         .expect("verify");
     assert!(quick.is_clean());
@@ -393,4 +394,55 @@ fn a_failed_catch_up_is_retried_by_the_next_open() {
         rec.report.problems
     );
     check_all(&store, &files);
+}
+
+/// `verify` re-hashes every chunk but trusts a recipe's SHA-256 field;
+/// `read_files` reads each file back and checks it. A recipe rewritten with
+/// a valid checksum and another file's SHA-256 (then indexed by `repair
+/// index`) would make `sha256:` of the other file serve this one.
+#[test]
+fn verify_reading_files_back_catches_a_recipe_that_records_another_sha256() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (noise(700_000, 41), noise(500_000, 42));
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let ida = store.put_bytes(&a, &["a"]).expect("put").file_id;
+    let idb = store.put_bytes(&b, &["b"]).expect("put").file_id;
+    let with_files = VerifyOptions {
+        read_files: true,
+        ..Default::default()
+    };
+    let rep = store.verify(with_files).expect("verify");
+    assert!(rep.is_clean(), "{:?}", rep.problems);
+    assert_eq!(
+        (rep.files_read, rep.file_bytes_read),
+        (2, (a.len() + b.len()) as u64)
+    );
+    let sha_b = store.info(&idb).expect("info").sha256;
+    store.close().expect("close");
+
+    let path = dir.path().join(tessera::testing::recipe_key(&ida));
+    let mut recipe = tessera::testing::Recipe::decode(ida, &std::fs::read(&path).expect("read"))
+        .expect("recipe");
+    recipe.sha256 = sha_b;
+    std::fs::write(&path, recipe.encode()).expect("forge");
+    std::fs::remove_dir_all(dir.path().join("index")).expect("rm index");
+    Store::repair_index(dir.path(), small_packs()).expect("repair");
+
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    assert!(store
+        .verify(VerifyOptions::default())
+        .expect("verify")
+        .is_clean());
+    let rep = store.verify(with_files).expect("verify");
+    assert_eq!(rep.files_read, 1, "{:?}", rep.problems);
+    let [p] = &rep.problems[..] else {
+        panic!("expected one problem, got {:?}", rep.problems)
+    };
+    assert_eq!(p.object, format!("file {ida}"));
+    assert!(
+        p.detail
+            .contains(&format!("records {} bytes and sha256 {sha_b}", a.len())),
+        "{}",
+        p.detail
+    );
 }
