@@ -324,3 +324,72 @@ async fn a_left_part_counts_as_resumed_only_when_it_verifies() {
         assert!(!dir.exists(), "{case}: the download directory stayed");
     }
 }
+
+/// A repack that lands in the middle of a pull (the pack the pull reads
+/// is rewritten into another and deleted) does not fail the pull: the
+/// ranges of the vanished pack are planned again from a fresh
+/// reconstruction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_survives_a_repack_that_deletes_its_pack() {
+    use tessera::{GcOptions, RepackOptions};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let a = tessera_synth::noise(8 << 20, 71);
+    let b = tessera_synth::noise(1 << 20, 72);
+    let id = server_store.put_bytes(&a, &["a"]).expect("put").file_id;
+    server_store.put_bytes(&b, &["b"]).expect("put");
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig {
+            max_rate: Some(4 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let stats = srv.stats();
+    let c = Client::new(
+        &srv.url,
+        ClientOptions {
+            parallel: 1,
+            max_request: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    let local = open(&tmp.path().join("local"));
+    let out = tmp.path().join("a.bin");
+    let pulling = {
+        let (c, local, out) = (c.clone(), local.clone(), out.clone());
+        tokio::spawn(async move { pull(&c, &local, "a", &out, Arc::new(NoProgress)).await })
+    };
+    // Once the first range is being sent, the two small packs are combined
+    // into one and deleted.
+    while ServerStats::get(&stats.pack_requests) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let st = server_store.clone();
+    let rep = tokio::task::spawn_blocking(move || {
+        st.repack(&RepackOptions {
+            gc: GcOptions {
+                grace: std::time::Duration::ZERO,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("join")
+    .expect("repack");
+    assert!(rep.packs_rewritten >= 1, "{rep:?}");
+    // Four paced ranges of 2 MiB at 4 MiB/s: the pull still has some to go.
+    assert!(
+        !pulling.is_finished(),
+        "the pull ended before the repack did: nothing was exercised"
+    );
+    let r = pulling.await.expect("join").expect("pull across a repack");
+    assert_eq!(r.file_id, id);
+    assert!(std::fs::read(&out).expect("read") == a);
+    // Nothing fetched twice.
+    assert!(r.bytes_downloaded < a.len() as u64 + (64 << 10), "{r:?}");
+}

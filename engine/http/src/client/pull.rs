@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,34 +176,80 @@ pub async fn pull(
     let assembled = if have_file {
         None
     } else {
-        let c = client.options();
-        let (st, r, gap, max) = (store.clone(), rec.clone(), c.gap, c.max_request);
-        let plan = blocking(move || st.plan_download(&r, gap, max)).await?;
-        report.bytes_reused = plan.reused_bytes;
-        report.chunks_reused = plan.reused_chunks;
-        report.chunks_downloaded = plan.fetch_chunks;
         // The part files and the output being assembled.
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| ClientError::io(&dir, e))?;
-        let out = TempOutput::in_dir(output, &dir);
-        let file = out.file()?;
-        let parts = existing_parts(&dir).await?;
-        let (st, r, p) = (store.clone(), rec.clone(), plan.clone());
-        let assembly = Arc::new(blocking(move || st.assemble(&r, &p, file)).await?);
-        let fetches = split_at_parts(plan.fetches, &parts);
-        progress.start("download", plan.fetch_bytes);
         let t0 = Instant::now();
-        let resumed = Arc::new(AtomicU64::new(0));
-        futures_util::stream::iter(fetches.into_iter().map(Ok))
-            .try_for_each_concurrent(c.parallel.max(1), |f| {
-                let (sh, resumed, a) = (shared.clone(), resumed.clone(), assembly.clone());
-                async move { fetch_one(&sh, &a, f, &resumed).await }
-            })
-            .await?;
+        let mut rec = rec.clone();
+        let mut round = 0u32;
+        let assembly = loop {
+            let c = client.options();
+            let (st, r, gap, max) = (store.clone(), rec.clone(), c.gap, c.max_request);
+            let plan = blocking(move || st.plan_download(&r, gap, max)).await?;
+            if round == 0 {
+                report.bytes_reused = plan.reused_bytes;
+                report.chunks_reused = plan.reused_chunks;
+                report.chunks_downloaded = plan.fetch_chunks;
+                progress.start("download", plan.fetch_bytes);
+            }
+            let out = TempOutput::in_dir(output, &dir);
+            let file = out.file()?;
+            let parts = existing_parts(&dir).await?;
+            let (st, r, p) = (store.clone(), rec.clone(), plan.clone());
+            let assembly = Arc::new(blocking(move || st.assemble(&r, &p, file)).await?);
+            let fetches = split_at_parts(plan.fetches, &parts);
+            let resumed = Arc::new(AtomicU64::new(0));
+            let gone = Arc::new(AtomicBool::new(false));
+            futures_util::stream::iter(fetches.into_iter().map(Ok::<_, ClientError>))
+                .try_for_each_concurrent(c.parallel.max(1), |f| {
+                    let (sh, resumed, a) = (shared.clone(), resumed.clone(), assembly.clone());
+                    let gone = gone.clone();
+                    async move {
+                        if gone.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        if fetch_one(&sh, &a, f, &resumed).await? == Fetched::PackGone {
+                            gone.store(true, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    }
+                })
+                .await?;
+            report.bytes_resumed += resumed.load(Ordering::Relaxed);
+            if !gone.load(Ordering::Relaxed) {
+                break (assembly, out);
+            }
+            // A pack this plan reads was repacked away: what was fetched
+            // is in the local store; plan the rest from a fresh
+            // reconstruction (its packs, its URLs).
+            round += 1;
+            if round > 3 {
+                return Err(ClientError::Protocol {
+                    url: rec_url,
+                    detail: "the file's packs were repacked away three times during the pull"
+                        .into(),
+                });
+            }
+            drop(assembly);
+            drop(out);
+            let resp = client.reconstruction(name).await?;
+            check_reconstruction(&resp.reconstruction, name, &rec_url)?;
+            if resp.reconstruction.file_id != rec.file_id {
+                return Err(ClientError::Protocol {
+                    url: rec_url,
+                    detail: format!(
+                        "{name} now names file {}, not {} (it changed during the pull; run it again)",
+                        resp.reconstruction.file_id, rec.file_id
+                    ),
+                });
+            }
+            rec = resp.reconstruction;
+            shared.replace_urls(resp.pack_urls).await;
+        };
+        let (assembly, out) = assembly;
         progress.finish();
         report.download_secs = t0.elapsed().as_secs_f64();
-        report.bytes_resumed = resumed.load(Ordering::Relaxed);
         // Every range is in: the SHA-256 must be the one the server named
         // before the file is registered and the output fsync'd.
         let t0 = Instant::now();
@@ -385,6 +431,18 @@ impl Shared {
         Ok((url, g.1))
     }
 
+    /// Whether the current pack URLs name `pack`.
+    async fn has_url(&self, pack: &PackId) -> bool {
+        self.urls.lock().await.0.contains_key(pack)
+    }
+
+    /// Takes the pack URLs of a fresh reconstruction.
+    async fn replace_urls(&self, urls: BTreeMap<PackId, String>) {
+        let mut g = self.urls.lock().await;
+        g.0 = urls;
+        g.1 += 1;
+    }
+
     /// Fetches the reconstruction again for fresh pack URLs, unless another
     /// task already did since generation `seen`.
     async fn refresh(&self, seen: u64) -> ClientResult<()> {
@@ -408,6 +466,16 @@ impl Shared {
     }
 }
 
+/// How a planned range ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Fetched {
+    /// Verified and added to the assembly.
+    Done,
+    /// Its pack is gone from the server (repacked away since the plan):
+    /// the rest must be planned again.
+    PackGone,
+}
+
 /// One planned range: download (resuming), verify, add to the assembly
 /// (admitted into the store, written to the output); retried.
 async fn fetch_one(
@@ -415,7 +483,7 @@ async fn fetch_one(
     assembly: &Arc<Assembly>,
     f: Fetch,
     resumed: &AtomicU64,
-) -> ClientResult<()> {
+) -> ClientResult<Fetched> {
     let part = sh.dir.join(format!("{}-{}.part", f.pack, f.start));
     let opts = sh.client.options();
     let (mut attempt, mut refreshes, mut refetched) = (0u32, 0u32, false);
@@ -442,7 +510,7 @@ async fn fetch_one(
                         added.map_err(ClientError::Engine)?;
                         remove_part(&part).await?;
                         resumed.fetch_add(kept, Ordering::Relaxed);
-                        return Ok(());
+                        return Ok(Fetched::Done);
                     }
                     Err(e) if !refetched => {
                         // Damaged in transit or on disk: fetch it whole once more.
@@ -464,6 +532,9 @@ async fn fetch_one(
             Err(RangeFail::Refresh(seen)) if refreshes < 3 => {
                 refreshes += 1;
                 sh.refresh(seen).await?;
+                if !sh.has_url(&f.pack).await {
+                    return Ok(Fetched::PackGone);
+                }
             }
             Err(RangeFail::Refresh(_)) => {
                 let (url, _) = sh.url_for(&f.pack).await?;
