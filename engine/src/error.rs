@@ -247,6 +247,19 @@ pub enum Error {
         name: String,
     },
 
+    /// A tensor the file's description lists but whose bytes cannot be
+    /// served by name: not one run of plain bytes in the file, or a name
+    /// several tensors share.
+    #[error("tensor {name} of file {file} cannot be read by name: {reason}")]
+    TensorUnreadable {
+        /// The file.
+        file: FileId,
+        /// The tensor name asked for (clipped).
+        name: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A byte range outside the file.
     #[error("range {offset}+{len} is past the end of file {file} ({size} bytes)")]
     RangeOutOfBounds {

@@ -206,14 +206,20 @@ impl Store {
 
     /// Where tensor `name` of a model file lies: (offset, length) of its
     /// bytes in the file. `NotFound` (naming the tensor, the file and its
-    /// format) when the description has no such tensor stored as plain
-    /// bytes.
+    /// format) when the description has no such tensor; `TensorUnreadable`
+    /// when it lists the tensor without a plain run of bytes in the file
+    /// (external, typed or compressed data) or lists several under the name
+    /// (formats whose readers disagree on which one counts).
     pub fn tensor_range(&self, file: &FileId, name: &str) -> Result<(u64, u64)> {
         let model = self.model_info(file)?;
-        let found = model.tensors.iter().find(|t| t.name == name);
-        found
-            .and_then(|t| Some((t.offset?, t.length)))
-            .ok_or_else(|| Error::NotFound {
+        let unreadable = |reason: String| Error::TensorUnreadable {
+            file: *file,
+            name: crate::error::clip(name),
+            reason,
+        };
+        let mut found = model.tensors.iter().filter(|t| t.name == name);
+        match (found.next(), found.count()) {
+            (None, _) => Err(Error::NotFound {
                 kind: "tensor",
                 name: format!(
                     "{} in file {file} ({} tensors, format {})",
@@ -221,7 +227,25 @@ impl Store {
                     model.tensors.len(),
                     model.format.as_str()
                 ),
-            })
+            }),
+            (Some(_), more) if more > 0 => Err(unreadable(format!(
+                "{} tensors of this {} file have that name",
+                more + 1,
+                model.format.as_str()
+            ))),
+            (Some(t), _) => match t.offset {
+                Some(offset) => Ok((offset, t.length)),
+                None if t.length == 0 => Err(unreadable(format!(
+                    "it has no bytes in this {} file (an empty tensor, or a data type without a fixed size)",
+                    model.format.as_str()
+                ))),
+                None => Err(unreadable(format!(
+                    "its {} bytes are not stored as one plain run in this {} file (external data, typed or split fields, or a compressed member; `info` lists them)",
+                    t.length,
+                    model.format.as_str()
+                ))),
+            },
+        }
     }
 
     /// Whether a file is in the store (on a shared store, looking in the

@@ -585,6 +585,21 @@ impl Sniffer {
                 before - info.tensors.len()
             ));
         }
+        // A name several tensors share: loaders disagree on which counts
+        // (first, last, or refuse), so none is read by that name.
+        let mut names: Vec<&str> = info.tensors.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        let shared = names
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if shared > 0 {
+            info.warnings.push(format!(
+                "{shared} tensor names are used more than once; those tensors are listed but not readable by name"
+            ));
+        }
         warnings.append(&mut info.warnings);
         info.warnings = warnings;
         if let Some(r) = &extra_unsafe {
@@ -799,6 +814,18 @@ fn finish_onnx(mut o: onnx::OnnxStream, total_len: u64) -> ModelInfo {
     if o.tensors_dropped > 0 {
         i.warnings
             .push(format!("{} initializers not listed", o.tensors_dropped));
+    }
+    if o.unservable_tensors > 0 {
+        i.warnings.push(format!(
+            "{} tensors keep their data in typed or split fields, or in a length their shape does not explain: listed without an offset, not readable by name",
+            o.unservable_tensors
+        ));
+    }
+    if o.deep_subgraphs > 0 {
+        i.warnings.push(format!(
+            "{} subgraphs nested too deep were not walked",
+            o.deep_subgraphs
+        ));
     }
     i.onnx = Some(std::mem::take(&mut o.header));
     i.tensors = std::mem::take(&mut o.tensors);

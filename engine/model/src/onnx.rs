@@ -8,11 +8,22 @@
 //! first and the graph — holding nearly all bytes — after them.
 //!
 //! The walker descends into the graph, into each initializer
-//! (`TensorProto`) and into the tensor attributes of nodes (`Constant`
-//! nodes hold the weights of many exporters) to collect names, dims, data
-//! types and where `raw_data` lies; everything else, including the tensor
-//! bytes, is skipped by count. Nesting is fixed (model → graph → node →
-//! attribute → tensor), so there is no recursion.
+//! (`TensorProto`), into the tensor attributes of nodes (`Constant`
+//! nodes hold the weights of many exporters) and into the subgraphs of
+//! control-flow nodes (`If`/`Loop`/`Scan` branches hold the weights of
+//! others), to collect names, dims, data types and where the data lies;
+//! everything else, including the tensor bytes, is skipped by count. The
+//! walk keeps an explicit stack of open messages (no recursion), at most
+//! [`MAX_DEPTH`] deep; deeper subgraphs are skipped and counted.
+//!
+//! A tensor's bytes can be served by name only when they are one run of
+//! plain little-endian bytes whose length its dims and data type account
+//! for: a single `raw_data`, or a single packed `float_data` (FLOAT,
+//! COMPLEX64) or `double_data` (DOUBLE, COMPLEX128) field. Anything else —
+//! varint-encoded `int32_data`/`int64_data`, data split over several
+//! fields or segments, two data fields at once (readers disagree on which
+//! wins), a length its shape does not explain, external data — is listed
+//! without an offset and counted in a warning.
 
 use crate::info::{OnnxHeader, OnnxOpset, TensorInfo};
 
@@ -47,9 +58,23 @@ struct TensorAcc {
     dims: Vec<u64>,
     data_type: Option<u64>,
     name: Option<String>,
-    /// (offset, length) of raw little-endian data in the file.
-    raw: Option<(u64, u64)>,
+    /// (field, offset, length) of a length-delimited data field that holds
+    /// little-endian bytes (`raw_data`, packed `float_data`/`double_data`).
+    raw: Option<(u64, u64, u64)>,
+    /// Data fields seen, of any kind and wire type.
+    data_fields: u32,
+    /// A `segment`: the tensor is split over several protos.
+    segmented: bool,
     external: bool,
+}
+
+/// Open messages at most: model, graph, node, attribute, tensor, and four
+/// more levels of subgraphs.
+const MAX_DEPTH: usize = 17;
+
+/// TensorProto fields that carry data.
+fn is_data_field(field: u64) -> bool {
+    matches!(field, 4 | 5 | 6 | 7 | 9 | 10 | 11)
 }
 
 /// What to do with a length-delimited field.
@@ -81,6 +106,11 @@ pub(crate) struct OnnxStream {
     pub tensors: Vec<TensorInfo>,
     pub tensors_dropped: u64,
     pub external_tensors: u64,
+    /// Tensors with data that is not one plain run of bytes (see the
+    /// module docs).
+    pub unservable_tensors: u64,
+    /// Subgraphs deeper than [`MAX_DEPTH`], skipped.
+    pub deep_subgraphs: u64,
     pub metadata: Vec<(String, String)>,
     cur: Option<TensorAcc>,
     /// First output of the node being walked (names its Constant tensor).
@@ -112,6 +142,8 @@ impl OnnxStream {
             tensors: Vec::new(),
             tensors_dropped: 0,
             external_tensors: 0,
+            unservable_tensors: 0,
+            deep_subgraphs: 0,
             metadata: Vec::new(),
             cur: None,
             node_output: None,
@@ -244,6 +276,14 @@ impl OnnxStream {
             self.bad(format!("bad protobuf tag {v}"));
             return;
         }
+        if self.kind() == Kind::Tensor {
+            if let Some(t) = &mut self.cur {
+                if is_data_field(field) {
+                    t.data_fields = t.data_fields.saturating_add(1);
+                }
+                t.segmented |= field == 3;
+            }
+        }
         if self.kind() == Kind::Model && !self.confirmed {
             let expected = match field {
                 1 | 5 => 0,
@@ -304,6 +344,8 @@ impl OnnxStream {
                 return;
             }
         }
+        // The graph of the model itself (not a subgraph of a node).
+        let top = self.frames.len() == 2;
         let action = match (self.kind(), self.field) {
             (Kind::Model, 2..=4) => Action::Capture(4096),
             (Kind::Model, 7) => {
@@ -315,7 +357,9 @@ impl OnnxStream {
             (Kind::Model, 8) => Action::Capture(4096),
             (Kind::Model, 14) => Action::Capture(64 << 10),
             (Kind::Graph, 1) => {
-                self.header.node_count += 1;
+                if top {
+                    self.header.node_count += 1;
+                }
                 self.node_output = None;
                 Action::Descend(Kind::Node)
             }
@@ -325,16 +369,27 @@ impl OnnxStream {
                 self.header.constant_tensors += 1;
                 Action::Descend(Kind::Tensor)
             }
-            (Kind::Graph, 2) => Action::Capture(4096),
+            // A subgraph (`g`) or one of several (`graphs`): the branches
+            // and bodies of control-flow nodes.
+            (Kind::Attr, 6 | 11) if self.frames.len() + 1 < MAX_DEPTH => {
+                Action::Descend(Kind::Graph)
+            }
+            (Kind::Attr, 6 | 11) => {
+                self.deep_subgraphs += 1;
+                Action::Skip
+            }
+            (Kind::Graph, 2) if top => Action::Capture(4096),
             (Kind::Graph, 5) => {
-                self.header.initializer_count += 1;
+                if top {
+                    self.header.initializer_count += 1;
+                }
                 Action::Descend(Kind::Tensor)
             }
-            (Kind::Graph, 11) => {
+            (Kind::Graph, 11) if top => {
                 self.header.input_count += 1;
                 Action::Skip
             }
-            (Kind::Graph, 12) => {
+            (Kind::Graph, 12) if top => {
                 self.header.output_count += 1;
                 Action::Skip
             }
@@ -361,7 +416,7 @@ impl OnnxStream {
             }
             Action::Data => {
                 if let Some(t) = &mut self.cur {
-                    t.raw = Some((start, len));
+                    t.raw = Some((self.field, start, len));
                 }
                 self.skip_payload(len, 0);
             }
@@ -482,9 +537,24 @@ impl OnnxStream {
         if t.external {
             self.external_tensors += 1;
         }
-        let (offset, length) = match t.raw {
-            Some((o, l)) if !t.external => (Some(o), l),
-            _ => (None, computed.unwrap_or(0)),
+        // One plain run of bytes that the dims and type account for.
+        let plain = match t.raw {
+            Some((field, o, l)) if t.data_fields == 1 && !t.segmented && !t.external => {
+                let fits = match field {
+                    4 => matches!(dt, 1 | 14),
+                    10 => matches!(dt, 11 | 15),
+                    _ => true,
+                };
+                (fits && computed == Some(l)).then_some((o, l))
+            }
+            _ => None,
+        };
+        if plain.is_none() && !t.external && t.data_fields > 0 {
+            self.unservable_tensors += 1;
+        }
+        let (offset, length) = match plain {
+            Some((o, l)) => (Some(o), l),
+            None => (None, computed.unwrap_or(0)),
         };
         if self.tensors.len() >= self.max_tensors {
             self.tensors_dropped += 1;

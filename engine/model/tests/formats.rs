@@ -569,3 +569,226 @@ fn torchscript_classes_are_resolved_by_torchscript() {
     assert_eq!(info.format, Format::PytorchZip);
     assert_eq!(info.verdict, Verdict::UnsafePickle);
 }
+
+/// A TensorProto: dims, data type, name, then `data` (encoded data fields).
+fn onnx_tensor(name: &str, dims: &[u64], dtype: u64, data: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for d in dims {
+        pb_uint(&mut t, 1, *d);
+    }
+    pb_uint(&mut t, 2, dtype);
+    pb_bytes(&mut t, 8, name.as_bytes());
+    t.extend_from_slice(data);
+    t
+}
+
+/// A ModelProto (ir_version 8) around an encoded GraphProto.
+fn onnx_model(graph: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    pb_uint(&mut m, 1, 8);
+    pb_bytes(&mut m, 7, graph);
+    m
+}
+
+/// A `Constant` node whose `value` attribute is `tensor`.
+fn onnx_constant(output: &str, tensor: &[u8]) -> Vec<u8> {
+    let mut attr = Vec::new();
+    pb_bytes(&mut attr, 1, b"value");
+    pb_bytes(&mut attr, 5, tensor);
+    let mut node = Vec::new();
+    pb_bytes(&mut node, 2, output.as_bytes());
+    pb_bytes(&mut node, 4, b"Constant");
+    pb_bytes(&mut node, 5, &attr);
+    node
+}
+
+fn raw_field(bytes: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    pb_bytes(&mut d, 9, bytes);
+    d
+}
+
+fn pattern(seed: u8, n: usize) -> Vec<u8> {
+    (0..n).map(|i| seed.wrapping_add(i as u8)).collect()
+}
+
+fn position(hay: &[u8], needle: &[u8]) -> Option<u64> {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p as u64)
+}
+
+#[test]
+fn onnx_tensor_bytes_are_served_only_from_one_plain_run() {
+    let mut g = Vec::new();
+    let good = pattern(0x10, 16);
+    pb_bytes(&mut g, 5, &onnx_tensor("good", &[4], 1, &raw_field(&good)));
+    let packed = pattern(0x90, 16);
+    let mut d = Vec::new();
+    pb_bytes(&mut d, 4, &packed);
+    pb_bytes(&mut g, 5, &onnx_tensor("packed_floats", &[4], 1, &d));
+    // float_data split over two packed fields (protobuf concatenates them).
+    let mut d = Vec::new();
+    pb_bytes(&mut d, 4, &pattern(0x30, 8));
+    pb_bytes(&mut d, 4, &pattern(0x40, 8));
+    pb_bytes(&mut g, 5, &onnx_tensor("split", &[4], 1, &d));
+    // raw_data and float_data both set: readers disagree on which counts.
+    let mut d = raw_field(&pattern(0x50, 16));
+    pb_bytes(&mut d, 4, &pattern(0x60, 16));
+    pb_bytes(&mut g, 5, &onnx_tensor("both", &[4], 1, &d));
+    // float_data unpacked: one fixed32 field per element.
+    let mut d = Vec::new();
+    for i in 0..4u32 {
+        pb_tag(&mut d, 4, 5);
+        d.extend_from_slice(&(i as f32).to_le_bytes());
+    }
+    pb_bytes(&mut g, 5, &onnx_tensor("unpacked", &[4], 1, &d));
+    // Dims that do not explain the length.
+    let dims_lie = raw_field(&pattern(0x70, 12));
+    pb_bytes(
+        &mut g,
+        5,
+        &onnx_tensor("dims_lie", &[618, 1, 1], 1, &dims_lie),
+    );
+    // int64 as varints.
+    let mut d = Vec::new();
+    pb_uint(&mut d, 7, 5);
+    pb_bytes(&mut g, 5, &onnx_tensor("varint", &[1], 7, &d));
+    // float_data claimed to hold FLOAT16 (its elements are 4 bytes).
+    let mut d = Vec::new();
+    pb_bytes(&mut d, 4, &pattern(0x80, 8));
+    pb_bytes(&mut g, 5, &onnx_tensor("f16_in_float_data", &[4], 10, &d));
+    let m = onnx_model(&g);
+    for sizes in [&[m.len()][..], &[1, 7, 3, 64], &[5; 400][..]] {
+        let info = sniff_split(&m, sizes, &Default::default());
+        assert_eq!(info.format, Format::Onnx, "{:?}", info.reason);
+        assert_eq!(info.reason, None);
+        let by = |n: &str| {
+            info.tensors
+                .iter()
+                .find(|t| t.name == n)
+                .unwrap_or_else(|| panic!("{n} not listed: {:?}", info.tensors))
+        };
+        assert_eq!(by("good").offset, position(&m, &good));
+        assert_eq!(by("good").length, 16);
+        assert_eq!(by("packed_floats").offset, position(&m, &packed));
+        for n in [
+            "split",
+            "both",
+            "unpacked",
+            "dims_lie",
+            "varint",
+            "f16_in_float_data",
+        ] {
+            assert_eq!(by(n).offset, None, "{n}");
+        }
+        assert_eq!(by("dims_lie").length, 618 * 4);
+        assert!(
+            info.warnings
+                .iter()
+                .any(|w| w.starts_with("6 tensors keep their data")),
+            "{:?}",
+            info.warnings
+        );
+    }
+}
+
+#[test]
+fn onnx_weights_in_control_flow_subgraphs_are_listed() {
+    let (outer, inner, konst) = (pattern(0x11, 8), pattern(0x22, 8), pattern(0x33, 4));
+    let mut branch = Vec::new();
+    pb_bytes(
+        &mut branch,
+        1,
+        &onnx_constant(
+            "branch_const",
+            &onnx_tensor("", &[1], 1, &raw_field(&konst)),
+        ),
+    );
+    pb_bytes(
+        &mut branch,
+        5,
+        &onnx_tensor("inner.w", &[2], 1, &raw_field(&inner)),
+    );
+    let mut attr = Vec::new();
+    pb_bytes(&mut attr, 1, b"then_branch");
+    pb_bytes(&mut attr, 6, &branch);
+    let mut node = Vec::new();
+    pb_bytes(&mut node, 2, b"if_out");
+    pb_bytes(&mut node, 4, b"If");
+    pb_bytes(&mut node, 5, &attr);
+    let mut g = Vec::new();
+    pb_bytes(&mut g, 1, &node);
+    pb_bytes(&mut g, 2, b"main");
+    pb_bytes(
+        &mut g,
+        5,
+        &onnx_tensor("outer.w", &[2], 1, &raw_field(&outer)),
+    );
+    let m = onnx_model(&g);
+    let info = sniff_all(&m);
+    assert_eq!(info.format, Format::Onnx, "{:?}", info.reason);
+    let names: Vec<_> = info.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["branch_const", "inner.w", "outer.w"]);
+    for (t, bytes) in info.tensors.iter().zip([&konst, &inner, &outer]) {
+        assert_eq!(t.offset, position(&m, bytes), "{}", t.name);
+        assert_eq!(t.length, bytes.len() as u64);
+    }
+    // The header counts the model's own graph.
+    let o = info.onnx.as_ref().unwrap();
+    assert_eq!((o.node_count, o.initializer_count), (1, 1));
+    assert_eq!(o.graph_name.as_deref(), Some("main"));
+    assert!(info.warnings.is_empty(), "{:?}", info.warnings);
+}
+
+#[test]
+fn onnx_subgraphs_nested_too_deep_are_skipped_and_counted() {
+    let mut g = Vec::new();
+    pb_bytes(
+        &mut g,
+        5,
+        &onnx_tensor("deepest", &[1], 1, &raw_field(&[1; 4])),
+    );
+    for _ in 0..40 {
+        let mut attr = Vec::new();
+        pb_bytes(&mut attr, 1, b"body");
+        pb_bytes(&mut attr, 6, &g);
+        let mut node = Vec::new();
+        pb_bytes(&mut node, 4, b"Loop");
+        pb_bytes(&mut node, 5, &attr);
+        g.clear();
+        pb_bytes(&mut g, 1, &node);
+    }
+    let info = sniff_all(&onnx_model(&g));
+    assert_eq!(info.format, Format::Onnx, "{:?}", info.reason);
+    assert_eq!(info.reason, None);
+    assert!(info.tensors.is_empty());
+    assert!(
+        info.warnings
+            .iter()
+            .any(|w| w.contains("subgraphs nested too deep")),
+        "{:?}",
+        info.warnings
+    );
+}
+
+#[test]
+fn a_tensor_name_used_twice_is_flagged() {
+    let t = |name| GTensor {
+        name,
+        dims: vec![4],
+        ty: 0,
+        len: 16,
+    };
+    let (file, _) = gguf(3, &[], &[t("t"), t("u"), t("t")], 32);
+    let info = sniff_all(&file);
+    assert_eq!(info.format, Format::Gguf, "{:?}", info.reason);
+    assert_eq!(info.tensors.len(), 3);
+    assert!(
+        info.warnings
+            .iter()
+            .any(|w| w.starts_with("1 tensor names are used more than once")),
+        "{:?}",
+        info.warnings
+    );
+}

@@ -61,6 +61,7 @@ impl From<tessera::Error> for ApiError {
             E::RangeOutOfBounds { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range"),
             E::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             E::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_policy"),
+            E::TensorUnreadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tensor_unreadable"),
             E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             E::LeaseHeld { .. } => (StatusCode::CONFLICT, "lease_held"),
             E::Poisoned { .. } | E::StoreLocked { .. } | E::Busy(_) => {
