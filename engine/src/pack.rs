@@ -303,6 +303,13 @@ impl PackReader {
         self.handle.len()
     }
 
+    /// Drops the pack's pages this reader brought into memory (a mapped
+    /// pack); they are read again if needed. For a pass over many packs
+    /// that keeps their readers (`verify`), so memory stays bounded.
+    pub(crate) fn release_pages(&self) {
+        self.handle.release(0, self.handle.len());
+    }
+
     /// Chunk-table entry `index`, bounds-checked against the data region.
     pub fn entry(&self, index: u32) -> Result<ChunkEntry> {
         let corrupt = |detail: String| Error::PackCorrupt {

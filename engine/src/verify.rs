@@ -195,6 +195,10 @@ pub(crate) fn verify(
                     }
                 }
             }
+            // Kept for the index and recipe checks below, which read its
+            // table only: the data pages go, or a store's every byte
+            // would stay resident.
+            reader.release_pages();
         }
         readers.insert(*id, reader);
     }
