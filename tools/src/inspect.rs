@@ -39,7 +39,12 @@ pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
         writeln!(out, "tensors  {}", model.tensors.len()).map_err(out_err)?;
     }
     if !model.pickle_imports.is_empty() || model.verdict != tessera::Verdict::NoPickle {
-        writeln!(out, "pickle   {:?}", model.verdict).map_err(out_err)?;
+        let verdict = match model.verdict {
+            tessera::Verdict::NoPickle => "no_pickle",
+            tessera::Verdict::SafePickle => "safe_pickle",
+            tessera::Verdict::UnsafePickle => "unsafe_pickle",
+        };
+        writeln!(out, "pickle   {verdict}").map_err(out_err)?;
         for i in &model.unsafe_imports {
             writeln!(out, "  unsafe import {i}").map_err(out_err)?;
         }
