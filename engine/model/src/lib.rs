@@ -769,7 +769,9 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
     }
     if i.format == Format::Torchscript {
         for imp in i.pickles.iter_mut().flat_map(|p| p.imports.iter_mut()) {
-            imp.risk = allowlist::classify_torchscript(&imp.module, &imp.name);
+            if !imp.calls.contains(&ImportCall::Modify) {
+                imp.risk = allowlist::classify_torchscript(&imp.module, &imp.name);
+            }
         }
         i.warnings.push(
             "TorchScript archive: code/ holds TorchScript programs, run by torch.jit.load (__setstate__) and when the model is called".into(),
