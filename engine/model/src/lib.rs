@@ -245,7 +245,9 @@ impl Sniffer {
                 l.pickle.clone(),
             )));
         }
-        if head.starts_with(b"PK\x03\x04") {
+        // numpy also opens a file starting with an end of central directory
+        // record (an empty archive) as an npz, finding the last one.
+        if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
             return State::Zip(Box::new(ZipStream::new(ZipCaps {
                 max_members: l.max_zip_members,
                 max_name: l.max_zip_name,
@@ -555,7 +557,11 @@ impl Sniffer {
             State::Gguf { .. } => ModelInfo::empty(Format::Other, total_len),
             State::GgufParsed(p) => finish_gguf(*p, total_len, &limits),
             State::Pickles(seq) => finish_pickles(*seq, total_len),
-            State::Npy(r) => finish_npy(*r, total_len),
+            State::Npy(r) => {
+                let (i, bad) = finish_npy(*r, total_len);
+                extra_unsafe = bad;
+                i
+            }
             State::Zip(z) => {
                 let (i, bad) = finish_zip(*z, total_len);
                 extra_unsafe = bad;
@@ -701,7 +707,8 @@ fn finish_pickles(seq: PickleSeq, total_len: u64) -> ModelInfo {
     i
 }
 
-fn finish_npy(r: NpyReader, total_len: u64) -> ModelInfo {
+fn finish_npy(r: NpyReader, total_len: u64) -> (ModelInfo, Option<String>) {
+    let unaccounted = r.header_failure();
     let mut i = ModelInfo::empty(Format::Npy, total_len);
     let header = r
         .header
@@ -730,18 +737,15 @@ fn finish_npy(r: NpyReader, total_len: u64) -> ModelInfo {
         }
         i.pickles.push(rep);
     }
-    i
+    (i, unaccounted)
 }
 
 fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
-    let end = z.finish();
+    z.finish();
     let format = z.kind.format();
     let mut i = ModelInfo::empty(format, total_len);
     if format == Format::Other {
         i.reason = Some("zip archive without model members".into());
-    }
-    if let Some(f) = z.failure.take() {
-        i.reason = Some(f);
     }
     i.warnings = std::mem::take(&mut z.warnings);
     if z.members_dropped > 0 {
@@ -755,14 +759,14 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
         i.tensors = std::mem::take(&mut z.tensors);
     }
     i.pickles = std::mem::take(&mut z.pickles);
-    let mut inconsistent = end.inconsistent;
+    let mut unaccounted = z.unaccounted.take();
     if z.pickles_dropped > 0 {
         i.warnings.push(format!(
             "{} pickle reports beyond the limit not listed",
             z.pickles_dropped
         ));
         if z.dropped_unsafe {
-            inconsistent.get_or_insert_with(|| {
+            unaccounted.get_or_insert_with(|| {
                 "an unlisted pickle (beyond the listing limit) is not safe".to_string()
             });
         }
@@ -777,7 +781,7 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
             "TorchScript archive: code/ holds TorchScript programs, run by torch.jit.load (__setstate__) and when the model is called".into(),
         );
     }
-    (i, inconsistent)
+    (i, unaccounted)
 }
 
 fn finish_onnx(mut o: onnx::OnnxStream, total_len: u64) -> ModelInfo {
