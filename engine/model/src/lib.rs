@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allowlist;
+mod compressed;
 mod gguf;
 mod info;
 mod npy;
@@ -163,6 +164,8 @@ enum State {
     },
     GgufParsed(Box<gguf::Parsed>),
     Pickles(Box<PickleSeq>),
+    /// A gzip/zlib/zstd/... stream: its first bytes.
+    Compressed(Box<compressed::Compressed>),
     Npy(Box<NpyReader>),
     Zip(Box<ZipStream>),
     Onnx(Box<onnx::OnnxStream>),
@@ -306,6 +309,9 @@ impl Sniffer {
         if head.first() == Some(&0x80) && head.get(1).is_some_and(|p| *p <= 5) {
             return self.pickles(head.starts_with(TORCH_LEGACY_MAGIC), false);
         }
+        if let Some(codec) = compressed::detect(head) {
+            return State::Compressed(Box::new(compressed::Compressed::new(codec)));
+        }
         if head.first() == Some(&0x08) {
             return State::Onnx(Box::new(onnx::OnnxStream::new(
                 l.max_tensors,
@@ -380,6 +386,7 @@ impl Sniffer {
             State::Npy(r) => {
                 r.feed(data);
             }
+            State::Compressed(c) => c.feed(data),
             State::Zip(z) => z.feed(data),
             State::Onnx(o) => {
                 o.feed(data);
@@ -588,6 +595,7 @@ impl Sniffer {
             State::Gguf { .. } => ModelInfo::empty(Format::Other, total_len),
             State::GgufParsed(p) => finish_gguf(*p, total_len, &limits),
             State::Pickles(seq) => finish_pickles(*seq, total_len, &limits.pickle),
+            State::Compressed(c) => c.finish(total_len, &limits.pickle),
             State::Npy(r) => {
                 let (i, bad) = finish_npy(*r, total_len);
                 extra_unsafe = bad;
