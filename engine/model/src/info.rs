@@ -136,6 +136,13 @@ pub enum ImportCall {
     NewobjEx,
     Inst,
     Obj,
+    /// `BUILD`, `SETITEM(S)`, `APPEND(S)` or `ADDITEMS` applied to the
+    /// imported object itself (not to an instance made from it): the pickle
+    /// changes a class, function or module-level object for the whole
+    /// process (`os.environ[...] = ...`, `sys.path.append(...)`, a method
+    /// of an allowlisted class replaced). Such an import is dangerous
+    /// whatever the allowlist says.
+    Modify,
 }
 
 /// How an import is classified against the allowlist.

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allowlist;
+mod compressed;
 mod gguf;
 mod info;
 mod npy;
@@ -112,8 +113,26 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Pickles a legacy (pre-zip) `torch.save` file holds before its raw
+/// storage data: magic number, protocol version, system info, the object,
+/// the storage keys. `torch.load` unpickles them one after the other
+/// (whatever protocol each was written with), going on as long as the
+/// first one's *value* is the magic number.
+const LEGACY_PICKLES: usize = 5;
+
 /// A sequence of pickles in one file: a bare pickle (possibly followed by
 /// more), or the five pickles of a legacy `torch.save` file.
+///
+/// What follows a pickle's `STOP` is what a loader reading pickles in a
+/// row would read next: the first [`LEGACY_PICKLES`] are followed whatever
+/// opcode starts them (the legacy magic number may be pickled with any
+/// protocol, and its value cannot be told without running the pickle), later
+/// ones only when they start with `PROTO`. A follower with `PROTO` (or any
+/// follower in a file with the legacy magic) is a pickle like the first;
+/// one without is judged like a header-less guess: it counts if it reaches
+/// its `STOP`, calls or modifies an import, names a plausible import or
+/// hits a limit, and otherwise is trailing bytes an unpickler fails on
+/// before doing anything.
 struct PickleSeq {
     done: Vec<PickleReport>,
     cur: Option<PickleScanner>,
@@ -122,15 +141,14 @@ struct PickleSeq {
     legacy: bool,
     /// A guess (no PROTO first): not yet known to be a pickle.
     speculative: bool,
+    /// `cur` follows a pickle without starting with PROTO (see above).
+    follower: bool,
     /// Where the pickles ended (trailing bytes start here).
     end: Option<u64>,
     /// No more pickles will follow.
     stopped: bool,
     /// The guess failed: not a pickle.
     rejected: bool,
-    /// The guess reached a clean STOP with no imports; it is a pickle only
-    /// if the file ends there.
-    tentative: bool,
 }
 
 enum State {
@@ -146,6 +164,8 @@ enum State {
     },
     GgufParsed(Box<gguf::Parsed>),
     Pickles(Box<PickleSeq>),
+    /// A gzip/zlib/zstd/... stream: its first bytes.
+    Compressed(Box<compressed::Compressed>),
     Npy(Box<NpyReader>),
     Zip(Box<ZipStream>),
     Onnx(Box<onnx::OnnxStream>),
@@ -245,7 +265,9 @@ impl Sniffer {
                 l.pickle.clone(),
             )));
         }
-        if head.starts_with(b"PK\x03\x04") {
+        // numpy also opens a file starting with an end of central directory
+        // record (an empty archive) as an npz, finding the last one.
+        if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
             return State::Zip(Box::new(ZipStream::new(ZipCaps {
                 max_members: l.max_zip_members,
                 max_name: l.max_zip_name,
@@ -287,6 +309,9 @@ impl Sniffer {
         if head.first() == Some(&0x80) && head.get(1).is_some_and(|p| *p <= 5) {
             return self.pickles(head.starts_with(TORCH_LEGACY_MAGIC), false);
         }
+        if let Some(codec) = compressed::detect(head) {
+            return State::Compressed(Box::new(compressed::Compressed::new(codec)));
+        }
         if head.first() == Some(&0x08) {
             return State::Onnx(Box::new(onnx::OnnxStream::new(
                 l.max_tensors,
@@ -310,10 +335,10 @@ impl Sniffer {
             peek: Vec::new(),
             legacy,
             speculative,
+            follower: false,
             end: None,
             stopped: false,
             rejected: false,
-            tentative: false,
         }))
     }
 
@@ -361,6 +386,7 @@ impl Sniffer {
             State::Npy(r) => {
                 r.feed(data);
             }
+            State::Compressed(c) => c.feed(data),
             State::Zip(z) => z.feed(data),
             State::Onnx(o) => {
                 o.feed(data);
@@ -393,15 +419,24 @@ impl Sniffer {
     /// the walk hit a limit. An import that is never called only imports a
     /// module already on the loading machine; random bytes and text that
     /// merely start with `c` look like that, and are not refused as
-    /// pickles. (A stream with a PROTO header is a pickle whatever it holds;
-    /// a complete, clean one without imports is handled as tentative.)
+    /// pickles. The scanner stops early only where CPython fails too, or
+    /// at a limit (which holds): so what it saw before failing is all a
+    /// loader runs. (A stream with a PROTO header is a pickle whatever it
+    /// holds; a complete, clean guess without calls is a pickle only if
+    /// the file ends with it or with more such pickles.)
     fn speculation_holds(cur: Option<&PickleScanner>) -> bool {
         cur.is_some_and(|c| (c.has_plausible_imports() && c.has_called_imports()) || c.hit_limit())
     }
 
-    /// A guessed scan that reached a clean STOP without imports is a
-    /// pickle only if the file ends right there (text such as "Git v2.3."
-    /// is also a valid opcode stream up to its first full stop).
+    /// Whether a follower without PROTO is a pickle (see [`PickleSeq`]).
+    fn follower_counts(c: &PickleScanner) -> bool {
+        c.is_complete() || c.has_plausible_imports() || Self::speculation_holds(Some(c))
+    }
+
+    /// A guessed scan that reached a clean STOP without calls is a pickle
+    /// only if the file ends with it or continues with more pickles (text
+    /// such as "Git v2.3." is also a valid opcode stream up to its first
+    /// full stop); anything else after it rejects the guess.
     fn speculation_tentative(c: &PickleScanner) -> bool {
         c.is_complete() && c.stack_is_clean()
     }
@@ -413,11 +448,6 @@ impl Sniffer {
         limits: &PickleLimits,
         max_pickles: usize,
     ) {
-        if seq.tentative && !data.is_empty() {
-            // Bytes after the guessed pickle's STOP: it was text.
-            seq.rejected = true;
-            return;
-        }
         while !data.is_empty() && !seq.stopped {
             if let Some(cur) = &mut seq.cur {
                 let used = cur.feed(data);
@@ -427,35 +457,34 @@ impl Sniffer {
                     return;
                 }
                 if seq.speculative {
-                    // A guess resolves at its first STOP or failure.
+                    // A guess holds at its first call or limit, and dies at
+                    // a failure before either.
                     if Self::speculation_holds(Some(cur)) {
                         seq.speculative = false;
-                    } else if Self::speculation_tentative(cur) && data.is_empty() {
-                        seq.tentative = true;
-                    } else {
+                    } else if !Self::speculation_tentative(cur) {
                         seq.rejected = true;
                         return;
                     }
+                } else if seq.follower && !Self::follower_counts(cur) {
+                    seq.cur = None;
+                    seq.stopped = true;
+                    return;
                 }
                 let Some(done) = seq.cur.take() else { return };
                 let ok = done.is_complete();
                 seq.done.push(done.finish());
                 seq.end = Some(at);
-                if !ok || seq.done.len() >= max_pickles || (seq.legacy && seq.done.len() >= 5) {
+                if !ok
+                    || seq.done.len() >= max_pickles
+                    || (seq.legacy && seq.done.len() >= LEGACY_PICKLES)
+                {
                     // The legacy format's raw storages follow its 5th pickle.
                     seq.stopped = true;
                     return;
                 }
-                if seq.legacy {
-                    seq.cur = Some(PickleScanner::new(
-                        limits.clone(),
-                        format!("pickle {}", seq.done.len()),
-                        Some(at),
-                    ));
-                }
                 continue;
             }
-            // After a STOP: another pickle only if it starts with PROTO 2-5.
+            // After a STOP: does another pickle start here?
             let take = (2 - seq.peek.len()).min(data.len());
             seq.peek.extend_from_slice(&data[..take]);
             data = &data[take..];
@@ -463,19 +492,30 @@ impl Sniffer {
             if seq.peek.len() < 2 {
                 return;
             }
-            if seq.peek[0] == 0x80 && seq.peek[1] <= 5 {
-                let mut sc = PickleScanner::new(
-                    limits.clone(),
-                    format!("pickle {}", seq.done.len()),
-                    Some(at - 2),
-                );
-                sc.feed(&seq.peek);
-                seq.peek.clear();
-                seq.cur = Some(sc);
-            } else {
-                seq.stopped = true;
-            }
+            Self::next_pickle(seq, at, limits);
         }
+    }
+
+    /// Starts the next pickle of `seq` on the peeked bytes (which end at
+    /// `at`), or ends the sequence there (a guess then dies: text follows
+    /// its STOP).
+    fn next_pickle(seq: &mut PickleSeq, at: u64, limits: &PickleLimits) {
+        let peek = std::mem::take(&mut seq.peek);
+        let proto = peek[0] == 0x80 && peek.get(1).is_none_or(|&p| p <= 5);
+        let follows = proto || (seq.done.len() < LEGACY_PICKLES && pickle::is_opcode(peek[0]));
+        if !follows {
+            seq.stopped = true;
+            seq.rejected |= seq.speculative;
+            return;
+        }
+        let mut sc = PickleScanner::new(
+            limits.clone(),
+            format!("pickle {}", seq.done.len()),
+            Some(at - peek.len() as u64),
+        );
+        sc.feed(&peek);
+        seq.follower = !proto && !seq.legacy;
+        seq.cur = Some(sc);
     }
 
     fn gguf_caps(&self) -> gguf::Caps {
@@ -554,8 +594,13 @@ impl Sniffer {
             State::SafetensorsParsed(p) => finish_safetensors(*p, total_len),
             State::Gguf { .. } => ModelInfo::empty(Format::Other, total_len),
             State::GgufParsed(p) => finish_gguf(*p, total_len, &limits),
-            State::Pickles(seq) => finish_pickles(*seq, total_len),
-            State::Npy(r) => finish_npy(*r, total_len),
+            State::Pickles(seq) => finish_pickles(*seq, total_len, &limits.pickle),
+            State::Compressed(c) => c.finish(total_len, &limits.pickle),
+            State::Npy(r) => {
+                let (i, bad) = finish_npy(*r, total_len);
+                extra_unsafe = bad;
+                i
+            }
             State::Zip(z) => {
                 let (i, bad) = finish_zip(*z, total_len);
                 extra_unsafe = bad;
@@ -684,12 +729,22 @@ fn finish_gguf(p: gguf::Parsed, total_len: u64, limits: &Limits) -> ModelInfo {
     i
 }
 
-fn finish_pickles(seq: PickleSeq, total_len: u64) -> ModelInfo {
+fn finish_pickles(seq: PickleSeq, total_len: u64, limits: &PickleLimits) -> ModelInfo {
     let mut seq = seq;
-    // A guess still running at the end counts only with imports or a limit
-    // hit; a tentative one ended the file at its STOP, so it stands.
-    if seq.speculative && !seq.tentative && !Sniffer::speculation_holds(seq.cur.as_ref()) {
+    // A pickle start cut short by the end of the file (one byte peeked).
+    if !seq.peek.is_empty() && !seq.stopped && seq.cur.is_none() {
+        let at = seq.end.unwrap_or(0) + seq.peek.len() as u64;
+        Sniffer::next_pickle(&mut seq, at, limits);
+    }
+    // A guess still running at the end counts only with a call or a limit
+    // hit; guessed pickles that all stopped cleanly and end the file stand.
+    if seq.rejected
+        || (seq.speculative && seq.cur.is_some() && !Sniffer::speculation_holds(seq.cur.as_ref()))
+    {
         return ModelInfo::empty(Format::Other, total_len);
+    }
+    if seq.follower && !seq.speculative && !seq.cur.as_ref().is_some_and(Sniffer::follower_counts) {
+        seq.cur = None;
     }
     let mut i = ModelInfo::empty(Format::Pickle, total_len);
     if seq.legacy {
@@ -703,7 +758,7 @@ fn finish_pickles(seq: PickleSeq, total_len: u64) -> ModelInfo {
                 .push(format!("{} bytes after the last pickle", total_len - end));
         }
     }
-    if seq.legacy && seq.done.len() < 5 {
+    if seq.legacy && seq.done.len() < LEGACY_PICKLES {
         i.warnings.push(format!(
             "legacy torch file with {} of its 5 pickles",
             seq.done.len()
@@ -716,7 +771,8 @@ fn finish_pickles(seq: PickleSeq, total_len: u64) -> ModelInfo {
     i
 }
 
-fn finish_npy(r: NpyReader, total_len: u64) -> ModelInfo {
+fn finish_npy(r: NpyReader, total_len: u64) -> (ModelInfo, Option<String>) {
+    let unaccounted = r.header_failure();
     let mut i = ModelInfo::empty(Format::Npy, total_len);
     let header = r
         .header
@@ -745,18 +801,15 @@ fn finish_npy(r: NpyReader, total_len: u64) -> ModelInfo {
         }
         i.pickles.push(rep);
     }
-    i
+    (i, unaccounted)
 }
 
 fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
-    let end = z.finish();
+    z.finish();
     let format = z.kind.format();
     let mut i = ModelInfo::empty(format, total_len);
     if format == Format::Other {
         i.reason = Some("zip archive without model members".into());
-    }
-    if let Some(f) = z.failure.take() {
-        i.reason = Some(f);
     }
     i.warnings = std::mem::take(&mut z.warnings);
     if z.members_dropped > 0 {
@@ -770,27 +823,29 @@ fn finish_zip(mut z: ZipStream, total_len: u64) -> (ModelInfo, Option<String>) {
         i.tensors = std::mem::take(&mut z.tensors);
     }
     i.pickles = std::mem::take(&mut z.pickles);
-    let mut inconsistent = end.inconsistent;
+    let mut unaccounted = z.unaccounted.take();
     if z.pickles_dropped > 0 {
         i.warnings.push(format!(
             "{} pickle reports beyond the limit not listed",
             z.pickles_dropped
         ));
         if z.dropped_unsafe {
-            inconsistent.get_or_insert_with(|| {
+            unaccounted.get_or_insert_with(|| {
                 "an unlisted pickle (beyond the listing limit) is not safe".to_string()
             });
         }
     }
     if i.format == Format::Torchscript {
         for imp in i.pickles.iter_mut().flat_map(|p| p.imports.iter_mut()) {
-            imp.risk = allowlist::classify_torchscript(&imp.module, &imp.name);
+            if !imp.calls.contains(&ImportCall::Modify) {
+                imp.risk = allowlist::classify_torchscript(&imp.module, &imp.name);
+            }
         }
         i.warnings.push(
             "TorchScript archive: code/ holds TorchScript programs, run by torch.jit.load (__setstate__) and when the model is called".into(),
         );
     }
-    (i, inconsistent)
+    (i, unaccounted)
 }
 
 fn finish_onnx(mut o: onnx::OnnxStream, total_len: u64) -> ModelInfo {

@@ -3,7 +3,13 @@
 //!
 //! The dict is read by a small bounded tokenizer, never evaluated.
 //! `descr` values that are not a plain type string (structured dtypes) are
-//! kept as their source text; any `O` type code means the data is a pickle.
+//! kept as their source text. numpy unpickles the data of any dtype that
+//! holds objects, so the dtype must be accounted for exactly: a plain type
+//! string (`<f4`, `|b1`, `<U10`, `<M8[ns]`, ...), an object one (`|O`,
+//! `object`), or a list of fields made of those. Anything else (a dtype
+//! string in another spelling, a comma-separated or sub-array spec, a dict,
+//! a header the tokenizer cannot read) is an error, which callers treat as
+//! "may be a pickle".
 
 pub(crate) const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -156,6 +162,7 @@ pub(crate) fn parse_dict(bytes: &[u8]) -> Result<Header, String> {
     if toks.first() != Some(&Tok::Punct(b'{')) {
         return Err("npy header is not a dict".into());
     }
+    let mut object = false;
     let mut i = 1;
     loop {
         match toks.get(i) {
@@ -168,8 +175,29 @@ pub(crate) fn parse_dict(bytes: &[u8]) -> Result<Header, String> {
                 let vstart = i + 2;
                 let vend = skip_value(&toks, vstart, 0)?;
                 let val = &toks[vstart..vend];
+                let seen = match *key {
+                    "descr" => descr.is_some(),
+                    "fortran_order" => fortran.is_some(),
+                    "shape" => shape.is_some(),
+                    _ => false,
+                };
+                if seen {
+                    return Err(format!("key {key:?} twice in npy header"));
+                }
                 match *key {
-                    "descr" => descr = Some(descr_text(val)),
+                    "descr" => {
+                        let text = descr_text(val);
+                        match dtype(val, 0, 0) {
+                            Ok((end, obj)) if end == val.len() => object = obj,
+                            _ => {
+                                return Err(format!(
+                                    "dtype {} is not a plain numpy type",
+                                    crate::clip(&descr_text_str(&text), 256)
+                                ))
+                            }
+                        }
+                        descr = Some(text);
+                    }
                     "fortran_order" => {
                         fortran = Some(match val {
                             [Tok::Word("True")] => true,
@@ -199,15 +227,12 @@ pub(crate) fn parse_dict(bytes: &[u8]) -> Result<Header, String> {
         }
     }
     let descr = descr.ok_or("npy header lacks descr")?;
-    let (itemsize, object) = match &descr {
-        Descr::Simple(d) => (simple_itemsize(d), d.contains('O')),
-        Descr::Structured(text, has_object) => (None, *has_object || text.contains("'O")),
+    let itemsize = match &descr {
+        Descr::Simple(d) if !object => simple_itemsize(d),
+        _ => None,
     };
     Ok(Header {
-        descr: match descr {
-            Descr::Simple(d) => d,
-            Descr::Structured(t, _) => t,
-        },
+        descr: descr_text_str(&descr),
         fortran_order: fortran.ok_or("npy header lacks fortran_order")?,
         shape: shape.ok_or("npy header lacks shape")?,
         itemsize,
@@ -217,8 +242,132 @@ pub(crate) fn parse_dict(bytes: &[u8]) -> Result<Header, String> {
 
 enum Descr {
     Simple(String),
-    /// Source text of a structured dtype, and whether any field is `O`.
-    Structured(String, bool),
+    /// Source text of a structured dtype.
+    Structured(String),
+}
+
+fn descr_text_str(d: &Descr) -> String {
+    match d {
+        Descr::Simple(s) | Descr::Structured(s) => s.clone(),
+    }
+}
+
+/// What a dtype string is.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    /// Fixed-size plain data in numpy's canonical spelling.
+    Plain,
+    /// Python objects: the data is a pickle.
+    Object,
+    /// Anything else: not accounted for.
+    Other,
+}
+
+fn classify(d: &str) -> Kind {
+    let t = d.strip_prefix(['<', '>', '|', '=']).unwrap_or(d);
+    if matches!(t, "O" | "O4" | "O8" | "object" | "object_" | "object0") {
+        return Kind::Object;
+    }
+    let mut chars = t.chars();
+    let Some(kind) = chars.next() else {
+        return Kind::Other;
+    };
+    let rest = chars.as_str();
+    let (digits, unit) = match rest.split_once('[') {
+        Some((d, u)) => (d, Some(u)),
+        None => (rest, None),
+    };
+    let digits_ok =
+        !digits.is_empty() && digits.len() <= 10 && digits.bytes().all(|b| b.is_ascii_digit());
+    let unit_ok = match unit {
+        None => true,
+        Some(u) => {
+            matches!(kind, 'm' | 'M')
+                && u.strip_suffix(']')
+                    .is_some_and(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric()))
+        }
+    };
+    if digits_ok && unit_ok && "biufcmMSaUV".contains(kind) {
+        Kind::Plain
+    } else {
+        Kind::Other
+    }
+}
+
+/// Parses the dtype value at `toks[i]` (a type string, or a list of
+/// `(name, dtype[, shape])` fields); returns the index after it and
+/// whether it holds objects. Errors on anything not accounted for.
+fn dtype(toks: &[Tok<'_>], i: usize, depth: u32) -> Result<(usize, bool), ()> {
+    if depth > 32 {
+        return Err(());
+    }
+    match toks.get(i) {
+        Some(Tok::Str(s)) => match classify(s) {
+            Kind::Plain => Ok((i + 1, false)),
+            Kind::Object => Ok((i + 1, true)),
+            Kind::Other => Err(()),
+        },
+        Some(Tok::Punct(b'[')) => {
+            let mut i = i + 1;
+            let mut object = false;
+            loop {
+                match toks.get(i) {
+                    Some(Tok::Punct(b']')) => return Ok((i + 1, object)),
+                    Some(Tok::Punct(b',')) => i += 1,
+                    Some(Tok::Punct(b'(')) => {
+                        let (end, obj) = field(toks, i, depth + 1)?;
+                        object |= obj;
+                        i = end;
+                    }
+                    _ => return Err(()),
+                }
+            }
+        }
+        _ => Err(()),
+    }
+}
+
+/// One field `(name, dtype[, shape])` of a structured dtype, `name` being
+/// a string or a `(title, name)` pair, `shape` an integer or a tuple.
+fn field(toks: &[Tok<'_>], i: usize, depth: u32) -> Result<(usize, bool), ()> {
+    let p = |i: usize, c: u8| toks.get(i) == Some(&Tok::Punct(c));
+    let is_str = |i: usize| matches!(toks.get(i), Some(Tok::Str(_)));
+    let mut i = i + 1;
+    if is_str(i) {
+        i += 1;
+    } else if p(i, b'(') && is_str(i + 1) && p(i + 2, b',') && is_str(i + 3) && p(i + 4, b')') {
+        i += 5;
+    } else {
+        return Err(());
+    }
+    if !p(i, b',') {
+        return Err(());
+    }
+    let (mut i, object) = dtype(toks, i + 1, depth)?;
+    if p(i, b',') && !p(i + 1, b')') {
+        i += 1;
+        match toks.get(i) {
+            Some(Tok::Int(_)) => i += 1,
+            Some(Tok::Punct(b'(')) => {
+                i += 1;
+                while let Some(Tok::Int(_) | Tok::Punct(b',')) = toks.get(i) {
+                    i += 1;
+                }
+                if !p(i, b')') {
+                    return Err(());
+                }
+                i += 1;
+            }
+            _ => return Err(()),
+        }
+    }
+    if p(i, b',') {
+        i += 1;
+    }
+    if !p(i, b')') {
+        return Err(());
+    }
+    Ok((i + 1, object))
 }
 
 fn descr_text(val: &[Tok<'_>]) -> Descr {
@@ -226,12 +375,10 @@ fn descr_text(val: &[Tok<'_>]) -> Descr {
         return Descr::Simple((*s).to_string());
     }
     let mut text = String::new();
-    let mut object = false;
     for t in val {
         match t {
             Tok::Punct(c) => text.push(*c as char),
             Tok::Str(s) => {
-                object |= s.trim_start_matches(['<', '>', '|', '=']).starts_with('O');
                 text.push('\'');
                 text.push_str(s);
                 text.push('\'');
@@ -244,7 +391,7 @@ fn descr_text(val: &[Tok<'_>]) -> Descr {
             break;
         }
     }
-    Descr::Structured(text, object)
+    Descr::Structured(text)
 }
 
 /// Item size of a simple type string such as `<f4`, `|b1`, `<U10`,

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::allowlist;
-use crate::info::{ImportCall, ImportVia, PickleImport, PickleReport};
+use crate::info::{ImportCall, ImportVia, PickleImport, PickleReport, Risk};
 
 /// Caps for one pickle stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -495,7 +495,11 @@ impl PickleScanner {
             .imports
             .into_iter()
             .map(|r| PickleImport {
-                risk: allowlist::classify(&r.module, &r.name),
+                risk: if r.calls.contains(&ImportCall::Modify) {
+                    Risk::Dangerous
+                } else {
+                    allowlist::classify(&r.module, &r.name)
+                },
                 module: r.module,
                 name: r.name,
                 via: r.via,
@@ -661,6 +665,22 @@ impl PickleScanner {
         }
     }
 
+    /// A container opcode (`SETITEM`, `APPENDS`, `BUILD`, ...) applied to
+    /// `target`: an instance made from an import is being filled in, which
+    /// is how objects are pickled; the imported object itself being changed
+    /// is not, and is recorded as [`ImportCall::Modify`].
+    fn note_target(&mut self, target: Option<Val>, on_instance: Option<ImportCall>) {
+        match target {
+            Some(v @ Val::Global(_)) => self.note_call(&v, ImportCall::Modify),
+            Some(v) => {
+                if let Some(call) = on_instance {
+                    self.note_call(&v, call);
+                }
+            }
+            None => {}
+        }
+    }
+
     /// The value a call through `callee` produces.
     fn result_of(callee: &Val) -> Val {
         match *callee {
@@ -724,9 +744,8 @@ impl PickleScanner {
             }
             BUILD => {
                 let Some(_state) = self.pop() else { return };
-                if let Some(inst) = self.top() {
-                    self.note_call(&inst, ImportCall::Build);
-                }
+                let target = self.top();
+                self.note_target(target, Some(ImportCall::Build));
             }
             NEWOBJ => {
                 let Some(_args) = self.pop() else { return };
@@ -743,18 +762,21 @@ impl PickleScanner {
             }
             APPEND => {
                 if self.pop().is_some() {
-                    self.top();
+                    let target = self.top();
+                    self.note_target(target, None);
                 }
             }
             SETITEM => {
                 if self.pop().is_some() && self.pop().is_some() {
-                    self.top();
+                    let target = self.top();
+                    self.note_target(target, None);
                 }
             }
             APPENDS | SETITEMS | ADDITEMS => {
                 if let Some(b) = self.pop_mark() {
                     self.stack.truncate(b);
-                    self.top();
+                    let target = self.top();
+                    self.note_target(target, None);
                 }
             }
             DICT | LIST | TUPLE | FROZENSET => {
@@ -917,10 +939,33 @@ fn le_u64(b: &[u8]) -> u64 {
         .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
 }
 
-/// A non-negative decimal memo key as `PUT`/`GET` write it.
+/// A memo key of `PUT`/`GET` as CPython reads it (`PyLong_FromString`,
+/// base 10): surrounding ASCII whitespace, a sign, and single underscores
+/// between digits are accepted (`p1_0` is key 10, `p-0` key 0); a negative
+/// key or one beyond `Py_ssize_t` fails there too.
 fn parse_decimal(line: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(line).ok()?.trim();
-    s.parse::<u64>().ok()
+    let s = std::str::from_utf8(line).ok()?;
+    let s = s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let well_formed = !digits.is_empty()
+        && !digits.starts_with('_')
+        && !digits.ends_with('_')
+        && !digits.contains("__")
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    if !well_formed {
+        return None;
+    }
+    let v = digits
+        .bytes()
+        .filter(|&b| b != b'_')
+        .try_fold(0u64, |a, b| {
+            a.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })?;
+    (v <= i64::MAX as u64 && (!negative || v == 0)).then_some(v)
 }
 
 /// The `STRING` opcode's argument: a quoted Python 2 `repr` of a byte
@@ -1018,6 +1063,27 @@ mod tests {
         assert_eq!(le_u64(&[0xff; 8]), u64::MAX);
         assert_eq!(parse_decimal(b"17"), Some(17));
         assert_eq!(parse_decimal(b"-1"), None);
+        // CPython's int parsing, as the unpickler uses it.
+        assert_eq!(parse_decimal(b"1_0"), Some(10));
+        assert_eq!(parse_decimal(b"-0"), Some(0));
+        assert_eq!(parse_decimal(b" +7 "), Some(7));
+        assert_eq!(parse_decimal(b"007"), Some(7));
+        for bad in [
+            &b"1__0"[..],
+            b"_1",
+            b"1_",
+            b"",
+            b"-",
+            b"0x1",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(
+                parse_decimal(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -3,19 +3,32 @@
 //!
 //! Each member's data is routed by name: `*.pkl` to a [`PickleScanner`],
 //! `*.npy` to an npy header reader (and on to a pickle scanner for object
-//! arrays), everything else skipped by count. Stored members stream as they
-//! are; deflated ones go through a streaming inflater, stopped as soon as
-//! the consumer has what it needs and bounded by the file's inflate budget.
+//! arrays). Any other member's first bytes are looked at too: numpy's
+//! `NpzFile` reads every member that starts with the npy magic as an
+//! array, whatever its name, so such a member gets the npy reader as well;
+//! the rest is skipped by count. Stored members stream as they are;
+//! deflated ones go through a streaming inflater, stopped as soon as the
+//! consumer has what it needs and bounded by the file's inflate budget.
 //!
 //! Members written with a data descriptor (sizes after the data) are ended
 //! by finding the descriptor: its signature, a compressed size equal to the
 //! bytes seen, and a zip header right after it. The search keeps at most a
 //! few bytes back between batches.
 //!
-//! Loaders read the central directory, not the local headers, so the
-//! directory (buffered up to the header limit) is checked at the end: every
-//! entry must point at a local header this walk saw, with the same name.
-//! Otherwise something the loader would read went unscanned.
+//! Loaders (Python's `zipfile`, numpy, PyTorch's miniz reader) find the end
+//! of central directory record by searching back from the end of the file
+//! and read members through the central directory, not the local headers.
+//! So the walk must account for every byte: local headers and member data
+//! back to back from offset 0, then the central directory, then exactly one
+//! end record (with its zip64 records) whose comment ends the file and whose
+//! counts, size and offset describe the directory the walk found. Every
+//! directory entry must point at a local header the walk saw, with the same
+//! name, compression method, sizes and encryption flag, so that the bytes a
+//! loader decompresses are the bytes that were scanned. Anything else (bytes
+//! the walk cannot place, a lost walk, a directory over the buffering limit,
+//! a disagreement) is recorded in [`ZipStream::unaccounted`], which makes
+//! the verdict unsafe: what the walk did not see may be a pickle a loader
+//! runs.
 
 use std::collections::HashMap;
 
@@ -56,6 +69,9 @@ pub(crate) struct NpyReader {
     need: Option<u64>,
     pub header: Option<(npy::Header, String, u64)>,
     pub error: Option<String>,
+    /// The error is one numpy would not run into: it may read the data,
+    /// possibly as a pickle, where this reader could not follow.
+    unreadable: bool,
     pickle: Option<PickleScanner>,
     fed: u64,
     max_header: u64,
@@ -78,6 +94,7 @@ impl NpyReader {
             need: None,
             header: None,
             error: None,
+            unreadable: false,
             pickle: None,
             fed: 0,
             max_header,
@@ -121,7 +138,8 @@ impl NpyReader {
                     npy::Preamble::Ok(_, hlen, hoff) => {
                         let total = hoff + hlen;
                         if total > self.max_header {
-                            self.error = Some(format!(
+                            // numpy reads any size with allow_pickle.
+                            self.unreadable(format!(
                                 "npy header of {hlen} bytes exceeds the limit of {}",
                                 self.max_header
                             ));
@@ -134,7 +152,7 @@ impl NpyReader {
                         return offered - data.len();
                     }
                     npy::Preamble::NeedMore => {
-                        self.error = Some("npy preamble unreadable".into());
+                        self.unreadable("npy preamble unreadable".into());
                         return offered - data.len();
                     }
                 },
@@ -155,7 +173,7 @@ impl NpyReader {
         let ver = match npy::preamble(&self.buf) {
             npy::Preamble::Ok(v, _, _) => v,
             _ => {
-                self.error = Some("npy preamble unreadable".into());
+                self.unreadable("npy preamble unreadable".into());
                 return;
             }
         };
@@ -177,8 +195,22 @@ impl NpyReader {
                 self.header = Some((h, ver, total));
                 self.buf = Vec::new();
             }
-            Err(e) => self.error = Some(e),
+            Err(e) => self.unreadable(e),
         }
+    }
+
+    fn unreadable(&mut self, e: String) {
+        self.error = Some(e);
+        self.unreadable = true;
+    }
+
+    /// Why the header could not be analysed, when numpy may read it all
+    /// the same (a header over the size limit, one this reader cannot
+    /// parse, a dtype that is not plain): the data may be a pickle, and
+    /// nothing says it is not.
+    pub fn header_failure(&self) -> Option<String> {
+        let e = self.error.as_ref().filter(|_| self.unreadable)?;
+        Some(format!("npy header cannot be analysed ({e})"))
     }
 
     /// The tensor and (for object arrays) the pickle report. `size` is the
@@ -232,6 +264,12 @@ enum Consumer {
     Nothing,
     Pickle(Box<PickleScanner>),
     Npy(Box<NpyReader>),
+    /// A member whose name says nothing: its first bytes decide whether it
+    /// is an npy array (which numpy reads whatever the member's name).
+    Probe {
+        head: Vec<u8>,
+        npy: Box<NpyReader>,
+    },
 }
 
 impl Consumer {
@@ -240,6 +278,7 @@ impl Consumer {
             Consumer::Nothing => false,
             Consumer::Pickle(p) => !p.is_finished(),
             Consumer::Npy(n) => n.wants(),
+            Consumer::Probe { .. } => true,
         }
     }
     /// Feeds bytes; returns how many the consumer used.
@@ -248,6 +287,25 @@ impl Consumer {
             Consumer::Nothing => 0,
             Consumer::Pickle(p) => p.feed(b),
             Consumer::Npy(n) => n.feed(b),
+            Consumer::Probe { head, .. } => {
+                let take = (npy::MAGIC.len() - head.len()).min(b.len());
+                head.extend_from_slice(&b[..take]);
+                if head.len() < npy::MAGIC.len() {
+                    return take;
+                }
+                let Consumer::Probe { head, npy } = std::mem::replace(self, Consumer::Nothing)
+                else {
+                    return take;
+                };
+                if head[..] == npy::MAGIC[..] {
+                    let mut npy = npy;
+                    npy.feed(&head);
+                    *self = Consumer::Npy(npy);
+                    take + self.feed(&b[take..])
+                } else {
+                    take
+                }
+            }
         }
     }
 }
@@ -351,9 +409,27 @@ impl Sink {
     }
 }
 
+/// What the walk saw of one local header, to hold the central directory
+/// against.
+struct LocalRec {
+    name_hash: u64,
+    /// General purpose flags (only the encryption bits are compared).
+    flags: u16,
+    method: u16,
+    /// The sizes the walk used: the local header's, or its data
+    /// descriptor's.
+    csize: u64,
+    usize_: u64,
+}
+
+/// Encryption bits of the general purpose flags (traditional and strong).
+const ENCRYPTED: u16 = 0x41;
+
 /// The member whose data is streaming.
 struct Current {
     name: String,
+    /// Absolute offset of its local header.
+    header_at: u64,
     method: u16,
     data_start: u64,
     csize: u64,
@@ -395,14 +471,22 @@ pub(crate) struct ZipStream {
     /// was not safe.
     pub pickles_dropped: u64,
     pub dropped_unsafe: bool,
-    /// Local header offset -> hash of the full name.
-    locals: HashMap<u64, u64>,
+    /// Local header offset -> what the walk saw there.
+    locals: HashMap<u64, LocalRec>,
     locals_overflow: bool,
     pub pickles: Vec<PickleReport>,
     pub tensors: Vec<TensorInfo>,
+    /// Local header offset of each tensor's member (parallel to `tensors`).
+    tensor_at: Vec<u64>,
     pub warnings: Vec<String>,
-    /// The walk lost its place.
-    pub failure: Option<String>,
+    /// The first thing the walk could not account for (it lost its place,
+    /// bytes it cannot place, a directory that disagrees with what streamed
+    /// past, ...): what a loader reads may not have been scanned, so the
+    /// verdict is unsafe.
+    pub unaccounted: Option<String>,
+    /// Absolute offset where the central directory (or the end record)
+    /// starts.
+    central_at: u64,
     central: Vec<u8>,
     central_overflow: bool,
 }
@@ -477,8 +561,10 @@ impl ZipStream {
             locals_overflow: false,
             pickles: Vec::new(),
             tensors: Vec::new(),
+            tensor_at: Vec::new(),
             warnings: Vec::new(),
-            failure: None,
+            unaccounted: None,
+            central_at: 0,
             central: Vec::new(),
             central_overflow: false,
         }
@@ -488,6 +574,12 @@ impl ZipStream {
         if self.warnings.len() < 64 {
             self.warnings.push(w);
         }
+    }
+
+    /// Records something the walk cannot account for (the first one is
+    /// reported).
+    fn unaccounted(&mut self, why: String) {
+        self.unaccounted.get_or_insert(why);
     }
 
     pub fn feed(&mut self, mut data: &[u8]) {
@@ -501,8 +593,7 @@ impl ZipStream {
             // Stop rather than spin if that ever fails to hold.
             idle = if used == 0 { idle + 1 } else { 0 };
             if idle > 2 {
-                self.failure
-                    .get_or_insert_with(|| "zip walker stalled".to_string());
+                self.unaccounted("zip walker stalled".to_string());
                 self.st = ZSt::Done;
                 break;
             }
@@ -535,15 +626,17 @@ impl ZipStream {
                             .contains(&sig.try_into().unwrap_or(&[0; 4]))
                         {
                             let start = std::mem::take(&mut self.buf);
+                            self.central_at = self.pos + take as u64 - start.len() as u64;
                             self.st = ZSt::Central;
                             self.central = start;
                             return take;
                         }
-                        self.failure = Some(format!(
-                            "expected a zip header at offset {}, found {:02x?}",
+                        let why = format!(
+                            "expected a zip header at offset {}, found {:02x?}: the walk cannot place the bytes that follow",
                             self.pos + take as u64 - self.buf.len() as u64,
                             sig
-                        ));
+                        );
+                        self.unaccounted(why);
                         self.st = ZSt::Done;
                         return take;
                     }
@@ -638,7 +731,16 @@ impl ZipStream {
         let zip64 = zip64_extra(extra, &mut usize_, &mut csize, None);
         let name_full = String::from_utf8_lossy(full_name).into_owned();
         if self.locals.len() < 1 << 20 {
-            self.locals.insert(header_at, name_hash(full_name));
+            self.locals.insert(
+                header_at,
+                LocalRec {
+                    name_hash: name_hash(full_name),
+                    flags,
+                    method,
+                    csize,
+                    usize_,
+                },
+            );
         } else {
             self.locals_overflow = true;
         }
@@ -665,11 +767,25 @@ impl ZipStream {
                 self.caps.pickle.clone(),
             )))
         } else {
-            Consumer::Nothing
+            // numpy reads a member under its own name too (`arr_0`, not
+            // only `arr_0.npy`) when it starts with the npy magic.
+            Consumer::Probe {
+                head: Vec::new(),
+                npy: Box::new(NpyReader::new(
+                    name.clone(),
+                    format!("{name}:object array"),
+                    (method == 0).then_some(data_start),
+                    self.caps.max_npy_header,
+                    self.caps.pickle.clone(),
+                )),
+            }
         };
+        let named = matches!(consumer, Consumer::Pickle(_) | Consumer::Npy(_));
         let scanned = !matches!(consumer, Consumer::Nothing);
         let sink = if flags & 1 != 0 {
-            if scanned {
+            // A loader needs a password for it; the directory is checked
+            // to say so too.
+            if named {
                 self.unscanned(&name, "is encrypted");
             }
             Sink::Stored(Consumer::Nothing)
@@ -694,6 +810,7 @@ impl ZipStream {
         self.kind.note(&name_full);
         self.cur = Some(Current {
             name,
+            header_at,
             method,
             data_start,
             csize,
@@ -748,6 +865,10 @@ impl ZipStream {
         self.st = ZSt::Fixed;
         let Some(cur) = self.cur.take() else { return };
         let (csize, usize_) = sizes.unwrap_or((cur.csize, cur.usize_));
+        if let Some(rec) = self.locals.get_mut(&cur.header_at) {
+            rec.csize = csize;
+            rec.usize_ = usize_;
+        }
         if self.members.len() < self.caps.max_members {
             self.members.push(ZipMember {
                 name: cur.name.clone(),
@@ -764,7 +885,7 @@ impl ZipStream {
             self.warn(format!("member {}: {w}", cur.name));
         }
         match consumer {
-            Consumer::Nothing => {}
+            Consumer::Nothing | Consumer::Probe { .. } => {}
             Consumer::Pickle(p) => {
                 let mut r = p.finish();
                 if let (Some(w), None) = (&why, &r.reason) {
@@ -774,9 +895,16 @@ impl ZipStream {
                 self.push_pickle(r);
             }
             Consumer::Npy(n) => {
+                if let Some(e) = n.header_failure() {
+                    // numpy may still read it, as an object array.
+                    self.unaccounted(format!("member {}: {e}", cur.name));
+                }
                 let (t, r) = n.finish(Some(usize_));
                 match t {
-                    Ok(t) if self.tensors.len() < self.caps.max_members => self.tensors.push(t),
+                    Ok(t) if self.tensors.len() < self.caps.max_members => {
+                        self.tensors.push(t);
+                        self.tensor_at.push(cur.header_at);
+                    }
                     Ok(_) => {}
                     Err(e) => self.warn(format!("member {}: {e}", cur.name)),
                 }
@@ -913,23 +1041,28 @@ impl ZipStream {
         Some((len_ok && next_ok).then_some((cs, us)))
     }
 
-    /// Ends the walk; `total_len` is the file length.
-    pub fn finish(&mut self) -> ZipEnd {
-        let mut inconsistent = None;
+    /// Ends the walk.
+    pub fn finish(&mut self) {
+        let mut directory = None;
         match std::mem::replace(&mut self.st, ZSt::Done) {
             ZSt::Fixed if self.buf.is_empty() && self.central.is_empty() => {
-                self.warn("zip has no central directory (truncated?)".into())
+                self.unaccounted("zip has no central directory (truncated?)".into())
             }
             ZSt::Central => {
                 if self.central_overflow {
-                    self.warn(format!(
-                        "central directory larger than {} bytes; not cross-checked",
+                    self.unaccounted(format!(
+                        "central directory larger than {} bytes; not checked against the members",
                         self.caps.max_central
                     ));
                 } else if self.locals_overflow {
-                    self.warn("too many members to cross-check the central directory".into());
+                    self.unaccounted(
+                        "too many members to check the central directory against them".into(),
+                    );
                 } else {
-                    inconsistent = self.check_central();
+                    match self.check_central() {
+                        Ok(d) => directory = Some(d),
+                        Err(e) => self.unaccounted(e),
+                    }
                 }
             }
             ZSt::Done => {}
@@ -941,56 +1074,159 @@ impl ZipStream {
                     .as_ref()
                     .map(|c| c.name.clone())
                     .unwrap_or_default();
-                self.failure.get_or_insert_with(|| {
-                    format!("end of zip member {name:?} not found (stream ended inside it)")
-                });
+                self.unaccounted(format!(
+                    "end of zip member {name:?} not found (stream ended inside it)"
+                ));
                 self.end_member(None);
             }
             _ => {
                 let name = self.cur.as_ref().map(|c| c.name.clone());
-                self.failure.get_or_insert_with(|| match &name {
+                self.unaccounted(match &name {
                     Some(n) => format!("zip truncated inside member {n:?}"),
                     None => "zip truncated inside a local header".to_string(),
                 });
                 self.end_member(None);
             }
         }
-        ZipEnd { inconsistent }
+        if let Some(dir) = &directory {
+            self.keep_tensors_loaders_read(dir);
+        }
     }
 
-    /// Checks every central directory entry against the local headers seen.
-    fn check_central(&mut self) -> Option<String> {
+    /// Keeps only the tensors numpy would read under their names: for key
+    /// `k`, `NpzFile` opens the member named `k` if there is one, else
+    /// `k.npy`, and of several members with one name Python's `zipfile`
+    /// keeps the directory's last. A tensor from any other member (a
+    /// duplicate name, or one shadowed by a member named without `.npy`)
+    /// would serve bytes numpy does not read, so it is not listed.
+    fn keep_tensors_loaders_read(&mut self, dir: &HashMap<u64, u64>) {
+        let tensors = std::mem::take(&mut self.tensors);
+        let at = std::mem::take(&mut self.tensor_at);
+        for (t, at) in tensors.into_iter().zip(at) {
+            let pick = dir
+                .get(&name_hash(t.name.as_bytes()))
+                .or_else(|| dir.get(&name_hash(format!("{}.npy", t.name).as_bytes())));
+            if pick == Some(&at) {
+                self.tensors.push(t);
+            } else {
+                self.warn(format!(
+                    "tensor {:?} at offset {at} is not the member numpy reads under that name (duplicate or shadowing member names); not listed",
+                    t.name
+                ));
+            }
+        }
+    }
+
+    /// Checks the central directory and the end records after it against
+    /// what the walk saw (see the module docs). Returns the directory as
+    /// loaders see it: name hash -> local header offset of the last entry
+    /// with that name.
+    fn check_central(&self) -> Result<HashMap<u64, u64>, String> {
         let c = &self.central;
+        let truncated = || "central directory entry is truncated".to_string();
+        let mut dir = HashMap::new();
         let mut p = 0;
         let mut entries = 0u64;
         while c.get(p..p + 4) == Some(&CENTRAL[..]) {
-            let Some(fixed) = c.get(p..p + 46) else {
-                return Some("central directory entry is truncated".into());
-            };
+            let fixed = c.get(p..p + 46).ok_or_else(truncated)?;
+            let flags = u16_at(fixed, 8);
+            let method = u16_at(fixed, 10);
             let nlen = usize::from(u16_at(fixed, 28));
             let xlen = usize::from(u16_at(fixed, 30));
             let clen = usize::from(u16_at(fixed, 32));
             let mut csize = u64::from(u32_at(fixed, 20));
             let mut usize_ = u64::from(u32_at(fixed, 24));
             let mut off = u64::from(u32_at(fixed, 42));
-            let Some(name) = c.get(p + 46..p + 46 + nlen) else {
-                return Some("central directory entry is truncated".into());
-            };
-            let extra = c.get(p + 46 + nlen..p + 46 + nlen + xlen).unwrap_or(&[]);
+            let name = c.get(p + 46..p + 46 + nlen).ok_or_else(truncated)?;
+            let extra = c
+                .get(p + 46 + nlen..p + 46 + nlen + xlen)
+                .ok_or_else(truncated)?;
             zip64_extra(extra, &mut usize_, &mut csize, Some(&mut off));
-            if self.locals.get(&off) != Some(&name_hash(name)) {
-                return Some(format!(
-                    "central directory entry {:?} points at offset {off}, where no local header of that name streamed past",
-                    crate::clip(&String::from_utf8_lossy(name), 256)
+            let shown = crate::clip(&String::from_utf8_lossy(name), 256);
+            let hash = name_hash(name);
+            let Some(local) = self.locals.get(&off).filter(|l| l.name_hash == hash) else {
+                return Err(format!(
+                    "central directory entry {shown:?} points at offset {off}, where no local header of that name streamed past"
+                ));
+            };
+            if (local.method, local.csize, local.usize_) != (method, csize, usize_)
+                || (local.flags ^ flags) & ENCRYPTED != 0
+            {
+                return Err(format!(
+                    "central directory entry {shown:?} (method {method}, {csize} bytes stored, {usize_} bytes, flags {flags:#06x}) disagrees with its local header (method {}, {} bytes stored, {} bytes, flags {:#06x}): loaders would read what was not scanned",
+                    local.method, local.csize, local.usize_, local.flags
                 ));
             }
+            dir.insert(hash, off);
             entries += 1;
-            p += 46 + nlen + xlen + clen;
+            p = p
+                .checked_add(46 + nlen + xlen + clen)
+                .ok_or_else(truncated)?;
         }
-        if entries == 0 && !self.locals.is_empty() {
-            self.warn("central directory not found at the end of the members".into());
+        let cd_size = p as u64;
+        // Optional zip64 end record and locator, then the end record.
+        let mut z64 = None;
+        if c.get(p..p + 4) == Some(&EOCD64[..]) {
+            let rec = c
+                .get(p..p + 56)
+                .ok_or("zip64 end of central directory record is truncated")?;
+            z64 = Some((u64_at(rec, 32), u64_at(rec, 40), u64_at(rec, 48)));
+            let len = usize::try_from(u64_at(rec, 4))
+                .ok()
+                .and_then(|l| l.checked_add(12 + p))
+                .filter(|&end| end <= c.len())
+                .ok_or("zip64 end of central directory record is truncated")?;
+            p = len;
         }
-        None
+        if c.get(p..p + 4) == Some(&EOCD64_LOC[..]) {
+            p += 20;
+        }
+        let eocd = c
+            .get(p..p + 22)
+            .filter(|e| e[..4] == EOCD[..])
+            .ok_or_else(|| {
+                format!(
+                    "no end of central directory record right after the central directory (at offset {})",
+                    self.central_at + p as u64
+                )
+            })?;
+        let mut n = u64::from(u16_at(eocd, 10));
+        let mut size = u64::from(u32_at(eocd, 12));
+        let mut off = u64::from(u32_at(eocd, 16));
+        if let Some((zn, zsize, zoff)) = z64 {
+            if n == 0xffff {
+                n = zn;
+            }
+            if size == 0xffff_ffff {
+                size = zsize;
+            }
+            if off == 0xffff_ffff {
+                off = zoff;
+            }
+        }
+        if (n, size, off) != (entries, cd_size, self.central_at) {
+            return Err(format!(
+                "end of central directory record describes {n} entries, {size} bytes at offset {off}, but the directory found has {entries} entries, {cd_size} bytes at offset {}",
+                self.central_at
+            ));
+        }
+        let comment_at = p + 22;
+        let end = comment_at + usize::from(u16_at(eocd, 20));
+        if end != c.len() {
+            return Err(format!(
+                "the end of central directory record at offset {} does not end the file ({} bytes follow where its comment says {})",
+                self.central_at + p as u64,
+                c.len() - comment_at,
+                u16_at(eocd, 20)
+            ));
+        }
+        if memchr::memmem::find(&c[comment_at..], EOCD).is_some() {
+            return Err(
+                "the archive comment holds another end of central directory record (loaders use the last one)"
+                    .into(),
+            );
+        }
+        Ok(dir)
     }
 }
 
@@ -1031,10 +1267,4 @@ impl ZipKind {
             Format::Other
         }
     }
-}
-
-/// What the end of the walk found.
-pub(crate) struct ZipEnd {
-    /// Why the directory cannot be trusted to match what was scanned.
-    pub inconsistent: Option<String>,
 }
