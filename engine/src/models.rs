@@ -18,9 +18,14 @@ use crate::paths::model_key;
 use crate::read::FileReader;
 use crate::storage::PutMode;
 
-/// Version of the model description object. Version 1 objects (no file id,
-/// no checksum) are not trusted: they are recomputed like damaged ones.
-const MODEL_VERSION: u32 = 2;
+/// Version of the model description object. Objects of other versions are
+/// not trusted: they are recomputed like damaged ones. Version 1 had no
+/// file id and no checksum; version 3 marks the sniffer that serves ONNX
+/// tensors only from one plain field, lists subgraph weights, flags shared
+/// tensor names and judges unaccountable pickle containers unsafe, so
+/// descriptions an older sniffer wrote (which may place tensors it should
+/// not serve, or call a pickle safe) are recomputed.
+const MODEL_VERSION: u32 = 3;
 
 /// The object as written: the description's JSON (`info`) is kept as the
 /// exact bytes the checksum covers.

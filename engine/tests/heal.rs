@@ -785,12 +785,17 @@ fn a_model_description_that_does_not_check_is_recomputed() {
         let v: serde_json::Value = serde_json::from_str(&shifted).expect("json");
         serde_json::json!({"version": 1, "info": v["info"]}).to_string()
     };
+    // What an older sniffer wrote: version 2 (the offset shifted, so a
+    // description trusted for its version alone would serve other bytes).
+    let v2 = shifted.replacen("\"version\":3", "\"version\":2", 1);
+    assert_ne!(v2, shifted);
     let copied = std::fs::read(dir.path().join(model_key(&other_id))).expect("other");
     let v1_again = v1.clone().into_bytes();
     for (how, bytes, why) in [
         ("offset changed", shifted.into_bytes(), "checksum"),
         ("another file's", copied, "another file"),
         ("version 1", v1.into_bytes(), "version 1"),
+        ("version 2", v2.into_bytes(), "version 2"),
     ] {
         std::fs::write(&path, &bytes).expect("write");
         let v = verify(&store);
