@@ -9,8 +9,9 @@
 //! same with raw shape data) and `pickle`. Those members are not analysed:
 //! a tar with any of them is an unsafe legacy checkpoint.
 //!
-//! The walk follows `tarfile` (CPython 3.11–3.13) so that it sees the
-//! member names a loader sees: a header is valid when its checksum (octal,
+//! The walk follows CPython's `tarfile` (read from 3.11; later versions
+//! reject more malformed pax records, so they see no more members) so
+//! that it sees the member names a loader sees: a header is valid when its checksum (octal,
 //! or base-256, as `nti` reads it) equals the unsigned or the signed sum of
 //! the block with the checksum field as spaces; the first all-zero or
 //! invalid header ends the archive; data is skipped only for regular
