@@ -22,7 +22,8 @@
 //! [`MAX_PAX`]) and the pax values kept from global headers.
 //!
 //! Whatever the walk does not follow (a pax header over [`MAX_PAX`], GNU
-//! sparse pax members, a size that sends `tarfile` backwards) could hide a
+//! sparse pax records together with a pax `size`, a size that sends
+//! `tarfile` backwards) could hide a
 //! legacy member: such an archive is unsafe too.
 
 use crate::info::{Format, ModelInfo, PickleReport};
@@ -106,7 +107,8 @@ struct Pax {
     path: Option<Vec<u8>>,
     size: Option<Vec<u8>>,
     sparse_name: Option<Vec<u8>>,
-    /// Another `GNU.sparse.*` keyword: sparse maps that move the data.
+    /// Another `GNU.sparse.*` keyword: with `size`, `tarfile`'s data
+    /// offset then depends on record order and sparse maps.
     sparse_other: bool,
 }
 
@@ -398,15 +400,17 @@ impl TarWalker {
         for (k, v) in records {
             d.set(k, v);
         }
-        if d.sparse_other {
-            return self.stop(Some(
-                "tar archive with GNU sparse pax records: the rest of the archive is not walked"
-                    .into(),
-            ));
-        }
         if global {
+            // Without an extended header `tarfile` never recomputes the
+            // data offset from pax records.
             self.globals = d;
             return;
+        }
+        if d.sparse_other && d.size.is_some() {
+            return self.stop(Some(
+                "tar archive with GNU sparse pax records and a pax size: the rest of the archive is not walked"
+                    .into(),
+            ));
         }
         for name in [&d.path, &d.sparse_name].into_iter().flatten() {
             if let Some(hit) = BaseName::of(name) {

@@ -366,3 +366,34 @@ fn what_the_walk_cannot_follow_is_unsafe() {
     let info = sniff_all(&neg);
     assert_eq!(info.verdict, Verdict::UnsafePickle, "{info:#?}");
 }
+
+#[test]
+fn gnu_sparse_pax_records_are_followed_unless_a_pax_size_is_set() {
+    // GNU tar's sparse pax member (format 0.1) without a pax `size`: the
+    // header size places the next member, as in `tarfile`.
+    let sparse = tar(&[
+        pax(
+            b'x',
+            &[("GNU.sparse.map", "0,512"), ("GNU.sparse.name", "data.bin")],
+        ),
+        entry("GNUSparseFile.1/data.bin", &[3u8; 512], b'0', Magic::Ustar),
+        file("notes.txt", b"n"),
+        end(),
+    ]);
+    assert_ordinary(&sniff_all(&sparse));
+    // With a pax `size` the data offset depends on record order: unsafe.
+    let sized = tar(&[
+        pax(b'x', &[("GNU.sparse.realsize", "4096"), ("size", "512")]),
+        entry("GNUSparseFile.1/data.bin", &[3u8; 512], b'0', Magic::Ustar),
+        end(),
+    ]);
+    let info = sniff_all(&sized);
+    assert_eq!(info.verdict, Verdict::UnsafePickle, "{info:#?}");
+    // The sparse member's real name counts.
+    let named = tar(&[
+        pax(b'x', &[("GNU.sparse.name", "storages")]),
+        file("GNUSparseFile.1/storages.bin", EVIL0),
+        end(),
+    ]);
+    assert_torch_tar(&sniff_all(&named));
+}
