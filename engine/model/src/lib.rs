@@ -31,6 +31,7 @@ mod onnx;
 pub mod pickle;
 mod policy;
 mod safetensors_fmt;
+mod tar;
 mod tflite;
 mod zip;
 
@@ -183,6 +184,11 @@ pub struct Sniffer {
     limits: Limits,
     pos: u64,
     state: State,
+    /// Walks the file as a tar archive alongside `state` (`torch.load`
+    /// tries any file as a legacy tar checkpoint first, and reads it as a
+    /// pickle when that fails); dropped as soon as the first block is not
+    /// a tar header.
+    tar: Option<Box<tar::TarWalker>>,
 }
 
 impl Sniffer {
@@ -191,6 +197,7 @@ impl Sniffer {
             limits,
             pos: 0,
             state: State::Detect(Vec::with_capacity(DETECT_LEN)),
+            tar: Some(Box::default()),
         }
     }
 
@@ -201,6 +208,12 @@ impl Sniffer {
 
     /// Feeds the next batch of the file's bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if let Some(t) = &mut self.tar {
+            t.feed(bytes);
+            if t.not_tar() {
+                self.tar = None;
+            }
+        }
         // Hot path: nothing left to learn.
         if let State::Decided(..) | State::SafetensorsParsed(_) | State::GgufParsed(_) = self.state
         {
@@ -575,6 +588,7 @@ impl Sniffer {
         }
         let limits = self.limits.clone();
         let mut extra_unsafe = None;
+        let tar = self.tar.take();
         let mut info = match self.state {
             State::Detect(_) => ModelInfo::empty(Format::Other, total_len),
             State::Decided(format, reason) => {
@@ -617,6 +631,10 @@ impl Sniffer {
                 finish_tflite(&buf, total_len, limits.max_meta_string)
             }
         };
+        // A tar archive: a legacy torch checkpoint replaces the report.
+        if let Some(t) = tar {
+            t.apply(&mut info, &mut extra_unsafe);
+        }
         // Whatever a header claims, only tensors inside the file are listed
         // (e.g. a truncated zip's last member).
         let before = info.tensors.len();
