@@ -923,7 +923,24 @@ fn finish_tflite(buf: &tflite::Buf<'_>, total_len: u64, max_string: usize) -> Mo
         ));
         return i;
     }
-    i.tflite = Some(tflite::parse(buf, max_string));
+    let h = tflite::parse(buf, max_string);
+    let unknown: Vec<&str> = [
+        ("version", h.version.is_none()),
+        ("subgraphs", h.subgraphs.is_none()),
+        ("operator_codes", h.operator_codes.is_none()),
+        ("buffers", h.buffers.is_none()),
+        ("description", h.description.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(name, missing)| missing.then_some(name))
+    .collect();
+    if !unknown.is_empty() {
+        i.warnings.push(format!(
+            "TFLite model fields not read: {} (absent, or stored outside the head and tail of the file the sniffer keeps)",
+            unknown.join(", ")
+        ));
+    }
+    i.tflite = Some(h);
     i
 }
 

@@ -399,6 +399,11 @@ fn tflite_header() {
     assert_eq!(t.version, Some(3));
     assert_eq!(t.description.as_deref(), Some("TOCO Converted."));
     assert_eq!(t.subgraphs, None);
+    // What could not be read is said, not silently left out.
+    assert_eq!(
+        info.warnings,
+        ["TFLite model fields not read: subgraphs, operator_codes, buffers (absent, or stored outside the head and tail of the file the sniffer keeps)"]
+    );
 }
 
 #[test]
