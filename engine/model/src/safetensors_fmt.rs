@@ -1,12 +1,21 @@
 //! safetensors: 8-byte little-endian header length, JSON header, tensor data.
 //!
-//! The JSON is parsed with the `safetensors` crate's own `Metadata` type,
-//! which validates that tensors are sorted, contiguous from offset 0 and
-//! sized exactly `shape × dtype`. It needs only the header bytes; what it
+//! The JSON is read into the `safetensors` crate's own types and validated
+//! by its `Metadata::new` (tensors sorted, contiguous from offset 0, sized
+//! exactly `shape × dtype`), as its loader does — but without the crate's
+//! `Deserialize` for `Metadata`, whose `#[serde(flatten)]` buffers the
+//! whole header as a generic value tree first (~10× the header in memory:
+//! 500 MB for a 46 MB header of 500 000 tensors). Keys are read one by one
+//! straight into the crate's `TensorInfo`, a repeated key keeping its last
+//! value as the crate's map does. It needs only the header bytes; what it
 //! cannot know without the whole file — whether the data fits in the file —
 //! is checked in [`check_against_len`].
 
-use safetensors::tensor::Metadata;
+use std::collections::HashMap;
+use std::fmt;
+
+use safetensors::tensor::{Metadata, TensorInfo as StInfo};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::info::{MetaValue, SafetensorsHeader, TensorInfo};
 
@@ -34,8 +43,11 @@ pub(crate) fn looks_like(head: &[u8]) -> bool {
 /// Parses the JSON header (the `header_len` bytes after the length prefix).
 pub(crate) fn parse_header(json: &[u8], max_meta_string: usize) -> Result<Parsed, String> {
     let header_len = json.len() as u64;
-    let meta: Metadata =
-        serde_json::from_slice(json).map_err(|e| format!("invalid safetensors header: {e}"))?;
+    let invalid = |e: &dyn fmt::Display| format!("invalid safetensors header: {e}");
+    let raw: RawHeader = serde_json::from_slice(json).map_err(|e| invalid(&e))?;
+    let mut entries: Vec<(String, StInfo)> = raw.tensors.into_iter().collect();
+    entries.sort_by_key(|(_, t)| t.data_offsets);
+    let meta = Metadata::new(raw.metadata, entries).map_err(|e| invalid(&e))?;
     let data_offset = 8 + header_len;
     let mut tensors = Vec::new();
     for name in meta.offset_keys() {
@@ -97,4 +109,39 @@ pub(crate) fn check_against_len(
             total_len - end
         )
     }))
+}
+
+/// The header as the `safetensors` crate's map reads it, without the
+/// buffering its flattened `Deserialize` does.
+struct RawHeader {
+    metadata: Option<HashMap<String, String>>,
+    tensors: HashMap<String, StInfo>,
+}
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHeader;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of tensor names to tensor infos")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+                let mut h = RawHeader {
+                    metadata: None,
+                    tensors: HashMap::new(),
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        h.metadata = Some(map.next_value()?);
+                    } else {
+                        let info: StInfo = map.next_value()?;
+                        h.tensors.insert(key, info);
+                    }
+                }
+                Ok(h)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
