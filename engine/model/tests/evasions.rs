@@ -115,20 +115,6 @@ fn close(out: &mut Vec<u8>, entries: &[Vec<u8>], comment: &[u8]) {
     out.extend_from_slice(&eocd(entries.len(), cd.len(), at, comment));
 }
 
-/// An npy v1.0 file whose header dict is `dict` (padded like numpy does).
-fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
-    let mut dict = dict.to_string();
-    while !(10 + dict.len() + 1).is_multiple_of(64) {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
 // ---- 1. local and central records that disagree -------------------------
 
 #[test]

@@ -216,9 +216,16 @@ pub fn npy(descr: &str, shape: &[u64], data: &[u8]) -> Vec<u8> {
                 .join(", ")
         ),
     };
-    let mut dict =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
+    npy_raw(
+        &format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}"),
+        data,
+    )
+}
+
+/// An npy v1.0 file whose header dict is `dict` (padded like numpy does).
+pub fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut dict = dict.to_string();
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
