@@ -189,6 +189,12 @@ pub struct Sniffer {
     /// pickle when that fails); dropped as soon as the first block is not
     /// a tar header.
     tar: Option<Box<tar::TarWalker>>,
+    /// Walks the file as a pickle from its first byte alongside a format
+    /// picked by its magic bytes, when that byte is an opcode: `pickle.load`
+    /// (and numpy, joblib, `torch.load`) look at no magic number, so a file
+    /// can be a TFLite, GGUF or safetensors look-alike and a pickle at once.
+    /// Judged at [`Sniffer::finish`]; dropped once the guess is rejected.
+    shadow: Option<Box<PickleSeq>>,
 }
 
 impl Sniffer {
@@ -198,6 +204,7 @@ impl Sniffer {
             pos: 0,
             state: State::Detect(Vec::with_capacity(DETECT_LEN)),
             tar: Some(Box::default()),
+            shadow: None,
         }
     }
 
@@ -214,6 +221,7 @@ impl Sniffer {
                 self.tar = None;
             }
         }
+        self.feed_shadow(bytes, self.pos);
         // Hot path: nothing left to learn.
         if let State::Decided(..) | State::SafetensorsParsed(_) | State::GgufParsed(_) = self.state
         {
@@ -231,9 +239,23 @@ impl Sniffer {
             }
             let head = std::mem::take(head);
             self.start(&head);
+            // The shadow starts with the head (in `start`); the rest of
+            // this batch follows it.
+            self.feed_shadow(data, self.pos);
         }
         self.pos += data.len() as u64;
         self.advance(data);
+    }
+
+    /// Feeds the shadow pickle walk `bytes`, which start at offset `at`.
+    fn feed_shadow(&mut self, bytes: &[u8], at: u64) {
+        if let Some(seq) = &mut self.shadow {
+            let (limits, max) = (self.limits.pickle.clone(), self.limits.max_pickles);
+            Self::feed_pickles(seq, bytes, at, &limits, max);
+            if seq.rejected {
+                self.shadow = None;
+            }
+        }
     }
 
     /// The tensors' byte regions as soon as a safetensors or GGUF header has
@@ -263,6 +285,14 @@ impl Sniffer {
     /// Picks the format from the first bytes and replays them into it.
     fn start(&mut self, head: &[u8]) {
         self.state = self.initial_state(head);
+        if !matches!(self.state, State::Pickles(_))
+            && head.first().is_some_and(|&b| pickle::is_opcode(b))
+        {
+            if let State::Pickles(seq) = self.pickles(false, true) {
+                self.shadow = Some(seq);
+                self.feed_shadow(head, 0);
+            }
+        }
         // `pos` already counts `head`; `advance` works on content only.
         self.advance(head);
     }
@@ -589,6 +619,7 @@ impl Sniffer {
         let limits = self.limits.clone();
         let mut extra_unsafe = None;
         let tar = self.tar.take();
+        let shadow = self.shadow.take();
         let mut info = match self.state {
             State::Detect(_) => ModelInfo::empty(Format::Other, total_len),
             State::Decided(format, reason) => {
@@ -634,6 +665,9 @@ impl Sniffer {
         // A tar archive: a legacy torch checkpoint replaces the report.
         if let Some(t) = tar {
             t.apply(&mut info, &mut extra_unsafe);
+        }
+        if let Some(seq) = shadow {
+            judge_shadow(&mut info, *seq, total_len, &limits.pickle);
         }
         // Whatever a header claims, only tensors inside the file are listed
         // (e.g. a truncated zip's last member).
@@ -745,6 +779,43 @@ fn finish_gguf(p: gguf::Parsed, total_len: u64, limits: &Limits) -> ModelInfo {
     i.metadata = p.metadata.into_iter().collect();
     i.tensors = tensors;
     i
+}
+
+/// The file read as a pickle from its first byte, beside the format its
+/// magic bytes suggested (see `Sniffer::shadow`). When that format did not
+/// hold (`other`), the file is judged as the pickle guess would judge any
+/// file starting with an opcode. When it held, a polyglot counts only with
+/// evidence a loader would act on — a plausible import called — so that
+/// a header whose first bytes happen to walk as opcodes (a safetensors
+/// length byte `c`, say) is no pickle; its pickles are then judged with the
+/// rest.
+fn judge_shadow(info: &mut ModelInfo, seq: PickleSeq, total_len: u64, limits: &PickleLimits) {
+    let mut guess = finish_pickles(seq, total_len, limits);
+    if guess.format != Format::Pickle {
+        return;
+    }
+    if info.format == Format::Other {
+        if let Some(why) = info.reason.take() {
+            guess
+                .warnings
+                .push(format!("not the format its first bytes suggest: {why}"));
+        }
+        guess.warnings.append(&mut info.warnings);
+        *info = guess;
+        return;
+    }
+    let acts = guess.pickles.iter().any(|p| {
+        p.imports
+            .iter()
+            .any(|i| !i.calls.is_empty() && pickle::plausible_import(&i.module, &i.name))
+    });
+    if acts {
+        info.warnings.push(format!(
+            "the file also reads as a pickle from its first byte (a {} look-alike that pickle.load runs): its imports are judged with the rest",
+            info.format
+        ));
+        info.pickles.append(&mut guess.pickles);
+    }
 }
 
 fn finish_pickles(seq: PickleSeq, total_len: u64, limits: &PickleLimits) -> ModelInfo {

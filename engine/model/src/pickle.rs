@@ -299,19 +299,9 @@ impl PickleScanner {
     /// are (dotted) identifiers, or operands it could not resolve. Text that
     /// merely starts with `c` yields "imports" no loader can perform.
     pub fn has_plausible_imports(&self) -> bool {
-        fn dotted_ident(s: &str) -> bool {
-            s.starts_with('<')
-                || (!s.is_empty()
-                    && s.split('.').all(|part| {
-                        part.chars().next().is_some_and(|c| !c.is_ascii_digit())
-                            && part
-                                .chars()
-                                .all(|c| c == '_' || c.is_alphanumeric() || !c.is_ascii())
-                    }))
-        }
         self.imports
             .iter()
-            .any(|r| dotted_ident(&r.module) && dotted_ident(&r.name))
+            .any(|r| plausible_import(&r.module, &r.name))
     }
 
     /// Whether the scan stopped at a limit (rather than at malformed data).
@@ -1050,6 +1040,23 @@ pub fn scan_pickle(data: &[u8]) -> PickleReport {
     let mut s = PickleScanner::new(PickleLimits::default(), "", Some(0));
     s.feed(data);
     s.finish()
+}
+
+/// Whether `module.name` is an import a loader could act on: (dotted)
+/// identifiers, or an operand the scanner could not resolve (`<…>`). Text
+/// that merely starts with `c` yields "imports" no loader can perform.
+pub(crate) fn plausible_import(module: &str, name: &str) -> bool {
+    fn dotted_ident(s: &str) -> bool {
+        s.starts_with('<')
+            || (!s.is_empty()
+                && s.split('.').all(|part| {
+                    part.chars().next().is_some_and(|c| !c.is_ascii_digit())
+                        && part
+                            .chars()
+                            .all(|c| c == '_' || c.is_alphanumeric() || !c.is_ascii())
+                }))
+    }
+    dotted_ident(module) && dotted_ident(name)
 }
 
 #[cfg(test)]

@@ -476,3 +476,44 @@ fn build_on_an_imported_class_is_unsafe() {
     let ok = b"\x80\x02cfractions\nFraction\n)\x81}b.";
     assert_eq!(sniff_all(ok).verdict, Verdict::SafePickle);
 }
+
+// ---- polyglots: a format's magic bytes in front of a pickle --------------
+
+/// `os.system("echo")`, protocol 0 opcodes, then STOP.
+const CALL: &[u8] = b"cos\nsystem\n(X\x04\x00\x00\x00echotR.";
+
+#[test]
+fn a_pickle_behind_another_formats_magic_is_judged_as_a_pickle() {
+    let with = |head: &[u8]| [head, CALL].concat();
+    for (what, file) in [
+        // PROTO 2, SHORT_BINSTRING of 4 bytes holding "TFL3", POP.
+        ("tflite", with(b"\x80\x02U\x04TFL30")),
+        // BINFLOAT swallows "GUF" and five more bytes, POP.
+        ("gguf", with(b"GGUF\x03\x00\x00\x00\x000")),
+        // A safetensors-like length (over the header limit) made of opcodes.
+        ("safetensors", with(b"J\x01\x02\x03\x04J\x00\x00{\x0000")),
+    ] {
+        for sizes in [&[file.len()][..], &[3, 5, 7, 1000]] {
+            let info = sniff_split(&file, sizes, &Default::default());
+            assert_eq!(info.format, Format::Pickle, "{what}: {info:#?}");
+            assert_eq!(info.unsafe_imports, ["os.system"], "{what}");
+            assert_eq!(info.verdict, Verdict::UnsafePickle, "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_header_whose_first_bytes_walk_as_opcodes_is_no_pickle() {
+    // A safetensors header whose length's low byte is `c` (GLOBAL): the
+    // walk reads the JSON as a module name; no loader acts on it.
+    let mut json = String::from(r#"{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#);
+    while json.len() % 256 != 0x63 {
+        json.push(' ');
+    }
+    let file = common::safetensors_raw(&json, 4);
+    assert_eq!(file[0], b'c');
+    let info = sniff_all(&file);
+    assert_eq!(info.format, Format::Safetensors, "{info:#?}");
+    assert_eq!(info.verdict, Verdict::NoPickle);
+    assert!(info.pickles.is_empty());
+}
