@@ -462,6 +462,105 @@ fn compressed_pickles_are_unsafe() {
     assert_eq!(info.verdict, Verdict::NoPickle);
 }
 
+/// `n` empty, non-final stored deflate blocks (5 bytes each).
+fn empty_stored_blocks(n: usize) -> Vec<u8> {
+    [0u8, 0, 0, 0xff, 0xff].repeat(n)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn gzip_with_an_empty_first_member_is_read_on() {
+    let f = [gzip(b""), gzip(EVIL2)].concat();
+    assert_unsafe(&sniff_all(&f), "compressed pickle (gzip)");
+    // Zero padding between members, as Python skips it.
+    let f = [gzip(b""), vec![0; 8], gzip(EVIL2)].concat();
+    assert_unsafe(&sniff_all(&f), "compressed pickle (gzip)");
+}
+
+#[test]
+fn gzip_with_a_long_name_field_is_read_past_it() {
+    let mut e = flate2::GzBuilder::new()
+        .filename(vec![b'a'; 100_000])
+        .comment(vec![b'c'; 70_000])
+        .extra(vec![7u8; 60_000])
+        .write(Vec::new(), flate2::Compression::default());
+    e.write_all(EVIL2).unwrap();
+    let f = e.finish().unwrap();
+    assert_unsafe(&sniff_all(&f), "compressed pickle (gzip)");
+}
+
+#[test]
+fn empty_deflate_blocks_before_the_data_are_decoded_through() {
+    let pad = empty_stored_blocks(15_000); // 75 KB
+    let body = deflate(EVIL2);
+    let zl = [&b"\x78\x9c"[..], &pad, &body, &[0, 0, 0, 0]].concat();
+    let info = sniff_all(&zl);
+    assert_eq!(info.variant.as_deref(), Some("zlib"), "{info:#?}");
+    assert_unsafe(&info, "compressed pickle (zlib)");
+    let gz = [
+        &b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"[..],
+        &pad,
+        &body,
+        &crc(EVIL2).to_le_bytes(),
+        &(EVIL2.len() as u32).to_le_bytes(),
+    ]
+    .concat();
+    assert_unsafe(&sniff_all(&gz), "compressed pickle (gzip)");
+}
+
+#[test]
+fn bzip2_xz_and_lzma_alone_pickles_are_unsafe() {
+    let bz = |d: &[u8]| {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+        e.write_all(d).unwrap();
+        e.finish().unwrap()
+    };
+    // Two bzip2 streams, the first empty (Python's bz2 reads both).
+    let f = [bz(b""), bz(EVIL2)].concat();
+    let info = sniff_all(&f);
+    assert_eq!(info.variant.as_deref(), Some("bzip2"), "{info:#?}");
+    assert_unsafe(&info, "compressed pickle (bzip2)");
+    let mut xz = Vec::new();
+    lzma_rs::xz_compress(&mut &EVIL0[..], &mut xz).unwrap();
+    assert_unsafe(&sniff_all(&xz), "compressed pickle (xz)");
+    let mut lz = Vec::new();
+    lzma_rs::lzma_compress(&mut &EVIL2[..], &mut lz).unwrap();
+    let info = sniff_all(&lz);
+    assert_eq!(info.variant.as_deref(), Some("lzma"), "{info:#?}");
+    assert_unsafe(&info, "compressed pickle (lzma)");
+    // Compressed text is no pickle.
+    let mut xz = Vec::new();
+    lzma_rs::xz_compress(&mut &b"hello, world\n"[..], &mut xz).unwrap();
+    assert_eq!(sniff_all(&xz).verdict, Verdict::NoPickle);
+    assert_eq!(sniff_all(&bz(b"hello, world\n")).verdict, Verdict::NoPickle);
+    // An xz stream whose filter chain is not decoded here is not analysed,
+    // which is unsafe: a block header with the x86 BCJ filter, then LZMA2.
+    let mut f = b"\xfd7zXZ\x00\x00\x01".to_vec();
+    f.extend_from_slice(&crc(&f[6..8]).to_le_bytes());
+    f.extend_from_slice(&[0x02, 0x01, 0x04, 0x00, 0x21, 0x01, 0x16, 0x00]);
+    f.extend_from_slice(&[0u8; 64]);
+    assert_unsafe(&sniff_all(&f), "compressed stream (xz) not analysed");
+}
+
+#[test]
+fn lzma_alone_is_detected_conservatively() {
+    // A dictionary size that is no power of two (nor 2^n + 2^(n-1)).
+    let mut f = b"\x5d\x01\x10\x00\x00".to_vec();
+    f.extend_from_slice(&[0xff; 8]);
+    f.extend_from_slice(&[0x41; 64]);
+    assert_ne!(sniff_all(&f).variant.as_deref(), Some("lzma"));
+    // Properties byte out of range.
+    let mut f = b"\xe1\x00\x00\x80\x00".to_vec();
+    f.extend_from_slice(&[0xff; 8]);
+    f.extend_from_slice(&[0x41; 64]);
+    assert_ne!(sniff_all(&f).variant.as_deref(), Some("lzma"));
+}
+
 // ---- 7. BUILD on an allowlisted class --------------------------------------
 
 #[test]
