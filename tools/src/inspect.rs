@@ -17,15 +17,21 @@ pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
     let model = store.model_info(&id)?;
     let mut out = io::stdout().lock();
     if json {
-        // The model description's fields, then the store's (`size` agrees).
-        let mut v = serde_json::to_value(&model).map_err(|e| CliError::Check(e.to_string()))?;
-        let f = serde_json::to_value(&info).map_err(|e| CliError::Check(e.to_string()))?;
-        if let (Some(v), Some(f)) = (v.as_object_mut(), f.as_object()) {
-            for (k, x) in f {
-                v.insert(k.clone(), x.clone());
-            }
-        }
-        writeln!(out, "{v}").map_err(out_err)?;
+        // One object: the model description's fields, then the store's
+        // (`size` agrees), keys sorted. Merged as raw JSON text per field:
+        // a description can list hundreds of thousands of tensors, and a
+        // value tree of them would take ten times the text's memory.
+        use serde_json::value::RawValue;
+        let check = |e: serde_json::Error| CliError::Check(e.to_string());
+        let model_text = serde_json::to_string(&model).map_err(check)?;
+        let file_text = serde_json::to_string(&info).map_err(check)?;
+        let mut merged: std::collections::BTreeMap<&str, &RawValue> =
+            serde_json::from_str(&model_text).map_err(check)?;
+        let file: std::collections::BTreeMap<&str, &RawValue> =
+            serde_json::from_str(&file_text).map_err(check)?;
+        merged.extend(file);
+        let text = serde_json::to_string(&merged).map_err(check)?;
+        writeln!(out, "{text}").map_err(out_err)?;
         return Ok(());
     }
     writeln!(out, "file_id  {}", info.file_id).map_err(out_err)?;
