@@ -346,6 +346,77 @@ impl WriterCheck {
         )))
     }
 
+    /// Confirms a publication after it landed. [`still_valid`] is asked
+    /// before a write is sent, but a request can take longer than the check
+    /// is good for (a slow link, a throttled and retried PUT), and may land
+    /// after a collector's second mark: then nothing guarantees the
+    /// collector saw it. A write that completed within the check's validity
+    /// is safe as it is (a collector waits at least twice that between
+    /// publishing its set and marking again, spec §10.6); a later one is
+    /// confirmed now: no collector in force condemns `files` or `packs`, and
+    /// they still exist. That is enough, since the publication is in the
+    /// bucket now: a collector that publishes later marks after it, and one
+    /// that published before and has not finished still has its set in
+    /// force. When the confirmation fails the publication may name
+    /// something collected, and the caller reports that, not success.
+    /// Returns the check to make further publications on: this one, or
+    /// the newer one the confirmation made.
+    ///
+    /// [`still_valid`]: WriterCheck::still_valid
+    pub(crate) fn confirm_published(
+        self,
+        core: &Core,
+        what: &str,
+        files: &[FileId],
+        packs: &HashSet<PackId>,
+    ) -> Result<WriterCheck> {
+        let took = self.read_at.elapsed();
+        if !core.objects.shared() || took <= core.opts.gc_check_valid {
+            return Ok(self);
+        }
+        let late = |object: String, why: &str| {
+            Error::Busy(format!(
+                "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}: \
+                 it may name a file a GC on another node collects; when no GC runs, check it \
+                 and store the file again if it is gone",
+                took.as_millis(),
+                core.objects.describe(CONDEMNED),
+                core.opts.gc_check_valid.as_millis(),
+            ))
+        };
+        let now = WriterCheck::new(core)?;
+        let objects = core.objects.as_ref();
+        for f in files {
+            let key = recipe_key(f);
+            if now.file_condemned(f) {
+                return Err(late(
+                    objects.describe(&key),
+                    "is condemned by a GC running now",
+                ));
+            }
+            match objects.exists(&key) {
+                Ok(true) => {}
+                Ok(false) => return Err(late(objects.describe(&key), "is gone")),
+                Err(e) => return Err(Error::io("stat", objects.describe(&key), e)),
+            }
+        }
+        for p in packs {
+            let key = pack_key(p);
+            if now.condemned.packs.contains(p) {
+                return Err(late(
+                    objects.describe(&key),
+                    "is condemned by a GC running now",
+                ));
+            }
+            match objects.exists(&key) {
+                Ok(true) => {}
+                Ok(false) => return Err(late(objects.describe(&key), "is gone")),
+                Err(e) => return Err(Error::io("stat", objects.describe(&key), e)),
+            }
+        }
+        Ok(now)
+    }
+
     fn refused(&self, core: &Core, key: &str, why: &str) -> Error {
         Error::Busy(format!(
             "{} {why} (condemned set token {}); nothing was published: retry, \

@@ -1,6 +1,8 @@
 //! Refs: names for files (`org/model@rev:path`), and how a user-supplied
 //! name is resolved to a file (spec §8, §8.2).
 
+use std::collections::HashSet;
+
 use crate::condemned::WriterCheck;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
@@ -78,8 +80,10 @@ pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
         return Err(Error::not_found("file", &file.to_hex()));
     }
     // On a shared store: not condemned by a GC, still there (spec §10.6).
-    WriterCheck::new(core)?.file(core, &file)?;
+    let check = WriterCheck::new(core)?;
+    check.file(core, &file)?;
     core.poison_on(write_file(core, name, &file))?;
+    check.confirm_published(core, &format!("ref {name}"), &[file], &HashSet::new())?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
 }
@@ -102,13 +106,15 @@ pub(crate) fn compare_and_set(
         return Err(Error::not_found("file", &file.to_hex()));
     }
     // On a shared store: not condemned by a GC, still there (spec §10.6).
-    WriterCheck::new(core)?.file(core, &file)?;
+    let check = WriterCheck::new(core)?;
+    check.file(core, &file)?;
     core.poison_on(shared_refs::write_ref(
         core,
         name,
         &file,
         Expect::Is(expected),
     ))?;
+    check.confirm_published(core, &format!("ref {name}"), &[file], &HashSet::new())?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
 }

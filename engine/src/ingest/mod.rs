@@ -381,7 +381,8 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
                 f.refs.is_empty(),
             );
             let r = core.poison_on(r)?;
-            check.still_valid(core)?;
+            let check =
+                check.confirm_published(core, &format!("recipe {}", recipe.file), &[], &packs)?;
             check_done = Some(check);
             r
         } else {
@@ -419,6 +420,14 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
         for r in &f.refs {
             in_time()?;
             core.poison_on(refs::write_file(core, r, &recipe.file))?;
+        }
+        if let (Some(check), false) = (check_done, f.refs.is_empty()) {
+            check.confirm_published(
+                core,
+                &format!("ref {}", f.refs.join(", ")),
+                &[recipe.file],
+                &HashSet::new(),
+            )?;
         }
         let report = PutReport {
             file_id: recipe.file,

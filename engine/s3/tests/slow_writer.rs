@@ -1,0 +1,239 @@
+//! A writer whose publication lands late (spec §10.6, "Windows"): the
+//! writer check is made before a ref is sent, but nothing bounds how long
+//! the request takes once sent (a slow link, a throttled and retried PUT).
+//! Found by a probe through a throttling proxy: a `ref set` whose PUT
+//! landed after another node's collector had marked and deleted the file
+//! reported success, leaving a ref to a file that no longer existed.
+//!
+//! Here the bucket is reached through a backend that holds one ref write
+//! until the test releases it: the collector on another node runs its
+//! whole collection meanwhile. The late write must then fail, not succeed.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera::lease::LeaseOptions;
+use tessera::storage::{Cas, Listed, ObjectStore, ReadHandle, StagedObject, Version};
+use tessera::testing::{recipe_key, ref_key};
+use tessera::{Error, FileId, GcOptions, Result, Store, StoreOptions};
+use tessera_s3::testing::s3_target;
+use tessera_s3::S3Store;
+
+/// The writer check is good for this long in these tests; the collector's
+/// window is more than twice it, as the spec requires.
+const CHECK_VALID: Duration = Duration::from_millis(300);
+
+/// An S3 store whose conditional write of one key waits for a release.
+#[derive(Debug)]
+struct HeldWrite {
+    inner: Arc<S3Store>,
+    key: String,
+    entered: AtomicBool,
+    released: AtomicBool,
+}
+
+impl HeldWrite {
+    fn hold(&self, key: &str) {
+        if key != self.key {
+            return;
+        }
+        self.entered.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        while !self.released.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl ObjectStore for HeldWrite {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(key)
+    }
+    fn stage(&self) -> io::Result<Box<dyn StagedObject>> {
+        self.inner.stage()
+    }
+    fn put(&self, key: &str, data: &[u8], mode: tessera::storage::PutMode) -> io::Result<()> {
+        self.hold(key);
+        self.inner.put(key, data, mode)
+    }
+    fn get(&self, key: &str) -> io::Result<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn open(&self, key: &str) -> io::Result<Arc<dyn ReadHandle>> {
+        self.inner.open(key)
+    }
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn exists(&self, key: &str) -> io::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn delete(&self, key: &str) -> io::Result<()> {
+        self.inner.delete(key)
+    }
+    fn discard_staged(&self) -> io::Result<()> {
+        self.inner.discard_staged()
+    }
+    fn foreign(&self) -> io::Result<Option<String>> {
+        self.inner.foreign()
+    }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+    fn get_versioned(&self, key: &str) -> io::Result<Option<(Vec<u8>, Version)>> {
+        self.inner.get_versioned(key)
+    }
+    fn put_if_version(&self, key: &str, data: &[u8], expect: Option<&Version>) -> io::Result<Cas> {
+        self.hold(key);
+        self.inner.put_if_version(key, data, expect)
+    }
+    fn list_versioned(&self, prefix: &str) -> io::Result<Vec<Listed>> {
+        self.inner.list_versioned(prefix)
+    }
+}
+
+fn open(objects: Arc<dyn ObjectStore>, local: &Path, create: bool) -> Store {
+    let opts = StoreOptions {
+        create,
+        pack_target_bytes: 1 << 20,
+        gc_check_valid: CHECK_VALID,
+        ..StoreOptions::default()
+    };
+    Store::open_with(objects, local, opts)
+        .unwrap_or_else(|e| panic!("open with cache {}: {e}", local.display()))
+}
+
+/// Node a stores a file and unnames it; node w names it again with
+/// `write`, whose ref write is held while node c runs a whole collection
+/// (which deletes the file); then the write lands. It must fail.
+fn ref_landing_after_a_collection(test: &str, write: fn(&Store, &[u8], FileId) -> Result<()>) {
+    let Some(t) = s3_target(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url(test);
+    let s3 = |name: &str| {
+        let mut o = t.options();
+        o.staging_dir = Some(tmp.path().join(name).join("staging"));
+        Arc::new(S3Store::from_url(&url, o).unwrap_or_else(|e| panic!("{url}: {e}")))
+    };
+    // An old file nothing names any more: a collection may take it.
+    let a = open(s3("a"), &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(1_200_000, 5);
+    let f = a.put_bytes(&data, &["m/old"]).expect("put").file_id;
+    a.delete_ref("m/old").expect("delete ref");
+
+    // Node w names it again, but its ref write is held on the way.
+    let held = Arc::new(HeldWrite {
+        inner: s3("w"),
+        key: ref_key("m/keep"),
+        entered: AtomicBool::new(false),
+        released: AtomicBool::new(false),
+    });
+    let w = open(held.clone(), &tmp.path().join("w"), false);
+    let writer = std::thread::spawn(move || {
+        let r = write(&w, &data, f);
+        (w, r)
+    });
+    let t0 = Instant::now();
+    while !held.entered.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the ref write never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Meanwhile node c collects: the ref is not in the bucket at its second
+    // mark, so the file is deleted.
+    let c = open(s3("c"), &tmp.path().join("c"), false);
+    c.gc(&GcOptions {
+        grace: Duration::ZERO,
+        writer_window: CHECK_VALID * 3,
+        lease: LeaseOptions {
+            ttl: Duration::from_secs(8),
+            max_clock_skew: Duration::from_secs(1),
+        },
+        ..GcOptions::default()
+    })
+    .expect("gc");
+    assert!(
+        !held.inner.exists(&recipe_key(&f)).expect("exists"),
+        "the collection should have deleted the unnamed file"
+    );
+
+    // The held write lands now, long after its check: it must not report
+    // success for a ref naming a collected file.
+    held.released.store(true, Ordering::SeqCst);
+    let (w, r) = writer.join().expect("writer thread");
+    match r {
+        Err(Error::Busy(msg)) => assert!(
+            msg.contains("may name a file a GC on another node collects")
+                && msg.contains("is gone"),
+            "unexpected message: {msg}"
+        ),
+        other => panic!("a ref written after its file was collected reported {other:?}"),
+    }
+    for s in [a, c, w] {
+        s.close().expect("close");
+    }
+}
+
+#[test]
+fn a_ref_set_that_lands_after_a_collection_deleted_its_file_fails() {
+    ref_landing_after_a_collection("slow-ref-set", |w, _, f| w.set_ref("m/keep", f));
+}
+
+#[test]
+fn a_put_whose_ref_lands_after_a_collection_deleted_its_file_fails() {
+    ref_landing_after_a_collection("slow-put-ref", |w, data, _| {
+        w.put_bytes(data, &["m/keep"]).map(|_| ())
+    });
+}
+
+#[test]
+fn a_late_ref_to_a_file_that_survives_is_confirmed() {
+    let Some(t) = s3_target("slow_writer_ok") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("slow-ref-ok");
+    let s3 = |name: &str| {
+        let mut o = t.options();
+        o.staging_dir = Some(tmp.path().join(name).join("staging"));
+        Arc::new(S3Store::from_url(&url, o).unwrap_or_else(|e| panic!("{url}: {e}")))
+    };
+    let a = open(s3("a"), &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(900_000, 6);
+    let f = a.put_bytes(&data, &["m/v1"]).expect("put").file_id;
+    let held = Arc::new(HeldWrite {
+        inner: s3("w"),
+        key: ref_key("m/also"),
+        entered: AtomicBool::new(false),
+        released: AtomicBool::new(false),
+    });
+    let w = open(held.clone(), &tmp.path().join("w"), false);
+    let writer = std::thread::spawn(move || {
+        let r = w.set_ref("m/also", f);
+        (w, r)
+    });
+    while !held.entered.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Slower than the check is good for, but nothing collected the file:
+    // the confirmation finds it and the write succeeds.
+    std::thread::sleep(CHECK_VALID * 2);
+    held.released.store(true, Ordering::SeqCst);
+    let (w, r) = writer.join().expect("writer thread");
+    r.expect("a late ref to a stored, uncondemned file");
+    assert_eq!(w.resolve("m/also").expect("resolve"), f);
+    for s in [a, w] {
+        s.close().expect("close");
+    }
+}
