@@ -242,8 +242,8 @@ pub struct FileReader {
     /// Read-ahead never decodes chunks at or past this byte offset.
     end: u64,
     /// On a shared store: rereads the file's recipe from the bucket when a
-    /// pack the cached one names is gone (another node's repack replaced
-    /// it; spec §4.3). `Some` new layout when it changed.
+    /// pack the reader's one names is gone (another node's repack replaced
+    /// it; spec §4.3). `Some` layout when it differs from the reader's.
     reload: Option<Reload>,
     /// Pack bytes read past and not yet released: (pack, start, end).
     done: Option<(PackId, u64, u64)>,
@@ -253,7 +253,7 @@ pub struct FileReader {
 const RELEASE_SPAN: u64 = 8 << 20;
 
 /// See [`FileReader`]'s `reload`.
-type Reload = Arc<dyn Fn() -> Result<Option<Arc<Layout>>> + Send + Sync>;
+type Reload = Arc<dyn Fn(&Layout) -> Result<Option<Arc<Layout>>> + Send + Sync>;
 
 impl std::fmt::Debug for FileReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -268,11 +268,15 @@ impl FileReader {
     pub(crate) fn new(core: &Arc<Core>, file: &FileId) -> Result<Self> {
         let reload: Option<Reload> = core.objects.shared().then(|| {
             let (core, file) = (core.clone(), *file);
-            Arc::new(move || {
+            Arc::new(move |mine: &Layout| {
+                // The index may have taken the new recipe already (another
+                // read of the file reloaded it after this reader was made):
+                // compare with the reader's own, not the index's.
                 if !crate::remote::reload_file(&core, &file)? {
-                    return Ok(None);
+                    crate::remote::check_not_collected(&core, &file)?;
                 }
-                layout(&core, &file).map(Some)
+                let now = layout(&core, &file)?;
+                Ok((now.recipe != mine.recipe).then_some(now))
             }) as Reload
         });
         Ok(FileReader {
@@ -344,7 +348,11 @@ impl FileReader {
     fn fetch(&mut self, chunk: usize) -> Result<Bytes, Error> {
         match self.fetch_ahead(chunk) {
             Err(Error::PackMissing { pack, object }) => {
-                let Some(layout) = self.reload.as_ref().map(|r| r()).transpose()?.flatten() else {
+                let reloaded = match &self.reload {
+                    Some(r) => r(&self.layout)?,
+                    None => None,
+                };
+                let Some(layout) = reloaded else {
                     return Err(Error::PackMissing { pack, object });
                 };
                 // The same file id: the same chunk list, elsewhere.

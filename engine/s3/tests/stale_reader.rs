@@ -1,0 +1,113 @@
+//! Readers on a node whose cache is stale after another node's repack or
+//! GC (spec §4.3, "Stale recipes"). Found by a probe: `cat` on a node that
+//! had read a file before another node's repack failed with "pack ... is
+//! missing" (exit 4, damage) once, then worked: the reader was made with
+//! the cached recipe, the range check that followed reloaded the index's
+//! copy, and the reader then compared the bucket's recipe with the index's
+//! (now equal) instead of with its own, so it never switched. And a file
+//! another node collected was "damaged" on the node that wrote it, but
+//! "not found" on every other node.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera::lease::LeaseOptions;
+use tessera::storage::ObjectStore;
+use tessera::testing::pack_key;
+use tessera::{Error, FileId, GcOptions, RepackOptions, Store, StoreOptions};
+use tessera_s3::testing::{s3_target, S3Target};
+use tessera_s3::S3Store;
+
+fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> (Arc<S3Store>, Store) {
+    let mut o = t.options();
+    o.staging_dir = Some(local.join("staging"));
+    let s3 = Arc::new(S3Store::from_url(url, o).unwrap_or_else(|e| panic!("{url}: {e}")));
+    let opts = StoreOptions {
+        create,
+        pack_target_bytes: 1 << 20,
+        gc_check_valid: Duration::from_millis(300),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(s3.clone(), local, opts)
+        .unwrap_or_else(|e| panic!("open {url} with cache {}: {e}", local.display()));
+    (s3, store)
+}
+
+fn packs_of(store: &Store, id: &FileId) -> Vec<tessera::PackId> {
+    let mut p: Vec<_> = store
+        .layout(id)
+        .expect("layout")
+        .recipe
+        .terms
+        .iter()
+        .map(|t| t.pack)
+        .collect();
+    p.dedup();
+    p
+}
+
+#[test]
+fn a_reader_made_before_another_read_reloaded_the_recipe_still_follows_a_repack() {
+    let Some(t) = s3_target("stale_reader") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("stale-reader");
+    let (s3, a) = node(t, &url, &tmp.path().join("a"), true);
+    // Two files in one pack.
+    let x = tessera_synth::noise(300_000, 31);
+    let y = tessera_synth::noise(300_000, 32);
+    let mut ing = a.ingest();
+    let xf = ing.add("x", &x[..], &["m/x"], &mut |_| {}).expect("add x");
+    let yf = ing.add("y", &y[..], &["m/y"], &mut |_| {}).expect("add y");
+    ing.commit().expect("commit");
+    let old = packs_of(&a, &yf);
+    assert_eq!(old, packs_of(&a, &xf), "one pack holds both");
+    // Node b reads y once: its cache holds y's recipe naming that pack.
+    let (_, b) = node(t, &url, &tmp.path().join("b"), false);
+    assert_eq!(b.read(&yf).expect("read").read_all().expect("read y"), y);
+    a.delete_ref("m/x").expect("delete ref");
+
+    let (_, c) = node(t, &url, &tmp.path().join("c"), false);
+    let rep = c
+        .repack(&RepackOptions {
+            threshold: 0.9,
+            gc: GcOptions {
+                grace: Duration::ZERO,
+                writer_window: Duration::from_millis(800),
+                lease: LeaseOptions {
+                    ttl: Duration::from_secs(8),
+                    max_clock_skew: Duration::from_secs(1),
+                },
+                ..GcOptions::default()
+            },
+            ..RepackOptions::default()
+        })
+        .expect("repack");
+    assert_eq!(rep.packs_rewritten, 1, "{rep:?}");
+    assert!(!s3.list("").expect("list").contains(&pack_key(&old[0])));
+
+    // What `cat` does: a reader first, then a check of the packs of the
+    // range (which reloads the recipe into the index), then the read.
+    for store in [&a, &b] {
+        let reader = store.read(&yf).expect("reader");
+        let size = reader.size();
+        store.open_packs(&yf, 0, size).expect("open packs");
+        assert_eq!(reader.read_all().expect("read after repack"), y);
+    }
+    // x was collected: "not found" on the node that wrote it too.
+    match a.read(&xf).and_then(|r| r.read_all()) {
+        Err(e) if e.is_not_found() => {}
+        other => panic!("a collected file read as {other:?}"),
+    }
+    match a.read_range(&xf, 0, 10) {
+        Err(e) if e.is_not_found() => {}
+        Err(Error::PackMissing { .. }) | Ok(_) | Err(_) => {
+            panic!("a range of a collected file did not say not found")
+        }
+    }
+    for s in [a, b, c] {
+        s.close().expect("close");
+    }
+}
