@@ -111,3 +111,56 @@ fn a_reader_made_before_another_read_reloaded_the_recipe_still_follows_a_repack(
         s.close().expect("close");
     }
 }
+
+/// Found by a probe: a `serve` node whose index still listed the chunks of
+/// a file another node collected answered "missing chunks" from its index,
+/// so a push uploaded nothing and its registration was refused (the packs
+/// were gone) on every retry. Now the answer follows the dedup rule: the
+/// chunks of a deleted pack are missing.
+#[test]
+fn missing_chunks_on_a_stale_node_counts_the_chunks_of_deleted_packs() {
+    let Some(t) = s3_target("stale_missing") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("stale-missing");
+    let (_, a) = node(t, &url, &tmp.path().join("a"), true);
+    let x = tessera_synth::noise(700_000, 41);
+    let xf = a.put_bytes(&x, &["m/x"]).expect("put").file_id;
+    // The serving node reads x: its index lists x's chunks.
+    let (_, s) = node(t, &url, &tmp.path().join("s"), false);
+    assert_eq!(s.read(&xf).expect("read").read_all().expect("read x"), x);
+    let chunks: Vec<tessera::ChunkId> = s
+        .layout(&xf)
+        .expect("layout")
+        .recipe
+        .chunks
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert!(s.missing_chunks(&chunks).expect("missing").is_empty());
+
+    a.delete_ref("m/x").expect("delete ref");
+    let (_, c) = node(t, &url, &tmp.path().join("c"), false);
+    let rep = c
+        .gc(&GcOptions {
+            grace: Duration::ZERO,
+            writer_window: Duration::from_millis(800),
+            ..GcOptions::default()
+        })
+        .expect("gc");
+    assert_eq!(rep.dead_files, 1, "{rep:?}");
+
+    let mut distinct = chunks.clone();
+    distinct.sort();
+    distinct.dedup();
+    let missing = s.missing_chunks(&chunks).expect("missing after gc");
+    assert_eq!(
+        missing.len(),
+        distinct.len(),
+        "the chunks of collected packs were answered as held"
+    );
+    for st in [a, s, c] {
+        st.close().expect("close");
+    }
+}

@@ -32,7 +32,7 @@ use bytes::Bytes;
 
 use crate::cache::lock;
 use crate::chunking::Chunker;
-use crate::condemned::WriterCheck;
+use crate::condemned::{DedupFilter, WriterCheck};
 use crate::core::{Core, Shared};
 use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, Recipe, Term};
@@ -474,11 +474,19 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
 pub(crate) fn admit_encoded(core: &Core, chunks: &[(ChunkEntry, Bytes)]) -> Result<(u64, u64)> {
     core.check_poison()?;
     let looked_up_at = core.writer.generation();
+    // Skipped only where an ingest would deduplicate (not a chunk of a
+    // pack that is gone or condemned: that one is stored again).
+    let skip = DedupFilter::new(core)?;
     let mut seen = HashSet::new();
     let mut appends = Vec::new();
     for (e, stored) in chunks {
-        if !seen.insert(e.id) || core.index.chunk(&e.id)?.is_some() {
+        if !seen.insert(e.id) {
             continue;
+        }
+        if let Some(l) = core.index.chunk(&e.id)? {
+            if skip.usable(core, &l.pack)? {
+                continue;
+            }
         }
         appends.push(Append {
             id: e.id,

@@ -13,6 +13,7 @@ use tessera_model::{Limits, ModelInfo, Sniffer};
 
 use super::VerifiedChunks;
 use crate::codec::decode_chunk;
+use crate::condemned::DedupFilter;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::format::{Recipe, PACK_HEADER_LEN};
@@ -25,12 +26,26 @@ use crate::read::layout;
 use crate::refs;
 use crate::storage::{BytesFile, PutMode};
 
-/// Which of `ids` the store does not hold.
+/// Which of `ids` the store does not hold, by the rule an ingest
+/// deduplicates by ([`DedupFilter`]): a chunk held only in a pack that is
+/// gone (on a shared store, deleted by another node's GC since this node
+/// indexed it) or condemned is missing, so the client uploads it and the
+/// registration that follows names only packs that are there. (Answering
+/// from the index alone sent a client to register chunks of deleted packs,
+/// refused on every retry.)
 pub(crate) fn missing_chunks(core: &Core, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+    let filter = DedupFilter::new(core)?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for id in ids {
-        if seen.insert(*id) && core.index.chunk(id)?.is_none() {
+        if !seen.insert(*id) {
+            continue;
+        }
+        let held = match core.index.chunk(id)? {
+            Some(l) => filter.usable(core, &l.pack)?,
+            None => false,
+        };
+        if !held {
             out.push(*id);
         }
     }
