@@ -393,3 +393,81 @@ async fn a_pull_survives_a_repack_that_deletes_its_pack() {
     // Nothing fetched twice.
     assert!(r.bytes_downloaded < a.len() as u64 + (64 << 10), "{r:?}");
 }
+
+/// Runs a collection on the server's store when the upload phase starts,
+/// that is after the client asked which chunks the server lacks.
+struct CollectOnUpload(tessera::Store, std::sync::atomic::AtomicBool);
+
+impl tessera_http::client::Progress for CollectOnUpload {
+    fn start(&self, what: &str, _total: u64) {
+        if what == "upload" && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let rep = self
+                .0
+                .gc(&tessera::GcOptions {
+                    grace: std::time::Duration::ZERO,
+                    ..Default::default()
+                })
+                .expect("gc");
+            assert_eq!(rep.dead_files, 1, "{rep:?}");
+        }
+    }
+}
+
+/// Found by a probe (on S3 nodes, where another node's GC did it): when
+/// the chunks the server said it held are collected before the client
+/// registers its file, the registration is refused ("not stored"), and the
+/// client used to give up. It now asks again which chunks are missing,
+/// uploads them and registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_held_chunks_are_collected_before_it_registers_plans_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let data = tessera_synth::noise(3 << 20, 91);
+    // The server holds the data, unnamed: a collection may take it.
+    server_store.put_bytes(&data, &["old"]).expect("put");
+    server_store.delete_ref("old").expect("delete ref");
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig::default(),
+    )
+    .await;
+    let c = client(&srv.url);
+    let local = open(&tmp.path().join("local"));
+    let file = tmp.path().join("x.bin");
+    std::fs::write(&file, &data).expect("write");
+    let rep = push(
+        &c,
+        &local,
+        &[PushInput {
+            path: Some(file),
+            shown: "x.bin".into(),
+            ref_name: Some("again".into()),
+        }],
+        Arc::new(CollectOnUpload(
+            server_store.clone(),
+            std::sync::atomic::AtomicBool::new(false),
+        )),
+    )
+    .await
+    .expect("a push whose chunks were collected under it");
+    assert!(
+        rep.chunks_uploaded > 0,
+        "the second plan uploaded nothing: {rep:?}"
+    );
+    let id = server_store.resolve("again").expect("ref");
+    assert_eq!(id, rep.files[0].file_id);
+    assert!(
+        server_store
+            .read(&id)
+            .expect("open")
+            .read_all()
+            .expect("read")
+            == data
+    );
+    let v = server_store
+        .verify(VerifyOptions::default())
+        .expect("verify");
+    assert!(v.is_clean(), "server store damaged: {:?}", v.problems);
+    srv.stop().await;
+}

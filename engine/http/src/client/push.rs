@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use tessera::{ChunkId, FileId, Sha256, Store};
+use tessera::{ChunkId, FileId, PutReport, Sha256, Store};
 
-use super::{Client, ClientError, ClientResult, Progress};
+use super::{Client, ClientError, ClientResult, Progress, StatusCode};
 use crate::protocol::RegisterRequest;
 
 /// One file to push.
@@ -95,10 +95,102 @@ pub async fn push(
         let list = blocking(move || st.chunk_list(&id)).await?;
         local.push((rep, list));
     }
-    // 2. Which chunks the server lacks.
+    // 2–4, in rounds: a registration the server refuses because chunks it
+    // named as held are gone meanwhile (another node's GC deleted their
+    // pack: 503 busy, or 422 "not stored" on the retry) is planned again
+    // from a fresh "missing" answer, at most REPLAN_ROUNDS times.
+    let mut pending: Vec<Local> = local
+        .into_iter()
+        .zip(inputs.iter().cloned())
+        .map(|((rep, list), input)| (rep, list, input))
+        .collect();
+    let mut files: Vec<Option<PushFile>> = vec![None; pending.len()];
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    let (mut bytes_uploaded, mut packs_uploaded, mut chunks_uploaded) = (0u64, 0u64, 0u64);
+    let mut chunks_total = 0u64;
+    for round in 0..REPLAN_ROUNDS {
+        let up = upload_missing(client, store, &pending, &progress).await?;
+        bytes_uploaded += up.bytes;
+        packs_uploaded += up.packs;
+        chunks_uploaded += up.chunks;
+        if round == 0 {
+            chunks_total = up.total;
+        }
+        let results = register_all(client, &pending).await;
+        let mut again = Vec::new();
+        let mut again_order = Vec::new();
+        let mut last_err = None;
+        for ((r, item), at) in results.into_iter().zip(pending).zip(order) {
+            match r {
+                Ok(f) => files[at] = Some(f),
+                Err(e) if replannable(&e) && round + 1 < REPLAN_ROUNDS => {
+                    tracing::warn!(error = %e, "the server refused a registration; asking again which chunks it lacks");
+                    again.push(item);
+                    again_order.push(at);
+                }
+                Err(e) => {
+                    last_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = last_err {
+            return Err(e);
+        }
+        pending = again;
+        order = again_order;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    let files = files
+        .into_iter()
+        .map(|f| f.ok_or_else(|| ClientError::Usage("a file was never registered".into())))
+        .collect::<ClientResult<Vec<_>>>()?;
+    Ok(PushReport {
+        files,
+        bytes_uploaded,
+        packs_uploaded,
+        chunks_uploaded,
+        chunks_total,
+        requests: client.requests() - requests_before,
+    })
+}
+
+/// A file stored locally: what `put` reported, its chunk list, and where
+/// it goes.
+type Local = (PutReport, Vec<(ChunkId, u32)>, PushInput);
+
+/// Rounds of asking, uploading and registering before a push gives up.
+const REPLAN_ROUNDS: usize = 3;
+
+/// A refusal a new plan can cure: the server no longer holds chunks it
+/// said it held (503 busy while it forgets a deleted pack, 422 "not
+/// stored" after).
+fn replannable(e: &ClientError) -> bool {
+    matches!(e, ClientError::Http { status, .. }
+        if *status == StatusCode::SERVICE_UNAVAILABLE || *status == StatusCode::UNPROCESSABLE_ENTITY)
+}
+
+/// What one upload round sent.
+struct Uploaded {
+    bytes: u64,
+    packs: u64,
+    chunks: u64,
+    /// Distinct chunks of the files.
+    total: u64,
+}
+
+/// Asks the server which chunks of `files` it lacks and uploads those in
+/// packs, in file order.
+async fn upload_missing(
+    client: &Client,
+    store: &Store,
+    files: &[Local],
+    progress: &Arc<dyn Progress>,
+) -> ClientResult<Uploaded> {
     let mut seen = HashSet::new();
     let mut ids: Vec<(ChunkId, u32)> = Vec::new();
-    for (_, list) in &local {
+    for (_, list, _) in files {
         for c in list {
             if seen.insert(c.0) {
                 ids.push(*c);
@@ -108,7 +200,6 @@ pub async fn push(
     let just_ids: Vec<ChunkId> = ids.iter().map(|c| c.0).collect();
     let (missing, _) = client.missing_chunks(&just_ids).await?;
     let missing: HashSet<ChunkId> = missing.into_iter().collect();
-    // 3. Upload them in packs, in file order.
     let max = client.options().max_pack_bytes.max(1);
     let mut groups: Vec<Vec<ChunkId>> = Vec::new();
     let mut cur: Vec<ChunkId> = Vec::new();
@@ -149,20 +240,32 @@ pub async fn push(
         })
         .await?;
     progress.finish();
-    // 4. Register every file with its ref.
-    let registrations: Vec<_> = local
-        .into_iter()
-        .zip(inputs.iter().cloned())
-        .map(|((rep, list), input)| {
+    Ok(Uploaded {
+        bytes: uploaded.load(Ordering::Relaxed),
+        packs,
+        chunks: missing.len() as u64,
+        total: ids.len() as u64,
+    })
+}
+
+/// Registers every file with its ref; one result per file, in order.
+async fn register_all(
+    client: &Client,
+    files: &[Local],
+) -> Vec<ClientResult<PushFile>> {
+    let registrations: Vec<_> = files
+        .iter()
+        .map(|(rep, list, input)| {
             let client = client.clone();
             let chunks = list.len() as u64;
             let req = RegisterRequest {
                 file_id: rep.file_id,
                 size: rep.size,
-                chunks: list,
+                chunks: list.clone(),
                 sha256: Some(rep.sha256),
                 refs: input.ref_name.iter().cloned().collect(),
             };
+            let input = input.clone();
             async move {
                 let r = client.register(&req).await?;
                 Ok::<_, ClientError>(PushFile {
@@ -177,16 +280,8 @@ pub async fn push(
             }
         })
         .collect();
-    let files: Vec<PushFile> = futures_util::stream::iter(registrations)
+    futures_util::stream::iter(registrations)
         .buffered(client.options().parallel.max(1))
-        .try_collect()
-        .await?;
-    Ok(PushReport {
-        files,
-        bytes_uploaded: uploaded.load(Ordering::Relaxed),
-        packs_uploaded: packs,
-        chunks_uploaded: missing.len() as u64,
-        chunks_total: ids.len() as u64,
-        requests: client.requests() - requests_before,
-    })
+        .collect()
+        .await
 }
