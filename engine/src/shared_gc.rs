@@ -313,6 +313,21 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     for p in &r.problems {
         tracing::warn!(object = %p.object, "survey: {}", p.detail);
     }
+    // A ref object that cannot be read stops the collection like a recipe
+    // that does not decode: the file it names is unknown, and this node's
+    // index (a cache) may lack it, so marking without it could delete a
+    // named file.
+    if let Some(p) = r.unreadable_refs.first() {
+        let more = r.unreadable_refs.len() - 1;
+        return Err(Error::RefUnreadable {
+            object: objects.describe(&p.object),
+            detail: if more > 0 {
+                format!("is damaged ({}; and {more} more ref objects)", p.detail)
+            } else {
+                format!("is damaged ({})", p.detail)
+            },
+        });
+    }
     // Every recipe as the bucket holds it now. One that cannot be read
     // stops the collection (§10.5): marking without it could delete what it
     // names.
