@@ -16,6 +16,7 @@ use crate::format::{decode_ref, Recipe, DELETED_REF, TABLE_ENTRY_LEN};
 use crate::ids::{ChunkId, FileId, PackId, Sha256};
 use crate::index::now_millis;
 use crate::lease::LeaseOptions;
+use crate::options::{check_duration, millis};
 use crate::paths::{model_key, pack_key, recipe_key, ref_key, GC_JOURNAL};
 use crate::storage::PutMode;
 
@@ -36,6 +37,19 @@ pub struct GcOptions {
     pub writer_window: Duration,
     /// On a shared store: the GC lease's time to live and clock skew.
     pub lease: LeaseOptions,
+}
+
+impl GcOptions {
+    /// Refuses time spans too long to compute with
+    /// ([`crate::MAX_DURATION`]): a huge grace must not wrap to none, nor a
+    /// huge window overflow the clock.
+    pub(crate) fn check(&self) -> Result<()> {
+        check_duration("gc grace", self.grace)?;
+        check_duration("gc wait", self.wait)?;
+        check_duration("gc writer_window", self.writer_window)?;
+        check_duration("gc lease ttl", self.lease.ttl)?;
+        check_duration("gc lease max_clock_skew", self.lease.max_clock_skew)
+    }
 }
 
 impl Default for GcOptions {
@@ -277,7 +291,8 @@ pub(crate) fn collect(
         stored_bytes_before: index.counters()?.stored_bytes,
         ..Default::default()
     };
-    let cutoff = now_millis().saturating_sub(opts.grace.as_millis() as u64);
+    opts.check()?;
+    let cutoff = now_millis().saturating_sub(millis(opts.grace));
     progress("mark", 0, 1);
     let (marks, dead_files) = mark(core, cutoff, ages, only, &mut rep)?;
     // Packs: dead (nothing names them, older than the grace period), or

@@ -693,3 +693,66 @@ fn a_damaged_ref_file_never_lets_its_file_be_collected() {
     );
     store.close().expect("close");
 }
+
+/// Time spans too long to compute with are refused, not wrapped: a grace
+/// of 2^61 s was once taken as none (its milliseconds wrapped to 0), which
+/// made a file stored a moment ago collectable.
+#[test]
+fn absurd_durations_are_refused_not_wrapped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            create: true,
+            ..small_packs()
+        },
+    )
+    .expect("open");
+    let data = noise(300_000, 94);
+    let id = store.put_bytes(&data, &[]).expect("put").file_id;
+    let huge = Duration::from_secs(1 << 61);
+    for opts in [
+        GcOptions {
+            grace: huge,
+            ..Default::default()
+        },
+        GcOptions {
+            wait: Duration::MAX,
+            ..Default::default()
+        },
+        GcOptions {
+            writer_window: Duration::MAX,
+            ..Default::default()
+        },
+    ] {
+        for dry_run in [true, false] {
+            let opts = GcOptions {
+                dry_run,
+                ..opts.clone()
+            };
+            match store.gc(&opts) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains("longer"), "{m}"),
+                other => panic!("gc with {opts:?}: {other:?}"),
+            }
+        }
+    }
+    // The longest allowed grace keeps everything.
+    let rep = store
+        .gc(&GcOptions {
+            grace: tessera::MAX_DURATION,
+            ..Default::default()
+        })
+        .expect("gc");
+    assert_eq!(rep.dead_files, 0, "{rep:?}");
+    assert_eq!(read_all(&store, &id).expect("read"), data);
+    assert!(matches!(
+        Store::open(
+            dir.path(),
+            StoreOptions {
+                refresh_after: Some(Duration::MAX),
+                ..small_packs()
+            }
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+}

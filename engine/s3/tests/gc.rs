@@ -592,3 +592,51 @@ fn a_damaged_ref_object_stops_gc() {
         n.store.close().expect("close");
     }
 }
+
+/// Found by a hostile probe: a writer window of u64::MAX seconds panicked
+/// (an `Instant` overflow) after the condemned set was published, and the
+/// lease heartbeat kept the process alive renewing the lease forever.
+/// Such windows (and graces, leases, waits) are refused before anything
+/// is published or leased.
+#[test]
+fn absurd_gc_durations_are_refused_before_anything_is_published() {
+    let Some(t) = s3_target("absurd_gc_durations_are_refused_before_anything_is_published") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-absurd");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(1_200_000, 98);
+    let f = a.store.put_bytes(&data, &["m/x"]).expect("put").file_id;
+    a.store.delete_ref("m/x").expect("delete ref");
+    let huge = Duration::from_secs(u64::MAX);
+    let mut cases = Vec::new();
+    for k in 0..4 {
+        let mut o = gc_opts(Duration::from_millis(800));
+        match k {
+            0 => o.writer_window = huge,
+            1 => o.grace = Duration::from_secs(1 << 61),
+            2 => o.lease.ttl = huge,
+            _ => o.wait = huge,
+        }
+        cases.push(o);
+    }
+    for o in cases {
+        match a.store.gc(&o) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("longer"), "{m}"),
+            other => panic!("gc with {o:?}: {other:?}"),
+        }
+    }
+    assert!(
+        Lease::read(a.s3.as_ref(), GC_LEASE)
+            .expect("lease")
+            .is_none(),
+        "no lease taken"
+    );
+    assert!(
+        !a.s3.exists(CONDEMNED).expect("exists"),
+        "nothing condemned"
+    );
+    assert_eq!(read_all(&a.store, &f), data);
+    a.store.close().expect("close");
+}
