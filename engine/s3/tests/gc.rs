@@ -593,6 +593,46 @@ fn a_damaged_ref_object_stops_gc() {
     }
 }
 
+/// Found by a hostile probe: a pack a live file needs, overwritten with
+/// garbage, was reported damaged and also as an "orphan" (unreferenced;
+/// reclaimable) by `verify` on a node that had not indexed it.
+#[test]
+fn verify_never_calls_a_pack_a_file_needs_reclaimable() {
+    let Some(t) = s3_target("verify_never_calls_a_pack_a_file_needs_reclaimable") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-garbage-pack");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(2_200_000, 96);
+    let f = a.store.put_bytes(&data, &["m/v2"]).expect("put").file_id;
+    let pack = packs_of(&a.store, &f)[0];
+    a.s3.put(
+        &pack_key(&pack),
+        &tessera_synth::noise(300_000, 97),
+        tessera::storage::PutMode::Replace,
+    )
+    .expect("garbage over the pack");
+    let v = node(t, &url, &tmp.path().join("v"), false);
+    let rep = v.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(!rep.is_clean(), "the garbage pack is damage");
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.detail.contains(&pack.to_string())),
+        "{:?}",
+        rep.problems
+    );
+    assert!(
+        !rep.orphan_packs.contains(&pack),
+        "a pack file {f} needs is listed as an orphan (reclaimable): {:?}",
+        rep.orphan_packs
+    );
+    for n in [a, v] {
+        n.store.close().expect("close");
+    }
+}
+
 /// Found by a hostile probe: a writer window of u64::MAX seconds panicked
 /// (an `Instant` overflow) after the condemned set was published, and the
 /// lease heartbeat kept the process alive renewing the lease forever.
