@@ -268,10 +268,11 @@ impl Gate {
 
     /// Holds the gate alone, waiting up to `wait` for writers to let go.
     pub(crate) fn exclusive(&self, wait: Duration) -> Result<Exclusive<'_>> {
-        let deadline = Instant::now() + wait;
+        // A wait too long to add to the clock is no deadline.
+        let deadline = Instant::now().checked_add(wait);
         let mut s = lock(&self.state);
         while s.shared > 0 || s.exclusive {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(wait, |d| d.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 return Err(Error::Busy(format!(
                     "{} writers kept the store busy for {wait:?}",

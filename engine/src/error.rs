@@ -206,6 +206,18 @@ pub enum Error {
         file: FileId,
     },
 
+    /// A ref object GC cannot read as the ref its key names (it does not
+    /// decode, or holds another name's ref): which file it names is
+    /// unknown, so GC stops before it condemns or deletes anything (spec
+    /// §10.5, §10.6).
+    #[error("gc stopped, nothing was deleted: ref object {object} {detail}; which file it names is unknown, so collecting could delete a named file. Run `tessera verify`, then set that ref again (`tessera ref set`) or delete it (`tessera ref rm`)")]
+    RefUnreadable {
+        /// The ref object.
+        object: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
     /// A conditional ref update lost to another writer (spec §8.3): the
     /// ref was not what the caller expected, or kept changing while the
     /// update was retried. Nothing was written.
@@ -360,6 +372,7 @@ impl Error {
                 | Error::RecipeCorrupt { .. }
                 | Error::PackMissing { .. }
                 | Error::RefDangling { .. }
+                | Error::RefUnreadable { .. }
                 | Error::ConfigMissing { .. }
                 | Error::IndexCorrupt { .. }
                 | Error::IndexMissing { .. }

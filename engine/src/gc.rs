@@ -12,11 +12,12 @@ use crate::cache::lock;
 use crate::condemned::Condemned;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::format::{Recipe, TABLE_ENTRY_LEN};
+use crate::format::{decode_ref, Recipe, DELETED_REF, TABLE_ENTRY_LEN};
 use crate::ids::{ChunkId, FileId, PackId, Sha256};
 use crate::index::now_millis;
 use crate::lease::LeaseOptions;
-use crate::paths::{model_key, pack_key, recipe_key, GC_JOURNAL};
+use crate::options::{check_duration, millis};
+use crate::paths::{model_key, pack_key, recipe_key, ref_key, GC_JOURNAL};
 use crate::storage::PutMode;
 
 /// How to collect.
@@ -36,6 +37,19 @@ pub struct GcOptions {
     pub writer_window: Duration,
     /// On a shared store: the GC lease's time to live and clock skew.
     pub lease: LeaseOptions,
+}
+
+impl GcOptions {
+    /// Refuses time spans too long to compute with
+    /// ([`crate::MAX_DURATION`]): a huge grace must not wrap to none, nor a
+    /// huge window overflow the clock.
+    pub(crate) fn check(&self) -> Result<()> {
+        check_duration("gc grace", self.grace)?;
+        check_duration("gc wait", self.wait)?;
+        check_duration("gc writer_window", self.writer_window)?;
+        check_duration("gc lease ttl", self.lease.ttl)?;
+        check_duration("gc lease max_clock_skew", self.lease.max_clock_skew)
+    }
 }
 
 impl Default for GcOptions {
@@ -162,7 +176,9 @@ pub(crate) type Only<'a> = Option<&'a Condemned>;
 /// Marks from the index: live files (named by a ref, or stored within the
 /// grace period) and the chunk positions their recipes name; the rest of
 /// the files are dead. A recipe that does not decode stops the GC: marking
-/// without it could delete what it names.
+/// without it could delete what it names. On a directory store the ref
+/// files count too ([`ref_files_named`]); on a shared store the survey has
+/// brought the index's refs to the bucket's.
 fn mark(
     core: &Core,
     cutoff: u64,
@@ -171,11 +187,11 @@ fn mark(
     rep: &mut GcReport,
 ) -> Result<(Marks, Vec<DeadFile>)> {
     let index = &core.index;
-    let named: HashSet<FileId> = index
-        .refs_with_prefix("")?
-        .into_iter()
-        .map(|(_, f)| f)
-        .collect();
+    let refs = index.refs_with_prefix("")?;
+    let mut named: HashSet<FileId> = refs.iter().map(|(_, f)| *f).collect();
+    if matches!(ages, Ages::Index) {
+        named.extend(ref_files_named(core, &refs)?);
+    }
     let mut marks = Marks::default();
     let mut dead = Vec::new();
     for item in index.files() {
@@ -198,6 +214,48 @@ fn mark(
         }
     }
     Ok((marks, dead))
+}
+
+/// On a directory store: the files the ref files name. The index holds a
+/// verified copy of every ref, but a ref file whose ref it lacks (an index
+/// rebuilt without it, say) still keeps its file. A ref file that does not
+/// decode, or holds another name's ref, stops the GC unless the index holds
+/// the ref its key is for (then the index's verified copy names the file):
+/// which file it names is unknown, so marking without it could delete a
+/// named file.
+fn ref_files_named(core: &Core, indexed: &[(String, FileId)]) -> Result<Vec<FileId>> {
+    let objects = core.objects.as_ref();
+    let keys: HashSet<String> = indexed.iter().map(|(n, _)| ref_key(n)).collect();
+    let mut strays = Vec::new();
+    let mut named = Vec::new();
+    for key in crate::inventory::refs(objects, &mut strays)? {
+        let bytes = match objects.get(&key) {
+            Ok(b) => b,
+            // Deleted since the listing (nothing deletes refs during a GC,
+            // but a missing file names nothing).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read ref", objects.describe(&key), e)),
+        };
+        let detail = match decode_ref(&bytes) {
+            Ok((name, file)) if ref_key(&name) == key => {
+                if file != DELETED_REF {
+                    named.push(file);
+                }
+                continue;
+            }
+            Ok(_) => "holds another name's ref (stored under the wrong name)".to_string(),
+            Err(d) => format!("is damaged ({d})"),
+        };
+        if keys.contains(&key) {
+            tracing::warn!(object = %objects.describe(&key), "gc: ref file {detail}; the index's verified copy of its ref names its file");
+            continue;
+        }
+        return Err(Error::RefUnreadable {
+            object: objects.describe(&key),
+            detail: format!("{detail}, and the index holds no copy of its ref"),
+        });
+    }
+    Ok(named)
 }
 
 /// A pack GC kept, measured.
@@ -233,7 +291,8 @@ pub(crate) fn collect(
         stored_bytes_before: index.counters()?.stored_bytes,
         ..Default::default()
     };
-    let cutoff = now_millis().saturating_sub(opts.grace.as_millis() as u64);
+    opts.check()?;
+    let cutoff = now_millis().saturating_sub(millis(opts.grace));
     progress("mark", 0, 1);
     let (marks, dead_files) = mark(core, cutoff, ages, only, &mut rep)?;
     // Packs: dead (nothing names them, older than the grace period), or

@@ -79,7 +79,7 @@ pub use error::{clip as clip_name, Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use ids::{ChunkId, FileId, FileIdHasher, IdParseError, PackId, Sha256};
 pub use ingest::{Ingest, PutReport};
-pub use options::StoreOptions;
+pub use options::{StoreOptions, MAX_DURATION};
 pub use read::{unwrap_io, FileInfo, FileReader};
 pub use refresh::RefreshReport;
 pub use refs::NAME_PREFIXES;

@@ -23,6 +23,7 @@ pub(crate) fn open(
     local: Local,
     opts: StoreOptions,
 ) -> Result<Arc<Core>> {
+    opts.check()?;
     // A shared store keeps its markers beside its index (spec §4.3).
     let objects = crate::remote::wrap(objects, local.dir())?;
     let location = objects.location();

@@ -1,8 +1,33 @@
 //! How to open a store.
 
+use std::time::Duration;
+
 use crate::chunking::ChunkParams;
+use crate::error::{Error, Result};
 use crate::storage::ReadMode;
 use tessera_model::PicklePolicy;
+
+/// The longest time span any option takes (100 years of 365.25 days):
+/// longer ones are refused, so that no clock arithmetic on them overflows
+/// (an `Instant` plus it, or it in milliseconds as a `u64`).
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
+/// Refuses a time span longer than [`MAX_DURATION`], naming the option.
+pub(crate) fn check_duration(what: &str, d: Duration) -> Result<()> {
+    if d <= MAX_DURATION {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{what} of {} s is longer than the most allowed ({} s, 100 years)",
+        d.as_secs(),
+        MAX_DURATION.as_secs()
+    )))
+}
+
+/// A time span in milliseconds, saturating at `u64::MAX` (never wrapping).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// How to open a store. The defaults suit a registry server.
 #[derive(Clone, Debug)]
@@ -55,6 +80,17 @@ pub struct StoreOptions {
     /// and says retry; spec §10.6). Every node of a store must use at most
     /// half of the collector's writer window ([`crate::GcOptions`]).
     pub gc_check_valid: std::time::Duration,
+}
+
+impl StoreOptions {
+    /// Refuses time spans too long to compute with ([`MAX_DURATION`]).
+    /// `lock_wait` is exempt: `Duration::MAX` there means "wait forever".
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(d) = self.refresh_after {
+            check_duration("refresh_after", d)?;
+        }
+        check_duration("gc_check_valid", self.gc_check_valid)
+    }
 }
 
 impl Default for StoreOptions {

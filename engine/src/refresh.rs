@@ -73,6 +73,11 @@ pub struct RefreshReport {
     pub listed: u64,
     /// Objects that could not be indexed (damaged), by name.
     pub problems: Vec<Problem>,
+    /// Ref objects that do not decode, or hold another name's ref (each
+    /// also a problem): GC stops on them, since which file they name is
+    /// unknown.
+    #[serde(skip)]
+    pub(crate) unreadable_refs: Vec<Problem>,
 }
 
 fn list(objects: &dyn ObjectStore, prefix: &str) -> Result<Vec<Listed>> {
@@ -192,17 +197,21 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
         let (name, file) = match decode_ref(&bytes) {
             Ok((n, f)) if ref_key(&n) == *key => (n, f),
             Ok(_) => {
-                rep.problems.push(Problem {
+                let p = Problem {
                     object: key.clone(),
                     detail: "ref file stored under the wrong name".into(),
-                });
+                };
+                rep.unreadable_refs.push(p.clone());
+                rep.problems.push(p);
                 continue;
             }
             Err(d) => {
-                rep.problems.push(Problem {
+                let p = Problem {
                     object: key.clone(),
                     detail: format!("damaged ref file: {d}"),
-                });
+                };
+                rep.unreadable_refs.push(p.clone());
+                rep.problems.push(p);
                 continue;
             }
         };

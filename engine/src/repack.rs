@@ -304,6 +304,7 @@ pub(crate) fn choose(c: &Collection, opts: &RepackOptions, target: u64) -> Chose
 
 /// Refuses fractions outside 0..=1.
 pub(crate) fn check_options(opts: &RepackOptions) -> Result<()> {
+    opts.gc.check()?;
     for (what, v) in [
         ("threshold", opts.threshold),
         ("max_garbage", opts.max_garbage),

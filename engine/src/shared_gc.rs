@@ -26,6 +26,7 @@ use crate::format::Recipe;
 use crate::gc::{self, Ages, Collection, GcOptions, GcReport};
 use crate::ids::{FileId, PackId};
 use crate::lease::{Lease, GC_LEASE};
+use crate::options::millis;
 use crate::paths::{file_of_key, pack_key, pack_of_key, recipe_key, PACKS, RECIPES};
 use crate::refresh;
 use crate::remote::{parallel, reload_file};
@@ -92,6 +93,7 @@ fn run(
     between: &mut Between<'_>,
 ) -> Result<GcReport> {
     core.check_poison()?;
+    opts.check()?;
     let _one = lock(&core.maintenance);
     if opts.dry_run {
         // Nothing is deleted: no lease, one mark.
@@ -104,7 +106,7 @@ fn run(
         return Ok(first.report);
     }
     let window = opts.writer_window;
-    if window < core.opts.gc_check_valid * 2 {
+    if window < core.opts.gc_check_valid.saturating_mul(2) {
         return Err(Error::InvalidArgument(format!(
             "a writer window of {} ms is shorter than twice this node's writer check ({} ms; spec §10.6)",
             window.as_millis(),
@@ -127,13 +129,8 @@ fn run(
     // run, whatever step is slow (a survey of many recipes, a wait for the
     // gate, a repack's copy); a renewal that fails, or comes after the
     // lease lapsed, ends the run before its next destructive step.
-    let stop = AtomicBool::new(false);
-    let r = std::thread::scope(|s| {
-        let beat = s.spawn(|| held.heartbeat(&stop, opts.lease.ttl / 4));
-        let r = two_phases(core, opts, &held, progress, between);
-        stop.store(true, Ordering::SeqCst);
-        let _ = beat.join();
-        r
+    let r = with_heartbeat(&held, opts.lease.ttl / 4, || {
+        two_phases(core, opts, &held, progress, between)
     });
     let lease = held.lease.into_inner().unwrap_or_else(|p| p.into_inner());
     match (r, lease.release()) {
@@ -144,6 +141,32 @@ fn run(
             Ok(rep)
         }
         (Err(e), _) => Err(e),
+    }
+}
+
+/// Runs `f` while a heartbeat thread renews `held`'s lease every `every`.
+/// The heartbeat stops however `f` ends: after a panic in `f` it would
+/// otherwise keep the scope (and the process) waiting while it renews the
+/// lease, and so keeps the condemned set in force, forever.
+fn with_heartbeat<R>(held: &Held, every: Duration, f: impl FnOnce() -> R) -> R {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let beat = s.spawn(|| held.heartbeat(&stop, every));
+        let _stop = StopOnDrop(&stop);
+        let r = f();
+        stop.store(true, Ordering::SeqCst);
+        let _ = beat.join();
+        r
+    })
+}
+
+/// Sets its flag when dropped, on every way out of a scope (an unwinding
+/// panic too).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -225,12 +248,19 @@ fn two_phases(
     tracing::info!(
         files = condemned.files.len(),
         packs = condemned.packs.len(),
-        window_ms = opts.writer_window.as_millis() as u64,
+        window_ms = millis(opts.writer_window),
         "published the condemned set; waiting the writer window"
     );
     // 3. The writer window (the heartbeat renews the lease).
     progress("writer window", 0, 1);
-    let end = Instant::now() + opts.writer_window;
+    let end = Instant::now()
+        .checked_add(opts.writer_window)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "a writer window of {} s is too long for this system's clock",
+                opts.writer_window.as_secs()
+            ))
+        })?;
     while Instant::now() < end {
         std::thread::sleep(
             end.saturating_duration_since(Instant::now())
@@ -272,7 +302,7 @@ fn record(lease: &Lease, opts: &GcOptions, c: &Condemned) -> CondemnedRecord {
         token: lease.token(),
         holder: lease.holder().to_string(),
         published_ms: crate::index::now_millis(),
-        window_ms: opts.writer_window.as_millis() as u64,
+        window_ms: millis(opts.writer_window),
         files,
         packs,
     }
@@ -292,7 +322,7 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     };
     let ms = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(u64::MAX, |d| d.as_millis() as u64)
+            .map_or(u64::MAX, millis)
     };
     let mut packs: HashMap<PackId, u64> = HashMap::new();
     for l in list(PACKS)? {
@@ -312,6 +342,21 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     let r = refresh::refresh(core)?;
     for p in &r.problems {
         tracing::warn!(object = %p.object, "survey: {}", p.detail);
+    }
+    // A ref object that cannot be read stops the collection like a recipe
+    // that does not decode: the file it names is unknown, and this node's
+    // index (a cache) may lack it, so marking without it could delete a
+    // named file.
+    if let Some(p) = r.unreadable_refs.first() {
+        let more = r.unreadable_refs.len() - 1;
+        return Err(Error::RefUnreadable {
+            object: objects.describe(&p.object),
+            detail: if more > 0 {
+                format!("is damaged ({}; and {more} more ref objects)", p.detail)
+            } else {
+                format!("is damaged ({})", p.detail)
+            },
+        });
     }
     // Every recipe as the bucket holds it now. One that cannot be read
     // stops the collection (§10.5): marking without it could delete what it
@@ -363,5 +408,46 @@ fn exists(core: &Core, key: &str) -> Result<bool> {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io("stat", objects.describe(key), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseOptions;
+    use crate::storage::{DirStore, ObjectStore, ReadMode};
+    use std::sync::Arc;
+
+    /// Found by a hostile probe: a panic in the run (an `Instant` overflow
+    /// on a huge writer window) left the heartbeat renewing the GC lease
+    /// and the process hung, refusing writers as busy forever.
+    #[test]
+    fn a_panic_in_the_run_stops_the_heartbeat() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s: Arc<dyn ObjectStore> = Arc::new(DirStore::new(d.path(), ReadMode::Pread));
+        let opts = LeaseOptions {
+            ttl: Duration::from_secs(2),
+            max_clock_skew: Duration::ZERO,
+        };
+        let lease = Lease::acquire(s.clone(), GC_LEASE, "t", opts).expect("lease");
+        let held = Held {
+            lease: Mutex::new(lease),
+            lost: AtomicBool::new(false),
+            margin: Duration::ZERO,
+        };
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_heartbeat(&held, Duration::from_millis(30), || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!("the run fails");
+                })
+            }));
+            let _ = done.send(r.is_err());
+        });
+        match ended.recv_timeout(Duration::from_secs(20)) {
+            Ok(panicked) => assert!(panicked, "the panic goes on up"),
+            Err(_) => panic!("the heartbeat outlived a panicking run: the scope never ended"),
+        }
     }
 }

@@ -66,10 +66,12 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Reads that failed once and succeeded on retry (not damage, but worth a look).
     pub transient: Vec<Problem>,
-    /// Packs on storage the index does not hold (each is also a problem:
-    /// the open after a crash indexes every readable pack, so one listed
-    /// here could not be read then, or was placed in `packs/` while the
-    /// store was closed; `repair index` indexes or salvages it).
+    /// Packs on storage the index does not hold and no recipe names (each
+    /// is also a problem: the open after a crash indexes every readable
+    /// pack, so one listed here could not be read then, or was placed in
+    /// `packs/` while the store was closed; `repair index` indexes or
+    /// salvages it). A pack a recipe names is never listed here, however
+    /// damaged: a file needs it.
     pub orphan_packs: Vec<PackId>,
     /// Damaged objects `repair` took out of service and kept under
     /// `damaged/` (not problems: what they held was salvaged or reported).
@@ -270,6 +272,8 @@ pub(crate) fn verify(
         .collect();
     // Files to read back whole (`read_files`): id, recorded SHA-256, size.
     let mut to_read: Vec<(FileId, Sha256, u64)> = Vec::new();
+    // Packs some recipe names: not orphans, whatever state they are in.
+    let mut named_packs: HashSet<PackId> = HashSet::new();
     for item in index.files() {
         let (file, bytes) = item?;
         rep.files += 1;
@@ -281,6 +285,7 @@ pub(crate) fn verify(
                 continue;
             }
         };
+        named_packs.extend(recipe.terms.iter().map(|t| t.pack));
         if opts.read_files {
             to_read.push((file, recipe.sha256, recipe.size));
         }
@@ -348,13 +353,22 @@ pub(crate) fn verify(
     for (file, rel) in recipe_files {
         if shared && remote::discover_file(core, &file).is_ok_and(|found| found) {
             rep.files += 1;
+            if let Some(r) = index
+                .recipe_bytes(&file)?
+                .and_then(|b| Recipe::decode(file, &b).ok())
+            {
+                named_packs.extend(r.terms.iter().map(|t| t.pack));
+            }
             continue;
         }
         let detail = match objects.get(&rel) {
             Ok(b) => match Recipe::decode(file, &b) {
-                Ok(_) => format!(
-                    "recipe file {rel} is not in the index (`tessera repair index` indexes it)"
-                ),
+                Ok(r) => {
+                    named_packs.extend(r.terms.iter().map(|t| t.pack));
+                    format!(
+                        "recipe file {rel} is not in the index (`tessera repair index` indexes it)"
+                    )
+                }
                 Err(e) => format!(
                     "recipe file {rel} is damaged ({}) and the index has no copy: the file is lost",
                     e.into_error(file)
@@ -364,6 +378,9 @@ pub(crate) fn verify(
         };
         rep.problem(format!("file {file}"), detail);
     }
+
+    // A pack a file needs is not reclaimable, however damaged.
+    rep.orphan_packs.retain(|p| !named_packs.contains(p));
 
     // Refs: the index's, then every ref file on disk.
     let mut ref_files: HashSet<String> = inventory::refs(objects, &mut rep.problems)?

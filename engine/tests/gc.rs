@@ -624,3 +624,135 @@ fn a_journal_listing_named_files_spares_them() {
         .expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
 }
+
+/// Found by a hostile probe (on S3, where it lost a named file): a damaged
+/// ref file must never let the file it names be collected. With the
+/// index's verified copy of the ref, GC keeps the file; once the index has
+/// no copy (rebuilt from the files after it was lost), GC stops with an
+/// error naming the ref file and deletes nothing.
+#[test]
+fn a_damaged_ref_file_never_lets_its_file_be_collected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        create: true,
+        ..small_packs()
+    };
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    let data = noise(700_000, 93);
+    let id = store.put_bytes(&data, &["m/a"]).expect("put").file_id;
+    store.close().expect("close");
+    let key = tessera::testing::ref_key("m/a");
+    let path = dir.path().join(&key);
+    let mut bytes = std::fs::read(&path).expect("read ref file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).expect("damage ref file");
+
+    // The index's verified copy names the file: it stays.
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    let rep = store.gc(&no_grace()).expect("gc with the index's copy");
+    assert_eq!(rep.dead_files, 0, "{rep:?}");
+    assert_eq!(read_all(&store, &id).expect("read"), data);
+    store.close().expect("close");
+
+    // The index lost, and rebuilt from the files: it has no copy of the
+    // damaged ref. GC must stop, naming the ref file, and delete nothing.
+    std::fs::remove_dir_all(dir.path().join("index")).expect("drop the index");
+    let _ = Store::repair_index(dir.path(), opts.clone()).expect("repair index");
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    let packs = std::fs::read_dir(dir.path().join("packs"))
+        .expect("packs")
+        .count();
+    for dry_run in [true, false] {
+        let gc = GcOptions {
+            dry_run,
+            ..no_grace()
+        };
+        match store.gc(&gc) {
+            Err(e @ Error::RefUnreadable { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&key), "{msg}");
+                assert!(e.is_corruption(), "{e:?}");
+            }
+            other => panic!("gc over a damaged ref file with no index copy: {other:?}"),
+        }
+        assert!(matches!(
+            store.repack(&RepackOptions {
+                gc,
+                ..Default::default()
+            }),
+            Err(Error::RefUnreadable { .. })
+        ));
+    }
+    assert_eq!(read_all(&store, &id).expect("read after gc"), data);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("packs"))
+            .expect("packs")
+            .count(),
+        packs
+    );
+    store.close().expect("close");
+}
+
+/// Time spans too long to compute with are refused, not wrapped: a grace
+/// of 2^61 s was once taken as none (its milliseconds wrapped to 0), which
+/// made a file stored a moment ago collectable.
+#[test]
+fn absurd_durations_are_refused_not_wrapped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            create: true,
+            ..small_packs()
+        },
+    )
+    .expect("open");
+    let data = noise(300_000, 94);
+    let id = store.put_bytes(&data, &[]).expect("put").file_id;
+    let huge = Duration::from_secs(1 << 61);
+    for opts in [
+        GcOptions {
+            grace: huge,
+            ..Default::default()
+        },
+        GcOptions {
+            wait: Duration::MAX,
+            ..Default::default()
+        },
+        GcOptions {
+            writer_window: Duration::MAX,
+            ..Default::default()
+        },
+    ] {
+        for dry_run in [true, false] {
+            let opts = GcOptions {
+                dry_run,
+                ..opts.clone()
+            };
+            match store.gc(&opts) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains("longer"), "{m}"),
+                other => panic!("gc with {opts:?}: {other:?}"),
+            }
+        }
+    }
+    // The longest allowed grace keeps everything.
+    let rep = store
+        .gc(&GcOptions {
+            grace: tessera::MAX_DURATION,
+            ..Default::default()
+        })
+        .expect("gc");
+    assert_eq!(rep.dead_files, 0, "{rep:?}");
+    assert_eq!(read_all(&store, &id).expect("read"), data);
+    assert!(matches!(
+        Store::open(
+            dir.path(),
+            StoreOptions {
+                refresh_after: Some(Duration::MAX),
+                ..small_packs()
+            }
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+}

@@ -71,7 +71,8 @@ struct Cli {
         long,
         env = "TESSERA_REFRESH_AFTER",
         global = true,
-        value_name = "SECS"
+        value_name = "SECS",
+        value_parser = maintain::parse_secs
     )]
     refresh_after: Option<u64>,
 

@@ -53,7 +53,9 @@ pub(crate) struct RepackArgs {
     no_combine: bool,
 }
 
-/// Parses `90`, `90s`, `15m`, `1h`, `7d`.
+/// Parses `90`, `90s`, `15m`, `1h`, `7d`; at most 100 years
+/// ([`tessera::MAX_DURATION`]), so no clock arithmetic on it overflows or
+/// wraps (a huge `--grace` must not become none).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -70,7 +72,28 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     n.checked_mul(mult)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
+        .filter(|d| *d <= tessera::MAX_DURATION)
+        .ok_or_else(|| too_long(s))
+}
+
+fn too_long(s: &str) -> String {
+    format!(
+        "{s:?}: too long (at most {} s, 100 years)",
+        tessera::MAX_DURATION.as_secs()
+    )
+}
+
+/// Parses a number of seconds, at most 100 years ([`tessera::MAX_DURATION`]):
+/// longer spans would overflow the clock arithmetic done with them.
+pub(crate) fn parse_secs(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: want a whole number of seconds"))?;
+    if n > tessera::MAX_DURATION.as_secs() {
+        return Err(too_long(s));
+    }
+    Ok(n)
 }
 
 fn gc_options(a: &GcArgs) -> GcOptions {

@@ -19,7 +19,7 @@ pub(crate) struct RemoteArgs {
     #[arg(long, default_value_t = 4)]
     pub(crate) parallel: usize,
     /// Seconds without data before a request is abandoned and retried.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = crate::maintain::parse_secs)]
     pub(crate) timeout: u64,
     /// Retries of a request that failed for a reason that may pass.
     #[arg(long, default_value_t = 6)]

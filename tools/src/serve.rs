@@ -22,7 +22,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
     /// Seconds a signed pack URL stays valid.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_parser = crate::maintain::parse_secs)]
     url_ttl: u64,
     /// Send at most this many bytes per second per file or pack response.
     #[arg(long, value_name = "BYTES_PER_SEC")]
@@ -36,7 +36,7 @@ pub(crate) struct ServeArgs {
     /// For an s3:// store shared with other writers: list the bucket every
     /// SECS seconds, so refs and files other nodes wrote show in listings
     /// and access checks (lookups by name find them at once anyway); 0: never.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = crate::maintain::parse_secs)]
     refresh: u64,
 }
 

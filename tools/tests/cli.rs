@@ -998,12 +998,29 @@ fn gc_and_repack_reclaim_what_no_ref_names() {
     for bad in [
         vec!["gc", "--grace", "soon"],
         vec!["gc", "--grace", "5y"],
+        // Too long to compute with: refused, not wrapped (a grace of 2^61 s
+        // once became none) or overflowed (a panic that hung the process).
+        vec!["gc", "--grace", "2305843009213693952s"],
+        vec!["gc", "--writer-window", "18446744073709551615s"],
+        vec!["gc", "--writer-window", "36500000d"],
+        vec!["repack", "--grace", "3155760001"],
+        vec!["--refresh-after", "18446744073709551615", "gc"],
         vec!["repack", "--threshold", "1.5"],
         vec!["repack", "--max-garbage", "-1"],
     ] {
         let out = env.run(&bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if bad
+            .iter()
+            .any(|a| a.len() > 9 && a.starts_with(char::is_numeric))
+        {
+            assert!(err.contains("too long"), "{bad:?}: {err}");
+        }
     }
+    // The longest allowed is accepted (and keeps everything).
+    let out = env.ok_text(&["gc", "--grace", "3155760000s", "--dry-run", "--json"]);
+    assert_eq!(json_lines(&out)[0]["dead_files"], 0, "{out}");
     // The default grace period keeps what was just stored.
     let out = env.ok_text(&["gc", "--json"]);
     let v = &json_lines(&out)[0];

@@ -528,3 +528,155 @@ fn the_collectors_lease_stays_renewed_while_it_waits() {
         .is_none());
     assert!(matches!(b.store.set_ref("m/revived", d), Err(e) if e.is_not_found()));
 }
+
+/// Found by a hostile probe (data loss): a ref object with one flipped bit
+/// made a collector whose cache had not seen the ref log a warning, count
+/// the file unnamed and delete its recipe and packs. Now a ref object the
+/// collector cannot read stops it before it condemns anything, naming the
+/// object; once the ref is intact again the file reads back whole.
+#[test]
+fn a_damaged_ref_object_stops_gc() {
+    let Some(t) = s3_target("a_damaged_ref_object_stops_gc") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-damaged-ref");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(2_200_000, 95);
+    let f = a.store.put_bytes(&data, &["m/v1"]).expect("put").file_id;
+    let packs = packs_of(&a.store, &f);
+    let key = tessera::testing::ref_key("m/v1");
+    let good = a.s3.get(&key).expect("ref object");
+    let mut bad = good.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    a.s3.put(&key, &bad, tessera::storage::PutMode::Replace)
+        .expect("damage the ref");
+    // A collector that never saw the ref, and one (a) whose index holds it.
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    for (who, n) in [("fresh node", &c), ("writer", &a)] {
+        for dry_run in [true, false] {
+            let opts = GcOptions {
+                dry_run,
+                ..gc_opts(Duration::from_millis(800))
+            };
+            match n.store.gc(&opts) {
+                Err(e @ Error::RefUnreadable { .. }) => {
+                    assert!(e.to_string().contains(&key), "{e}");
+                    assert!(e.is_corruption(), "{e:?}");
+                }
+                other => panic!("gc on the {who} over a damaged ref object: {other:?}"),
+            }
+            assert!(matches!(
+                n.store.repack(&RepackOptions {
+                    gc: opts,
+                    ..Default::default()
+                }),
+                Err(Error::RefUnreadable { .. })
+            ));
+        }
+    }
+    let keys = a.s3.list("").expect("list");
+    assert!(keys.contains(&recipe_key(&f)), "recipe kept");
+    for p in &packs {
+        assert!(keys.contains(&pack_key(p)), "pack {p} kept");
+    }
+    assert!(!keys.iter().any(|k| k == CONDEMNED), "nothing condemned");
+    a.s3.put(&key, &good, tessera::storage::PutMode::Replace)
+        .expect("restore the ref");
+    let d = node(t, &url, &tmp.path().join("d"), false);
+    let named = d.store.resolve("m/v1").expect("resolve");
+    assert_eq!(named, f);
+    assert_eq!(read_all(&d.store, &f), data);
+    for n in [a, c, d] {
+        n.store.close().expect("close");
+    }
+}
+
+/// Found by a hostile probe: a pack a live file needs, overwritten with
+/// garbage, was reported damaged and also as an "orphan" (unreferenced;
+/// reclaimable) by `verify` on a node that had not indexed it.
+#[test]
+fn verify_never_calls_a_pack_a_file_needs_reclaimable() {
+    let Some(t) = s3_target("verify_never_calls_a_pack_a_file_needs_reclaimable") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-garbage-pack");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(2_200_000, 96);
+    let f = a.store.put_bytes(&data, &["m/v2"]).expect("put").file_id;
+    let pack = packs_of(&a.store, &f)[0];
+    a.s3.put(
+        &pack_key(&pack),
+        &tessera_synth::noise(300_000, 97),
+        tessera::storage::PutMode::Replace,
+    )
+    .expect("garbage over the pack");
+    let v = node(t, &url, &tmp.path().join("v"), false);
+    let rep = v.store.verify(VerifyOptions::default()).expect("verify");
+    assert!(!rep.is_clean(), "the garbage pack is damage");
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.detail.contains(&pack.to_string())),
+        "{:?}",
+        rep.problems
+    );
+    assert!(
+        !rep.orphan_packs.contains(&pack),
+        "a pack file {f} needs is listed as an orphan (reclaimable): {:?}",
+        rep.orphan_packs
+    );
+    for n in [a, v] {
+        n.store.close().expect("close");
+    }
+}
+
+/// Found by a hostile probe: a writer window of u64::MAX seconds panicked
+/// (an `Instant` overflow) after the condemned set was published, and the
+/// lease heartbeat kept the process alive renewing the lease forever.
+/// Such windows (and graces, leases, waits) are refused before anything
+/// is published or leased.
+#[test]
+fn absurd_gc_durations_are_refused_before_anything_is_published() {
+    let Some(t) = s3_target("absurd_gc_durations_are_refused_before_anything_is_published") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-absurd");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(1_200_000, 98);
+    let f = a.store.put_bytes(&data, &["m/x"]).expect("put").file_id;
+    a.store.delete_ref("m/x").expect("delete ref");
+    let huge = Duration::from_secs(u64::MAX);
+    let mut cases = Vec::new();
+    for k in 0..4 {
+        let mut o = gc_opts(Duration::from_millis(800));
+        match k {
+            0 => o.writer_window = huge,
+            1 => o.grace = Duration::from_secs(1 << 61),
+            2 => o.lease.ttl = huge,
+            _ => o.wait = huge,
+        }
+        cases.push(o);
+    }
+    for o in cases {
+        match a.store.gc(&o) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("longer"), "{m}"),
+            other => panic!("gc with {o:?}: {other:?}"),
+        }
+    }
+    assert!(
+        Lease::read(a.s3.as_ref(), GC_LEASE)
+            .expect("lease")
+            .is_none(),
+        "no lease taken"
+    );
+    assert!(
+        !a.s3.exists(CONDEMNED).expect("exists"),
+        "nothing condemned"
+    );
+    assert_eq!(read_all(&a.store, &f), data);
+    a.store.close().expect("close");
+}
