@@ -115,8 +115,11 @@ fn a_reader_made_before_another_read_reloaded_the_recipe_still_follows_a_repack(
 /// Found by a probe: a `serve` node whose index still listed the chunks of
 /// a file another node collected answered "missing chunks" from its index,
 /// so a push uploaded nothing and its registration was refused (the packs
-/// were gone) on every retry. Now the answer follows the dedup rule: the
-/// chunks of a deleted pack are missing.
+/// were gone) on every retry; a push of the collected file itself was
+/// refused even after uploading, since registration took the old recipe.
+/// Now the answer follows the dedup rule (the chunks of a deleted pack are
+/// missing) and a registration whose known recipe names deleted packs
+/// registers the file anew.
 #[test]
 fn missing_chunks_on_a_stale_node_counts_the_chunks_of_deleted_packs() {
     let Some(t) = s3_target("stale_missing") else {
@@ -125,7 +128,7 @@ fn missing_chunks_on_a_stale_node_counts_the_chunks_of_deleted_packs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let url = t.url("stale-missing");
     let (_, a) = node(t, &url, &tmp.path().join("a"), true);
-    let x = tessera_synth::noise(700_000, 41);
+    let x = tessera_synth::noise(2_500_000, 41);
     let xf = a.put_bytes(&x, &["m/x"]).expect("put").file_id;
     // The serving node reads x: its index lists x's chunks.
     let (_, s) = node(t, &url, &tmp.path().join("s"), false);
@@ -160,6 +163,32 @@ fn missing_chunks_on_a_stale_node_counts_the_chunks_of_deleted_packs() {
         distinct.len(),
         "the chunks of collected packs were answered as held"
     );
+
+    // A client uploads them and registers the file again: its old recipe
+    // (still in s's index) names deleted packs, so the file is registered
+    // anew from its chunks. (It used to be refused, busy, on every retry.)
+    let client = Store::open(
+        tmp.path().join("client"),
+        StoreOptions {
+            create: true,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("client store");
+    let cf = client.put_bytes(&x, &[]).expect("client put").file_id;
+    assert_eq!(cf, xf);
+    // One pack of all of them: not byte for byte any pack a stored.
+    let (pack, bytes) = client.export_pack(&missing).expect("export");
+    assert!(!packs_of(&a, &xf).contains(&pack));
+    s.admit_pack(pack, bytes.into(), u64::MAX).expect("admit");
+    let list = client.chunk_list(&xf).expect("chunk list");
+    s.register_file(xf, x.len() as u64, &list, None, &["m/again"])
+        .expect("register a collected file again");
+    let (_, d) = node(t, &url, &tmp.path().join("d"), false);
+    let got = d.resolve("m/again").expect("resolve");
+    assert_eq!(d.read(&got).expect("read").read_all().expect("read all"), x);
+    client.close().expect("close");
+    d.close().expect("close");
     for st in [a, s, c] {
         st.close().expect("close");
     }

@@ -250,7 +250,14 @@ pub(crate) fn register_file(
     }
     if core.index.has_file(&file)? {
         // Stored already (a fork, a re-upload): its recipe, SHA-256 and
-        // description are known; only the refs are new.
+        // description are known; only the refs are new — unless the recipe
+        // names packs that are gone (another node's GC collected the file
+        // this node's index still lists, or a pack was lost): then the file
+        // is registered anew from its chunks below, which replaces the
+        // recipe. (Taking the old recipe was refused on every retry.)
+        if core.objects.shared() {
+            crate::remote::reload_file(core, &file)?;
+        }
         let existing = layout(core, &file)?.recipe.clone();
         if claimed_sha256.is_some_and(|c| c != existing.sha256) {
             return Err(reject(format!(
@@ -258,7 +265,17 @@ pub(crate) fn register_file(
                 existing.sha256
             )));
         }
-        return publish_one(core, existing, ref_names, None);
+        let filter = DedupFilter::new(core)?;
+        let mut usable = true;
+        let mut asked = HashSet::new();
+        for t in &existing.terms {
+            if asked.insert(t.pack) && !filter.usable(core, &t.pack)? {
+                usable = false;
+            }
+        }
+        if usable {
+            return publish_one(core, existing, ref_names, None);
+        }
     }
     let locs = chunk_locations(core, chunks, &reject)?;
     // The content's SHA-256 (what git-lfs pointers name files by) is

@@ -249,10 +249,7 @@ async fn upload_missing(
 }
 
 /// Registers every file with its ref; one result per file, in order.
-async fn register_all(
-    client: &Client,
-    files: &[Local],
-) -> Vec<ClientResult<PushFile>> {
+async fn register_all(client: &Client, files: &[Local]) -> Vec<ClientResult<PushFile>> {
     let registrations: Vec<_> = files
         .iter()
         .map(|(rep, list, input)| {
