@@ -42,9 +42,11 @@ pub(crate) fn repair_index(
         Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
     }
     let mut healed = RepairReport::default();
-    // A shared store's objects are never rewritten from one node's cache:
-    // it may hold files other nodes have deleted since (spec §4.3).
-    if local.index_dir().exists() && !objects.shared() {
+    let shared = objects.shared();
+    // On a shared store only objects that are present but damaged are
+    // rewritten from this node's copies (conditionally on the damaged
+    // version); a missing one may be another node's deletion (spec §4.3).
+    if local.index_dir().exists() {
         let current = open::open(
             objects.clone(),
             local.clone(),
@@ -59,7 +61,11 @@ pub(crate) fn repair_index(
                 if let Some(r) = core.recovery.get() {
                     healed.healed.extend(r.report.healed.iter().cloned());
                 }
-                recover::heal(&core, &mut healed)?;
+                if shared {
+                    recover::heal_shared(&core, &mut healed)?;
+                } else {
+                    recover::heal(&core, &mut healed)?;
+                }
                 core.close()?;
             }
             // Nothing to salvage from an index that does not open.
@@ -89,6 +95,10 @@ pub(crate) fn repair_index(
         .map(|r| r.report.clone())
         .unwrap_or_default();
     rep.healed.splice(0..0, healed.healed);
+    // (A directory store's rebuild reports again what its heal could not.)
+    if shared {
+        rep.problems.splice(0..0, healed.problems);
+    }
     salvage::salvage(&core, &mut rep)?;
     crate::models::recompute_unchecked(&core, &mut rep)?;
     core.close()?;
