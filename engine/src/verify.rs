@@ -302,6 +302,20 @@ pub(crate) fn verify(
                         ),
                     ),
                 },
+                // A shared store's refresh above dropped the files other
+                // nodes collected: one still here is named by a ref. Its
+                // missing recipe is not rewritten from this node's cache
+                // (another node may have deleted it on purpose).
+                Err(e) if shared && e.kind() == std::io::ErrorKind::NotFound => rep.problem(
+                    obj.clone(),
+                    format!(
+                        "recipe file {rel} is missing from the store, and a ref names this file; on a shared store `tessera repair index` does not re-create missing objects (another node may have deleted it): `tessera put` of the original file stores it again, or `tessera ref rm` the refs naming it"
+                    ),
+                ),
+                Err(e) if shared => rep.problem(
+                    obj.clone(),
+                    format!("recipe file {rel} unreadable ({e})"),
+                ),
                 Err(e) => rep.problem(
                     obj.clone(),
                     format!("recipe file {rel} unreadable ({e}); `tessera repair index` rewrites it from the index's verified copy"),

@@ -707,7 +707,7 @@ fn run(cli: Cli) -> CliResult {
                 }
                 writeln!(
                     out,
-                    "refreshed in {:.2} s: {} objects listed; indexed {} packs ({} chunks) and {} files; {} refs updated, {} removed; {} problems",
+                    "refreshed in {:.2} s: {} objects listed; indexed {} packs ({} chunks) and {} files; {} refs updated, {} removed; forgot {} files and {} packs other nodes collected; {} problems",
                     t0.elapsed().as_secs_f64(),
                     rep.listed,
                     rep.packs,
@@ -715,6 +715,8 @@ fn run(cli: Cli) -> CliResult {
                     rep.files,
                     rep.refs_updated,
                     rep.refs_removed,
+                    rep.files_forgotten,
+                    rep.packs_forgotten,
                     rep.problems.len()
                 )
                 .map_err(out_err)?;

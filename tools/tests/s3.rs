@@ -1011,3 +1011,81 @@ fn repair_index_heals_damaged_recipe_and_ref_objects_from_a_nodes_verified_copy(
     let v = env.text("c", &["verify"]);
     assert!(v.starts_with("clean:"), "{v}");
 }
+
+#[test]
+fn a_stale_node_forgets_what_another_node_collected_and_reports_only_live_damage() {
+    let Some(t) =
+        s3_target("a_stale_node_forgets_what_another_node_collected_and_reports_only_live_damage")
+    else {
+        return;
+    };
+    let env = Env::new(t, "stale");
+    let (v1, v2) = (
+        tessera_synth::noise(3 * MIB, 51),
+        tessera_synth::noise(3 * MIB + 9, 52),
+    );
+    let (p1, p2) = (env.file("v1.bin", &v1), env.file("v2.bin", &v2));
+    let s3 = env.s3();
+    let put = json_lines(&env.text(
+        "a",
+        &["put", "--ref", "m/v1", "--json", p1.to_str().expect("path")],
+    ));
+    let id1 = put[0]["file_id"].as_str().expect("id").to_string();
+    let packs1 = s3.list("packs/").expect("list");
+    let recipes1 = s3.list("recipes/").expect("list");
+    env.ok("a", &["put", "--ref", "m/v2", p2.to_str().expect("path")]);
+    let packs2: Vec<String> = s3
+        .list("packs/")
+        .expect("list")
+        .into_iter()
+        .filter(|k| !packs1.contains(k))
+        .collect();
+    env.ok("a", &["ref", "rm", "m/v1"]);
+    // Another node's GC collects unnamed v1: its recipe and packs go.
+    for k in recipes1.iter().chain(&packs1) {
+        s3.delete(k).expect("delete");
+    }
+    for k in s3.list("models/").expect("list") {
+        if k.contains(&id1) {
+            s3.delete(&k).expect("delete");
+        }
+    }
+    // Node a's cache still holds v1: its verify is clean anyway, every time,
+    // and it forgot v1.
+    for _ in 0..2 {
+        let v = env.run("a", &["verify"]);
+        assert_eq!(
+            code(&v),
+            0,
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let stat: Value = serde_json::from_slice(&env.ok("a", &["stat", "--json"])).expect("json");
+    assert_eq!(stat["files"], 1, "{stat}");
+    assert!(env.ok("a", &["cat", "m/v2"]) == v2);
+    // A pack and the recipe a live file needs are damage, named as such.
+    s3.delete(&packs2[0]).expect("delete");
+    let recipe2 = s3
+        .list("recipes/")
+        .expect("list")
+        .into_iter()
+        .next()
+        .expect("v2's recipe");
+    s3.delete(&recipe2).expect("delete");
+    let v = env.run("a", &["verify"]);
+    assert_eq!(code(&v), 4);
+    let text = String::from_utf8_lossy(&v.stdout).to_string();
+    let pack = packs2[0]
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .trim_end_matches(".pack");
+    assert!(text.contains(pack), "{text}");
+    assert!(text.contains("a ref names this file"), "{text}");
+    assert!(
+        !text.contains("<?xml") && !text.contains("RequestID"),
+        "{text}"
+    );
+}
