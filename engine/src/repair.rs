@@ -15,7 +15,7 @@ use crate::paths::CONFIG;
 use crate::recover;
 use crate::report::RepairReport;
 use crate::salvage;
-use crate::storage::{ObjectStore, PutMode};
+use crate::storage::{Cas, ObjectStore, PutMode};
 
 /// Rebuilds the whole index from the packs, recipes and refs. First, while
 /// the current index still opens, recipe and ref objects that are missing or
@@ -34,9 +34,14 @@ pub(crate) fn repair_index(
 ) -> Result<RepairReport> {
     match objects.exists(CONFIG) {
         Ok(true) => {}
+        // A store that lost its config (or whose objects are gone) is
+        // not "no store": say what is there and what to do.
         Ok(false) => {
-            return Err(Error::StoreNotFound {
-                location: objects.location(),
+            return Err(match open::holds_a_store(objects.as_ref(), &local)? {
+                Some(found) => found.into_error(objects.location(), objects.shared(), &local),
+                None => Error::StoreNotFound {
+                    location: objects.location(),
+                },
             })
         }
         Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
@@ -134,17 +139,21 @@ pub(crate) fn repair_config(
 ) -> Result<ConfigRepair> {
     chunking.validate()?;
     let _lock = local.lock(opts.lock_wait)?;
-    match objects.get(CONFIG) {
-        Ok(b) if StoreConfig::decode(&b).is_ok() => {
+    // The version replaced (`None`: there is no config): on a shared store
+    // the config is written only if it is still that, so a node that
+    // repairs it at the same time (or a store created meanwhile) is never
+    // overwritten.
+    let replaces = match objects.get_versioned(CONFIG) {
+        Ok(Some((b, _))) if StoreConfig::decode(&b).is_ok() => {
             return Err(Error::InvalidArgument(format!(
                 "the config of {} is intact; nothing to repair",
                 objects.location()
             )))
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Some((_, v))) => Some(v),
+        Ok(None) => None,
         Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
-    }
+    };
     let mut rep = ConfigRepair::default();
     let mut strays = Vec::new();
     let mut recipes: Vec<Recipe> = Vec::new();
@@ -193,8 +202,20 @@ pub(crate) fn repair_config(
         version: STORE_VERSION,
         chunking,
     };
-    objects
-        .put(CONFIG, &config.encode(), PutMode::Replace)
-        .map_err(|e| Error::io("write config", objects.describe(CONFIG), e))?;
-    Ok(rep)
+    if !objects.shared() {
+        objects
+            .put(CONFIG, &config.encode(), PutMode::Replace)
+            .map_err(|e| Error::io("write config", objects.describe(CONFIG), e))?;
+        return Ok(rep);
+    }
+    match objects
+        .put_if_version(CONFIG, &config.encode(), replaces.as_ref())
+        .map_err(|e| Error::io("write config", objects.describe(CONFIG), e))?
+    {
+        Cas::Written(_) => Ok(rep),
+        Cas::Conflict => Err(Error::Busy(format!(
+            "the config {} changed while it was being repaired (another node?); nothing was written: run `tessera verify`",
+            objects.describe(CONFIG)
+        ))),
+    }
 }

@@ -728,9 +728,8 @@ fn run(cli: Cli) -> CliResult {
             what: RepairCmd::Config { chunking, json },
         } => {
             let loc = loc()?;
-            let dir = loc.dir("repair config")?;
             let params = parse_chunking(&chunking)?;
-            let rep = Store::repair_config(dir, params, &store_options(false))?;
+            let rep = loc.repair_config(params, &store_options(false))?;
             let mut out = io::stdout().lock();
             if json {
                 write_json(&mut out, &rep)?;

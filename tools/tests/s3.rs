@@ -227,9 +227,10 @@ fn cli_round_trip_ranges_dedup_and_every_command_on_s3() {
     assert!(rep["problems"].as_array().expect("problems").is_empty());
     let stat: Value = serde_json::from_slice(&env.ok("f", &["stat", "--json"])).expect("json");
     assert_eq!(stat["files"], 1);
-    // repair config is for directory stores only: a usage error.
+    // repair config refuses an intact config.
     let rc = env.run("f", &["repair", "config"]);
-    assert_eq!(code(&rc), 2, "{}", String::from_utf8_lossy(&rc.stderr));
+    assert_eq!(code(&rc), 1, "{}", String::from_utf8_lossy(&rc.stderr));
+    assert!(String::from_utf8_lossy(&rc.stderr).contains("intact"));
     // refresh says what it found.
     let r: Value = serde_json::from_slice(&env.ok("g", &["refresh", "--json"])).expect("json");
     assert_eq!(r["refs_updated"], 2);
@@ -1088,4 +1089,56 @@ fn a_stale_node_forgets_what_another_node_collected_and_reports_only_live_damage
         !text.contains("<?xml") && !text.contains("RequestID"),
         "{text}"
     );
+}
+
+#[test]
+fn a_lost_config_and_an_emptied_prefix_name_the_fix_that_works_on_s3() {
+    let Some(t) = s3_target("a_lost_config_and_an_emptied_prefix_name_the_fix_that_works_on_s3")
+    else {
+        return;
+    };
+    let env = Env::new(t, "lost");
+    let data = tessera_synth::noise(2 * MIB + 3, 61);
+    let src = env.file("l.bin", &data);
+    let src = src.to_str().expect("path");
+    env.ok("a", &["put", "--ref", "l/x", src]);
+    let s3 = env.s3();
+    let config = s3.get("tessera.store").expect("config");
+    s3.delete("tessera.store").expect("delete");
+    // Every node is told about `repair config`, which works here.
+    let cat = env.run("a", &["cat", "l/x"]);
+    assert_eq!(code(&cat), 4);
+    assert!(String::from_utf8_lossy(&cat.stderr).contains("tessera repair config"));
+    let ri = env.run("b", &["repair", "index"]);
+    let err = String::from_utf8_lossy(&ri.stderr).to_string();
+    assert!(
+        err.contains("tessera repair config") && !err.contains("tessera put"),
+        "{err}"
+    );
+    assert_ne!(code(&env.run("b", &["put", "--ref", "l/y", src])), 0);
+    let rc = env.run("b", &["repair", "config"]);
+    assert!(
+        rc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rc.stderr)
+    );
+    assert_eq!(s3.get("tessera.store").expect("config"), config);
+    assert!(env.ok("a", &["cat", "l/x"]) == data);
+    assert!(env.ok("c", &["cat", "l/x"]) == data);
+    // The whole prefix emptied: node a's message names its own cache.
+    for k in s3.list("").expect("list") {
+        s3.delete(&k).expect("delete");
+    }
+    let cat = env.run("a", &["cat", "l/x"]);
+    assert_ne!(code(&cat), 0);
+    let err = String::from_utf8_lossy(&cat.stderr).to_string();
+    let cache = env.path("cache-a").display().to_string();
+    assert!(
+        err.contains("delete the cache") && err.contains(&cache),
+        "{err}"
+    );
+    // Which is right: without it node a creates a new store there.
+    std::fs::remove_dir_all(env.path("cache-a")).expect("rm cache");
+    env.ok("a", &["put", "--ref", "l/x", src]);
+    assert!(env.ok("d", &["cat", "l/x"]) == data);
 }
