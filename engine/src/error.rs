@@ -53,6 +53,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A shared store's location holds nothing (no config, pack, recipe or
+    /// ref) while this node's cache describes a store there: the bucket or
+    /// prefix was emptied (or lost) behind the node's back.
+    #[error("{location} holds no tessera store any more (no config, packs, recipes or refs), but this node's cache {cache} describes one ({detail}): the store's objects were deleted, or this is the wrong location. Restore them, or delete the cache {cache} (a cache holds nothing the store needs) and run `tessera put` to create a new store there")]
+    StoreGone {
+        /// The store URL.
+        location: String,
+        /// This node's cache directory.
+        cache: String,
+        /// What the cache holds.
+        detail: String,
+    },
+
     /// An input changed while it was being read (size or modification time
     /// differ before and after): what was read matches neither version.
     #[error("{}: the file changed while it was read ({detail}); nothing was stored for it", path.display())]
@@ -374,6 +387,7 @@ impl Error {
                 | Error::RefDangling { .. }
                 | Error::RefUnreadable { .. }
                 | Error::ConfigMissing { .. }
+                | Error::StoreGone { .. }
                 | Error::IndexCorrupt { .. }
                 | Error::IndexMissing { .. }
                 | Error::IndexDamaged { .. }

@@ -46,8 +46,8 @@ pub(crate) fn open(
             // No config: an empty location, the remains of a creation that
             // crashed, a store that lost its config, or something else
             // entirely. Only the first two may become a store.
-            if let Some(detail) = holds_a_store(objects.as_ref(), &local)? {
-                return Err(Error::ConfigMissing { location, detail });
+            if let Some(found) = holds_a_store(objects.as_ref(), &local)? {
+                return Err(found.into_error(location, objects.shared(), &local));
             }
             let foreign = objects
                 .foreign()
@@ -206,9 +206,34 @@ fn check_config(
     Ok(cfg)
 }
 
+/// What [`holds_a_store`] found.
+pub(crate) enum Found {
+    /// Packs, recipes or refs: the store lost its config.
+    Objects(String),
+    /// Only local state (markers, an index). On a shared store these are
+    /// the node's own cache: the store's objects are gone.
+    Local(String),
+}
+
+impl Found {
+    /// The error for a location without a config that holds this.
+    pub(crate) fn into_error(self, location: String, shared: bool, local: &Local) -> Error {
+        match self {
+            Found::Local(detail) if shared => Error::StoreGone {
+                location,
+                cache: local.dir().display().to_string(),
+                detail,
+            },
+            Found::Objects(detail) | Found::Local(detail) => {
+                Error::ConfigMissing { location, detail }
+            }
+        }
+    }
+}
+
 /// Whether a location without a config holds a store's objects or local
 /// state (then it lost its config): what was found.
-fn holds_a_store(objects: &dyn ObjectStore, local: &Local) -> Result<Option<String>> {
+pub(crate) fn holds_a_store(objects: &dyn ObjectStore, local: &Local) -> Result<Option<Found>> {
     // Only objects named like packs, recipes and refs count: a stray file
     // under packs/ says nothing.
     let mut strays = Vec::new();
@@ -219,7 +244,7 @@ fn holds_a_store(objects: &dyn ObjectStore, local: &Local) -> Result<Option<Stri
     ];
     for (what, n) in found {
         if n > 0 {
-            return Ok(Some(format!("{n} {what}")));
+            return Ok(Some(Found::Objects(format!("{n} {what}"))));
         }
     }
     for marker in [DIRTY, CLEAN] {
@@ -227,11 +252,14 @@ fn holds_a_store(objects: &dyn ObjectStore, local: &Local) -> Result<Option<Stri
             .exists(marker)
             .map_err(|e| Error::io("stat", objects.describe(marker), e))?;
         if there {
-            return Ok(Some(format!("the `{marker}` marker")));
+            return Ok(Some(Found::Local(format!("the `{marker}` marker"))));
         }
     }
     if local.has_index() {
-        return Ok(Some(format!("an index in {}", local.index_dir().display())));
+        return Ok(Some(Found::Local(format!(
+            "an index in {}",
+            local.index_dir().display()
+        ))));
     }
     Ok(None)
 }

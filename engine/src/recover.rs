@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, ChunkEntry, Recipe, DELETED_REF};
+use crate::format::{decode_ref, encode_ref, ref_file_field, ChunkEntry, Recipe, DELETED_REF};
 use crate::ids::{FileId, PackId};
 use crate::index::{Index, PackInfo};
 use crate::inventory;
@@ -21,7 +21,7 @@ use crate::pack::{check_pack_name, PackReader};
 use crate::paths::{recipe_key, ref_key};
 use crate::refs;
 use crate::report::{CatchUpReason, RepairReport};
-use crate::storage::{ObjectStore, PutMode};
+use crate::storage::{Cas, ObjectStore, PutMode};
 
 /// Indexes every pack and recipe the index lacks, heals recipe and ref
 /// objects from the index's copies, and makes the index's refs agree with
@@ -310,6 +310,105 @@ fn index_recipe(
             rep.files += 1;
         }
         Err(e) => rep.problem(format!("file {file}"), e.into_error(file).to_string()),
+    }
+    Ok(())
+}
+
+/// `repair index` on a shared store, before the index is rebuilt from the
+/// bucket: recipe and ref objects that are *present but damaged* are
+/// rewritten from this node's verified copies, each with a conditional
+/// write that succeeds only while the object is still the damaged version
+/// read (spec §4.3, §10.3). Missing objects are left alone: another node
+/// may have deleted them. A recipe copy is self-verifying (its chunk list
+/// hashes to the file id), so what it says is determined; a ref copy may be
+/// stale (another node may have moved the ref since this node read it), so
+/// a damaged ref object is rewritten only when its own file-id field still
+/// names the file this node's copy names (the damage is elsewhere in it);
+/// otherwise it is reported with the file this node last saw it name.
+pub(crate) fn heal_shared(core: &Core, rep: &mut RepairReport) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let index = &core.index;
+    let mut recipes: Vec<(FileId, Vec<u8>)> = Vec::new();
+    for item in index.files() {
+        let (file, copy) = item?;
+        if Recipe::decode(file, &copy).is_ok() {
+            recipes.push((file, copy.to_vec()));
+        }
+    }
+    for (file, copy) in recipes {
+        let key = recipe_key(&file);
+        let Some((bytes, version)) = objects
+            .get_versioned(&key)
+            .map_err(|e| Error::io("read recipe", objects.describe(&key), e))?
+        else {
+            continue; // missing: another node may have collected it
+        };
+        if bytes == copy {
+            continue;
+        }
+        let why = match Recipe::decode(file, &bytes) {
+            // Valid (another node may have repacked it): the object wins.
+            Ok(_) => continue,
+            Err(e) => e.into_error(file).to_string(),
+        };
+        let cas = objects
+            .put_if_version(&key, &copy, Some(&version))
+            .map_err(|e| Error::io("write recipe", objects.describe(&key), e));
+        match core.poison_on(cas)? {
+            Cas::Written(_) => rep.healed(
+                format!("file {file}"),
+                format!(
+                    "recipe file {key} was damaged ({why}); rewritten from this node's verified copy"
+                ),
+            ),
+            Cas::Conflict => rep.problem(
+                format!("file {file}"),
+                format!(
+                    "recipe file {key} was damaged ({why}) and changed while it was being rewritten; nothing was written (run `tessera verify` again)"
+                ),
+            ),
+        }
+    }
+    for (name, file) in index.refs_with_prefix("")? {
+        let key = ref_key(&name);
+        let Some((bytes, version)) = objects
+            .get_versioned(&key)
+            .map_err(|e| Error::io("read ref", objects.describe(&key), e))?
+        else {
+            continue; // missing: another node deleted the ref
+        };
+        let detail = match decode_ref(&bytes) {
+            Ok(_) => continue, // valid: the bucket wins
+            Err(d) => d,
+        };
+        let obj = format!("ref {}", clip(&name));
+        if ref_file_field(&bytes) != Some(file) || !index.has_file(&file)? {
+            rep.problem(
+                obj,
+                format!(
+                    "ref file {key} is damaged ({detail}) and not rewritten: this node last saw the ref name file {file}, but another node may have moved it since; if that is still right, `tessera ref set {} {file}` rewrites it",
+                    clip(&name)
+                ),
+            );
+            continue;
+        }
+        let cas = objects
+            .put_if_version(&key, &encode_ref(&name, &file), Some(&version))
+            .map_err(|e| Error::io("write ref", objects.describe(&key), e));
+        match core.poison_on(cas)? {
+            Cas::Written(_) => rep.healed(
+                obj,
+                format!(
+                    "ref file {key} was damaged ({detail}); its file-id field still names file {file}, as this node's copy does: rewritten"
+                ),
+            ),
+            Cas::Conflict => rep.problem(
+                obj,
+                format!(
+                    "ref file {key} was damaged ({detail}) and changed while it was being rewritten; nothing was written"
+                ),
+            ),
+        }
     }
     Ok(())
 }

@@ -8,12 +8,16 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::cache::lock;
+use crate::condemned;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::decode_ref;
-use crate::ids::FileId;
-use crate::paths::{file_of_key, is_ref_key, pack_of_key, ref_key, PACKS, RECIPES, REFS};
-use crate::remote::{discover_file, discover_packs, has_file, io_err, parallel};
+use crate::format::{decode_ref, Recipe};
+use crate::ids::{FileId, PackId};
+use crate::paths::{
+    file_of_key, is_ref_key, pack_key, pack_of_key, recipe_key, ref_key, PACKS, RECIPES, REFS,
+};
+use crate::remote::{discover_file, discover_packs, has_file, io_err, parallel, reload_file};
 use crate::report::{CatchUpReason, Problem, RepairReport};
 use crate::storage::{Listed, ObjectStore, PutMode, Version};
 
@@ -71,6 +75,12 @@ pub struct RefreshReport {
     pub refs_removed: u64,
     /// Objects listed.
     pub listed: u64,
+    /// Files this node's index held whose recipes the store no longer
+    /// holds and no ref names (another node collected them): dropped.
+    pub files_forgotten: u64,
+    /// Packs this node's index held that the store no longer holds and no
+    /// file left in the index needs: dropped.
+    pub packs_forgotten: u64,
     /// Objects that could not be indexed (damaged), by name.
     pub problems: Vec<Problem>,
     /// Ref objects that do not decode, or hold another name's ref (each
@@ -78,6 +88,13 @@ pub struct RefreshReport {
     /// unknown.
     #[serde(skip)]
     pub(crate) unreadable_refs: Vec<Problem>,
+}
+
+/// What [`refresh_files`] listed.
+#[derive(Default)]
+pub(crate) struct Listing {
+    packs: HashSet<PackId>,
+    files: HashSet<FileId>,
 }
 
 fn list(objects: &dyn ObjectStore, prefix: &str) -> Result<Vec<Listed>> {
@@ -93,8 +110,9 @@ fn list(objects: &dyn ObjectStore, prefix: &str) -> Result<Vec<Listed>> {
 /// they are found on a miss or by the next refresh.
 pub(crate) fn refresh(core: &Core) -> Result<RefreshReport> {
     let mut rep = RefreshReport::default();
-    refresh_files(core, &mut rep)?;
+    let listing = refresh_files(core, &mut rep)?;
     refresh_refs(core, &mut rep)?;
+    forget_collected(core, &listing, &mut rep)?;
     core.index.flush()?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -114,13 +132,17 @@ pub(crate) fn last_refresh(core: &Core) -> Option<SystemTime> {
 }
 
 /// The packs and recipes part of [`refresh`].
-pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<()> {
+pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<Listing> {
     let objects = core.objects.as_ref();
+    let mut listing = Listing::default();
     let mut packs = Vec::new();
     for l in list(objects, PACKS)? {
         rep.listed += 1;
         match pack_of_key(&l.key) {
-            Some(id) => packs.push(id),
+            Some(id) => {
+                listing.packs.insert(id);
+                packs.push(id);
+            }
             None => rep.problems.push(stray(&l.key)),
         }
     }
@@ -130,7 +152,11 @@ pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<()> 
     let mut files = Vec::new();
     for l in list(objects, RECIPES)? {
         rep.listed += 1;
-        match file_of_key(&l.key) {
+        let file = file_of_key(&l.key);
+        if let Some(f) = file {
+            listing.files.insert(f);
+        }
+        match file {
             Some(f) if !core.index.has_file(&f)? => files.push(f),
             Some(_) => {}
             None => rep.problems.push(stray(&l.key)),
@@ -148,7 +174,87 @@ pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<()> 
             }),
         }
     }
+    Ok(listing)
+}
+
+/// Drops from this node's index what other nodes collected (spec §4.3):
+/// files whose recipe objects are gone and that no ref names, and packs
+/// that are gone and that no file left in the index needs. Each absence
+/// is confirmed by a request (a listing misses objects written while it
+/// runs). A file whose cached recipe names a gone pack first takes the
+/// recipe the bucket holds now (another node's repack rewrote it). What a
+/// ref still needs stays, so `verify` reports it as damage.
+fn forget_collected(core: &Core, listing: &Listing, rep: &mut RefreshReport) -> Result<()> {
+    let index = &core.index;
+    let named: HashSet<FileId> = index
+        .refs_with_prefix("")?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let mut gone_files = Vec::new();
+    for item in index.files() {
+        let (file, bytes) = item?;
+        if listing.files.contains(&file)
+            || named.contains(&file)
+            || exists(core, &recipe_key(&file))?
+        {
+            continue;
+        }
+        let sha = Recipe::decode(file, &bytes).ok().map(|r| r.sha256);
+        gone_files.push((file, sha));
+    }
+    if !gone_files.is_empty() {
+        core.poison_on(index.remove_files(&gone_files))?;
+        for (f, _) in &gone_files {
+            lock(&core.recipes).remove(f);
+        }
+        rep.files_forgotten += gone_files.len() as u64;
+    }
+    let mut gone_packs = HashSet::new();
+    for item in index.packs() {
+        let (pack, _) = item?;
+        if !listing.packs.contains(&pack) && !exists(core, &pack_key(&pack))? {
+            gone_packs.insert(pack);
+        }
+    }
+    if gone_packs.is_empty() {
+        return Ok(());
+    }
+    let mut stale = Vec::new();
+    for item in index.files() {
+        let (file, bytes) = item?;
+        if let Ok(r) = Recipe::decode(file, &bytes) {
+            if r.terms.iter().any(|t| gone_packs.contains(&t.pack)) {
+                stale.push(file);
+            }
+        }
+    }
+    for file in &stale {
+        reload_file(core, file)?;
+    }
+    for item in index.files() {
+        let (file, bytes) = item?;
+        if let Ok(r) = Recipe::decode(file, &bytes) {
+            for t in &r.terms {
+                gone_packs.remove(&t.pack);
+            }
+        }
+    }
+    if !gone_packs.is_empty() {
+        let packs: Vec<PackId> = gone_packs.into_iter().collect();
+        core.poison_on(condemned::forget_packs(core, &packs))?;
+        rep.packs_forgotten += packs.len() as u64;
+    }
     Ok(())
+}
+
+fn exists(core: &Core, key: &str) -> Result<bool> {
+    let objects = core.objects.as_ref();
+    match objects.exists(key) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(objects, "stat", key, e)),
+    }
 }
 
 fn stray(key: &str) -> Problem {

@@ -15,7 +15,7 @@ use crate::paths::CONFIG;
 use crate::recover;
 use crate::report::RepairReport;
 use crate::salvage;
-use crate::storage::{ObjectStore, PutMode};
+use crate::storage::{Cas, ObjectStore, PutMode};
 
 /// Rebuilds the whole index from the packs, recipes and refs. First, while
 /// the current index still opens, recipe and ref objects that are missing or
@@ -34,17 +34,24 @@ pub(crate) fn repair_index(
 ) -> Result<RepairReport> {
     match objects.exists(CONFIG) {
         Ok(true) => {}
+        // A store that lost its config (or whose objects are gone) is
+        // not "no store": say what is there and what to do.
         Ok(false) => {
-            return Err(Error::StoreNotFound {
-                location: objects.location(),
+            return Err(match open::holds_a_store(objects.as_ref(), &local)? {
+                Some(found) => found.into_error(objects.location(), objects.shared(), &local),
+                None => Error::StoreNotFound {
+                    location: objects.location(),
+                },
             })
         }
         Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
     }
     let mut healed = RepairReport::default();
-    // A shared store's objects are never rewritten from one node's cache:
-    // it may hold files other nodes have deleted since (spec §4.3).
-    if local.index_dir().exists() && !objects.shared() {
+    let shared = objects.shared();
+    // On a shared store only objects that are present but damaged are
+    // rewritten from this node's copies (conditionally on the damaged
+    // version); a missing one may be another node's deletion (spec §4.3).
+    if local.index_dir().exists() {
         let current = open::open(
             objects.clone(),
             local.clone(),
@@ -59,7 +66,11 @@ pub(crate) fn repair_index(
                 if let Some(r) = core.recovery.get() {
                     healed.healed.extend(r.report.healed.iter().cloned());
                 }
-                recover::heal(&core, &mut healed)?;
+                if shared {
+                    recover::heal_shared(&core, &mut healed)?;
+                } else {
+                    recover::heal(&core, &mut healed)?;
+                }
                 core.close()?;
             }
             // Nothing to salvage from an index that does not open.
@@ -89,6 +100,10 @@ pub(crate) fn repair_index(
         .map(|r| r.report.clone())
         .unwrap_or_default();
     rep.healed.splice(0..0, healed.healed);
+    // (A directory store's rebuild reports again what its heal could not.)
+    if shared {
+        rep.problems.splice(0..0, healed.problems);
+    }
     salvage::salvage(&core, &mut rep)?;
     crate::models::recompute_unchecked(&core, &mut rep)?;
     core.close()?;
@@ -124,17 +139,21 @@ pub(crate) fn repair_config(
 ) -> Result<ConfigRepair> {
     chunking.validate()?;
     let _lock = local.lock(opts.lock_wait)?;
-    match objects.get(CONFIG) {
-        Ok(b) if StoreConfig::decode(&b).is_ok() => {
+    // The version replaced (`None`: there is no config): on a shared store
+    // the config is written only if it is still that, so a node that
+    // repairs it at the same time (or a store created meanwhile) is never
+    // overwritten.
+    let replaces = match objects.get_versioned(CONFIG) {
+        Ok(Some((b, _))) if StoreConfig::decode(&b).is_ok() => {
             return Err(Error::InvalidArgument(format!(
                 "the config of {} is intact; nothing to repair",
                 objects.location()
             )))
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Some((_, v))) => Some(v),
+        Ok(None) => None,
         Err(e) => return Err(Error::io("read config", objects.describe(CONFIG), e)),
-    }
+    };
     let mut rep = ConfigRepair::default();
     let mut strays = Vec::new();
     let mut recipes: Vec<Recipe> = Vec::new();
@@ -183,8 +202,20 @@ pub(crate) fn repair_config(
         version: STORE_VERSION,
         chunking,
     };
-    objects
-        .put(CONFIG, &config.encode(), PutMode::Replace)
-        .map_err(|e| Error::io("write config", objects.describe(CONFIG), e))?;
-    Ok(rep)
+    if !objects.shared() {
+        objects
+            .put(CONFIG, &config.encode(), PutMode::Replace)
+            .map_err(|e| Error::io("write config", objects.describe(CONFIG), e))?;
+        return Ok(rep);
+    }
+    match objects
+        .put_if_version(CONFIG, &config.encode(), replaces.as_ref())
+        .map_err(|e| Error::io("write config", objects.describe(CONFIG), e))?
+    {
+        Cas::Written(_) => Ok(rep),
+        Cas::Conflict => Err(Error::Busy(format!(
+            "the config {} changed while it was being repaired (another node?); nothing was written: run `tessera verify`",
+            objects.describe(CONFIG)
+        ))),
+    }
 }

@@ -466,6 +466,19 @@ impl Store {
         )
     }
 
+    /// [`Store::repair_config`] over any storage backend (`local_dir`: the
+    /// store's local state, a shared store's node cache). On a shared store
+    /// the config is written with a conditional write: only if it is still
+    /// missing (or still the corrupt version read).
+    pub fn repair_config_with(
+        objects: Arc<dyn ObjectStore>,
+        local_dir: impl Into<PathBuf>,
+        chunking: ChunkParams,
+        opts: &StoreOptions,
+    ) -> Result<ConfigRepair> {
+        repair::repair_config(objects.as_ref(), &Local::new(local_dir), chunking, opts)
+    }
+
     // ------------------------------------------------------------ transfer
 
     /// How to rebuild `file` (or `len` bytes of it at `offset`) from pack

@@ -296,6 +296,9 @@ pub(crate) fn verify(
                 Ok(b) if b[..] == bytes[..] => {}
                 Ok(b) => match Recipe::decode(file, &b) {
                     Ok(_) => rep.problem(obj.clone(), "recipe file differs from the index copy"),
+                    // On either kind of store `repair index` rewrites a
+                    // damaged object from the index's verified copy (on a
+                    // shared store only if it is still the damaged version).
                     Err(e) => rep.problem(
                         obj.clone(),
                         format!(
@@ -304,6 +307,20 @@ pub(crate) fn verify(
                         ),
                     ),
                 },
+                // A shared store's refresh above dropped the files other
+                // nodes collected: one still here is named by a ref. Its
+                // missing recipe is not rewritten from this node's cache
+                // (another node may have deleted it on purpose).
+                Err(e) if shared && e.kind() == std::io::ErrorKind::NotFound => rep.problem(
+                    obj.clone(),
+                    format!(
+                        "recipe file {rel} is missing from the store, and a ref names this file; on a shared store `tessera repair index` does not re-create missing objects (another node may have deleted it): `tessera put` of the original file stores it again, or `tessera ref rm` the refs naming it"
+                    ),
+                ),
+                Err(e) if shared => rep.problem(
+                    obj.clone(),
+                    format!("recipe file {rel} unreadable ({e})"),
+                ),
                 Err(e) => rep.problem(
                     obj.clone(),
                     format!("recipe file {rel} unreadable ({e}); `tessera repair index` rewrites it from the index's verified copy"),
@@ -406,6 +423,9 @@ pub(crate) fn verify(
                 Err(e) => rep.problem(obj, e.to_string()),
             },
             Ok(_) => rep.problem(obj, "ref file missing, a tombstone, or names another file"),
+            Err(crate::Error::IndexCorrupt { detail, .. }) => {
+                rep.problem(obj, damaged_ref_advice(core, &name, &file, &detail))
+            }
             Err(e) => rep.problem(obj, e.to_string()),
         }
     }
@@ -476,6 +496,30 @@ pub(crate) fn verify(
         .len() as u64;
     rep.group_problems();
     Ok(rep)
+}
+
+/// What verify says of a damaged ref object whose ref this node's index
+/// holds (naming `file`): what `repair index` does with it on this kind of
+/// store (spec §10.3).
+fn damaged_ref_advice(core: &Core, name: &str, file: &FileId, detail: &str) -> String {
+    let objects = core.objects.as_ref();
+    if !objects.shared() {
+        return format!(
+            "{detail}; `tessera repair index` rewrites it from the index's copy (file {file})"
+        );
+    }
+    let field = objects
+        .get(&ref_key(name))
+        .ok()
+        .and_then(|b| crate::format::ref_file_field(&b));
+    if field == Some(*file) {
+        format!("{detail}; its file-id field still names file {file}, as this node's copy does: `tessera repair index` rewrites it")
+    } else {
+        format!(
+            "{detail}; this node last saw the ref name file {file}, but another node may have moved it since, so `tessera repair index` does not rewrite it: if that is still right, `tessera ref set {} {file}` does",
+            clip(name)
+        )
+    }
 }
 
 /// Reads each file back through the read path (every chunk decoded and

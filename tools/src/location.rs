@@ -150,6 +150,18 @@ impl Location {
         })
     }
 
+    /// `repair config`.
+    pub(crate) fn repair_config(
+        &self,
+        chunking: tessera::ChunkParams,
+        opts: &StoreOptions,
+    ) -> CliResult<tessera::ConfigRepair> {
+        Ok(match self.backend()? {
+            (None, dir) => Store::repair_config(dir, chunking, opts)?,
+            (Some(objects), dir) => Store::repair_config_with(objects, dir, chunking, opts)?,
+        })
+    }
+
     /// `repair index`.
     pub(crate) fn repair_index(&self, opts: StoreOptions) -> CliResult<RepairReport> {
         Ok(match self.backend()? {

@@ -708,7 +708,7 @@ fn run(cli: Cli) -> CliResult {
                 }
                 writeln!(
                     out,
-                    "refreshed in {:.2} s: {} objects listed; indexed {} packs ({} chunks) and {} files; {} refs updated, {} removed; {} problems",
+                    "refreshed in {:.2} s: {} objects listed; indexed {} packs ({} chunks) and {} files; {} refs updated, {} removed; forgot {} files and {} packs other nodes collected; {} problems",
                     t0.elapsed().as_secs_f64(),
                     rep.listed,
                     rep.packs,
@@ -716,6 +716,8 @@ fn run(cli: Cli) -> CliResult {
                     rep.files,
                     rep.refs_updated,
                     rep.refs_removed,
+                    rep.files_forgotten,
+                    rep.packs_forgotten,
                     rep.problems.len()
                 )
                 .map_err(out_err)?;
@@ -727,9 +729,8 @@ fn run(cli: Cli) -> CliResult {
             what: RepairCmd::Config { chunking, json },
         } => {
             let loc = loc()?;
-            let dir = loc.dir("repair config")?;
             let params = parse_chunking(&chunking)?;
-            let rep = Store::repair_config(dir, params, &store_options(false))?;
+            let rep = loc.repair_config(params, &store_options(false))?;
             let mut out = io::stdout().lock();
             if json {
                 write_json(&mut out, &rep)?;

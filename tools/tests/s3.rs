@@ -227,9 +227,10 @@ fn cli_round_trip_ranges_dedup_and_every_command_on_s3() {
     assert!(rep["problems"].as_array().expect("problems").is_empty());
     let stat: Value = serde_json::from_slice(&env.ok("f", &["stat", "--json"])).expect("json");
     assert_eq!(stat["files"], 1);
-    // repair config is for directory stores only: a usage error.
+    // repair config refuses an intact config.
     let rc = env.run("f", &["repair", "config"]);
-    assert_eq!(code(&rc), 2, "{}", String::from_utf8_lossy(&rc.stderr));
+    assert_eq!(code(&rc), 1, "{}", String::from_utf8_lossy(&rc.stderr));
+    assert!(String::from_utf8_lossy(&rc.stderr).contains("intact"));
     // refresh says what it found.
     let r: Value = serde_json::from_slice(&env.ok("g", &["refresh", "--json"])).expect("json");
     assert_eq!(r["refs_updated"], 2);
@@ -926,4 +927,218 @@ fn gc_from_one_process_while_another_writes() {
     assert!(env.ok("e", &["cat", "m/other"]) == tessera_synth::noise(MIB, 33));
     env.ok("e", &["verify"]);
     assert_eq!(code(&env.run("e", &["cat", &dead_id])), 3);
+}
+
+/// The ref object of `name` in the bucket (its name is in the object in
+/// plain text).
+fn ref_object_of(s3: &S3Store, name: &str) -> String {
+    let needle = name.as_bytes();
+    s3.list("refs/")
+        .expect("list")
+        .into_iter()
+        .find(|k| {
+            let b = s3.get(k).expect("get");
+            b.windows(needle.len()).any(|w| w == needle)
+        })
+        .unwrap_or_else(|| panic!("no ref object of {name}"))
+}
+
+fn flip(s3: &S3Store, key: &str, at: impl Fn(usize) -> usize) {
+    let mut b = s3.get(key).expect("get");
+    let i = at(b.len());
+    b[i] ^= 1;
+    s3.put(key, &b, PutMode::Replace).expect("damage");
+}
+
+#[test]
+fn repair_index_heals_damaged_recipe_and_ref_objects_from_a_nodes_verified_copy() {
+    let Some(t) =
+        s3_target("repair_index_heals_damaged_recipe_and_ref_objects_from_a_nodes_verified_copy")
+    else {
+        return;
+    };
+    let env = Env::new(t, "heal");
+    let data = tessera_synth::noise(2 * MIB + 11, 41);
+    let src = env.file("h.bin", &data);
+    let src = src.to_str().expect("path");
+    let put = json_lines(&env.text("a", &["put", "--ref", "heal/keep", "--json", src]));
+    let id = put[0]["file_id"].as_str().expect("id").to_string();
+    env.ok("a", &["ref", "set", "heal/sum", &id]);
+    env.ok("a", &["ref", "set", "heal/field", &id]);
+    let s3 = env.s3();
+    // One bit of the recipe; the checksum of one ref; the file-id field of
+    // another (bytes 16..48 of a ref file).
+    let recipe = s3.list("recipes/").expect("list")[0].clone();
+    flip(&s3, &recipe, |n| n / 2);
+    flip(&s3, &ref_object_of(&s3, "heal/sum"), |n| n - 1);
+    let field = ref_object_of(&s3, "heal/field");
+    flip(&s3, &field, |_| 20);
+    // Node a still reads it from its verified copy; verify says what
+    // repair does on this kind of store.
+    assert!(env.ok("a", &["cat", "heal/keep"]) == data);
+    let v = env.run("a", &["verify"]);
+    assert_eq!(code(&v), 4);
+    let text = String::from_utf8_lossy(&v.stdout).to_string();
+    assert!(
+        text.contains("`tessera repair index` rewrites it from the index's verified copy"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("`tessera ref set heal/field {id}`")),
+        "{text}"
+    );
+    // Following that advice heals the recipe and the ref whose file-id
+    // field still agrees, and reports the other with the file it named.
+    let r = env.run("a", &["repair", "index", "--json"]);
+    let rep: Value = serde_json::from_slice(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.stderr)));
+    let healed = rep["healed"].to_string();
+    assert!(healed.contains(&format!("file {id}")), "{rep}");
+    assert!(healed.contains("ref heal/sum"), "{rep}");
+    assert!(!healed.contains("heal/field"), "{rep}");
+    let problems = rep["problems"].to_string();
+    assert!(
+        problems.contains("heal/field") && problems.contains(&id),
+        "{rep}"
+    );
+    // Every node reads the file again, by the healed ref too.
+    for node in ["a", "b"] {
+        assert!(env.ok(node, &["cat", "heal/keep"]) == data);
+        assert!(env.ok(node, &["cat", "heal/sum"]) == data);
+    }
+    assert_ne!(code(&env.run("b", &["cat", "heal/field"])), 0);
+    // Setting it as verify said makes the store clean.
+    env.ok("a", &["ref", "set", "heal/field", &id]);
+    let v = env.text("c", &["verify"]);
+    assert!(v.starts_with("clean:"), "{v}");
+}
+
+#[test]
+fn a_stale_node_forgets_what_another_node_collected_and_reports_only_live_damage() {
+    let Some(t) =
+        s3_target("a_stale_node_forgets_what_another_node_collected_and_reports_only_live_damage")
+    else {
+        return;
+    };
+    let env = Env::new(t, "stale");
+    let (v1, v2) = (
+        tessera_synth::noise(3 * MIB, 51),
+        tessera_synth::noise(3 * MIB + 9, 52),
+    );
+    let (p1, p2) = (env.file("v1.bin", &v1), env.file("v2.bin", &v2));
+    let s3 = env.s3();
+    let put = json_lines(&env.text(
+        "a",
+        &["put", "--ref", "m/v1", "--json", p1.to_str().expect("path")],
+    ));
+    let id1 = put[0]["file_id"].as_str().expect("id").to_string();
+    let packs1 = s3.list("packs/").expect("list");
+    let recipes1 = s3.list("recipes/").expect("list");
+    env.ok("a", &["put", "--ref", "m/v2", p2.to_str().expect("path")]);
+    let packs2: Vec<String> = s3
+        .list("packs/")
+        .expect("list")
+        .into_iter()
+        .filter(|k| !packs1.contains(k))
+        .collect();
+    env.ok("a", &["ref", "rm", "m/v1"]);
+    // Another node's GC collects unnamed v1: its recipe and packs go.
+    for k in recipes1.iter().chain(&packs1) {
+        s3.delete(k).expect("delete");
+    }
+    for k in s3.list("models/").expect("list") {
+        if k.contains(&id1) {
+            s3.delete(&k).expect("delete");
+        }
+    }
+    // Node a's cache still holds v1: its verify is clean anyway, every time,
+    // and it forgot v1.
+    for _ in 0..2 {
+        let v = env.run("a", &["verify"]);
+        assert_eq!(
+            code(&v),
+            0,
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let stat: Value = serde_json::from_slice(&env.ok("a", &["stat", "--json"])).expect("json");
+    assert_eq!(stat["files"], 1, "{stat}");
+    assert!(env.ok("a", &["cat", "m/v2"]) == v2);
+    // A pack and the recipe a live file needs are damage, named as such.
+    s3.delete(&packs2[0]).expect("delete");
+    let recipe2 = s3
+        .list("recipes/")
+        .expect("list")
+        .into_iter()
+        .next()
+        .expect("v2's recipe");
+    s3.delete(&recipe2).expect("delete");
+    let v = env.run("a", &["verify"]);
+    assert_eq!(code(&v), 4);
+    let text = String::from_utf8_lossy(&v.stdout).to_string();
+    let pack = packs2[0]
+        .rsplit('/')
+        .next()
+        .expect("name")
+        .trim_end_matches(".pack");
+    assert!(text.contains(pack), "{text}");
+    assert!(text.contains("a ref names this file"), "{text}");
+    assert!(
+        !text.contains("<?xml") && !text.contains("RequestID"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_lost_config_and_an_emptied_prefix_name_the_fix_that_works_on_s3() {
+    let Some(t) = s3_target("a_lost_config_and_an_emptied_prefix_name_the_fix_that_works_on_s3")
+    else {
+        return;
+    };
+    let env = Env::new(t, "lost");
+    let data = tessera_synth::noise(2 * MIB + 3, 61);
+    let src = env.file("l.bin", &data);
+    let src = src.to_str().expect("path");
+    env.ok("a", &["put", "--ref", "l/x", src]);
+    let s3 = env.s3();
+    let config = s3.get("tessera.store").expect("config");
+    s3.delete("tessera.store").expect("delete");
+    // Every node is told about `repair config`, which works here.
+    let cat = env.run("a", &["cat", "l/x"]);
+    assert_eq!(code(&cat), 4);
+    assert!(String::from_utf8_lossy(&cat.stderr).contains("tessera repair config"));
+    let ri = env.run("b", &["repair", "index"]);
+    let err = String::from_utf8_lossy(&ri.stderr).to_string();
+    assert!(
+        err.contains("tessera repair config") && !err.contains("tessera put"),
+        "{err}"
+    );
+    assert_ne!(code(&env.run("b", &["put", "--ref", "l/y", src])), 0);
+    let rc = env.run("b", &["repair", "config"]);
+    assert!(
+        rc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rc.stderr)
+    );
+    assert_eq!(s3.get("tessera.store").expect("config"), config);
+    assert!(env.ok("a", &["cat", "l/x"]) == data);
+    assert!(env.ok("c", &["cat", "l/x"]) == data);
+    // The whole prefix emptied: node a's message names its own cache.
+    for k in s3.list("").expect("list") {
+        s3.delete(&k).expect("delete");
+    }
+    let cat = env.run("a", &["cat", "l/x"]);
+    assert_ne!(code(&cat), 0);
+    let err = String::from_utf8_lossy(&cat.stderr).to_string();
+    let cache = env.path("cache-a").display().to_string();
+    assert!(
+        err.contains("delete the cache") && err.contains(&cache),
+        "{err}"
+    );
+    // Which is right: without it node a creates a new store there.
+    std::fs::remove_dir_all(env.path("cache-a")).expect("rm cache");
+    env.ok("a", &["put", "--ref", "l/x", src]);
+    assert!(env.ok("d", &["cat", "l/x"]) == data);
 }

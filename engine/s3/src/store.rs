@@ -99,10 +99,10 @@ pub(crate) fn os_error(op: &str, object: &str, e: object_store::Error) -> io::Er
 /// only "error sending request"; the cause says "timed out", "connection
 /// refused", ...).
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
+    let mut msg = trim_xml_body(&e.to_string());
     let mut cur = e.source();
     while let Some(c) = cur {
-        let m = c.to_string();
+        let m = trim_xml_body(&c.to_string());
         if !msg.contains(&m) {
             msg.push_str(": ");
             msg.push_str(&m);
@@ -110,6 +110,34 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     msg
+}
+
+/// A message with the XML error body an S3 server sends (`<?xml ...>
+/// <Error><Code>NoSuchKey</Code><Message>...`, request ids and all)
+/// replaced by its error code: the status before it is kept.
+pub(crate) fn trim_xml_body(m: &str) -> String {
+    let Some(start) = m.find("<?xml").or_else(|| m.find("<Error>")) else {
+        return m.to_string();
+    };
+    let body = &m[start..];
+    let end = body
+        .rfind("</Error>")
+        .map_or(body.len(), |i| i + "</Error>".len());
+    let code = body[..end]
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.trim())
+        .filter(|c| !c.is_empty());
+    let mut out = m[..start].trim_end().to_string();
+    match code {
+        Some(c) => {
+            out.push(' ');
+            out.push_str(c);
+        }
+        None => out.push_str(" (error body omitted)"),
+    }
+    out.push_str(&body[end..]);
+    out
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -573,6 +601,20 @@ mod tests {
         assert!(parse_url("http://b/x").is_err());
         assert!(parse_url("s3:///x").is_err());
         assert!(parse_url("s3://b/a//b").is_err());
+    }
+
+    #[test]
+    fn xml_error_bodies_are_cut_to_their_code() {
+        let m = "Error performing GET http://h/b/k in 1ms: Client error with status 404 Not Found: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>k</Key><RequestID>x</RequestID></Error>";
+        assert_eq!(
+            trim_xml_body(m),
+            "Error performing GET http://h/b/k in 1ms: Client error with status 404 Not Found: NoSuchKey"
+        );
+        assert_eq!(trim_xml_body("no body here"), "no body here");
+        assert_eq!(
+            trim_xml_body("status 500: <Error><Message>m</Message></Error> after"),
+            "status 500: (error body omitted) after"
+        );
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub fn encode_ref(name: &str, file: &FileId) -> Vec<u8> {
     b
 }
 
+/// The file-id field of ref file bytes, read without checking anything
+/// else (the bytes may be damaged): what `repair index` on a shared store
+/// compares with a node's copy before it rewrites a damaged ref file.
+pub fn ref_file_field(b: &[u8]) -> Option<FileId> {
+    let mut c = Cursor::new(b);
+    c.take(16)?;
+    c.array::<32>().map(FileId)
+}
+
 /// Decodes a ref file.
 pub fn decode_ref(b: &[u8]) -> Result<(String, FileId), String> {
     if b.len() < 48 + 32 {
