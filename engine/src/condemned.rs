@@ -375,10 +375,15 @@ impl WriterCheck {
             return Ok(self);
         }
         let late = |object: String, why: &str| {
+            let advice = if why == GONE {
+                "it now names what a GC on another node collected: store the file again \
+                 (a put stores its chunks again), then set the ref again or `tessera ref rm` it"
+            } else {
+                "it may name a file a GC on another node collects (the GC may not have seen \
+                 the write): when no GC runs, check it and store the file again if it is gone"
+            };
             Error::Busy(format!(
-                "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}: \
-                 it may name a file a GC on another node collects; when no GC runs, check it \
-                 and store the file again if it is gone",
+                "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}; {advice}",
                 took.as_millis(),
                 core.objects.describe(CONDEMNED),
                 core.opts.gc_check_valid.as_millis(),
@@ -396,7 +401,7 @@ impl WriterCheck {
             }
             match objects.exists(&key) {
                 Ok(true) => {}
-                Ok(false) => return Err(late(objects.describe(&key), "is gone")),
+                Ok(false) => return Err(late(objects.describe(&key), GONE)),
                 Err(e) => return Err(Error::io("stat", objects.describe(&key), e)),
             }
         }
@@ -410,7 +415,7 @@ impl WriterCheck {
             }
             match objects.exists(&key) {
                 Ok(true) => {}
-                Ok(false) => return Err(late(objects.describe(&key), "is gone")),
+                Ok(false) => return Err(late(objects.describe(&key), GONE)),
                 Err(e) => return Err(Error::io("stat", objects.describe(&key), e)),
             }
         }
@@ -426,6 +431,9 @@ impl WriterCheck {
         ))
     }
 }
+
+/// How [`WriterCheck::confirm_published`] says an object is gone.
+const GONE: &str = "is gone";
 
 /// Drops packs another node deleted from this node's index (their chunk
 /// entries too), so dedup stops finding them.

@@ -174,8 +174,9 @@ fn ref_landing_after_a_collection(test: &str, write: fn(&Store, &[u8], FileId) -
     let (w, r) = writer.join().expect("writer thread");
     match r {
         Err(Error::Busy(msg)) => assert!(
-            msg.contains("may name a file a GC on another node collects")
-                && msg.contains("is gone"),
+            msg.contains("is gone")
+                && msg.contains("now names what a GC on another node collected")
+                && msg.contains("ref rm"),
             "unexpected message: {msg}"
         ),
         other => panic!("a ref written after its file was collected reported {other:?}"),
