@@ -391,33 +391,25 @@ impl WriterCheck {
         };
         let now = WriterCheck::new(core)?;
         let objects = core.objects.as_ref();
-        for f in files {
-            let key = recipe_key(f);
-            if now.file_condemned(f) {
+        // Each named object: not condemned by the set in force, still there.
+        let confirm = |key: String, condemned: bool| -> Result<()> {
+            if condemned {
                 return Err(late(
                     objects.describe(&key),
                     "is condemned by a GC running now",
                 ));
             }
             match objects.exists(&key) {
-                Ok(true) => {}
-                Ok(false) => return Err(late(objects.describe(&key), GONE)),
-                Err(e) => return Err(Error::io("stat", objects.describe(&key), e)),
+                Ok(true) => Ok(()),
+                Ok(false) => Err(late(objects.describe(&key), GONE)),
+                Err(e) => Err(Error::io("stat", objects.describe(&key), e)),
             }
+        };
+        for f in files {
+            confirm(recipe_key(f), now.file_condemned(f))?;
         }
         for p in packs {
-            let key = pack_key(p);
-            if now.condemned.packs.contains(p) {
-                return Err(late(
-                    objects.describe(&key),
-                    "is condemned by a GC running now",
-                ));
-            }
-            match objects.exists(&key) {
-                Ok(true) => {}
-                Ok(false) => return Err(late(objects.describe(&key), GONE)),
-                Err(e) => return Err(Error::io("stat", objects.describe(&key), e)),
-            }
+            confirm(pack_key(p), now.condemned.packs.contains(p))?;
         }
         Ok(now)
     }
