@@ -272,9 +272,7 @@ impl FileReader {
                 // The index may have taken the new recipe already (another
                 // read of the file reloaded it after this reader was made):
                 // compare with the reader's own, not the index's.
-                if !crate::remote::reload_file(&core, &file)? {
-                    crate::remote::check_not_collected(&core, &file)?;
-                }
+                crate::remote::reload_stale(&core, &file)?;
                 let now = layout(&core, &file)?;
                 Ok((now.recipe != mine.recipe).then_some(now))
             }) as Reload

@@ -17,7 +17,9 @@ use crate::ids::{FileId, PackId};
 use crate::paths::{
     file_of_key, is_ref_key, pack_key, pack_of_key, recipe_key, ref_key, PACKS, RECIPES, REFS,
 };
-use crate::remote::{discover_file, discover_packs, has_file, io_err, parallel, reload_file};
+use crate::remote::{
+    discover_file, discover_packs, exists, has_file, io_err, parallel, reload_file,
+};
 use crate::report::{CatchUpReason, Problem, RepairReport};
 use crate::storage::{Listed, ObjectStore, PutMode, Version};
 
@@ -246,15 +248,6 @@ fn forget_collected(core: &Core, listing: &Listing, rep: &mut RefreshReport) -> 
         rep.packs_forgotten += packs.len() as u64;
     }
     Ok(())
-}
-
-fn exists(core: &Core, key: &str) -> Result<bool> {
-    let objects = core.objects.as_ref();
-    match objects.exists(key) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err(objects, "stat", key, e)),
-    }
 }
 
 fn stray(key: &str) -> Problem {

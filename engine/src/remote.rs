@@ -163,6 +163,17 @@ impl ObjectStore for NodeLocal {
 
 // ------------------------------------------------------------ discovery
 
+/// Whether the store holds the object at `key` (a "not found" from the
+/// backend counts as absent).
+pub(crate) fn exists(core: &Core, key: &str) -> Result<bool> {
+    let objects = core.objects.as_ref();
+    match objects.exists(key) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(objects, "stat", key, e)),
+    }
+}
+
 pub(crate) fn io_err(
     objects: &dyn ObjectStore,
     op: &'static str,
@@ -290,34 +301,34 @@ pub(crate) fn reload_file(core: &Core, file: &FileId) -> Result<bool> {
 }
 
 /// Runs `op` on a file; if it fails because a pack the cached recipe names
-/// is gone, reloads the recipe from the bucket and runs it once more. A
-/// file whose recipe object is gone too was collected by another node: it
-/// is not found (as on a node that never knew it), not damaged.
+/// is gone, reloads the recipe from the bucket and runs it once more (see
+/// [`reload_stale`]).
 pub(crate) fn retry_stale<T>(core: &Core, file: &FileId, op: impl Fn() -> Result<T>) -> Result<T> {
     match op() {
         Err(Error::PackMissing { pack, object }) if core.objects.shared() => {
-            if reload_file(core, file)? {
+            if reload_stale(core, file)? {
                 tracing::debug!(%pack, %object, "retrying with the reloaded recipe");
                 return op();
             }
-            check_not_collected(core, file)?;
             Err(Error::PackMissing { pack, object })
         }
         r => r,
     }
 }
 
-/// On a shared store, "not found" when the file's recipe object is gone
-/// from the bucket (another node's GC collected the file this node's index
-/// still lists).
-pub(crate) fn check_not_collected(core: &Core, file: &FileId) -> Result<()> {
-    let objects = core.objects.as_ref();
-    let key = recipe_key(file);
-    match objects.exists(&key) {
-        Ok(false) if objects.shared() => Err(Error::not_found("file", &file.to_hex())),
-        Ok(_) => Ok(()),
-        Err(e) => Err(io_err(objects, "stat", &key, e)),
+/// For a read that found a pack of the file's cached recipe gone, on a
+/// shared store: reloads the recipe from the bucket ([`reload_file`];
+/// whether it changed). A file whose recipe object is gone too was
+/// collected by another node: "not found" (as on a node that never knew
+/// it), not damaged.
+pub(crate) fn reload_stale(core: &Core, file: &FileId) -> Result<bool> {
+    if reload_file(core, file)? {
+        return Ok(true);
     }
+    if !exists(core, &recipe_key(file))? {
+        return Err(Error::not_found("file", &file.to_hex()));
+    }
+    Ok(false)
 }
 
 // ------------------------------------------------------------ publishing

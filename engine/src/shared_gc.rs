@@ -13,7 +13,6 @@
 //! packs go through the same window.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -29,7 +28,7 @@ use crate::lease::{Lease, GC_LEASE};
 use crate::options::millis;
 use crate::paths::{file_of_key, pack_key, pack_of_key, recipe_key, PACKS, RECIPES};
 use crate::refresh;
-use crate::remote::{parallel, reload_file};
+use crate::remote::{exists, parallel, reload_file};
 use crate::repack::{self, RepackOptions, RepackReport};
 
 /// Garbage collection on a shared store.
@@ -400,15 +399,6 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     }
     core.poison_on(core.index.flush())?;
     Ok(Ages::Listed { files, packs })
-}
-
-fn exists(core: &Core, key: &str) -> Result<bool> {
-    let objects = core.objects.as_ref();
-    match objects.exists(key) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("stat", objects.describe(key), e)),
-    }
 }
 
 #[cfg(test)]
