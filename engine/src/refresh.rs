@@ -92,11 +92,22 @@ pub struct RefreshReport {
     pub(crate) unreadable_refs: Vec<Problem>,
 }
 
-/// What [`refresh_files`] listed.
+/// What a listing of the bucket found ([`refresh_files`], or a
+/// collector's survey).
 #[derive(Default)]
 pub(crate) struct Listing {
-    packs: HashSet<PackId>,
-    files: HashSet<FileId>,
+    pub(crate) packs: HashSet<PackId>,
+    pub(crate) files: HashSet<FileId>,
+}
+
+/// What [`forget_collected`] keeps of what the bucket no longer holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// What a ref or a file left in the index needs (a refresh: `verify`
+    /// then reports it as damage).
+    Needed,
+    /// Nothing (a collector's survey: it marks from what the bucket holds).
+    Nothing,
 }
 
 fn list(objects: &dyn ObjectStore, prefix: &str) -> Result<Vec<Listed>> {
@@ -114,7 +125,7 @@ pub(crate) fn refresh(core: &Core) -> Result<RefreshReport> {
     let mut rep = RefreshReport::default();
     let listing = refresh_files(core, &mut rep)?;
     refresh_refs(core, &mut rep)?;
-    forget_collected(core, &listing, &mut rep)?;
+    forget_collected(core, &listing, Keep::Needed, &mut rep)?;
     core.index.flush()?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -180,19 +191,27 @@ pub(crate) fn refresh_files(core: &Core, rep: &mut RefreshReport) -> Result<List
 }
 
 /// Drops from this node's index what other nodes collected (spec §4.3):
-/// files whose recipe objects are gone and that no ref names, and packs
-/// that are gone and that no file left in the index needs. Each absence
-/// is confirmed by a request (a listing misses objects written while it
-/// runs). A file whose cached recipe names a gone pack first takes the
-/// recipe the bucket holds now (another node's repack rewrote it). What a
-/// ref still needs stays, so `verify` reports it as damage.
-fn forget_collected(core: &Core, listing: &Listing, rep: &mut RefreshReport) -> Result<()> {
+/// files whose recipe objects are gone, and packs that are gone. Each
+/// absence is confirmed by a request (a listing misses objects written
+/// while it runs). With [`Keep::Needed`], files a ref names and packs a
+/// file left in the index needs stay (so `verify` reports them as damage),
+/// and a file whose cached recipe names a gone pack first takes the recipe
+/// the bucket holds now (another node's repack rewrote it).
+pub(crate) fn forget_collected(
+    core: &Core,
+    listing: &Listing,
+    keep: Keep,
+    rep: &mut RefreshReport,
+) -> Result<()> {
     let index = &core.index;
-    let named: HashSet<FileId> = index
-        .refs_with_prefix("")?
-        .into_iter()
-        .map(|(_, f)| f)
-        .collect();
+    let named: HashSet<FileId> = match keep {
+        Keep::Needed => index
+            .refs_with_prefix("")?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect(),
+        Keep::Nothing => HashSet::new(),
+    };
     let mut gone_files = Vec::new();
     for item in index.files() {
         let (file, bytes) = item?;
@@ -222,6 +241,21 @@ fn forget_collected(core: &Core, listing: &Listing, rep: &mut RefreshReport) -> 
     if gone_packs.is_empty() {
         return Ok(());
     }
+    if keep == Keep::Needed {
+        keep_needed_packs(core, &mut gone_packs)?;
+    }
+    if !gone_packs.is_empty() {
+        let packs: Vec<PackId> = gone_packs.into_iter().collect();
+        core.poison_on(condemned::forget_packs(core, &packs))?;
+        rep.packs_forgotten += packs.len() as u64;
+    }
+    Ok(())
+}
+
+/// Takes out of `gone_packs` those a file in the index still needs, after
+/// reloading the recipes that name them (a repack may have moved them).
+fn keep_needed_packs(core: &Core, gone_packs: &mut HashSet<PackId>) -> Result<()> {
+    let index = &core.index;
     let mut stale = Vec::new();
     for item in index.files() {
         let (file, bytes) = item?;
@@ -241,11 +275,6 @@ fn forget_collected(core: &Core, listing: &Listing, rep: &mut RefreshReport) -> 
                 gone_packs.remove(&t.pack);
             }
         }
-    }
-    if !gone_packs.is_empty() {
-        let packs: Vec<PackId> = gone_packs.into_iter().collect();
-        core.poison_on(condemned::forget_packs(core, &packs))?;
-        rep.packs_forgotten += packs.len() as u64;
     }
     Ok(())
 }

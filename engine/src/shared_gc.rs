@@ -21,12 +21,11 @@ use crate::cache::lock;
 use crate::condemned::{self, Condemned, CondemnedRecord};
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::format::Recipe;
 use crate::gc::{self, Ages, Collection, GcOptions, GcReport};
 use crate::ids::{FileId, PackId};
 use crate::lease::{Lease, GC_LEASE};
 use crate::options::millis;
-use crate::paths::{file_of_key, pack_key, pack_of_key, recipe_key, PACKS, RECIPES};
+use crate::paths::{file_of_key, pack_of_key, recipe_key, PACKS, RECIPES};
 use crate::refresh;
 use crate::remote::{exists, parallel, reload_file};
 use crate::repack::{self, RepackOptions, RepackReport};
@@ -371,32 +370,18 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
             )));
         }
     }
-    // What the index holds that the bucket no longer does (confirmed one by
-    // one: a listing misses objects written while it runs).
-    let mut gone_files = Vec::new();
-    for item in core.index.files() {
-        let (file, bytes) = item?;
-        if !files.contains_key(&file) && !exists(core, &recipe_key(&file))? {
-            let sha = Recipe::decode(file, &bytes).ok().map(|r| r.sha256);
-            gone_files.push((file, sha));
-        }
-    }
-    if !gone_files.is_empty() {
-        core.poison_on(core.index.remove_files(&gone_files))?;
-        for (f, _) in &gone_files {
-            lock(&core.recipes).remove(f);
-        }
-    }
-    let mut gone_packs = Vec::new();
-    for item in core.index.packs() {
-        let (pack, _) = item?;
-        if !packs.contains_key(&pack) && !exists(core, &pack_key(&pack))? {
-            gone_packs.push(pack);
-        }
-    }
-    if !gone_packs.is_empty() {
-        core.poison_on(condemned::forget_packs(core, &gone_packs))?;
-    }
+    // What the index holds that the bucket no longer does, needed or not
+    // (confirmed one by one: a listing misses objects written while it runs).
+    let listing = refresh::Listing {
+        packs: packs.keys().copied().collect(),
+        files: files.keys().copied().collect(),
+    };
+    refresh::forget_collected(
+        core,
+        &listing,
+        refresh::Keep::Nothing,
+        &mut Default::default(),
+    )?;
     core.poison_on(core.index.flush())?;
     Ok(Ages::Listed { files, packs })
 }
