@@ -328,14 +328,13 @@ fn index_recipe(
 pub(crate) fn heal_shared(core: &Core, rep: &mut RepairReport) -> Result<()> {
     let objects = core.objects.as_ref();
     let index = &core.index;
-    let mut recipes: Vec<(FileId, Vec<u8>)> = Vec::new();
+    // One recipe at a time (the writes go to the bucket, not the index):
+    // memory stays one recipe, however many files the store holds.
     for item in index.files() {
         let (file, copy) = item?;
-        if Recipe::decode(file, &copy).is_ok() {
-            recipes.push((file, copy.to_vec()));
+        if Recipe::decode(file, &copy).is_err() {
+            continue;
         }
-    }
-    for (file, copy) in recipes {
         let key = recipe_key(&file);
         let Some((bytes, version)) = objects
             .get_versioned(&key)
@@ -343,7 +342,7 @@ pub(crate) fn heal_shared(core: &Core, rep: &mut RepairReport) -> Result<()> {
         else {
             continue; // missing: another node may have collected it
         };
-        if bytes == copy {
+        if bytes[..] == copy[..] {
             continue;
         }
         let why = match Recipe::decode(file, &bytes) {
