@@ -367,6 +367,15 @@ impl Sink {
                     // input was split, and the result must not.
                     let taken = consumer.feed(&out[..made]);
                     *budget = budget.saturating_sub(taken as u64);
+                    if *budget == 0 && consumer.wants() {
+                        // The budget ran out exactly here whatever the
+                        // split; what the same call also saw past this
+                        // point (the stream's end, an error) depends on
+                        // how much input it was given, so it is not
+                        // looked at.
+                        *budget_hit = true;
+                        return;
+                    }
                     match st {
                         Ok(Status::StreamEnd) => {
                             *ended = true;

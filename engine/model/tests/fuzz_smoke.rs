@@ -178,3 +178,26 @@ proptest! {
         fuzz_sniff(&data);
     }
 }
+
+/// Every input in the fuzz corpus — including the crashes the fuzzer found
+/// and that were fixed (`regress-*`) — passes the entry point's checks.
+#[test]
+fn fuzz_corpus_and_regressions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/model");
+    let mut runs = 0;
+    let mut regressions = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("corpus file");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_some_and(|n| n.starts_with("regress-")) {
+            regressions += 1;
+        }
+        fuzz_sniff(&data);
+        runs += 1;
+    }
+    assert!(
+        runs > 0 && regressions > 0,
+        "corpus {dir:?} holds no regression inputs"
+    );
+}
