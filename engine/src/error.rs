@@ -207,6 +207,18 @@ pub enum Error {
         damaged: bool,
     },
 
+    /// A ref's durable copy (its ref file or object) does not decode: which
+    /// file the ref names is unknown here.
+    #[error("ref {name}: its ref file {object} is damaged ({detail}); `tessera verify` says whether a node's index holds a copy `tessera repair index` can rewrite it from; otherwise set the ref again (`tessera ref set`) or delete it (`tessera ref rm`)")]
+    RefCorrupt {
+        /// The ref (shortened if long).
+        name: String,
+        /// Its ref file or object.
+        object: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
     /// A ref whose ref file names a file the store cannot read: its recipe
     /// is missing or damaged (see `verify`).
     #[error(
@@ -226,6 +238,18 @@ pub enum Error {
     #[error("gc stopped, nothing was deleted: ref object {object} {detail}; which file it names is unknown, so collecting could delete a named file. Run `tessera verify`, then set that ref again (`tessera ref set`) or delete it (`tessera ref rm`)")]
     RefUnreadable {
         /// The ref object.
+        object: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A recipe GC cannot read (the index's copy on a directory store, the
+    /// bucket's object on a shared one): which chunks its file needs is
+    /// unknown, so GC stops before it condemns or deletes anything (spec
+    /// §10.5).
+    #[error("gc stopped, nothing was deleted: {object} {detail}; which chunks it needs is unknown, so collecting could delete them. Run `tessera verify`, then `tessera repair index` (on a shared store, on a node whose index holds a verified copy of the recipe)")]
+    RecipeUnreadable {
+        /// The recipe (the index's entry or the store's object).
         object: String,
         /// What is wrong with it.
         detail: String,
@@ -385,7 +409,9 @@ impl Error {
                 | Error::RecipeCorrupt { .. }
                 | Error::PackMissing { .. }
                 | Error::RefDangling { .. }
+                | Error::RefCorrupt { .. }
                 | Error::RefUnreadable { .. }
+                | Error::RecipeUnreadable { .. }
                 | Error::ConfigMissing { .. }
                 | Error::StoreGone { .. }
                 | Error::IndexCorrupt { .. }

@@ -197,10 +197,10 @@ fn mark(
     for item in index.files() {
         let (file, bytes) = item?;
         rep.files += 1;
-        let recipe = Recipe::decode(file, &bytes).map_err(|e| Error::Busy(format!(
-            "gc stopped: the index's recipe of file {file} does not decode ({}); run `tessera repair index` first",
-            e.into_error(file)
-        )))?;
+        let recipe = Recipe::decode(file, &bytes).map_err(|e| Error::RecipeUnreadable {
+            object: format!("the index's recipe of file {file}"),
+            detail: format!("does not decode ({})", e.into_error(file)),
+        })?;
         let kept = only.is_some_and(|c| !c.files.contains(&file));
         if named.contains(&file) || kept || ages.file(core, &file)? > cutoff {
             rep.live_files += 1;

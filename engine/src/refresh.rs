@@ -89,7 +89,7 @@ pub struct RefreshReport {
     /// also a problem): GC stops on them, since which file they name is
     /// unknown.
     #[serde(skip)]
-    pub(crate) unreadable_refs: Vec<Problem>,
+    pub unreadable_refs: Vec<Problem>,
 }
 
 /// What a listing of the bucket found ([`refresh_files`], or a

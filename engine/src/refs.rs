@@ -162,10 +162,10 @@ pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
     let key = ref_key(name);
     match core.objects.get(&key) {
         Ok(b) => {
-            let (n, id) = decode_ref(&b).map_err(|detail| Error::IndexCorrupt {
-                tree: "refs",
-                key: clip(name),
-                detail: format!("ref file {key}: {detail}"),
+            let (n, id) = decode_ref(&b).map_err(|detail| Error::RefCorrupt {
+                name: clip(name),
+                object: core.objects.describe(&key),
+                detail,
             })?;
             Ok((n == name && id != DELETED_REF).then_some(id))
         }

@@ -364,10 +364,10 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     for (f, r) in listed.iter().zip(reread) {
         r?;
         if !core.index.has_file(f)? && exists(core, &recipe_key(f))? {
-            return Err(Error::Busy(format!(
-                "gc stopped: the recipe of file {f} in the store does not decode; \
-                 run `tessera verify` and repair it first"
-            )));
+            return Err(Error::RecipeUnreadable {
+                object: objects.describe(&recipe_key(f)),
+                detail: "does not decode".to_string(),
+            });
         }
     }
     // What the index holds that the bucket no longer does, needed or not

@@ -126,10 +126,10 @@ fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
     match objects.get(&key) {
         Ok(b) => match decode_ref(&b) {
             Ok((n, f)) => Ok((n == name).then_some(f)),
-            Err(detail) => Err(Error::IndexCorrupt {
-                tree: "refs",
-                key: clip(name),
-                detail: format!("ref file {key}: {detail}"),
+            Err(detail) => Err(Error::RefCorrupt {
+                name: clip(name),
+                object: objects.describe(&key),
+                detail,
             }),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -423,7 +423,8 @@ pub(crate) fn verify(
                 Err(e) => rep.problem(obj, e.to_string()),
             },
             Ok(_) => rep.problem(obj, "ref file missing, a tombstone, or names another file"),
-            Err(crate::Error::IndexCorrupt { detail, .. }) => {
+            Err(crate::Error::RefCorrupt { object, detail, .. }) => {
+                let detail = format!("ref file {object}: {detail}");
                 rep.problem(obj, damaged_ref_advice(core, &name, &file, &detail))
             }
             Err(e) => rep.problem(obj, e.to_string()),

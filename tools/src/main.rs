@@ -398,7 +398,9 @@ impl std::fmt::Display for CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => 2,
+            // A value the engine refused (a writer window too short for
+            // the writer check, a bad id, ...) is a usage error too.
+            CliError::Usage(_) | CliError::Engine(Error::InvalidArgument(_)) => 2,
             CliError::Damaged(_) => 4,
             CliError::Engine(Error::Refused { .. }) => 5,
             CliError::Engine(Error::RefConflict { .. }) => 6,
@@ -550,7 +552,7 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Refs { prefix, json } => {
             let store = open_store(&loc()?, false, cli.wait)?;
             // A shared store: list what other nodes wrote too.
-            store.refresh()?;
+            let refreshed = store.refresh()?;
             let mut out = BufWriter::new(io::stdout().lock());
             for (name, id) in store.list_refs(prefix.as_deref().unwrap_or(""))? {
                 if json {
@@ -560,7 +562,19 @@ fn run(cli: Cli) -> CliResult {
                     writeln!(out, "{id}  {name}").map_err(out_err)?;
                 }
             }
-            out.flush().map_err(out_err)
+            out.flush().map_err(out_err)?;
+            // A ref object that does not decode hides its name (the key is
+            // a hash of it): the list may lack it, which is damage.
+            match refreshed.unreadable_refs.as_slice() {
+                [] => Ok(()),
+                [p, rest @ ..] => Err(CliError::Damaged(format!(
+                    "{} ref object(s) could not be read, so the list may lack their refs: {}: {}{}; `tessera verify` tells which node's copy can repair them",
+                    rest.len() + 1,
+                    p.object,
+                    p.detail,
+                    if rest.is_empty() { "" } else { " (and more)" }
+                ))),
+            }
         }
         Cmd::Ref { action } => {
             let store = open_store(&loc()?, false, cli.wait)?;

@@ -881,7 +881,7 @@ fn gc_from_one_process_while_another_writes() {
     env.ok("a", &["ref", "rm", "m/dead"]);
     // A writer window shorter than twice the writers' 30 s check is refused.
     let short = env.run("c", &["gc", "--grace", "0s", "--writer-window", "10s"]);
-    assert_eq!(code(&short), 1);
+    assert_eq!(code(&short), 2, "a refused argument is a usage error");
     assert!(String::from_utf8_lossy(&short.stderr).contains("writer window"));
 
     // The collector (node c) runs its window; meanwhile node b may not name
@@ -1141,4 +1141,53 @@ fn a_lost_config_and_an_emptied_prefix_name_the_fix_that_works_on_s3() {
     std::fs::remove_dir_all(env.path("cache-a")).expect("rm cache");
     env.ok("a", &["put", "--ref", "l/x", src]);
     assert!(env.ok("d", &["cat", "l/x"]) == data);
+}
+
+/// Found by a hostile probe: on a node that had not seen it, a damaged ref
+/// object made `refs` print nothing with exit 0 (the ref silently gone),
+/// and `cat` of it advised `repair index`, which cannot mend a ref object
+/// on a node without a copy. Now `refs` lists the rest and exits 4 naming
+/// the object; `cat` says the ref object is damaged and how to set or
+/// delete it; setting it again mends it.
+#[test]
+fn a_damaged_ref_object_is_reported_not_hidden() {
+    let Some(t) = s3_target("a_damaged_ref_object_is_reported_not_hidden") else {
+        return;
+    };
+    let env = Env::new(t, "cli-damaged-ref");
+    let data = tessera_synth::noise(MIB, 41);
+    let src = env.file("w.bin", &data);
+    let src = src.to_str().expect("path");
+    env.ok("a", &["put", "--ref", "m@v1:w", src]);
+    env.ok("a", &["ref", "set", "m@v2:w", "m@v1:w"]);
+    let key = tessera::testing::ref_key("m@v2:w");
+    let s3 = env.s3();
+    let mut bad = s3.get(&key).expect("ref object").to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    s3.put(&key, &bad, PutMode::Replace)
+        .expect("damage the ref");
+
+    let refs = env.run("b", &["refs"]);
+    assert_eq!(code(&refs), 4, "a listing that may lack a ref is damage");
+    let listed = String::from_utf8_lossy(&refs.stdout).to_string();
+    assert!(
+        listed.contains("m@v1:w") && !listed.contains("m@v2:w"),
+        "{listed}"
+    );
+    let err = String::from_utf8_lossy(&refs.stderr).to_string();
+    assert!(err.contains(&key), "{err}");
+
+    let cat = env.run("b", &["cat", "m@v2:w"]);
+    assert_eq!(code(&cat), 4);
+    let err = String::from_utf8_lossy(&cat.stderr).to_string();
+    assert!(
+        err.contains("ref file") && err.contains("ref set") && err.contains("ref rm"),
+        "{err}"
+    );
+    assert!(!err.contains("rebuilds the index"), "{err}");
+
+    env.ok("b", &["ref", "set", "m@v2:w", "m@v1:w"]);
+    assert!(env.ok("c", &["cat", "m@v2:w"]) == data);
+    assert_eq!(code(&env.run("c", &["refs"])), 0);
 }

@@ -593,6 +593,49 @@ fn a_damaged_ref_object_stops_gc() {
     }
 }
 
+/// Found by a hostile probe: a recipe object that does not decode stopped
+/// GC as "store busy" (exit 1, as if a retry would help). It is damage:
+/// `RecipeUnreadable` naming the object on a node that never saw the
+/// recipe; the node that wrote it marks from its index's verified copy.
+/// Nothing is condemned or deleted.
+#[test]
+fn a_damaged_recipe_object_stops_gc_as_damage() {
+    let Some(t) = s3_target("a_damaged_recipe_object_stops_gc_as_damage") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = t.url("gc-damaged-recipe");
+    let a = node(t, &url, &tmp.path().join("a"), true);
+    let data = tessera_synth::noise(2_200_000, 97);
+    let f = a.store.put_bytes(&data, &["m/v1"]).expect("put").file_id;
+    let packs = packs_of(&a.store, &f);
+    let key = recipe_key(&f);
+    a.s3.put(&key, b"not a recipe", tessera::storage::PutMode::Replace)
+        .expect("damage the recipe");
+    let c = node(t, &url, &tmp.path().join("c"), false);
+    match c.store.gc(&gc_opts(Duration::from_millis(800))) {
+        Err(e @ Error::RecipeUnreadable { .. }) => {
+            assert!(e.to_string().contains(&key), "{e}");
+            assert!(e.is_corruption(), "{e:?}");
+        }
+        other => panic!("gc on a fresh node over a damaged recipe object: {other:?}"),
+    }
+    let rep = a
+        .store
+        .gc(&gc_opts(Duration::from_millis(800)))
+        .expect("gc on the writer, from its verified copy");
+    assert_eq!((rep.dead_files, rep.dead_packs), (0, 0), "{rep:?}");
+    let keys = a.s3.list("").expect("list");
+    assert!(keys.contains(&key), "recipe kept");
+    for p in &packs {
+        assert!(keys.contains(&pack_key(p)), "pack {p} kept");
+    }
+    assert!(!keys.iter().any(|k| k == CONDEMNED), "nothing condemned");
+    for n in [a, c] {
+        n.store.close().expect("close");
+    }
+}
+
 /// Found by a hostile probe: a pack a live file needs, overwritten with
 /// garbage, was reported damaged and also as an "orphan" (unreferenced;
 /// reclaimable) by `verify` on a node that had not indexed it.
