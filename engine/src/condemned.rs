@@ -376,11 +376,11 @@ impl WriterCheck {
         }
         let late = |object: String, why: &str| {
             let advice = if why == GONE {
-                "it now names what a GC on another node collected: store the file again \
-                 (a put stores its chunks again), then set the ref again or `tessera ref rm` it"
+                "it named what a GC on another node collected: store the file again \
+                 (a put stores its chunks again)"
             } else {
                 "it may name a file a GC on another node collects (the GC may not have seen \
-                 the write): when no GC runs, check it and store the file again if it is gone"
+                 the write): when no GC runs, check the file and store it again if it is gone"
             };
             Error::Busy(format!(
                 "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}; {advice}",

@@ -12,7 +12,7 @@ use crate::cache::lock;
 use crate::condemned;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, Recipe};
+use crate::format::{decode_ref, Recipe, DELETED_REF};
 use crate::ids::{FileId, PackId};
 use crate::paths::{
     file_of_key, is_ref_key, pack_key, pack_of_key, recipe_key, ref_key, PACKS, RECIPES, REFS,
@@ -323,6 +323,13 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
             continue; // deleted since it was listed
         };
         let (name, file) = match decode_ref(&bytes) {
+            // A tombstone (a rolled-back ref write, spec §8.3): no ref.
+            Ok((n, f)) if ref_key(&n) == *key && f == DELETED_REF => {
+                if core.index.delete_ref(&n)? {
+                    rep.refs_removed += 1;
+                }
+                continue;
+            }
             Ok((n, f)) if ref_key(&n) == *key => (n, f),
             Ok(_) => {
                 let p = Problem {

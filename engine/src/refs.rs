@@ -11,7 +11,7 @@ use crate::ids::{FileId, Sha256};
 use crate::paths::{recipe_key, ref_key};
 use crate::refresh::{self, RefreshReport};
 use crate::remote;
-use crate::shared_refs::{self, Expect};
+use crate::shared_refs::{self, Expect, RefWrite};
 use crate::storage::PutMode;
 
 /// Prefixes that make a name explicit in [`resolve`]; no ref name may
@@ -49,14 +49,16 @@ pub(crate) fn validate(name: &str) -> Result<()> {
 }
 
 /// Writes the ref file of `name` durably (the ref's durable copy). On a
-/// shared store, with conditional writes (spec §8.3).
-pub(crate) fn write_file(core: &Core, name: &str, file: &FileId) -> Result<()> {
+/// shared store, with conditional writes (spec §8.3), returning what
+/// [`confirm`] needs to put the ref back.
+pub(crate) fn write_file(core: &Core, name: &str, file: &FileId) -> Result<Option<RefWrite>> {
     if core.objects.shared() {
-        return shared_refs::write_ref(core, name, file, Expect::Any).map(|_| ());
+        return shared_refs::write_ref(core, name, file, Expect::Any).map(Some);
     }
     let key = ref_key(name);
     core.objects
         .put(&key, &encode_ref(name, file), PutMode::Replace)
+        .map(|()| None)
         .map_err(|e| Error::io("write ref", core.objects.describe(&key), e))
 }
 
@@ -82,8 +84,8 @@ pub(crate) fn set(core: &Core, name: &str, file: FileId) -> Result<()> {
     // On a shared store: not condemned by a GC, still there (spec §10.6).
     let check = WriterCheck::new(core)?;
     check.file(core, &file)?;
-    core.poison_on(write_file(core, name, &file))?;
-    check.confirm_published(core, &format!("ref {name}"), &[file], &HashSet::new())?;
+    let written = core.poison_on(write_file(core, name, &file))?;
+    confirm(core, check, &file, written.as_slice())?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
 }
@@ -108,15 +110,37 @@ pub(crate) fn compare_and_set(
     // On a shared store: not condemned by a GC, still there (spec §10.6).
     let check = WriterCheck::new(core)?;
     check.file(core, &file)?;
-    core.poison_on(shared_refs::write_ref(
+    let written = core.poison_on(shared_refs::write_ref(
         core,
         name,
         &file,
         Expect::Is(expected),
     ))?;
-    check.confirm_published(core, &format!("ref {name}"), &[file], &HashSet::new())?;
+    confirm(core, check, &file, &[written])?;
     core.poison_on(core.index.set_ref(name, file))?;
     core.poison_on(core.index.flush())
+}
+
+/// Confirms refs written to `file` once they landed (spec §10.6,
+/// [`WriterCheck::confirm_published`]). When that fails the refs may name
+/// a file a GC collects: each is put back as it was (unless another writer
+/// changed it since), and the error says so.
+pub(crate) fn confirm(
+    core: &Core,
+    check: WriterCheck,
+    file: &FileId,
+    written: &[RefWrite],
+) -> Result<()> {
+    let names: Vec<&str> = written.iter().map(RefWrite::name).collect();
+    let what = format!("ref {}", clip(&names.join(", ")));
+    match check.confirm_published(core, &what, &[*file], &HashSet::new()) {
+        Ok(_) => Ok(()),
+        Err(Error::Busy(why)) => {
+            let undone: Vec<String> = written.iter().map(|w| w.undo(core)).collect();
+            Err(Error::Busy(format!("{why}. {}", undone.join("; "))))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes a ref, durably: the ref file, then the index entry. On a

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, encode_ref};
+use crate::format::{decode_ref, encode_ref, DELETED_REF};
 use crate::ids::FileId;
 use crate::paths::ref_key;
 use crate::remote::{has_file, io_err};
@@ -27,11 +27,70 @@ pub(crate) enum Expect {
     Is(Option<FileId>),
 }
 
-/// The file a ref object names, if it is a valid ref object of `name`.
+/// The file a ref object names, if it is a valid ref object of `name` (a
+/// tombstone names none).
 fn ref_target(name: &str, bytes: &[u8]) -> Option<FileId> {
     match decode_ref(bytes) {
-        Ok((n, f)) if n == name => Some(f),
+        Ok((n, f)) if n == name && f != DELETED_REF => Some(f),
         _ => None,
+    }
+}
+
+/// A ref write that went out: what it replaced and the version it wrote,
+/// so that a publication found late (spec §10.6) can be put back.
+#[derive(Debug)]
+pub(crate) struct RefWrite {
+    name: String,
+    /// What the ref named before (`None`: no ref).
+    before: Option<FileId>,
+    /// The version written; `None` when the ref already named the file
+    /// (nothing was written, nothing to put back).
+    version: Option<Version>,
+}
+
+impl RefWrite {
+    /// The ref written.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Puts the ref back as it was before this write, if no other writer
+    /// changed it since (`If-Match` the version written); a ref that did
+    /// not exist gets a tombstone (a ref object naming no file, spec §8.3:
+    /// a plain delete cannot be made conditional). Says what happened, for
+    /// the caller's error.
+    pub(crate) fn undo(&self, core: &Core) -> String {
+        let Some(version) = &self.version else {
+            return format!("ref {} named that file already", clip(&self.name));
+        };
+        let objects = core.objects.as_ref();
+        let key = ref_key(&self.name);
+        let old = encode_ref(&self.name, &self.before.unwrap_or(DELETED_REF));
+        match objects.put_if_version(&key, &old, Some(version)) {
+            Ok(Cas::Written(_)) => {
+                let r = match self.before {
+                    Some(f) => core.index.set_ref(&self.name, f),
+                    None => core.index.delete_ref(&self.name).map(|_| ()),
+                };
+                if let Err(e) = r.and_then(|()| core.index.flush()) {
+                    tracing::warn!(ref_name = %clip(&self.name), "index: {e}");
+                }
+                format!(
+                    "ref {} was put back: it names {} again",
+                    clip(&self.name),
+                    show(self.before)
+                )
+            }
+            Ok(Cas::Conflict) => format!(
+                "ref {} was not put back: another writer changed it since",
+                clip(&self.name)
+            ),
+            Err(e) => format!(
+                "ref {} could not be put back ({}): it names the file, check it",
+                clip(&self.name),
+                io_err(objects, "write ref", &key, e)
+            ),
+        }
     }
 }
 
@@ -41,14 +100,15 @@ fn ref_target(name: &str, bytes: &[u8]) -> Option<FileId> {
 /// overwritten unseen. With [`Expect::Any`] a lost race is retried on the
 /// new state (up to 8 times, with growing jittered pauses); with
 /// [`Expect::Is`] a ref that is not what the caller expects fails with
-/// [`Error::RefConflict`]. Returns what the ref named before. Works on any
-/// store (a non-shared one serializes within the process).
+/// [`Error::RefConflict`]. Returns what the ref named before and the version
+/// written. Works on any store (a non-shared one serializes within the
+/// process).
 pub(crate) fn write_ref(
     core: &Core,
     name: &str,
     file: &FileId,
     expect: Expect,
-) -> Result<Option<FileId>> {
+) -> Result<RefWrite> {
     let objects = core.objects.as_ref();
     let key = ref_key(name);
     let data = encode_ref(name, file);
@@ -79,15 +139,20 @@ pub(crate) fn write_ref(
                 });
             }
         }
+        let written = |version| RefWrite {
+            name: name.to_string(),
+            before,
+            version,
+        };
         if before == Some(*file) {
-            return Ok(before);
+            return Ok(written(None));
         }
         let version = state.as_ref().map(|(_, v)| v);
         match objects
             .put_if_version(&key, &data, version)
             .map_err(|e| io_err(objects, "write ref", &key, e))?
         {
-            Cas::Written(_) => return Ok(before),
+            Cas::Written(v) => return Ok(written(Some(v))),
             // Another writer got in between: read what it wrote and go
             // again (at once the first time: usually a create that found
             // the ref existing).
@@ -119,13 +184,14 @@ fn backoff(attempt: u32) {
 }
 
 /// The file the ref object of `name` names; `None` when there is none (or
-/// it is another name's). A ref object that does not decode is damage.
+/// it is another name's, or a tombstone). A ref object that does not
+/// decode is damage.
 fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
     let objects = core.objects.as_ref();
     let key = ref_key(name);
     match objects.get(&key) {
         Ok(b) => match decode_ref(&b) {
-            Ok((n, f)) => Ok((n == name).then_some(f)),
+            Ok((n, f)) => Ok((n == name && f != DELETED_REF).then_some(f)),
             Err(detail) => Err(Error::RefCorrupt {
                 name: clip(name),
                 object: objects.describe(&key),

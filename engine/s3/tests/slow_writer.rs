@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tessera::lease::LeaseOptions;
 use tessera::storage::{Cas, Listed, ObjectStore, ReadHandle, StagedObject, Version};
 use tessera::testing::{recipe_key, ref_key};
-use tessera::{Error, FileId, GcOptions, Result, Store, StoreOptions};
+use tessera::{Error, FileId, GcOptions, Result, Store, StoreOptions, VerifyOptions};
 use tessera_s3::testing::s3_target;
 use tessera_s3::S3Store;
 
@@ -109,10 +109,17 @@ fn open(objects: Arc<dyn ObjectStore>, local: &Path, create: bool) -> Store {
         .unwrap_or_else(|e| panic!("open with cache {}: {e}", local.display()))
 }
 
-/// Node a stores a file and unnames it; node w names it again with
-/// `write`, whose ref write is held while node c runs a whole collection
-/// (which deletes the file); then the write lands. It must fail.
-fn ref_landing_after_a_collection(test: &str, write: fn(&Store, &[u8], FileId) -> Result<()>) {
+/// Node a stores a file and unnames it (and, with `before`, points the ref
+/// at another, named file); node w names it again with `write`, whose ref
+/// write is held while node c runs a whole collection (which deletes the
+/// file); then the write lands. It must fail, and the ref must be put back
+/// as it was: a fresh node then finds no ref (or the other file) and
+/// verifies the store clean.
+fn ref_landing_after_a_collection(
+    test: &str,
+    before: bool,
+    write: fn(&Store, &[u8], FileId) -> Result<()>,
+) {
     let Some(t) = s3_target(test) else {
         return;
     };
@@ -128,6 +135,14 @@ fn ref_landing_after_a_collection(test: &str, write: fn(&Store, &[u8], FileId) -
     let data = tessera_synth::noise(1_200_000, 5);
     let f = a.put_bytes(&data, &["m/old"]).expect("put").file_id;
     a.delete_ref("m/old").expect("delete ref");
+    let other = tessera_synth::noise(300_000, 7);
+    let g = a
+        .put_bytes(&other, &["m/other"])
+        .expect("put other")
+        .file_id;
+    if before {
+        a.set_ref("m/keep", g).expect("ref to the other file");
+    }
 
     // Node w names it again, but its ref write is held on the way.
     let held = Arc::new(HeldWrite {
@@ -172,28 +187,55 @@ fn ref_landing_after_a_collection(test: &str, write: fn(&Store, &[u8], FileId) -
     // success for a ref naming a collected file.
     held.released.store(true, Ordering::SeqCst);
     let (w, r) = writer.join().expect("writer thread");
+    let put_back = if before {
+        format!("it names file {g} again")
+    } else {
+        "it names nothing (no such ref) again".to_string()
+    };
     match r {
         Err(Error::Busy(msg)) => assert!(
             msg.contains("is gone")
-                && msg.contains("now names what a GC on another node collected")
-                && msg.contains("ref rm"),
+                && msg.contains("named what a GC on another node collected")
+                && msg.contains("ref m/keep was put back")
+                && msg.contains(&put_back),
             "unexpected message: {msg}"
         ),
         other => panic!("a ref written after its file was collected reported {other:?}"),
     }
-    for s in [a, c, w] {
+    // Put back in the bucket: a node that never saw the late write agrees,
+    // and nothing dangles.
+    let d = open(s3("d"), &tmp.path().join("d"), false);
+    d.refresh().expect("refresh");
+    match d.resolve("m/keep") {
+        Ok(named) if before => assert_eq!(named, g),
+        Err(e) if !before && e.is_not_found() => {}
+        other => panic!("m/keep after the put-back: {other:?}"),
+    }
+    let listed: Vec<String> = d
+        .list_refs("m/")
+        .expect("refs")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(listed.contains(&"m/keep".to_string()), before, "{listed:?}");
+    let v = d.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+    // And the ref can be set again (over the tombstone, or the old value).
+    d.set_ref("m/keep", g).expect("set the ref again");
+    assert_eq!(d.resolve("m/keep").expect("resolve"), g);
+    for s in [a, c, w, d] {
         s.close().expect("close");
     }
 }
 
 #[test]
 fn a_ref_set_that_lands_after_a_collection_deleted_its_file_fails() {
-    ref_landing_after_a_collection("slow-ref-set", |w, _, f| w.set_ref("m/keep", f));
+    ref_landing_after_a_collection("slow-ref-set", true, |w, _, f| w.set_ref("m/keep", f));
 }
 
 #[test]
 fn a_put_whose_ref_lands_after_a_collection_deleted_its_file_fails() {
-    ref_landing_after_a_collection("slow-put-ref", |w, data, _| {
+    ref_landing_after_a_collection("slow-put-ref", false, |w, data, _| {
         w.put_bytes(data, &["m/keep"]).map(|_| ())
     });
 }

@@ -417,17 +417,13 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             in_time()?;
             core.poison_on(models::write(core, &recipe.file, m))?;
         }
+        let mut written = Vec::new();
         for r in &f.refs {
             in_time()?;
-            core.poison_on(refs::write_file(core, r, &recipe.file))?;
+            written.extend(core.poison_on(refs::write_file(core, r, &recipe.file))?);
         }
-        if let (Some(check), false) = (check_done, f.refs.is_empty()) {
-            check.confirm_published(
-                core,
-                &format!("ref {}", f.refs.join(", ")),
-                &[recipe.file],
-                &HashSet::new(),
-            )?;
+        if let (Some(check), false) = (check_done, written.is_empty()) {
+            refs::confirm(core, check, &recipe.file, &written)?;
         }
         let report = PutReport {
             file_id: recipe.file,
