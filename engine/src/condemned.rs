@@ -65,6 +65,9 @@ pub(crate) struct CondemnedRecord {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Condemned {
     pub(crate) token: u64,
+    /// When its collector's writer window ends (Unix ms, its clock): it
+    /// then marks again, deletes and releases the lease.
+    pub(crate) window_ends_ms: u64,
     pub(crate) files: HashSet<FileId>,
     pub(crate) packs: HashSet<PackId>,
 }
@@ -105,6 +108,7 @@ pub(crate) fn read(objects: &dyn ObjectStore) -> Result<Option<(Condemned, Versi
     }
     let mut c = Condemned {
         token: r.token,
+        window_ends_ms: r.published_ms.saturating_add(r.window_ms),
         ..Default::default()
     };
     for f in &r.files {
@@ -415,11 +419,16 @@ impl WriterCheck {
     }
 
     fn refused(&self, core: &Core, key: &str, why: &str) -> Error {
+        // The collector deletes once its window is over, then lets go: a
+        // retry works after that (give or take the deletion itself and the
+        // clocks' skew).
+        let left = self.condemned.window_ends_ms.saturating_sub(now_millis());
         Error::Busy(format!(
-            "{} {why} (condemned set token {}); nothing was published: retry, \
-             or wait for the GC to finish",
+            "{} {why} (condemned set token {}); nothing was published: retry once that GC \
+             has finished (its writer window ends in about {} s)",
             core.objects.describe(key),
-            self.condemned.token
+            self.condemned.token,
+            left.div_ceil(1000)
         ))
     }
 }

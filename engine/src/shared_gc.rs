@@ -228,6 +228,8 @@ fn two_phases(
     let token = lock(&held.lease).token();
     let mut condemned = Condemned {
         token,
+        // Set in the record (`record`), from the publication time.
+        window_ends_ms: 0,
         files: first.journal.files.iter().map(|(f, _)| *f).collect(),
         packs: first.journal.packs.iter().copied().collect(),
     };

@@ -183,9 +183,13 @@ fn writers_during_the_window_name_nothing_condemned() {
         Err(Error::LeaseHeld { .. }) => {}
         other => panic!("a second collector must be refused the lease: {other:?}"),
     }
-    // A ref naming the condemned file is refused, and not written.
+    // A ref naming the condemned file is refused, and not written; the
+    // error says when to retry.
     match b.store.set_ref("m/revived", d) {
-        Err(Error::Busy(m)) => assert!(m.contains("condemned"), "{m}"),
+        Err(Error::Busy(m)) => assert!(
+            m.contains("condemned") && m.contains("writer window ends in about"),
+            "{m}"
+        ),
         other => panic!("a ref naming a condemned file must be refused: {other:?}"),
     }
     assert!(b
