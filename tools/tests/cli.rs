@@ -882,6 +882,8 @@ fn pickles_that_import_code_are_refused() {
         err.contains("evil.pkl") && err.contains("posix.system"),
         "{err}"
     );
+    // The policy is named once (the reason used to repeat it).
+    assert_eq!(err.matches("deny-unsafe").count(), 1, "{err}");
     let stat = &json_lines(&env.ok_text(&["stat", "--json"]))[0];
     assert_eq!(stat["files"], 0);
     assert_eq!(stat["refs"], 0);

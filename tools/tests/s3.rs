@@ -227,9 +227,10 @@ fn cli_round_trip_ranges_dedup_and_every_command_on_s3() {
     assert!(rep["problems"].as_array().expect("problems").is_empty());
     let stat: Value = serde_json::from_slice(&env.ok("f", &["stat", "--json"])).expect("json");
     assert_eq!(stat["files"], 1);
-    // repair config refuses an intact config.
+    // repair config refuses an intact config (a request that does not
+    // apply: exit 2, like every argument the engine refuses).
     let rc = env.run("f", &["repair", "config"]);
-    assert_eq!(code(&rc), 1, "{}", String::from_utf8_lossy(&rc.stderr));
+    assert_eq!(code(&rc), 2, "{}", String::from_utf8_lossy(&rc.stderr));
     assert!(String::from_utf8_lossy(&rc.stderr).contains("intact"));
     // refresh says what it found.
     let r: Value = serde_json::from_slice(&env.ok("g", &["refresh", "--json"])).expect("json");

@@ -92,8 +92,9 @@ pub struct PolicyViolation {
 impl fmt::Display for PolicyViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.verdict {
+            // Says why, not which policy: the caller names the policy once.
             Verdict::UnsafePickle => {
-                write!(f, "refused by --pickle {}: unsafe pickle", self.policy)?;
+                write!(f, "unsafe pickle")?;
                 if !self.unsafe_imports.is_empty() {
                     write!(f, " importing {}", self.unsafe_imports.join(", "))?;
                 }
@@ -102,11 +103,7 @@ impl fmt::Display for PolicyViolation {
                 }
                 Ok(())
             }
-            _ => write!(
-                f,
-                "refused by --pickle {}: file contains a pickle",
-                self.policy
-            ),
+            _ => write!(f, "file contains a pickle"),
         }
     }
 }
