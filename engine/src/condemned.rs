@@ -362,7 +362,9 @@ impl WriterCheck {
     /// bucket now: a collector that publishes later marks after it, and one
     /// that published before and has not finished still has its set in
     /// force. When the confirmation fails the publication may name
-    /// something collected, and the caller reports that, not success.
+    /// something collected, and the caller reports that, not success. When
+    /// a named object is gone (collected), `on_gone` runs first (a ref
+    /// writer puts its refs back) and what it says ends the error.
     /// Returns the check to make further publications on: this one, or
     /// the newer one the confirmation made.
     ///
@@ -373,6 +375,7 @@ impl WriterCheck {
         what: &str,
         files: &[FileId],
         packs: &HashSet<PackId>,
+        on_gone: Option<&dyn Fn() -> String>,
     ) -> Result<WriterCheck> {
         let took = self.read_at.elapsed();
         if !core.objects.shared() || took <= core.opts.gc_check_valid {
@@ -384,10 +387,15 @@ impl WriterCheck {
                  (a put stores its chunks again)"
             } else {
                 "it may name a file a GC on another node collects (the GC may not have seen \
-                 the write): when no GC runs, check the file and store it again if it is gone"
+                 the write): when no GC runs, check the file, and store it again and set \
+                 what names it again if it is gone"
+            };
+            let done = match on_gone {
+                Some(undo) if why == GONE => format!(". {}", undo()),
+                _ => String::new(),
             };
             Error::Busy(format!(
-                "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}; {advice}",
+                "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}; {advice}{done}",
                 took.as_millis(),
                 core.objects.describe(CONDEMNED),
                 core.opts.gc_check_valid.as_millis(),
@@ -422,13 +430,18 @@ impl WriterCheck {
         // The collector deletes once its window is over, then lets go: a
         // retry works after that (give or take the deletion itself and the
         // clocks' skew).
-        let left = self.condemned.window_ends_ms.saturating_sub(now_millis());
+        let when = match self.condemned.window_ends_ms {
+            0 => "retry".to_string(),
+            end => format!(
+                "retry once that GC has finished (its writer window ends in about {} s by \
+                 this node's clock)",
+                end.saturating_sub(now_millis()).div_ceil(1000)
+            ),
+        };
         Error::Busy(format!(
-            "{} {why} (condemned set token {}); nothing was published: retry once that GC \
-             has finished (its writer window ends in about {} s)",
+            "{} {why} (condemned set token {}); nothing was published: {when}",
             core.objects.describe(key),
             self.condemned.token,
-            left.div_ceil(1000)
         ))
     }
 }

@@ -311,6 +311,10 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
             (Some(v), Some((sv, sf)), Some(f)) if v == sv && sf == f => {
                 now_seen.insert(l.key, (v.clone(), *f));
             }
+            // A tombstone seen before (never indexed): still no ref.
+            (Some(v), Some((sv, sf)), None) if v == sv && *sf == DELETED_REF => {
+                now_seen.insert(l.key, (v.clone(), DELETED_REF));
+            }
             _ => todo.push(l.key),
         }
     }
@@ -328,6 +332,7 @@ fn refresh_refs(core: &Core, rep: &mut RefreshReport) -> Result<()> {
                 if core.index.delete_ref(&n)? {
                     rep.refs_removed += 1;
                 }
+                now_seen.insert(key.clone(), (version, DELETED_REF));
                 continue;
             }
             Ok((n, f)) if ref_key(&n) == *key => (n, f),

@@ -122,9 +122,11 @@ pub(crate) fn compare_and_set(
 }
 
 /// Confirms refs written to `file` once they landed (spec §10.6,
-/// [`WriterCheck::confirm_published`]). When that fails the refs may name
-/// a file a GC collects: each is put back as it was (unless another writer
-/// changed it since), and the error says so.
+/// [`WriterCheck::confirm_published`]). When the file turns out collected,
+/// every ref naming it is broken, so each ref written is put back as it was
+/// (unless another writer changed it since), and the error says so. (When
+/// the file is only condemned, a ref that landed before the collector's
+/// second mark keeps it: the refs stay, and the error says to check.)
 pub(crate) fn confirm(
     core: &Core,
     check: WriterCheck,
@@ -133,14 +135,13 @@ pub(crate) fn confirm(
 ) -> Result<()> {
     let names: Vec<&str> = written.iter().map(RefWrite::name).collect();
     let what = format!("ref {}", clip(&names.join(", ")));
-    match check.confirm_published(core, &what, &[*file], &HashSet::new()) {
-        Ok(_) => Ok(()),
-        Err(Error::Busy(why)) => {
-            let undone: Vec<String> = written.iter().map(|w| w.undo(core)).collect();
-            Err(Error::Busy(format!("{why}. {}", undone.join("; "))))
-        }
-        Err(e) => Err(e),
-    }
+    let undo = || {
+        let done: Vec<String> = written.iter().map(|w| w.undo_collected(core)).collect();
+        done.join("; ")
+    };
+    check
+        .confirm_published(core, &what, &[*file], &HashSet::new(), Some(&undo))
+        .map(|_| ())
 }
 
 /// Deletes a ref, durably: the ref file, then the index entry. On a

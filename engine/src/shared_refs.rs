@@ -8,6 +8,7 @@
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::condemned::WriterCheck;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
 use crate::format::{decode_ref, encode_ref, DELETED_REF};
@@ -37,14 +38,16 @@ fn ref_target(name: &str, bytes: &[u8]) -> Option<FileId> {
 }
 
 /// A ref write that went out: what it replaced and the version it wrote,
-/// so that a publication found late (spec §10.6) can be put back.
+/// so that a publication found to name a collected file (spec §10.6) can
+/// be put back.
 #[derive(Debug)]
 pub(crate) struct RefWrite {
     name: String,
-    /// What the ref named before (`None`: no ref).
-    before: Option<FileId>,
+    /// The ref object it replaced, byte for byte (`None`: there was none).
+    before: Option<Vec<u8>>,
     /// The version written; `None` when the ref already named the file
-    /// (nothing was written, nothing to put back).
+    /// (nothing was written — or a retried request of this node's own
+    /// landed first, which looks the same).
     version: Option<Version>,
 }
 
@@ -54,44 +57,74 @@ impl RefWrite {
         &self.name
     }
 
-    /// Puts the ref back as it was before this write, if no other writer
-    /// changed it since (`If-Match` the version written); a ref that did
-    /// not exist gets a tombstone (a ref object naming no file, spec §8.3:
-    /// a plain delete cannot be made conditional). Says what happened, for
-    /// the caller's error.
-    pub(crate) fn undo(&self, core: &Core) -> String {
+    /// Called when the file this write named turned out collected (the ref
+    /// now names nothing that exists, whoever else wrote the same value):
+    /// puts the ref back as it was, if no other writer changed it since
+    /// (`If-Match` the version written). The old object is restored byte
+    /// for byte when it named a file that is still stored and not condemned
+    /// (or was damage, which stays reported); otherwise, and where there
+    /// was none, a tombstone is written (a ref object naming no file, spec
+    /// §8: a plain delete cannot be made conditional). Says what happened,
+    /// for the caller's error.
+    pub(crate) fn undo_collected(&self, core: &Core) -> String {
+        let name = clip(&self.name);
         let Some(version) = &self.version else {
-            return format!("ref {} named that file already", clip(&self.name));
+            return format!(
+                "ref {name} named that file before this write (or a retried request made it \
+                 look so), so it was not put back: it names the collected file, set it again \
+                 or `tessera ref rm` it"
+            );
         };
         let objects = core.objects.as_ref();
         let key = ref_key(&self.name);
-        let old = encode_ref(&self.name, &self.before.unwrap_or(DELETED_REF));
-        match objects.put_if_version(&key, &old, Some(version)) {
+        let old = self.before.as_ref().map(|b| (b, ref_target(&self.name, b)));
+        let restore = match old {
+            // The file the ref named before: only while it can be named.
+            Some((b, Some(f))) => match WriterCheck::new(core).and_then(|c| c.file(core, &f)) {
+                Ok(()) => Some((b.clone(), Some(f))),
+                Err(_) => None,
+            },
+            // Damage (or another name's object) stays as it was.
+            Some((b, None)) if !is_tombstone(&self.name, b) => Some((b.clone(), None)),
+            _ => None,
+        };
+        let (bytes, named) =
+            restore.unwrap_or_else(|| (encode_ref(&self.name, &DELETED_REF), None));
+        match objects.put_if_version(&key, &bytes, Some(version)) {
             Ok(Cas::Written(_)) => {
-                let r = match self.before {
+                let r = match named {
                     Some(f) => core.index.set_ref(&self.name, f),
                     None => core.index.delete_ref(&self.name).map(|_| ()),
                 };
                 if let Err(e) = r.and_then(|()| core.index.flush()) {
-                    tracing::warn!(ref_name = %clip(&self.name), "index: {e}");
+                    tracing::warn!(ref_name = %name, "index: {e}");
                 }
-                format!(
-                    "ref {} was put back: it names {} again",
-                    clip(&self.name),
-                    show(self.before)
-                )
+                match (named, &self.before) {
+                    (Some(f), _) => format!("ref {name} was put back: it names file {f} again"),
+                    (None, Some(b)) if bytes == *b && !is_tombstone(&self.name, b) => {
+                        format!("ref {name} was put back as it was (damaged: see `tessera verify`)")
+                    }
+                    (None, Some(b)) if !is_tombstone(&self.name, b) => format!(
+                        "ref {name} was deleted: the file it named before is gone or condemned too"
+                    ),
+                    (None, _) => format!("ref {name} was put back: there is no such ref again"),
+                }
             }
-            Ok(Cas::Conflict) => format!(
-                "ref {} was not put back: another writer changed it since",
-                clip(&self.name)
-            ),
+            Ok(Cas::Conflict) => {
+                format!("ref {name} was not put back: another writer changed it since")
+            }
             Err(e) => format!(
-                "ref {} could not be put back ({}): it names the file, check it",
-                clip(&self.name),
+                "ref {name} could not be put back ({}): it names the collected file, set it \
+                 again or `tessera ref rm` it",
                 io_err(objects, "write ref", &key, e)
             ),
         }
     }
+}
+
+/// Whether `bytes` is the tombstone of ref `name`.
+fn is_tombstone(name: &str, bytes: &[u8]) -> bool {
+    matches!(decode_ref(bytes), Ok((n, f)) if n == name && f == DELETED_REF)
 }
 
 /// Points ref `name` at `file` in the store with conditional writes: the
@@ -116,17 +149,20 @@ pub(crate) fn write_ref(
     // damaged or another name's) and version. New refs are the common
     // case, so the first attempt assumes there is none (a create-only
     // write: one request) unless the caller expects a file.
-    let mut state: Option<(Option<FileId>, Version)> = None;
+    let mut state: Option<(Vec<u8>, Option<FileId>, Version)> = None;
     let mut assumed = matches!(expect, Expect::Any | Expect::Is(None));
     for attempt in 0..REF_ATTEMPTS {
         if !assumed {
             state = objects
                 .get_versioned(&key)
                 .map_err(|e| io_err(objects, "read ref", &key, e))?
-                .map(|(b, v)| (ref_target(name, &b), v));
+                .map(|(b, v)| {
+                    let f = ref_target(name, &b);
+                    (b, f, v)
+                });
         }
         assumed = false;
-        let before = state.as_ref().and_then(|(f, _)| *f);
+        let before = state.as_ref().and_then(|(_, f, _)| *f);
         if let Expect::Is(want) = expect {
             if before != want {
                 return Err(Error::RefConflict {
@@ -141,13 +177,13 @@ pub(crate) fn write_ref(
         }
         let written = |version| RefWrite {
             name: name.to_string(),
-            before,
+            before: state.as_ref().map(|(b, _, _)| b.clone()),
             version,
         };
         if before == Some(*file) {
             return Ok(written(None));
         }
-        let version = state.as_ref().map(|(_, v)| v);
+        let version = state.as_ref().map(|(_, _, v)| v);
         match objects
             .put_if_version(&key, &data, version)
             .map_err(|e| io_err(objects, "write ref", &key, e))?

@@ -190,7 +190,7 @@ fn ref_landing_after_a_collection(
     let put_back = if before {
         format!("it names file {g} again")
     } else {
-        "it names nothing (no such ref) again".to_string()
+        "there is no such ref again".to_string()
     };
     match r {
         Err(Error::Busy(msg)) => assert!(
@@ -202,6 +202,13 @@ fn ref_landing_after_a_collection(
         ),
         other => panic!("a ref written after its file was collected reported {other:?}"),
     }
+    // The writer's own index follows the put-back.
+    let expected: Vec<(String, FileId)> = if before {
+        vec![("m/keep".to_string(), g)]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(w.list_refs("m/keep").expect("writer's refs"), expected);
     // Put back in the bucket: a node that never saw the late write agrees,
     // and nothing dangles.
     let d = open(s3("d"), &tmp.path().join("d"), false);

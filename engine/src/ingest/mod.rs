@@ -381,8 +381,13 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
                 f.refs.is_empty(),
             );
             let r = core.poison_on(r)?;
-            let check =
-                check.confirm_published(core, &format!("recipe {}", recipe.file), &[], &packs)?;
+            let check = check.confirm_published(
+                core,
+                &format!("recipe {}", recipe.file),
+                &[],
+                &packs,
+                None,
+            )?;
             check_done = Some(check);
             r
         } else {
