@@ -602,3 +602,45 @@ impl Store {
         self.core.packs.get(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    /// A recipe in the index that does not decode stops GC as damage
+    /// (`RecipeUnreadable`, naming the file; it once said "busy"), before
+    /// anything is deleted.
+    #[test]
+    fn a_damaged_index_recipe_stops_gc_as_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            create: true,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), opts).expect("open");
+        let kept = store.put_bytes(&[7u8; 300_000], &["m/a"]).expect("put");
+        let dead = store.put_bytes(&[9u8; 300_000], &[]).expect("put");
+        store
+            .core
+            .index
+            .replace_recipe(kept.file_id, b"not a recipe")
+            .expect("damage the index's recipe");
+        let gc = GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        match store.gc(&gc) {
+            Err(e @ Error::RecipeUnreadable { .. }) => {
+                assert!(e.to_string().contains(&kept.file_id.to_hex()), "{e}");
+                assert!(e.is_corruption(), "{e:?}");
+            }
+            other => panic!("gc over a damaged index recipe: {other:?}"),
+        }
+        assert!(
+            store.core.index.has_file(&dead.file_id).expect("has file"),
+            "nothing was collected"
+        );
+    }
+}

@@ -138,6 +138,8 @@ enum Cmd {
         tensor: Option<String>,
     },
     /// List refs (all, or those starting with PREFIX) as `<file-id>  <ref>`.
+    /// On a bucket, a ref object that does not decode is reported and the
+    /// exit status is 4 (its name is unknown: the list may lack it).
     Refs {
         /// Only refs starting with this.
         prefix: Option<String>,
@@ -408,6 +410,7 @@ impl CliError {
             CliError::Engine(e) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Engine(e)) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Usage(_)) => 2,
+            CliError::Remote(ClientError::Http { code, .. }) if code == "bad_request" => 2,
             CliError::Remote(ClientError::Http { code, .. }) if code == "refused_by_policy" => 5,
             CliError::Remote(e)
                 if e.status() == Some(tessera_http::client::StatusCode::NOT_FOUND) =>

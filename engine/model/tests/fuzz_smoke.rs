@@ -188,8 +188,12 @@ fn fuzz_corpus_and_regressions() {
     let mut regressions = 0;
     for entry in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
         let path = entry.expect("corpus entry").path();
-        let data = std::fs::read(&path).expect("corpus file");
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        // cargo-fuzz leaves `.tmp*` directories behind in a local corpus.
+        if !path.is_file() || name.as_deref().is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        let data = std::fs::read(&path).expect("corpus file");
         if name.as_deref().is_some_and(|n| n.starts_with("regress-")) {
             regressions += 1;
         }

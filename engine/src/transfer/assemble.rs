@@ -391,7 +391,9 @@ impl Shared {
     }
 
     fn abandoned(&self) -> Error {
-        Error::InvalidArgument(format!("the assembly of file {} was dropped", self.file))
+        // The caller dropped the assembly on an error of its own, which it
+        // reports; this one surfacing instead would be a bug.
+        Error::Bug(format!("the assembly of file {} was dropped", self.file))
     }
 
     /// Waits until chunk `id` has arrived: its bytes if they were held,
@@ -417,7 +419,7 @@ impl Shared {
                 return Ok(None);
             }
             if st.closed {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Bug(format!(
                     "chunk {id} of file {} was never added to its assembly",
                     self.file
                 )));
