@@ -423,13 +423,34 @@ pub(crate) fn publish_files(core: &Core, files: Vec<NewRecipe>) -> Result<Vec<Pu
             core.poison_on(models::write(core, &recipe.file, m))?;
         }
         let mut written = Vec::new();
+        let mut failed = None;
         for r in &f.refs {
-            in_time()?;
-            written.extend(core.poison_on(refs::write_file(core, r, &recipe.file))?);
+            match in_time().and_then(|()| core.poison_on(refs::write_file(core, r, &recipe.file))) {
+                Ok(w) => written.extend(w),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        if let (Some(check), false) = (check_done, written.is_empty()) {
-            refs::confirm(core, check, &recipe.file, &written)?;
+        let confirmed = match (check_done, written.is_empty()) {
+            (Some(check), false) => refs::confirm(core, check, &recipe.file, &written),
+            _ => Ok(()),
+        };
+        if let Some(e) = failed {
+            // The refs before the failure are published (and were confirmed
+            // like any): the error must not read as if nothing was.
+            if !written.is_empty() {
+                let names: Vec<&str> = written.iter().map(|w| w.name()).collect();
+                tracing::warn!(
+                    refs = %crate::error::clip(&names.join(", ")),
+                    confirmed = confirmed.is_ok(),
+                    "published before a later ref of the same put failed"
+                );
+            }
+            return Err(e);
         }
+        confirmed?;
         let report = PutReport {
             file_id: recipe.file,
             sha256: recipe.sha256,
