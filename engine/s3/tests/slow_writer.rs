@@ -227,8 +227,11 @@ fn ref_landing_after_a_collection(
     assert_eq!(listed.contains(&"m/keep".to_string()), before, "{listed:?}");
     let v = d.verify(VerifyOptions::default()).expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
-    // And the ref can be set again (over the tombstone, or the old value).
-    d.set_ref("m/keep", g).expect("set the ref again");
+    // And the ref can be set again: over the tombstone as a ref that does
+    // not exist (compare-and-set expecting none), over the old value as it.
+    let expect = if before { Some(g) } else { None };
+    d.compare_and_set_ref("m/keep", expect, g)
+        .expect("set the ref again");
     assert_eq!(d.resolve("m/keep").expect("resolve"), g);
     for s in [a, c, w, d] {
         s.close().expect("close");
