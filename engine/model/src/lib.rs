@@ -653,10 +653,17 @@ impl Sniffer {
             }
             State::Onnx(o) => finish_onnx(*o, total_len),
             State::Tflite { prefix, tail } => {
+                // `feed` trims the tail lazily, so it holds anywhere from
+                // `cap` to `2 * cap` of the last bytes depending on how the
+                // stream was split. Parse exactly the last `cap` bytes so
+                // the report does not depend on the feeding (a field lying
+                // in the extra bytes was read only with some splits).
+                let cap = limits.max_prefix_bytes;
+                let tail = &tail[tail.len().saturating_sub(cap)..];
                 let tail_start = self.pos.saturating_sub(tail.len() as u64) as usize;
                 let buf = tflite::Buf {
                     prefix: &prefix,
-                    tail: &tail,
+                    tail,
                     tail_start,
                 };
                 finish_tflite(&buf, total_len, limits.max_meta_string)
