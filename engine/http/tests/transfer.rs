@@ -483,14 +483,7 @@ async fn a_push_of_a_file_whose_pack_the_server_lost_stores_it_again() {
     let server_store = open(&root);
     let data = tessera_synth::noise(2 << 20, 92);
     let id = server_store.put_bytes(&data, &["x"]).expect("put").file_id;
-    let packs: std::collections::HashSet<tessera::PackId> = server_store
-        .layout(&id)
-        .expect("layout")
-        .recipe
-        .terms
-        .iter()
-        .map(|t| t.pack)
-        .collect();
+    let packs = server_store.layout(&id).expect("layout").packs();
     for p in &packs {
         std::fs::remove_file(root.join(tessera::testing::pack_key(p))).expect("remove pack");
     }

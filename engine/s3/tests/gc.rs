@@ -21,31 +21,24 @@ use tessera::lease::{Lease, LeaseOptions, GC_LEASE};
 use tessera::storage::ObjectStore;
 use tessera::testing::{pack_key, recipe_key};
 use tessera::{Error, FileId, GcOptions, RepackOptions, Store, StoreOptions, VerifyOptions};
-use tessera_s3::testing::{s3_target, S3Target};
+use tessera_s3::testing::{s3_target, Node, S3Target};
 use tessera_s3::S3Store;
 
 const CONDEMNED: &str = "gc/condemned";
 
-struct Node {
-    s3: Arc<S3Store>,
-    store: Store,
-}
-
 fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> Node {
-    let mut o = t.options();
-    o.staging_dir = Some(local.join("staging"));
-    let s3 = Arc::new(S3Store::from_url(url, o).unwrap_or_else(|e| panic!("{url}: {e}")));
-    let opts = StoreOptions {
-        create,
-        pack_target_bytes: 1 << 20,
-        // Tests run a short writer window; a writer check good for 300 ms
-        // keeps the window's rule (at least twice the check).
-        gc_check_valid: Duration::from_millis(300),
-        ..StoreOptions::default()
-    };
-    let store = Store::open_with(s3.clone(), local, opts)
-        .unwrap_or_else(|e| panic!("open {url} with cache {}: {e}", local.display()));
-    Node { s3, store }
+    t.node(
+        url,
+        local,
+        StoreOptions {
+            create,
+            pack_target_bytes: 1 << 20,
+            // Tests run a short writer window; a writer check good for 300
+            // ms keeps the window's rule (at least twice the check).
+            gc_check_valid: Duration::from_millis(300),
+            ..StoreOptions::default()
+        },
+    )
 }
 
 fn gc_opts(window: Duration) -> GcOptions {
@@ -62,19 +55,6 @@ fn gc_opts(window: Duration) -> GcOptions {
 
 fn read_all(store: &Store, id: &FileId) -> Vec<u8> {
     store.read(id).expect("read").read_all().expect("read all")
-}
-
-fn packs_of(store: &Store, id: &FileId) -> Vec<tessera::PackId> {
-    let mut p: Vec<_> = store
-        .layout(id)
-        .expect("layout")
-        .recipe
-        .terms
-        .iter()
-        .map(|t| t.pack)
-        .collect();
-    p.dedup();
-    p
 }
 
 fn wait_for(s3: &S3Store, key: &str) {
@@ -103,7 +83,10 @@ fn gc_across_nodes_deletes_only_what_no_ref_names() {
     let k = a.store.put_bytes(&keep, &["m/keep"]).expect("put").file_id;
     let da = a.store.put_bytes(&drop_a, &["m/da"]).expect("put").file_id;
     let db = b.store.put_bytes(&drop_b, &["m/db"]).expect("put").file_id;
-    let (da_packs, db_packs) = (packs_of(&a.store, &da), packs_of(&b.store, &db));
+    let (da_packs, db_packs) = (
+        a.store.layout(&da).expect("layout").packs(),
+        b.store.layout(&db).expect("layout").packs(),
+    );
     a.store.delete_ref("m/da").expect("delete ref");
     b.store.delete_ref("m/db").expect("delete ref");
 
@@ -165,7 +148,7 @@ fn writers_during_the_window_name_nothing_condemned() {
     let b = node(t, &url, &tmp.path().join("b"), false);
     let dead = tessera_synth::noise(2_200_000, 7);
     let d = a.store.put_bytes(&dead, &["m/dead"]).expect("put").file_id;
-    let old_packs = packs_of(&a.store, &d);
+    let old_packs = a.store.layout(&d).expect("layout").packs();
     // b knows the file (and its packs) before it is condemned.
     assert_eq!(read_all(&b.store, &d), dead);
     a.store.delete_ref("m/dead").expect("delete ref");
@@ -256,8 +239,12 @@ fn repack_on_a_shared_store_rewrites_and_other_nodes_follow() {
     let xf = ing.add("x", &x[..], &["m/x"], &mut |_| {}).expect("add x");
     let yf = ing.add("y", &y[..], &["m/y"], &mut |_| {}).expect("add y");
     ing.commit().expect("commit");
-    let shared_pack = packs_of(&a.store, &yf);
-    assert_eq!(shared_pack, packs_of(&a.store, &xf), "one pack holds both");
+    let shared_pack = a.store.layout(&yf).expect("layout").packs();
+    assert_eq!(
+        shared_pack,
+        a.store.layout(&xf).expect("layout").packs(),
+        "one pack holds both"
+    );
     // Node b caches y's recipe, naming that pack.
     let b = node(t, &url, &tmp.path().join("b"), false);
     assert_eq!(read_all(&b.store, &yf), y);
@@ -548,7 +535,7 @@ fn a_damaged_ref_object_stops_gc() {
     let a = node(t, &url, &tmp.path().join("a"), true);
     let data = tessera_synth::noise(2_200_000, 95);
     let f = a.store.put_bytes(&data, &["m/v1"]).expect("put").file_id;
-    let packs = packs_of(&a.store, &f);
+    let packs = a.store.layout(&f).expect("layout").packs();
     let key = tessera::testing::ref_key("m/v1");
     let good = a.s3.get(&key).expect("ref object");
     let mut bad = good.to_vec();
@@ -612,7 +599,7 @@ fn a_damaged_recipe_object_stops_gc_as_damage() {
     let a = node(t, &url, &tmp.path().join("a"), true);
     let data = tessera_synth::noise(2_200_000, 97);
     let f = a.store.put_bytes(&data, &["m/v1"]).expect("put").file_id;
-    let packs = packs_of(&a.store, &f);
+    let packs = a.store.layout(&f).expect("layout").packs();
     let key = recipe_key(&f);
     a.s3.put(&key, b"not a recipe", tessera::storage::PutMode::Replace)
         .expect("damage the recipe");
@@ -653,7 +640,7 @@ fn verify_never_calls_a_pack_a_file_needs_reclaimable() {
     let a = node(t, &url, &tmp.path().join("a"), true);
     let data = tessera_synth::noise(2_200_000, 96);
     let f = a.store.put_bytes(&data, &["m/v2"]).expect("put").file_id;
-    let pack = packs_of(&a.store, &f)[0];
+    let pack = a.store.layout(&f).expect("layout").packs()[0];
     a.s3.put(
         &pack_key(&pack),
         &tessera_synth::noise(300_000, 97),

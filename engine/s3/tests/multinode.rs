@@ -20,7 +20,7 @@ use tessera::lease::{Lease, LeaseOptions, GC_LEASE};
 use tessera::storage::{ObjectStore, PutMode};
 use tessera::testing::{pack_key, recipe_key, PackReader, Recipe, Term};
 use tessera::{Error, FileId, Store, StoreOptions, VerifyOptions};
-use tessera_s3::testing::{s3_target, S3Target};
+use tessera_s3::testing::{s3_target, Node, S3Target};
 use tessera_s3::S3Store;
 
 const MIB: usize = 1 << 20;
@@ -34,18 +34,8 @@ fn opts(create: bool) -> StoreOptions {
 }
 
 /// One node: its own S3 client over `url` and its own local directory.
-struct Node {
-    s3: Arc<S3Store>,
-    store: Store,
-}
-
 fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> Node {
-    let mut o = t.options();
-    o.staging_dir = Some(local.join("staging"));
-    let s3 = Arc::new(S3Store::from_url(url, o).unwrap_or_else(|e| panic!("{url}: {e}")));
-    let store = Store::open_with(s3.clone(), local, opts(create))
-        .unwrap_or_else(|e| panic!("open {url} with cache {}: {e}", local.display()));
-    Node { s3, store }
+    t.node(url, local, opts(create))
 }
 
 fn read_all(store: &Store, id: &FileId) -> Vec<u8> {

@@ -15,36 +15,22 @@ use std::time::Duration;
 use tessera::lease::LeaseOptions;
 use tessera::storage::ObjectStore;
 use tessera::testing::pack_key;
-use tessera::{Error, FileId, GcOptions, RepackOptions, Store, StoreOptions};
+use tessera::{Error, GcOptions, RepackOptions, Store, StoreOptions};
 use tessera_s3::testing::{s3_target, S3Target};
 use tessera_s3::S3Store;
 
 fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> (Arc<S3Store>, Store) {
-    let mut o = t.options();
-    o.staging_dir = Some(local.join("staging"));
-    let s3 = Arc::new(S3Store::from_url(url, o).unwrap_or_else(|e| panic!("{url}: {e}")));
-    let opts = StoreOptions {
-        create,
-        pack_target_bytes: 1 << 20,
-        gc_check_valid: Duration::from_millis(300),
-        ..StoreOptions::default()
-    };
-    let store = Store::open_with(s3.clone(), local, opts)
-        .unwrap_or_else(|e| panic!("open {url} with cache {}: {e}", local.display()));
-    (s3, store)
-}
-
-fn packs_of(store: &Store, id: &FileId) -> Vec<tessera::PackId> {
-    let mut p: Vec<_> = store
-        .layout(id)
-        .expect("layout")
-        .recipe
-        .terms
-        .iter()
-        .map(|t| t.pack)
-        .collect();
-    p.dedup();
-    p
+    let n = t.node(
+        url,
+        local,
+        StoreOptions {
+            create,
+            pack_target_bytes: 1 << 20,
+            gc_check_valid: Duration::from_millis(300),
+            ..StoreOptions::default()
+        },
+    );
+    (n.s3, n.store)
 }
 
 #[test]
@@ -62,8 +48,12 @@ fn a_reader_made_before_another_read_reloaded_the_recipe_still_follows_a_repack(
     let xf = ing.add("x", &x[..], &["m/x"], &mut |_| {}).expect("add x");
     let yf = ing.add("y", &y[..], &["m/y"], &mut |_| {}).expect("add y");
     ing.commit().expect("commit");
-    let old = packs_of(&a, &yf);
-    assert_eq!(old, packs_of(&a, &xf), "one pack holds both");
+    let old = a.layout(&yf).expect("layout").packs();
+    assert_eq!(
+        old,
+        a.layout(&xf).expect("layout").packs(),
+        "one pack holds both"
+    );
     // Node b reads y once: its cache holds y's recipe naming that pack.
     let (_, b) = node(t, &url, &tmp.path().join("b"), false);
     assert_eq!(b.read(&yf).expect("read").read_all().expect("read y"), y);
@@ -179,7 +169,7 @@ fn missing_chunks_on_a_stale_node_counts_the_chunks_of_deleted_packs() {
     assert_eq!(cf, xf);
     // One pack of all of them: not byte for byte any pack a stored.
     let (pack, bytes) = client.export_pack(&missing).expect("export");
-    assert!(!packs_of(&a, &xf).contains(&pack));
+    assert!(!a.layout(&xf).expect("layout").packs().contains(&pack));
     s.admit_pack(pack, bytes.into(), u64::MAX).expect("admit");
     let list = client.chunk_list(&xf).expect("chunk list");
     s.register_file(xf, x.len() as u64, &list, None, &["m/again"])

@@ -7,3 +7,32 @@ pub mod conformance;
 mod server;
 
 pub use server::{required, s3_target, S3Target};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tessera::{Store, StoreOptions};
+
+use crate::S3Store;
+
+/// One node of a multi-node test: its own S3 client over the bucket, and
+/// a store whose local cache (and the client's staging) is its own
+/// directory.
+pub struct Node {
+    /// The node's client, to look at or tamper with the bucket directly.
+    pub s3: Arc<S3Store>,
+    /// The store as the node sees it.
+    pub store: Store,
+}
+
+impl S3Target {
+    /// Opens a node over `url` with its cache in `local`.
+    pub fn node(&self, url: &str, local: &Path, opts: StoreOptions) -> Node {
+        let mut o = self.options();
+        o.staging_dir = Some(local.join("staging"));
+        let s3 = Arc::new(S3Store::from_url(url, o).unwrap_or_else(|e| panic!("{url}: {e}")));
+        let store = Store::open_with(s3.clone(), local, opts)
+            .unwrap_or_else(|e| panic!("open {url} with cache {}: {e}", local.display()));
+        Node { s3, store }
+    }
+}
