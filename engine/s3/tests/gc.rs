@@ -20,25 +20,14 @@ use std::time::{Duration, Instant};
 use tessera::lease::{Lease, LeaseOptions, GC_LEASE};
 use tessera::storage::ObjectStore;
 use tessera::testing::{pack_key, recipe_key};
-use tessera::{Error, FileId, GcOptions, RepackOptions, Store, StoreOptions, VerifyOptions};
-use tessera_s3::testing::{s3_target, Node, S3Target};
+use tessera::{Error, FileId, GcOptions, RepackOptions, Store, VerifyOptions};
+use tessera_s3::testing::{gc_test_options, s3_target, Node, S3Target};
 use tessera_s3::S3Store;
 
 const CONDEMNED: &str = "gc/condemned";
 
 fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> Node {
-    t.node(
-        url,
-        local,
-        StoreOptions {
-            create,
-            pack_target_bytes: 1 << 20,
-            // Tests run a short writer window; a writer check good for 300
-            // ms keeps the window's rule (at least twice the check).
-            gc_check_valid: Duration::from_millis(300),
-            ..StoreOptions::default()
-        },
-    )
+    t.node(url, local, gc_test_options(create))
 }
 
 fn gc_opts(window: Duration) -> GcOptions {

@@ -16,20 +16,11 @@ use tessera::lease::LeaseOptions;
 use tessera::storage::ObjectStore;
 use tessera::testing::pack_key;
 use tessera::{Error, GcOptions, RepackOptions, Store, StoreOptions};
-use tessera_s3::testing::{s3_target, S3Target};
+use tessera_s3::testing::{gc_test_options, s3_target, S3Target};
 use tessera_s3::S3Store;
 
 fn node(t: &S3Target, url: &str, local: &Path, create: bool) -> (Arc<S3Store>, Store) {
-    let n = t.node(
-        url,
-        local,
-        StoreOptions {
-            create,
-            pack_target_bytes: 1 << 20,
-            gc_check_valid: Duration::from_millis(300),
-            ..StoreOptions::default()
-        },
-    );
+    let n = t.node(url, local, gc_test_options(create));
     (n.s3, n.store)
 }
 

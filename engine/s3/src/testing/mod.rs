@@ -25,6 +25,18 @@ pub struct Node {
     pub store: Store,
 }
 
+/// Store options for a GC test node: 1 MiB packs (many packs from small
+/// files), and a writer check good for 300 ms, so a short writer window
+/// keeps the rule (at least twice the check).
+pub fn gc_test_options(create: bool) -> StoreOptions {
+    StoreOptions {
+        create,
+        pack_target_bytes: 1 << 20,
+        gc_check_valid: std::time::Duration::from_millis(300),
+        ..StoreOptions::default()
+    }
+}
+
 impl S3Target {
     /// Opens a node over `url` with its cache in `local`.
     pub fn node(&self, url: &str, local: &Path, opts: StoreOptions) -> Node {
