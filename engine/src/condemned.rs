@@ -381,18 +381,21 @@ impl WriterCheck {
         if !core.objects.shared() || took <= core.opts.gc_check_valid {
             return Ok(self);
         }
-        let late = |object: String, why: &str| {
-            let advice = if why == GONE {
-                "it named what a GC on another node collected: store the file again \
-                 (a put stores its chunks again)"
-            } else {
-                "it may name a file a GC on another node collects (the GC may not have seen \
-                 the write): when no GC runs, check the file, and store it again and set \
-                 what names it again if it is gone"
-            };
-            let done = match on_gone {
-                Some(undo) if why == GONE => format!(". {}", undo()),
-                _ => String::new(),
+        let late = |object: String, fate: Fate| {
+            let (why, advice, done) = match fate {
+                Fate::Condemned => (
+                    "is condemned by a GC running now",
+                    "it may name a file a GC on another node collects (the GC may not have \
+                     seen the write): when no GC runs, check the file, and store it again and \
+                     set what names it again if it is gone",
+                    String::new(),
+                ),
+                Fate::Gone => (
+                    "is gone",
+                    "it named what a GC on another node collected: store the file again \
+                     (a put stores its chunks again)",
+                    on_gone.map_or(String::new(), |undo| format!(". {}", undo())),
+                ),
             };
             Error::Busy(format!(
                 "{what} was written {} ms after the check of {} (good for {} ms), and {object} {why}; {advice}{done}",
@@ -406,14 +409,11 @@ impl WriterCheck {
         // Each named object: not condemned by the set in force, still there.
         let confirm = |key: String, condemned: bool| -> Result<()> {
             if condemned {
-                return Err(late(
-                    objects.describe(&key),
-                    "is condemned by a GC running now",
-                ));
+                return Err(late(objects.describe(&key), Fate::Condemned));
             }
             match objects.exists(&key) {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(late(objects.describe(&key), GONE)),
+                Ok(false) => Err(late(objects.describe(&key), Fate::Gone)),
                 Err(e) => Err(Error::io("stat", objects.describe(&key), e)),
             }
         };
@@ -446,8 +446,15 @@ impl WriterCheck {
     }
 }
 
-/// How [`WriterCheck::confirm_published`] says an object is gone.
-const GONE: &str = "is gone";
+/// What [`WriterCheck::confirm_published`] found of a named object that a
+/// late publication may not rely on.
+#[derive(Clone, Copy)]
+enum Fate {
+    /// A collector's set in force condemns it.
+    Condemned,
+    /// It no longer exists (collected).
+    Gone,
+}
 
 /// Drops packs another node deleted from this node's index (their chunk
 /// entries too), so dedup stops finding them.

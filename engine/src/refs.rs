@@ -180,25 +180,6 @@ pub(crate) fn delete(core: &Core, name: &str) -> Result<()> {
     core.poison_on(core.index.flush())
 }
 
-/// Reads a ref file (the durable copy of a ref); `None` when there is none,
-/// it is a tombstone (the ref was deleted), or it names another ref (a hash
-/// collision of names, or misplaced).
-pub(crate) fn read_file(core: &Core, name: &str) -> Result<Option<FileId>> {
-    let key = ref_key(name);
-    match core.objects.get(&key) {
-        Ok(b) => {
-            let (n, id) = decode_ref(&b).map_err(|detail| Error::RefCorrupt {
-                name: clip(name),
-                object: core.objects.describe(&key),
-                detail,
-            })?;
-            Ok((n == name && id != DELETED_REF).then_some(id))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read ref", core.objects.describe(&key), e)),
-    }
-}
-
 /// Resolves a ref. A ref the index lacks whose ref file exists and names a
 /// file whose recipe is missing or damaged is damage, not absence
 /// ([`Error::RefDangling`]). (A ref file naming a file with an intact recipe
@@ -211,7 +192,7 @@ pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
     if let Some(id) = core.index.get_ref(name)? {
         return Ok(id);
     }
-    if let Ok(Some(file)) = read_file(core, name) {
+    if let Ok(Some(file)) = shared_refs::read_ref(core, name) {
         let recipe = core.objects.get(&recipe_key(&file));
         if !recipe.is_ok_and(|b| Recipe::decode(file, &b).is_ok()) {
             return Err(Error::RefDangling {

@@ -21,13 +21,14 @@ use crate::cache::lock;
 use crate::condemned::{self, Condemned, CondemnedRecord};
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::format::Recipe;
 use crate::gc::{self, Ages, Collection, GcOptions, GcReport};
 use crate::ids::{FileId, PackId};
 use crate::lease::{Lease, GC_LEASE};
 use crate::options::millis;
 use crate::paths::{file_of_key, pack_of_key, recipe_key, PACKS, RECIPES};
 use crate::refresh;
-use crate::remote::{exists, parallel, reload_file};
+use crate::remote::{parallel, reload_file};
 use crate::repack::{self, RepackOptions, RepackReport};
 
 /// Garbage collection on a shared store.
@@ -365,11 +366,8 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     let reread = parallel(&listed, |f| reload_file(core, f));
     for (f, r) in listed.iter().zip(reread) {
         r?;
-        if !core.index.has_file(f)? && exists(core, &recipe_key(f))? {
-            return Err(Error::RecipeUnreadable {
-                object: objects.describe(&recipe_key(f)),
-                detail: "does not decode".to_string(),
-            });
+        if !core.index.has_file(f)? {
+            unindexed_recipe(core, f)?;
         }
     }
     // What the index holds that the bucket no longer does, needed or not
@@ -426,5 +424,28 @@ mod tests {
             Ok(panicked) => assert!(panicked, "the panic goes on up"),
             Err(_) => panic!("the heartbeat outlived a panicking run: the scope never ended"),
         }
+    }
+}
+
+/// Why a listed recipe the survey could not index stops the collection:
+/// it does not decode (damage, with the decoder's reason), or it changed
+/// while being read (busy). Nothing when it is gone (collected meanwhile).
+fn unindexed_recipe(core: &Core, file: &FileId) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let key = recipe_key(file);
+    let bytes = match objects.get(&key) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read recipe", objects.describe(&key), e)),
+    };
+    match Recipe::decode(*file, &bytes) {
+        Err(e) => Err(Error::RecipeUnreadable {
+            object: objects.describe(&key),
+            detail: format!("does not decode ({})", e.into_error(*file)),
+        }),
+        Ok(_) => Err(Error::Busy(format!(
+            "{} changed while the GC's survey read it; retry",
+            objects.describe(&key)
+        ))),
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::condemned::WriterCheck;
 use crate::core::Core;
 use crate::error::{clip, Error, Result};
-use crate::format::{decode_ref, encode_ref, DELETED_REF};
+use crate::format::{encode_ref, is_tombstone, ref_target, DELETED_REF};
 use crate::ids::FileId;
 use crate::paths::ref_key;
 use crate::remote::{has_file, io_err};
@@ -26,15 +26,6 @@ pub(crate) enum Expect {
     Any,
     /// Exactly this (`None`: no ref); otherwise [`Error::RefConflict`].
     Is(Option<FileId>),
-}
-
-/// The file a ref object names, if it is a valid ref object of `name` (a
-/// tombstone names none).
-fn ref_target(name: &str, bytes: &[u8]) -> Option<FileId> {
-    match decode_ref(bytes) {
-        Ok((n, f)) if n == name && f != DELETED_REF => Some(f),
-        _ => None,
-    }
 }
 
 /// A ref write that went out: what it replaced and the version it wrote,
@@ -77,7 +68,10 @@ impl RefWrite {
         };
         let objects = core.objects.as_ref();
         let key = ref_key(&self.name);
-        let old = self.before.as_ref().map(|b| (b, ref_target(&self.name, b)));
+        let old = self
+            .before
+            .as_ref()
+            .map(|b| (b, ref_target(&self.name, b).ok().flatten()));
         let restore = match old {
             // The file the ref named before: only while it can be named.
             Some((b, Some(f))) => match WriterCheck::new(core).and_then(|c| c.file(core, &f)) {
@@ -122,11 +116,6 @@ impl RefWrite {
     }
 }
 
-/// Whether `bytes` is the tombstone of ref `name`.
-fn is_tombstone(name: &str, bytes: &[u8]) -> bool {
-    matches!(decode_ref(bytes), Ok((n, f)) if n == name && f == DELETED_REF)
-}
-
 /// Points ref `name` at `file` in the store with conditional writes: the
 /// write names the version it replaces (or that there is none), so a
 /// concurrent change by another node makes it fail instead of being
@@ -157,7 +146,7 @@ pub(crate) fn write_ref(
                 .get_versioned(&key)
                 .map_err(|e| io_err(objects, "read ref", &key, e))?
                 .map(|(b, v)| {
-                    let f = ref_target(name, &b);
+                    let f = ref_target(name, &b).ok().flatten();
                     (b, f, v)
                 });
         }
@@ -219,21 +208,19 @@ fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_millis(base * jitter / 1000));
 }
 
-/// The file the ref object of `name` names; `None` when there is none (or
-/// it is another name's, or a tombstone). A ref object that does not
-/// decode is damage.
-fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
+/// Reads the ref object (a directory store's ref file) of `name`: the file
+/// it names, `None` when there is none, it is a tombstone (the ref was
+/// deleted) or it is another name's. One that does not decode is damage
+/// ([`Error::RefCorrupt`]).
+pub(crate) fn read_ref(core: &Core, name: &str) -> Result<Option<FileId>> {
     let objects = core.objects.as_ref();
     let key = ref_key(name);
     match objects.get(&key) {
-        Ok(b) => match decode_ref(&b) {
-            Ok((n, f)) => Ok((n == name && f != DELETED_REF).then_some(f)),
-            Err(detail) => Err(Error::RefCorrupt {
-                name: clip(name),
-                object: objects.describe(&key),
-                detail,
-            }),
-        },
+        Ok(b) => ref_target(name, &b).map_err(|detail| Error::RefCorrupt {
+            name: clip(name),
+            object: objects.describe(&key),
+            detail,
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(objects, "read ref", &key, e)),
     }

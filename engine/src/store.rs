@@ -27,7 +27,7 @@ use crate::shared_gc;
 use crate::storage::{DirStore, ObjectStore};
 use crate::transfer::{self, AdmitReport, Assembly, DownloadPlan, Reconstruction, VerifiedChunks};
 use crate::verify::{self, VerifyOptions, VerifyReport};
-use crate::{open, refs};
+use crate::{open, refs, shared_refs};
 
 /// Store-wide figures.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -305,7 +305,7 @@ impl Store {
 
     /// Reads a ref's durable copy (its ref object).
     pub fn read_ref_file(&self, name: &str) -> Result<Option<FileId>> {
-        refs::read_file(&self.core, name)
+        shared_refs::read_ref(&self.core, name)
     }
 
     // ------------------------------------------------------------ store

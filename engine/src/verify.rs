@@ -413,7 +413,7 @@ pub(crate) fn verify(
                 format!("names file {file}, which is not stored"),
             );
         }
-        match refs::read_file(core, &name) {
+        match shared_refs::read_ref(core, &name) {
             Ok(Some(f)) if f == file => {}
             // Changed or deleted by another node since the refresh: the
             // index follows the bucket.

@@ -577,7 +577,7 @@ fn a_damaged_ref_object_stops_gc() {
 /// GC as "store busy" (exit 1, as if a retry would help). It is damage:
 /// `RecipeUnreadable` naming the object on a node that never saw the
 /// recipe; the node that wrote it marks from its index's verified copy.
-/// Nothing is condemned or deleted.
+/// Nothing is condemned or deleted. The error gives the decoder's reason.
 #[test]
 fn a_damaged_recipe_object_stops_gc_as_damage() {
     let Some(t) = s3_target("a_damaged_recipe_object_stops_gc_as_damage") else {
@@ -597,6 +597,8 @@ fn a_damaged_recipe_object_stops_gc_as_damage() {
         Err(e @ Error::RecipeUnreadable { .. }) => {
             assert!(e.to_string().contains(&key), "{e}");
             assert!(e.is_corruption(), "{e:?}");
+            // The decoder's reason, not only "does not decode".
+            assert!(e.to_string().contains("shorter than a recipe"), "{e}");
         }
         other => panic!("gc on a fresh node over a damaged recipe object: {other:?}"),
     }

@@ -30,7 +30,10 @@ pub use recipe::{
     Recipe, RecipeError, Term, RECIPE_CHUNK_LEN, RECIPE_HEADER_LEN, RECIPE_MAGIC, TERM_LEN,
 };
 #[allow(unused_imports)]
-pub use refs::{decode_ref, encode_ref, ref_file_field, DELETED_REF, MAX_REF_LEN, REF_MAGIC};
+pub use refs::{
+    decode_ref, encode_ref, is_tombstone, ref_file_field, ref_target, DELETED_REF, MAX_REF_LEN,
+    REF_MAGIC,
+};
 
 /// Version of the store layout and of every format below.
 pub const FORMAT_VERSION: u32 = 1;

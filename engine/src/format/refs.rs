@@ -60,3 +60,16 @@ pub fn decode_ref(b: &[u8]) -> Result<(String, FileId), String> {
         .map_err(|_| "name is not UTF-8".to_string())?;
     Ok((name.to_string(), file))
 }
+
+/// The file ref object `bytes` names for ref `name`: `None` for a
+/// tombstone, or for another name's ref object (a collision of names, or a
+/// misplaced object). Errors as [`decode_ref`] when the bytes do not decode.
+pub fn ref_target(name: &str, bytes: &[u8]) -> Result<Option<FileId>, String> {
+    let (n, f) = decode_ref(bytes)?;
+    Ok((n == name && f != DELETED_REF).then_some(f))
+}
+
+/// Whether `bytes` is the tombstone of ref `name`.
+pub fn is_tombstone(name: &str, bytes: &[u8]) -> bool {
+    matches!(decode_ref(bytes), Ok((n, f)) if n == name && f == DELETED_REF)
+}
