@@ -386,6 +386,29 @@ fn survey(core: &Core, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<Ages>
     Ok(Ages::Listed { files, packs })
 }
 
+/// Why a listed recipe the survey could not index stops the collection:
+/// it does not decode (damage, with the decoder's reason), or it changed
+/// while being read (busy). Nothing when it is gone (collected meanwhile).
+fn unindexed_recipe(core: &Core, file: &FileId) -> Result<()> {
+    let objects = core.objects.as_ref();
+    let key = recipe_key(file);
+    let bytes = match objects.get(&key) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read recipe", objects.describe(&key), e)),
+    };
+    match Recipe::decode(*file, &bytes) {
+        Err(e) => Err(Error::RecipeUnreadable {
+            object: objects.describe(&key),
+            detail: format!("does not decode ({})", e.into_error(*file)),
+        }),
+        Ok(_) => Err(Error::Busy(format!(
+            "{} changed while the GC's survey read it; retry",
+            objects.describe(&key)
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,28 +447,5 @@ mod tests {
             Ok(panicked) => assert!(panicked, "the panic goes on up"),
             Err(_) => panic!("the heartbeat outlived a panicking run: the scope never ended"),
         }
-    }
-}
-
-/// Why a listed recipe the survey could not index stops the collection:
-/// it does not decode (damage, with the decoder's reason), or it changed
-/// while being read (busy). Nothing when it is gone (collected meanwhile).
-fn unindexed_recipe(core: &Core, file: &FileId) -> Result<()> {
-    let objects = core.objects.as_ref();
-    let key = recipe_key(file);
-    let bytes = match objects.get(&key) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("read recipe", objects.describe(&key), e)),
-    };
-    match Recipe::decode(*file, &bytes) {
-        Err(e) => Err(Error::RecipeUnreadable {
-            object: objects.describe(&key),
-            detail: format!("does not decode ({})", e.into_error(*file)),
-        }),
-        Ok(_) => Err(Error::Busy(format!(
-            "{} changed while the GC's survey read it; retry",
-            objects.describe(&key)
-        ))),
     }
 }

@@ -17,7 +17,12 @@ pub(crate) struct PullArgs {
     url: String,
     /// A file id, `sha256:HEX`, or a ref.
     name: String,
-    /// Where to write the file.
+    /// Where to write the file. A regular file (or a new one) is replaced
+    /// atomically once the file is verified: a temp file beside it, renamed
+    /// over it (through a symbolic link, the file the link leads to). `-`
+    /// writes to standard output (the report then goes to standard error),
+    /// and a device or FIFO (`/dev/null`) is written through, never
+    /// replaced; their download directory is in the system temp directory.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
     /// Print a JSON report: file_id, sha256, size, bytes_downloaded,
@@ -46,7 +51,13 @@ pub(crate) fn run(loc: &Location, args: PullArgs, wait: bool) -> CliResult {
     })?;
     drop(rt);
     store.close()?;
-    let mut out = io::stdout().lock();
+    // With `-o -` the file went to standard output: the report goes to
+    // standard error.
+    let mut out: Box<dyn Write> = if args.output.as_os_str() == "-" {
+        Box::new(io::stderr().lock())
+    } else {
+        Box::new(io::stdout().lock())
+    };
     if args.json {
         let mut v =
             serde_json::to_value(&report).map_err(|e| crate::CliError::Check(e.to_string()))?;

@@ -429,3 +429,113 @@ fn cli_push_and_pull_reports_and_refusals() {
     assert_eq!(open.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&open.stderr).contains("loopback"));
 }
+
+/// Found by a hostile probe: `pull -o /dev/null` (as root) replaced the
+/// device with a regular file, a FIFO became a file, and `-o -` wrote a
+/// file named `-`. Now `-` is standard output (the report on standard
+/// error) and a device or FIFO is written through, never replaced.
+#[test]
+fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = tmp.path().join("srv");
+    let data = model(&ModelSpec::base(52, 3 << 20, DType::BF16));
+    let src = tmp.path().join("m.bin");
+    std::fs::write(&src, &data).expect("write");
+    let put = tessera(&srv)
+        .args(["put", "--ref", "m@v1:w"])
+        .arg(&src)
+        .output()
+        .expect("put");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = tessera(&srv)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Standard output: the file, and the report on standard error.
+    let out = tessera(&tmp.path().join("c1"))
+        .current_dir(tmp.path())
+        .args(["pull", &url, "m@v1:w", "-o", "-", "--json"])
+        .output()
+        .expect("pull -o -");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data, "standard output holds the file");
+    let rep: Value = serde_json::from_slice(&out.stderr).expect("report on stderr");
+    assert_eq!(rep["size"].as_u64(), Some(data.len() as u64));
+    assert!(!tmp.path().join("-").exists(), "no file named -");
+    // Stored locally now: a second pull to standard output reads the store.
+    let again = tessera(&tmp.path().join("c1"))
+        .args(["pull", &url, "m@v1:w", "-o", "-"])
+        .output()
+        .expect("pull -o - again");
+    assert!(again.status.success() && again.stdout == data);
+
+    // A FIFO stays a FIFO and its reader gets the file.
+    let fifo = tmp.path().join("fifo");
+    let mk = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(mk.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).expect("read fifo"))
+    };
+    let st = tessera(&tmp.path().join("c2"))
+        .args(["pull", &url, "m@v1:w", "-o"])
+        .arg(&fifo)
+        .stdout(Stdio::null())
+        .status()
+        .expect("pull -o fifo");
+    assert!(st.success());
+    assert!(reader.join().expect("reader") == data);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
+
+    // /dev/null stays the device.
+    let st = tessera(&tmp.path().join("c3"))
+        .args(["pull", &url, "m@v1:w", "-o", "/dev/null"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("pull -o /dev/null");
+    assert!(st.success());
+    let null = std::fs::symlink_metadata("/dev/null").expect("/dev/null");
+    assert!(
+        null.file_type().is_char_device(),
+        "/dev/null is still a device"
+    );
+
+    // A directory is a usage error.
+    let out = tessera(&tmp.path().join("c4"))
+        .args(["pull", &url, "m@v1:w", "-o"])
+        .arg(tmp.path())
+        .output()
+        .expect("pull -o dir");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -522,3 +522,124 @@ async fn a_push_of_a_file_whose_pack_the_server_lost_stores_it_again() {
     );
     srv.stop().await;
 }
+
+/// Found by a hostile probe: a pull wrote through symbolic links in its
+/// download directory (a part file or the temp output planted as a link
+/// sent pack bytes or the file into the link's target) and reused a
+/// download directory anyone could write in. Now files there are never
+/// opened through a link, the temp output is created new, a download
+/// directory not private to this user is refused, and an output that is a
+/// link to a file has the file it leads to replaced (the link stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_never_writes_through_links() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let data = model(&ModelSpec::base(10, 2 << 20, DType::BF16));
+    server_store.put_bytes(&data, &["m@v1:w"]).expect("put");
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig::default(),
+    )
+    .await;
+    let c = client(&srv.url);
+    let term = c
+        .reconstruction("m@v1:w")
+        .await
+        .expect("rec")
+        .reconstruction
+        .terms[0]
+        .clone();
+    let victim = tmp.path().join("victim");
+    let victim_bytes = b"not to be touched".to_vec();
+    let dir_of = |case: &str| tmp.path().join(format!(".{case}.bin.tessera-pull"));
+    let private = |dir: &std::path::Path| {
+        std::fs::create_dir(dir).expect("mkdir");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    };
+
+    // The temp output planted as a link: removed, the file created new.
+    std::fs::write(&victim, &victim_bytes).expect("victim");
+    let dir = dir_of("tmp-link");
+    private(&dir);
+    symlink(&victim, dir.join("output.tmp")).expect("plant link");
+    let out = tmp.path().join("tmp-link.bin");
+    pull(
+        &c,
+        &open(&tmp.path().join("l1")),
+        "m@v1:w",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("pull past a planted temp link");
+    assert_eq!(std::fs::read(&victim).expect("victim"), victim_bytes);
+    let meta = std::fs::symlink_metadata(&out).expect("output");
+    assert!(meta.file_type().is_file(), "the output is a file: {meta:?}");
+    assert!(std::fs::read(&out).expect("read") == data);
+
+    // A part file planted as a link: the pull fails, the target untouched.
+    let dir = dir_of("part-link");
+    private(&dir);
+    symlink(
+        &victim,
+        dir.join(format!("{}-{}.part", term.pack, term.pack_start)),
+    )
+    .expect("plant part link");
+    let out = tmp.path().join("part-link.bin");
+    let r = pull(
+        &c,
+        &open(&tmp.path().join("l2")),
+        "m@v1:w",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "a part that is a link is not written through: {r:?}"
+    );
+    assert_eq!(std::fs::read(&victim).expect("victim"), victim_bytes);
+    assert!(!out.exists());
+
+    // A download directory others may write in is refused, nothing written.
+    let dir = dir_of("open-dir");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = tmp.path().join("open-dir.bin");
+    let e = pull(
+        &c,
+        &open(&tmp.path().join("l3")),
+        "m@v1:w",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect_err("a world-writable download directory");
+    assert!(e.to_string().contains("not private to this user"), "{e}");
+    assert_eq!(std::fs::read_dir(&dir).expect("ls").count(), 0);
+    assert!(!out.exists());
+
+    // An output that is a link to a file: that file is replaced, the link
+    // stays.
+    let target = tmp.path().join("real.bin");
+    std::fs::write(&target, b"old").expect("target");
+    let link = tmp.path().join("link.bin");
+    symlink(&target, &link).expect("link");
+    pull(
+        &c,
+        &open(&tmp.path().join("l4")),
+        "m@v1:w",
+        &link,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("pull to a link");
+    assert!(std::fs::symlink_metadata(&link)
+        .expect("link")
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read(&target).expect("target") == data);
+    srv.stop().await;
+}

@@ -121,9 +121,151 @@ pub(crate) fn download_dir(output: &Path) -> ClientResult<PathBuf> {
     Ok(parent_of(output).join(format!(".{}.tessera-pull", name.to_string_lossy())))
 }
 
+/// `O_NOFOLLOW`: files in the download directory are opened only as what
+/// they are, never through a symbolic link.
+const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+/// Where a pull puts the file.
+#[derive(Debug)]
+enum Destination {
+    /// A regular file, new or replaced: a temp file beside it, renamed over
+    /// it. For an output that is a symbolic link, the file it leads to (the
+    /// link stays and names the new file).
+    File(PathBuf),
+    /// Standard output (`-o -`): written through once the file is
+    /// verified and registered.
+    Stdout,
+    /// A device, FIFO or socket that exists (`/dev/null`): written
+    /// through, never replaced.
+    Stream(PathBuf),
+}
+
+impl Destination {
+    fn of(output: &Path) -> ClientResult<Destination> {
+        if output.as_os_str() == "-" {
+            return Ok(Destination::Stdout);
+        }
+        let meta = match std::fs::symlink_metadata(output) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Destination::File(output.to_path_buf()))
+            }
+            Err(e) => return Err(ClientError::io(output, e)),
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            return match std::fs::canonicalize(output) {
+                // Resolved: no link left in the path.
+                Ok(real) => Destination::of(&real),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(ClientError::Usage(format!(
+                        "output {}: a symbolic link to a path that does not exist; give the \
+                         path itself",
+                        output.display()
+                    )))
+                }
+                Err(e) => Err(ClientError::io(output, e)),
+            };
+        }
+        if kind.is_file() {
+            Ok(Destination::File(output.to_path_buf()))
+        } else if kind.is_dir() {
+            Err(ClientError::Usage(format!(
+                "output {}: a directory; give a file name",
+                output.display()
+            )))
+        } else {
+            Ok(Destination::Stream(output.to_path_buf()))
+        }
+    }
+
+    /// The path it names (`-` for standard output).
+    fn path(&self) -> &Path {
+        match self {
+            Destination::File(p) | Destination::Stream(p) => p,
+            Destination::Stdout => Path::new("-"),
+        }
+    }
+
+    /// The download directory: beside a file; for a stream, in the system
+    /// temp directory, one per user and file (so a pull to standard output
+    /// resumes too).
+    fn download_dir(&self, file: &FileId) -> ClientResult<PathBuf> {
+        match self {
+            Destination::File(p) => download_dir(p),
+            _ => Ok(std::env::temp_dir().join(format!(
+                "tessera-pull-{}-{file}",
+                rustix::process::getuid().as_raw()
+            ))),
+        }
+    }
+
+    /// A stream's writer (a device or FIFO is opened as it is: no create,
+    /// no truncate).
+    fn open(&self) -> ClientResult<Box<dyn Write + Send>> {
+        match self {
+            Destination::Stdout => Ok(Box::new(std::io::stdout())),
+            Destination::Stream(p) | Destination::File(p) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map(|f| Box::new(f) as Box<dyn Write + Send>)
+                .map_err(|e| ClientError::io(p, e)),
+        }
+    }
+}
+
+/// Creates the download directory `dir` (mode 0700), or checks that the
+/// one there is this user's own: a directory, owned by this user, not
+/// writable by group or others. Anyone else who can write in it could put
+/// links there that lead the pull's writes elsewhere.
+fn private_dir(dir: &Path) -> ClientResult<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let io = |e| ClientError::io(dir, e);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| ClientError::io(parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(io)?;
+    let me = rustix::process::getuid().as_raw();
+    if m.file_type().is_dir() && m.uid() == me && m.mode() & 0o022 == 0 {
+        return Ok(());
+    }
+    let what = if m.file_type().is_symlink() {
+        "a symbolic link".to_string()
+    } else if !m.file_type().is_dir() {
+        "not a directory".to_string()
+    } else {
+        format!("owner uid {}, mode {:o}", m.uid(), m.mode() & 0o7777)
+    };
+    Err(io(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "the download directory is not private to this user ({what}; this is uid {me}): \
+             anyone else who can write in it could lead the pull's writes elsewhere; \
+             remove it and run the pull again"
+        ),
+    )))
+}
+
+/// Opens a file of the download directory for reading, never through a link.
+fn open_nofollow(path: &Path) -> ClientResult<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW)
+        .open(path)
+        .map_err(|e| ClientError::io(path, e))
+}
+
 /// Pulls file `name` (a file id, `sha256:…`, or a ref) from the server into
-/// `store` and writes it to `output` (atomically: a temp file, fsync'd,
-/// renamed over it).
+/// `store` and writes it to `output`: a regular file atomically (a temp
+/// file, fsync'd, renamed over it; through a symbolic link, the file it
+/// leads to); `-` (standard output), a device or a FIFO written through
+/// once the file is verified and registered, never replaced.
 pub async fn pull(
     client: &Client,
     store: &Store,
@@ -132,7 +274,7 @@ pub async fn pull(
     progress: Arc<dyn Progress>,
 ) -> ClientResult<PullReport> {
     let requests_before = client.requests();
-    let dir = download_dir(output)?;
+    let dest = Destination::of(output)?;
     let resp = client.reconstruction(name).await?;
     let rec = resp.reconstruction;
     let rec_url = client.url(&format!(
@@ -140,6 +282,7 @@ pub async fn pull(
         crate::protocol::encode_segment(name)
     ));
     check_reconstruction(&rec, name, &rec_url)?;
+    let dir = dest.download_dir(&rec.file_id)?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         name: name.to_string(),
@@ -177,9 +320,10 @@ pub async fn pull(
         None
     } else {
         // The part files and the output being assembled.
-        tokio::fs::create_dir_all(&dir)
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || private_dir(&d))
             .await
-            .map_err(|e| ClientError::io(&dir, e))?;
+            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))??;
         let t0 = Instant::now();
         let mut rec = rec.clone();
         let mut round = 0u32;
@@ -193,7 +337,7 @@ pub async fn pull(
                 report.chunks_downloaded = plan.fetch_chunks;
                 progress.start("download", plan.fetch_bytes);
             }
-            let out = TempOutput::in_dir(output, &dir);
+            let out = TempOutput::in_dir(dest.path(), &dir);
             let file = out.file()?;
             let parts = existing_parts(&dir).await?;
             let (st, r, p) = (store.clone(), rec.clone(), plan.clone());
@@ -288,17 +432,30 @@ pub async fn pull(
     }
     report.sha256 = sha;
     let (st, id, p) = (store.clone(), rec.file_id, progress.clone());
-    let output = output.to_path_buf();
-    tokio::task::spawn_blocking(move || match assembled {
+    tokio::task::spawn_blocking(move || match (assembled, dest) {
         // Assembled, fsync'd: put in place.
-        Some((_, out)) => out.finish_synced(),
-        None => {
-            let out = TempOutput::create(&output);
+        (Some((_, out)), Destination::File(_)) => out.finish_synced(),
+        // Assembled: written through (the temp file goes when `out` does).
+        (Some((_, out)), dest) => {
+            let mut tmp = open_nofollow(&out.tmp)?;
+            let mut w = dest.open()?;
+            std::io::copy(&mut tmp, &mut w).map_err(|e| ClientError::io(dest.path(), e))?;
+            w.flush().map_err(|e| ClientError::io(dest.path(), e))
+        }
+        (None, Destination::File(path)) => {
+            let out = TempOutput::create(&path);
             let mut file = out.file()?;
             p.start("write", rec.size);
             copy_from_store(&st, &id, &mut file, &out.tmp, p.as_ref())?;
             p.finish();
             out.finish(file)
+        }
+        (None, dest) => {
+            let mut w = dest.open()?;
+            p.start("write", rec.size);
+            copy_from_store(&st, &id, &mut w, dest.path(), p.as_ref())?;
+            p.finish();
+            w.flush().map_err(|e| ClientError::io(dest.path(), e))
         }
     })
     .await
@@ -573,6 +730,7 @@ async fn download_range(sh: &Shared, f: &Fetch, part: &Path) -> Result<Bytes, Ra
         .truncate(false)
         .read(true)
         .write(true)
+        .custom_flags(NOFOLLOW)
         .open(part)
         .await
         .map_err(io)?;
@@ -766,9 +924,21 @@ impl TempOutput {
         }
     }
 
-    /// The temp file, created empty.
+    /// The temp file, created empty: whatever was at its path before
+    /// (an earlier run's, or a link planted there) is removed, and the file
+    /// is created new, so no write goes through a link.
     fn file(&self) -> ClientResult<std::fs::File> {
-        std::fs::File::create(&self.tmp).map_err(|e| ClientError::io(&self.tmp, e))
+        let io = |e| ClientError::io(&self.tmp, e);
+        match std::fs::remove_file(&self.tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.tmp)
+            .map_err(io)
     }
 
     /// Makes `file` durable and puts it in place.
@@ -809,7 +979,7 @@ fn parent_of(path: &Path) -> PathBuf {
 fn copy_from_store(
     store: &Store,
     id: &FileId,
-    f: &mut std::fs::File,
+    f: &mut dyn Write,
     tmp: &Path,
     progress: &dyn Progress,
 ) -> ClientResult<()> {
