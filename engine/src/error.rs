@@ -345,6 +345,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file registration named chunks the store does not hold (a client
+    /// that asks again which chunks are missing and uploads them can
+    /// register it then); nothing was kept.
+    #[error("file {file} refused: {missing} of its {total} chunks are not stored")]
+    ChunksMissing {
+        /// The file.
+        file: FileId,
+        /// How many of its chunks are missing.
+        missing: usize,
+        /// How many chunks it lists.
+        total: usize,
+    },
+
     /// A caller-supplied argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -189,8 +189,10 @@ fn hostile_uploads_are_refused_and_leave_nothing_behind() {
     }
     // A registration naming chunks the server does not hold.
     match server.register_file(id, data.len() as u64, &list, None, &["x"]) {
-        Err(e @ Error::Rejected { .. }) => assert!(e.to_string().contains("not stored"), "{e}"),
-        other => panic!("expected Rejected, got {other:?}"),
+        Err(e @ Error::ChunksMissing { .. }) => {
+            assert!(e.to_string().contains("not stored"), "{e}")
+        }
+        other => panic!("expected ChunksMissing, got {other:?}"),
     }
     // A chunk list that does not hash to the file id, and a wrong size.
     let mut wrong = list.clone();

@@ -413,6 +413,9 @@ fn cli_push_and_pull_reports_and_refusals() {
     let err = String::from_utf8_lossy(&remote.stderr);
     assert_eq!(remote.status.code(), Some(5), "{err}");
     assert!(err.contains("422") && err.contains("posix.system"), "{err}");
+    // A policy refusal is final: not re-planned and registered again
+    // (each attempt made the server hash the file again).
+    assert!(!err.contains("asking again"), "{err}");
     let gone = tessera(&puller)
         .args(["pull", &url, "acme/m@v1:evil.pkl", "-o"])
         .arg(tmp.path().join("z"))

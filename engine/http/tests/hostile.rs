@@ -523,6 +523,9 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(String::from_utf8_lossy(&body).contains("not stored"));
+    // Its own code: the one refusal a client cures by asking again which
+    // chunks are missing.
+    assert!(String::from_utf8_lossy(&body).contains("\"chunks_missing\""));
     let mut swapped = list.clone();
     swapped.swap(0, 1);
     let (st, _) = h

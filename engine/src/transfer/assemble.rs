@@ -461,7 +461,7 @@ impl Shared {
             }
             return publish_one(core, existing, ref_names, None);
         }
-        let locs = chunk_locations(core, &self.chunks, &|r| self.reject(r))?;
+        let locs = chunk_locations(core, &self.file, &self.chunks, &|r| self.reject(r))?;
         register_hashed(
             core,
             self.file,

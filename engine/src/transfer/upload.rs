@@ -277,7 +277,7 @@ pub(crate) fn register_file(
             return publish_one(core, existing, ref_names, None);
         }
     }
-    let locs = chunk_locations(core, chunks, &reject)?;
+    let locs = chunk_locations(core, &file, chunks, &reject)?;
     // The content's SHA-256 (what git-lfs pointers name files by) is
     // computed here, from verified chunks: a client cannot alias a file to
     // another's hash.
@@ -376,10 +376,11 @@ pub(super) fn publish_one(
         .ok_or_else(|| Error::Bug("publishing one file reported none".into()))
 }
 
-/// Where each of `chunks` is stored; a chunk that is missing or of another
-/// length refuses the registration.
+/// Where each of `chunks` (of `file`) is stored; a chunk of another length
+/// refuses the registration, missing ones are [`Error::ChunksMissing`].
 pub(super) fn chunk_locations(
     core: &Core,
+    file: &FileId,
     chunks: &[(ChunkId, u32)],
     reject: &dyn Fn(String) -> Error,
 ) -> Result<Vec<(PackId, u32)>> {
@@ -403,10 +404,11 @@ pub(super) fn chunk_locations(
         }
     }
     if missing > 0 {
-        return Err(reject(format!(
-            "{missing} of its {} chunks are not stored",
-            chunks.len()
-        )));
+        return Err(Error::ChunksMissing {
+            file: *file,
+            missing,
+            total: chunks.len(),
+        });
     }
     Ok(locs)
 }

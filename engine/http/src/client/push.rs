@@ -164,11 +164,13 @@ type Local = (PutReport, Vec<(ChunkId, u32)>, PushInput);
 const REPLAN_ROUNDS: usize = 3;
 
 /// A refusal a new plan can cure: the server no longer holds chunks it
-/// said it held (503 busy while it forgets a deleted pack, 422 "not
-/// stored" after).
+/// said it held (503 busy while it forgets a deleted pack, 422
+/// `chunks_missing` after). Other refusals (a pickle policy, a list that
+/// does not hash to its id) would only be repeated.
 fn replannable(e: &ClientError) -> bool {
-    matches!(e, ClientError::Http { status, .. }
-        if *status == StatusCode::SERVICE_UNAVAILABLE || *status == StatusCode::UNPROCESSABLE_ENTITY)
+    matches!(e, ClientError::Http { status, code, .. }
+        if *status == StatusCode::SERVICE_UNAVAILABLE
+            || (*status == StatusCode::UNPROCESSABLE_ENTITY && code == "chunks_missing"))
 }
 
 /// What one upload round sent.

@@ -60,6 +60,7 @@ impl From<tessera::Error> for ApiError {
             E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             E::RangeOutOfBounds { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range"),
             E::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            E::ChunksMissing { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "chunks_missing"),
             E::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_policy"),
             E::TensorUnreadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tensor_unreadable"),
             E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
