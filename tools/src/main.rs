@@ -410,7 +410,11 @@ impl CliError {
             CliError::Engine(e) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Engine(e)) if e.is_corruption() => 4,
             CliError::Remote(ClientError::Usage(_)) => 2,
-            CliError::Remote(ClientError::Http { code, .. }) if code == "bad_request" => 2,
+            CliError::Remote(ClientError::Http { code, .. })
+                if code == "bad_request" || code == "no_endpoint" =>
+            {
+                2
+            }
             CliError::Remote(ClientError::Http { code, .. }) if code == "refused_by_policy" => 5,
             CliError::Remote(e)
                 if e.status() == Some(tessera_http::client::StatusCode::NOT_FOUND) =>

@@ -539,6 +539,39 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Mistakes are not "not found" (exit 3): an empty name and a URL with
+    // the API's path in it are usage errors; a missing output directory is
+    // named.
+    let empty = tessera(&tmp.path().join("c5"))
+        .args(["pull", &url, "", "-o"])
+        .arg(tmp.path().join("e.bin"))
+        .output()
+        .expect("pull ''");
+    assert_eq!(
+        empty.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
+    let wrong = tessera(&tmp.path().join("c5"))
+        .args(["pull", &format!("{url}/v1"), "m@v1:w", "-o"])
+        .arg(tmp.path().join("w.bin"))
+        .output()
+        .expect("pull URL/v1");
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{err}");
+    assert!(err.contains("no endpoint") && err.contains("base"), "{err}");
+    let missing = tmp.path().join("no-such-dir");
+    let out = tessera(&tmp.path().join("c6"))
+        .args(["pull", &url, "m@v1:w", "-o"])
+        .arg(missing.join("x.bin"))
+        .output()
+        .expect("pull -o missing/x");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no-such-dir:"), "{err}");
+    assert!(!missing.exists(), "no directory made");
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -148,7 +148,17 @@ impl Destination {
         let meta = match std::fs::symlink_metadata(output) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Destination::File(output.to_path_buf()))
+                // A new file, in a directory that must exist.
+                let parent = parent_of(output);
+                return match std::fs::metadata(&parent) {
+                    Ok(m) if m.is_dir() => Ok(Destination::File(output.to_path_buf())),
+                    Ok(_) => Err(ClientError::Usage(format!(
+                        "output {}: {} is not a directory",
+                        output.display(),
+                        parent.display()
+                    ))),
+                    Err(e) => Err(ClientError::io(&parent, e)),
+                };
             }
             Err(e) => return Err(ClientError::io(output, e)),
         };
@@ -221,9 +231,6 @@ impl Destination {
 fn private_dir(dir: &Path) -> ClientResult<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let io = |e| ClientError::io(dir, e);
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| ClientError::io(parent, e))?;
-    }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -274,6 +281,11 @@ pub async fn pull(
     progress: Arc<dyn Progress>,
 ) -> ClientResult<PullReport> {
     let requests_before = client.requests();
+    if name.is_empty() {
+        return Err(ClientError::Usage(
+            "no file named: give a file id, sha256:HEX or a ref".into(),
+        ));
+    }
     let dest = Destination::of(output)?;
     let resp = client.reconstruction(name).await?;
     let rec = resp.reconstruction;

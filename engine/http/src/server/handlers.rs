@@ -97,11 +97,16 @@ fn tessera_clip(s: &str) -> String {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!(
-        "no endpoint {} {}",
-        req.method(),
-        tessera_clip(req.uri().path())
-    ))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_endpoint",
+        format!(
+            "no endpoint {} {} (a Tessera server's URL is its base: http://HOST:PORT, \
+             or the prefix it is served under)",
+            req.method(),
+            tessera_clip(req.uri().path())
+        ),
+    )
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
