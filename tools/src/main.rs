@@ -416,6 +416,8 @@ impl CliError {
                 2
             }
             CliError::Remote(ClientError::Http { code, .. }) if code == "refused_by_policy" => 5,
+            // The server's stored data is damaged.
+            CliError::Remote(ClientError::Http { code, .. }) if code == "damaged" => 4,
             CliError::Remote(e)
                 if e.status() == Some(tessera_http::client::StatusCode::NOT_FOUND) =>
             {

@@ -455,6 +455,21 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
+    // A second file in a pack of its own, lost from the server's disk below.
+    let before = pack_files(&srv);
+    let lost_src = tmp.path().join("lost.bin");
+    std::fs::write(&lost_src, tessera_synth::noise(1 << 20, 53)).expect("write");
+    let put = tessera(&srv)
+        .args(["put", "--ref", "m@v1:lost"])
+        .arg(&lost_src)
+        .output()
+        .expect("put");
+    assert!(put.status.success());
+    let lost: Vec<_> = pack_files(&srv)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = tessera(&srv)
@@ -572,6 +587,32 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no-such-dir:"), "{err}");
     assert!(!missing.exists(), "no directory made");
+
+    // A pack the server lost: damage on the server (exit 4), said once,
+    // not retried as if the server were busy.
+    std::fs::remove_file(&lost[0]).expect("lose the pack");
+    let out = tessera(&tmp.path().join("c7"))
+        .args(["pull", &url, "m@v1:lost", "-o"])
+        .arg(tmp.path().join("lost-out.bin"))
+        .output()
+        .expect("pull of a lost pack");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("damaged") && !err.contains("retrying"),
+        "{err}"
+    );
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// The pack files of a directory store.
+fn pack_files(store: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(store.join("packs")).expect("packs") {
+        for f in std::fs::read_dir(d.expect("entry").path()).expect("pack dir") {
+            out.push(f.expect("entry").path());
+        }
+    }
+    out
 }

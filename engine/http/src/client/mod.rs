@@ -129,6 +129,8 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Network { .. } => true,
+            // A server that reports damage would only report it again.
+            ClientError::Http { code, .. } if code == "damaged" => false,
             ClientError::Http { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::REQUEST_TIMEOUT

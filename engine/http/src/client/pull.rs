@@ -101,8 +101,9 @@ struct Shared {
 /// Why one attempt at a range failed.
 enum RangeFail {
     /// The pack URL was refused (expired, or signed by a server that has
-    /// restarted since): fetch the reconstruction again.
-    Refresh(u64),
+    /// restarted since) or the pack is not found (repacked away): fetch
+    /// the reconstruction again. Carries the URL generation and the answer.
+    Refresh(u64, ClientError),
     /// Anything else.
     Error(ClientError),
 }
@@ -698,19 +699,26 @@ async fn fetch_one(
                     }
                 }
             }
-            Err(RangeFail::Refresh(seen)) if refreshes < 3 => {
+            Err(RangeFail::Refresh(seen, _)) if refreshes < 3 => {
                 refreshes += 1;
                 sh.refresh(seen).await?;
                 if !sh.has_url(&f.pack).await {
                     return Ok(Fetched::PackGone);
                 }
             }
-            Err(RangeFail::Refresh(_)) => {
+            Err(RangeFail::Refresh(_, e)) => {
                 let (url, _) = sh.url_for(&f.pack).await?;
-                return Err(ClientError::Protocol {
-                    url,
-                    detail: "the server refused fresh pack URLs three times".into(),
-                });
+                let detail = if e.status() == Some(StatusCode::NOT_FOUND) {
+                    format!(
+                        "the server's reconstruction names pack {} but the server does not \
+                         find it, after three fresh reconstructions ({e}): the pack is lost or \
+                         damaged on the server (`tessera verify` there)",
+                        f.pack
+                    )
+                } else {
+                    format!("the server refused fresh pack URLs three times ({e})")
+                };
+                return Err(ClientError::Protocol { url, detail });
             }
             Err(RangeFail::Error(e)) if e.is_transient() && attempt < opts.retries => {
                 let wait = sh.client.backoff(attempt);
@@ -800,7 +808,7 @@ async fn download_range(sh: &Shared, f: &Fetch, part: &Path) -> Result<Bytes, Ra
             if e.status() == Some(StatusCode::FORBIDDEN)
                 || e.status() == Some(StatusCode::NOT_FOUND) =>
         {
-            return Err(RangeFail::Refresh(generation))
+            return Err(RangeFail::Refresh(generation, e))
         }
         r => r?,
     };
