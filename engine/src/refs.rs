@@ -31,6 +31,23 @@ pub(crate) fn validate(name: &str) -> Result<()> {
         Some(format!("must be 1..={MAX_REF_LEN} bytes"))
     } else if name.chars().any(|c| c.is_control()) {
         Some("must not contain control characters".to_string())
+    } else if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+        Some(format!(
+            "must not contain invisible or direction-changing characters (U+{:04X}): \
+             the name shown would not be the name stored",
+            c as u32
+        ))
+    } else if name.trim() != name {
+        Some("must not begin or end with white space".to_string())
+    } else if name
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        Some(
+            "must not have an empty, `.` or `..` path segment (a leading, trailing or \
+             doubled `/`): such names read as another path"
+                .to_string(),
+        )
     } else if is_hex64(name) {
         Some("64 hex digits name a file id or a sha256, not a ref".to_string())
     } else {
@@ -46,6 +63,15 @@ pub(crate) fn validate(name: &str) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Characters that change how a name is shown without being seen: the
+/// Unicode bidirectional formatting characters (which can make a name read
+/// as another), zero-width characters and the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Writes the ref file of `name` durably (the ref's durable copy). On a

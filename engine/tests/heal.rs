@@ -458,8 +458,11 @@ fn stores_are_created_only_in_empty_directories() {
     assert!(Store::repair_config(fx.root(), Default::default(), &small_packs()).is_err());
 }
 
-/// Ref names never collide with file ids or sha256 aliases: such names are
-/// refused, and explicit `file:`, `sha256:` and `ref:` forms resolve.
+/// Ref names never collide with file ids or sha256 aliases, nor read as
+/// other names (white space at either end, empty, `.` or `..` segments,
+/// invisible or direction-changing characters): such names are refused,
+/// and explicit `file:`, `sha256:` and `ref:` forms resolve. Names with
+/// spaces, dots and non-ASCII letters inside are fine.
 #[test]
 fn names_are_unambiguous() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -475,6 +478,17 @@ fn names_are_unambiguous() {
         format!("file:{hex}"),
         "sha256:x".into(),
         "ref:x".into(),
+        // Found by a hostile probe: names that read as other names.
+        " ".into(),
+        " org/a".into(),
+        "org/a ".into(),
+        "/org/a".into(),
+        "org/a/".into(),
+        "org//a".into(),
+        "org/../a".into(),
+        "org/./a".into(),
+        "org/\u{202E}txt.exe".into(),
+        "org/a\u{200B}".into(),
     ] {
         let e = store.set_ref(&bad, a.file_id).expect_err(&bad);
         assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
@@ -497,6 +511,14 @@ fn names_are_unambiguous() {
         .is_not_found());
     assert_eq!(store.resolve("org/a").expect("ref"), a.file_id);
     assert_eq!(store.resolve("ref:org/a").expect("ref:"), a.file_id);
+    for good in [
+        "org/my model@v1.0:weights/..bin",
+        "org/モデル@v1:a b.bin",
+        "a",
+    ] {
+        store.set_ref(good, a.file_id).expect(good);
+        assert_eq!(store.resolve(good).expect(good), a.file_id);
+    }
     // A hostile name is not echoed in full.
     let long = "x".repeat(10_000);
     let e = store.set_ref(&long, a.file_id).expect_err("too long");
