@@ -8,6 +8,7 @@
 //! not grow with the file.
 
 mod body;
+mod budget;
 mod error;
 mod handlers;
 mod stall;
@@ -28,6 +29,10 @@ use crate::auth::Policy;
 
 pub use error::ApiError;
 
+/// The default [`ServerConfig::body_budget`]: 512 MiB, six full-size pack
+/// uploads (two pushes at full speed, each sending two packs at a time).
+pub const DEFAULT_BODY_BUDGET: u64 = 512 << 20;
+
 /// Limits and timeouts of a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -44,6 +49,15 @@ pub struct ServerConfig {
     pub max_json_body: u64,
     /// Largest pack upload.
     pub max_pack_body: u64,
+    /// Request-body bytes buffered at once, over all requests (pack
+    /// uploads and JSON bodies). A body takes its share before it is read
+    /// (its `Content-Length`, or in steps as it arrives without one) and
+    /// gives it back when its request ends; a body larger than the whole
+    /// budget is `413`.
+    pub body_budget: u64,
+    /// How long a request body may wait for budget before it is answered
+    /// `503 overloaded` with `Retry-After`.
+    pub body_budget_wait: Duration,
     /// Connections served at once (more are closed at accept).
     pub max_connections: usize,
     /// Send at most this many bytes per second in one file or pack
@@ -65,6 +79,8 @@ impl Default for ServerConfig {
             body_deadline: Duration::from_secs(600),
             max_json_body: crate::protocol::MAX_JSON_BODY,
             max_pack_body: crate::protocol::MAX_PACK_BODY,
+            body_budget: DEFAULT_BODY_BUDGET,
+            body_budget_wait: Duration::from_secs(10),
             max_connections: 1024,
             max_rate: None,
             shutdown_grace: Duration::from_secs(30),
@@ -87,6 +103,8 @@ pub struct ServerStats {
     pub pack_bytes_admitted: AtomicU64,
     /// Requests answered (any status).
     pub requests: AtomicU64,
+    /// Request bodies refused `503 overloaded` for want of body budget.
+    pub body_budget_refusals: AtomicU64,
 }
 
 impl ServerStats {
@@ -101,6 +119,7 @@ pub(crate) struct Inner {
     pub(crate) policy: Policy,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<ServerStats>,
+    pub(crate) budget: budget::BodyBudget,
 }
 
 /// A registry server over one store.
@@ -127,6 +146,7 @@ impl Server {
             inner: Arc::new(Inner {
                 store,
                 policy,
+                budget: budget::BodyBudget::new(config.body_budget),
                 config,
                 stats: Arc::default(),
             }),
@@ -136,6 +156,12 @@ impl Server {
     /// The counters.
     pub fn stats(&self) -> Arc<ServerStats> {
         self.inner.stats.clone()
+    }
+
+    /// Request-body bytes buffered now (taken from
+    /// [`ServerConfig::body_budget`]).
+    pub fn body_bytes_buffered(&self) -> u64 {
+        self.inner.budget.in_use()
     }
 
     /// The access policy (tests sign URLs with it).
