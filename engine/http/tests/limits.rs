@@ -278,3 +278,72 @@ async fn push_retries_an_overloaded_answer() {
     wait_unbuffered(&srv).await;
     srv.stop().await;
 }
+
+/// Whether a GET of `/healthz` on a new connection is answered 200
+/// within `within`.
+async fn served(url: &str, within: Duration) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(within, http.get(format!("{url}/healthz")).send()).await {
+        Err(_) => Err(format!("no answer within {within:?}")),
+        Ok(Err(e)) => Err(format!("{e:?}")),
+        Ok(Ok(r)) if r.status().is_success() => Ok(()),
+        Ok(Ok(r)) => Err(format!("status {}", r.status())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_out_new_clients() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&tmp.path().join("srv"));
+    let config = ServerConfig {
+        max_connections: 4,
+        // Long, so that only reaping can free a slot within the test.
+        header_timeout: Duration::from_secs(60),
+        body_idle_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let srv = TestServer::start(store.clone(), Policy::open(), config).await;
+    // An upload in flight holds its slot: it is not idle.
+    let (pack, bytes) = pack_of(&tmp.path().join("c"), 100_000, 4);
+    let (first, rest) = bytes.split_at(1000);
+    let mut upload = stalled(
+        srv.addr,
+        &format!(
+            "PUT /v1/packs/{pack} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            bytes.len()
+        ),
+        first,
+    )
+    .await;
+    // Every other slot, and more, taken by connections that send nothing
+    // (or half a request line).
+    let mut idle = Vec::new();
+    for i in 0..10 {
+        let mut s = TcpStream::connect(srv.addr).await.expect("connect");
+        if i % 2 == 1 {
+            s.write_all(b"GET /hea").await.expect("write");
+        }
+        idle.push(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // New clients are still served, promptly, one after another.
+    for _ in 0..6 {
+        let t = Instant::now();
+        served(&srv.url, Duration::from_secs(3))
+            .await
+            .expect("a new client is served with the limit reached by idle connections");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+    // The upload in flight was not closed: it completes.
+    upload
+        .write_all(rest)
+        .await
+        .expect("the upload's connection is open");
+    let raw = answer(&mut upload, Duration::from_secs(10)).await;
+    assert!(raw.starts_with("HTTP/1.1 201"), "{raw:?}");
+    drop(idle);
+    srv.stop().await;
+}

@@ -9,6 +9,7 @@
 
 mod body;
 mod budget;
+mod conns;
 mod error;
 mod handlers;
 mod stall;
@@ -32,6 +33,10 @@ pub use error::ApiError;
 /// The default [`ServerConfig::body_budget`]: 512 MiB, six full-size pack
 /// uploads (two pushes at full speed, each sending two packs at a time).
 pub const DEFAULT_BODY_BUDGET: u64 = 512 << 20;
+
+/// How long a new connection waits for the slot of an idle connection it
+/// asked to close.
+const REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// Limits and timeouts of a server.
 #[derive(Clone, Debug)]
@@ -58,7 +63,11 @@ pub struct ServerConfig {
     /// How long a request body may wait for budget before it is answered
     /// `503 overloaded` with `Retry-After`.
     pub body_budget_wait: Duration,
-    /// Connections served at once (more are closed at accept).
+    /// Connections served at once. With all taken, a new connection
+    /// closes the one idle longest (no request in flight: not yet sent
+    /// its first request, or between keep-alive requests) and takes its
+    /// slot; only when every connection has a request in flight is a new
+    /// one closed at accept.
     pub max_connections: usize,
     /// Send at most this many bytes per second in one file or pack
     /// response (`None`: as fast as the client reads).
@@ -202,6 +211,7 @@ impl Server {
             .header_read_timeout(cfg.header_timeout)
             .keep_alive(true);
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+        let table = conns::Table::new();
         tracing::info!(%addr, tokens = self.inner.policy.is_enforced(), "serving");
         tokio::pin!(shutdown);
         loop {
@@ -217,27 +227,72 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; closing a new connection");
-                drop(stream);
-                continue;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                // Every slot taken: close the connection idle longest (no
+                // request in flight on it) and take its slot.
+                Err(_) if table.reap_oldest_idle() => {
+                    let wait = tokio::time::timeout(REAP_WAIT, slots.clone().acquire_owned());
+                    match wait.await {
+                        Ok(Ok(p)) => {
+                            tracing::debug!(%peer, "connection limit reached; closed an idle connection for a new one");
+                            p
+                        }
+                        _ => {
+                            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "connection limit reached with every connection busy; closing a new connection");
+                    drop(stream);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
+            let entry = table.enter();
+            let conn_state = entry.conn.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    tower::ServiceExt::oneshot(app.clone(), req)
+                    let busy = conn_state.busy();
+                    let app = app.clone();
+                    async move {
+                        let resp = tower::ServiceExt::oneshot(app, req).await?;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| busy.attach(b)))
+                    }
                 },
             );
             let stream = stall::StallGuard::new(stream, cfg.write_stall_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let mut conn = Box::pin(conn);
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            break;
+                        }
+                        () = entry.conn.reap_requested() => {
+                            if entry.conn.is_idle() {
+                                tracing::debug!(%peer, "closing an idle connection for a new one");
+                                break;
+                            }
+                            entry.conn.decline_reap();
+                        }
+                    }
                 }
+                // Closes the connection (if it is open still), then frees
+                // its slot.
+                drop(conn);
+                drop(entry);
                 drop(permit);
             });
         }
