@@ -596,18 +596,33 @@ async fn get_pack(
     if none_match(&headers, &etag) {
         return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
     }
+    // Through a signed URL, GET and HEAD alike read only the file's
+    // records, and a refusal names no byte position (it would tell the
+    // pack's size).
+    let outside = |what: &str| {
+        let file = allowed
+            .as_ref()
+            .map(|(f, _)| f.to_string())
+            .unwrap_or_default();
+        ApiError::forbidden(format!(
+            "pack {pack}: {what}; this URL reads only the records of file {file} (ask for a range inside them)"
+        ))
+    };
     let range = match wanted_range(&headers, size, &etag) {
+        Some(ByteRange::Unsatisfiable) if allowed.is_some() => {
+            return Err(outside("the range is not all records of the file"))
+        }
         Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("pack {pack}"), size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b)),
         None => None,
     };
     let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
-    if let Some((file, spans)) = &allowed {
-        if method != Method::HEAD && !tessera::within_spans(spans, start, end) {
-            return Err(ApiError::forbidden(format!(
-                "pack {pack}: bytes {start}-{} are not all records of file {file}; this URL reads only those (ask for a range inside them)",
-                end.saturating_sub(1)
-            )));
+    if let Some((_, spans)) = &allowed {
+        if range.is_none() {
+            return Err(outside("no Range"));
+        }
+        if !tessera::within_spans(spans, start, end) {
+            return Err(outside("the range is not all records of the file"));
         }
     }
     if method == Method::HEAD {
