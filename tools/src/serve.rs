@@ -33,6 +33,16 @@ pub(crate) struct ServeArgs {
     /// naming the file and the imports).
     #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
     pickle: tessera::PicklePolicy,
+    /// Request-body memory, in MiB, over all uploads at once (pack
+    /// uploads and JSON bodies are buffered whole before they are checked).
+    /// An upload takes its Content-Length from this budget before its
+    /// first byte is read and gives it back when its request ends; one
+    /// that finds no budget within 10 s is answered 503 "overloaded" with
+    /// Retry-After (clients retry it). At least the largest pack (80 MiB)
+    /// for pushes to work.
+    #[arg(long, default_value_t = tessera_http::server::DEFAULT_BODY_BUDGET >> 20, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    body_budget_mib: u64,
     /// For an s3:// store shared with other writers: list the bucket every
     /// SECS seconds, so refs and files other nodes wrote show in listings
     /// and access checks (lookups by name find them at once anyway); 0: never.
@@ -79,6 +89,7 @@ pub(crate) fn run(loc: &Location, args: ServeArgs, wait: bool) -> CliResult {
     let config = ServerConfig {
         url_ttl: Duration::from_secs(args.url_ttl.max(1)),
         max_rate: args.max_rate.filter(|&r| r > 0),
+        body_budget: args.body_budget_mib << 20,
         ..Default::default()
     };
     let server = Server::new(store.clone(), policy, config);

@@ -319,11 +319,20 @@ impl Policy {
         let (Some(file), Some(exp), Some(sig)) = (file, exp, sig) else {
             return Err("a pack URL needs file, exp and sig (take it from a reconstruction)");
         };
-        let file = FileId::from_hex(file).ok_or("file is not a file id")?;
-        let exp: u64 = exp.parse().map_err(|_| "exp is not a number")?;
+        // Only the forms the server writes: one URL per signature.
+        let file = is_lower_hex_id(file)
+            .then(|| FileId::from_hex(file))
+            .flatten()
+            .ok_or("file is not a file id (64 lower-case hex digits)")?;
+        let exp = canonical_decimal(exp).ok_or(
+            "exp is not a number in canonical form (decimal digits, no sign, no leading zero)",
+        )?;
         let want =
             blake3::Hash::from_hex(self.signature(pack, &file, exp)).map_err(|_| "bad key")?;
-        let got = blake3::Hash::from_hex(sig).map_err(|_| "sig is not 64 hex digits")?;
+        let got = is_lower_hex_id(sig)
+            .then(|| blake3::Hash::from_hex(sig).ok())
+            .flatten()
+            .ok_or("sig is not 64 lower-case hex digits")?;
         // blake3::Hash compares in constant time.
         if want != got {
             return Err("the signature does not match");
@@ -333,6 +342,22 @@ impl Policy {
         }
         Ok(file)
     }
+}
+
+/// Whether `s` is 64 lower-case hex digits.
+fn is_lower_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `s` as a number, if it is written as `u64`'s `Display` writes it:
+/// decimal digits only, no sign, no leading zero (but `0` itself).
+fn canonical_decimal(s: &str) -> Option<u64> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = s.len() > 1 && s.starts_with('0');
+    if !digits || leading_zero {
+        return None;
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]
@@ -379,7 +404,7 @@ mod tests {
     fn signatures() {
         let p = policy();
         let pack = PackId([3; 32]);
-        let file = FileId([5; 32]);
+        let file = FileId([0x5a; 32]);
         let q = p.sign_pack(&pack, &file, 60);
         let params: Vec<&str> = q.split('&').collect();
         let [f, exp, sig] = params[..] else {
@@ -409,6 +434,36 @@ mod tests {
         assert!(p
             .check_pack(&pack, Some(f), Some(&old.to_string()), Some(&sig_old))
             .is_err());
+        // Only the canonical forms: one URL per signature.
+        let upper_sig = sig.to_ascii_uppercase();
+        let upper_file = f.to_ascii_uppercase();
+        for (f2, exp2, sig2) in [
+            (f, format!("+{exp}"), sig),
+            (f, format!("0{exp}"), sig),
+            (f, format!(" {exp}"), sig),
+            (f, exp.to_string(), upper_sig.as_str()),
+            (upper_file.as_str(), exp.to_string(), sig),
+        ] {
+            assert!(
+                p.check_pack(&pack, Some(f2), Some(&exp2), Some(sig2))
+                    .is_err(),
+                "file={f2}&exp={exp2}&sig={sig2}"
+            );
+        }
+        assert_eq!(canonical_decimal("0"), Some(0));
+        assert_eq!(canonical_decimal("1796000000"), Some(1_796_000_000));
+        for bad in [
+            "",
+            "00",
+            "01",
+            "+1",
+            "-1",
+            "1 ",
+            "1e3",
+            "18446744073709551616",
+        ] {
+            assert_eq!(canonical_decimal(bad), None, "{bad:?}");
+        }
         // Another server's key.
         let other = Policy::open();
         assert!(other

@@ -415,6 +415,65 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         h.send(M::GET, &stretched, None, None).await.0,
         StatusCode::FORBIDDEN
     );
+    // Only the canonical query the server wrote: exp in plain decimal,
+    // ids and signature in lower-case hex (one URL per signature).
+    let param = |name: &str| {
+        url.split_once('?')
+            .expect("query")
+            .1
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name))
+            .expect("param")
+            .to_string()
+    };
+    let (exp, sig, file) = (param("exp="), param("sig="), param("file="));
+    assert!(sig.bytes().any(|c| c.is_ascii_alphabetic()), "{sig}");
+    for bad in [
+        url.replace(&format!("exp={exp}"), &format!("exp=%2B{exp}")),
+        url.replace(&format!("exp={exp}"), &format!("exp=0{exp}")),
+        url.replace(&sig, &sig.to_ascii_uppercase()),
+        url.replace(&file, &file.to_ascii_uppercase()),
+    ] {
+        assert_eq!(
+            h.get_range(&bad, a, b).await.0,
+            StatusCode::FORBIDDEN,
+            "{bad}"
+        );
+    }
+    // HEAD is held to the GET's checks: a range inside the records only.
+    let head = |range: Option<(u64, u64)>| {
+        let mut rb = h.http.head(format!("{}{url}", h.url));
+        if let Some((a, b)) = range {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={a}-{b}"));
+        }
+        async move { rb.send().await.expect("send").status() }
+    };
+    assert_eq!(head(Some((a, b))).await, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        head(None).await,
+        StatusCode::FORBIDDEN,
+        "HEAD of a whole pack"
+    );
+    assert_eq!(head(Some((b, b + 1_000_000))).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        head(Some((1u64 << 40, (1u64 << 40) + 1))).await,
+        StatusCode::FORBIDDEN
+    );
+    // A refusal does not tell the pack's size.
+    let pack_size = store.pack_range(p, 0, 0).expect("pack").1;
+    for (range, what) in [(None, "no range"), (Some((a, 1u64 << 40)), "past the end")] {
+        let mut rb = h.http.get(format!("{}{url}", h.url));
+        if let Some((x, y)) = range {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={x}-{y}"));
+        }
+        let resp = rb.send().await.expect("send");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
+        let text = resp.text().await.expect("body");
+        assert!(
+            !text.contains(&pack_size.to_string()) && !text.contains(&(pack_size - 1).to_string()),
+            "{what}: {text}"
+        );
+    }
 
     // Uploads that must be refused whole.
     let put_pack = |id: tessera::PackId, b: Vec<u8>| {

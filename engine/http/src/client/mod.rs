@@ -88,6 +88,9 @@ pub enum ClientError {
         code: String,
         /// The message from the body.
         message: String,
+        /// How long the server asked the client to wait (`Retry-After`
+        /// in seconds; `503 overloaded` sends one).
+        retry_after: Option<Duration>,
     },
     /// The request did not get an answer (refused, reset, timed out).
     #[error("{method} {url}: {detail}")]
@@ -137,6 +140,18 @@ impl ClientError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
             }
             _ => false,
+        }
+    }
+
+    /// How long the server asked to wait before trying again (at most a
+    /// minute; zero when it did not say).
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            ClientError::Http {
+                retry_after: Some(d),
+                ..
+            } => (*d).min(Duration::from_secs(60)),
+            _ => Duration::ZERO,
         }
     }
 
@@ -268,6 +283,12 @@ impl Client {
         if status.is_success() || status == StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = read_limited(resp, 64 << 10, self.opts.stall_timeout)
             .await
             .unwrap_or_default();
@@ -284,6 +305,7 @@ impl Client {
             status,
             code,
             message,
+            retry_after,
         })
     }
 
@@ -301,7 +323,7 @@ impl Client {
         loop {
             match self.send(method.clone(), url, &build, timeout).await {
                 Err(e) if e.is_transient() && attempt < self.opts.retries => {
-                    let wait = self.backoff(attempt);
+                    let wait = self.backoff(attempt).max(e.retry_after());
                     tracing::warn!(error = %e, "retrying in {:.1} s", wait.as_secs_f64());
                     tokio::time::sleep(wait).await;
                     attempt += 1;

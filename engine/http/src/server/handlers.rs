@@ -17,7 +17,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use tessera::{FileId, FileReader, PackId, Store};
 
-use super::body::{parse_json, read_body, refuse};
+use super::body::{parse_json, read_body, refuse, Buffered};
+use super::budget::Hold;
 use super::error::{ApiError, ApiResult};
 use super::{Inner, ServerStats};
 use crate::auth::Access;
@@ -600,18 +601,33 @@ async fn get_pack(
     if none_match(&headers, &etag) {
         return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
     }
+    // Through a signed URL, GET and HEAD alike read only the file's
+    // records, and a refusal names no byte position (it would tell the
+    // pack's size).
+    let outside = |what: &str| {
+        let file = allowed
+            .as_ref()
+            .map(|(f, _)| f.to_string())
+            .unwrap_or_default();
+        ApiError::forbidden(format!(
+            "pack {pack}: {what}; this URL reads only the records of file {file} (ask for a range inside them)"
+        ))
+    };
     let range = match wanted_range(&headers, size, &etag) {
+        Some(ByteRange::Unsatisfiable) if allowed.is_some() => {
+            return Err(outside("the range is not all records of the file"))
+        }
         Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("pack {pack}"), size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b)),
         None => None,
     };
     let (start, end) = range.map_or((0, size), |(a, b)| (a, b + 1));
-    if let Some((file, spans)) = &allowed {
-        if method != Method::HEAD && !tessera::within_spans(spans, start, end) {
-            return Err(ApiError::forbidden(format!(
-                "pack {pack}: bytes {start}-{} are not all records of file {file}; this URL reads only those (ask for a range inside them)",
-                end.saturating_sub(1)
-            )));
+    if let Some((_, spans)) = &allowed {
+        if range.is_none() {
+            return Err(outside("no Range"));
+        }
+        if !tessera::within_spans(spans, start, end) {
+            return Err(outside("the range is not all records of the file"));
         }
     }
     if method == Method::HEAD {
@@ -653,12 +669,11 @@ async fn put_pack(
         Err(e) => return Err(refuse(body, e).await),
     };
     let cfg = &s.config;
-    let bytes = read_body(
+    let Buffered { bytes, hold } = read_body(
+        &s,
         body,
         &headers,
         cfg.max_pack_body,
-        cfg.body_idle_timeout,
-        cfg.body_deadline,
         &format!("pack {pack}"),
     )
     .await?;
@@ -668,7 +683,13 @@ async fn put_pack(
     // server accepts: the reference client fills packs by raw size, and
     // highly compressed records cannot buy more decoding than that.
     let max_raw = cfg.max_pack_body;
-    let rep = blocking(move || store.admit_pack(pack, bytes, max_raw)).await?;
+    // The budget is held until the pack is admitted (or refused), also if
+    // the client goes away meanwhile.
+    let rep = blocking(move || {
+        let _hold = hold;
+        store.admit_pack(pack, bytes, max_raw)
+    })
+    .await?;
     s.stats.pack_bytes_admitted.fetch_add(n, Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
@@ -690,7 +711,7 @@ async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult
         let e = s.deny_write(&access, "(asking which chunks are stored)");
         return Err(refuse(body, e).await);
     }
-    let req: MissingRequest = json_body(
+    let (req, hold): (MissingRequest, _) = json_body(
         &s,
         body,
         &headers,
@@ -705,30 +726,27 @@ async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult
         )));
     }
     let store = s.store.clone();
-    let missing = blocking(move || store.missing_chunks(&req.chunks)).await?;
+    let missing = blocking(move || {
+        let _hold = hold;
+        store.missing_chunks(&req.chunks)
+    })
+    .await?;
     Ok(Json(MissingResponse { missing }).into_response())
 }
 
 /// Reads a JSON body of at most `limit` bytes within the server's body
-/// timeouts and parses it; `what` names it in errors.
+/// timeouts and budget and parses it; `what` names it in errors. The
+/// returned hold keeps the body's budget until the request is done with
+/// the parsed value.
 async fn json_body<T: serde::de::DeserializeOwned>(
     s: &Inner,
     body: Body,
     headers: &HeaderMap,
     limit: u64,
     what: &str,
-) -> ApiResult<T> {
-    let cfg = &s.config;
-    let bytes = read_body(
-        body,
-        headers,
-        limit,
-        cfg.body_idle_timeout,
-        cfg.body_deadline,
-        what,
-    )
-    .await?;
-    parse_json(&bytes, what)
+) -> ApiResult<(T, Hold)> {
+    let Buffered { bytes, hold } = read_body(s, body, headers, limit, what).await?;
+    Ok((parse_json(&bytes, what)?, hold))
 }
 
 async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Response> {
@@ -739,7 +757,7 @@ async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Re
     if !s.policy.is_writer(&access) {
         return Err(refuse(body, s.deny_write(&access, "files")).await);
     }
-    let req: RegisterRequest = json_body(
+    let (req, hold): (RegisterRequest, _) = json_body(
         &s,
         body,
         &headers,
@@ -754,6 +772,7 @@ async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Re
     }
     let store = s.store.clone();
     let rep = blocking(move || {
+        let _hold = hold;
         let refs: Vec<&str> = req.refs.iter().map(String::as_str).collect();
         store.register_file(req.file_id, req.size, &req.chunks, req.sha256, &refs)
     })
@@ -821,7 +840,7 @@ async fn put_ref(
         Err(e) => return Err(refuse(body, e).await),
     };
     let limit = s.config.max_json_body.min(1 << 20);
-    let req: SetRef = json_body(&s, body, &headers, limit, "ref body").await?;
+    let (req, _hold): (SetRef, _) = json_body(&s, body, &headers, limit, "ref body").await?;
     // The target must be a file this token may read: a ref is not a way
     // to reach someone else's file.
     let (id, _) = s

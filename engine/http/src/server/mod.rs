@@ -8,6 +8,8 @@
 //! not grow with the file.
 
 mod body;
+mod budget;
+mod conns;
 mod error;
 mod handlers;
 mod stall;
@@ -28,6 +30,14 @@ use crate::auth::Policy;
 
 pub use error::ApiError;
 
+/// The default [`ServerConfig::body_budget`]: 512 MiB, six full-size pack
+/// uploads (two pushes at full speed, each sending two packs at a time).
+pub const DEFAULT_BODY_BUDGET: u64 = 512 << 20;
+
+/// How long a new connection waits for the slot of an idle connection it
+/// asked to close.
+const REAP_WAIT: Duration = Duration::from_secs(1);
+
 /// Limits and timeouts of a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -44,7 +54,20 @@ pub struct ServerConfig {
     pub max_json_body: u64,
     /// Largest pack upload.
     pub max_pack_body: u64,
-    /// Connections served at once (more are closed at accept).
+    /// Request-body bytes buffered at once, over all requests (pack
+    /// uploads and JSON bodies). A body takes its share before it is read
+    /// (its `Content-Length`, or in steps as it arrives without one) and
+    /// gives it back when its request ends; a body larger than the whole
+    /// budget is `413`.
+    pub body_budget: u64,
+    /// How long a request body may wait for budget before it is answered
+    /// `503 overloaded` with `Retry-After`.
+    pub body_budget_wait: Duration,
+    /// Connections served at once. With all taken, a new connection
+    /// closes the one idle longest (no request in flight: not yet sent
+    /// its first request, or between keep-alive requests) and takes its
+    /// slot; only when every connection has a request in flight is a new
+    /// one closed at accept.
     pub max_connections: usize,
     /// Send at most this many bytes per second in one file or pack
     /// response (`None`: as fast as the client reads).
@@ -65,6 +88,8 @@ impl Default for ServerConfig {
             body_deadline: Duration::from_secs(600),
             max_json_body: crate::protocol::MAX_JSON_BODY,
             max_pack_body: crate::protocol::MAX_PACK_BODY,
+            body_budget: DEFAULT_BODY_BUDGET,
+            body_budget_wait: Duration::from_secs(10),
             max_connections: 1024,
             max_rate: None,
             shutdown_grace: Duration::from_secs(30),
@@ -87,6 +112,8 @@ pub struct ServerStats {
     pub pack_bytes_admitted: AtomicU64,
     /// Requests answered (any status).
     pub requests: AtomicU64,
+    /// Request bodies refused `503 overloaded` for want of body budget.
+    pub body_budget_refusals: AtomicU64,
 }
 
 impl ServerStats {
@@ -101,6 +128,7 @@ pub(crate) struct Inner {
     pub(crate) policy: Policy,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<ServerStats>,
+    pub(crate) budget: budget::BodyBudget,
 }
 
 /// A registry server over one store.
@@ -127,6 +155,7 @@ impl Server {
             inner: Arc::new(Inner {
                 store,
                 policy,
+                budget: budget::BodyBudget::new(config.body_budget),
                 config,
                 stats: Arc::default(),
             }),
@@ -136,6 +165,12 @@ impl Server {
     /// The counters.
     pub fn stats(&self) -> Arc<ServerStats> {
         self.inner.stats.clone()
+    }
+
+    /// Request-body bytes buffered now (taken from
+    /// [`ServerConfig::body_budget`]).
+    pub fn body_bytes_buffered(&self) -> u64 {
+        self.inner.budget.in_use()
     }
 
     /// The access policy (tests sign URLs with it).
@@ -176,6 +211,7 @@ impl Server {
             .header_read_timeout(cfg.header_timeout)
             .keep_alive(true);
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+        let table = conns::Table::new();
         tracing::info!(%addr, tokens = self.inner.policy.is_enforced(), "serving");
         tokio::pin!(shutdown);
         loop {
@@ -191,27 +227,72 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; closing a new connection");
-                drop(stream);
-                continue;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                // Every slot taken: close the connection idle longest (no
+                // request in flight on it) and take its slot.
+                Err(_) if table.reap_oldest_idle() => {
+                    let wait = tokio::time::timeout(REAP_WAIT, slots.clone().acquire_owned());
+                    match wait.await {
+                        Ok(Ok(p)) => {
+                            tracing::debug!(%peer, "connection limit reached; closed an idle connection for a new one");
+                            p
+                        }
+                        _ => {
+                            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "connection limit reached with every connection busy; closing a new connection");
+                    drop(stream);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
+            let entry = table.enter();
+            let conn_state = entry.conn.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    tower::ServiceExt::oneshot(app.clone(), req)
+                    let busy = conn_state.busy();
+                    let app = app.clone();
+                    async move {
+                        let resp = tower::ServiceExt::oneshot(app, req).await?;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| busy.attach(b)))
+                    }
                 },
             );
             let stream = stall::StallGuard::new(stream, cfg.write_stall_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let mut conn = Box::pin(conn);
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            break;
+                        }
+                        () = entry.conn.reap_requested() => {
+                            if entry.conn.is_idle() {
+                                tracing::debug!(%peer, "closing an idle connection for a new one");
+                                break;
+                            }
+                            entry.conn.decline_reap();
+                        }
+                    }
                 }
+                // Closes the connection (if it is open still), then frees
+                // its slot.
+                drop(conn);
+                drop(entry);
                 drop(permit);
             });
         }

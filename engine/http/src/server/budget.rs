@@ -1,0 +1,148 @@
+//! The server-wide budget for buffered request bodies: every byte of a
+//! request body held in memory (a pack upload, a JSON body) is taken from
+//! one budget first and given back when the request ends, so the bodies
+//! buffered at once never add up to more than
+//! [`ServerConfig::body_budget`](super::ServerConfig::body_budget).
+//!
+//! A body with a `Content-Length` takes its whole length before its first
+//! byte is read; one without (chunked) takes budget in steps as its bytes
+//! arrive. A request waits for budget in arrival order (FIFO) for at most
+//! [`ServerConfig::body_budget_wait`](super::ServerConfig::body_budget_wait)
+//! in all, then is answered `503 overloaded` with `Retry-After`.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Budget is counted in units of this many bytes (a semaphore counts
+/// permits in `u32` per acquisition).
+const UNIT: u64 = 1024;
+
+/// A chunked body takes budget in steps of at least this many bytes.
+pub(crate) const STEP: u64 = 256 << 10;
+
+/// The budget shared by every request of a server.
+#[derive(Debug)]
+pub(crate) struct BodyBudget {
+    units: Arc<Semaphore>,
+    total_units: u32,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (rounded down to whole KiB, at least one KiB,
+    /// at most `u32::MAX` KiB).
+    pub(crate) fn new(bytes: u64) -> BodyBudget {
+        let total_units = u32::try_from(bytes / UNIT).unwrap_or(u32::MAX).max(1);
+        BodyBudget {
+            units: Arc::new(Semaphore::new(total_units as usize)),
+            total_units,
+        }
+    }
+
+    /// The whole budget in bytes.
+    pub(crate) fn total(&self) -> u64 {
+        u64::from(self.total_units) * UNIT
+    }
+
+    /// Bytes taken by requests now.
+    pub(crate) fn in_use(&self) -> u64 {
+        let free = self.units.available_permits() as u64;
+        (u64::from(self.total_units).saturating_sub(free)) * UNIT
+    }
+
+    /// An empty hold on this budget, grown with [`Hold::grow_to`].
+    pub(crate) fn hold(&self) -> Hold {
+        Hold {
+            units: self.units.clone(),
+            total_units: self.total_units,
+            permit: None,
+        }
+    }
+}
+
+/// Budget held by one request; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    units: Arc<Semaphore>,
+    total_units: u32,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a hold could not grow.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Short {
+    /// More than the whole budget: no wait can give it.
+    OverTotal,
+    /// Other requests hold the budget still at the deadline.
+    Busy,
+}
+
+impl Hold {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * UNIT)
+    }
+
+    /// Grows the hold to at least `bytes`, waiting until `deadline` at
+    /// most.
+    pub(crate) async fn grow_to(
+        &mut self,
+        bytes: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Short> {
+        let want_units = bytes.div_ceil(UNIT);
+        if want_units > u64::from(self.total_units) {
+            return Err(Short::OverTotal);
+        }
+        let have = self.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
+        let Some(more) = want_units.checked_sub(have).filter(|&m| m > 0) else {
+            return Ok(());
+        };
+        // `more` <= total_units, which is a u32.
+        let more = u32::try_from(more).map_err(|_| Short::OverTotal)?;
+        let acquire = self.units.clone().acquire_many_owned(more);
+        let permit = match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(p)) => p,
+            // The semaphore is never closed; treat it as busy anyway.
+            Ok(Err(_)) | Err(_) => return Err(Short::Busy),
+        };
+        match &mut self.permit {
+            Some(p) => p.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn holds_are_bounded_and_given_back() {
+        let b = BodyBudget::new(1 << 20);
+        assert_eq!(b.total(), 1 << 20);
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut a = b.hold();
+        a.grow_to(700 << 10, soon()).await.expect("fits");
+        assert_eq!(b.in_use(), 700 << 10);
+        let mut c = b.hold();
+        assert_eq!(c.grow_to(400 << 10, soon()).await, Err(Short::Busy));
+        assert_eq!(c.bytes(), 0);
+        assert_eq!(
+            c.grow_to((1 << 20) + 1, soon()).await,
+            Err(Short::OverTotal)
+        );
+        c.grow_to(300 << 10, soon()).await.expect("fits");
+        c.grow_to(100, soon()).await.expect("already held");
+        assert_eq!(b.in_use(), 1000 << 10);
+        drop(a);
+        c.grow_to(900 << 10, soon()).await.expect("fits now");
+        assert_eq!(b.in_use(), 900 << 10);
+        drop(c);
+        assert_eq!(b.in_use(), 0);
+    }
+}
