@@ -480,3 +480,47 @@ fn empty_chunks_are_refused() {
         other => panic!("expected Rejected, got {other:?}"),
     }
 }
+
+/// Found by a hostile probe: a registration whose short chunk list repeats
+/// one stored chunk makes the server read gigabytes (its SHA-256 cannot
+/// skip repeats), and it held the GC gate all along, so a GC waited behind
+/// it. The reading now runs outside the gate: a GC (here one that gives up
+/// after half a second) is not held up, and the registration still
+/// commits, having found its chunks stored under the gate.
+#[test]
+fn a_long_registration_does_not_hold_up_gc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), opts()).expect("open");
+    let small = store
+        .put_bytes(&noise(300_000, 71), &["seed"])
+        .expect("put")
+        .file_id;
+    let (chunk, len) = store.chunk_list(&small).expect("chunks")[0];
+    // About 3 GB: seconds of reading at test speed.
+    let n = (3u64 << 30) / u64::from(len);
+    let list: Vec<(ChunkId, u32)> = (0..n).map(|_| (chunk, len)).collect();
+    let mut h = tessera::FileIdHasher::new();
+    for (id, l) in &list {
+        h.push(id, u64::from(*l));
+    }
+    let file = h.finish();
+    let size = n * u64::from(len);
+    let registering = {
+        let (store, list) = (store.clone(), list.clone());
+        std::thread::spawn(move || store.register_file(file, size, &list, None, &["big"]))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let gc = store.gc(&tessera::GcOptions {
+        dry_run: true,
+        wait: std::time::Duration::from_millis(500),
+        ..Default::default()
+    });
+    assert!(
+        !registering.is_finished(),
+        "the registration should still be reading (make the list longer)"
+    );
+    gc.expect("a GC is not held up by a registration reading its chunks");
+    let put = registering.join().expect("thread").expect("register");
+    assert_eq!((put.file_id, put.size), (file, size));
+    assert_eq!(store.resolve("big").expect("ref"), file);
+}

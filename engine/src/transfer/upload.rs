@@ -229,9 +229,6 @@ pub(crate) fn register_file(
     for r in ref_names {
         refs::validate(r)?;
     }
-    // GC must not delete a chunk this registration names before it is
-    // committed (spec §10.5).
-    let _gate = core.gate.shared();
     let reject = |reason: String| Error::Rejected {
         what: format!("file {file}"),
         reason,
@@ -249,6 +246,9 @@ pub(crate) fn register_file(
         return Err(reject(format!("its chunks hold {total} bytes, not {size}")));
     }
     if core.index.has_file(&file)? {
+        // GC must not delete what the file names before its refs are
+        // committed (spec §10.5).
+        let _gate = core.gate.shared();
         // Stored already (a fork, a re-upload): its recipe, SHA-256 and
         // description are known; only the refs are new — unless the recipe
         // names packs that are gone (another node's GC collected the file
@@ -283,13 +283,22 @@ pub(crate) fn register_file(
     // another's hash.
     // Its model description and pickle verdict are computed here too, and
     // the store's policy applies to uploads as to local puts.
+    // This reads the whole file, which a short list of one repeated chunk
+    // makes long: it runs outside the GC gate, so a GC does not wait for
+    // it. A GC or repack that deletes a pack meanwhile fails the read or is
+    // found below, under the gate, before anything is committed.
     let mut sha = sha2::Sha256::new();
     let mut sniffer = Sniffer::new(Limits::default());
-    stream_chunks(core, chunks, &locs, |raw| {
+    let read = stream_chunks(core, chunks, &locs, |raw| {
         sha.update(raw);
         sniffer.feed(raw);
         Ok(())
-    })?;
+    });
+    // GC must not delete a chunk this registration names before it is
+    // committed (spec §10.5): where the chunks are now, all still stored.
+    let _gate = core.gate.shared();
+    let locs = chunk_locations(core, &file, chunks, &reject)?;
+    read?;
     let hashed = Hashed {
         sha256: Sha256(sha.finalize().into()),
         model: sniffer.finish(size),
