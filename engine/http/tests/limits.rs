@@ -347,3 +347,66 @@ async fn idle_connections_do_not_lock_out_new_clients() {
     drop(idle);
     srv.stop().await;
 }
+
+/// Found by a hostile probe: a registration whose short chunk list repeats
+/// one stored chunk makes the server read gigabytes, and any number of
+/// them ran at once. With `max_registrations` 1, a second registration
+/// waits for the first to finish: when it returns, the first file is
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_take_turns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&tmp.path().join("srv"));
+    let seed = store
+        .put_bytes(&noise(300_000, 81), &["seed"])
+        .expect("put")
+        .file_id;
+    let (chunk, len) = store.chunk_list(&seed).expect("chunks")[0];
+    // About 2 GB of reading, from a list of a few MB.
+    let n = (2u64 << 30) / u64::from(len);
+    let chunks: Vec<(ChunkId, u32)> = (0..n).map(|_| (chunk, len)).collect();
+    let mut h = tessera::FileIdHasher::new();
+    for (id, l) in &chunks {
+        h.push(id, u64::from(*l));
+    }
+    let big = h.finish();
+    let srv = TestServer::start(
+        store.clone(),
+        Policy::open(),
+        ServerConfig {
+            max_registrations: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let c = Client::new(&srv.url, ClientOptions::default()).expect("client");
+    let first = {
+        let c = c.clone();
+        let req = tessera_http::protocol::RegisterRequest {
+            file_id: big,
+            size: n * u64::from(len),
+            chunks,
+            sha256: None,
+            refs: vec!["big".into()],
+        };
+        tokio::spawn(async move { c.register(&req).await })
+    };
+    // The first is reading by now; a fork of the seed file (no reading at
+    // all) waits its turn.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!store.contains(&big).expect("contains"), "still reading");
+    let fork = tessera_http::protocol::RegisterRequest {
+        file_id: seed,
+        size: 300_000,
+        chunks: store.chunk_list(&seed).expect("chunks"),
+        sha256: None,
+        refs: vec!["fork".into()],
+    };
+    c.register(&fork).await.expect("fork");
+    assert!(
+        store.contains(&big).expect("contains"),
+        "the second registration ran while the first was reading"
+    );
+    first.await.expect("task").expect("first registration");
+    srv.stop().await;
+}

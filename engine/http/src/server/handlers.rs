@@ -770,9 +770,17 @@ async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Re
             return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(r))));
         }
     }
+    // One turn of the registrations that read at once (its body budget
+    // held meanwhile: the body is buffered).
+    let turn = s
+        .registrations
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the server is shutting down"))?;
     let store = s.store.clone();
     let rep = blocking(move || {
-        let _hold = hold;
+        let (_hold, _turn) = (hold, turn);
         let refs: Vec<&str> = req.refs.iter().map(String::as_str).collect();
         store.register_file(req.file_id, req.size, &req.chunks, req.sha256, &refs)
     })

@@ -77,6 +77,12 @@ pub struct ServerConfig {
     /// How long a response may wait for the client to read (take) any of
     /// it before the connection is closed.
     pub write_stall_timeout: Duration,
+    /// File registrations (`POST /v1/files`) that read their file at once;
+    /// others wait their turn. A registration reads the whole file (its
+    /// SHA-256 cannot skip a chunk listed many times), so a few short
+    /// requests can name a lot of reading: this bounds the cores they take
+    /// from everything else. Default: the machine's cores.
+    pub max_registrations: usize,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +100,7 @@ impl Default for ServerConfig {
             max_rate: None,
             shutdown_grace: Duration::from_secs(30),
             write_stall_timeout: Duration::from_secs(60),
+            max_registrations: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -129,6 +136,8 @@ pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) budget: budget::BodyBudget,
+    /// Turns of [`ServerConfig::max_registrations`].
+    pub(crate) registrations: Arc<tokio::sync::Semaphore>,
 }
 
 /// A registry server over one store.
@@ -156,6 +165,9 @@ impl Server {
                 store,
                 policy,
                 budget: budget::BodyBudget::new(config.body_budget),
+                registrations: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_registrations.max(1),
+                )),
                 config,
                 stats: Arc::default(),
             }),
