@@ -643,3 +643,48 @@ async fn a_pull_never_writes_through_links() {
     assert!(std::fs::read(&target).expect("target") == data);
     srv.stop().await;
 }
+
+/// Found by a hostile probe: a failed pull (here one the local store's
+/// pickle policy refuses) left an empty download directory behind. What
+/// a failed pull received stays for the next run; an empty directory goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pull_leaves_no_empty_download_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = tessera::Store::open(
+        tmp.path().join("srv"),
+        tessera::StoreOptions {
+            pickle_policy: tessera::PicklePolicy::Allow,
+            ..common::opts()
+        },
+    )
+    .expect("open");
+    let evil = b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+    server_store
+        .put_bytes(evil, &["m@v1:evil.pkl"])
+        .expect("put");
+    let srv = TestServer::start(server_store, Policy::open(), ServerConfig::default()).await;
+    let c = client(&srv.url);
+    let out = tmp.path().join("evil.pkl");
+    let e = pull(
+        &c,
+        &open(&tmp.path().join("local")),
+        "m@v1:evil.pkl",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect_err("refused by the local policy");
+    assert!(
+        matches!(
+            e,
+            tessera_http::client::ClientError::Engine(tessera::Error::Refused { .. })
+        ),
+        "{e:?}"
+    );
+    assert!(!out.exists());
+    assert!(
+        !tmp.path().join(".evil.pkl.tessera-pull").exists(),
+        "an empty download directory stayed"
+    );
+    srv.stop().await;
+}

@@ -281,6 +281,25 @@ pub async fn pull(
     output: &Path,
     progress: Arc<dyn Progress>,
 ) -> ClientResult<PullReport> {
+    let mut dir = None;
+    let r = pull_via(client, store, name, output, progress, &mut dir).await;
+    if let (Err(_), Some(dir)) = (&r, dir) {
+        // A failed pull keeps what it received for the next run, but not
+        // an empty download directory (this removes only an empty one).
+        let _ = std::fs::remove_dir(dir);
+    }
+    r
+}
+
+/// [`pull`], saying in `dir_used` which download directory it used.
+async fn pull_via(
+    client: &Client,
+    store: &Store,
+    name: &str,
+    output: &Path,
+    progress: Arc<dyn Progress>,
+    dir_used: &mut Option<PathBuf>,
+) -> ClientResult<PullReport> {
     let requests_before = client.requests();
     if name.is_empty() {
         return Err(ClientError::Usage(
@@ -296,6 +315,7 @@ pub async fn pull(
     ));
     check_reconstruction(&rec, name, &rec_url)?;
     let dir = dest.download_dir(&rec.file_id)?;
+    *dir_used = Some(dir.clone());
     let shared = Arc::new(Shared {
         client: client.clone(),
         name: name.to_string(),
