@@ -176,16 +176,16 @@ fn free_port() -> u16 {
 }
 
 fn spawn_server(store: &Path, port: u16, tokens: &Path) -> Child {
+    let tokens = tokens.to_str().expect("a UTF-8 temp path");
+    spawn_on(store, port, &["--max-rate", "3000000", "--tokens", tokens])
+}
+
+/// `tessera serve` of `store` on loopback `port` (with `extra` options),
+/// once it accepts connections.
+fn spawn_on(store: &Path, port: u16, extra: &[&str]) -> Child {
     let child = tessera(store)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--max-rate",
-            "3000000",
-            "--tokens",
-        ])
-        .arg(tokens)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -292,20 +292,7 @@ fn cli_push_and_pull_reports_and_refusals() {
     );
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut server = tessera(&srv)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = spawn_on(&srv, port, &[]);
     let pusher = tmp.path().join("pusher");
     let rep = json_of(
         &tessera(&pusher)
@@ -472,20 +459,7 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
     assert_eq!(lost.len(), 1, "{lost:?}");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut server = tessera(&srv)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = spawn_on(&srv, port, &[]);
     // Standard output: the file, and the report on standard error.
     let out = tessera(&tmp.path().join("c1"))
         .current_dir(tmp.path())

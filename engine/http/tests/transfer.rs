@@ -8,13 +8,23 @@ mod common;
 use std::sync::Arc;
 
 use common::{model, open, TestServer};
-use tessera::VerifyOptions;
+use tessera::{Store, VerifyOptions};
 use tessera_http::client::{pull, push, Client, ClientOptions, NoProgress, PushInput};
 use tessera_http::{Policy, ServerConfig, ServerStats};
 use tessera_synth::{DType, ModelSpec};
 
 fn client(url: &str) -> Client {
     Client::new(url, ClientOptions::default()).expect("client")
+}
+
+/// A server (open policy, default limits) over a store in `dir/srv` that
+/// holds a bf16 model of `size` bytes (from `seed`) under ref `m@v1:w`.
+async fn serve_model(dir: &std::path::Path, seed: u64, size: u64) -> (Store, Vec<u8>, TestServer) {
+    let store = open(&dir.join("srv"));
+    let data = model(&ModelSpec::base(seed, size, DType::BF16));
+    store.put_bytes(&data, &["m@v1:w"]).expect("put");
+    let srv = TestServer::start(store.clone(), Policy::open(), ServerConfig::default()).await;
+    (store, data, srv)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,15 +294,7 @@ async fn thirty_two_clients_pull_while_one_pushes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_left_part_counts_as_resumed_only_when_it_verifies() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server_store = open(&tmp.path().join("srv"));
-    let data = model(&ModelSpec::base(9, 2 << 20, DType::BF16));
-    server_store.put_bytes(&data, &["m@v1:w"]).expect("put");
-    let srv = TestServer::start(
-        server_store.clone(),
-        Policy::open(),
-        ServerConfig::default(),
-    )
-    .await;
+    let (server_store, data, srv) = serve_model(tmp.path(), 9, 2 << 20).await;
     let c = client(&srv.url);
     let rec = c
         .reconstruction("m@v1:w")
@@ -534,15 +536,7 @@ async fn a_push_of_a_file_whose_pack_the_server_lost_stores_it_again() {
 async fn a_pull_never_writes_through_links() {
     use std::os::unix::fs::{symlink, PermissionsExt};
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server_store = open(&tmp.path().join("srv"));
-    let data = model(&ModelSpec::base(10, 2 << 20, DType::BF16));
-    server_store.put_bytes(&data, &["m@v1:w"]).expect("put");
-    let srv = TestServer::start(
-        server_store.clone(),
-        Policy::open(),
-        ServerConfig::default(),
-    )
-    .await;
+    let (_server_store, data, srv) = serve_model(tmp.path(), 10, 2 << 20).await;
     let c = client(&srv.url);
     let term = c
         .reconstruction("m@v1:w")

@@ -315,7 +315,6 @@ async fn pull_via(
     ));
     check_reconstruction(&rec, name, &rec_url)?;
     let dir = dest.download_dir(&rec.file_id)?;
-    *dir_used = Some(dir.clone());
     let shared = Arc::new(Shared {
         client: client.clone(),
         name: name.to_string(),
@@ -357,6 +356,8 @@ async fn pull_via(
         tokio::task::spawn_blocking(move || private_dir(&d))
             .await
             .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))??;
+        // This pull's own directory now (one it refused is left alone).
+        *dir_used = Some(dir.clone());
         let t0 = Instant::now();
         let mut rec = rec.clone();
         let mut round = 0u32;
