@@ -576,6 +576,12 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
         err.contains("damaged") && !err.contains("retrying"),
         "{err}"
     );
+    // The object is named, not where the server keeps its store.
+    let srv_path = srv.display().to_string();
+    assert!(
+        err.contains("<store>/packs/") && !err.contains(&srv_path),
+        "{err}"
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -58,9 +58,44 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             inner.clone(),
+            redact_location,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
             log_request,
         ))
         .with_state(inner)
+}
+
+/// Error bodies larger than this are passed on as they are (an error body
+/// is one line).
+const REDACT_LIMIT: usize = 64 << 10;
+
+/// An error names the stored object it is about by where this server
+/// keeps it (a directory path, a bucket URL): a client needs to know which
+/// object, not where the server keeps its store, so in error bodies the
+/// store's location reads `<store>` (`<store>/packs/ab/ab12….pack`).
+async fn redact_location(State(s): St, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let location = s.store.location();
+    if resp.status().as_u16() < 400 || location.is_empty() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    match axum::body::to_bytes(body, REDACT_LIMIT).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let redacted = if text.contains(&location) {
+                Bytes::from(text.replace(&location, "<store>"))
+            } else {
+                bytes
+            };
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(redacted))
+        }
+        Err(_) => ApiError::internal("an error answer too long to send").into_response(),
+    }
 }
 
 async fn log_request(State(s): St, req: Request, next: Next) -> Response {
