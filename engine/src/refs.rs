@@ -66,12 +66,19 @@ pub(crate) fn validate(name: &str) -> Result<()> {
 }
 
 /// Characters that change how a name is shown without being seen: the
-/// Unicode bidirectional formatting characters (which can make a name read
-/// as another), zero-width characters and the byte-order mark.
+/// Unicode format characters (bidirectional controls, which can make a
+/// name read as another; zero-width characters; the byte-order mark; tag
+/// characters), characters that render as blank (Hangul fillers, the
+/// combining grapheme joiner), variation selectors, and the line and
+/// paragraph separators.
 fn is_invisible(c: char) -> bool {
     matches!(c,
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        '\u{00AD}' | '\u{034F}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}'
+            | '\u{070F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Writes the ref file of `name` durably (the ref's durable copy). On a

@@ -489,6 +489,12 @@ fn names_are_unambiguous() {
         "org/./a".into(),
         "org/\u{202E}txt.exe".into(),
         "org/a\u{200B}".into(),
+        // Found by the second probe: more that render as nothing.
+        "org/\u{00AD}a".into(),
+        "org/\u{3164}".into(),
+        "org/a\u{FE0F}".into(),
+        "org/a\u{E0001}".into(),
+        "org/a\u{034F}".into(),
     ] {
         let e = store.set_ref(&bad, a.file_id).expect_err(&bad);
         assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");

@@ -432,15 +432,15 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
     let data = model(&ModelSpec::base(52, 3 << 20, DType::BF16));
     let src = tmp.path().join("m.bin");
     std::fs::write(&src, &data).expect("write");
-    let put = tessera(&srv)
+    let put_w = tessera(&srv)
         .args(["put", "--ref", "m@v1:w"])
         .arg(&src)
         .output()
         .expect("put");
     assert!(
-        put.status.success(),
+        put_w.status.success(),
         "{}",
-        String::from_utf8_lossy(&put.stderr)
+        String::from_utf8_lossy(&put_w.stderr)
     );
     // A second file in a pack of its own, lost from the server's disk below.
     let before = pack_files(&srv);
@@ -460,9 +460,29 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = spawn_on(&srv, port, &[]);
-    // Standard output: the file, and the report on standard error.
+    // Standard output: the file, and the report on standard error. The
+    // per-user download directory of a stream (in TMPDIR) was made by
+    // someone else (here: open to all): the pull uses one of its own.
+    let file_id = String::from_utf8_lossy(&put_w.stdout)
+        .split_whitespace()
+        .next()
+        .expect("file id")
+        .to_string();
+    let tmpdir = tmp.path().join("tmpdir");
+    std::fs::create_dir(&tmpdir).expect("mkdir");
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&tmpdir).expect("meta").uid()
+    };
+    let planted = tmpdir.join(format!("tessera-pull-{uid}-{file_id}"));
+    std::fs::create_dir(&planted).expect("plant");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
     let out = tessera(&tmp.path().join("c1"))
         .current_dir(tmp.path())
+        .env("TMPDIR", &tmpdir)
         .args(["pull", &url, "m@v1:w", "-o", "-", "--json"])
         .output()
         .expect("pull -o -");
@@ -475,6 +495,16 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
     let rep: Value = serde_json::from_slice(&out.stderr).expect("report on stderr");
     assert_eq!(rep["size"].as_u64(), Some(data.len() as u64));
     assert!(!tmp.path().join("-").exists(), "no file named -");
+    let left: Vec<_> = std::fs::read_dir(&tmpdir)
+        .expect("ls")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(
+        left,
+        vec![planted.clone()],
+        "the planted directory untouched, no other left"
+    );
+    assert_eq!(std::fs::read_dir(&planted).expect("ls").count(), 0);
     // Stored locally now: a second pull to standard output reads the store.
     let again = tessera(&tmp.path().join("c1"))
         .args(["pull", &url, "m@v1:w", "-o", "-"])
@@ -551,6 +581,16 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(2), "{err}");
     assert!(err.contains("no endpoint") && err.contains("base"), "{err}");
+    for bad in ["http://[::1", &format!("{url}/?x=1")] {
+        let out = tessera(&tmp.path().join("c5"))
+            .args(["pull", bad, "m@v1:w", "-o"])
+            .arg(tmp.path().join("w.bin"))
+            .output()
+            .expect("pull BAD-URL");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(!err.contains("retrying"), "{bad}: {err}");
+    }
     let missing = tmp.path().join("no-such-dir");
     let out = tessera(&tmp.path().join("c6"))
         .args(["pull", &url, "m@v1:w", "-o"])

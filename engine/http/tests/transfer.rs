@@ -682,3 +682,57 @@ async fn a_failed_pull_leaves_no_empty_download_directory() {
     );
     srv.stop().await;
 }
+
+/// Found by a second hostile probe: two pulls to one output at once each
+/// wrote their temp file and renamed it into place by name, so the first
+/// could move the second's half-written file into place and exit 0. Now a
+/// pull holds its download directory (an exclusive lock on its `lock`
+/// file) for the whole run: a second pull to that output is refused while
+/// the first runs, and goes ahead once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pull_to_one_output_is_refused_while_the_first_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_store, data, srv) = serve_model(tmp.path(), 11, 1 << 20).await;
+    let c = client(&srv.url);
+    let out = tmp.path().join("x.bin");
+    let dir = tmp.path().join(".x.bin.tessera-pull");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // The first pull, as far as the second can tell: it holds the lock.
+    let first = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .expect("lock file");
+    first.try_lock().expect("lock");
+    let e = pull(
+        &c,
+        &open(&tmp.path().join("l1")),
+        "m@v1:w",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect_err("a second pull to the same output");
+    assert!(e.to_string().contains("another pull is writing"), "{e}");
+    assert!(!out.exists());
+    assert!(
+        dir.join("lock").exists(),
+        "the first pull's directory is left alone"
+    );
+    drop(first);
+    pull(
+        &c,
+        &open(&tmp.path().join("l2")),
+        "m@v1:w",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("once the first is done");
+    assert!(std::fs::read(&out).expect("read") == data);
+    assert!(!dir.exists());
+    srv.stop().await;
+}

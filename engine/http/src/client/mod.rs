@@ -196,6 +196,20 @@ impl Client {
                 "server URL {base:?}: want http://HOST[:PORT] or https://…"
             )));
         }
+        // A URL that does not parse would fail every request (and be
+        // retried as a network failure); a query or fragment would be cut
+        // off by the paths appended to it.
+        match reqwest::Url::parse(&base) {
+            Err(e) => {
+                return Err(ClientError::Usage(format!("server URL {base:?}: {e}")));
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                return Err(ClientError::Usage(format!(
+                    "server URL {base:?}: a server's URL is its base, without `?` or `#`"
+                )));
+            }
+            Ok(_) => {}
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)

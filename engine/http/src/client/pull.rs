@@ -127,7 +127,7 @@ pub(crate) fn download_dir(output: &Path) -> ClientResult<PathBuf> {
 const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 
 /// Where a pull puts the file.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Destination {
     /// A regular file, new or replaced: a temp file beside it, renamed over
     /// it. For an output that is a symbolic link, the file it leads to (the
@@ -259,6 +259,107 @@ fn private_dir(dir: &Path) -> ClientResult<()> {
     )))
 }
 
+/// Takes the download directory of a pull to `dest`: the `fixed` one
+/// (beside the output, or the per-user one of a stream) made private and
+/// locked for this run. Another pull writing the same file output holds
+/// it: that is refused, since both would write the one output. A stream
+/// whose shared directory is busy (another pull of the file to standard
+/// output) or refused (made by someone else) gets one of its own for this
+/// run instead, without resume.
+fn take_download_dir(dest: &Destination, fixed: PathBuf) -> ClientResult<HeldDir> {
+    let taken = private_dir(&fixed).and_then(|()| lock_dir(&fixed));
+    match (dest, taken) {
+        (_, Ok(Some(lock))) => Ok(HeldDir {
+            dir: fixed,
+            _lock: lock,
+        }),
+        (Destination::File(out), Ok(None)) => Err(ClientError::io(
+            &fixed,
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "another pull is writing {} (it holds this download directory); \
+                     wait for it to finish",
+                    out.display()
+                ),
+            ),
+        )),
+        (Destination::File(_), Err(e)) => Err(e),
+        (_, _) => {
+            use std::os::unix::fs::DirBuilderExt;
+            for n in 0..1000u32 {
+                let dir = PathBuf::from(format!("{}-{}-{n}", fixed.display(), std::process::id()));
+                match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => {
+                        let lock = lock_dir(&dir)?.ok_or_else(|| {
+                            ClientError::io(
+                                &dir,
+                                std::io::Error::new(
+                                    std::io::ErrorKind::WouldBlock,
+                                    "a download directory just made is locked by another",
+                                ),
+                            )
+                        })?;
+                        return Ok(HeldDir { dir, _lock: lock });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(ClientError::io(&dir, e)),
+                }
+            }
+            Err(ClientError::io(
+                &fixed,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "no free name for a download directory of this run",
+                ),
+            ))
+        }
+    }
+}
+
+/// A download directory this run holds (locked). Dropped with nothing in
+/// it but its lock file (a pull that failed before receiving anything),
+/// it is removed; what a failed pull received stays for the next run.
+struct HeldDir {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Drop for HeldDir {
+    fn drop(&mut self) {
+        let only_lock = std::fs::read_dir(&self.dir).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .all(|e| e.file_name() == std::ffi::OsStr::new("lock"))
+        });
+        if only_lock {
+            let _ = std::fs::remove_file(self.dir.join("lock"));
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Locks download directory `dir` for this run: an exclusive `flock` on
+/// its `lock` file, released when the returned file is dropped (or the
+/// process ends, however). `None` when another pull holds it.
+fn lock_dir(dir: &Path) -> ClientResult<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(NOFOLLOW)
+        .open(&path)
+        .map_err(|e| ClientError::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(ClientError::io(&path, e)),
+    }
+}
+
 /// Opens a file of the download directory for reading, never through a link.
 fn open_nofollow(path: &Path) -> ClientResult<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -281,25 +382,6 @@ pub async fn pull(
     output: &Path,
     progress: Arc<dyn Progress>,
 ) -> ClientResult<PullReport> {
-    let mut dir = None;
-    let r = pull_via(client, store, name, output, progress, &mut dir).await;
-    if let (Err(_), Some(dir)) = (&r, dir) {
-        // A failed pull keeps what it received for the next run, but not
-        // an empty download directory (this removes only an empty one).
-        let _ = std::fs::remove_dir(dir);
-    }
-    r
-}
-
-/// [`pull`], saying in `dir_used` which download directory it used.
-async fn pull_via(
-    client: &Client,
-    store: &Store,
-    name: &str,
-    output: &Path,
-    progress: Arc<dyn Progress>,
-    dir_used: &mut Option<PathBuf>,
-) -> ClientResult<PullReport> {
     let requests_before = client.requests();
     if name.is_empty() {
         return Err(ClientError::Usage(
@@ -314,7 +396,20 @@ async fn pull_via(
         crate::protocol::encode_segment(name)
     ));
     check_reconstruction(&rec, name, &rec_url)?;
-    let dir = dest.download_dir(&rec.file_id)?;
+    let (st, r) = (store.clone(), rec.clone());
+    let have_file = blocking(move || st.contains(&r.file_id)).await?;
+    // The download directory, held (locked) for this run: part files and
+    // the output being assembled. None is needed for a file stored already.
+    let fixed = dest.download_dir(&rec.file_id)?;
+    let (dir, held) = if have_file {
+        (fixed, None)
+    } else {
+        let d = dest.clone();
+        let held = tokio::task::spawn_blocking(move || take_download_dir(&d, fixed))
+            .await
+            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))??;
+        (held.dir.clone(), Some(held))
+    };
     let shared = Arc::new(Shared {
         client: client.clone(),
         name: name.to_string(),
@@ -326,8 +421,6 @@ async fn pull_via(
         progress: progress.clone(),
     });
 
-    let (st, r) = (store.clone(), rec.clone());
-    let have_file = blocking(move || st.contains(&r.file_id)).await?;
     let mut report = PullReport {
         file_id: rec.file_id,
         sha256: rec.sha256,
@@ -351,13 +444,6 @@ async fn pull_via(
     let assembled = if have_file {
         None
     } else {
-        // The part files and the output being assembled.
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || private_dir(&d))
-            .await
-            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))??;
-        // This pull's own directory now (one it refused is left alone).
-        *dir_used = Some(dir.clone());
         let t0 = Instant::now();
         let mut rec = rec.clone();
         let mut round = 0u32;
@@ -495,7 +581,9 @@ async fn pull_via(
     .await
     .map_err(|e| ClientError::Usage(format!("writing the output failed: {e}")))??;
     report.write_secs = t0.elapsed().as_secs_f64();
-    if tokio::fs::metadata(&dir).await.is_ok() {
+    // Only a directory this run holds: another pull may be using the one
+    // beside the output of a file stored already.
+    if held.is_some() {
         tokio::fs::remove_dir_all(&dir)
             .await
             .map_err(|e| ClientError::io(&dir, e))?;
