@@ -597,6 +597,26 @@ async fn a_pull_never_writes_through_links() {
     assert_eq!(std::fs::read(&victim).expect("victim"), victim_bytes);
     assert!(!out.exists());
 
+    // A part file hard-linked to another file: refused the same way.
+    let dir = dir_of("part-hardlink");
+    private(&dir);
+    std::fs::hard_link(
+        &victim,
+        dir.join(format!("{}-{}.part", term.pack, term.pack_start)),
+    )
+    .expect("plant hard link");
+    let out = tmp.path().join("part-hardlink.bin");
+    let r = pull(
+        &c,
+        &open(&tmp.path().join("l2h")),
+        "m@v1:w",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await;
+    assert!(r.is_err(), "a hard-linked part is not written: {r:?}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), victim_bytes);
+
     // A download directory others may write in is refused, nothing written.
     let dir = dir_of("open-dir");
     std::fs::create_dir(&dir).expect("mkdir");

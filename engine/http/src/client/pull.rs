@@ -863,7 +863,23 @@ async fn download_range(sh: &Shared, f: &Fetch, part: &Path) -> Result<Bytes, Ra
         .open(part)
         .await
         .map_err(io)?;
-    let on_disk = file.metadata().await.map_err(io)?.len();
+    let meta = file.metadata().await.map_err(io)?;
+    {
+        // A part file is this pull's own: one with other names (a hard
+        // link planted to another file) would have that file written.
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err(RangeFail::Error(ClientError::io(
+                part,
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "not a part file this pull made (not a plain file, or linked elsewhere); \
+                     remove it",
+                ),
+            )));
+        }
+    }
+    let on_disk = meta.len();
     let have = on_disk.min(len);
     let mut buf = BytesMut::with_capacity(len as usize);
     if have > 0 {
