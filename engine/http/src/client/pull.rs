@@ -405,9 +405,7 @@ pub async fn pull(
         (fixed, None)
     } else {
         let d = dest.clone();
-        let held = tokio::task::spawn_blocking(move || take_download_dir(&d, fixed))
-            .await
-            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))??;
+        let held = worker(move || take_download_dir(&d, fixed)).await??;
         (held.dir.clone(), Some(held))
     };
     let shared = Arc::new(Shared {
@@ -519,9 +517,7 @@ pub async fn pull(
         let t0 = Instant::now();
         let assembly = Arc::into_inner(assembly)
             .ok_or_else(|| ClientError::Usage("the assembly is still in use".into()))?;
-        let registered = tokio::task::spawn_blocking(move || assembly.finish(&[]))
-            .await
-            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
+        let registered = worker(move || assembly.finish(&[])).await?;
         let put = registered.map_err(|e| match e {
             e @ tessera::Error::Rejected { .. } => ClientError::Protocol {
                 url: rec_url.clone(),
@@ -594,13 +590,18 @@ pub async fn pull(
     Ok(report)
 }
 
+/// Runs `f` on the blocking pool; a worker that panicked is an error.
+async fn worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ClientResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))
+}
+
+/// [`worker`] for an engine call.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> tessera::Result<T> + Send + 'static,
 ) -> ClientResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?
-        .map_err(ClientError::Engine)
+    worker(f).await?.map_err(ClientError::Engine)
 }
 
 /// The SHA-256 a name asks for, when it is `sha256:HEX`.
@@ -779,11 +780,9 @@ async fn fetch_one(
             Ok(bytes) => {
                 let (f2, a) = (f.clone(), assembly.clone());
                 // Verified, then added (the outer result is the check's).
-                let verified = tokio::task::spawn_blocking(move || {
-                    verify_fetched(&f2, &bytes).map(|chunks| a.add(&chunks))
-                })
-                .await
-                .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?;
+                let verified =
+                    worker(move || verify_fetched(&f2, &bytes).map(|chunks| a.add(&chunks)))
+                        .await?;
                 match verified {
                     Ok(added) => {
                         added.map_err(ClientError::Engine)?;
@@ -898,7 +897,7 @@ async fn download_range(sh: &Shared, f: &Fetch, part: &Path) -> Result<Bytes, Ra
     let append = |pieces: Vec<Bytes>, sync: bool| {
         let (file, part) = (file.clone(), part.to_path_buf());
         async move {
-            tokio::task::spawn_blocking(move || {
+            worker(move || {
                 let mut f: &std::fs::File = &file;
                 for p in &pieces {
                     f.write_all(p)?;
@@ -908,8 +907,7 @@ async fn download_range(sh: &Shared, f: &Fetch, part: &Path) -> Result<Bytes, Ra
                 }
                 Ok(())
             })
-            .await
-            .map_err(|e| ClientError::Usage(format!("a worker failed: {e}")))?
+            .await?
             .map_err(|e| ClientError::io(&part, e))
         }
     };

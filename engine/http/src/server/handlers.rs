@@ -77,8 +77,11 @@ const REDACT_LIMIT: usize = 64 << 10;
 /// store's location reads `<store>` (`<store>/packs/ab/ab12….pack`).
 async fn redact_location(State(s): St, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
+    if resp.status().as_u16() < 400 {
+        return resp;
+    }
     let location = s.store.location();
-    if resp.status().as_u16() < 400 || location.is_empty() {
+    if location.is_empty() {
         return resp;
     }
     let (parts, body) = resp.into_parts();
