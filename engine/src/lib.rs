@@ -82,7 +82,7 @@ pub use ingest::{Ingest, PutReport};
 pub use options::{StoreOptions, MAX_DURATION};
 pub use read::{unwrap_io, FileInfo, FileReader};
 pub use refresh::RefreshReport;
-pub use refs::NAME_PREFIXES;
+pub use refs::{validate as check_ref_name, NAME_PREFIXES};
 pub use repack::{RepackOptions, RepackReport};
 pub use repair::ConfigRepair;
 pub use report::{CatchUpReason, Problem, Recovery, RepairReport};

@@ -26,7 +26,7 @@ fn is_hex64(s: &str) -> bool {
 /// characters, not 64 hex digits (the form of file ids and sha256 aliases)
 /// and not starting with `file:`, `sha256:` or `ref:`, so that every name
 /// [`resolve`] is given means one thing forever.
-pub(crate) fn validate(name: &str) -> Result<()> {
+pub fn validate(name: &str) -> Result<()> {
     let why = if name.is_empty() || name.len() > MAX_REF_LEN {
         Some(format!("must be 1..={MAX_REF_LEN} bytes"))
     } else if name.chars().any(|c| c.is_control()) {

@@ -76,6 +76,12 @@ pub struct ReconstructionResponse {
 pub struct MissingRequest {
     /// Chunk ids to ask about.
     pub chunks: Vec<ChunkId>,
+    /// The refs the files these chunks belong to will be registered under
+    /// (optional): the server refuses a name it would refuse at
+    /// registration (400) or that the token may not write (401/403) now,
+    /// before the client uploads anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<String>,
 }
 
 /// `POST /v1/chunks/missing` answer.

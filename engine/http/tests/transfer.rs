@@ -756,3 +756,78 @@ async fn a_second_pull_to_one_output_is_refused_while_the_first_runs() {
     assert!(!dir.exists());
     srv.stop().await;
 }
+
+/// A push to a ref the token may not write, or to a name no registration
+/// takes, is refused at its first question: nothing is uploaded, and the
+/// server holds no chunk of the file afterwards. A ref the token may write
+/// still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_ref_it_may_not_write_uploads_nothing() {
+    use tessera_http::client::ClientError;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server_store = open(&tmp.path().join("srv"));
+    let srv = TestServer::start(
+        server_store.clone(),
+        common::policy(),
+        ServerConfig::default(),
+    )
+    .await;
+    let stats = srv.stats();
+    let alice = Client::new(
+        &srv.url,
+        ClientOptions {
+            token: Some(common::ALICE.to_string()),
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let local = open(&tmp.path().join("local"));
+    let file = tmp.path().join("x.bin");
+    std::fs::write(&file, tessera_synth::noise(2 << 20, 17)).expect("write");
+    let push_as = |name: &str| {
+        let (alice, local, file, name) =
+            (alice.clone(), local.clone(), file.clone(), name.to_string());
+        async move {
+            push(
+                &alice,
+                &local,
+                &[PushInput {
+                    path: Some(file),
+                    shown: "x.bin".into(),
+                    ref_name: Some(name),
+                }],
+                Arc::new(NoProgress),
+            )
+            .await
+        }
+    };
+    for (name, status) in [
+        ("bob/stolen@v1:x.bin", 403),
+        ("alice/ trailing@v1 ", 400),
+        ("alice/a/../b", 400),
+    ] {
+        match push_as(name).await {
+            Err(ClientError::Http { status: s, .. }) => {
+                assert_eq!(s.as_u16(), status, "push to {name:?}")
+            }
+            other => panic!("push to {name:?}: {other:?}"),
+        }
+        assert_eq!(
+            ServerStats::get(&stats.pack_bytes_admitted),
+            0,
+            "a refused push to {name:?} uploaded packs first"
+        );
+        assert_eq!(server_store.stats().expect("stats").chunks, 0);
+    }
+    let rep = push_as("alice/m@v1:x.bin").await.expect("push to alice/");
+    assert!(rep.bytes_uploaded > 0);
+    assert_eq!(
+        ServerStats::get(&stats.pack_bytes_admitted),
+        rep.bytes_uploaded
+    );
+    assert_eq!(
+        server_store.resolve("alice/m@v1:x.bin").expect("ref"),
+        rep.files[0].file_id
+    );
+    srv.stop().await;
+}

@@ -495,16 +495,26 @@ impl Client {
     pub async fn missing_chunks(
         &self,
         ids: &[tessera::ChunkId],
+        refs: &[String],
     ) -> ClientResult<(Vec<tessera::ChunkId>, u64)> {
         let mut out = Vec::new();
         let mut requests = 0;
-        for part in ids.chunks(MAX_MISSING_IDS) {
+        // The first question carries the refs, so the server refuses a ref
+        // it will not register before anything is uploaded (an empty list
+        // still asks once, for that).
+        let parts: Vec<&[tessera::ChunkId]> = if ids.is_empty() {
+            vec![ids]
+        } else {
+            ids.chunks(MAX_MISSING_IDS).collect()
+        };
+        for (i, part) in parts.into_iter().enumerate() {
             let r: MissingResponse = self
                 .send_json(
                     Method::POST,
                     "/v1/chunks/missing",
                     &MissingRequest {
                         chunks: part.to_vec(),
+                        refs: if i == 0 { refs.to_vec() } else { Vec::new() },
                     },
                 )
                 .await?;

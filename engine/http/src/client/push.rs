@@ -200,7 +200,11 @@ async fn upload_missing(
         }
     }
     let just_ids: Vec<ChunkId> = ids.iter().map(|c| c.0).collect();
-    let (missing, _) = client.missing_chunks(&just_ids).await?;
+    let refs: Vec<String> = files
+        .iter()
+        .filter_map(|(_, _, input)| input.ref_name.clone())
+        .collect();
+    let (missing, _) = client.missing_chunks(&just_ids, &refs).await?;
     let missing: HashSet<ChunkId> = missing.into_iter().collect();
     let max = client.options().max_pack_bytes.max(1);
     let mut groups: Vec<Vec<ChunkId>> = Vec::new();

@@ -213,6 +213,20 @@ impl Inner {
         }
     }
 
+    /// Refuses ref names a registration would refuse: names the engine
+    /// does not take (400) and names `access` may not write (401/403).
+    /// Checked first at registration, and at a push's first question, so
+    /// that a push is refused before it uploads anything.
+    fn check_refs(&self, access: &Access, refs: &[String]) -> ApiResult<()> {
+        for r in refs {
+            tessera::check_ref_name(r)?;
+            if !self.policy.can_write(access, r) {
+                return Err(self.deny_write(access, &format!("ref {}", tessera_clip(r))));
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves `name` to a file `access` may read, and whether it is
     /// readable through a public ref. A file it may not read is "not
     /// found", like a file that does not exist.
@@ -757,6 +771,7 @@ async fn post_missing(State(s): St, headers: HeaderMap, body: Body) -> ApiResult
         "chunks/missing request",
     )
     .await?;
+    s.check_refs(&access, &req.refs)?;
     if req.chunks.len() > MAX_MISSING_IDS {
         return Err(ApiError::too_large(format!(
             "chunks/missing request: {} ids, at most {MAX_MISSING_IDS} per request",
@@ -803,11 +818,7 @@ async fn post_file(State(s): St, headers: HeaderMap, body: Body) -> ApiResult<Re
         "file registration",
     )
     .await?;
-    for r in &req.refs {
-        if !s.policy.can_write(&access, r) {
-            return Err(s.deny_write(&access, &format!("ref {}", tessera_clip(r))));
-        }
-    }
+    s.check_refs(&access, &req.refs)?;
     // One turn of the registrations that read at once (its body budget
     // held meanwhile: the body is buffered).
     let turn = s
