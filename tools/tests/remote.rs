@@ -574,13 +574,24 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
         String::from_utf8_lossy(&empty.stderr)
     );
     let wrong = tessera(&tmp.path().join("c5"))
-        .args(["pull", &format!("{url}/v1"), "m@v1:w", "-o"])
+        .args(["pull", &format!("{url}/api"), "m@v1:w", "-o"])
         .arg(tmp.path().join("w.bin"))
         .output()
-        .expect("pull URL/v1");
+        .expect("pull URL/api");
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(2), "{err}");
     assert!(err.contains("no endpoint") && err.contains("base"), "{err}");
+    // An endpoint's URL as the base is refused before any request.
+    for endpoint in ["/v1", "/v1/files", "/v1/files/"] {
+        let out = tessera(&tmp.path().join("c5"))
+            .args(["pull", &format!("{url}{endpoint}"), "m@v1:w", "-o"])
+            .arg(tmp.path().join("w.bin"))
+            .output()
+            .expect("pull URL/v1/files");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{endpoint}: {err}");
+        assert!(err.contains("is its base"), "{endpoint}: {err}");
+    }
     for bad in ["http://[::1", &format!("{url}/?x=1")] {
         let out = tessera(&tmp.path().join("c5"))
             .args(["pull", bad, "m@v1:w", "-o"])

@@ -208,6 +208,14 @@ impl Client {
                     "server URL {base:?}: a server's URL is its base, without `?` or `#`"
                 )));
             }
+            // An endpoint's URL given as the base (`…/v1/files`) would put
+            // every path under it: the name would read as a ref that does
+            // not exist.
+            Ok(u) if u.path_segments().is_some_and(|mut s| s.any(|s| s == "v1")) => {
+                return Err(ClientError::Usage(format!(
+                    "server URL {base:?}: a server's URL is its base (what comes before /v1/…), not an endpoint's"
+                )));
+            }
             Ok(_) => {}
         }
         let http = reqwest::Client::builder()
