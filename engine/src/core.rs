@@ -19,6 +19,7 @@ use crate::options::StoreOptions;
 use crate::pack::PackCache;
 use crate::packwriter::PackWriter;
 use crate::paths::{CLEAN, DIRTY};
+use crate::report::Problem;
 use crate::report::{CatchUpReason, Recovery};
 use crate::storage::{ObjectStore, PutMode};
 
@@ -51,6 +52,9 @@ pub(crate) struct Core {
     /// On a shared store, this node's recent copy of the GC's condemned
     /// packs (dedup skips them, spec §10.6).
     pub(crate) condemned: CondemnedCopy,
+    /// On a shared store, the ref objects the last refresh could not read
+    /// (their names unknown): listings may lack their refs.
+    pub(crate) unreadable_refs: Mutex<Vec<Problem>>,
     closed: AtomicBool,
     /// Held for the life of the store: one process at a time. Declared
     /// last, so it is released after the index is closed.
@@ -76,6 +80,7 @@ impl Core {
             gate: Gate::default(),
             maintenance: Mutex::new(()),
             condemned: Default::default(),
+            unreadable_refs: Mutex::new(Vec::new()),
             poison: Mutex::new(None),
             recovery: OnceLock::new(),
             closed: AtomicBool::new(false),

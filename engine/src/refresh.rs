@@ -127,6 +127,7 @@ pub(crate) fn refresh(core: &Core) -> Result<RefreshReport> {
     refresh_refs(core, &mut rep)?;
     forget_collected(core, &listing, Keep::Needed, &mut rep)?;
     core.index.flush()?;
+    *crate::cache::lock(&core.unreadable_refs) = rep.unreadable_refs.clone();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

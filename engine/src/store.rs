@@ -355,6 +355,14 @@ impl Store {
         refresh::refresh(&self.core)
     }
 
+    /// The ref objects the last [`Store::refresh`] could not read (a shared
+    /// store; none on a directory store): their names are unknown (an
+    /// object's key is a hash of its name), so [`Store::list_refs`] may lack
+    /// their refs, or list what they named before.
+    pub fn unreadable_refs(&self) -> Vec<crate::report::Problem> {
+        crate::cache::lock(&self.core.unreadable_refs).clone()
+    }
+
     /// When this node last finished a [`Store::refresh`] (never: `None`).
     pub fn last_refresh(&self) -> Option<std::time::SystemTime> {
         if !self.is_shared() {

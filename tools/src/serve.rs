@@ -77,8 +77,16 @@ pub(crate) fn run(loc: &Location, args: ServeArgs, wait: bool) -> CliResult {
         let store = store.clone();
         let every = Duration::from_secs(args.refresh);
         std::thread::spawn(move || loop {
-            if let Err(e) = store.refresh() {
-                tracing::warn!(store = %store.location(), error = %e, "refresh failed; retrying later");
+            match store.refresh() {
+                Err(e) => {
+                    tracing::warn!(store = %store.location(), error = %e, "refresh failed; retrying later")
+                }
+                // Damage is told every time it is seen, until mended.
+                Ok(rep) => {
+                    for p in &rep.problems {
+                        tracing::warn!(object = %p.object, problem = %p.detail, "refresh found damage; `tessera verify` tells which node's copy can repair it");
+                    }
+                }
             }
             match stopped.recv_timeout(every) {
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,

@@ -862,6 +862,43 @@ fn serve_on_an_s3_store_answers_a_pull() {
     .expect("request");
     s.read_to_string(&mut body).expect("response");
     assert!(body.contains("acme/m@v3:m.bin"), "{body}");
+    assert!(!body.contains("unreadable"), "{body}");
+    // A ref object damaged in the bucket: its name is unknown, so the
+    // listing says the list may lack a ref, naming the object, until the
+    // ref is set again.
+    let refs_now = || {
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut body = String::new();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            s,
+            "GET /v1/refs?prefix=acme/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        s.read_to_string(&mut body).expect("response");
+        body
+    };
+    let key = tessera::testing::ref_key("acme/m@v3:m.bin");
+    let s3 = env.s3();
+    let mut bad = s3.get(&key).expect("ref object").to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    s3.put(&key, &bad, PutMode::Replace)
+        .expect("damage the ref");
+    let body = refs_now();
+    assert!(
+        body.contains("\"unreadable\"") && body.contains(&key),
+        "{body}"
+    );
+    env.ok(
+        "writer",
+        &["ref", "set", "acme/m@v3:m.bin", "acme/m@v2:m.bin"],
+    );
+    let body = refs_now();
+    assert!(
+        body.contains("acme/m@v3:m.bin") && !body.contains("unreadable"),
+        "{body}"
+    );
     server.kill().expect("kill");
     let _ = server.wait();
 }

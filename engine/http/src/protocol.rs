@@ -168,6 +168,20 @@ pub struct RefEntry {
 pub struct RefList {
     /// The refs the token may read, by name.
     pub refs: Vec<RefEntry>,
+    /// Ref objects of a shared store that the server's last listing of it
+    /// could not read (damaged): their names are unknown, so `refs` may lack
+    /// them, or show what they named before. Omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<UnreadableRef>,
+}
+
+/// A ref object that does not decode, in a [`RefList`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableRef {
+    /// Its key in the store (`refs/…`).
+    pub object: String,
+    /// What is wrong with it.
+    pub detail: String,
 }
 
 /// Every error body: `{"error": {"code", "message"}}`.

@@ -491,12 +491,11 @@ impl Client {
             .map(|_| ())
     }
 
-    /// `GET /v1/refs?prefix=`.
-    pub async fn list_refs(&self, prefix: &str) -> ClientResult<Vec<RefEntry>> {
-        let list: RefList = self
-            .get_json(&format!("/v1/refs?prefix={}", encode_query(prefix)))
-            .await?;
-        Ok(list.refs)
+    /// `GET /v1/refs?prefix=`: the refs, and the ref objects the server
+    /// could not read (a list that may lack refs).
+    pub async fn list_refs(&self, prefix: &str) -> ClientResult<RefList> {
+        self.get_json(&format!("/v1/refs?prefix={}", encode_query(prefix)))
+            .await
     }
 
     /// `POST /v1/chunks/missing`, in requests of at most 100,000 ids.

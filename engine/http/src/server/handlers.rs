@@ -25,7 +25,7 @@ use crate::auth::Access;
 use crate::protocol::{
     parse_range, ByteRange, MissingRequest, MissingResponse, PackAdmitted, ReconstructionResponse,
     RefEntry, RefInfo, RefList, RegisterRequest, RegisterResponse, ServerInfo, SetRef,
-    MAX_MISSING_IDS, PROTOCOL_VERSION,
+    UnreadableRef, MAX_MISSING_IDS, PROTOCOL_VERSION,
 };
 
 type St = State<Arc<Inner>>;
@@ -954,20 +954,27 @@ async fn list_refs(
         }
     };
     let store = s.store.clone();
-    let refs = blocking(move || {
+    let (refs, unreadable) = blocking(move || {
         let mut all = BTreeMap::new();
         for p in &scans {
             for (name, id) in store.list_refs(p)? {
                 all.insert(name, id);
             }
         }
-        Ok(all)
+        Ok((all, store.unreadable_refs()))
     })
     .await?;
     Ok(Json(RefList {
         refs: refs
             .into_iter()
             .map(|(name, file_id)| RefEntry { name, file_id })
+            .collect(),
+        unreadable: unreadable
+            .into_iter()
+            .map(|p| UnreadableRef {
+                object: p.object,
+                detail: p.detail,
+            })
             .collect(),
     })
     .into_response())
