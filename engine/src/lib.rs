@@ -90,7 +90,7 @@ pub use storage::ReadMode;
 pub use store::{Stats, Store};
 pub use tessera_model::{Format, ModelInfo, PicklePolicy, TensorInfo, Verdict};
 pub use transfer::{
-    verify_fetched, within_spans, AdmitReport, Assembly, DownloadPlan, Fetch, ReconChunk,
-    ReconTerm, Reconstruction, VerifiedChunks,
+    verify_fetched, within_spans, AdmitReport, Assembly, DownloadPlan, Fetch, PackBytes,
+    ReconChunk, ReconTerm, Reconstruction, VerifiedChunks,
 };
 pub use verify::{VerifyOptions, VerifyReport};

@@ -298,6 +298,29 @@ impl FileReader {
         self.end = end;
     }
 
+    /// Reads at most `chunks` chunks ahead (at least one) instead of the
+    /// store's `read_ahead_chunks`: less overlap, less memory held.
+    pub fn set_read_ahead(&mut self, chunks: usize) {
+        self.ahead = chunks.max(1);
+    }
+
+    /// The most decoded bytes this reader holds at once: its read-ahead
+    /// window and the current chunk, each at most the file's largest chunk.
+    pub fn max_held(&self) -> u64 {
+        let largest = self.layout.recipe.chunks.iter().map(|c| c.1).max();
+        (self.ahead as u64 + 1) * u64::from(largest.unwrap_or(0))
+    }
+
+    /// How many chunks hold bytes `start..end` of the file (0 for an empty
+    /// range).
+    pub fn chunks_in(&self, start: u64, end: u64) -> usize {
+        let end = end.min(self.size());
+        if start >= end {
+            return 0;
+        }
+        (self.layout.chunk_at(end - 1) + 1).saturating_sub(self.layout.chunk_at(start))
+    }
+
     /// The file's size.
     pub fn size(&self) -> u64 {
         self.layout.size()

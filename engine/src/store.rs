@@ -25,7 +25,9 @@ use crate::repair::{self, ConfigRepair};
 use crate::report::{Recovery, RepairReport};
 use crate::shared_gc;
 use crate::storage::{DirStore, ObjectStore};
-use crate::transfer::{self, AdmitReport, Assembly, DownloadPlan, Reconstruction, VerifiedChunks};
+use crate::transfer::{
+    self, AdmitReport, Assembly, DownloadPlan, PackBytes, Reconstruction, VerifiedChunks,
+};
 use crate::verify::{self, VerifyOptions, VerifyReport};
 use crate::{open, refs, shared_refs};
 
@@ -576,10 +578,11 @@ impl Store {
         transfer::register_file(&self.core, file, size, chunks, claimed_sha256, refs)
     }
 
-    /// `len` bytes at `offset` of a pack as stored, and the pack's size
-    /// (what a Range request on a pack serves; clients verify the records).
-    pub fn pack_range(&self, pack: &PackId, offset: u64, len: u64) -> Result<(Bytes, u64)> {
-        transfer::pack_range(&self.core, pack, offset, len)
+    /// A stored pack, opened to serve its bytes as stored (what a Range
+    /// request on a pack serves; clients verify the records); "not found"
+    /// when it is not stored.
+    pub fn pack_bytes(&self, pack: &PackId) -> Result<PackBytes> {
+        transfer::pack_bytes(&self.core, pack)
     }
 
     /// The size of a stored pack.

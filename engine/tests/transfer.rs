@@ -28,7 +28,10 @@ fn pull(server: &Store, client: &Store, file: &FileId, gap: u64) -> (u64, usize)
     let plan = client.plan_download(&rec, gap, 16 << 20).expect("plan");
     let mut fetched = 0;
     for f in &plan.fetches {
-        let (body, _) = server.pack_range(&f.pack, f.start, f.len()).expect("range");
+        let body = server
+            .pack_bytes(&f.pack)
+            .and_then(|p| p.read(f.start, f.len()))
+            .expect("range");
         fetched += body.len() as u64;
         let chunks = verify_fetched(f, &body).expect("verify");
         client.admit_chunks(&chunks).expect("admit");
@@ -254,7 +257,10 @@ fn tampered_downloads_are_caught() {
     // A response whose bytes were changed fails verification.
     let plan = client.plan_download(&rec, 0, 16 << 20).expect("plan");
     let f = &plan.fetches[0];
-    let (body, _) = server.pack_range(&f.pack, f.start, f.len()).expect("range");
+    let body = server
+        .pack_bytes(&f.pack)
+        .and_then(|p| p.read(f.start, f.len()))
+        .expect("range");
     let mut bad = body.to_vec();
     let last = bad.len() - 1;
     bad[last] ^= 1;
@@ -293,7 +299,7 @@ fn assemble(
                 let a = &a;
                 s.spawn(move || -> tessera::Result<()> {
                     for f in part {
-                        let (body, _) = server.pack_range(&f.pack, f.start, f.len())?;
+                        let body = server.pack_bytes(&f.pack)?.read(f.start, f.len())?;
                         a.add(&verify_fetched(f, &body)?)?;
                     }
                     Ok(())
@@ -424,7 +430,10 @@ fn an_assembly_refuses_a_sha256_other_than_its_contents_and_registers_nothing() 
     let file = std::fs::File::create(&out).expect("create");
     let a = client.assemble(&reco, &plan, file).expect("assemble");
     let f = &plan.fetches[0];
-    let (body, _) = server.pack_range(&f.pack, f.start, f.len()).expect("range");
+    let body = server
+        .pack_bytes(&f.pack)
+        .and_then(|p| p.read(f.start, f.len()))
+        .expect("range");
     a.add(&verify_fetched(f, &body).expect("verify"))
         .expect("add");
     assert!(

@@ -43,6 +43,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = tessera_http::server::DEFAULT_BODY_BUDGET >> 20, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
     body_budget_mib: u64,
+    /// Response memory, in MiB, over all downloads at once. A file, pack or
+    /// reconstruction response takes the most it holds before it is built
+    /// (a file 1.5 MiB at most, a pack read 1 MiB, a reconstruction about
+    /// 256 bytes per chunk listed) and gives it back once sent or dropped,
+    /// so clients that stop reading hold at most this; one that finds no
+    /// budget within 10 s is answered 503 "overloaded" with Retry-After.
+    #[arg(long, default_value_t = tessera_http::server::DEFAULT_RESPONSE_BUDGET >> 20, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    response_budget_mib: u64,
     /// For an s3:// store shared with other writers: list the bucket every
     /// SECS seconds, so refs and files other nodes wrote show in listings
     /// and access checks (lookups by name find them at once anyway); 0: never.
@@ -98,6 +107,7 @@ pub(crate) fn run(loc: &Location, args: ServeArgs, wait: bool) -> CliResult {
         url_ttl: Duration::from_secs(args.url_ttl.max(1)),
         max_rate: args.max_rate.filter(|&r| r > 0),
         body_budget: args.body_budget_mib << 20,
+        response_budget: args.response_budget_mib << 20,
         ..Default::default()
     };
     let server = Server::new(store.clone(), policy, config);

@@ -109,7 +109,7 @@ fn budget_config() -> ServerConfig {
         max_pack_body: 4 << 20,
         max_json_body: 4 << 20,
         body_budget: 1 << 20,
-        body_budget_wait: Duration::from_millis(300),
+        budget_wait: Duration::from_millis(300),
         // Long enough that a stalled body holds its budget for the test.
         body_idle_timeout: Duration::from_secs(20),
         ..Default::default()
@@ -408,5 +408,109 @@ async fn registrations_take_turns() {
         "the second registration ran while the first was reading"
     );
     first.await.expect("task").expect("first registration");
+    srv.stop().await;
+}
+
+/// A GET sent on a connection with a small receive buffer that is then
+/// never read: the response stalls once the socket buffers are full.
+async fn stalled_get(addr: SocketAddr, path: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut sock = sock.connect(addr).await.expect("connect");
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    sock
+}
+
+/// Found by a hostile probe: downloads that are never read each held a
+/// decode window and a slice (about 2.3 MB), so 600 of them took the
+/// server's memory from 17 MB to 1.4 GB. Responses now take their most
+/// from a response budget before they are built and give it back once
+/// sent or dropped: stalled downloads hold at most the budget, the next
+/// is answered `503 overloaded` with Retry-After, and the budget is back
+/// once the stalled clients go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_downloads_cannot_hold_more_than_the_response_budget() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&tmp.path().join("srv"));
+    let data = noise(24 << 20, 5);
+    store.put_bytes(&data, &["big"]).expect("put");
+    const BUDGET: u64 = 4 << 20;
+    let config = ServerConfig {
+        response_budget: BUDGET,
+        budget_wait: Duration::from_millis(300),
+        write_stall_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let srv = TestServer::start(store.clone(), Policy::open(), config).await;
+    let held = || srv.server.response_bytes_held();
+    let mut stalled_socks = Vec::new();
+    let refused = loop {
+        assert!(
+            stalled_socks.len() < 16,
+            "16 stalled downloads were all admitted: nothing bounds what they hold"
+        );
+        let mut sock = stalled_get(srv.addr, "/v1/files/big").await;
+        // Admitted responses send their head; a refused one its 503.
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut head))
+            .await
+            .expect("an answer's status line within 5 s")
+            .expect("read");
+        let status = String::from_utf8_lossy(&head).to_string();
+        assert!(held() <= BUDGET, "{} bytes held", held());
+        if status.starts_with("HTTP/1.1 503") {
+            let mut rest = answer(&mut sock, Duration::from_secs(5)).await;
+            rest.insert_str(0, &status);
+            break rest;
+        }
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        stalled_socks.push(sock);
+    };
+    assert_overloaded(&refused, "a download beyond the response budget");
+    assert!(!stalled_socks.is_empty(), "no download fit at all");
+    assert!(
+        held() > BUDGET / 2,
+        "stalled downloads hold {} bytes",
+        held()
+    );
+    assert_eq!(ServerStats::get(&srv.stats().response_budget_refusals), 1);
+    // The stalled clients go: their budget comes back, and a download is
+    // served whole.
+    drop(stalled_socks);
+    let t = Instant::now();
+    while held() != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} response bytes still held after the clients went",
+            held()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = reqwest::get(format!("{}/v1/files/big", srv.url))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(got == data);
+    // A reconstruction larger than the whole budget takes all of it rather
+    // than never being served.
+    let tiny = TestServer::start(
+        store.clone(),
+        Policy::open(),
+        ServerConfig {
+            response_budget: 8 << 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = reqwest::get(format!("{}/v1/reconstructions/big", tiny.url))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert!(r.bytes().await.expect("body").len() > 8 << 10);
+    tiny.stop().await;
     srv.stop().await;
 }

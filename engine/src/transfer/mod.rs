@@ -493,31 +493,56 @@ pub fn verify_fetched(fetch: &Fetch, body: &Bytes) -> Result<VerifiedChunks> {
     Ok(VerifiedChunks { records, raw: raws })
 }
 
-/// Reads `len` bytes of a pack at `offset`, exactly as stored (what a
-/// client's Range request on a pack returns; its records are verified by
-/// the client).
-pub(crate) fn pack_range(
-    core: &Core,
-    pack: &PackId,
-    offset: u64,
-    len: u64,
-) -> Result<(Bytes, u64)> {
+/// A stored pack opened for serving its bytes as stored (what a client's
+/// Range requests on a pack read; the client verifies the records). Reads
+/// go through the one handle opened: on a directory store a pack deleted
+/// meanwhile (by a repack) stays readable through it.
+pub struct PackBytes {
+    pack: PackId,
+    handle: Arc<dyn crate::storage::ReadHandle>,
+    /// Where the pack is, for errors.
+    at: String,
+}
+
+impl PackBytes {
+    /// The pack's size.
+    pub fn len(&self) -> u64 {
+        self.handle.len()
+    }
+
+    /// Whether the pack is empty (no stored pack is).
+    pub fn is_empty(&self) -> bool {
+        self.handle.len() == 0
+    }
+
+    /// `len` bytes at `offset`, as stored.
+    pub fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let size = self.len();
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(Error::InvalidArgument(format!(
+                "range {offset}+{len} is past the end of pack {} ({size} bytes)",
+                self.pack
+            )));
+        }
+        self.handle
+            .read_at(offset, len as usize)
+            .map_err(|e| Error::io("read pack", self.at.clone(), e))
+    }
+}
+
+/// Opens a stored pack for [`PackBytes`]; "not found" when it is not stored.
+pub(crate) fn pack_bytes(core: &Core, pack: &PackId) -> Result<PackBytes> {
     let key = pack_key(pack);
-    let h = core.objects.open(&key).map_err(|e| {
+    let handle = core.objects.open(&key).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::not_found("pack", &pack.to_hex())
         } else {
             Error::io("open pack", core.objects.describe(&key), e)
         }
     })?;
-    let size = h.len();
-    if offset.checked_add(len).is_none_or(|e| e > size) {
-        return Err(Error::InvalidArgument(format!(
-            "range {offset}+{len} is past the end of pack {pack} ({size} bytes)"
-        )));
-    }
-    let b = h
-        .read_at(offset, len as usize)
-        .map_err(|e| Error::io("read pack", core.objects.describe(&key), e))?;
-    Ok((b, size))
+    Ok(PackBytes {
+        pack: *pack,
+        handle,
+        at: core.objects.describe(&key),
+    })
 }

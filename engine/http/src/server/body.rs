@@ -26,7 +26,7 @@ pub(crate) const OVERLOADED_RETRY_AFTER: u32 = 2;
 
 /// The answer to a body that found no budget.
 fn overloaded(s: &Inner, what: &str, bytes: u64, short: Short) -> ApiError {
-    let total = s.budget.total();
+    let total = s.bodies.total();
     match short {
         Short::OverTotal => ApiError::too_large(format!(
             "{what}: {bytes} bytes, more than the {total} this server buffers at once"
@@ -58,7 +58,7 @@ fn overloaded(s: &Inner, what: &str, bytes: u64, short: Short) -> ApiError {
 /// A declared length over the limit is refused before any byte is read; a
 /// declared length takes its budget before any byte is read too, a body
 /// without one takes budget as its bytes arrive. Waiting for budget ends
-/// at [`super::ServerConfig::body_budget_wait`] with `503 overloaded`.
+/// at [`super::ServerConfig::budget_wait`] with `503 overloaded`.
 pub(crate) async fn read_body(
     s: &Inner,
     body: Body,
@@ -82,8 +82,8 @@ pub(crate) async fn read_body(
             "{what}: {n} bytes, more than the {limit} this server accepts"
         )));
     }
-    let budget_deadline = tokio::time::Instant::now() + s.config.body_budget_wait;
-    let mut hold = s.budget.hold();
+    let budget_deadline = tokio::time::Instant::now() + s.config.budget_wait;
+    let mut hold = s.bodies.hold();
     if let Some(n) = declared.filter(|&n| n > 0) {
         if let Err(short) = hold.grow_to(n, budget_deadline).await {
             return Err(refuse(body, overloaded(s, what, n, short)).await);
@@ -128,7 +128,7 @@ pub(crate) async fn read_body(
                     // No Content-Length, or more bytes than it said (hyper
                     // refuses those): take budget before buffering them.
                     let step = hold.bytes().saturating_add(STEP);
-                    let want = total.max(step.min(limit).min(s.budget.total()));
+                    let want = total.max(step.min(limit).min(s.bodies.total()));
                     if let Err(short) = hold.grow_to(want, budget_deadline).await {
                         return Err(overloaded(s, what, want, short));
                     }

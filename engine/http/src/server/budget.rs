@@ -1,14 +1,22 @@
-//! The server-wide budget for buffered request bodies: every byte of a
-//! request body held in memory (a pack upload, a JSON body) is taken from
-//! one budget first and given back when the request ends, so the bodies
-//! buffered at once never add up to more than
-//! [`ServerConfig::body_budget`](super::ServerConfig::body_budget).
+//! Server-wide memory budgets: every byte a request makes the server hold
+//! is taken from a budget first and given back when it is let go, so what
+//! all requests hold at once never adds up to more than the budget. There
+//! are two, so that neither direction can starve the other:
 //!
-//! A body with a `Content-Length` takes its whole length before its first
-//! byte is read; one without (chunked) takes budget in steps as its bytes
-//! arrive. A request waits for budget in arrival order (FIFO) for at most
-//! [`ServerConfig::body_budget_wait`](super::ServerConfig::body_budget_wait)
-//! in all, then is answered `503 overloaded` with `Retry-After`.
+//! - request bodies ([`ServerConfig::body_budget`](super::ServerConfig::body_budget)):
+//!   a body with a `Content-Length` takes its whole length before its
+//!   first byte is read; one without (chunked) takes budget in steps as its
+//!   bytes arrive; given back when the request ends;
+//! - responses ([`ServerConfig::response_budget`](super::ServerConfig::response_budget)):
+//!   a response takes the most it can hold at once before it is built (a
+//!   reconstruction its answer, a file its decode window and one slice, a
+//!   pack one read) and gives it back when its body has been sent or
+//!   dropped ([`held`]). A client that stops reading keeps its share only
+//!   until the write stall timeout.
+//!
+//! A request waits for budget in arrival order (FIFO) for at most
+//! [`ServerConfig::budget_wait`](super::ServerConfig::budget_wait) in all,
+//! then is answered `503 overloaded` with `Retry-After`.
 
 use std::sync::Arc;
 
@@ -21,19 +29,19 @@ const UNIT: u64 = 1024;
 /// A chunked body takes budget in steps of at least this many bytes.
 pub(crate) const STEP: u64 = 256 << 10;
 
-/// The budget shared by every request of a server.
+/// One budget, shared by every request of a server.
 #[derive(Debug)]
-pub(crate) struct BodyBudget {
+pub(crate) struct Budget {
     units: Arc<Semaphore>,
     total_units: u32,
 }
 
-impl BodyBudget {
+impl Budget {
     /// A budget of `bytes` (rounded down to whole KiB, at least one KiB,
     /// at most `u32::MAX` KiB).
-    pub(crate) fn new(bytes: u64) -> BodyBudget {
+    pub(crate) fn new(bytes: u64) -> Budget {
         let total_units = u32::try_from(bytes / UNIT).unwrap_or(u32::MAX).max(1);
-        BodyBudget {
+        Budget {
             units: Arc::new(Semaphore::new(total_units as usize)),
             total_units,
         }
@@ -60,7 +68,7 @@ impl BodyBudget {
     }
 }
 
-/// Budget held by one request; given back when dropped.
+/// Budget held by one request or response; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Hold {
     units: Arc<Semaphore>,
@@ -116,6 +124,16 @@ impl Hold {
     }
 }
 
+/// `body` (its size as it was), holding `hold` until the body is done with:
+/// sent to its end, or dropped with its connection.
+pub(crate) fn held(body: axum::body::Body, hold: Hold) -> axum::body::Body {
+    use http_body_util::BodyExt;
+    axum::body::Body::new(body.map_frame(move |frame| {
+        let _keep = &hold;
+        frame
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn holds_are_bounded_and_given_back() {
-        let b = BodyBudget::new(1 << 20);
+        let b = Budget::new(1 << 20);
         assert_eq!(b.total(), 1 << 20);
         let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
         let mut a = b.hold();

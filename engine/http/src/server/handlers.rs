@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use tessera::{FileId, FileReader, PackId, Store};
+use tessera::{FileId, FileReader, PackBytes, PackId};
 
-use super::body::{parse_json, read_body, refuse, Buffered};
-use super::budget::Hold;
+use super::body::{parse_json, read_body, refuse, Buffered, OVERLOADED_RETRY_AFTER};
+use super::budget::{held, Hold};
 use super::error::{ApiError, ApiResult};
 use super::{Inner, ServerStats};
 use crate::auth::Access;
@@ -31,9 +31,17 @@ use crate::protocol::{
 type St = State<Arc<Inner>>;
 
 /// Slices a response body is streamed in.
-const SLICE: u64 = 1 << 20;
-/// Bytes of a pack read from storage at once (then sent in slices).
-const PACK_READ: u64 = 4 << 20;
+const SLICE: u64 = 256 << 10;
+/// Bytes of a pack read from storage at once (then sent in slices): what a
+/// pack response holds at most.
+const PACK_READ: u64 = 1 << 20;
+/// Chunks a file response decodes ahead of what it sends: with the chunk
+/// being sent, at most 5 × 256 KiB held (the store's own read-ahead, 16,
+/// is for local readers).
+const FILE_READ_AHEAD: usize = 4;
+/// What a reconstruction answer holds per chunk it lists, with its JSON
+/// (about 130 bytes a chunk) and its parsed form (about 60).
+const RECON_BYTES_PER_CHUNK: u64 = 256;
 /// `Cache-Control` of content named by its id.
 const IMMUTABLE_PUBLIC: &str = "public, max-age=31536000, immutable";
 const IMMUTABLE_PRIVATE: &str = "private, max-age=31536000, immutable";
@@ -511,6 +519,9 @@ async fn get_file(
     if method == Method::HEAD {
         return Ok(content(range, size, &etag, cache, Body::empty()));
     }
+    let mut reader = reader;
+    reader.set_read_ahead(FILE_READ_AHEAD);
+    let hold = response_hold(&s, reader.max_held() + SLICE, &what).await?;
     // Open every pack of the range first: a missing or damaged pack is an
     // error answer, not a response cut short.
     let store = s.store.clone();
@@ -525,7 +536,7 @@ async fn get_file(
     })
     .await?;
     let body = file_body(reader, start, end, s.config.max_rate, s.stats.clone());
-    Ok(content(range, size, &etag, cache, body))
+    Ok(content(range, size, &etag, cache, held(body, hold)))
 }
 
 async fn get_reconstruction(
@@ -537,12 +548,24 @@ async fn get_reconstruction(
     let access = s.access(&headers)?;
     let (id, _) = s.readable_file(&access, &name).await?;
     let store = s.store.clone();
-    let size = blocking(move || Ok(store.read(&id)?.size())).await?;
+    let reader = blocking(move || store.read(&id)).await?;
+    let size = reader.size();
     let range = match wanted_range(&headers, size, &etag_of(&id.to_hex())) {
         Some(ByteRange::Unsatisfiable) => return Ok(unsatisfiable(&format!("file {id}"), size)),
         Some(ByteRange::Bytes(a, b)) => Some((a, b - a + 1)),
         None => None,
     };
+    // The answer is held whole (built, then serialized) until sent: take
+    // budget for it before building it.
+    let (a, b) = range.map_or((0, size), |(a, n)| (a, a + n));
+    let chunks = reader.chunks_in(a, b) as u64;
+    drop(reader);
+    let hold = response_hold(
+        &s,
+        chunks.saturating_mul(RECON_BYTES_PER_CHUNK),
+        &format!("reconstruction of file {id}"),
+    )
+    .await?;
     let store = s.store.clone();
     let rec = blocking(move || store.reconstruction(&id, range)).await?;
     let packs: BTreeSet<PackId> = rec.terms.iter().map(|t| t.pack).collect();
@@ -554,11 +577,12 @@ async fn get_reconstruction(
             (p, format!("/v1/packs/{p}?{q}"))
         })
         .collect();
-    let mut r = Json(ReconstructionResponse {
+    let r = Json(ReconstructionResponse {
         reconstruction: rec,
         pack_urls,
     })
     .into_response();
+    let mut r = r.map(|body| held(body, hold));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
@@ -573,9 +597,11 @@ fn parse_pack_id(s: &str) -> ApiResult<PackId> {
     })
 }
 
-/// Streams bytes `start..end` of a pack, read in pieces of [`PACK_READ`].
+/// Streams bytes `start..end` of a pack, read in pieces of [`PACK_READ`]
+/// through the one handle opened for the response (a repack deleting the
+/// pack meanwhile does not cut it short on a directory store).
 fn pack_body(
-    store: Store,
+    bytes: Arc<PackBytes>,
     pack: PackId,
     start: u64,
     end: u64,
@@ -585,7 +611,7 @@ fn pack_body(
     let stream = futures_util::stream::try_unfold(
         (Bytes::new(), start, 0u64),
         move |(mut buffered, pos, last)| {
-            let (store, stats) = (store.clone(), stats.clone());
+            let (bytes, stats) = (bytes.clone(), stats.clone());
             async move {
                 pace(rate, last).await;
                 if pos >= end {
@@ -593,10 +619,9 @@ fn pack_body(
                 }
                 if buffered.is_empty() {
                     let n = (end - pos).min(PACK_READ);
-                    buffered = tokio::task::spawn_blocking(move || store.pack_range(&pack, pos, n))
+                    buffered = tokio::task::spawn_blocking(move || bytes.read(pos, n))
                         .await
                         .map_err(std::io::Error::other)?
-                        .map(|(b, _)| b)
                         .map_err(|e| {
                             tracing::warn!(%pack, at = pos, error = %e, "a pack response stopped early");
                             std::io::Error::other(e)
@@ -647,9 +672,10 @@ async fn get_pack(
     };
     let etag = etag_of(&pack.to_hex());
     let store = s.store.clone();
-    // `pack_range` answers "not found" for a pack that is not stored
-    // (`pack_size` would call it damage).
-    let size = blocking(move || Ok(store.pack_range(&pack, 0, 0)?.1)).await?;
+    // "Not found" for a pack that is not stored (`pack_size` would call it
+    // damage).
+    let bytes = Arc::new(blocking(move || store.pack_bytes(&pack)).await?);
+    let size = bytes.len();
     if none_match(&headers, &etag) {
         return Ok(not_modified(&etag, IMMUTABLE_PRIVATE));
     }
@@ -691,16 +717,47 @@ async fn get_pack(
             Body::empty(),
         ));
     }
+    let hold = response_hold(&s, (end - start).min(PACK_READ), &format!("pack {pack}")).await?;
     s.stats.pack_requests.fetch_add(1, Ordering::Relaxed);
-    let body = pack_body(
-        s.store.clone(),
-        pack,
-        start,
-        end,
-        s.config.max_rate,
-        s.stats.clone(),
-    );
-    Ok(content(range, size, &etag, IMMUTABLE_PRIVATE, body))
+    let body = pack_body(bytes, pack, start, end, s.config.max_rate, s.stats.clone());
+    Ok(content(
+        range,
+        size,
+        &etag,
+        IMMUTABLE_PRIVATE,
+        held(body, hold),
+    ))
+}
+
+/// Takes `bytes` of the response budget for a response about `what` (the
+/// whole budget when it is more), waiting in arrival order at most
+/// [`super::ServerConfig::budget_wait`]; then `503 overloaded`.
+async fn response_hold(s: &Inner, bytes: u64, what: &str) -> ApiResult<Hold> {
+    let total = s.responses.total();
+    let mut hold = s.responses.hold();
+    let deadline = tokio::time::Instant::now() + s.config.budget_wait;
+    match hold.grow_to(bytes.min(total), deadline).await {
+        Ok(()) => Ok(hold),
+        Err(_) => {
+            s.stats
+                .response_budget_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                what,
+                bytes,
+                budget = total,
+                "response budget exhausted; refusing a request"
+            );
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "{what}: the server holds its limit of {total} bytes of responses being sent; try again shortly"
+                ),
+            )
+            .with_retry_after(OVERLOADED_RETRY_AFTER))
+        }
+    }
 }
 
 async fn put_pack(

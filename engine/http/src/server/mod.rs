@@ -34,6 +34,11 @@ pub use error::ApiError;
 /// uploads (two pushes at full speed, each sending two packs at a time).
 pub const DEFAULT_BODY_BUDGET: u64 = 512 << 20;
 
+/// The default [`ServerConfig::response_budget`]: 512 MiB, about 340
+/// responses stalled at once at their largest (a file response holds 1.5
+/// MiB at most, a pack response 1 MiB).
+pub const DEFAULT_RESPONSE_BUDGET: u64 = 512 << 20;
+
 /// How long a new connection waits for the slot of an idle connection it
 /// asked to close.
 const REAP_WAIT: Duration = Duration::from_secs(1);
@@ -60,9 +65,16 @@ pub struct ServerConfig {
     /// gives it back when its request ends; a body larger than the whole
     /// budget is `413`.
     pub body_budget: u64,
-    /// How long a request body may wait for budget before it is answered
-    /// `503 overloaded` with `Retry-After`.
-    pub body_budget_wait: Duration,
+    /// Response bytes held in memory at once, over all responses. A file,
+    /// pack or reconstruction response takes the most it can hold at once
+    /// before it is built (a reconstruction: its answer, estimated from
+    /// its chunk count; a file: its decode window and one slice; a pack:
+    /// one read) and gives it back once its body is sent or dropped. One
+    /// response larger than the whole budget takes all of it.
+    pub response_budget: u64,
+    /// How long a request may wait for body or response budget before it
+    /// is answered `503 overloaded` with `Retry-After`.
+    pub budget_wait: Duration,
     /// Connections served at once. With all taken, a new connection
     /// closes the one idle longest (no request in flight: not yet sent
     /// its first request, or between keep-alive requests) and takes its
@@ -95,7 +107,8 @@ impl Default for ServerConfig {
             max_json_body: crate::protocol::MAX_JSON_BODY,
             max_pack_body: crate::protocol::MAX_PACK_BODY,
             body_budget: DEFAULT_BODY_BUDGET,
-            body_budget_wait: Duration::from_secs(10),
+            response_budget: DEFAULT_RESPONSE_BUDGET,
+            budget_wait: Duration::from_secs(10),
             max_connections: 1024,
             max_rate: None,
             shutdown_grace: Duration::from_secs(30),
@@ -121,6 +134,8 @@ pub struct ServerStats {
     pub requests: AtomicU64,
     /// Request bodies refused `503 overloaded` for want of body budget.
     pub body_budget_refusals: AtomicU64,
+    /// Requests refused `503 overloaded` for want of response budget.
+    pub response_budget_refusals: AtomicU64,
 }
 
 impl ServerStats {
@@ -135,7 +150,10 @@ pub(crate) struct Inner {
     pub(crate) policy: Policy,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<ServerStats>,
-    pub(crate) budget: budget::BodyBudget,
+    /// [`ServerConfig::body_budget`].
+    pub(crate) bodies: budget::Budget,
+    /// [`ServerConfig::response_budget`].
+    pub(crate) responses: budget::Budget,
     /// Turns of [`ServerConfig::max_registrations`].
     pub(crate) registrations: Arc<tokio::sync::Semaphore>,
 }
@@ -164,7 +182,8 @@ impl Server {
             inner: Arc::new(Inner {
                 store,
                 policy,
-                budget: budget::BodyBudget::new(config.body_budget),
+                bodies: budget::Budget::new(config.body_budget),
+                responses: budget::Budget::new(config.response_budget),
                 registrations: Arc::new(tokio::sync::Semaphore::new(
                     config.max_registrations.max(1),
                 )),
@@ -182,7 +201,13 @@ impl Server {
     /// Request-body bytes buffered now (taken from
     /// [`ServerConfig::body_budget`]).
     pub fn body_bytes_buffered(&self) -> u64 {
-        self.inner.budget.in_use()
+        self.inner.bodies.in_use()
+    }
+
+    /// Response bytes held now (taken from
+    /// [`ServerConfig::response_budget`]).
+    pub fn response_bytes_held(&self) -> u64 {
+        self.inner.responses.in_use()
     }
 
     /// The access policy (tests sign URLs with it).
