@@ -37,6 +37,12 @@ pub fn validate(name: &str) -> Result<()> {
              the name shown would not be the name stored",
             c as u32
         ))
+    } else if let Some(plain) = compatibility_form(name) {
+        Some(format!(
+            "must be in Unicode normalization form NFKC, as {:?}: a name whose \
+             characters have another (composed or plain) form reads as that name",
+            clip(&plain)
+        ))
     } else if name.trim() != name {
         Some("must not begin or end with white space".to_string())
     } else if name
@@ -63,6 +69,14 @@ pub fn validate(name: &str) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The NFKC form of `name` when it differs: a character decomposed (`A`
+/// and a combining ring for `Å`) or a compatibility character (`／` for
+/// `/`, `ﬁ`, fullwidth letters) reads as another name.
+fn compatibility_form(name: &str) -> Option<String> {
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    (!nfkc.is_normalized(name)).then(|| nfkc.normalize(name).into_owned())
 }
 
 /// Characters that change how a name is shown without being seen: the

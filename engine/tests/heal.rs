@@ -495,6 +495,11 @@ fn names_are_unambiguous() {
         "org/a\u{FE0F}".into(),
         "org/a\u{E0001}".into(),
         "org/a\u{034F}".into(),
+        // Look-alikes with another Unicode form (NFKC).
+        "org/A\u{030A}sa".into(),
+        "org\u{FF0F}a".into(),
+        "org/\u{FB01}ne".into(),
+        "org/\u{FF41}".into(),
     ] {
         let e = store.set_ref(&bad, a.file_id).expect_err(&bad);
         assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
@@ -520,6 +525,7 @@ fn names_are_unambiguous() {
     for good in [
         "org/my model@v1.0:weights/..bin",
         "org/モデル@v1:a b.bin",
+        "org/\u{00C5}sa",
         "a",
     ] {
         store.set_ref(good, a.file_id).expect(good);
