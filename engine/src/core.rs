@@ -55,6 +55,8 @@ pub(crate) struct Core {
     /// On a shared store, the ref objects the last refresh could not read
     /// (their names unknown): listings may lack their refs.
     pub(crate) unreadable_refs: Mutex<Vec<Problem>>,
+    /// Where this process keeps the store's local state (index, lock).
+    pub(crate) local_dir: std::path::PathBuf,
     closed: AtomicBool,
     /// Held for the life of the store: one process at a time. Declared
     /// last, so it is released after the index is closed.
@@ -68,8 +70,10 @@ impl Core {
         config: StoreConfig,
         index: Index,
         lock: LockGuard,
+        local_dir: std::path::PathBuf,
     ) -> Core {
         Core {
+            local_dir,
             packs: Arc::new(PackCache::new(objects.clone(), opts.pack_cache)),
             recipes: Mutex::new(Lru::new(opts.recipe_cache)),
             objects,

@@ -109,7 +109,14 @@ pub(crate) fn open(
     } else {
         check_clean_record(objects.as_ref(), &index)?
     };
-    let core = Arc::new(Core::new(objects, opts, config, index, lock));
+    let core = Arc::new(Core::new(
+        objects,
+        opts,
+        config,
+        index,
+        lock,
+        local.dir().to_path_buf(),
+    ));
     // A deletion a crash interrupted is finished before anything else looks
     // at the objects: a catch-up would otherwise index (or heal) what it was
     // deleting (spec §10.5).

@@ -121,6 +121,12 @@ impl Store {
         self.core.location()
     }
 
+    /// Where this process keeps the store's local state: its index and
+    /// lock (for a directory store, the store's directory).
+    pub fn local_dir(&self) -> &Path {
+        &self.core.local_dir
+    }
+
     /// The chunking parameters of this store.
     pub fn chunk_params(&self) -> ChunkParams {
         self.core.config.chunking

@@ -88,25 +88,56 @@ async fn redact_location(State(s): St, req: Request, next: Next) -> Response {
     if resp.status().as_u16() < 400 {
         return resp;
     }
-    let location = s.store.location();
-    if location.is_empty() {
-        return resp;
-    }
+    // The store's location, and where its index lives (on a bucket, a
+    // local directory), the longer first.
+    let mut places = vec![
+        s.store.location(),
+        s.store.local_dir().display().to_string(),
+    ];
+    places.retain(|p| !p.is_empty());
+    places.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let (parts, body) = resp.into_parts();
     match axum::body::to_bytes(body, REDACT_LIMIT).await {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let redacted = if text.contains(&location) {
-                Bytes::from(text.replace(&location, "<store>"))
-            } else {
-                bytes
-            };
+            let mut out = None;
+            for p in &places {
+                if let Some(t) = redact(out.as_deref().unwrap_or(&text), p) {
+                    out = Some(t);
+                }
+            }
+            let redacted = out.map_or(bytes, Bytes::from);
             let mut parts = parts;
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, Body::from(redacted))
         }
         Err(_) => ApiError::internal("an error answer too long to send").into_response(),
     }
+}
+
+/// `text` with every path under `place` (`place/…`, not inside a longer
+/// word or path: a store opened as `s` leaves "this" alone) written
+/// `<store>/…`; `None` when there is none.
+fn redact(text: &str, place: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(at) = rest.find(place) {
+        let before = rest[..at].chars().next_back();
+        let after = &rest[at + place.len()..];
+        let word = |c: char| c.is_alphanumeric() || "_-./~:".contains(c);
+        let bounded = before.is_none_or(|c| !word(c)) && after.starts_with('/');
+        out.push_str(&rest[..at]);
+        if bounded {
+            out.push_str("<store>");
+            changed = true;
+        } else {
+            out.push_str(place);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 async fn log_request(State(s): St, req: Request, next: Next) -> Response {
@@ -1119,4 +1150,27 @@ async fn post_repack(
     let store = s.store.clone();
     let rep = blocking(move || store.repack(&opts)).await?;
     Ok(Json(rep).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn only_paths_under_the_store_are_redacted() {
+        assert_eq!(
+            redact("pack s/packs/ab.pack: this is bad (s/x)", "s").as_deref(),
+            Some("pack <store>/packs/ab.pack: this is bad (<store>/x)")
+        );
+        assert_eq!(redact("this store's refs", "s"), None);
+        assert_eq!(redact("see /a/s/packs/x and xs/y", "s"), None);
+        assert_eq!(
+            redact("\"/srv/st/packs/a\" /srv/st", "/srv/st").as_deref(),
+            Some("\"<store>/packs/a\" /srv/st")
+        );
+        assert_eq!(
+            redact("s3://b/p/recipes/x", "s3://b/p").as_deref(),
+            Some("<store>/recipes/x")
+        );
+    }
 }
