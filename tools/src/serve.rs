@@ -46,7 +46,8 @@ pub(crate) struct ServeArgs {
     /// Response memory, in MiB, over all downloads at once. A file, pack or
     /// reconstruction response takes the most it holds before it is built
     /// (a file 1.5 MiB at most, a pack read 1 MiB, a reconstruction about
-    /// 256 bytes per chunk listed) and gives it back once sent or dropped,
+    /// 256 bytes per chunk listed; a ref list about 100 bytes a ref) and
+    /// gives it back once sent or dropped,
     /// so clients that stop reading hold at most this; one that finds no
     /// budget within 10 s is answered 503 "overloaded" with Retry-After.
     #[arg(long, default_value_t = tessera_http::server::DEFAULT_RESPONSE_BUDGET >> 20, value_name = "MIB",

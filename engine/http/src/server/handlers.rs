@@ -1052,7 +1052,11 @@ async fn list_refs(
         Ok((all, store.unreadable_refs()))
     })
     .await?;
-    Ok(Json(RefList {
+    // A list of many refs is held whole until sent: its answer (about 100
+    // bytes a ref beside its name) and the list, from the response budget.
+    let bytes: u64 = refs.keys().map(|n| n.len() as u64 * 2 + 100).sum();
+    let hold = response_hold(&s, bytes, "ref list").await?;
+    let r = Json(RefList {
         refs: refs
             .into_iter()
             .map(|(name, file_id)| RefEntry { name, file_id })
@@ -1065,7 +1069,8 @@ async fn list_refs(
             })
             .collect(),
     })
-    .into_response())
+    .into_response();
+    Ok(r.map(|body| held(body, hold)))
 }
 
 /// The GC options of an admin request's query: `grace` (seconds, default

@@ -69,7 +69,8 @@ pub struct ServerConfig {
     /// pack or reconstruction response takes the most it can hold at once
     /// before it is built (a reconstruction: its answer, estimated from
     /// its chunk count; a file: its decode window and one slice; a pack:
-    /// one read) and gives it back once its body is sent or dropped. One
+    /// one read; a ref list, once listed, about 100 bytes a ref) and gives
+    /// it back once its body is sent or dropped. One
     /// response larger than the whole budget takes all of it.
     pub response_budget: u64,
     /// How long a request may wait for body or response budget before it
