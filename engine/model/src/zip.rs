@@ -226,6 +226,17 @@ impl NpyReader {
                 report,
             );
         };
+        if !h.object && h.itemsize.is_some() && h.data_len().is_none() {
+            // numpy refuses it ("array is too big"): not a tensor of the
+            // rest of the file.
+            return (
+                Err(format!(
+                    "npy shape {:?} of {} is too big: its byte size overflows 64 bits",
+                    h.shape, h.descr
+                )),
+                report,
+            );
+        }
         let avail = size.map(|s| s.saturating_sub(hdr_len));
         let length = match (h.data_len(), avail) {
             (Some(n), Some(a)) if !h.object && n > a => {

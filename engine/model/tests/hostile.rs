@@ -357,6 +357,14 @@ fn npy_hostile_headers() {
     assert_eq!(info.format, Format::Other);
     assert!(reason(&info).contains("only 16 follow"), "{info:?}");
 
+    // Found by a probe: a shape whose byte size overflows was listed as a
+    // tensor of the rest of the file.
+    let huge = npy("<f8", &[1 << 62, 4], &[0; 64]);
+    let info = sniff_all(&huge);
+    assert_eq!(info.format, Format::Other);
+    assert!(info.tensors.is_empty(), "{info:?}");
+    assert!(reason(&info).contains("overflows"), "{info:?}");
+
     let mut evil = b"\x93NUMPY\x01\x00".to_vec();
     let dict = b"{'descr': __import__('os').system('id'), 'shape': ()}\n";
     evil.extend_from_slice(&(dict.len() as u16).to_le_bytes());
