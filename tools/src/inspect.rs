@@ -39,7 +39,7 @@ pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
     writeln!(out, "size     {}", info.size).map_err(out_err)?;
     writeln!(out, "format   {}", model.format.as_str()).map_err(out_err)?;
     if let Some(r) = &model.reason {
-        writeln!(out, "         ({r})").map_err(out_err)?;
+        writeln!(out, "         ({})", crate::printable(r, false)).map_err(out_err)?;
     }
     if !model.tensors.is_empty() {
         writeln!(out, "tensors  {}", model.tensors.len()).map_err(out_err)?;
@@ -52,7 +52,7 @@ pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
         };
         writeln!(out, "pickle   {verdict}").map_err(out_err)?;
         for i in &model.unsafe_imports {
-            writeln!(out, "  unsafe import {i}").map_err(out_err)?;
+            writeln!(out, "  unsafe import {}", crate::printable(i, false)).map_err(out_err)?;
         }
     }
     writeln!(out, "chunks   {}", info.chunks).map_err(out_err)?;

@@ -365,7 +365,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tessera: error: {e}");
+            eprintln!("tessera: error: {}", printable(&e.to_string(), true));
             ExitCode::from(e.exit_code())
         }
     }
@@ -441,6 +441,26 @@ impl From<ClientError> for CliError {
             e => CliError::Remote(e),
         }
     }
+}
+
+/// `s` for a terminal: control characters (an escape sequence, a newline
+/// in a file name or in a name read from a file) written as `\u{1b}`, so
+/// what is printed cannot restyle the terminal or forge a line of output.
+/// With `lines`, newlines are kept (messages of several lines).
+pub(crate) fn printable(s: &str, lines: bool) -> std::borrow::Cow<'_, str> {
+    let escape = |c: char| c.is_control() && !(lines && c == '\n');
+    if !s.chars().any(escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 pub(crate) fn out_err(e: io::Error) -> CliError {
@@ -568,7 +588,7 @@ fn run(cli: Cli) -> CliResult {
                     let v = serde_json::json!({"ref": name, "file_id": id.to_hex()});
                     writeln!(out, "{v}").map_err(out_err)?;
                 } else {
-                    writeln!(out, "{id}  {name}").map_err(out_err)?;
+                    writeln!(out, "{id}  {}", printable(&name, false)).map_err(out_err)?;
                 }
             }
             out.flush().map_err(out_err)?;
@@ -603,7 +623,7 @@ fn run(cli: Cli) -> CliResult {
                             store.compare_and_set_ref(&name, Some(want), id)?
                         }
                     }
-                    writeln!(out, "{id}  {name}").map_err(out_err)?;
+                    writeln!(out, "{id}  {}", printable(&name, false)).map_err(out_err)?;
                 }
                 RefCmd::Rm { name } => {
                     store.delete_ref(name.strip_prefix("ref:").unwrap_or(&name))?

@@ -166,8 +166,15 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
                 });
                 pb.suspend(|| writeln!(out, "{v}")).map_err(out_err)?;
             } else {
-                pb.suspend(|| writeln!(out, "{}  {}", rep.file_id, input.shown))
-                    .map_err(out_err)?;
+                pb.suspend(|| {
+                    writeln!(
+                        out,
+                        "{}  {}",
+                        rep.file_id,
+                        crate::printable(&input.shown, false)
+                    )
+                })
+                .map_err(out_err)?;
             }
         }
         out.flush().map_err(out_err)

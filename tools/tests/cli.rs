@@ -1054,3 +1054,27 @@ fn gc_and_repack_reclaim_what_no_ref_names() {
         (Some(0), Some(0))
     );
 }
+
+/// Found by a probe: a file name with a newline forged a second
+/// `<id>  <path>` line, and names read from a file (its imports) reached
+/// the terminal with their escape sequences. Control characters are now
+/// written escaped in what is printed for people.
+#[test]
+fn control_characters_are_printed_escaped() {
+    let t = Env::new();
+    let name = "a\nfake-id  b\u{1b}[2J.bin";
+    t.file(name, b"some bytes");
+    let out = t.ok_text(&["put", name]);
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains("a\\nfake-id  b\\u{1b}[2J.bin"), "{out:?}");
+    // A pickle importing a module whose name holds an escape sequence:
+    // refused, and the refusal names it escaped.
+    let mut pickle = b"\x80\x02cevil\x1b[2J\nsystem\n".to_vec();
+    pickle.extend_from_slice(b")R.");
+    t.file("p.pkl", &pickle);
+    let (code, err) = failure(&t.run(&["put", "p.pkl"]));
+    assert_eq!(code, 5, "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(err.contains("\\u{1b}"), "{err:?}");
+}
