@@ -115,7 +115,8 @@ enum Cmd {
         /// refuses those importing anything but what ordinary checkpoints use
         /// (torch's tensor rebuilding, OrderedDict, numpy arrays…), `deny`
         /// refuses any pickle, `allow` stores them (the verdict is recorded).
-        /// A refusal names the file and the imports, and exits with status 5.
+        /// A refusal names the file and the imports, and exits with status 5;
+        /// of several files, the others are stored, and the run exits 5.
         #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
         pickle: tessera::PicklePolicy,
     },
@@ -380,6 +381,8 @@ pub(crate) enum CliError {
     BrokenPipe,
     Check(String),
     Damaged(String),
+    /// Some of several inputs refused by a policy (exit 5).
+    Refused(String),
     Remote(tessera_http::client::ClientError),
 }
 
@@ -391,7 +394,7 @@ impl std::fmt::Display for CliError {
             CliError::File(p, e) => write!(f, "{}: {e}", p.display()),
             CliError::Output(e) => write!(f, "writing output: {e}"),
             CliError::BrokenPipe => write!(f, "broken pipe"),
-            CliError::Check(s) | CliError::Damaged(s) => write!(f, "{s}"),
+            CliError::Check(s) | CliError::Damaged(s) | CliError::Refused(s) => write!(f, "{s}"),
             CliError::Remote(e) => write!(f, "{e}"),
         }
     }
@@ -404,6 +407,7 @@ impl CliError {
             // the writer check, a bad id, ...) is a usage error too.
             CliError::Usage(_) | CliError::Engine(Error::InvalidArgument(_)) => 2,
             CliError::Damaged(_) => 4,
+            CliError::Refused(_) => 5,
             CliError::Engine(Error::Refused { .. }) => 5,
             CliError::Engine(Error::RefConflict { .. }) => 6,
             CliError::Engine(e) if e.is_not_found() => 3,

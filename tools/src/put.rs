@@ -149,6 +149,7 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
     let mut staged: Vec<&Input> = Vec::new();
     let mut staged_bytes = 0u64;
     let mut done = 0u64;
+    let mut refused = 0usize;
     let mut commit = |ingest: tessera::Ingest<'_>, group: &mut Vec<&Input>| -> CliResult {
         let reports = ingest.commit()?;
         for (rep, input) in reports.iter().zip(group.drain(..)) {
@@ -194,12 +195,26 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
         };
         if let Err(e) = added {
             // The files before this one are stored and acknowledged.
-            if !ingest.is_empty() {
-                let group = std::mem::replace(&mut ingest, store.ingest());
+            let group = std::mem::replace(&mut ingest, store.ingest());
+            if !group.is_empty() {
                 commit(group, &mut staged)?;
+                staged_bytes = 0;
             }
-            pb.finish_and_clear();
-            return Err(e.into());
+            done += last;
+            match e {
+                // Of several files, one a policy refuses is named and the
+                // others are stored; the run exits 5 at the end.
+                tessera::Error::Refused { .. } if inputs.len() > 1 => {
+                    let line = crate::printable(&e.to_string(), true).into_owned();
+                    pb.suspend(|| eprintln!("tessera: refused: {line}"));
+                    refused += 1;
+                    continue;
+                }
+                e => {
+                    pb.finish_and_clear();
+                    return Err(e.into());
+                }
+            }
         }
         done += last;
         staged_bytes += last;
@@ -211,5 +226,12 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
         }
     }
     pb.finish_and_clear();
+    if refused > 0 {
+        return Err(CliError::Refused(format!(
+            "{refused} of {} files refused by policy (each named above); the other {} are stored",
+            inputs.len(),
+            inputs.len() - refused
+        )));
+    }
     Ok(())
 }

@@ -1078,3 +1078,42 @@ fn control_characters_are_printed_escaped() {
     assert!(!err.contains('\u{1b}'), "{err:?}");
     assert!(err.contains("\\u{1b}"), "{err:?}");
 }
+
+/// Found by a probe: `put DIR` stopped at the first file a policy refused
+/// and never said that the files after it were not stored. Now every
+/// refused file is named, the others are stored, and the run exits 5.
+#[test]
+fn put_of_a_tree_stores_all_but_the_refused_files() {
+    let t = Env::new();
+    let tree = t.tmp.path().join("repo");
+    fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    fs::write(tree.join("a.bin"), b"first file").expect("write");
+    let mut evil = b"\x80\x02cos\nsystem\n".to_vec();
+    evil.extend_from_slice(b"X\x02\x00\x00\x00id\x85R.");
+    fs::write(tree.join("m.pkl"), &evil).expect("write");
+    fs::write(tree.join("sub/z.bin"), b"last file").expect("write");
+    fs::write(tree.join("sub/y.pkl"), &evil).expect("write");
+    let out = t.run(&["put", "repo", "--ref-prefix", "r/"]);
+    assert_eq!(out.status.code(), Some(5));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("a.bin") && stdout.contains("z.bin") && !stdout.contains(".pkl"),
+        "{stdout}"
+    );
+    for refused in ["m.pkl", "y.pkl"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("tessera: refused:") && l.contains(refused)),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("2 of 4 files refused"), "{stderr}");
+    let refs = t.ok_text(&["refs"]);
+    assert_eq!(refs.lines().count(), 2, "{refs}");
+    assert!(
+        refs.contains("r/a.bin") && refs.contains("r/sub/z.bin"),
+        "{refs}"
+    );
+}
