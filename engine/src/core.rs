@@ -75,7 +75,10 @@ impl Core {
         Core {
             local_dir,
             packs: Arc::new(PackCache::new(objects.clone(), opts.pack_cache)),
-            recipes: Mutex::new(Lru::new(opts.recipe_cache)),
+            recipes: Mutex::new(Lru::with_max_weight(
+                opts.recipe_cache,
+                opts.recipe_cache_bytes,
+            )),
             objects,
             opts,
             config,

@@ -67,6 +67,14 @@ impl Layout {
         self.recipe.size
     }
 
+    /// About what this layout holds in memory (what a cache of layouts
+    /// counts).
+    pub fn heap_bytes(&self) -> u64 {
+        let chunks = self.recipe.chunks.len() * (std::mem::size_of::<(ChunkId, u32)>() + 8);
+        let terms = self.recipe.terms.len() * (std::mem::size_of::<Term>() + 16);
+        (chunks + terms + 256) as u64
+    }
+
     /// Number of chunks.
     pub fn chunk_count(&self) -> usize {
         self.recipe.chunks.len()

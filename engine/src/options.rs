@@ -51,6 +51,9 @@ pub struct StoreOptions {
     pub pack_cache: usize,
     /// Number of decoded recipes kept.
     pub recipe_cache: usize,
+    /// Most memory the decoded recipes kept take (a recipe lists every
+    /// chunk of its file: about 50 bytes each, 80 MB for a 100 GB file).
+    pub recipe_cache_bytes: u64,
     /// The index's page-cache size.
     pub index_cache_bytes: u64,
     /// Chunks decoded ahead by a sequential [`crate::FileReader`].
@@ -105,6 +108,7 @@ impl Default for StoreOptions {
             read_mode: ReadMode::Mmap,
             pack_cache: 512,
             recipe_cache: 64,
+            recipe_cache_bytes: 256 << 20,
             index_cache_bytes: 256 << 20,
             read_ahead_chunks: 16,
             allow_missing_index: false,

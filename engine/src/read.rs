@@ -66,7 +66,7 @@ pub(crate) fn layout(core: &Core, file: &FileId) -> Result<Arc<Layout>> {
         }
     };
     let layout = Arc::new(Layout::new(recipe));
-    lock(&core.recipes).insert(*file, layout.clone());
+    lock(&core.recipes).insert_weighted(*file, layout.clone(), layout.heap_bytes());
     Ok(layout)
 }
 

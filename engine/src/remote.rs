@@ -295,7 +295,9 @@ pub(crate) fn reload_file(core: &Core, file: &FileId) -> Result<bool> {
         core.index
             .add_file(*file, recipe.sha256, recipe.size, &bytes, &[])?;
     }
-    lock(&core.recipes).insert(*file, Arc::new(Layout::new(recipe)));
+    let layout = Arc::new(Layout::new(recipe));
+    let weight = layout.heap_bytes();
+    lock(&core.recipes).insert_weighted(*file, layout, weight);
     tracing::info!(file = %file, "the file's recipe changed in the store; reloaded it");
     Ok(true)
 }
