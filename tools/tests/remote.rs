@@ -592,7 +592,8 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
         assert_eq!(out.status.code(), Some(2), "{endpoint}: {err}");
         assert!(err.contains("is its base"), "{endpoint}: {err}");
     }
-    for bad in ["http://[::1", &format!("{url}/?x=1")] {
+    let with_password = url.replacen("http://", "http://user:secret@", 1);
+    for bad in ["http://[::1", &format!("{url}/?x=1"), &with_password] {
         let out = tessera(&tmp.path().join("c5"))
             .args(["pull", bad, "m@v1:w", "-o"])
             .arg(tmp.path().join("w.bin"))
@@ -601,6 +602,7 @@ fn pull_writes_through_to_stdout_a_fifo_or_a_device() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(!err.contains("retrying"), "{bad}: {err}");
+        assert!(!err.contains("secret"), "{bad}: {err}");
     }
     let missing = tmp.path().join("no-such-dir");
     let out = tessera(&tmp.path().join("c6"))

@@ -203,6 +203,13 @@ impl Client {
             Err(e) => {
                 return Err(ClientError::Usage(format!("server URL {base:?}: {e}")));
             }
+            // Credentials in the URL would be sent as Basic auth instead of
+            // the token, and printed with every message naming the URL.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                return Err(ClientError::Usage(
+                    "server URL: user or password in the URL; give a token with --token or TESSERA_TOKEN instead".into(),
+                ));
+            }
             Ok(u) if u.query().is_some() || u.fragment().is_some() => {
                 return Err(ClientError::Usage(format!(
                     "server URL {base:?}: a server's URL is its base, without `?` or `#`"
