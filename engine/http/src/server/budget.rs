@@ -134,6 +134,53 @@ pub(crate) fn held(body: axum::body::Body, hold: Hold) -> axum::body::Body {
     }))
 }
 
+/// A whole answer built in memory (a reconstruction, a ref list), sent in
+/// slices of at most `slice` bytes, each copied out, so that the answer's
+/// buffer is let go only when the body is, and `hold` with it: a single
+/// frame of the whole answer would be taken by the connection at once,
+/// ending the body (and the hold) while every byte of it still waits to be
+/// sent.
+pub(crate) fn held_answer(answer: bytes::Bytes, slice: usize, hold: Hold) -> axum::body::Body {
+    axum::body::Body::new(Sliced {
+        rest: answer,
+        slice: slice.max(1),
+        _hold: hold,
+    })
+}
+
+struct Sliced {
+    rest: bytes::Bytes,
+    slice: usize,
+    _hold: Hold,
+}
+
+impl http_body::Body for Sliced {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(self.slice);
+        let frame = bytes::Bytes::copy_from_slice(&self.rest[..n]);
+        let rest = self.rest.slice(n..);
+        self.rest = rest;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +208,35 @@ mod tests {
         c.grow_to(900 << 10, soon()).await.expect("fits now");
         assert_eq!(b.in_use(), 900 << 10);
         drop(c);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    /// Found by a probe: a reconstruction answer sent as one frame gave
+    /// its budget back as soon as the connection took the frame, so 600
+    /// never-read answers of 6.7 MB were all admitted (4.6 GB). An answer
+    /// now goes out in copied slices and holds its budget until the last
+    /// is taken.
+    #[tokio::test]
+    async fn an_answer_holds_its_budget_until_its_last_slice_is_taken() {
+        use http_body_util::BodyExt;
+        let b = Budget::new(1 << 20);
+        let mut hold = b.hold();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        hold.grow_to(600 << 10, soon).await.expect("fits");
+        let answer = bytes::Bytes::from(vec![7u8; 500_000]);
+        let mut body = held_answer(answer, 200_000, hold);
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(500_000));
+        let mut got = 0;
+        for want in [200_000, 200_000, 100_000] {
+            assert_eq!(b.in_use(), 600 << 10, "given back before the end");
+            let frame = body.frame().await.expect("a frame").expect("ok");
+            let data = frame.into_data().expect("data");
+            assert_eq!(data.len(), want);
+            got += data.len();
+        }
+        assert_eq!(got, 500_000);
+        assert!(body.frame().await.is_none());
+        drop(body);
         assert_eq!(b.in_use(), 0);
     }
 }

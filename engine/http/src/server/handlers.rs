@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tessera::{FileId, FileReader, PackBytes, PackId};
 
 use super::body::{parse_json, read_body, refuse, Buffered, OVERLOADED_RETRY_AFTER};
-use super::budget::{held, Hold};
+use super::budget::{held, held_answer, Hold};
 use super::error::{ApiError, ApiResult};
 use super::{Inner, ServerStats};
 use crate::auth::Access;
@@ -40,8 +40,12 @@ const PACK_READ: u64 = 1 << 20;
 /// is for local readers).
 const FILE_READ_AHEAD: usize = 4;
 /// What a reconstruction answer holds per chunk it lists, with its JSON
-/// (about 130 bytes a chunk) and its parsed form (about 60).
+/// (about 100 bytes a chunk, [`RECON_JSON_PER_CHUNK`] reserved) and its
+/// parsed form (about 60).
 const RECON_BYTES_PER_CHUNK: u64 = 256;
+/// Bytes reserved per chunk for a reconstruction's JSON, so that the
+/// buffer rarely grows (a growing vector briefly holds twice its size).
+const RECON_JSON_PER_CHUNK: usize = 128;
 /// `Cache-Control` of content named by its id.
 const IMMUTABLE_PUBLIC: &str = "public, max-age=31536000, immutable";
 const IMMUTABLE_PRIVATE: &str = "private, max-age=31536000, immutable";
@@ -82,19 +86,22 @@ const REDACT_LIMIT: usize = 64 << 10;
 /// An error names the stored object it is about by where this server
 /// keeps it (a directory path, a bucket URL): a client needs to know which
 /// object, not where the server keeps its store, so in error bodies the
-/// store's location reads `<store>` (`<store>/packs/ab/ab12….pack`).
+/// store's location reads `<store>` (`<store>/packs/ab/ab12….pack`) when
+/// it is an absolute path or a URL.
 async fn redact_location(State(s): St, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     if resp.status().as_u16() < 400 {
         return resp;
     }
     // The store's location, and where its index lives (on a bucket, a
-    // local directory), the longer first.
+    // local directory), the longer first. Only absolute paths and URLs say
+    // where the server keeps things: a relative name (a store opened as
+    // `s`) says nothing, and could be any word or ref name in a message.
     let mut places = vec![
         s.store.location(),
         s.store.local_dir().display().to_string(),
     ];
-    places.retain(|p| !p.is_empty());
+    places.retain(|p| p.starts_with('/') || p.contains("://"));
     places.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let (parts, body) = resp.into_parts();
     match axum::body::to_bytes(body, REDACT_LIMIT).await {
@@ -608,12 +615,15 @@ async fn get_reconstruction(
             (p, format!("/v1/packs/{p}?{q}"))
         })
         .collect();
-    let r = Json(ReconstructionResponse {
-        reconstruction: rec,
-        pack_urls,
-    })
-    .into_response();
-    let mut r = r.map(|body| held(body, hold));
+    let capacity = chunks as usize * RECON_JSON_PER_CHUNK;
+    let mut r = json_answer(
+        &ReconstructionResponse {
+            reconstruction: rec,
+            pack_urls,
+        },
+        capacity,
+        hold,
+    )?;
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
@@ -1056,21 +1066,39 @@ async fn list_refs(
     // bytes a ref beside its name) and the list, from the response budget.
     let bytes: u64 = refs.keys().map(|n| n.len() as u64 * 2 + 100).sum();
     let hold = response_hold(&s, bytes, "ref list").await?;
-    let r = Json(RefList {
-        refs: refs
-            .into_iter()
-            .map(|(name, file_id)| RefEntry { name, file_id })
-            .collect(),
-        unreadable: unreadable
-            .into_iter()
-            .map(|p| UnreadableRef {
-                object: p.object,
-                detail: p.detail,
-            })
-            .collect(),
-    })
-    .into_response();
-    Ok(r.map(|body| held(body, hold)))
+    let capacity = bytes as usize / 2;
+    json_answer(
+        &RefList {
+            refs: refs
+                .into_iter()
+                .map(|(name, file_id)| RefEntry { name, file_id })
+                .collect(),
+            unreadable: unreadable
+                .into_iter()
+                .map(|p| UnreadableRef {
+                    object: p.object,
+                    detail: p.detail,
+                })
+                .collect(),
+        },
+        capacity,
+        hold,
+    )
+}
+
+/// A JSON answer built whole (into a buffer of about `capacity` bytes),
+/// sent in slices with `hold` kept until the last is taken (see
+/// [`held_answer`]).
+fn json_answer<T: serde::Serialize>(value: &T, capacity: usize, hold: Hold) -> ApiResult<Response> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| ApiError::internal(format!("encoding an answer: {e}")))?;
+    let mut r = Response::new(held_answer(Bytes::from(buf), SLICE as usize, hold));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
 }
 
 /// The GC options of an admin request's query: `grace` (seconds, default
