@@ -107,6 +107,18 @@ impl Env {
     fn s3(&self) -> S3Store {
         S3Store::from_url(&self.url, self.t.options()).expect("s3 store")
     }
+
+    /// Flips a bit of the ref object of `name` in the bucket; its key.
+    fn damage_ref(&self, name: &str) -> String {
+        let key = tessera::testing::ref_key(name);
+        let s3 = self.s3();
+        let mut bad = s3.get(&key).expect("ref object").to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        s3.put(&key, &bad, PutMode::Replace)
+            .expect("damage the ref");
+        key
+    }
 }
 
 /// The files under `dir`, recursively, with their sizes (none if missing).
@@ -871,13 +883,7 @@ fn serve_on_an_s3_store_answers_a_pull() {
     // A ref object damaged in the bucket: its name is unknown, so the
     // listing says the list may lack a ref, naming the object, until the
     // ref is set again.
-    let key = tessera::testing::ref_key("acme/m@v3:m.bin");
-    let s3 = env.s3();
-    let mut bad = s3.get(&key).expect("ref object").to_vec();
-    let last = bad.len() - 1;
-    bad[last] ^= 1;
-    s3.put(&key, &bad, PutMode::Replace)
-        .expect("damage the ref");
+    let key = env.damage_ref("acme/m@v3:m.bin");
     let body = refs_now();
     assert!(
         body.contains("\"unreadable\"") && body.contains(&key),
@@ -1191,13 +1197,7 @@ fn a_damaged_ref_object_is_reported_not_hidden() {
     let src = src.to_str().expect("path");
     env.ok("a", &["put", "--ref", "m@v1:w", src]);
     env.ok("a", &["ref", "set", "m@v2:w", "m@v1:w"]);
-    let key = tessera::testing::ref_key("m@v2:w");
-    let s3 = env.s3();
-    let mut bad = s3.get(&key).expect("ref object").to_vec();
-    let last = bad.len() - 1;
-    bad[last] ^= 1;
-    s3.put(&key, &bad, PutMode::Replace)
-        .expect("damage the ref");
+    let key = env.damage_ref("m@v2:w");
 
     let refs = env.run("b", &["refs"]);
     assert_eq!(code(&refs), 4, "a listing that may lack a ref is damage");
