@@ -502,6 +502,7 @@ async fn stalled_downloads_cannot_hold_more_than_the_response_budget() {
         Policy::open(),
         ServerConfig {
             response_budget: 8 << 10,
+            budget_wait: Duration::from_millis(300),
             ..Default::default()
         },
     )
@@ -511,6 +512,44 @@ async fn stalled_downloads_cannot_hold_more_than_the_response_budget() {
         .expect("get");
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     assert!(r.bytes().await.expect("body").len() > 8 << 10);
+    // While one never-read download holds that budget, a pull is refused
+    // its reconstruction (503 overloaded) and retries it; it completes once
+    // the download's client goes, and reports its retries (it said 0: only
+    // range retries were counted).
+    let mut stall = stalled_get(tiny.addr, "/v1/files/big").await;
+    let mut head = [0u8; 12];
+    stall.read_exact(&mut head).await.expect("status line");
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let puller = {
+        let c = Client::new(
+            &tiny.url,
+            ClientOptions {
+                backoff: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+        .expect("client");
+        let local = open(&tmp.path().join("puller"));
+        let out = tmp.path().join("pulled.bin");
+        tokio::spawn(async move {
+            tessera_http::client::pull(&c, &local, "big", &out, Arc::new(NoProgress)).await
+        })
+    };
+    let t = Instant::now();
+    while ServerStats::get(&tiny.stats().response_budget_refusals) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the pull was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stall);
+    let pulled = puller
+        .await
+        .expect("join")
+        .expect("pull once the budget is back");
+    assert!(pulled.retries >= 1, "{pulled:?}");
+    assert!(std::fs::read(tmp.path().join("pulled.bin")).expect("read") == data);
     tiny.stop().await;
     srv.stop().await;
 }

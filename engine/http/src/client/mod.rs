@@ -184,6 +184,8 @@ pub struct Client {
     http: reqwest::Client,
     opts: ClientOptions,
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests sent again after a transient failure (by `send_retry`).
+    retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Client {
@@ -236,6 +238,7 @@ impl Client {
             http,
             opts,
             requests: Default::default(),
+            retries: Default::default(),
         })
     }
 
@@ -247,6 +250,13 @@ impl Client {
     /// HTTP requests this client (and its clones) sent so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests this client (and its clones) sent again after a transient
+    /// failure (not counting the range retries of a pull, which it counts
+    /// itself).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The server's base URL.
@@ -356,6 +366,8 @@ impl Client {
                     tracing::warn!(error = %e, "retrying in {:.1} s", wait.as_secs_f64());
                     tokio::time::sleep(wait).await;
                     attempt += 1;
+                    self.retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 r => return r,
             }

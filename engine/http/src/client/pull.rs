@@ -71,7 +71,8 @@ pub struct PullReport {
     pub chunks_reused: u64,
     /// HTTP requests this run sent.
     pub requests: u64,
-    /// Range requests retried after a failure.
+    /// Requests retried after a transient failure (ranges, and the
+    /// reconstruction).
     pub retries: u64,
     /// Where the file was written.
     pub output: String,
@@ -383,6 +384,7 @@ pub async fn pull(
     progress: Arc<dyn Progress>,
 ) -> ClientResult<PullReport> {
     let requests_before = client.requests();
+    let retries_before = client.retries();
     if name.is_empty() {
         return Err(ClientError::Usage(
             "no file named: give a file id, sha256:HEX or a ref".into(),
@@ -585,7 +587,7 @@ pub async fn pull(
             .map_err(|e| ClientError::io(&dir, e))?;
     }
     report.bytes_downloaded = shared.downloaded.load(Ordering::Relaxed);
-    report.retries = shared.retries.load(Ordering::Relaxed);
+    report.retries = shared.retries.load(Ordering::Relaxed) + client.retries() - retries_before;
     report.requests = client.requests() - requests_before;
     Ok(report)
 }
