@@ -574,23 +574,28 @@ async fn a_pull_never_writes_through_links() {
     assert!(meta.file_type().is_file(), "the output is a file: {meta:?}");
     assert!(std::fs::read(&out).expect("read") == data);
 
+    // A pull to `case.bin` whose first part file is planted beforehand
+    // (by `plant(victim, part)`), into a fresh local store.
+    let part_of = |case: &str| {
+        let dir = dir_of(case);
+        private(&dir);
+        dir.join(format!("{}-{}.part", term.pack, term.pack_start))
+    };
+    let pull_to = |case: &str| {
+        let (c, out, local) = (
+            c.clone(),
+            tmp.path().join(format!("{case}.bin")),
+            open(&tmp.path().join(format!("local-{case}"))),
+        );
+        async move {
+            let r = pull(&c, &local, "m@v1:w", &out, Arc::new(NoProgress)).await;
+            (r, out)
+        }
+    };
+
     // A part file planted as a link: the pull fails, the target untouched.
-    let dir = dir_of("part-link");
-    private(&dir);
-    symlink(
-        &victim,
-        dir.join(format!("{}-{}.part", term.pack, term.pack_start)),
-    )
-    .expect("plant part link");
-    let out = tmp.path().join("part-link.bin");
-    let r = pull(
-        &c,
-        &open(&tmp.path().join("l2")),
-        "m@v1:w",
-        &out,
-        Arc::new(NoProgress),
-    )
-    .await;
+    symlink(&victim, part_of("part-link")).expect("plant part link");
+    let (r, out) = pull_to("part-link").await;
     assert!(
         r.is_err(),
         "a part that is a link is not written through: {r:?}"
@@ -599,22 +604,8 @@ async fn a_pull_never_writes_through_links() {
     assert!(!out.exists());
 
     // A part file hard-linked to another file: refused the same way.
-    let dir = dir_of("part-hardlink");
-    private(&dir);
-    std::fs::hard_link(
-        &victim,
-        dir.join(format!("{}-{}.part", term.pack, term.pack_start)),
-    )
-    .expect("plant hard link");
-    let out = tmp.path().join("part-hardlink.bin");
-    let r = pull(
-        &c,
-        &open(&tmp.path().join("l2h")),
-        "m@v1:w",
-        &out,
-        Arc::new(NoProgress),
-    )
-    .await;
+    std::fs::hard_link(&victim, part_of("part-hardlink")).expect("plant hard link");
+    let (r, _) = pull_to("part-hardlink").await;
     assert!(r.is_err(), "a hard-linked part is not written: {r:?}");
     assert_eq!(std::fs::read(&victim).expect("victim"), victim_bytes);
 
