@@ -80,7 +80,11 @@ pub struct MissingRequest {
     /// (optional): the server refuses a name it would refuse at
     /// registration (400) or that the token may not write (401/403) now,
     /// before the client uploads anything.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub refs: Vec<String>,
 }
 
@@ -115,7 +119,7 @@ pub struct RegisterRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Sha256>,
     /// Refs to point at the file.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub refs: Vec<String>,
 }
 
@@ -171,8 +175,22 @@ pub struct RefList {
     /// Ref objects of a shared store that the server's last listing of it
     /// could not read (damaged): their names are unknown, so `refs` may lack
     /// them, or show what they named before. Omitted when there are none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub unreadable: Vec<UnreadableRef>,
+}
+
+/// An optional list field: `null` reads as absent (empty), as JSON
+/// writers that spell "none" as `null` expect.
+fn null_is_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A ref object that does not decode, in a [`RefList`].
@@ -275,6 +293,29 @@ pub fn parse_range(header: &str, size: u64) -> Option<ByteRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optional_lists_may_be_null_or_absent() {
+        let id = "\"".to_string() + &"ab".repeat(32) + "\"";
+        for body in [
+            format!(r#"{{"chunks":[{id}],"refs":null}}"#),
+            format!(r#"{{"chunks":[{id}]}}"#),
+        ] {
+            let r: MissingRequest = serde_json::from_str(&body).expect(&body);
+            assert_eq!(r.chunks.len(), 1);
+            assert!(r.refs.is_empty(), "{body}");
+        }
+        let r: MissingRequest =
+            serde_json::from_str(r#"{"chunks":[],"refs":["a/b"]}"#).expect("refs");
+        assert_eq!(r.refs, ["a/b"]);
+        // A wrong type is still refused.
+        assert!(serde_json::from_str::<MissingRequest>(r#"{"chunks":[],"refs":3}"#).is_err());
+        let body = format!(r#"{{"file_id":{id},"size":0,"chunks":[],"refs":null}}"#);
+        let r: RegisterRequest = serde_json::from_str(&body).expect("register");
+        assert!(r.refs.is_empty());
+        let l: RefList = serde_json::from_str(r#"{"refs":[],"unreadable":null}"#).expect("list");
+        assert!(l.unreadable.is_empty());
+    }
 
     #[test]
     fn ranges() {
