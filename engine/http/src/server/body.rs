@@ -21,9 +21,6 @@ pub(crate) struct Buffered {
     pub(crate) hold: Hold,
 }
 
-/// Seconds a `503 overloaded` answer asks the client to wait.
-pub(crate) const OVERLOADED_RETRY_AFTER: u32 = 2;
-
 /// The answer to a body that found no budget.
 fn overloaded(s: &Inner, what: &str, bytes: u64, short: Short) -> ApiError {
     let total = s.bodies.total();
@@ -41,14 +38,9 @@ fn overloaded(s: &Inner, what: &str, bytes: u64, short: Short) -> ApiError {
                 budget = total,
                 "body budget exhausted; refusing a request body"
             );
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!(
-                    "{what}: the server is buffering its limit of {total} bytes of request bodies; try again shortly"
-                ),
-            )
-            .with_retry_after(OVERLOADED_RETRY_AFTER)
+            ApiError::overloaded(format!(
+                "{what}: the server is buffering its limit of {total} bytes of request bodies; try again shortly"
+            ))
         }
     }
 }

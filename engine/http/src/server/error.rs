@@ -6,6 +6,9 @@ use axum::Json;
 
 use crate::protocol::{ErrorBody, ErrorDetail};
 
+/// Seconds a `503 overloaded` answer asks the client to wait.
+pub(crate) const OVERLOADED_RETRY_AFTER: u32 = 2;
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -31,10 +34,14 @@ impl ApiError {
         }
     }
 
-    /// The same error, asking the client to retry after `secs` seconds.
-    pub(crate) fn with_retry_after(mut self, secs: u32) -> Self {
-        self.retry_after = Some(secs);
-        self
+    /// `503 overloaded`: the server lacks a budget for this request just
+    /// now; the client is asked to retry after
+    /// [`OVERLOADED_RETRY_AFTER`] seconds.
+    pub(crate) fn overloaded(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(OVERLOADED_RETRY_AFTER),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use tessera::{FileId, FileReader, PackBytes, PackId};
 
-use super::body::{parse_json, read_body, refuse, Buffered, OVERLOADED_RETRY_AFTER};
+use super::body::{parse_json, read_body, refuse, Buffered};
 use super::budget::{held, held_answer, Hold};
 use super::error::{ApiError, ApiResult};
 use super::{Inner, ServerStats};
@@ -789,14 +789,9 @@ async fn response_hold(s: &Inner, bytes: u64, what: &str) -> ApiResult<Hold> {
                 budget = total,
                 "response budget exhausted; refusing a request"
             );
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!(
-                    "{what}: the server holds its limit of {total} bytes of responses being sent; try again shortly"
-                ),
-            )
-            .with_retry_after(OVERLOADED_RETRY_AFTER))
+            Err(ApiError::overloaded(format!(
+                "{what}: the server holds its limit of {total} bytes of responses being sent; try again shortly"
+            )))
         }
     }
 }
