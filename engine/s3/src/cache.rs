@@ -13,13 +13,7 @@ use bytes::Bytes;
 
 use crate::counters::Counters;
 use crate::disk::DiskCache;
-
-/// Identifies one version of one object: `key` and its ETag.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ObjectVersion {
-    pub(crate) key: Arc<str>,
-    pub(crate) etag: Arc<str>,
-}
+use crate::version::ObjectVersion;
 
 type BlockKey = (ObjectVersion, u64);
 

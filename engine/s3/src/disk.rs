@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::cache::ObjectVersion;
+use crate::version::ObjectVersion;
 
 const HASH: usize = 32;
 const TMP_PREFIX: &str = "tmp-";

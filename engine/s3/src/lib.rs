@@ -50,6 +50,7 @@
 mod cache;
 mod counters;
 mod disk;
+mod errors;
 mod options;
 mod read;
 mod runtime;
@@ -57,6 +58,7 @@ mod slot;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod version;
 
 pub use counters::S3Stats;
 pub use options::{RetryOptions, S3Options};

@@ -19,9 +19,58 @@ use object_store::path::Path;
 use object_store::GetOptions;
 use tessera::storage::ReadHandle;
 
-use crate::cache::ObjectVersion;
+use crate::cache::BlockCache;
+use crate::counters::Counters;
+use crate::errors::os_error;
+use crate::runtime::Bridge;
 use crate::slot::{share, Slot};
-use crate::store::{os_error, Inner};
+use crate::version::ObjectVersion;
+
+/// What a store's read handles share: the client, the block cache and the
+/// fetches in flight.
+pub(crate) struct Reads {
+    /// The store's `s3://bucket/prefix`, which messages name objects under.
+    pub(crate) url: String,
+    pub(crate) client: Arc<dyn object_store::ObjectStore>,
+    pub(crate) bridge: Bridge,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) cache: BlockCache,
+    pub(crate) block_size: u64,
+    pub(crate) readahead_blocks: u64,
+    fetching: Mutex<Fetching>,
+}
+
+impl Reads {
+    pub(crate) fn new(
+        url: String,
+        client: Arc<dyn object_store::ObjectStore>,
+        bridge: Bridge,
+        counters: Arc<Counters>,
+        cache: BlockCache,
+        block_size: u64,
+        readahead_blocks: u64,
+    ) -> Reads {
+        Reads {
+            url,
+            client,
+            bridge,
+            counters,
+            cache,
+            block_size: block_size.max(1),
+            readahead_blocks: readahead_blocks.max(1),
+            fetching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `key` as messages name it: `s3://bucket/prefix/key`.
+    pub(crate) fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.url)
+    }
+
+    fn fetching(&self) -> MutexGuard<'_, Fetching> {
+        self.fetching.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// One Range GET in flight: the bytes of blocks `first..`.
 pub(crate) struct Pending {
@@ -30,7 +79,7 @@ pub(crate) struct Pending {
 }
 
 /// Blocks being fetched, store-wide.
-pub(crate) type Fetching = HashMap<(ObjectVersion, u64), Arc<Pending>>;
+type Fetching = HashMap<(ObjectVersion, u64), Arc<Pending>>;
 
 /// What an open learned about an object.
 #[derive(Clone, Debug)]
@@ -83,7 +132,7 @@ impl Drop for RunGuard<'_> {
 
 /// A read handle over one version of an object (see the module docs).
 pub(crate) struct S3ReadHandle {
-    inner: Arc<Inner>,
+    inner: Arc<Reads>,
     key: String,
     path: Path,
     meta: Opened,
@@ -95,7 +144,7 @@ pub(crate) struct S3ReadHandle {
 
 impl S3ReadHandle {
     pub(crate) fn new(
-        inner: Arc<Inner>,
+        inner: Arc<Reads>,
         key: &str,
         path: Path,
         meta: Opened,

@@ -18,13 +18,15 @@ use object_store::{
 };
 use tessera::storage::{Cas, Listed, ObjectStore, PutMode, ReadHandle, StagedObject, Version};
 
-use crate::cache::{BlockCache, ObjectVersion};
+use crate::cache::BlockCache;
 use crate::counters::{Counters, CountingConnector, S3Stats};
 use crate::disk::DiskCache;
+use crate::errors::os_error;
 use crate::options::{RetryOptions, S3Options};
-use crate::read::{Fetching, Opened, S3ReadHandle};
+use crate::read::{Opened, Reads, S3ReadHandle};
 use crate::runtime::Bridge;
 use crate::slot::{share, Slot};
+use crate::version::ObjectVersion;
 
 mod build;
 mod objects;
@@ -75,71 +77,6 @@ pub enum CasOutcome {
     Conflict,
 }
 
-/// Maps an object_store error to the `io::Error` kinds the engine relies
-/// on, with a message naming the operation and the object.
-pub(crate) fn os_error(op: &str, object: &str, e: object_store::Error) -> io::Error {
-    use object_store::Error as E;
-    let (kind, what) = match &e {
-        E::NotFound { .. } => (io::ErrorKind::NotFound, "not found"),
-        E::AlreadyExists { .. } => (io::ErrorKind::AlreadyExists, "already exists"),
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-            (io::ErrorKind::PermissionDenied, "refused")
-        }
-        E::InvalidPath { .. } => (io::ErrorKind::InvalidInput, "invalid key"),
-        E::NotSupported { .. } | E::NotImplemented { .. } => {
-            (io::ErrorKind::Unsupported, "not supported")
-        }
-        E::Precondition { .. } => (io::ErrorKind::Other, "precondition failed"),
-        _ => (io::ErrorKind::Other, "failed"),
-    };
-    io::Error::new(kind, format!("{op} {object}: {what}: {}", chain(&e)))
-}
-
-/// An error with its causes (object_store's top-level message often says
-/// only "error sending request"; the cause says "timed out", "connection
-/// refused", ...).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = trim_xml_body(&e.to_string());
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = trim_xml_body(&c.to_string());
-        if !msg.contains(&m) {
-            msg.push_str(": ");
-            msg.push_str(&m);
-        }
-        cur = c.source();
-    }
-    msg
-}
-
-/// A message with the XML error body an S3 server sends (`<?xml ...>
-/// <Error><Code>NoSuchKey</Code><Message>...`, request ids and all)
-/// replaced by its error code: the status before it is kept.
-pub(crate) fn trim_xml_body(m: &str) -> String {
-    let Some(start) = m.find("<?xml").or_else(|| m.find("<Error>")) else {
-        return m.to_string();
-    };
-    let body = &m[start..];
-    let end = body
-        .rfind("</Error>")
-        .map_or(body.len(), |i| i + "</Error>".len());
-    let code = body[..end]
-        .split_once("<Code>")
-        .and_then(|(_, rest)| rest.split_once("</Code>"))
-        .map(|(code, _)| code.trim())
-        .filter(|c| !c.is_empty());
-    let mut out = m[..start].trim_end().to_string();
-    match code {
-        Some(c) => {
-            out.push(' ');
-            out.push_str(c);
-        }
-        None => out.push_str(" (error body omitted)"),
-    }
-    out.push_str(&body[end..]);
-    out
-}
-
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
@@ -170,16 +107,10 @@ fn is_staging_name(name: &str) -> bool {
 
 /// The shared state of a store and its read handles.
 pub(crate) struct Inner {
-    pub(crate) url: String,
+    /// The client, the caches and what its read handles share.
+    reads: Arc<Reads>,
     prefix: String,
-    pub(crate) client: Arc<dyn object_store::ObjectStore>,
-    pub(crate) bridge: Bridge,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) cache: BlockCache,
     staging: PathBuf,
-    pub(crate) block_size: u64,
-    pub(crate) readahead_blocks: u64,
-    fetching: Mutex<Fetching>,
     opening: Mutex<OpenState>,
     shared: bool,
     /// How a create-only PUT that failed in transport is retried (see
@@ -198,8 +129,8 @@ struct OpenState {
 type OpenResult = (Opened, Option<Bytes>);
 
 impl Inner {
-    pub(crate) fn describe(&self, key: &str) -> String {
-        format!("{}/{key}", self.url)
+    fn describe(&self, key: &str) -> String {
+        self.reads.describe(key)
     }
 
     fn full(&self, key: &str) -> String {
@@ -237,13 +168,14 @@ impl Inner {
         key: &str,
         fut: impl std::future::Future<Output = io::Result<T>> + Send + 'static,
     ) -> io::Result<T> {
-        self.bridge
+        self.reads
+            .bridge
             .run(|| format!("{op} {}", self.describe(key)), fut)
     }
 
     fn put(&self, key: &str, data: Bytes, mode: PutMode) -> io::Result<()> {
         let path = self.path(key)?;
-        let client = self.client.clone();
+        let client = self.reads.client.clone();
         let retry = self.create_retry.clone();
         let object = self.describe(key);
         let payload = PutPayload::from(data);
@@ -263,10 +195,6 @@ impl Inner {
         r
     }
 
-    pub(crate) fn fetching(&self) -> MutexGuard<'_, Fetching> {
-        self.fetching.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn opening(&self) -> MutexGuard<'_, OpenState> {
         self.opening.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -275,7 +203,7 @@ impl Inner {
     /// deleted it).
     fn forget(&self, key: &str) {
         self.opening().known.remove(key);
-        self.cache.invalidate(key);
+        self.reads.cache.invalidate(key);
     }
 
     /// Opens an object for ranged reads. One ranged GET of its first block
@@ -291,12 +219,27 @@ impl Inner {
             let mut st = self.opening();
             if let Some(m) = st.known.get(key) {
                 if m.len == 0 {
-                    return Ok(S3ReadHandle::new(self.clone(), key, path, m.clone(), None));
+                    return Ok(S3ReadHandle::new(
+                        self.reads.clone(),
+                        key,
+                        path,
+                        m.clone(),
+                        None,
+                    ));
                 }
-                if let Some(first) = self.cache.get(&m.version, 0) {
-                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                if let Some(first) = self.reads.cache.get(&m.version, 0) {
+                    self.reads
+                        .counters
+                        .cache_hits
+                        .fetch_add(1, Ordering::Relaxed);
                     let m = m.clone();
-                    return Ok(S3ReadHandle::new(self.clone(), key, path, m, Some(first)));
+                    return Ok(S3ReadHandle::new(
+                        self.reads.clone(),
+                        key,
+                        path,
+                        m,
+                        Some(first),
+                    ));
                 }
             }
             if let Some(slot) = st.inflight.get(key) {
@@ -323,13 +266,19 @@ impl Inner {
                 r?
             }
         };
-        Ok(S3ReadHandle::new(self.clone(), key, path, meta, first))
+        Ok(S3ReadHandle::new(
+            self.reads.clone(),
+            key,
+            path,
+            meta,
+            first,
+        ))
     }
 
     fn open_request(&self, key: &str, path: &Path) -> io::Result<OpenResult> {
-        let client = self.client.clone();
+        let client = self.reads.client.clone();
         let object = self.describe(key);
-        let bs = self.block_size;
+        let bs = self.reads.block_size;
         let p = path.clone();
         let (meta, first) = self.run("open", key, async move {
             let opts = GetOptions::new().with_range(Some(0..bs));
@@ -367,7 +316,7 @@ impl Inner {
                     d.len()
                 )));
             }
-            self.cache.insert(&opened.version, 0, d.clone());
+            self.reads.cache.insert(&opened.version, 0, d.clone());
         }
         Ok((opened, first))
     }
@@ -448,7 +397,7 @@ pub struct S3Store {
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Store")
-            .field("url", &self.inner.url)
+            .field("url", &self.inner.reads.url)
             .field("staging", &self.inner.staging)
             .finish()
     }
@@ -457,17 +406,17 @@ impl std::fmt::Debug for S3Store {
 impl S3Store {
     /// Request counters since the store was built.
     pub fn stats(&self) -> S3Stats {
-        self.inner.counters.snapshot()
+        self.inner.reads.counters.snapshot()
     }
 
     /// Bytes held by the in-memory block cache now.
     pub fn cached_bytes(&self) -> u64 {
-        self.inner.cache.bytes()
+        self.inner.reads.cache.bytes()
     }
 
     /// Bytes held by the on-disk block cache (0 without one).
     pub fn disk_cached_bytes(&self) -> u64 {
-        self.inner.cache.disk_bytes()
+        self.inner.reads.cache.disk_bytes()
     }
 
     /// The local directory where objects are staged.
@@ -479,7 +428,7 @@ impl S3Store {
     /// [`S3Store::put_if_match`]); a missing object is `NotFound`.
     pub fn get_with_etag(&self, key: &str) -> io::Result<Versioned> {
         let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = self.inner.describe(key);
         self.inner.run("GET", key, async move {
             let r = client
@@ -504,7 +453,7 @@ impl S3Store {
     /// MinIO, R2, moto 5.2: see the README).
     pub fn put_if_match(&self, key: &str, data: &[u8], etag: &ETag) -> io::Result<CasOutcome> {
         let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = self.inner.describe(key);
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
         let mode = OsPutMode::Update(UpdateVersion {
@@ -536,7 +485,7 @@ impl S3Store {
     /// returns the new ETag; an existing object is [`CasOutcome::Conflict`].
     pub fn put_if_absent(&self, key: &str, data: &[u8]) -> io::Result<CasOutcome> {
         let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = self.inner.describe(key);
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
         let retry = self.inner.create_retry.clone();
@@ -564,9 +513,9 @@ impl S3Store {
         } else {
             Some(Path::parse(&full).map_err(|e| invalid(format!("{full}: {e}")))?)
         };
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = if rel.is_empty() {
-            self.inner.url.clone()
+            self.inner.reads.url.clone()
         } else {
             self.inner.describe(rel)
         };
@@ -604,54 +553,11 @@ mod tests {
     }
 
     #[test]
-    fn xml_error_bodies_are_cut_to_their_code() {
-        let m = "Error performing GET http://h/b/k in 1ms: Client error with status 404 Not Found: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>k</Key><RequestID>x</RequestID></Error>";
-        assert_eq!(
-            trim_xml_body(m),
-            "Error performing GET http://h/b/k in 1ms: Client error with status 404 Not Found: NoSuchKey"
-        );
-        assert_eq!(trim_xml_body("no body here"), "no body here");
-        assert_eq!(
-            trim_xml_body("status 500: <Error><Message>m</Message></Error> after"),
-            "status 500: (error body omitted) after"
-        );
-    }
-
-    #[test]
     fn staging_names_are_recognised() {
         assert!(is_staging_name("12-3.tmp"));
         assert!(!is_staging_name("12-3.pack"));
         assert!(!is_staging_name("x-3.tmp"));
         assert!(!is_staging_name("notes.txt"));
-    }
-
-    #[test]
-    fn errors_keep_the_engine_kinds_and_name_the_object() {
-        let nf = object_store::Error::NotFound {
-            path: "p/k".into(),
-            source: "404".into(),
-        };
-        let e = os_error("GET", "s3://b/p/k", nf);
-        assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        assert!(
-            e.to_string().starts_with("GET s3://b/p/k: not found"),
-            "{e}"
-        );
-        let ae = object_store::Error::AlreadyExists {
-            path: "p/k".into(),
-            source: "412".into(),
-        };
-        assert_eq!(
-            os_error("PUT", "s3://b/p/k", ae).kind(),
-            io::ErrorKind::AlreadyExists
-        );
-        let g = object_store::Error::Generic {
-            store: "S3",
-            source: "timeout".into(),
-        };
-        let e = os_error("PUT", "s3://b/p/k", g);
-        assert_eq!(e.kind(), io::ErrorKind::Other);
-        assert!(e.to_string().contains("s3://b/p/k"), "{e}");
     }
 
     #[test]

@@ -75,16 +75,17 @@ impl S3Store {
         };
         Ok(S3Store {
             inner: Arc::new(Inner {
-                url,
+                reads: Arc::new(Reads::new(
+                    url,
+                    Arc::new(client),
+                    bridge,
+                    counters.clone(),
+                    BlockCache::new(options.cache_bytes, disk, counters.clone()),
+                    options.block_size,
+                    options.readahead_blocks,
+                )),
                 prefix,
-                client: Arc::new(client),
-                bridge,
-                counters: counters.clone(),
-                cache: BlockCache::new(options.cache_bytes, disk, counters.clone()),
                 staging,
-                block_size: options.block_size.max(1),
-                readahead_blocks: options.readahead_blocks.max(1),
-                fetching: Mutex::new(HashMap::new()),
                 opening: Mutex::new(OpenState::default()),
                 shared: options.shared,
                 create_retry: options.retry.clone(),

@@ -50,7 +50,7 @@ impl Drop for Staged {
 
 impl ObjectStore for S3Store {
     fn location(&self) -> String {
-        self.inner.url.clone()
+        self.inner.reads.url.clone()
     }
 
     fn describe(&self, key: &str) -> String {
@@ -65,7 +65,7 @@ impl ObjectStore for S3Store {
                 format!(
                     "create staging directory {} for {}: {e}",
                     dir.display(),
-                    self.inner.url
+                    self.inner.reads.url
                 ),
             )
         })?;
@@ -101,7 +101,7 @@ impl ObjectStore for S3Store {
 
     fn get(&self, key: &str) -> io::Result<Vec<u8>> {
         let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = self.inner.describe(key);
         self.inner.run("GET", key, async move {
             let r = client
@@ -162,7 +162,7 @@ impl ObjectStore for S3Store {
 
     fn exists(&self, key: &str) -> io::Result<bool> {
         let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = self.inner.describe(key);
         self.inner.run("HEAD", key, async move {
             match client.head(&path).await {
@@ -177,7 +177,7 @@ impl ObjectStore for S3Store {
         // S3 answers a DELETE of a missing key with success; the contract
         // wants NotFound, so a HEAD comes first.
         let path = self.inner.path(key)?;
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = self.inner.describe(key);
         let r = self.inner.run("DELETE", key, async move {
             client
@@ -280,7 +280,7 @@ impl S3Store {
                 ))
             })?)
         };
-        let client = self.inner.client.clone();
+        let client = self.inner.reads.client.clone();
         let object = format!("{}*", self.inner.describe(prefix));
         let metas: Vec<ObjectMeta> = self.inner.run("LIST", prefix, async move {
             client
