@@ -97,35 +97,67 @@ fn ensure_dir(fs: &dyn Fs, dir: &str) -> io::Result<()> {
     }
     let up = parent(dir);
     ensure_dir(fs, up)?;
-    fs.create_dir_all(dir)?;
+    fs.create_dir_all(dir).map_err(|e| match e.kind() {
+        // Something other than a directory is in the way: not an object
+        // that exists (which a create-only publish would take as won).
+        io::ErrorKind::AlreadyExists => {
+            io::Error::other(format!("{dir} exists and is not a directory: {e}"))
+        }
+        _ => e,
+    })?;
     fs.sync_dir(up)
 }
 
-/// An object being written to a temp file in `tmp/`.
+/// An object being written to a temp file in `tmp/`. Dropped unpublished
+/// (an error while writing or publishing it: a full disk, a refused
+/// upload), its temp file is removed at once: a process that runs for weeks
+/// must not keep every failed write's bytes until its next open.
 struct Staged {
     fs: Arc<dyn Fs>,
-    tmp: String,
-    handle: Box<dyn WriteHandle>,
+    /// The temp file, until it is published (or removed).
+    tmp: Option<String>,
+    handle: Option<Box<dyn WriteHandle>>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        drop(self.handle.take());
+        if let Some(tmp) = self.tmp.take() {
+            // Best effort: what is left is discarded by the next open.
+            let _ = self.fs.remove_file(&tmp);
+        }
+    }
 }
 
 impl StagedObject for Staged {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.handle.write_all(buf)
+        match self.handle.as_mut() {
+            Some(h) => h.write_all(buf),
+            None => Err(io::Error::other("the staged object was published")),
+        }
     }
 
     fn publish(mut self: Box<Self>, key: &str, mode: PutMode) -> io::Result<()> {
-        self.handle.sync()?;
-        let Staged { fs, tmp, handle } = *self;
-        drop(handle);
+        if let Some(mut h) = self.handle.take() {
+            h.sync()?;
+        }
+        let fs = self.fs.clone();
+        let Some(tmp) = self.tmp.clone() else {
+            return Err(io::Error::other("the staged object was published"));
+        };
         let dir = parent(key);
         ensure_dir(fs.as_ref(), dir)?;
         match mode {
-            PutMode::Replace => fs.rename(&tmp, key)?,
+            PutMode::Replace => {
+                fs.rename(&tmp, key)?;
+                self.tmp = None;
+            }
             // A hard link never replaces: of two publishers of one new key,
             // exactly one wins, atomically. The staged name goes either way
             // (if its removal is lost in a crash, the next open discards it).
             PutMode::Create => {
                 let linked = fs.hard_link(&tmp, key);
+                self.tmp = None;
                 fs.remove_file(&tmp)?;
                 linked?;
             }
@@ -157,8 +189,8 @@ impl ObjectStore for DirStore {
                 Ok(handle) => {
                     return Ok(Box::new(Staged {
                         fs: self.fs.clone(),
-                        tmp,
-                        handle,
+                        tmp: Some(tmp),
+                        handle: Some(handle),
                     }))
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -249,6 +281,56 @@ impl ObjectStore for DirStore {
 mod tests {
     use super::*;
 
+    fn staged_names(s: &DirStore) -> Vec<String> {
+        match s.fs.list_dir(STAGING) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("list {STAGING}: {e}"),
+        }
+    }
+
+    /// A staged object that is dropped, or whose publish fails, leaves no
+    /// temp file behind (a long-running server would keep them all).
+    #[test]
+    fn unpublished_objects_leave_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = DirStore::new(dir.path().join("store"), ReadMode::Pread);
+        let mut o = s.stage().expect("stage");
+        o.write_all(&[1; 1000]).expect("write");
+        assert_eq!(staged_names(&s).len(), 1);
+        drop(o);
+        assert_eq!(staged_names(&s), Vec::<String>::new(), "dropped");
+
+        // A publish that fails: its directory cannot be made (a file is
+        // in the way).
+        s.put("packs/x", b"a file", PutMode::Create).expect("put");
+        for mode in [PutMode::Create, PutMode::Replace] {
+            let mut o = s.stage().expect("stage");
+            o.write_all(&[2; 1000]).expect("write");
+            let e = o
+                .publish("packs/x/y.pack", mode)
+                .expect_err("not a directory");
+            // Not taken for a create-only publish that lost to another.
+            assert_ne!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+            assert_eq!(staged_names(&s), Vec::<String>::new(), "{mode:?}: {e}");
+        }
+
+        // A create-only publish that loses, and one that wins: nothing left.
+        for (i, want) in [(0u8, true), (1, false)] {
+            let mut o = s.stage().expect("stage");
+            o.write_all(&[i; 10]).expect("write");
+            assert_eq!(o.publish("packs/00/a.pack", PutMode::Create).is_ok(), want);
+            assert_eq!(staged_names(&s), Vec::<String>::new());
+        }
+        assert_eq!(s.get("packs/00/a.pack").expect("get"), [0; 10]);
+        let mut o = s.stage().expect("stage");
+        o.write_all(b"new").expect("write");
+        o.publish("packs/00/a.pack", PutMode::Replace)
+            .expect("replace");
+        assert_eq!(staged_names(&s), Vec::<String>::new());
+        assert_eq!(s.get("packs/00/a.pack").expect("get"), b"new");
+    }
+
     /// Two threads publishing the same new key create-only: exactly one
     /// wins, every round, and the object is the winner's whole.
     #[test]
@@ -314,10 +396,8 @@ mod tests {
         assert_eq!(&h.read_at(1, 2).expect("read")[..], b"ac");
         s.delete("refs/00/r.ref").expect("delete");
         assert!(!s.exists("refs/00/r.ref").expect("exists"));
-        // A staged object never published is discarded.
-        let mut o = s.stage().expect("stage");
-        o.write_all(b"partial").expect("write");
-        drop(o);
+        // What a crash left staged is discarded.
+        std::fs::write(dir.path().join("store/tmp/1-1.tmp"), b"partial").expect("leftover");
         assert_eq!(
             std::fs::read_dir(dir.path().join("store/tmp"))
                 .expect("tmp")
