@@ -124,8 +124,13 @@ impl Core {
         }
     }
 
-    fn is_poisoned(&self) -> bool {
+    pub(crate) fn is_poisoned(&self) -> bool {
         lock(&self.poison).is_some()
+    }
+
+    /// Lets writes in again (see `open::recover_poisoned`, the one caller).
+    pub(crate) fn clear_poison(&self) {
+        *lock(&self.poison) = None;
     }
 
     /// Where the store is, for messages.

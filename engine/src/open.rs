@@ -137,14 +137,7 @@ pub(crate) fn open(
         return Err(e);
     }
     if let Some(reason) = reason {
-        // A shared store's index is a cache of a bucket others write too:
-        // it is brought up to date from a listing, never by rewriting
-        // objects from it (spec §4.3); `repair index` rebuilds it whole.
-        let caught_up = if core.objects.shared() {
-            crate::refresh::catch_up(&core, reason)
-        } else {
-            recover::catch_up(&core, reason)
-        };
+        let caught_up = catch_up(&core, reason);
         if core.objects.shared()
             && reason == CatchUpReason::NewIndex
             && !core.opts.allow_missing_index
@@ -182,6 +175,59 @@ pub(crate) fn open(
         let _ = core.recovery.set(Recovery { reason, report });
     }
     Ok(core)
+}
+
+/// Brings the index up to date with the objects: a shared store's index is
+/// a cache of a bucket others write too, brought up to date from a listing,
+/// never by rewriting objects from it (spec §4.3; `repair index` rebuilds it
+/// whole).
+fn catch_up(core: &Core, reason: CatchUpReason) -> Result<crate::report::RepairReport> {
+    if core.objects.shared() {
+        crate::refresh::catch_up(core, reason)
+    } else {
+        recover::catch_up(core, reason)
+    }
+}
+
+/// Brings a store that a failed write poisoned (spec §10.1 rule 8) back
+/// without closing it, doing what an open after an unclean shutdown does:
+/// once no writer, GC or repack runs (waiting up to `wait`), the open pack
+/// is dropped (nothing in it was acknowledged), the index flushed, an
+/// interrupted GC finished, and the index caught up with the objects. Only
+/// then are writes let in again; if a step fails the store stays poisoned.
+/// `Ok(None)` when the store was not poisoned.
+pub(crate) fn recover_poisoned(
+    core: &Core,
+    wait: std::time::Duration,
+) -> Result<Option<crate::report::RepairReport>> {
+    if !core.is_poisoned() {
+        return Ok(None);
+    }
+    let _maintenance = crate::cache::lock(&core.maintenance);
+    let _gate = core.gate.exclusive(wait)?;
+    if !core.is_poisoned() {
+        return Ok(None);
+    }
+    core.writer.reset();
+    core.index.flush()?;
+    if !core.objects.shared() {
+        crate::gc::finish_journal(core)?;
+    }
+    let report = catch_up(core, CatchUpReason::FailedWrite)?;
+    core.clear_poison();
+    tracing::warn!(
+        store = %core.location(),
+        packs = report.packs,
+        files = report.files,
+        refs = report.refs,
+        healed = report.healed.len(),
+        problems = report.problems.len(),
+        "writes resumed after a failed write; index caught up with the store's objects"
+    );
+    for p in &report.problems {
+        tracing::warn!(object = %p.object, "{}", p.detail);
+    }
+    Ok(Some(report))
 }
 
 /// Checks a config's bytes and the requested chunking against it.

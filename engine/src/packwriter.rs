@@ -308,6 +308,21 @@ impl PackWriter {
         }
     }
 
+    /// Drops the open pack and forgets every chunk not yet indexed: after a
+    /// failed write, whatever was appended is suspect (a record may be half
+    /// written) and was never acknowledged. Only for a caller that holds the
+    /// store's gate alone (no writer is appending or waiting on a seal).
+    pub(crate) fn reset(&self) {
+        let mut s = lock(&self.slot);
+        // Dropped unsealed: its waiters fail, its staged file goes.
+        drop(s.open.take().map(|o| FullPack {
+            builder: Some(o.builder),
+            sealing: o.sealing,
+        }));
+        s.pending.clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Resolves placements to (pack, index in pack), sealing or waiting for
     /// every pack not yet indexed that they name.
     pub(crate) fn resolve(

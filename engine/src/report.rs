@@ -62,6 +62,9 @@ pub enum CatchUpReason {
     CountersDiffer,
     /// The clean-close record is missing or unreadable.
     NoCleanRecord,
+    /// A write failed while the store was open, and the store was brought
+    /// back without closing it ([`crate::Store::recover_poisoned`]).
+    FailedWrite,
 }
 
 impl std::fmt::Display for CatchUpReason {
@@ -74,6 +77,7 @@ impl std::fmt::Display for CatchUpReason {
                 "the index disagrees with the record of the last clean close"
             }
             CatchUpReason::NoCleanRecord => "there is no record of a clean close",
+            CatchUpReason::FailedWrite => "a write failed while the store was open",
         })
     }
 }

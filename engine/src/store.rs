@@ -116,6 +116,26 @@ impl Store {
         }
     }
 
+    /// Whether an earlier failed write made the store refuse writes
+    /// ([`Error::Poisoned`]); reads still work.
+    pub fn is_poisoned(&self) -> bool {
+        self.core.is_poisoned()
+    }
+
+    /// Lets writes in again after a failed write poisoned the store, without
+    /// closing it (what a long-running server does once the disk has room
+    /// again or the bucket answers again). Waits up to `wait` for writers,
+    /// GC and repack to finish, then does what opening the store after an
+    /// unclean shutdown does: drops the open pack (nothing in it was
+    /// acknowledged), flushes the index, finishes an interrupted GC and
+    /// catches the index up with the objects — so an operation that failed
+    /// is, as after a crash, either wholly there or not at all. Returns what
+    /// the catch-up did, or `None` when the store was not poisoned. On an
+    /// error (the cause persists) the store stays poisoned; try again later.
+    pub fn recover_poisoned(&self, wait: std::time::Duration) -> Result<Option<RepairReport>> {
+        crate::open::recover_poisoned(&self.core, wait)
+    }
+
     /// Where the store is (a directory, or a URL).
     pub fn location(&self) -> String {
         self.core.location()

@@ -1547,8 +1547,8 @@ fn run_trigger(t: Trigger, store: &Store, files: &[(FileId, Vec<u8>)]) -> tesser
 }
 
 /// After one failed storage operation (later ones succeed again), the store
-/// refuses every write with `Poisoned` until reopened, keeps serving reads,
-/// and works again once reopened.
+/// refuses every write with `Poisoned` until recovered (in place, or by a
+/// reopen), keeps serving reads, and works again once recovered.
 #[test]
 fn a_failed_write_poisons_the_store_until_reopened() {
     let mut points = 0;
@@ -1632,6 +1632,22 @@ fn a_failed_write_poisons_the_store_until_reopened() {
                 "{what}: keep/a names {keep_a:?}"
             );
             assert_eq!(fs.ops(), ops, "{what}: the poisoned store kept writing");
+            // Recovered in place (what a server does), it works.
+            assert!(store.is_poisoned(), "{what}");
+            let report = store
+                .recover_poisoned(std::time::Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{what}: recover in place: {e}"))
+                .unwrap_or_else(|| panic!("{what}: not poisoned"));
+            assert!(report.problems.is_empty(), "{what}: {report:?}");
+            assert!(!store.is_poisoned(), "{what}");
+            // Only a failed removal of a staged file leaves one (the next
+            // open discards it).
+            let staged = fs.list_dir("tmp").expect("tmp");
+            assert!(
+                staged.is_empty() || (rec.kind == OpKind::Remove && rec.what.contains("tmp/")),
+                "{what}: left {staged:?}"
+            );
+            works_again(&store, &files, &what, 0);
             drop(store);
             // Reopened (no crash: the storage kept everything), it works.
             let store =
@@ -1641,29 +1657,43 @@ fn a_failed_write_poisons_the_store_until_reopened() {
                 Vec::<String>::new(),
                 "{what}"
             );
-            for (id, data) in &files {
-                assert_eq!(&read_all(&store, id).expect("read"), data, "{what}");
-            }
-            let data = common::noise(60_000, 3);
-            let id = store
-                .put("input", &data[..], &["after"])
-                .unwrap_or_else(|e| panic!("{what}: put after reopen: {e}"))
-                .file_id;
-            store
-                .set_ref("keep/a", id)
-                .unwrap_or_else(|e| panic!("{what}: set_ref after reopen: {e}"));
-            store
-                .delete_ref("keep/b")
-                .unwrap_or_else(|e| panic!("{what}: delete_ref after reopen: {e}"));
-            assert_eq!(read_all(&store, &id).expect("read"), data, "{what}");
-            assert_eq!(store.resolve_ref("keep/a").expect("ref"), id, "{what}");
-            assert!(
-                store.resolve_ref("keep/b").is_err_and(|e| e.is_not_found()),
-                "{what}"
-            );
+            works_again(&store, &files, &what, 1);
         }
     }
     eprintln!("poisoning: {points} failure points");
+}
+
+/// After recovering from a poisoning (round 0: in place; round 1: by a
+/// reopen), every file reads back and writes work.
+fn works_again(store: &Store, files: &[(FileId, Vec<u8>)], what: &str, round: u64) {
+    assert!(!store.is_poisoned(), "{what}");
+    for (id, data) in files {
+        assert_eq!(&read_all(store, id).expect("read"), data, "{what}");
+    }
+    let data = common::noise(60_000, 3 + round);
+    let id = store
+        .put("input", &data[..], &["after"])
+        .unwrap_or_else(|e| panic!("{what}: put after recovery {round}: {e}"))
+        .file_id;
+    store
+        .set_ref("keep/a", id)
+        .unwrap_or_else(|e| panic!("{what}: set_ref after recovery {round}: {e}"));
+    if round == 0 {
+        store
+            .delete_ref("keep/b")
+            .unwrap_or_else(|e| panic!("{what}: delete_ref after recovery: {e}"));
+    }
+    assert_eq!(read_all(store, &id).expect("read"), data, "{what}");
+    assert_eq!(store.resolve_ref("keep/a").expect("ref"), id, "{what}");
+    assert!(
+        store.resolve_ref("keep/b").is_err_and(|e| e.is_not_found()),
+        "{what}"
+    );
+    // The store's own check finds nothing wrong.
+    let v = store
+        .verify(tessera::VerifyOptions::default())
+        .unwrap_or_else(|e| panic!("{what}: verify after recovery {round}: {e}"));
+    assert!(v.is_clean(), "{what}: {v:?}");
 }
 
 // ---------------------------------------------------------------- index loss
