@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{model, open, TestServer};
+use common::{curl, model, open, s, TestServer};
 use tessera::{Store, VerifyOptions};
 use tessera_http::client::{pull, push, Client, ClientOptions, NoProgress, PushInput};
 use tessera_http::{Policy, ServerConfig, ServerStats};
@@ -821,5 +821,148 @@ async fn a_push_to_a_ref_it_may_not_write_uploads_nothing() {
         server_store.resolve("alice/m@v1:x.bin").expect("ref"),
         rep.files[0].file_id
     );
+    srv.stop().await;
+}
+
+/// A failed write (a full disk, a bucket that stopped answering) poisons
+/// the server's store. The server brings it back on its own once the cause
+/// is gone: a push during a one-off failure succeeds through its retries,
+/// and while writes keep failing they are answered `503` with
+/// `Retry-After`, then resume without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_takes_writes_again_after_a_failed_write() {
+    use tessera::testing::{open_on, Fault, FaultStorage, OpKind};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let fs = FaultStorage::new(&root);
+    let server_store = open_on(&fs, &root, common::opts()).expect("open");
+    let base = tessera_synth::noise(1 << 20, 30);
+    let base_id = server_store
+        .put_bytes(&base, &["base"])
+        .expect("put")
+        .file_id;
+    let srv = TestServer::start(
+        server_store.clone(),
+        Policy::open(),
+        ServerConfig::default(),
+    )
+    .await;
+    let c = client(&srv.url);
+    let local = open(&tmp.path().join("local"));
+    let push_one = |name: &str, seed: u64| {
+        let data = tessera_synth::noise(3 << 20, seed);
+        let file = tmp.path().join(format!("{name}.bin"));
+        std::fs::write(&file, &data).expect("write");
+        let input = PushInput {
+            path: Some(file),
+            shown: format!("{name}.bin"),
+            ref_name: Some(name.to_string()),
+        };
+        (data, input)
+    };
+
+    // One write fails, once: the push retries, the server recovers.
+    let (one, input) = push_one("one", 31);
+    fs.inject(Fault {
+        kind: Some(OpKind::Write),
+        nth: 1,
+        sticky: false,
+    });
+    push(&c, &local, &[input], Arc::new(NoProgress))
+        .await
+        .expect("push through a failed write");
+    assert_eq!(fs.failures(), 1, "the fault did not fire");
+    assert!(c.retries() >= 1, "the push met no failure");
+    let id = server_store.resolve("one").expect("ref");
+    assert_eq!(
+        server_store
+            .read(&id)
+            .expect("open")
+            .read_all()
+            .expect("read"),
+        one
+    );
+
+    // Every write fails for a while (the disk stays full).
+    fs.kill();
+    let put_ref = || {
+        curl(vec![
+            s("-X"),
+            s("PUT"),
+            s("-H"),
+            s("content-type: application/json"),
+            s("--data"),
+            format!(r#"{{"file_id":"{base_id}"}}"#),
+            format!("{}/v1/refs/later", srv.url),
+        ])
+    };
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = put_ref().await;
+        assert!(
+            r.status >= 500,
+            "a write while every write fails: {}",
+            r.status
+        );
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = refused.expect("never answered 503 while poisoned");
+    assert_eq!(r.header("retry-after"), Some("5"), "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("\"unavailable\"") && text.contains("resumes on its own"),
+        "{text}"
+    );
+    assert!(!text.contains("reopen"), "{text}");
+    // Reads go on.
+    assert_eq!(
+        server_store
+            .read(&base_id)
+            .expect("open")
+            .read_all()
+            .expect("read"),
+        base
+    );
+    let r = curl(vec![format!("{}/v1/files/base", srv.url)]).await;
+    assert_eq!((r.status, r.body == base), (200, true));
+
+    // The cause goes: writes resume without a restart (requests start the
+    // recovery; it backs off while writes still fail).
+    fs.revive();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+    loop {
+        let r = curl(vec![format!("{}/healthz", srv.url)]).await;
+        assert_eq!(r.status, 200);
+        if !server_store.is_poisoned() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still poisoned");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = put_ref().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (two, input) = push_one("two", 32);
+    push(&c, &local, &[input], Arc::new(NoProgress))
+        .await
+        .expect("push after recovery");
+    let id = server_store.resolve("two").expect("ref");
+    assert_eq!(
+        server_store
+            .read(&id)
+            .expect("open")
+            .read_all()
+            .expect("read"),
+        two
+    );
+    assert_eq!(server_store.resolve("later").expect("ref"), base_id);
+    let v = server_store
+        .verify(VerifyOptions::default())
+        .expect("verify");
+    assert!(v.is_clean(), "{v:?}");
     srv.stop().await;
 }

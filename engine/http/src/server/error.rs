@@ -69,9 +69,26 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait while the store recovers from a
+/// failed write.
+const RECOVERING_RETRY_AFTER: u32 = 5;
+
 impl From<tessera::Error> for ApiError {
     fn from(e: tessera::Error) -> Self {
         use tessera::Error as E;
+        if let E::Poisoned { cause } = &e {
+            // The engine's advice (reopen the store) is the server's
+            // business, not the client's (see `recovery.rs`).
+            tracing::error!(error = %e, "write refused: the store is recovering from a failed write");
+            return ApiError {
+                retry_after: Some(RECOVERING_RETRY_AFTER),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the server is not taking writes after a failed write ({cause}); it resumes on its own once the cause is gone: try again shortly"),
+                )
+            };
+        }
         let (status, code) = match &e {
             E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             E::RangeOutOfBounds { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range"),
@@ -81,9 +98,7 @@ impl From<tessera::Error> for ApiError {
             E::TensorUnreadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tensor_unreadable"),
             E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             E::LeaseHeld { .. } => (StatusCode::CONFLICT, "lease_held"),
-            E::Poisoned { .. } | E::StoreLocked { .. } | E::Busy(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            E::StoreLocked { .. } | E::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             e if e.is_corruption() => (StatusCode::INTERNAL_SERVER_ERROR, "damaged"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

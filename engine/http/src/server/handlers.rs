@@ -76,7 +76,19 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
             inner.clone(),
             log_request,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            recover_store,
+        ))
         .with_state(inner)
+}
+
+/// After a request, starts bringing the store back if a failed write
+/// poisoned it (see `recovery.rs`).
+async fn recover_store(State(s): St, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    s.recovery.kick(&s.store);
+    resp
 }
 
 /// Error bodies larger than this are passed on as they are (an error body

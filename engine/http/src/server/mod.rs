@@ -12,6 +12,7 @@ mod budget;
 mod conns;
 mod error;
 mod handlers;
+mod recovery;
 mod stall;
 
 use std::future::Future;
@@ -157,6 +158,8 @@ pub(crate) struct Inner {
     pub(crate) responses: budget::Budget,
     /// Turns of [`ServerConfig::max_registrations`].
     pub(crate) registrations: Arc<tokio::sync::Semaphore>,
+    /// Bringing the store back after a failed write.
+    pub(crate) recovery: recovery::Recovery,
 }
 
 /// A registry server over one store.
@@ -190,6 +193,7 @@ impl Server {
                 )),
                 config,
                 stats: Arc::default(),
+                recovery: recovery::Recovery::default(),
             }),
         }
     }
