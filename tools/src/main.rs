@@ -384,6 +384,9 @@ pub(crate) enum CliError {
     /// Some of several inputs refused by a policy (exit 5).
     Refused(String),
     Remote(tessera_http::client::ClientError),
+    /// An error, and what the command was doing (its exit status is the
+    /// error's).
+    While(String, Box<CliError>),
 }
 
 impl std::fmt::Display for CliError {
@@ -396,6 +399,7 @@ impl std::fmt::Display for CliError {
             CliError::BrokenPipe => write!(f, "broken pipe"),
             CliError::Check(s) | CliError::Damaged(s) | CliError::Refused(s) => write!(f, "{s}"),
             CliError::Remote(e) => write!(f, "{e}"),
+            CliError::While(what, e) => write!(f, "{what}: {e}"),
         }
     }
 }
@@ -403,6 +407,7 @@ impl std::fmt::Display for CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
+            CliError::While(_, e) => e.exit_code(),
             // A value the engine refused (a writer window too short for
             // the writer check, a bad id, ...) is a usage error too.
             CliError::Usage(_) | CliError::Engine(Error::InvalidArgument(_)) => 2,

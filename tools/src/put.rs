@@ -150,8 +150,11 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
     let mut staged_bytes = 0u64;
     let mut done = 0u64;
     let mut refused = 0usize;
+    // Files stored and printed so far.
+    let stored = std::cell::Cell::new(0usize);
     let mut commit = |ingest: tessera::Ingest<'_>, group: &mut Vec<&Input>| -> CliResult {
         let reports = ingest.commit()?;
+        stored.set(stored.get() + reports.len());
         for (rep, input) in reports.iter().zip(group.drain(..)) {
             if json {
                 let v = serde_json::json!({
@@ -194,21 +197,38 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
             None => ingest.add("stdin", io::stdin(), &refs, &mut progress),
         };
         if let Err(e) = added {
-            // The files before this one are stored and acknowledged.
+            // The files before this one are stored and acknowledged (unless
+            // what failed left the store refusing writes).
             let group = std::mem::replace(&mut ingest, store.ingest());
-            if !group.is_empty() {
-                commit(group, &mut staged)?;
+            let committed = if group.is_empty() {
+                Ok(())
+            } else {
                 staged_bytes = 0;
-            }
+                commit(group, &mut staged)
+            };
             done += last;
             match e {
                 // Of several files, one a policy refuses is named and the
                 // others are stored; the run exits 5 at the end.
                 tessera::Error::Refused { .. } if inputs.len() > 1 => {
+                    committed?;
                     let line = crate::printable(&e.to_string(), true).into_owned();
                     pb.suspend(|| eprintln!("tessera: refused: {line}"));
                     refused += 1;
                     continue;
+                }
+                // Of several, which one failed and which are stored.
+                e if inputs.len() > 1 => {
+                    pb.finish_and_clear();
+                    return Err(CliError::While(
+                        format!(
+                            "storing {} ({} of {} files stored, printed above; none after it read)",
+                            crate::printable(&input.shown, false),
+                            stored.get(),
+                            inputs.len()
+                        ),
+                        Box::new(e.into()),
+                    ));
                 }
                 e => {
                     pb.finish_and_clear();
@@ -221,7 +241,22 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
         staged.push(input);
         if staged_bytes >= COMMIT_EVERY_BYTES || i + 1 == inputs.len() {
             let group = std::mem::replace(&mut ingest, store.ingest());
-            commit(group, &mut staged)?;
+            let count = staged.len();
+            if let Err(e) = commit(group, &mut staged) {
+                pb.finish_and_clear();
+                if inputs.len() == 1 {
+                    return Err(e);
+                }
+                return Err(CliError::While(
+                    format!(
+                        "storing the {count} files up to {} ({} of {} files stored, printed above)",
+                        crate::printable(&input.shown, false),
+                        stored.get(),
+                        inputs.len()
+                    ),
+                    Box::new(e),
+                ));
+            }
             staged_bytes = 0;
         }
     }

@@ -1117,3 +1117,74 @@ fn put_of_a_tree_stores_all_but_the_refused_files() {
         "{refs}"
     );
 }
+
+/// A full disk, for real: the store on a 4 MiB tmpfs mounted in a private
+/// mount namespace (`unshare`, util-linux). A put of several files that
+/// runs out of space says which file failed and how many are stored, exits
+/// 1, and leaves the store clean: what was stored before reads back, no
+/// staged bytes are left to keep the disk full, and the next put that fits
+/// works.
+#[test]
+fn a_full_disk_fails_a_put_cleanly() {
+    let t = Env::new();
+    let mnt = t.tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let tree = t.tmp.path().join("tree");
+    fs::create_dir_all(&tree).expect("mkdir");
+    let a = noise(200_000, 1);
+    t.file("a.bin", &a);
+    fs::write(tree.join("b.bin"), noise(100_000, 2)).expect("write");
+    fs::write(tree.join("c.bin"), noise(6 << 20, 3)).expect("write");
+    t.file("small.bin", &noise(50_000, 4));
+    // Everything that touches the tmpfs runs inside the namespace; results
+    // go to files beside it.
+    let script = r#"
+        set -u
+        mount -t tmpfs -o size=4m tmpfs mnt || exit 99
+        T="$1"; S=mnt/store
+        "$T" --store "$S" put a.bin --ref r/a > put-a.out 2>&1; echo $? > put-a.rc
+        "$T" --store "$S" put tree --ref-prefix t/ > put-tree.out 2> put-tree.err; echo $? > put-tree.rc
+        ls -A mnt/store/tmp > staged.out 2>&1
+        "$T" --store "$S" verify > verify.out 2>&1; echo $? > verify.rc
+        "$T" --store "$S" cat r/a > a.back 2> cat.err; echo $? > cat.rc
+        "$T" --store "$S" put small.bin --ref r/small > put-small.out 2>&1; echo $? > put-small.rc
+        "$T" --store "$S" refs > refs.out 2>&1
+    "#;
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script, "sh", BIN])
+        .current_dir(t.tmp.path())
+        .env_remove("TESSERA_STORE")
+        .output()
+        .expect("run unshare (util-linux)");
+    assert!(
+        out.status.success(),
+        "a private tmpfs is needed (unshare -rm + mount -t tmpfs): {out:?}"
+    );
+    let read = |name: &str| fs::read_to_string(t.tmp.path().join(name)).unwrap_or_default();
+    let rc = |name: &str| read(name).trim().to_string();
+    assert_eq!(rc("put-a.rc"), "0", "{}", read("put-a.out"));
+    assert_eq!(rc("put-tree.rc"), "1", "{}", read("put-tree.err"));
+    let err = read("put-tree.err");
+    assert!(
+        err.contains("storing tree/c.bin") && err.contains("of 2 files stored"),
+        "{err}"
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    // What the tree put printed is exactly what it stored.
+    let printed = read("put-tree.out");
+    let refs = read("refs.out");
+    for line in printed.lines() {
+        let (_, path) = line.split_once("  ").expect("`<id>  <path>`");
+        assert!(
+            refs.contains(&format!("t/{}", path.trim_start_matches("tree/"))),
+            "{refs}"
+        );
+    }
+    assert!(!refs.contains("t/c.bin"), "{refs}");
+    assert_eq!(read("staged.out").trim(), "", "staged bytes left behind");
+    assert_eq!(rc("verify.rc"), "0", "{}", read("verify.out"));
+    assert_eq!(rc("cat.rc"), "0", "{}", read("cat.err"));
+    assert!(fs::read(t.tmp.path().join("a.back")).expect("a back") == a);
+    assert_eq!(rc("put-small.rc"), "0", "{}", read("put-small.out"));
+    assert!(refs.contains("r/a") && refs.contains("r/small"), "{refs}");
+}
