@@ -187,15 +187,18 @@ fn mark(
     rep: &mut GcReport,
 ) -> Result<(Marks, Vec<DeadFile>)> {
     let index = &core.index;
-    let refs = index.refs_with_prefix("")?;
-    let mut named: HashSet<FileId> = refs.iter().map(|(_, f)| *f).collect();
+    let mut refs = index.refs_with_prefix("")?;
     if matches!(ages, Ages::Index) {
-        named.extend(ref_files_named(core, &refs)?);
+        let from_files = ref_files_named(core, &refs)?;
+        refs.extend(from_files);
     }
+    let named: HashSet<FileId> = refs.iter().map(|(_, f)| *f).collect();
     let mut marks = Marks::default();
     let mut dead = Vec::new();
+    let mut indexed = HashSet::new();
     for item in index.files() {
         let (file, bytes) = item?;
+        indexed.insert(file);
         rep.files += 1;
         let recipe = Recipe::decode(file, &bytes).map_err(|e| Error::RecipeUnreadable {
             object: format!("the index's recipe of file {file}"),
@@ -213,7 +216,48 @@ fn mark(
             dead.push((file, Some(recipe.sha256)));
         }
     }
+    // A named file the index holds no recipe of: its recipe object is read
+    // (a recipe another node published after the survey listed them), and
+    // one missing or damaged stops the GC — deleting the chunks it names
+    // would make the file unrecoverable even once its recipe is restored.
+    for file in named.difference(&indexed) {
+        let recipe = named_recipe(core, file, &refs)?;
+        rep.files += 1;
+        rep.live_files += 1;
+        for t in &recipe.terms {
+            marks.set(t.pack, t.first_chunk, t.chunk_count);
+        }
+    }
     Ok((marks, dead))
+}
+
+/// The recipe object of `file`, which a ref names and the index lacks;
+/// a missing or damaged one is the error that stops the GC.
+fn named_recipe(core: &Core, file: &FileId, refs: &[(String, FileId)]) -> Result<Recipe> {
+    let objects = core.objects.as_ref();
+    let key = recipe_key(file);
+    let mut names: Vec<&str> = refs
+        .iter()
+        .filter(|(_, f)| f == file)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let problem = match objects.get(&key) {
+        Ok(bytes) => match Recipe::decode(*file, &bytes) {
+            Ok(r) => return Ok(r),
+            Err(e) => format!("does not decode ({})", e.into_error(*file)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is missing".to_string(),
+        Err(e) => return Err(Error::io("read recipe", objects.describe(&key), e)),
+    };
+    Err(Error::RecipeUnreadable {
+        object: objects.describe(&key),
+        detail: format!(
+            "{problem} and the index holds no copy, while ref {} names file {file} (restore the recipe, or give the file up with `tessera ref rm`)",
+            names.join(", ")
+        ),
+    })
 }
 
 /// On a directory store: the files the ref files name. The index holds a
@@ -223,7 +267,7 @@ fn mark(
 /// the ref its key is for (then the index's verified copy names the file):
 /// which file it names is unknown, so marking without it could delete a
 /// named file.
-fn ref_files_named(core: &Core, indexed: &[(String, FileId)]) -> Result<Vec<FileId>> {
+fn ref_files_named(core: &Core, indexed: &[(String, FileId)]) -> Result<Vec<(String, FileId)>> {
     let objects = core.objects.as_ref();
     let keys: HashSet<String> = indexed.iter().map(|(n, _)| ref_key(n)).collect();
     let mut strays = Vec::new();
@@ -239,7 +283,7 @@ fn ref_files_named(core: &Core, indexed: &[(String, FileId)]) -> Result<Vec<File
         let detail = match decode_ref(&bytes) {
             Ok((name, file)) if ref_key(&name) == key => {
                 if file != DELETED_REF {
-                    named.push(file);
+                    named.push((name, file));
                 }
                 continue;
             }

@@ -694,6 +694,97 @@ fn a_damaged_ref_file_never_lets_its_file_be_collected() {
     store.close().expect("close");
 }
 
+/// Found by a hostile probe: a named file's recipe damaged and the index
+/// (its verified copy) lost; `repair index` could not index the recipe or
+/// the ref, and GC then deleted the packs of the file's chunks, so
+/// restoring the recipe from a backup no longer brought the file back. A
+/// file a ref names must have its recipe read, or GC stops: the damage is
+/// named, nothing is deleted, and once the recipe is restored the file reads
+/// back; giving the ref up lets GC run.
+#[test]
+fn a_named_file_whose_recipe_is_lost_stops_gc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        create: true,
+        ..small_packs()
+    };
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    let v = versions(600_000, 2, 4, 20_000, 94);
+    let v0 = store.put_bytes(&v[0], &["m/v0"]).expect("put").file_id;
+    let v1 = store.put_bytes(&v[1], &["m/v1"]).expect("put").file_id;
+    store.close().expect("close");
+    let recipe = dir.path().join(tessera::testing::recipe_key(&v1));
+    let backup = std::fs::read(&recipe).expect("read recipe");
+    let packs = |d: &Path| {
+        let mut n = 0;
+        for sub in std::fs::read_dir(d.join("packs")).expect("packs") {
+            n += std::fs::read_dir(sub.expect("entry").path())
+                .expect("fan-out")
+                .count();
+        }
+        n
+    };
+    let before = packs(dir.path());
+
+    for damage in ["truncated", "missing"] {
+        match damage {
+            "truncated" => std::fs::write(&recipe, &backup[..100]).expect("truncate"),
+            _ => std::fs::remove_file(&recipe).expect("remove"),
+        }
+        std::fs::remove_dir_all(dir.path().join("index")).expect("drop the index");
+        let _ = Store::repair_index(dir.path(), opts.clone()).expect("repair index");
+        let store = Store::open(dir.path(), opts.clone()).expect("open");
+        for dry_run in [true, false] {
+            let gc = GcOptions {
+                dry_run,
+                ..no_grace()
+            };
+            match store.gc(&gc) {
+                Err(e @ Error::RecipeUnreadable { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("m/v1") && msg.contains(&v1.to_hex()), "{msg}");
+                    assert!(e.is_corruption(), "{e:?}");
+                }
+                other => panic!("{damage}: gc with a named file's recipe lost: {other:?}"),
+            }
+            assert!(
+                matches!(
+                    store.repack(&RepackOptions {
+                        gc,
+                        ..Default::default()
+                    }),
+                    Err(Error::RecipeUnreadable { .. })
+                ),
+                "{damage}: repack"
+            );
+        }
+        assert_eq!(packs(dir.path()), before, "{damage}: a pack was deleted");
+        assert_eq!(read_all(&store, &v0).expect("v0"), v[0]);
+        store.close().expect("close");
+        // Restored from a backup, the file is back whole.
+        std::fs::write(&recipe, &backup).expect("restore");
+        std::fs::remove_dir_all(dir.path().join("index")).expect("drop the index");
+        let _ = Store::repair_index(dir.path(), opts.clone()).expect("repair index");
+        let store = Store::open(dir.path(), opts.clone()).expect("open");
+        assert_eq!(
+            read_all(&store, &v1).expect("v1 restored"),
+            v[1],
+            "{damage}"
+        );
+        store.close().expect("close");
+    }
+
+    // Given up (the ref deleted), GC runs and keeps what v0 needs.
+    std::fs::remove_file(&recipe).expect("remove");
+    std::fs::remove_dir_all(dir.path().join("index")).expect("drop the index");
+    let _ = Store::repair_index(dir.path(), opts.clone()).expect("repair index");
+    let store = Store::open(dir.path(), opts.clone()).expect("open");
+    store.delete_ref("m/v1").expect("give the file up");
+    store.gc(&no_grace()).expect("gc");
+    assert_eq!(read_all(&store, &v0).expect("v0 after gc"), v[0]);
+    store.close().expect("close");
+}
+
 /// Time spans too long to compute with are refused, not wrapped: a grace
 /// of 2^61 s was once taken as none (its milliseconds wrapped to 0), which
 /// made a file stored a moment ago collectable.
