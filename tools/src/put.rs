@@ -222,7 +222,7 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
                     pb.finish_and_clear();
                     return Err(CliError::While(
                         format!(
-                            "storing {} ({} of {} files stored, printed above; none after it read)",
+                            "storing {} ({} of {} files stored and printed above; put the others again)",
                             crate::printable(&input.shown, false),
                             stored.get(),
                             inputs.len()
@@ -249,7 +249,7 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
                 }
                 return Err(CliError::While(
                     format!(
-                        "storing the {count} files up to {} ({} of {} files stored, printed above)",
+                        "storing the {count} files up to {} ({} of {} files stored and printed above; put the others again)",
                         crate::printable(&input.shown, false),
                         stored.get(),
                         inputs.len()

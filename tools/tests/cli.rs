@@ -1166,7 +1166,7 @@ fn a_full_disk_fails_a_put_cleanly() {
     assert_eq!(rc("put-tree.rc"), "1", "{}", read("put-tree.err"));
     let err = read("put-tree.err");
     assert!(
-        err.contains("storing tree/c.bin") && err.contains("of 2 files stored"),
+        err.contains("storing tree/c.bin") && err.contains("of 2 files stored and printed above"),
         "{err}"
     );
     assert!(err.contains("No space left on device"), "{err}");
