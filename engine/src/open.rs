@@ -159,18 +159,7 @@ pub(crate) fn open(
             || !report.healed.is_empty()
             || reason != CatchUpReason::NewIndex
         {
-            tracing::warn!(
-                store = %core.location(),
-                packs = report.packs,
-                files = report.files,
-                refs = report.refs,
-                healed = report.healed.len(),
-                problems = report.problems.len(),
-                "index caught up with the store's objects ({reason})"
-            );
-        }
-        for p in &report.problems {
-            tracing::warn!(object = %p.object, "{}", p.detail);
+            log_catch_up(&core, reason, &report);
         }
         let _ = core.recovery.set(Recovery { reason, report });
     }
@@ -215,6 +204,13 @@ pub(crate) fn recover_poisoned(
     }
     let report = catch_up(core, CatchUpReason::FailedWrite)?;
     core.clear_poison();
+    log_catch_up(core, CatchUpReason::FailedWrite, &report);
+    tracing::warn!(store = %core.location(), "writes resumed after a failed write");
+    Ok(Some(report))
+}
+
+/// Logs what a catch-up did, and each problem it found.
+fn log_catch_up(core: &Core, reason: CatchUpReason, report: &crate::report::RepairReport) {
     tracing::warn!(
         store = %core.location(),
         packs = report.packs,
@@ -222,12 +218,11 @@ pub(crate) fn recover_poisoned(
         refs = report.refs,
         healed = report.healed.len(),
         problems = report.problems.len(),
-        "writes resumed after a failed write; index caught up with the store's objects"
+        "index caught up with the store's objects ({reason})"
     );
     for p in &report.problems {
         tracing::warn!(object = %p.object, "{}", p.detail);
     }
-    Ok(Some(report))
 }
 
 /// Checks a config's bytes and the requested chunking against it.
