@@ -465,7 +465,7 @@ pub(crate) fn gc(
         remove_from_index(core, &journal)?;
         drop(gate);
         progress("delete", 0, 1);
-        delete_objects(core, &journal, &mut || Ok(()))?;
+        delete_objects(core, &journal, &mut || Ok(None))?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -526,16 +526,14 @@ pub(crate) fn apply_to_index(core: &Core, journal: &Journal) -> Result<()> {
     core.poison_on(index.flush())
 }
 
-/// Objects deleted between two calls of `before_batch` (which a collector
-/// on a shared store uses to check its lease).
-const DELETE_BATCH: usize = 64;
-
-/// Steps 3–4: the objects, then the journal (idempotent). `before_batch`
-/// runs before every [`DELETE_BATCH`] deletions and stops them on an error.
+/// Steps 3–4: the objects, then the journal (idempotent). `deadline` runs
+/// before every deletion: an error stops them; a time (a collector's lease
+/// on a shared store ends then) is when that deletion must be done by
+/// ([`crate::storage::ObjectStore::delete_by`]); `None`, no limit.
 pub(crate) fn delete_objects(
     core: &Core,
     journal: &Journal,
-    before_batch: &mut dyn FnMut() -> Result<()>,
+    deadline: &mut dyn FnMut() -> Result<Option<Instant>>,
 ) -> Result<()> {
     let objects = core.objects.as_ref();
     let mut keys: Vec<String> = Vec::new();
@@ -545,11 +543,23 @@ pub(crate) fn delete_objects(
     }
     keys.extend(journal.packs.iter().map(pack_key));
     keys.push(GC_JOURNAL.to_string());
-    for (n, key) in keys.into_iter().enumerate() {
-        if n % DELETE_BATCH == 0 {
-            before_batch()?;
-        }
-        let r = match objects.delete(&key) {
+    for key in keys {
+        let deleted = match deadline()? {
+            Some(by) => match objects.delete_by(&key, by) {
+                // Its lease ran out first: the run stops, as at a check.
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut && Instant::now() >= by => {
+                    return Err(Error::LeaseLost {
+                        object: objects.describe(&key),
+                        detail: format!(
+                            "the lease ran out before this deletion was done ({e}); nothing more is deleted"
+                        ),
+                    })
+                }
+                r => r,
+            },
+            None => objects.delete(&key),
+        };
+        let r = match deleted {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("delete", objects.describe(&key), e)),
@@ -641,6 +651,6 @@ pub(crate) fn finish_journal(core: &Core) -> Result<bool> {
         "finishing a GC the last session did not finish"
     );
     apply_to_index(core, &journal)?;
-    delete_objects(core, &journal, &mut || Ok(()))?;
+    delete_objects(core, &journal, &mut || Ok(None))?;
     Ok(true)
 }

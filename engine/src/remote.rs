@@ -138,6 +138,9 @@ impl ObjectStore for NodeLocal {
     fn delete(&self, key: &str) -> io::Result<()> {
         self.pick(key).delete(key)
     }
+    fn delete_by(&self, key: &str, deadline: std::time::Instant) -> io::Result<()> {
+        self.pick(key).delete_by(key, deadline)
+    }
     fn discard_staged(&self) -> io::Result<()> {
         self.shared.discard_staged()
     }

@@ -346,7 +346,7 @@ pub(crate) fn repack(
     }
     drop(gate);
     if !opts.gc.dry_run {
-        gc::delete_objects(core, &collection.journal, &mut || Ok(()))?;
+        gc::delete_objects(core, &collection.journal, &mut || Ok(None))?;
     }
     rep.gc = collection.report.clone();
     rep.gc.seconds = started.elapsed().as_secs_f64();
@@ -365,7 +365,7 @@ pub(crate) fn repack(
     gc::remove_from_index(core, &journal)?;
     drop(gate);
     progress("delete", 0, 1);
-    gc::delete_objects(core, &journal, &mut || Ok(()))?;
+    gc::delete_objects(core, &journal, &mut || Ok(None))?;
     rep.stored_bytes_after = core.index.counters()?.stored_bytes;
     rep.seconds = started.elapsed().as_secs_f64();
     Ok(rep)

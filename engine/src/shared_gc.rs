@@ -198,6 +198,14 @@ impl Held {
 
     /// Ok while the lease is certainly held for the next step.
     fn check(&self) -> Result<()> {
+        self.deadline().map(|_| ())
+    }
+
+    /// When the lease certainly ends, while it is held for the next step
+    /// (an error once a renewal failed: the run stops, whatever is left).
+    fn deadline(&self) -> Result<Instant> {
+        // After a renewal in flight (the heartbeat holds the lease while it
+        // renews): its outcome is known then.
         let lease = lock(&self.lease);
         if self.lost.load(Ordering::SeqCst) {
             return Err(Error::LeaseLost {
@@ -206,7 +214,8 @@ impl Held {
                     .into(),
             });
         }
-        lease.check(self.margin)
+        lease.check(self.margin)?;
+        Ok(Instant::now() + lease.remaining())
     }
 }
 
@@ -284,7 +293,7 @@ fn two_phases(
         second
     };
     progress("delete", 0, 1);
-    gc::delete_objects(core, &second.journal, &mut || held.check())?;
+    gc::delete_objects(core, &second.journal, &mut || held.deadline().map(Some))?;
     // 5. Done: writers may name anything again.
     held.check()?;
     condemned::remove(objects)?;

@@ -54,8 +54,43 @@ impl Bridge {
         F: Future<Output = io::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
+        self.run_within(self.deadline, what, fut)
+    }
+
+    /// [`Bridge::run`], ended (with `TimedOut`) at `by` if that comes
+    /// first: no request or retry of `fut` is sent after it. Past `by`,
+    /// `fut` is not started.
+    pub(crate) fn run_by<F, T>(
+        &self,
+        by: std::time::Instant,
+        what: impl FnOnce() -> String,
+        fut: F,
+    ) -> io::Result<T>
+    where
+        F: Future<Output = io::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let left = by.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{}: not sent, its time is up", what()),
+            ));
+        }
+        self.run_within(left.min(self.deadline), what, fut)
+    }
+
+    fn run_within<F, T>(
+        &self,
+        deadline: Duration,
+        what: impl FnOnce() -> String,
+        fut: F,
+    ) -> io::Result<T>
+    where
+        F: Future<Output = io::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
         let (tx, rx) = mpsc::sync_channel(1);
-        let deadline = self.deadline;
         self.handle.spawn(async move {
             let r = match tokio::time::timeout(deadline, fut).await {
                 Ok(r) => r,
@@ -117,6 +152,31 @@ mod tests {
             .expect_err("deadline");
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(e.to_string().contains("GET s3://b/k"), "{e}");
+    }
+
+    #[test]
+    fn a_call_with_a_time_limit_ends_by_it_and_is_not_started_after_it() {
+        let b = Bridge::new(1, Duration::from_secs(30)).expect("runtime");
+        let by = std::time::Instant::now() + Duration::from_millis(200);
+        let e = b
+            .run_by(by, || "DELETE s3://b/k".into(), async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(())
+            })
+            .expect_err("time limit");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(std::time::Instant::now() < by + Duration::from_secs(5));
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = started.clone();
+        let e = b
+            .run_by(by, || "DELETE s3://b/k".into(), async move {
+                s.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+            .expect_err("past its time");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("not sent"), "{e}");
+        assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test]

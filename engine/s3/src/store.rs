@@ -199,6 +199,32 @@ impl Inner {
         self.opening.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Deletes `key` (a HEAD first: S3 answers a DELETE of a missing key
+    /// with success, the contract wants `NotFound`), sending nothing after
+    /// `by`.
+    fn delete(&self, key: &str, by: Option<std::time::Instant>) -> io::Result<()> {
+        let path = self.path(key)?;
+        let client = self.reads.client.clone();
+        let object = self.describe(key);
+        let fut = async move {
+            client
+                .head(&path)
+                .await
+                .map_err(|e| os_error("DELETE", &object, e))?;
+            client
+                .delete(&path)
+                .await
+                .map_err(|e| os_error("DELETE", &object, e))
+        };
+        let what = || format!("DELETE {}", self.describe(key));
+        let r = match by {
+            Some(by) => self.reads.bridge.run_by(by, what, fut),
+            None => self.reads.bridge.run(what, fut),
+        };
+        self.forget(key);
+        r
+    }
+
     /// Forgets what is cached about `key` (after this store wrote or
     /// deleted it).
     fn forget(&self, key: &str) {

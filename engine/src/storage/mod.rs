@@ -91,6 +91,16 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn exists(&self, key: &str) -> io::Result<bool>;
     /// Deletes an object durably; a missing one is `NotFound`.
     fn delete(&self, key: &str) -> io::Result<()>;
+    /// [`ObjectStore::delete`], sending no request (and no retry) after
+    /// `deadline`: a deletion that cannot be done by then fails with
+    /// `TimedOut`. A collector deletes under a lease this way, so that no
+    /// deletion of its reaches the store after the lease lapsed (spec
+    /// §10.6). The default ignores the deadline: a store that is not
+    /// [`shared`](ObjectStore::shared) has no lease to outlive.
+    fn delete_by(&self, key: &str, deadline: std::time::Instant) -> io::Result<()> {
+        let _ = deadline;
+        self.delete(key)
+    }
     /// Discards objects staged but never published (after a crash). Only
     /// called by the one process that holds the store.
     fn discard_staged(&self) -> io::Result<()>;

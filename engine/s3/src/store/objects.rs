@@ -174,23 +174,11 @@ impl ObjectStore for S3Store {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
-        // S3 answers a DELETE of a missing key with success; the contract
-        // wants NotFound, so a HEAD comes first.
-        let path = self.inner.path(key)?;
-        let client = self.inner.reads.client.clone();
-        let object = self.inner.describe(key);
-        let r = self.inner.run("DELETE", key, async move {
-            client
-                .head(&path)
-                .await
-                .map_err(|e| os_error("DELETE", &object, e))?;
-            client
-                .delete(&path)
-                .await
-                .map_err(|e| os_error("DELETE", &object, e))
-        });
-        self.inner.forget(key);
-        r
+        self.inner.delete(key, None)
+    }
+
+    fn delete_by(&self, key: &str, deadline: std::time::Instant) -> io::Result<()> {
+        self.inner.delete(key, Some(deadline))
     }
 
     fn discard_staged(&self) -> io::Result<()> {
