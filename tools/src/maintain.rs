@@ -182,7 +182,8 @@ pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult 
     store.close()?;
     let mut out = io::stdout().lock();
     if args.gc.json {
-        return write_json(&mut out, &rep);
+        write_json(&mut out, &rep)?;
+        return left_alone(&rep);
     }
     print_gc(&mut out, &rep.gc)?;
     for s in &rep.skipped {
@@ -210,6 +211,13 @@ pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult 
         rep.seconds
     )
     .map_err(out_err)?;
+    left_alone(&rep)
+}
+
+/// Exit 4 when repack left a pack alone because a chunk in it does not
+/// verify (with `--json` too: the report says which, the status that the
+/// store holds damage).
+fn left_alone(rep: &tessera::RepackReport) -> CliResult {
     if rep.skipped.is_empty() {
         Ok(())
     } else {

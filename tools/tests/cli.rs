@@ -1188,3 +1188,59 @@ fn a_full_disk_fails_a_put_cleanly() {
     assert_eq!(rc("put-small.rc"), "0", "{}", read("put-small.out"));
     assert!(refs.contains("r/a") && refs.contains("r/small"), "{refs}");
 }
+
+/// Found by a hostile probe: `repack --json` exited 0 when it left a pack
+/// alone because a live chunk in it does not verify (without `--json` it
+/// exited 4, as its help says). Scripts use `--json`; they must learn the
+/// store holds damage.
+#[test]
+fn repack_reports_a_damaged_pack_it_left_alone_with_json_too() {
+    let t = Env::new();
+    let tree = t.tmp.path().join("two");
+    fs::create_dir_all(&tree).expect("mkdir");
+    // Random bytes are stored raw, in one pack, a.bin's chunks first.
+    fs::write(tree.join("a.bin"), noise(400_000, 71)).expect("write");
+    fs::write(tree.join("b.bin"), noise(400_000, 72)).expect("write");
+    t.ok(&["put", "two", "--ref-prefix", "m/"]);
+    t.ok(&["ref", "rm", "m/a.bin"]);
+    let mut packs = Vec::new();
+    for sub in fs::read_dir(t.store().join("packs")).expect("packs") {
+        for p in fs::read_dir(sub.expect("entry").path()).expect("fan-out") {
+            packs.push(p.expect("entry").path());
+        }
+    }
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    // A byte of b.bin's (live) chunks flipped.
+    let mut bytes = fs::read(&packs[0]).expect("read pack");
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0xff;
+    fs::write(&packs[0], &bytes).expect("damage");
+    let args = [
+        "repack",
+        "--grace",
+        "0s",
+        "--threshold",
+        "0.99",
+        "--max-garbage",
+        "0",
+    ];
+    for json in [true, false] {
+        let mut a = args.to_vec();
+        if json {
+            a.push("--json");
+        }
+        let out = t.run(&a);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "json {json}: {stdout}{stderr}");
+        assert!(stderr.contains("left alone"), "{stderr}");
+        if json {
+            let v: Value = serde_json::from_str(stdout.trim()).expect("json report");
+            let skipped = v["skipped"].as_array().expect("skipped");
+            assert_eq!(skipped.len(), 1, "{v}");
+        } else {
+            assert!(stdout.contains("SKIPPED"), "{stdout}");
+        }
+    }
+    assert!(packs[0].exists(), "the damaged pack was deleted");
+}
