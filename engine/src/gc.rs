@@ -569,11 +569,11 @@ pub(crate) fn delete_objects(
     Ok(())
 }
 
-/// A journal less the files a ref names (and the packs their recipes use).
-/// A GC journals only files no ref names, under the gate, and the store
-/// stays locked until the journal is finished, so a journal that lists a
-/// named file was not written by that GC (a stale copy, or forged): deleting
-/// on its word would lose a named file.
+/// A journal less the files a ref names and the packs their recipes use. A
+/// GC journals only files no ref names and packs no live recipe uses, under
+/// the gate, and the store stays locked until the journal is finished, so a
+/// journal that lists either was not written by that GC (a stale copy, or
+/// forged): deleting on its word would lose a named file.
 fn spare_named_files(core: &Core, mut journal: Journal) -> Result<Journal> {
     let objects = core.objects.as_ref();
     let mut named: HashSet<FileId> = core
@@ -585,19 +585,21 @@ fn spare_named_files(core: &Core, mut journal: Journal) -> Result<Journal> {
     let mut ignored = Vec::new();
     for key in crate::inventory::refs(objects, &mut ignored)? {
         if let Ok(Ok((_, f))) = objects.get(&key).map(|b| crate::format::decode_ref(&b)) {
-            named.insert(f);
+            if f != DELETED_REF {
+                named.insert(f);
+            }
         }
     }
-    let (spared, dead): (Vec<DeadFile>, Vec<DeadFile>) = journal
-        .files
-        .into_iter()
-        .partition(|(f, _)| named.contains(f));
-    journal.files = dead;
-    if spared.is_empty() {
-        return Ok(journal);
-    }
+    let listed = (journal.files.len(), journal.packs.len());
+    journal.files.retain(|(f, _)| !named.contains(f));
+    // The packs every named file's recipe uses; one whose recipe cannot be
+    // read may use any of them.
+    let listed_packs: HashSet<PackId> = journal.packs.iter().copied().collect();
     let mut keep: HashSet<PackId> = HashSet::new();
-    for (file, _) in &spared {
+    for file in &named {
+        if keep.len() == listed_packs.len() {
+            break;
+        }
         let recipe = core
             .index
             .recipe_bytes(file)?
@@ -607,18 +609,28 @@ fn spare_named_files(core: &Core, mut journal: Journal) -> Result<Journal> {
                 Recipe::decode(*file, &b).ok()
             });
         match recipe {
-            Some(r) => keep.extend(r.terms.iter().map(|t| t.pack)),
-            // Which packs it needs is unknown: keep them all.
-            None => keep.extend(journal.packs.iter().copied()),
+            Some(r) => keep.extend(
+                r.terms
+                    .iter()
+                    .map(|t| t.pack)
+                    .filter(|p| listed_packs.contains(p)),
+            ),
+            None => keep.extend(listed_packs.iter().copied()),
         }
     }
     journal.packs.retain(|p| !keep.contains(p));
-    tracing::error!(
-        files = spared.len(),
-        packs = keep.len(),
-        journal = %objects.describe(GC_JOURNAL),
-        "the GC journal lists files a ref names; they and their packs are kept"
+    let spared = (
+        listed.0 - journal.files.len(),
+        listed.1 - journal.packs.len(),
     );
+    if spared != (0, 0) {
+        tracing::error!(
+            files = spared.0,
+            packs = spared.1,
+            journal = %objects.describe(GC_JOURNAL),
+            "the GC journal lists files a ref names, or packs their recipes use; they are kept"
+        );
+    }
     Ok(journal)
 }
 

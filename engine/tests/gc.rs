@@ -625,6 +625,56 @@ fn a_journal_listing_named_files_spares_them() {
     assert!(v.is_clean(), "{:?}", v.problems);
 }
 
+/// Found by a hostile probe: a journal listing only packs (no file) was
+/// finished by the next open, even of a read-only command, deleting a pack
+/// a named file needed. A listed pack that a named file's recipe uses is
+/// kept; one nothing uses still goes.
+#[test]
+fn a_journal_listing_packs_named_files_use_spares_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let named = noise(1_500_000, 41);
+    let a = store.put_bytes(&named, &["m/a"]).expect("put");
+    let b = store.put_bytes(&noise(900_000, 42), &["m/b"]).expect("put");
+    store.delete_ref("m/b").expect("rm ref");
+    let a_packs = store.info(&a.file_id).expect("info").packs;
+    let b_packs: Vec<_> = store
+        .info(&b.file_id)
+        .expect("info")
+        .packs
+        .into_iter()
+        .filter(|p| !a_packs.contains(p))
+        .collect();
+    assert!(!b_packs.is_empty());
+    drop(store);
+    let packs: Vec<String> = a_packs
+        .iter()
+        .chain(&b_packs)
+        .map(|p| format!("\"{p}\""))
+        .collect();
+    let journal = format!(
+        "{{\"files\":[],\"packs\":[{}],\"relink\":[]}}",
+        packs.join(",")
+    );
+    std::fs::create_dir_all(dir.path().join("gc")).expect("mkdir");
+    std::fs::write(dir.path().join(GC_JOURNAL), journal).expect("journal");
+    let store = Store::open(dir.path(), small_packs()).expect("open finishes the journal");
+    assert!(!dir.path().join(GC_JOURNAL).exists(), "journal left");
+    for p in &a_packs {
+        assert!(
+            dir.path().join(tessera::testing::pack_key(p)).exists(),
+            "a pack m/a needs was deleted: {p}"
+        );
+    }
+    for p in &b_packs {
+        assert!(
+            !dir.path().join(tessera::testing::pack_key(p)).exists(),
+            "a pack nothing named uses was kept: {p}"
+        );
+    }
+    assert!(read_all(&store, &a.file_id).expect("read") == named);
+}
+
 /// Found by a hostile probe (on S3, where it lost a named file): a damaged
 /// ref file must never let the file it names be collected. With the
 /// index's verified copy of the ref, GC keeps the file; once the index has
