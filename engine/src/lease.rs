@@ -64,6 +64,28 @@ impl Default for LeaseOptions {
     }
 }
 
+/// Why a lease still held cannot be taken, and when it can be: the holder
+/// counts it until `expires_ms` by its clock, another process only after
+/// that plus the allowed clock skew.
+fn held_detail(r: &LeaseRecord, now: u64, skew: Duration) -> String {
+    let takeover = r.expires_ms.saturating_add(ms(skew));
+    let secs = |ms: u64| ms.div_ceil(1000);
+    if now < r.expires_ms {
+        format!(
+            "it expires in {} s unless renewed; another process may take it over {} s from now",
+            secs(r.expires_ms - now),
+            secs(takeover.saturating_sub(now))
+        )
+    } else {
+        format!(
+            "it expired {} s ago without a renewal; another process may take it over in {} s (the {} s allowed for clock skew)",
+            secs(now - r.expires_ms),
+            secs(takeover.saturating_sub(now)),
+            skew.as_secs()
+        )
+    }
+}
+
 /// The lease object (JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
@@ -179,11 +201,8 @@ impl Lease {
                     {
                         return Err(Error::LeaseHeld {
                             object: store.describe(key),
+                            detail: held_detail(&r, now, opts.max_clock_skew),
                             holder: r.holder,
-                            detail: format!(
-                                "it expires in {} s unless renewed",
-                                r.expires_ms.saturating_sub(now) / 1000
-                            ),
                         })
                     }
                     Ok(r) => (r.token + 1, Some(v)),
@@ -330,6 +349,31 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let s: Arc<dyn ObjectStore> = Arc::new(DirStore::new(d.path(), ReadMode::Pread));
         (d, s)
+    }
+
+    /// Found by a probe: a lease past its expiry but within the clock skew
+    /// was refused with "it expires in 0 s", for up to another minute.
+    #[test]
+    fn a_held_lease_says_when_it_can_be_taken_over() {
+        let r = LeaseRecord {
+            version: 1,
+            holder: "pid 1 on h".into(),
+            token: 3,
+            acquired_ms: 0,
+            expires_ms: 100_000,
+            released: false,
+        };
+        let skew = Duration::from_secs(60);
+        let d = held_detail(&r, 90_000, skew);
+        assert!(
+            d.contains("expires in 10 s") && d.contains("take it over 70 s from now"),
+            "{d}"
+        );
+        let d = held_detail(&r, 130_000, skew);
+        assert!(
+            d.contains("expired 30 s ago") && d.contains("take it over in 30 s"),
+            "{d}"
+        );
     }
 
     fn quick(ttl_ms: u64) -> LeaseOptions {
