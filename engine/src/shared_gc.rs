@@ -58,7 +58,9 @@ pub(crate) fn repack(
     };
     let gc_report = run(core, &opts.gc, progress, &mut |core, first, progress| {
         rep.gc = first.report.clone();
-        rep.stored_bytes_before = first.report.stored_bytes_before;
+        // As on a directory store: what the rewrite starts from, once the
+        // GC deleted the dead packs (a dry run's estimate included them).
+        rep.stored_bytes_before = first.report.stored_bytes_after;
         let chosen = repack::choose(first, opts, core.opts.pack_target_bytes);
         let dead = first.journal.files.iter().map(|(f, _)| *f).collect();
         match repack::rewrite(core, &chosen, &dead, opts, &mut rep, progress)? {

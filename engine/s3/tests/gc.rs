@@ -238,18 +238,35 @@ fn repack_on_a_shared_store_rewrites_and_other_nodes_follow() {
     let b = node(t, &url, &tmp.path().join("b"), false);
     assert_eq!(read_all(&b.store, &yf), y);
     a.store.delete_ref("m/x").expect("delete ref");
+    // And a pack nothing names any more, which the GC deletes whole.
+    a.store
+        .put_bytes(&tessera_synth::noise(300_000, 23), &["m/z"])
+        .expect("put z");
+    a.store.delete_ref("m/z").expect("delete ref");
 
     let c = node(t, &url, &tmp.path().join("c"), false);
+    let opts = |dry_run| RepackOptions {
+        threshold: 0.9,
+        gc: GcOptions {
+            dry_run,
+            ..gc_opts(Duration::from_millis(800))
+        },
+        ..RepackOptions::default()
+    };
+    // A dry run's estimate counts the dead pack gone too (it did not).
+    let dry = c.store.repack(&opts(true)).expect("dry run");
     let rep = c
         .store
-        .repack(&RepackOptions {
-            threshold: 0.9,
-            gc: gc_opts(Duration::from_millis(800)),
-            ..RepackOptions::default()
-        })
+        .repack(&opts(false))
         .expect("repack on a shared store");
+    assert!(
+        dry.stored_bytes_after.abs_diff(rep.stored_bytes_after) < 16 << 10,
+        "estimated {} bytes after, got {}",
+        dry.stored_bytes_after,
+        rep.stored_bytes_after
+    );
     assert_eq!(rep.packs_rewritten, 1, "{rep:?}");
-    assert_eq!(rep.gc.dead_files, 1, "{rep:?}");
+    assert_eq!(rep.gc.dead_files, 2, "x and z: {rep:?}");
     let keys = a.s3.list("").expect("list");
     assert!(
         !keys.contains(&pack_key(&shared_pack[0])),
