@@ -125,6 +125,18 @@ impl RefWrite {
 /// [`Error::RefConflict`]. Returns what the ref named before and the version
 /// written. Works on any store (a non-shared one serializes within the
 /// process).
+/// How a failed ref write is named: one the bucket refused was not made;
+/// after a timeout or a lost connection the request may still be applied
+/// later (a found-by-probe case: a write that timed out landed 90 s later),
+/// so the caller is told its outcome is unknown.
+fn write_failed(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::PermissionDenied | K::InvalidInput | K::NotFound | K::Unsupported => "write ref",
+        _ => "write ref (outcome unknown: the request may still be applied; check the ref before relying on it)",
+    }
+}
+
 pub(crate) fn write_ref(
     core: &Core,
     name: &str,
@@ -175,7 +187,7 @@ pub(crate) fn write_ref(
         let version = state.as_ref().map(|(_, _, v)| v);
         match objects
             .put_if_version(&key, &data, version)
-            .map_err(|e| io_err(objects, "write ref", &key, e))?
+            .map_err(|e| io_err(objects, write_failed(&e), &key, e))?
         {
             Cas::Written(v) => return Ok(written(Some(v))),
             // Another writer got in between: read what it wrote and go
@@ -253,4 +265,21 @@ pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
         core.index.set_ref(name, file)?;
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ref_write_that_may_still_land_says_so() {
+        use std::io::{Error as E, ErrorKind as K};
+        assert_eq!(write_failed(&E::from(K::PermissionDenied)), "write ref");
+        for kind in [K::TimedOut, K::Other, K::ConnectionReset] {
+            assert!(
+                write_failed(&E::from(kind)).contains("outcome unknown"),
+                "{kind:?}"
+            );
+        }
+    }
 }
