@@ -135,7 +135,7 @@ fn a_collector_that_loses_its_lease_stops_deleting_at_once() {
         ..StoreOptions::default()
     };
     // About 20 packs nothing names any more.
-    let a = Store::open_with(s3("a"), &tmp.path().join("a"), opts(true)).expect("open a");
+    let a = Store::open_with(s3("a"), tmp.path().join("a"), opts(true)).expect("open a");
     a.put_bytes(&tessera_synth::noise(5 << 20, 9), &["m/old"])
         .expect("put");
     a.delete_ref("m/old").expect("unname");
@@ -145,7 +145,7 @@ fn a_collector_that_loses_its_lease_stops_deleting_at_once() {
         deletes: Mutex::new(Vec::new()),
         last_lease_write: Mutex::new(None),
     });
-    let c = Store::open_with(slow.clone(), &tmp.path().join("c"), opts(false)).expect("open c");
+    let c = Store::open_with(slow.clone(), tmp.path().join("c"), opts(false)).expect("open c");
     let r = c.gc(&GcOptions {
         grace: Duration::ZERO,
         writer_window: CHECK_VALID * 3,
