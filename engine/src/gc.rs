@@ -17,7 +17,9 @@ use crate::ids::{ChunkId, FileId, PackId, Sha256};
 use crate::index::now_millis;
 use crate::lease::LeaseOptions;
 use crate::options::{check_duration, millis};
-use crate::paths::{model_key, pack_key, recipe_key, ref_key, GC_JOURNAL};
+use crate::paths::{
+    file_of_model_key, model_key, pack_key, recipe_key, ref_key, GC_JOURNAL, MODELS,
+};
 use crate::storage::PutMode;
 
 /// How to collect.
@@ -216,6 +218,17 @@ fn mark(
             dead.push((file, Some(recipe.sha256)));
         }
     }
+    // Model descriptions of files that are not stored (left by a deletion
+    // cut short before descriptions went first): dead with their file. A
+    // description is written after its recipe, so one without a recipe is
+    // never an ingest's in flight.
+    for file in orphan_descriptions(core, &indexed)? {
+        if named.contains(&file) || only.is_some_and(|c| !c.files.contains(&file)) {
+            continue;
+        }
+        rep.dead_files += 1;
+        dead.push((file, None));
+    }
     // A named file the index holds no recipe of: its recipe object is read
     // (a recipe another node published after the survey listed them), and
     // one missing or damaged stops the GC — deleting the chunks it names
@@ -229,6 +242,32 @@ fn mark(
         }
     }
     Ok((marks, dead))
+}
+
+/// The files with a model description but neither an index entry nor a
+/// recipe object.
+fn orphan_descriptions(core: &Core, indexed: &HashSet<FileId>) -> Result<Vec<FileId>> {
+    let objects = core.objects.as_ref();
+    let keys = objects
+        .list(MODELS)
+        .map_err(|e| Error::io("list", objects.describe(MODELS), e))?;
+    let mut out = Vec::new();
+    for key in keys {
+        let Some(file) = file_of_model_key(&key) else {
+            continue;
+        };
+        if indexed.contains(&file) {
+            continue;
+        }
+        let recipe = recipe_key(&file);
+        match objects.exists(&recipe) {
+            Ok(true) => {}
+            Ok(false) => out.push(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(file),
+            Err(e) => return Err(Error::io("stat", objects.describe(&recipe), e)),
+        }
+    }
+    Ok(out)
 }
 
 /// The recipe object of `file`, which a ref names and the index lacks;
@@ -537,10 +576,12 @@ pub(crate) fn delete_objects(
 ) -> Result<()> {
     let objects = core.objects.as_ref();
     let mut keys: Vec<String> = Vec::new();
-    for (file, _) in &journal.files {
-        keys.push(recipe_key(file));
-        keys.push(model_key(file));
-    }
+    // Descriptions before recipes: a deletion cut short leaves a dead
+    // file's recipe, which the next GC collects again (a description is
+    // derived data, recomputed when missing), never a description whose
+    // recipe is gone.
+    keys.extend(journal.files.iter().map(|(f, _)| model_key(f)));
+    keys.extend(journal.files.iter().map(|(f, _)| recipe_key(f)));
     keys.extend(journal.packs.iter().map(pack_key));
     keys.push(GC_JOURNAL.to_string());
     for key in keys {

@@ -675,6 +675,50 @@ fn a_journal_listing_packs_named_files_use_spares_them() {
     assert!(read_all(&store, &a.file_id).expect("read") == named);
 }
 
+/// Found by a hostile probe (on S3): a collection cut short between a dead
+/// file's recipe and its model description left the description, which
+/// `verify` then reported as damage for ever, since nothing collected it.
+/// Descriptions now go first, and GC collects one whose file is not stored.
+#[test]
+fn a_description_left_without_its_file_is_collected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let kept = store
+        .put_bytes(&noise(300_000, 51), &["m/kept"])
+        .expect("put");
+    let gone = store
+        .put_bytes(&noise(300_000, 52), &["m/gone"])
+        .expect("put");
+    let kept_key = dir.path().join(tessera::testing::model_key(&kept.file_id));
+    let gone_key = dir.path().join(tessera::testing::model_key(&gone.file_id));
+    assert!(kept_key.exists() && gone_key.exists());
+    let description = std::fs::read(&gone_key).expect("read description");
+    store.delete_ref("m/gone").expect("rm ref");
+    store.gc(&no_grace()).expect("gc");
+    assert!(!gone_key.exists(), "a dead file's description was kept");
+    // What a cut-short collection on a bucket leaves: the description only.
+    std::fs::write(&gone_key, &description).expect("leave it behind");
+    let v = store
+        .verify(tessera::VerifyOptions::default())
+        .expect("verify");
+    assert!(!v.is_clean(), "verify missed the leftover");
+    let dry = store
+        .gc(&GcOptions {
+            dry_run: true,
+            ..no_grace()
+        })
+        .expect("dry run");
+    assert_eq!(dry.dead_files, 1, "{dry:?}");
+    assert!(gone_key.exists(), "a dry run deleted it");
+    store.gc(&no_grace()).expect("gc");
+    assert!(!gone_key.exists(), "the leftover description was kept");
+    assert!(kept_key.exists(), "a stored file's description was deleted");
+    let v = store
+        .verify(tessera::VerifyOptions::default())
+        .expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+}
+
 /// Found by a hostile probe (on S3, where it lost a named file): a damaged
 /// ref file must never let the file it names be collected. With the
 /// index's verified copy of the ref, GC keeps the file; once the index has
