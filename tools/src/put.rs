@@ -152,6 +152,20 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
     let mut refused = 0usize;
     // Files stored and printed so far.
     let stored = std::cell::Cell::new(0usize);
+    // Of several files, which failed (`what`) and how many are stored.
+    let stopped = |what: String, e: CliError| -> CliError {
+        if inputs.len() == 1 {
+            return e;
+        }
+        CliError::While(
+            format!(
+                "{what} ({} of {} files stored and printed above; put the others again)",
+                stored.get(),
+                inputs.len()
+            ),
+            Box::new(e),
+        )
+    };
     let mut commit = |ingest: tessera::Ingest<'_>, group: &mut Vec<&Input>| -> CliResult {
         let reports = ingest.commit()?;
         stored.set(stored.get() + reports.len());
@@ -217,22 +231,10 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
                     refused += 1;
                     continue;
                 }
-                // Of several, which one failed and which are stored.
-                e if inputs.len() > 1 => {
-                    pb.finish_and_clear();
-                    return Err(CliError::While(
-                        format!(
-                            "storing {} ({} of {} files stored and printed above; put the others again)",
-                            crate::printable(&input.shown, false),
-                            stored.get(),
-                            inputs.len()
-                        ),
-                        Box::new(e.into()),
-                    ));
-                }
                 e => {
                     pb.finish_and_clear();
-                    return Err(e.into());
+                    let what = format!("storing {}", crate::printable(&input.shown, false));
+                    return Err(stopped(what, e.into()));
                 }
             }
         }
@@ -244,18 +246,11 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
             let count = staged.len();
             if let Err(e) = commit(group, &mut staged) {
                 pb.finish_and_clear();
-                if inputs.len() == 1 {
-                    return Err(e);
-                }
-                return Err(CliError::While(
-                    format!(
-                        "storing the {count} files up to {} ({} of {} files stored and printed above; put the others again)",
-                        crate::printable(&input.shown, false),
-                        stored.get(),
-                        inputs.len()
-                    ),
-                    Box::new(e),
-                ));
+                let what = format!(
+                    "storing the {count} files up to {}",
+                    crate::printable(&input.shown, false)
+                );
+                return Err(stopped(what, e));
             }
             staged_bytes = 0;
         }
