@@ -189,10 +189,48 @@ fn table_desc_len(lens: &[u8; 256]) -> usize {
     2 + (last - first + 1).div_ceil(2)
 }
 
+/// Reusable encoder state: the two-symbol code table.
+#[derive(Default)]
+pub struct EncodeTables {
+    /// Entry for the symbol pair `(a, b)` at `a | b << 8`: `a`'s code bits
+    /// then `b`'s (LSB-first) in bits 0..22, their total length from bit 24.
+    /// Only pairs of symbols present in the current plane are valid.
+    pairs: Vec<u32>,
+}
+
+/// Alphabets of up to this many symbols are coded two symbols per table
+/// look-up (byte-plane exponents: a few dozen). Building the pair table
+/// costs one entry per pair of present symbols, which for larger alphabets
+/// (int8 weights: all 256) outweighs what it saves.
+const PAIR_MAX_SYMBOLS: usize = 64;
+
+impl EncodeTables {
+    /// Fills the pair entries of the symbols `present` from `table`.
+    fn build(&mut self, table: &[u32; 256], present: &[u8]) -> &[u32; 1 << 16] {
+        if self.pairs.len() != 1 << 16 {
+            self.pairs = vec![0; 1 << 16];
+        }
+        for &a in present {
+            let ea = table[a as usize];
+            let (ca, la) = (ea & 0xFFFF, ea >> 16);
+            let row = &mut self.pairs[(a as usize)..];
+            for &b in present {
+                let eb = table[b as usize];
+                let (cb, lb) = (eb & 0xFFFF, eb >> 16);
+                row[(b as usize) << 8] = (ca | cb << la) | (la + lb) << 24;
+            }
+        }
+        self.pairs
+            .as_slice()
+            .try_into()
+            .expect("the pair table has 65536 entries")
+    }
+}
+
 /// Appends the Huffman payload of `plane` (table description, stream
 /// lengths, four streams) to `out`. `lens` must come from [`code_lengths`]
 /// with at least two symbols, for a histogram covering every byte of `plane`.
-pub fn encode(plane: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
+pub fn encode(plane: &[u8], lens: &[u8; 256], tables: &mut EncodeTables, out: &mut Vec<u8>) {
     let first = lens.iter().position(|&l| l != 0).unwrap_or(0);
     let last = lens.iter().rposition(|&l| l != 0).unwrap_or(0);
     out.push(first as u8);
@@ -202,13 +240,25 @@ pub fn encode(plane: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
         out.push(pair[0] | (hi << 4));
     }
     let table = encode_table(lens);
+    let mut present = [0u8; 256];
+    let mut count = 0;
+    for (s, &l) in lens.iter().enumerate() {
+        if l != 0 {
+            present[count] = s as u8;
+            count += 1;
+        }
+    }
+    let pairs = (count <= PAIR_MAX_SYMBOLS).then(|| tables.build(&table, &present[..count]));
     let jump = out.len();
     out.extend_from_slice(&[0u8; JUMP_LEN]);
     let n = plane.len();
     for k in 0..STREAMS {
         let (a, b) = segment(n, k);
         let start = out.len();
-        encode_stream(&plane[a..b], &table, out);
+        match pairs {
+            Some(pairs) => encode_stream_pairs(&plane[a..b], &table, pairs, out),
+            None => encode_stream(&plane[a..b], &table, out),
+        }
         if k < STREAMS - 1 {
             let len = (out.len() - start) as u32;
             out[jump + 4 * k..jump + 4 * k + 4].copy_from_slice(&len.to_le_bytes());
@@ -240,6 +290,39 @@ fn encode_stream(syms: &[u8], table: &[u32; 256], out: &mut Vec<u8>) {
         n &= 7;
     }
     for &s in groups.remainder() {
+        let e = table[s as usize];
+        bits |= ((e & 0xFFFF) as u64) << n;
+        n += e >> 16;
+    }
+    buf[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
+    pos += (n as usize).div_ceil(8);
+    out.truncate(start + pos);
+}
+
+/// [`encode_stream`] two symbols per look-up: same output.
+fn encode_stream_pairs(syms: &[u8], table: &[u32; 256], pairs: &[u32; 1 << 16], out: &mut Vec<u8>) {
+    let start = out.len();
+    let max = (syms.len() * MAX_LEN as usize).div_ceil(8) + 8;
+    out.resize(start + max, 0);
+    let buf = &mut out[start..];
+    let mut pos = 0usize;
+    let mut bits = 0u64;
+    let mut n = 0u32;
+    // Two pairs (at most 44 bits) fit above the at most 7 bits left over.
+    let (quads, rest) = syms.as_chunks::<4>();
+    for &[a, b, c, d] in quads {
+        let e = pairs[u16::from_le_bytes([a, b]) as usize];
+        bits |= ((e & 0xFF_FFFF) as u64) << n;
+        n += e >> 24;
+        let e = pairs[u16::from_le_bytes([c, d]) as usize];
+        bits |= ((e & 0xFF_FFFF) as u64) << n;
+        n += e >> 24;
+        buf[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
+        pos += (n >> 3) as usize;
+        bits >>= n & !7;
+        n &= 7;
+    }
+    for &s in rest {
         let e = table[s as usize];
         bits |= ((e & 0xFFFF) as u64) << n;
         n += e >> 16;
@@ -700,7 +783,7 @@ mod tests {
         let mut lens = [0u8; 256];
         assert!(code_lengths(&hist, &mut lens) >= 2);
         let mut payload = Vec::new();
-        encode(plane, &lens, &mut payload);
+        encode(plane, &lens, &mut EncodeTables::default(), &mut payload);
         assert!(payload.len() <= payload_size_bound(&hist, &lens));
         let mut tables = DecodeTables::default();
         let mut out = vec![0u8; plane.len()];
@@ -776,11 +859,59 @@ mod tests {
                 continue;
             }
             let mut fast = vec![0xAA; 3]; // appended after existing bytes
-            encode(&plane, &lens, &mut fast);
+            encode(&plane, &lens, &mut EncodeTables::default(), &mut fast);
             assert_eq!(&fast[..3], &[0xAA; 3], "n = {n}");
             assert_eq!(fast[3..], encode_bit_by_bit(&plane, &lens), "n = {n}");
             assert_eq!(roundtrip(&plane), fast.len() - 3, "n = {n}");
         }
+    }
+
+    #[test]
+    fn one_encoder_state_serves_changing_alphabets_bit_exactly() {
+        // The pair table is reused from plane to plane; entries of symbols
+        // absent from the current plane are stale and must not be used.
+        // Alphabets of 2..=64 symbols take the two-symbol path, larger ones
+        // the one-symbol path; a skewed 64-symbol alphabet reaches the
+        // 11-bit length limit (two pairs of 22 bits per flush).
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut tables = EncodeTables::default();
+        let mut long_codes_in_pairs = false;
+        for (i, k) in [2u64, 64, 256, 5, 65, 64, 3, 200, 40]
+            .into_iter()
+            .enumerate()
+        {
+            let base = (i * 37 % 190) as u64;
+            let plane: Vec<u8> = (0..10_007)
+                .map(|_| {
+                    let v = next() % k;
+                    // Geometric: symbol j about twice as rare as j - 1.
+                    let skewed = (next() | 1 << 40).trailing_zeros() as u64 % k;
+                    ((if i % 2 == 0 { v } else { skewed }) + base) as u8
+                })
+                .collect();
+            let mut hist = [0u32; 256];
+            histogram(&plane, &mut hist);
+            let mut lens = [0u8; 256];
+            if code_lengths(&hist, &mut lens) < 2 {
+                continue;
+            }
+            let present = lens.iter().filter(|&&l| l != 0).count();
+            long_codes_in_pairs |=
+                present <= PAIR_MAX_SYMBOLS && lens.iter().any(|&l| l as u32 == MAX_LEN);
+            let mut payload = Vec::new();
+            encode(&plane, &lens, &mut tables, &mut payload);
+            assert_eq!(payload, encode_bit_by_bit(&plane, &lens), "plane {i}");
+        }
+        assert!(
+            long_codes_in_pairs,
+            "no plane took the pair path with 11-bit codes"
+        );
     }
 
     #[test]
@@ -869,7 +1000,7 @@ mod tests {
                     continue;
                 }
                 let mut payload = Vec::new();
-                encode(&plane, &lens, &mut payload);
+                encode(&plane, &lens, &mut EncodeTables::default(), &mut payload);
                 let mut tables = DecodeTables::default();
                 let mut out = vec![0u8; plane.len()];
                 decode(&payload, &mut tables, &mut out).expect("decodes");
@@ -930,7 +1061,7 @@ mod tests {
         let mut lens = [0u8; 256];
         code_lengths(&hist, &mut lens);
         let mut payload = Vec::new();
-        encode(&plane, &lens, &mut payload);
+        encode(&plane, &lens, &mut EncodeTables::default(), &mut payload);
         let mut t = DecodeTables::default();
         let mut out = vec![0u8; plane.len()];
         // One byte more in the last stream.

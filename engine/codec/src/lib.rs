@@ -277,6 +277,7 @@ pub struct Encoder {
     out: Vec<u8>,
     planes: Vec<u8>,
     zbuf: Vec<u8>,
+    huff: huff::EncodeTables,
 }
 
 /// What the encoder will try for a chunk.
@@ -308,6 +309,7 @@ impl Encoder {
             out: Vec::new(),
             planes: Vec::new(),
             zbuf: Vec::new(),
+            huff: huff::EncodeTables::default(),
         })
     }
 
@@ -537,6 +539,7 @@ impl Encoder {
             planes,
             zstd,
             zbuf,
+            huff,
             ..
         } = self;
         out.clear();
@@ -550,7 +553,7 @@ impl Encoder {
             planes
         };
         for k in 0..layout.width {
-            encode_plane(&data[k * n..(k + 1) * n], out, zstd, zbuf);
+            encode_plane(&data[k * n..(k + 1) * n], out, zstd, zbuf, huff);
             if out.len() > limit {
                 return Method::None;
             }
@@ -601,6 +604,7 @@ fn encode_plane(
     out: &mut Vec<u8>,
     zstd: &mut zstd::bulk::Compressor<'static>,
     zbuf: &mut Vec<u8>,
+    huff: &mut huff::EncodeTables,
 ) {
     let n = plane.len();
     let raw = |out: &mut Vec<u8>| {
@@ -648,7 +652,7 @@ fn encode_plane(
     out.push(planes::MODE_HUFFMAN);
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
-    huff::encode(plane, &lens, out);
+    huff::encode(plane, &lens, huff, out);
     let len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
