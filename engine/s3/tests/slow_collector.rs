@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera::lease::LeaseOptions;
-use tessera::storage::{Cas, Listed, ObjectStore, ReadHandle, StagedObject, Version};
+use tessera::testing::{Call, Intercepted, Interceptor};
 use tessera::{Error, GcOptions, Store, StoreOptions};
 use tessera_s3::testing::s3_target;
 use tessera_s3::S3Store;
@@ -22,11 +22,9 @@ const CHECK_VALID: Duration = Duration::from_millis(300);
 const LEASE_TTL: Duration = Duration::from_secs(3);
 const DELETE_TAKES: Duration = Duration::from_millis(400);
 
-/// An S3 store whose deletions are slow, and whose lease writes fail once
-/// deleting has begun.
-#[derive(Debug)]
+/// Makes deletions slow, and refuses lease writes once deleting has begun.
+#[derive(Debug, Default)]
 struct SlowCollector {
-    inner: Arc<S3Store>,
     deleting: AtomicBool,
     /// When each deletion was started.
     deletes: Mutex<Vec<Instant>>,
@@ -34,85 +32,32 @@ struct SlowCollector {
     last_lease_write: Mutex<Option<Instant>>,
 }
 
-impl SlowCollector {
-    fn delete_slowly(&self, key: &str, by: Option<Instant>) -> io::Result<()> {
-        if key.starts_with("packs/") {
-            self.deleting.store(true, Ordering::SeqCst);
-            self.deletes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Instant::now());
-            std::thread::sleep(DELETE_TAKES);
-        }
-        match by {
-            Some(by) => self.inner.delete_by(key, by),
-            None => self.inner.delete(key),
+impl Interceptor for SlowCollector {
+    fn before(&self, call: Call, key: &str) -> io::Result<()> {
+        match call {
+            Call::Delete if key.starts_with("packs/") => {
+                self.deleting.store(true, Ordering::SeqCst);
+                self.deletes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Instant::now());
+                std::thread::sleep(DELETE_TAKES);
+                Ok(())
+            }
+            Call::PutIfVersion if key == "gc/lease" && self.deleting.load(Ordering::SeqCst) => Err(
+                io::Error::other("503 SlowDown (the test refuses lease writes)"),
+            ),
+            _ => Ok(()),
         }
     }
-}
 
-impl ObjectStore for SlowCollector {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn describe(&self, key: &str) -> String {
-        self.inner.describe(key)
-    }
-    fn stage(&self) -> io::Result<Box<dyn StagedObject>> {
-        self.inner.stage()
-    }
-    fn put(&self, key: &str, data: &[u8], mode: tessera::storage::PutMode) -> io::Result<()> {
-        self.inner.put(key, data, mode)
-    }
-    fn get(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn open(&self, key: &str) -> io::Result<Arc<dyn ReadHandle>> {
-        self.inner.open(key)
-    }
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn exists(&self, key: &str) -> io::Result<bool> {
-        self.inner.exists(key)
-    }
-    fn delete(&self, key: &str) -> io::Result<()> {
-        self.delete_slowly(key, None)
-    }
-    fn delete_by(&self, key: &str, deadline: Instant) -> io::Result<()> {
-        self.delete_slowly(key, Some(deadline))
-    }
-    fn discard_staged(&self) -> io::Result<()> {
-        self.inner.discard_staged()
-    }
-    fn foreign(&self) -> io::Result<Option<String>> {
-        self.inner.foreign()
-    }
-    fn shared(&self) -> bool {
-        self.inner.shared()
-    }
-    fn get_versioned(&self, key: &str) -> io::Result<Option<(Vec<u8>, Version)>> {
-        self.inner.get_versioned(key)
-    }
-    fn put_if_version(&self, key: &str, data: &[u8], expect: Option<&Version>) -> io::Result<Cas> {
-        let lease = key == "gc/lease";
-        if lease && self.deleting.load(Ordering::SeqCst) {
-            return Err(io::Error::other(
-                "503 SlowDown (the test refuses lease writes)",
-            ));
-        }
-        let sent = Instant::now();
-        let r = self.inner.put_if_version(key, data, expect);
-        if lease && matches!(r, Ok(Cas::Written(_))) {
+    fn after(&self, call: Call, key: &str, sent: Instant, ok: bool) {
+        if call == Call::PutIfVersion && key == "gc/lease" && ok {
             *self
                 .last_lease_write
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(sent);
         }
-        r
-    }
-    fn list_versioned(&self, prefix: &str) -> io::Result<Vec<Listed>> {
-        self.inner.list_versioned(prefix)
     }
 }
 
@@ -139,12 +84,7 @@ fn a_collector_that_loses_its_lease_stops_deleting_at_once() {
     a.put_bytes(&tessera_synth::noise(5 << 20, 9), &["m/old"])
         .expect("put");
     a.delete_ref("m/old").expect("unname");
-    let slow = Arc::new(SlowCollector {
-        inner: s3("c"),
-        deleting: AtomicBool::new(false),
-        deletes: Mutex::new(Vec::new()),
-        last_lease_write: Mutex::new(None),
-    });
+    let slow = Arc::new(Intercepted::new(s3("c"), SlowCollector::default()));
     let c = Store::open_with(slow.clone(), tmp.path().join("c"), opts(false)).expect("open c");
     let r = c.gc(&GcOptions {
         grace: Duration::ZERO,
@@ -156,11 +96,13 @@ fn a_collector_that_loses_its_lease_stops_deleting_at_once() {
         ..GcOptions::default()
     });
     let deletes = slow
+        .hooks()
         .deletes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let last = slow
+        .hooks()
         .last_lease_write
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera::lease::LeaseOptions;
-use tessera::storage::{Cas, Listed, ObjectStore, ReadHandle, StagedObject, Version};
-use tessera::testing::{recipe_key, ref_key};
+use tessera::storage::ObjectStore;
+use tessera::testing::{recipe_key, ref_key, Call, Intercepted, Interceptor};
 use tessera::{Error, FileId, GcOptions, Result, Store, StoreOptions, VerifyOptions};
 use tessera_s3::testing::s3_target;
 use tessera_s3::S3Store;
@@ -26,76 +26,38 @@ use tessera_s3::S3Store;
 /// window is more than twice it, as the spec requires.
 const CHECK_VALID: Duration = Duration::from_millis(300);
 
-/// An S3 store whose conditional write of one key waits for a release.
+/// Holds the writes of one key until the test releases them.
 #[derive(Debug)]
-struct HeldWrite {
-    inner: Arc<S3Store>,
+struct HoldWrite {
     key: String,
     entered: AtomicBool,
     released: AtomicBool,
 }
 
-impl HeldWrite {
-    fn hold(&self, key: &str) {
-        if key != self.key {
-            return;
+impl Interceptor for HoldWrite {
+    fn before(&self, call: Call, key: &str) -> io::Result<()> {
+        if !matches!(call, Call::Put | Call::PutIfVersion) || key != self.key {
+            return Ok(());
         }
         self.entered.store(true, Ordering::SeqCst);
         let t0 = Instant::now();
         while !self.released.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
     }
 }
 
-impl ObjectStore for HeldWrite {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn describe(&self, key: &str) -> String {
-        self.inner.describe(key)
-    }
-    fn stage(&self) -> io::Result<Box<dyn StagedObject>> {
-        self.inner.stage()
-    }
-    fn put(&self, key: &str, data: &[u8], mode: tessera::storage::PutMode) -> io::Result<()> {
-        self.hold(key);
-        self.inner.put(key, data, mode)
-    }
-    fn get(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn open(&self, key: &str) -> io::Result<Arc<dyn ReadHandle>> {
-        self.inner.open(key)
-    }
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn exists(&self, key: &str) -> io::Result<bool> {
-        self.inner.exists(key)
-    }
-    fn delete(&self, key: &str) -> io::Result<()> {
-        self.inner.delete(key)
-    }
-    fn discard_staged(&self) -> io::Result<()> {
-        self.inner.discard_staged()
-    }
-    fn foreign(&self) -> io::Result<Option<String>> {
-        self.inner.foreign()
-    }
-    fn shared(&self) -> bool {
-        self.inner.shared()
-    }
-    fn get_versioned(&self, key: &str) -> io::Result<Option<(Vec<u8>, Version)>> {
-        self.inner.get_versioned(key)
-    }
-    fn put_if_version(&self, key: &str, data: &[u8], expect: Option<&Version>) -> io::Result<Cas> {
-        self.hold(key);
-        self.inner.put_if_version(key, data, expect)
-    }
-    fn list_versioned(&self, prefix: &str) -> io::Result<Vec<Listed>> {
-        self.inner.list_versioned(prefix)
-    }
+/// An S3 store whose writes of `key` wait for a release.
+fn held_write(inner: Arc<S3Store>, key: String) -> Arc<Intercepted<HoldWrite>> {
+    Arc::new(Intercepted::new(
+        inner,
+        HoldWrite {
+            key,
+            entered: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+        },
+    ))
 }
 
 fn open(objects: Arc<dyn ObjectStore>, local: &Path, create: bool) -> Store {
@@ -145,19 +107,14 @@ fn ref_landing_after_a_collection(
     }
 
     // Node w names it again, but its ref write is held on the way.
-    let held = Arc::new(HeldWrite {
-        inner: s3("w"),
-        key: ref_key("m/keep"),
-        entered: AtomicBool::new(false),
-        released: AtomicBool::new(false),
-    });
+    let held = held_write(s3("w"), ref_key("m/keep"));
     let w = open(held.clone(), &tmp.path().join("w"), false);
     let writer = std::thread::spawn(move || {
         let r = write(&w, &data, f);
         (w, r)
     });
     let t0 = Instant::now();
-    while !held.entered.load(Ordering::SeqCst) {
+    while !held.hooks().entered.load(Ordering::SeqCst) {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the ref write never started"
@@ -179,13 +136,13 @@ fn ref_landing_after_a_collection(
     })
     .expect("gc");
     assert!(
-        !held.inner.exists(&recipe_key(&f)).expect("exists"),
+        !held.inner().exists(&recipe_key(&f)).expect("exists"),
         "the collection should have deleted the unnamed file"
     );
 
     // The held write lands now, long after its check: it must not report
     // success for a ref naming a collected file.
-    held.released.store(true, Ordering::SeqCst);
+    held.hooks().released.store(true, Ordering::SeqCst);
     let (w, r) = writer.join().expect("writer thread");
     let put_back = if before {
         format!("it names file {g} again")
@@ -265,24 +222,19 @@ fn a_late_ref_to_a_file_that_survives_is_confirmed() {
     let a = open(s3("a"), &tmp.path().join("a"), true);
     let data = tessera_synth::noise(900_000, 6);
     let f = a.put_bytes(&data, &["m/v1"]).expect("put").file_id;
-    let held = Arc::new(HeldWrite {
-        inner: s3("w"),
-        key: ref_key("m/also"),
-        entered: AtomicBool::new(false),
-        released: AtomicBool::new(false),
-    });
+    let held = held_write(s3("w"), ref_key("m/also"));
     let w = open(held.clone(), &tmp.path().join("w"), false);
     let writer = std::thread::spawn(move || {
         let r = w.set_ref("m/also", f);
         (w, r)
     });
-    while !held.entered.load(Ordering::SeqCst) {
+    while !held.hooks().entered.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
     }
     // Slower than the check is good for, but nothing collected the file:
     // the confirmation finds it and the write succeeds.
     std::thread::sleep(CHECK_VALID * 2);
-    held.released.store(true, Ordering::SeqCst);
+    held.hooks().released.store(true, Ordering::SeqCst);
     let (w, r) = writer.join().expect("writer thread");
     r.expect("a late ref to a stored, uncondemned file");
     assert_eq!(w.resolve("m/also").expect("resolve"), f);

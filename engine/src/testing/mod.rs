@@ -2,6 +2,9 @@
 //! (feature `testing`): not part of the supported API.
 
 pub mod fuzz;
+mod intercept;
+
+pub use intercept::{Call, Intercepted, Interceptor};
 
 pub use crate::chunking::{Batch, Chunker};
 pub use crate::format::*;
