@@ -310,7 +310,10 @@ pub enum Error {
     },
 
     /// A byte range outside the file.
-    #[error("range {offset}+{len} is past the end of file {file} ({size} bytes)")]
+    #[error(
+        "{} is past the end of file {file} ({size} bytes)",
+        if *offset > *size { format!("offset {offset}") } else { format!("range {offset}+{len}") }
+    )]
     RangeOutOfBounds {
         /// The file.
         file: FileId,

@@ -299,6 +299,37 @@ fn flipped_chunk_data_byte_is_chunk_corrupt_in_both_read_modes() {
     }
 }
 
+/// `verify` reports the damaged pack and counts its bytes as read (it
+/// read and hashed them; a report of "1 read, 0 B" was found confusing).
+#[test]
+fn verify_counts_the_bytes_of_a_damaged_pack_it_read() {
+    let fx = Fixture::new();
+    let len = fs::metadata(&fx.pack_file).expect("pack").len();
+    flip(
+        &fx.pack_file,
+        fx.entry.data_offset() + u64::from(fx.entry.stored_len) / 2,
+    );
+    let store = fx.open(ReadMode::Pread);
+    let rep = store
+        .verify(tessera::VerifyOptions::default())
+        .expect("verify");
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.object == format!("pack {}", fx.pack())),
+        "{:?}",
+        rep.problems
+    );
+    assert_eq!(rep.packs_read, rep.packs);
+    let total: u64 = fs::read_dir(fx.path().join("packs"))
+        .expect("packs dir")
+        .flat_map(|d| fs::read_dir(d.expect("entry").path()).expect("subdir"))
+        .map(|f| f.expect("pack").metadata().expect("meta").len())
+        .sum();
+    assert!(len > 0 && total >= len);
+    assert_eq!(rep.bytes_read, total);
+}
+
 #[test]
 fn flipped_chunk_record_header_byte_is_chunk_corrupt() {
     let fx = Fixture::new();
