@@ -70,6 +70,20 @@ pub fn run(store_dir: Option<&Path>, size_mib: u64, seed: u64) -> CliResult {
             ..Default::default()
         },
     )?;
+    // The demo deletes the refs it made and collects with no grace period:
+    // in a store holding anything else, that would delete files stored
+    // moments ago that no ref names yet.
+    let held = store.stats()?;
+    if held.files > 0 || held.refs > 0 || held.packs > 0 {
+        return Err(CliError::Usage(format!(
+            "demo: the store {} already holds {} files and {} refs; the demo deletes refs and collects \
+             garbage with no grace period, so it runs only in a new or empty store (or, without \
+             --store, in a temporary one)",
+            dir.display(),
+            held.files,
+            held.refs
+        )));
+    }
     writeln!(
         out,
         "tessera demo: synthetic model repository, {size_mib} MiB weights, seed {seed}"

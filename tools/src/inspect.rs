@@ -8,10 +8,10 @@ use tessera::{Error, Store};
 
 use crate::{out_err, CliError, CliResult};
 
-/// `info NAME [--json]`: the file's size, chunks, packs and sha256, and
-/// what the model format sniffer saw at ingest (format, tensors, pickle
-/// imports and verdict).
-pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
+/// `info NAME [--tensors | --json]`: the file's size, chunks, packs and
+/// sha256, and what the model format sniffer saw at ingest (format,
+/// tensors, pickle imports and verdict).
+pub(crate) fn info(store: &Store, name: &str, json: bool, tensors: bool) -> CliResult {
     let id = store.resolve(name)?;
     let info = store.info(&id)?;
     let model = store.model_info(&id)?;
@@ -43,6 +43,23 @@ pub(crate) fn info(store: &Store, name: &str, json: bool) -> CliResult {
     }
     if !model.tensors.is_empty() {
         writeln!(out, "tensors  {}", model.tensors.len()).map_err(out_err)?;
+        if tensors {
+            for t in &model.tensors {
+                let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+                let place = match t.offset {
+                    Some(o) => format!("bytes {o}..{}", o.saturating_add(t.length)),
+                    None => format!("{} bytes, not stored plainly in the file", t.length),
+                };
+                writeln!(
+                    out,
+                    "  {}  {}  [{}]  {place}",
+                    crate::printable(&t.name, false),
+                    crate::printable(&t.dtype, false),
+                    shape.join(", ")
+                )
+                .map_err(out_err)?;
+            }
+        }
     }
     if !model.pickle_imports.is_empty() || model.verdict != tessera::Verdict::NoPickle {
         let verdict = match model.verdict {

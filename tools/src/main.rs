@@ -4,11 +4,22 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use location::Location;
 use tessera::{Error, Store, StoreOptions};
 use tessera_http::client::ClientError;
+
+/// `eprintln!` for messages to people that ignores a closed or failing
+/// stderr (`tessera ... 2>&1 | head`): `eprintln!` would panic there, and a
+/// panic skips closing the store.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 mod demo;
 mod inspect;
@@ -76,8 +87,15 @@ struct Cli {
     )]
     refresh_after: Option<u64>,
 
-    /// Wait for another process to release the store instead of failing.
-    #[arg(long, env = "TESSERA_WAIT", global = true)]
+    /// Wait for another process to release the store instead of failing
+    /// (TESSERA_WAIT: 1, true, yes or on; 0, false, no or off).
+    #[arg(
+        long,
+        env = "TESSERA_WAIT",
+        global = true,
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     wait: bool,
 
     #[command(subcommand)]
@@ -108,7 +126,8 @@ enum Cmd {
         /// + its path relative to that directory (e.g. `org/model@v2:`).
         #[arg(long, value_name = "PREFIX", conflicts_with = "ref_name")]
         ref_prefix: Option<String>,
-        /// One JSON object per line: file_id, sha256, path, size, new_bytes, chunks, new_chunks.
+        /// One JSON object per line: file_id, sha256, path, ref, size,
+        /// new_bytes, chunks, new_chunks, new_file.
         #[arg(long)]
         json: bool,
         /// Files containing pickles (code that runs when loaded): `deny-unsafe`
@@ -159,8 +178,13 @@ enum Cmd {
     Info {
         /// A file id, the sha256 of the content, or a ref.
         name: String,
-        /// Print JSON.
+        /// Also list every tensor: name, dtype, shape and the bytes of the
+        /// file holding it (what `cat --tensor NAME` writes).
         #[arg(long)]
+        tensors: bool,
+        /// Print JSON: everything, every tensor and every pickle import
+        /// included.
+        #[arg(long, conflicts_with = "tensors")]
         json: bool,
     },
     /// Store-wide figures: files, refs, chunks, packs, logical and stored bytes.
@@ -172,7 +196,9 @@ enum Cmd {
     /// Build a synthetic model repository in five versions, store them, print
     /// a dedup table, and read every file back to check it.
     ///
-    /// Uses a temporary store unless --store/TESSERA_STORE is given.
+    /// Uses a temporary store unless --store is given on the command line
+    /// (TESSERA_STORE is ignored here); a store given must be new or empty,
+    /// since the demo deletes refs and collects with no grace period.
     Demo {
         /// Size of the model weights file in MiB.
         #[arg(long, default_value_t = 64)]
@@ -348,7 +374,16 @@ enum RefCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The demo deletes refs and collects with no grace period: it works on
+    // a store named on its command line, never on the one the environment
+    // names for everyday use.
+    if matches!(cli.cmd, Cmd::Demo { .. })
+        && matches.value_source("store") == Some(ValueSource::EnvVariable)
+    {
+        cli.store = None;
+    }
     // A server logs its requests; other commands only warnings.
     let default_level = match cli.cmd {
         Cmd::Serve(_) => "info",
@@ -361,12 +396,15 @@ fn main() -> ExitCode {
         )
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
+        // Its report of a failed write is an `eprintln!`, which panics on a
+        // closed stderr: a log line that cannot be written is dropped.
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tessera: error: {}", printable(&e.to_string(), true));
+            say!("tessera: error: {}", printable(&e.to_string(), true));
             ExitCode::from(e.exit_code())
         }
     }
@@ -499,9 +537,7 @@ pub(crate) fn store_options(create: bool) -> StoreOptions {
         Ok("pread") => tessera::ReadMode::Pread,
         Ok("mmap") | Ok("") | Err(_) => tessera::ReadMode::Mmap,
         Ok(other) => {
-            eprintln!(
-                "tessera: warning: TESSERA_READ_MODE={other:?} is not mmap or pread; using mmap"
-            );
+            say!("tessera: warning: TESSERA_READ_MODE={other:?} is not mmap or pread; using mmap");
             tessera::ReadMode::Mmap
         }
     };
@@ -527,7 +563,7 @@ pub(crate) fn open_store(loc: &Location, create: bool, wait: bool) -> CliResult<
 pub(crate) fn open_store_with(loc: &Location, opts: StoreOptions, wait: bool) -> CliResult<Store> {
     let store = match loc.open(opts.clone()) {
         Err(CliError::Engine(Error::StoreLocked { pid, .. })) if wait => {
-            eprintln!(
+            say!(
                 "tessera: waiting for pid {pid} to release the store {}",
                 loc.display()
             );
@@ -544,7 +580,7 @@ pub(crate) fn open_store_with(loc: &Location, opts: StoreOptions, wait: bool) ->
     if let Some(rec) = store.recovery() {
         let rep = &rec.report;
         if !rep.problems.is_empty() {
-            eprintln!(
+            say!(
                 "tessera: warning: the index was caught up with the store's files ({}), but {} damaged objects could not be recovered (first: {}: {}); run `tessera verify` for the list",
                 rec.reason,
                 rep.problems.len(),
@@ -640,9 +676,13 @@ fn run(cli: Cli) -> CliResult {
             }
             Ok(())
         }
-        Cmd::Info { name, json } => {
+        Cmd::Info {
+            name,
+            tensors,
+            json,
+        } => {
             let store = open_store(&loc()?, false, cli.wait)?;
-            inspect::info(&store, &name, json)
+            inspect::info(&store, &name, json, tensors)
         }
         Cmd::Stat { json } => {
             let store = open_store(&loc()?, false, cli.wait)?;

@@ -13,7 +13,8 @@ use crate::{human, open_store, out_err, progress_bar, write_json, CliError, CliR
 pub(crate) struct GcArgs {
     /// Keep unnamed files stored, and packs sealed, less than this long ago
     /// (uploads in flight name their files last). `0s` collects everything
-    /// unnamed; only safe when nothing writes. Units: s, m, h, d.
+    /// unnamed; only safe when nothing writes. A whole number of s, m, h or
+    /// d (a bare number is seconds).
     #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
     grace: Duration,
     /// Report what would be reclaimed; change nothing.
@@ -60,15 +61,17 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: want a number and a unit (s, m, h, d), e.g. 1h"))?;
+    const WANT: &str = "want a whole number of seconds, or of a unit (s, m, h, d), e.g. 90m";
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: {WANT}"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+        _ if unit.starts_with(['.', ',']) => {
+            return Err(format!("{s:?}: not a whole number; {WANT}"))
+        }
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; {WANT}")),
     };
     n.checked_mul(mult)
         .map(Duration::from_secs)
@@ -225,5 +228,27 @@ fn left_alone(rep: &tessera::RepackReport) -> CliResult {
             "{} packs were left alone because a chunk in them does not verify; run `tessera verify`",
             rep.skipped.len()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_whole_numbers_of_a_unit_or_of_seconds() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
+        let e = parse_duration("1.5h").expect_err("fraction");
+        assert!(e.contains("not a whole number") && e.contains("90m"), "{e}");
+        let e = parse_duration("1w").expect_err("unit");
+        assert!(e.contains("unknown unit \"w\""), "{e}");
+        let e = parse_duration("-1s").expect_err("sign");
+        assert!(e.contains("whole number of seconds"), "{e}");
+        assert!(parse_duration("36600d")
+            .expect_err("long")
+            .contains("too long"));
     }
 }

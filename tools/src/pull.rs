@@ -27,7 +27,7 @@ pub(crate) struct PullArgs {
     output: PathBuf,
     /// Print a JSON report: file_id, sha256, size, bytes_downloaded,
     /// bytes_resumed, bytes_reused, chunks_downloaded, chunks_reused,
-    /// requests, retries, output.
+    /// requests, retries, output, download_secs, register_secs, write_secs.
     #[arg(long)]
     json: bool,
     /// Files with pickles (code that runs when loaded): `deny-unsafe` refuses

@@ -12,6 +12,11 @@ use crate::{human, out_err, put, write_json, CliResult};
 
 /// `push`'s options.
 #[derive(clap::Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("naming")
+        .required(true)
+        .args(["ref_name", "ref_prefix"])
+))]
 pub(crate) struct PushArgs {
     /// The server (http://HOST:PORT).
     url: String,
@@ -20,11 +25,7 @@ pub(crate) struct PushArgs {
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// The ref to set on the server (one file only).
-    #[arg(
-        long = "ref",
-        value_name = "NAME",
-        required_unless_present = "ref_prefix"
-    )]
+    #[arg(long = "ref", value_name = "NAME")]
     ref_name: Option<String>,
     /// Name each file PREFIX + its path (e.g. `org/model@v2:`).
     #[arg(long, value_name = "PREFIX", conflicts_with = "ref_name")]

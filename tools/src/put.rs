@@ -227,7 +227,7 @@ pub(crate) fn put(store: &Store, inputs: &[Input], json: bool) -> CliResult {
                 tessera::Error::Refused { .. } if inputs.len() > 1 => {
                     committed?;
                     let line = crate::printable(&e.to_string(), true).into_owned();
-                    pb.suspend(|| eprintln!("tessera: refused: {line}"));
+                    pb.suspend(|| say!("tessera: refused: {line}"));
                     refused += 1;
                     continue;
                 }

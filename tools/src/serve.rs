@@ -124,7 +124,7 @@ pub(crate) fn run(loc: &Location, args: ServeArgs, wait: bool) -> CliResult {
             Some(p) => format!("tokens from {}", p.display()),
             None => "no token file: every request allowed, loopback only".to_string(),
         };
-        eprintln!(
+        say!(
             "tessera: serving store {} on http://{local} ({auth})",
             loc.display()
         );
@@ -139,6 +139,6 @@ pub(crate) fn run(loc: &Location, args: ServeArgs, wait: bool) -> CliResult {
         let _ = t.join();
     }
     store.close()?;
-    eprintln!("tessera: server stopped");
+    say!("tessera: server stopped");
     Ok(())
 }
