@@ -62,15 +62,15 @@ pub struct RepackReport {
     pub candidates: u64,
     /// Old packs rewritten and deleted.
     pub packs_rewritten: u64,
-    /// New packs written.
+    /// New packs written (0 on a dry run, which copies nothing).
     pub packs_written: u64,
-    /// Chunks copied into new packs.
+    /// Chunks copied into new packs (0 on a dry run).
     pub chunks_copied: u64,
-    /// Bytes of the old packs rewritten.
+    /// Bytes of the old packs rewritten (on a dry run, of the candidates).
     pub bytes_rewritten: u64,
-    /// Bytes of the new packs.
+    /// Bytes of the new packs (0 on a dry run).
     pub bytes_written: u64,
-    /// Recipes switched to the new packs.
+    /// Recipes switched to the new packs (0 on a dry run).
     pub recipes_rewritten: u64,
     /// Pack bytes after GC, before repack.
     pub stored_bytes_before: u64,

@@ -192,28 +192,39 @@ pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult 
     for s in &rep.skipped {
         writeln!(out, "SKIPPED  {s}").map_err(out_err)?;
     }
-    let verb = if rep.dry_run {
-        "would rewrite"
+    if rep.dry_run {
+        // What a run would write is known only by copying: a dry run says
+        // what it would rewrite and the live bytes that stay.
+        let live = rep
+            .stored_bytes_after
+            .saturating_add(rep.bytes_rewritten)
+            .saturating_sub(rep.stored_bytes_before);
+        writeln!(
+            out,
+            "repack: would rewrite {} packs ({}) holding {} live; packs {} -> {} ({:.1}s)",
+            rep.candidates,
+            human(rep.bytes_rewritten),
+            human(live),
+            human(rep.stored_bytes_before),
+            human(rep.stored_bytes_after),
+            rep.seconds
+        )
+        .map_err(out_err)?;
     } else {
-        "rewrote"
-    };
-    writeln!(
-        out,
-        "repack: {verb} {} packs ({}) into {} ({} chunks, {} recipes switched); packs {} -> {} ({:.1}s)",
-        if rep.dry_run {
-            rep.candidates
-        } else {
-            rep.packs_rewritten
-        },
-        human(rep.bytes_rewritten),
-        rep.packs_written,
-        rep.chunks_copied,
-        rep.recipes_rewritten,
-        human(rep.stored_bytes_before),
-        human(rep.stored_bytes_after),
-        rep.seconds
-    )
-    .map_err(out_err)?;
+        writeln!(
+            out,
+            "repack: rewrote {} packs ({}) into {} ({} chunks, {} recipes switched); packs {} -> {} ({:.1}s)",
+            rep.packs_rewritten,
+            human(rep.bytes_rewritten),
+            rep.packs_written,
+            rep.chunks_copied,
+            rep.recipes_rewritten,
+            human(rep.stored_bytes_before),
+            human(rep.stored_bytes_after),
+            rep.seconds
+        )
+        .map_err(out_err)?;
+    }
     left_alone(&rep)
 }
 

@@ -1071,6 +1071,14 @@ fn gc_and_repack_reclaim_what_no_ref_names() {
     let out = env.ok_text(&["gc", "--grace", "0s", "--dry-run"]);
     assert!(out.starts_with("gc: would delete 1 of 2 files"), "{out}");
     env.ok(&["cat", &gone_id]);
+    // A repack dry run says what it would rewrite, not "into 0 packs".
+    let out = env.ok_text(&["repack", "--grace", "0s", "--dry-run"]);
+    assert!(out.contains("repack: would rewrite "), "{out}");
+    assert!(
+        out.contains(" live; packs ") && !out.contains(" into "),
+        "{out}"
+    );
+    env.ok(&["cat", &gone_id]);
     let out = env.ok_text(&["repack", "--grace", "0s"]);
     assert!(out.contains("gc: deleted 1 of 2 files"), "{out}");
     assert!(out.contains("repack: "), "{out}");
