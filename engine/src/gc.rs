@@ -94,6 +94,11 @@ pub struct GcReport {
     /// the index holds another live copy (two nodes stored them at once); not
     /// in `live_bytes`, so a repack reclaims them.
     pub duplicate_bytes: u64,
+    /// Damage GC met and worked around, one line each: a copy a live file
+    /// names that does not verify, whose verified copy in a pack nothing
+    /// else keeps was kept (not deleted) for `repair index` to point the
+    /// file at. Empty on a clean store; the command line exits 4 otherwise.
+    pub damaged: Vec<String>,
     /// Whether nothing was changed.
     pub dry_run: bool,
     /// Seconds taken.
@@ -347,6 +352,10 @@ pub(crate) struct LivePack {
     pub(crate) size: u64,
     pub(crate) sealed_at: u64,
     pub(crate) live_bytes: u64,
+    /// Kept only for the verified copy of a chunk whose copy a live file
+    /// names is damaged: a repack must not rewrite it (no file names the
+    /// copy, so a rewrite would drop it).
+    pub(crate) rescue: bool,
 }
 
 /// What marking found: the report so far, the packs kept, and the deletion
@@ -415,6 +424,9 @@ pub(crate) fn collect(
         }
     }
     let mut relink: HashMap<ChunkId, (PackId, u32)> = HashMap::new();
+    // Copies live files name of chunks in dead packs that do not verify:
+    // the index is never pointed at one of those.
+    let mut unverified: HashMap<ChunkId, (PackId, u32)> = HashMap::new();
     let shared = matches!(ages, Ages::Listed { .. });
     // Live packs: their live bytes, from the table entries of the named
     // positions.
@@ -429,8 +441,14 @@ pub(crate) fn collect(
         for i in positions {
             let e = reader.entry(i)?;
             let len = e.record_len() + TABLE_ENTRY_LEN as u64;
-            if doomed.contains(&e.id) {
-                relink.entry(e.id).or_insert((*pack, i));
+            if doomed.contains(&e.id) && !relink.contains_key(&e.id) {
+                // The index will point here: only at a copy that verifies.
+                if reader.read_chunk(i, &e.id).is_ok() {
+                    relink.insert(e.id, (*pack, i));
+                    unverified.remove(&e.id);
+                } else {
+                    unverified.entry(e.id).or_insert((*pack, i));
+                }
             }
             // On a shared store two nodes may each have stored a chunk (spec
             // §4.3): a copy the index does not point at, while the one it
@@ -448,8 +466,18 @@ pub(crate) fn collect(
             size: *size,
             sealed_at: ages.pack(core, pack)?,
             live_bytes: bytes,
+            rescue: false,
         });
     }
+    rescue(
+        core,
+        ages,
+        &unverified,
+        &mut dead,
+        &mut live,
+        &mut relink,
+        &mut rep,
+    )?;
     let dead_bytes: u64 = packs
         .iter()
         .filter(|(id, _)| dead.contains(id))
@@ -471,6 +499,89 @@ pub(crate) fn collect(
         },
         cutoff,
     })
+}
+
+/// For each chunk a live file names only by a copy that does not verify
+/// (`unverified`): unless another copy stays anyway (the index's, in a
+/// pack that is not dead), a dead pack holding a copy that verifies is kept
+/// instead of deleted, and the index pointed at that copy — deleting it
+/// would leave the damaged copy the only one. The damage is reported
+/// either way (`repair index` then points the file at the good copy).
+fn rescue(
+    core: &Core,
+    ages: &Ages,
+    unverified: &HashMap<ChunkId, (PackId, u32)>,
+    dead: &mut HashSet<PackId>,
+    live: &mut Vec<LivePack>,
+    relink: &mut HashMap<ChunkId, (PackId, u32)>,
+    rep: &mut GcReport,
+) -> Result<()> {
+    if unverified.is_empty() {
+        return Ok(());
+    }
+    // The copies of those chunks in dead packs: one pass over their tables.
+    let mut copies: HashMap<ChunkId, Vec<(PackId, u32)>> = HashMap::new();
+    for pack in dead.iter() {
+        let Ok(reader) = core.packs.get(pack) else {
+            continue;
+        };
+        for i in 0..reader.chunk_count() {
+            let e = reader.entry(i)?;
+            if unverified.contains_key(&e.id) {
+                copies.entry(e.id).or_default().push((*pack, i));
+            }
+        }
+    }
+    let mut kept: HashMap<PackId, u64> = HashMap::new();
+    for (id, (bad_pack, bad_i)) in unverified {
+        let what = format!(
+            "chunk {id} in pack {bad_pack} (position {bad_i}), which a live file names, does not verify"
+        );
+        if let Some(l) = core.index.chunk(id)? {
+            if !dead.contains(&l.pack) && (l.pack, l.index) != (*bad_pack, *bad_i) {
+                rep.damaged.push(format!(
+                    "{what}; another copy is in pack {}: run `tessera repair index` to point the file at it",
+                    l.pack
+                ));
+                continue;
+            }
+        }
+        let good = copies.get(id).into_iter().flatten().find_map(|&(pack, i)| {
+            let r = core.packs.get(&pack).ok()?;
+            let e = r.entry(i).ok()?;
+            r.read_chunk(i, id)
+                .ok()
+                .map(|_| (pack, i, e.record_len() + TABLE_ENTRY_LEN as u64))
+        });
+        match good {
+            Some((pack, i, len)) => {
+                *kept.entry(pack).or_default() += len;
+                relink.insert(*id, (pack, i));
+                rep.damaged.push(format!(
+                    "{what}; pack {pack}, holding a verified copy, is kept: run `tessera repair index` to point the file at it"
+                ));
+            }
+            None => rep
+                .damaged
+                .push(format!("{what}, and no verified copy is stored")),
+        }
+    }
+    for (pack, bytes) in kept {
+        if dead.remove(&pack) {
+            let size = core.index.pack(&pack)?.map_or(0, |i| i.size);
+            rep.reclaimed_bytes = rep.reclaimed_bytes.saturating_sub(size);
+            rep.live_bytes += bytes;
+            live.push(LivePack {
+                id: pack,
+                size,
+                sealed_at: ages.pack(core, &pack)?,
+                live_bytes: bytes,
+                rescue: true,
+            });
+        }
+    }
+    rep.damaged.sort();
+    Ok(())
 }
 
 /// Whether the index points chunk `id` at a copy in a live pack other than

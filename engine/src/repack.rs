@@ -278,7 +278,11 @@ pub(crate) fn choose(c: &Collection, opts: &RepackOptions, target: u64) -> Chose
     let live = |p: &gc::LivePack| p.live_bytes + fixed;
     let fraction = |p: &gc::LivePack| live(p) as f64 / p.size.max(1) as f64;
     let garbage = |p: &gc::LivePack| p.size.saturating_sub(live(p));
-    let old: Vec<&gc::LivePack> = c.live.iter().filter(|p| p.sealed_at <= c.cutoff).collect();
+    let old: Vec<&gc::LivePack> = c
+        .live
+        .iter()
+        .filter(|p| p.sealed_at <= c.cutoff && !p.rescue)
+        .collect();
     let small = |p: &gc::LivePack| opts.combine_small && p.size < target / 4;
     let n_small = old.iter().filter(|p| small(p)).count();
     let (mut chosen, mut rest): (Vec<&gc::LivePack>, Vec<&gc::LivePack>) = old

@@ -215,11 +215,21 @@ fn next_magic(pack: &dyn ReadHandle, from: u64) -> u64 {
     len
 }
 
+/// Why a recipe is rebuilt.
+enum Stale {
+    /// It names a pack the index does not hold.
+    PackGone,
+    /// A copy it names does not verify, and the index holds another.
+    DamagedCopy,
+}
+
 /// Rebuilds the terms of every recipe that names a pack the index does not
-/// hold, from where the chunk index says each chunk is; a chunk stored
-/// nowhere keeps its old term (reading it fails, naming the missing pack),
-/// so the rest of the file reads. Then drops the catch-up's problems about
-/// files whose chunks are all stored now.
+/// hold, or a chunk copy that does not verify while the index holds
+/// another (verified when the index was rebuilt), from where the chunk
+/// index says each chunk is; a chunk stored nowhere keeps its old term
+/// (reading it fails, naming the missing pack), so the rest of the file
+/// reads. Then drops the catch-up's problems about files whose chunks are
+/// all stored now.
 fn relocate_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
     let objects = core.objects.as_ref();
     let index = &core.index;
@@ -230,16 +240,21 @@ fn relocate_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
     let mut stale = Vec::new();
     for item in index.files() {
         let (file, bytes) = item?;
-        if let Ok(r) = Recipe::decode(file, &bytes) {
-            if r.terms.iter().any(|t| !packs.contains(&t.pack)) {
-                stale.push(r);
-            }
+        let Ok(r) = Recipe::decode(file, &bytes) else {
+            continue;
+        };
+        if r.terms.iter().any(|t| !packs.contains(&t.pack)) {
+            stale.push((Layout::new(r), Stale::PackGone));
+            continue;
+        }
+        let layout = Layout::new(r);
+        if names_damaged_copy(core, &layout)? {
+            stale.push((layout, Stale::DamagedCopy));
         }
     }
     let mut whole: HashSet<String> = HashSet::new();
-    for recipe in stale {
-        let file = recipe.file;
-        let old = Layout::new(recipe);
+    for (old, why) in stale {
+        let file = old.recipe.file;
         let mut terms: Vec<Term> = Vec::new();
         let (mut missing, mut moved) = (0usize, 0usize);
         for i in 0..old.chunk_count() {
@@ -285,7 +300,10 @@ fn relocate_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
             whole.insert(format!("file {file}"));
             rep.healed(
                 format!("file {file}"),
-                "its recipe named packs that are gone; rewritten to read every chunk from where it is stored",
+                match why {
+                    Stale::PackGone => "its recipe named packs that are gone; rewritten to read every chunk from where it is stored",
+                    Stale::DamagedCopy => "its recipe named a chunk copy that does not verify; rewritten to read every chunk from its verified copy",
+                },
             );
         } else {
             rep.problem(
@@ -322,4 +340,24 @@ fn relocate_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
     rep.problems
         .retain(|p| !resolved.contains(&p.object) || p.detail.contains("stored nowhere"));
     Ok(())
+}
+
+/// Whether the file names a copy of a chunk, other than the one the index
+/// holds, that does not verify (read and re-hashed; copies the index holds
+/// were verified when it was rebuilt, and the others are few: duplicates).
+fn names_damaged_copy(core: &Core, layout: &Layout) -> Result<bool> {
+    for i in 0..layout.chunk_count() {
+        let Some(c) = layout.chunk(i) else {
+            continue;
+        };
+        let Some(loc) = core.index.chunk(&c.id)? else {
+            continue;
+        };
+        if (loc.pack, loc.index) != (c.pack, c.pack_index)
+            && core.packs.read_chunk(&c.pack, c.pack_index, &c.id).is_err()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

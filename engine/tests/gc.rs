@@ -941,3 +941,108 @@ fn absurd_durations_are_refused_not_wrapped() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// Found by a hostile probe. A chunk two files share is damaged; `repair
+/// index` leaves the damaged copy out of the index; the first file is put
+/// again (its chunk stored afresh, verified) and later retired. GC then
+/// deleted the pack holding the only verified copy, pointed the index at
+/// the damaged one and exited 0 — a put of the second file then deduped
+/// onto it. Now GC keeps that pack and reports the damage, and `repair
+/// index` points the second file at the verified copy.
+#[test]
+fn gc_keeps_the_only_verified_copy_of_a_damaged_chunk_and_repair_uses_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = noise(900_000, 41);
+    let a = shared.clone();
+    let mut b = shared.clone();
+    b.extend_from_slice(&noise(400_000, 42));
+    let (victim, b_id) = {
+        let store = Store::open(dir.path(), small_packs()).expect("open");
+        store.put_bytes(&a, &["m/a"]).expect("put a");
+        let b_id = store.put_bytes(&b, &["m/b"]).expect("put b").file_id;
+        // A chunk of the shared part, named by both files at one place.
+        let layout = store.layout(&b_id).expect("layout");
+        let c = layout.chunk(1).expect("chunk 1");
+        let entry = store
+            .pack(&c.pack)
+            .expect("pack")
+            .entry(c.pack_index)
+            .expect("entry");
+        store.close().expect("close");
+        (
+            (
+                dir.path().join(tessera::testing::pack_key(&c.pack)),
+                entry.data_offset() + u64::from(entry.stored_len) / 2,
+            ),
+            b_id,
+        )
+    };
+    let mut bytes = std::fs::read(&victim.0).expect("read pack");
+    bytes[victim.1 as usize] ^= 0x5a;
+    std::fs::write(&victim.0, bytes).expect("write pack");
+    // Repair leaves the damaged copy out of the index.
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(!rep.problems.is_empty(), "the damage is reported");
+
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    // The first file again: its chunk is stored afresh, verified.
+    store.put_bytes(&a, &["m/a"]).expect("put a again");
+    assert!(store.read(&b_id).expect("open").read_all().is_err());
+    // Retired; GC must keep the verified copy, and say why.
+    store.delete_ref("m/a").expect("rm ref");
+    let r = store
+        .gc(&GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        })
+        .expect("gc");
+    assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+    assert!(r.damaged[0].contains("is kept"), "{}", r.damaged[0]);
+    // Nothing deletes it later either: repack leaves a pack kept for that.
+    let rr = store
+        .repack(&RepackOptions {
+            gc: GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            },
+            ..RepackOptions::default()
+        })
+        .expect("repack");
+    assert_eq!(rr.gc.damaged.len(), 1, "{:?}", rr.gc.damaged);
+    store.close().expect("close");
+
+    // Repair points the second file at the verified copy: it reads.
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(
+        rep.healed
+            .iter()
+            .any(|h| h.object == format!("file {b_id}") && h.detail.contains("does not verify")),
+        "{:?}",
+        rep.healed
+    );
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let back = store
+        .read(&b_id)
+        .expect("open")
+        .read_all()
+        .expect("b reads");
+    assert!(back == b, "b differs");
+    // The damaged copy is named by nothing now: a repack rewrites its pack
+    // and the store verifies clean.
+    let rr = store
+        .repack(&RepackOptions {
+            threshold: 1.0,
+            gc: GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            },
+            ..RepackOptions::default()
+        })
+        .expect("repack");
+    assert!(rr.gc.damaged.is_empty(), "{:?}", rr.gc.damaged);
+    let v = store
+        .verify(tessera::VerifyOptions::default())
+        .expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+    assert!(store.read(&b_id).expect("open").read_all().expect("b") == b);
+}

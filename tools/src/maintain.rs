@@ -143,7 +143,23 @@ fn print_gc(out: &mut impl Write, r: &GcReport) -> CliResult {
         )
         .map_err(out_err)?;
     }
+    for d in &r.damaged {
+        writeln!(out, "DAMAGED  {d}").map_err(out_err)?;
+    }
     Ok(())
+}
+
+/// Exit 4 when GC met damage it worked around (with `--json` too: the
+/// report says what, the status that the store holds damage).
+fn met_damage(r: &GcReport) -> CliResult {
+    if r.damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Damaged(format!(
+            "gc met {} damaged chunk copies that live files name (listed above); run `tessera repair index`",
+            r.damaged.len()
+        )))
+    }
 }
 
 pub(crate) fn gc(loc: &Location, args: GcArgs, wait: bool) -> CliResult {
@@ -154,10 +170,11 @@ pub(crate) fn gc(loc: &Location, args: GcArgs, wait: bool) -> CliResult {
     store.close()?;
     let mut out = io::stdout().lock();
     if args.json {
-        write_json(&mut out, &rep)
+        write_json(&mut out, &rep)?;
     } else {
-        print_gc(&mut out, &rep)
+        print_gc(&mut out, &rep)?;
     }
+    met_damage(&rep)
 }
 
 pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult {
@@ -232,6 +249,7 @@ pub(crate) fn repack(loc: &Location, args: RepackArgs, wait: bool) -> CliResult 
 /// verify (with `--json` too: the report says which, the status that the
 /// store holds damage).
 fn left_alone(rep: &tessera::RepackReport) -> CliResult {
+    met_damage(&rep.gc)?;
     if rep.skipped.is_empty() {
         Ok(())
     } else {
