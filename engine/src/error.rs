@@ -196,6 +196,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// The index database is locked by another process although the
+    /// store's lock was free: the lock file was deleted (or replaced) while
+    /// a process had the store open. Not damage: nothing is rebuilt.
+    #[error("index {} is in use by another process, although the store's lock file was free (was it deleted while a process had the store open?); stop that process, then try again", path.display())]
+    IndexInUse {
+        /// The index directory.
+        path: PathBuf,
+    },
+
     /// The index (a local database) failed.
     #[error("index {}: {detail} (the index is a cache of the packs, recipes and refs: `tessera repair index` rebuilds it)", path.display())]
     Index {
@@ -366,7 +375,11 @@ pub enum Error {
     InvalidArgument(String),
 
     /// Another process has the store open.
-    #[error("store {} is locked by pid {pid} (only one process may open a store at a time)", path.display())]
+    #[error(
+        "store {} is locked by {} (only one process may open a store at a time)",
+        path.display(),
+        if *pid == 0 { "another process (starting or stopping: its pid is not recorded)".to_string() } else { format!("pid {pid}") }
+    )]
     StoreLocked {
         /// The lock file.
         path: PathBuf,

@@ -475,3 +475,35 @@ fn verify_reading_files_back_catches_a_recipe_that_records_another_sha256() {
         p.detail
     );
 }
+
+/// Found by a hostile probe: with the store's lock file deleted while a
+/// process had the store open, `repair index` took the index database's own
+/// lock error for damage, deleted the live index and rebuilt one beside
+/// it (two live indexes). Now that is "in use", and nothing is touched.
+#[test]
+fn repair_leaves_an_index_in_use_alone_when_the_lock_file_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    std::fs::remove_file(dir.path().join("lock")).expect("remove the lock file");
+    // (An open fails the same way: one code path. The index's lock is
+    // retried for 10 s first, for this process's own earlier index.)
+    match Store::repair_index(dir.path(), small_packs()) {
+        Err(Error::IndexInUse { .. }) => {}
+        other => panic!("want IndexInUse, got {other:?}"),
+    }
+    // The first process goes on undisturbed, and its writes last.
+    let data = noise(200_000, 77);
+    let id = store
+        .put_bytes(&data, &["org/late@v1:w.bin"])
+        .expect("put")
+        .file_id;
+    store.close().expect("close");
+    let store = Store::open(dir.path(), small_packs()).expect("reopen");
+    check_all(&store, &files);
+    assert!(store.read(&id).expect("open").read_all().expect("read") == data);
+    assert!(
+        store.recovery().is_none(),
+        "closed cleanly: nothing to catch up"
+    );
+}

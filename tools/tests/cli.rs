@@ -1379,3 +1379,25 @@ fn a_closed_stderr_does_not_fail_the_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("not closed cleanly"), "{err}");
 }
+
+/// `verify` says "clean" only when it read every pack's data; a structure
+/// check or a sample says what it covered (a probe found "clean: ... (0
+/// read, 0 B)" on a store with a damaged chunk, which is what lands in
+/// monitoring).
+#[test]
+fn verify_says_clean_only_having_read_every_pack() {
+    let env = Env::new();
+    env.put("a.bin", &noise(400_000, 3), &["--ref", "t/a"]);
+    let full = env.ok_text(&["verify"]);
+    assert!(full.starts_with("clean: "), "{full}");
+    let quick = env.ok_text(&["verify", "--no-data"]);
+    assert!(
+        quick.starts_with("structure clean, no pack data read: "),
+        "{quick}"
+    );
+    let none = env.ok_text(&["verify", "--sample", "0"]);
+    assert!(
+        none.starts_with("structure clean, no pack data read: "),
+        "{none}"
+    );
+}

@@ -223,10 +223,12 @@ impl Index {
                         filter: FilterSlot::new(),
                     });
                 }
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::IndexInUse {
+                            path: dir.to_path_buf(),
+                        });
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e @ sled::Error::Corruption { .. }) => {
