@@ -227,11 +227,14 @@ pub(crate) fn delete(core: &Core, name: &str) -> Result<()> {
     core.poison_on(core.index.flush())
 }
 
-/// Resolves a ref. A ref the index lacks whose ref file exists and names a
-/// file whose recipe is missing or damaged is damage, not absence
-/// ([`Error::RefDangling`]). (A ref file naming a file with an intact recipe
-/// belongs to a commit in flight, or one that failed: not found until it is
-/// indexed.)
+/// Resolves a ref. The index is the commit point on a directory store (a
+/// group commit's refs become visible together, in one index transaction),
+/// so it answers when it holds the ref. A ref the index lacks whose ref
+/// file does not decode, or holds another ref, is damage, not absence
+/// ([`Error::RefCorrupt`]), and so is one whose ref file names a file whose
+/// recipe is missing or damaged ([`Error::RefDangling`]). (A ref file
+/// naming a file with an intact recipe belongs to a commit in flight, or
+/// one that failed: not found until it is indexed.)
 pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
     if core.objects.shared() {
         return shared_refs::resolve_ref(core, name);
@@ -239,14 +242,18 @@ pub(crate) fn resolve_ref(core: &Core, name: &str) -> Result<FileId> {
     if let Some(id) = core.index.get_ref(name)? {
         return Ok(id);
     }
-    if let Ok(Some(file)) = shared_refs::read_ref(core, name) {
-        let recipe = core.objects.get(&recipe_key(&file));
-        if !recipe.is_ok_and(|b| Recipe::decode(file, &b).is_ok()) {
-            return Err(Error::RefDangling {
-                name: clip(name),
-                file,
-            });
+    match shared_refs::read_ref(core, name) {
+        Ok(Some(file)) => {
+            let recipe = core.objects.get(&recipe_key(&file));
+            if !recipe.is_ok_and(|b| Recipe::decode(file, &b).is_ok()) {
+                return Err(Error::RefDangling {
+                    name: clip(name),
+                    file,
+                });
+            }
         }
+        Err(e @ Error::RefCorrupt { .. }) => return Err(e),
+        _ => {}
     }
     Err(Error::not_found("ref", name))
 }

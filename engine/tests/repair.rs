@@ -507,3 +507,47 @@ fn repair_leaves_an_index_in_use_alone_when_the_lock_file_is_gone() {
         "closed cleanly: nothing to catch up"
     );
 }
+
+/// Found by a hostile probe: with the index lost, a ref whose ref file is
+/// damaged, or holds another ref (two ref files swapped), read as "not
+/// found" (exit 3), which a registry takes for "no such model". It is
+/// damage (exit 4).
+#[test]
+fn a_damaged_or_misplaced_ref_file_without_an_index_entry_is_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let (a, b, c) = (&files[0].2, &files[2].2, &files[3].2);
+    let path = |name: &str| dir.path().join(tessera::testing::ref_key(name));
+    // Damage a's ref file in its file-id field; swap b's and c's.
+    let mut bytes = std::fs::read(path(a)).expect("ref file");
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(path(a), bytes).expect("write");
+    let (pb, pc) = (path(b), path(c));
+    let (xb, xc) = (
+        std::fs::read(&pb).expect("read"),
+        std::fs::read(&pc).expect("read"),
+    );
+    std::fs::write(&pb, xc).expect("write");
+    std::fs::write(&pc, xb).expect("write");
+    std::fs::remove_dir_all(dir.path().join("index")).expect("lose the index");
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            allow_missing_index: true,
+            ..small_packs()
+        },
+    )
+    .expect("open");
+    for name in [a, b, c] {
+        match store.resolve_ref(name) {
+            Err(e @ Error::RefCorrupt { .. }) => assert!(e.is_corruption(), "{e}"),
+            other => panic!("{name}: want RefCorrupt, got {other:?}"),
+        }
+    }
+    // A ref that never existed is still simply not found.
+    assert!(store
+        .resolve_ref("org/never@v1:w.bin")
+        .expect_err("absent")
+        .is_not_found());
+}

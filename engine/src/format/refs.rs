@@ -62,11 +62,17 @@ pub fn decode_ref(b: &[u8]) -> Result<(String, FileId), String> {
 }
 
 /// The file ref object `bytes` names for ref `name`: `None` for a
-/// tombstone, or for another name's ref object (a collision of names, or a
-/// misplaced object). Errors as [`decode_ref`] when the bytes do not decode.
+/// tombstone. Errors as [`decode_ref`] when the bytes do not decode, and
+/// for another name's ref object (a misplaced copy: damage).
 pub fn ref_target(name: &str, bytes: &[u8]) -> Result<Option<FileId>, String> {
     let (n, f) = decode_ref(bytes)?;
-    Ok((n == name && f != DELETED_REF).then_some(f))
+    if n != name {
+        // Another ref's file under this name: damage (a misplaced copy),
+        // not this ref's absence.
+        let shown: String = n.chars().take(120).collect();
+        return Err(format!("it holds ref {shown:?}, not this one"));
+    }
+    Ok((f != DELETED_REF).then_some(f))
 }
 
 /// Whether `bytes` is the tombstone of ref `name`.
