@@ -113,6 +113,9 @@ fn salvage_pack(core: &Core, id: PackId, rep: &mut RepairReport) -> Result<()> {
         };
         core.index.add_pack(sealed.id, info, &chunks)?;
         core.index.flush()?;
+        // The report's figures are of the index as rebuilt: with this pack.
+        rep.packs += 1;
+        rep.chunks += chunks.len() as u64;
         new_pack = Some(sealed.id);
     }
     if new_pack != Some(id) {
@@ -306,8 +309,12 @@ fn relocate_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
                 },
             );
         } else {
+            // This answers the catch-up's report of the file (made before
+            // salvage): one line per file, with what is lost now.
+            let object = format!("file {file}");
+            rep.problems.retain(|p| p.object != object);
             rep.problem(
-                format!("file {file}"),
+                object,
                 format!("{missing} of its chunks are stored nowhere: reads of those ranges fail (the rest reads)"),
             );
         }

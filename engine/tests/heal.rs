@@ -666,6 +666,16 @@ fn repair_salvages_what_verifies_of_a_truncated_pack() {
         names(&rep.healed)
     );
     let store = Store::open(dir.path(), opts).expect("open");
+    // The report's figures are of the index it left (salvaged pack
+    // included), and names each file once, with what is lost after salvage
+    // (a probe found the catch-up's count and salvage's side by side).
+    let stats = store.stats().expect("stats");
+    assert_eq!((rep.packs, rep.chunks), (stats.packs, stats.chunks));
+    for (id, _) in &files {
+        let object = format!("file {id}");
+        let n = rep.problems.iter().filter(|p| p.object == object).count();
+        assert!(n <= 1, "{object} reported {n} times: {}", names(&rep.problems));
+    }
     // The first file is whole again.
     let back = store
         .read(&files[0].0)
