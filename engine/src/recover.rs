@@ -71,6 +71,11 @@ fn sync_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
     // What to do with each file the index holds, decided before writing.
     let mut rewrite: Vec<(FileId, String, Vec<u8>, String)> = Vec::new();
     let mut adopt: Vec<(FileId, Vec<u8>)> = Vec::new();
+    let mut dropped: Vec<(FileId, Option<crate::ids::Sha256>)> = Vec::new();
+    // Packs the dropped files named that are gone.
+    let mut gone_packs: HashSet<PackId> = HashSet::new();
+    // The files ref files name, read when first needed.
+    let mut named: Option<Option<HashSet<FileId>>> = None;
     for item in index.files() {
         let (file, copy) = item?;
         let copy_ok = Recipe::decode(file, &copy).is_ok();
@@ -89,7 +94,14 @@ fn sync_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
                 }
                 Err(e) => format!("recipe file was damaged ({})", e.into_error(file)),
             },
-            None => "recipe file was missing".to_string(),
+            None => {
+                if let Some((sha, gone)) = collected(core, &file, &copy, &mut named)? {
+                    dropped.push((file, Some(sha)));
+                    gone_packs.extend(gone);
+                    continue;
+                }
+                "recipe file was missing".to_string()
+            }
         };
         if copy_ok {
             rewrite.push((file, key, copy.to_vec(), why));
@@ -114,10 +126,89 @@ fn sync_recipes(core: &Core, rep: &mut RepairReport) -> Result<()> {
         index.replace_recipe(file, &bytes)?;
         rep.files += 1;
     }
+    if !dropped.is_empty() {
+        tracing::warn!(
+            files = dropped.len(),
+            "the index lists files a GC deleted after it was written (their recipes and packs are gone, and no ref names them): dropped from it"
+        );
+        core.poison_on(index.remove_files(&dropped))?;
+        // Their packs that are gone leave the index too (with their chunk
+        // entries, so nothing dedups against them), unless a file the index
+        // keeps names one (then it is damage, for verify to report).
+        for item in index.files() {
+            let (file, bytes) = item?;
+            if let Ok(r) = Recipe::decode(file, &bytes) {
+                for t in &r.terms {
+                    gone_packs.remove(&t.pack);
+                }
+            }
+        }
+        let journal = crate::gc::Journal {
+            packs: gone_packs.into_iter().collect(),
+            ..Default::default()
+        };
+        crate::gc::apply_to_index(core, &journal)?;
+    }
     for (file, key) in on_disk {
         index_recipe(objects, index, file, &key, rep)?;
     }
     Ok(())
+}
+
+/// Whether a file whose recipe object is missing was collected by a GC the
+/// index does not know of (an index older than the store: restored from a
+/// copy, or rolled back): some pack its recipe names is gone too, and no
+/// ref file names it. Rewriting its recipe would only bring back a file
+/// that cannot be read, reported as damage. Returns its sha256 (to drop the
+/// alias) and its packs that are gone. `named` caches the files ref files name (`None` inside: some
+/// ref file could not be read or decoded, so nothing is judged collected).
+fn collected(
+    core: &Core,
+    file: &FileId,
+    copy: &[u8],
+    named: &mut Option<Option<HashSet<FileId>>>,
+) -> Result<Option<(crate::ids::Sha256, Vec<PackId>)>> {
+    let Ok(recipe) = Recipe::decode(*file, copy) else {
+        return Ok(None);
+    };
+    let objects = core.objects.as_ref();
+    let mut gone = Vec::new();
+    for t in &recipe.terms {
+        match objects.exists(&crate::paths::pack_key(&t.pack)) {
+            Ok(true) => {}
+            Ok(false) => gone.push(t.pack),
+            Err(_) => return Ok(None),
+        }
+    }
+    if gone.is_empty() {
+        return Ok(None);
+    }
+    if named.is_none() {
+        *named = Some(files_ref_files_name(objects));
+    }
+    match named {
+        Some(Some(set)) if !set.contains(file) => Ok(Some((recipe.sha256, gone))),
+        _ => Ok(None),
+    }
+}
+
+/// The files the ref files name (tombstones and misplaced files aside), or
+/// `None` when one cannot be listed, read or decoded.
+fn files_ref_files_name(objects: &dyn ObjectStore) -> Option<HashSet<FileId>> {
+    let mut problems = Vec::new();
+    let keys = inventory::refs(objects, &mut problems).ok()?;
+    if !problems.is_empty() {
+        return None;
+    }
+    let mut out = HashSet::new();
+    for key in keys {
+        let bytes = objects.get(&key).ok()?;
+        let (name, file) = decode_ref(&bytes).ok()?;
+        if ref_key(&name) == key && file != DELETED_REF {
+            out.insert(file);
+        }
+    }
+    Some(out)
 }
 
 /// Makes the index's refs agree with the ref objects (the durable copy). A
