@@ -229,6 +229,9 @@ fn reconcile_refs(core: &Core, rep: &mut RepairReport) -> Result<()> {
     let mut damaged: HashMap<String, String> = HashMap::new();
     // Names whose ref file is a tombstone: deleted refs.
     let mut deleted: HashSet<String> = HashSet::new();
+    // Valid ref files of another name (two files swapped, one copied over
+    // another): (where found, name, file).
+    let mut misplaced: Vec<(String, String, FileId)> = Vec::new();
     for key in inventory::refs(objects, &mut rep.problems)? {
         // A failed read is an error (not damage): never guess.
         let bytes = objects
@@ -249,13 +252,34 @@ fn reconcile_refs(core: &Core, rep: &mut RepairReport) -> Result<()> {
                     damaged.insert(key, String::new());
                 }
             }
-            Ok(_) => {
+            Ok((name, file)) => {
+                if file != DELETED_REF {
+                    misplaced.push((key.clone(), name, file));
+                }
                 damaged.insert(key, "ref file stored under the wrong name".into());
             }
             Err(detail) => {
                 damaged.insert(key, format!("ref file: {detail}"));
             }
         }
+    }
+    // A misplaced ref file is a copy of its ref: where that ref has no
+    // valid file of its own (missing, damaged, or another ref's) and the
+    // index holds no copy (which would be healed from below), it is written
+    // where it belongs.
+    for (found, name, file) in misplaced {
+        let key = ref_key(&name);
+        let own = on_disk.contains_key(&name) || deleted.contains(&name);
+        if own || index.get_ref(&name)?.is_some() || !index.has_file(&file)? {
+            continue;
+        }
+        core.poison_on(refs::write_file(core, &name, &file))?;
+        damaged.remove(&key);
+        on_disk.insert(name.clone(), file);
+        rep.healed(
+            format!("ref {}", clip(&name)),
+            format!("its ref file was stored under another ref's name ({found}); rewritten where it belongs ({key})"),
+        );
     }
     for (name, file) in index.refs_with_prefix("")? {
         let key = ref_key(&name);

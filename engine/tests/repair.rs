@@ -509,9 +509,9 @@ fn repair_leaves_an_index_in_use_alone_when_the_lock_file_is_gone() {
 }
 
 /// Found by a hostile probe: with the index lost, a ref whose ref file is
-/// damaged, or holds another ref (two ref files swapped), read as "not
-/// found" (exit 3), which a registry takes for "no such model". It is
-/// damage (exit 4).
+/// damaged read as "not found" (exit 3), which a registry takes for "no
+/// such model". It is damage (exit 4). (Two swapped ref files read as not
+/// found too: the catch-up now puts them back.)
 #[test]
 fn a_damaged_or_misplaced_ref_file_without_an_index_entry_is_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -539,15 +539,53 @@ fn a_damaged_or_misplaced_ref_file_without_an_index_entry_is_damage() {
         },
     )
     .expect("open");
-    for name in [a, b, c] {
-        match store.resolve_ref(name) {
-            Err(e @ Error::RefCorrupt { .. }) => assert!(e.is_corruption(), "{e}"),
-            other => panic!("{name}: want RefCorrupt, got {other:?}"),
-        }
+    match store.resolve_ref(a) {
+        Err(e @ Error::RefCorrupt { .. }) => assert!(e.is_corruption(), "{e}"),
+        other => panic!("{a}: want RefCorrupt, got {other:?}"),
     }
+    // The swapped ones were put back by the open's catch-up (each is a
+    // complete copy of the other ref).
+    assert_eq!(store.resolve_ref(b).expect("b"), files[2].0);
+    assert_eq!(store.resolve_ref(c).expect("c"), files[3].0);
     // A ref that never existed is still simply not found.
     assert!(store
         .resolve_ref("org/never@v1:w.bin")
         .expect_err("absent")
         .is_not_found());
+}
+
+/// Found by a hostile probe: two ref files swapped, with the index lost:
+/// `repair index` said "no copy of this ref is left to rewrite it from",
+/// though each misplaced file is a complete copy of the other ref. It puts
+/// each where it belongs.
+#[test]
+fn repair_puts_swapped_ref_files_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let (b, c) = (&files[2].2, &files[3].2);
+    let path = |name: &str| dir.path().join(tessera::testing::ref_key(name));
+    let (pb, pc) = (path(b), path(c));
+    let (xb, xc) = (
+        std::fs::read(&pb).expect("read"),
+        std::fs::read(&pc).expect("read"),
+    );
+    std::fs::write(&pb, &xc).expect("write");
+    std::fs::write(&pc, &xb).expect("write");
+    std::fs::remove_dir_all(dir.path().join("index")).expect("lose the index");
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    for name in [b, c] {
+        assert!(
+            rep.healed
+                .iter()
+                .any(|h| h.object == format!("ref {name}")
+                    && h.detail.contains("another ref's name")),
+            "{name}: {:?}",
+            rep.healed
+        );
+    }
+    assert_eq!(std::fs::read(&pb).expect("read"), xb);
+    assert_eq!(std::fs::read(&pc).expect("read"), xc);
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    check_all(&store, &files);
 }
