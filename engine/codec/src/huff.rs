@@ -830,15 +830,19 @@ mod tests {
         head
     }
 
-    #[test]
-    fn the_encoder_writes_the_specified_bits() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
+    /// A xorshift generator: test planes without a dependency.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
+        }
+    }
+
+    #[test]
+    fn the_encoder_writes_the_specified_bits() {
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let mut sizes: Vec<usize> = (2..=64).collect();
         sizes.extend([
             99, 100, 101, 4095, 4096, 4097, 65_535, 65_536, 65_537, 100_003,
@@ -873,13 +877,7 @@ mod tests {
         // Alphabets of 2..=64 symbols take the two-symbol path, larger ones
         // the one-symbol path; a skewed 64-symbol alphabet reaches the
         // 11-bit length limit (two pairs of 22 bits per flush).
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut tables = EncodeTables::default();
         let mut long_codes_in_pairs = false;
         for (i, k) in [2u64, 64, 256, 5, 65, 64, 3, 200, 40]
