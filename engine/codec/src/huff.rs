@@ -255,10 +255,7 @@ pub fn encode(plane: &[u8], lens: &[u8; 256], tables: &mut EncodeTables, out: &m
     for k in 0..STREAMS {
         let (a, b) = segment(n, k);
         let start = out.len();
-        match pairs {
-            Some(pairs) => encode_stream_pairs(&plane[a..b], &table, pairs, out),
-            None => encode_stream(&plane[a..b], &table, out),
-        }
+        encode_stream(&plane[a..b], &table, pairs, out);
         if k < STREAMS - 1 {
             let len = (out.len() - start) as u32;
             out[jump + 4 * k..jump + 4 * k + 4].copy_from_slice(&len.to_le_bytes());
@@ -266,70 +263,90 @@ pub fn encode(plane: &[u8], lens: &[u8; 256], tables: &mut EncodeTables, out: &m
     }
 }
 
-fn encode_stream(syms: &[u8], table: &[u32; 256], out: &mut Vec<u8>) {
+/// One stream's bit accumulator: codes are added LSB-first, and whole
+/// bytes are stored with one 8-byte write.
+struct Bits<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+    bits: u64,
+    n: u32,
+}
+
+impl Bits<'_> {
+    #[inline(always)]
+    fn put(&mut self, code: u64, len: u32) {
+        self.bits |= code << self.n;
+        self.n += len;
+    }
+
+    #[inline(always)]
+    fn flush(&mut self) {
+        self.buf[self.pos..self.pos + 8].copy_from_slice(&self.bits.to_le_bytes());
+        self.pos += (self.n >> 3) as usize;
+        self.bits >>= self.n & !7;
+        self.n &= 7;
+    }
+}
+
+/// Appends one stream's codes for `syms`: two symbols per look-up from
+/// `pairs` when given (same output), else one from `table`.
+fn encode_stream(
+    syms: &[u8],
+    table: &[u32; 256],
+    pairs: Option<&[u32; 1 << 16]>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     // Worst case MAX_LEN bits per symbol, plus 8 bytes for the last
     // whole-word store.
     let max = (syms.len() * MAX_LEN as usize).div_ceil(8) + 8;
     out.resize(start + max, 0);
-    let buf = &mut out[start..];
-    let mut pos = 0usize;
-    let mut bits = 0u64;
-    let mut n = 0u32;
-    // 5 codes of at most 11 bits fit above the at most 7 bits left over.
-    let mut groups = syms.chunks_exact(5);
-    for g in &mut groups {
-        for &s in g {
-            let e = table[s as usize];
-            bits |= ((e & 0xFFFF) as u64) << n;
-            n += e >> 16;
+    let mut w = Bits {
+        buf: &mut out[start..],
+        pos: 0,
+        bits: 0,
+        n: 0,
+    };
+    let one = |w: &mut Bits, s: u8| {
+        let e = table[s as usize];
+        w.put((e & 0xFFFF) as u64, e >> 16);
+    };
+    let rest = match pairs {
+        Some(pairs) => {
+            // Two pairs (at most 44 bits) fit above the at most 7 bits
+            // left over.
+            let (quads, rest) = syms.as_chunks::<4>();
+            for &[a, b, c, d] in quads {
+                for e in [
+                    pairs[u16::from_le_bytes([a, b]) as usize],
+                    pairs[u16::from_le_bytes([c, d]) as usize],
+                ] {
+                    w.put((e & 0xFF_FFFF) as u64, e >> 24);
+                }
+                w.flush();
+            }
+            rest
         }
-        buf[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
-        pos += (n >> 3) as usize;
-        bits >>= n & !7;
-        n &= 7;
-    }
-    for &s in groups.remainder() {
-        let e = table[s as usize];
-        bits |= ((e & 0xFFFF) as u64) << n;
-        n += e >> 16;
-    }
-    buf[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
-    pos += (n as usize).div_ceil(8);
-    out.truncate(start + pos);
-}
-
-/// [`encode_stream`] two symbols per look-up: same output.
-fn encode_stream_pairs(syms: &[u8], table: &[u32; 256], pairs: &[u32; 1 << 16], out: &mut Vec<u8>) {
-    let start = out.len();
-    let max = (syms.len() * MAX_LEN as usize).div_ceil(8) + 8;
-    out.resize(start + max, 0);
-    let buf = &mut out[start..];
-    let mut pos = 0usize;
-    let mut bits = 0u64;
-    let mut n = 0u32;
-    // Two pairs (at most 44 bits) fit above the at most 7 bits left over.
-    let (quads, rest) = syms.as_chunks::<4>();
-    for &[a, b, c, d] in quads {
-        let e = pairs[u16::from_le_bytes([a, b]) as usize];
-        bits |= ((e & 0xFF_FFFF) as u64) << n;
-        n += e >> 24;
-        let e = pairs[u16::from_le_bytes([c, d]) as usize];
-        bits |= ((e & 0xFF_FFFF) as u64) << n;
-        n += e >> 24;
-        buf[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
-        pos += (n >> 3) as usize;
-        bits >>= n & !7;
-        n &= 7;
-    }
+        None => {
+            // 5 codes of at most 11 bits fit above the at most 7 bits left
+            // over.
+            let (groups, rest) = syms.as_chunks::<5>();
+            for g in groups {
+                for &s in g {
+                    one(&mut w, s);
+                }
+                w.flush();
+            }
+            rest
+        }
+    };
+    // At most 4 codes: they fit with what is left over.
     for &s in rest {
-        let e = table[s as usize];
-        bits |= ((e & 0xFFFF) as u64) << n;
-        n += e >> 16;
+        one(&mut w, s);
     }
-    buf[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
-    pos += (n as usize).div_ceil(8);
-    out.truncate(start + pos);
+    w.buf[w.pos..w.pos + 8].copy_from_slice(&w.bits.to_le_bytes());
+    let len = w.pos + (w.n as usize).div_ceil(8);
+    out.truncate(start + len);
 }
 
 /// Decoding tables for one code, reusable across planes.
