@@ -847,6 +847,15 @@ mod tests {
         head
     }
 
+    /// The code lengths for `plane`, or `None` when it holds fewer than two
+    /// symbols (no Huffman code).
+    fn lengths(plane: &[u8]) -> Option<[u8; 256]> {
+        let mut hist = [0u32; 256];
+        histogram(plane, &mut hist);
+        let mut lens = [0u8; 256];
+        (code_lengths(&hist, &mut lens) >= 2).then_some(lens)
+    }
+
     /// A xorshift generator: test planes without a dependency.
     fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
         move || {
@@ -873,12 +882,9 @@ mod tests {
                     _ => (next() % 7).min(next() % 200) as u8,
                 })
                 .collect();
-            let mut hist = [0u32; 256];
-            histogram(&plane, &mut hist);
-            let mut lens = [0u8; 256];
-            if code_lengths(&hist, &mut lens) < 2 {
+            let Some(lens) = lengths(&plane) else {
                 continue;
-            }
+            };
             let mut fast = vec![0xAA; 3]; // appended after existing bytes
             encode(&plane, &lens, &mut EncodeTables::default(), &mut fast);
             assert_eq!(&fast[..3], &[0xAA; 3], "n = {n}");
@@ -910,12 +916,9 @@ mod tests {
                     ((if i % 2 == 0 { v } else { skewed }) + base) as u8
                 })
                 .collect();
-            let mut hist = [0u32; 256];
-            histogram(&plane, &mut hist);
-            let mut lens = [0u8; 256];
-            if code_lengths(&hist, &mut lens) < 2 {
+            let Some(lens) = lengths(&plane) else {
                 continue;
-            }
+            };
             let present = lens.iter().filter(|&&l| l != 0).count();
             long_codes_in_pairs |=
                 present <= PAIR_MAX_SYMBOLS && lens.iter().any(|&l| l as u32 == MAX_LEN);
