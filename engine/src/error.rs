@@ -139,6 +139,20 @@ pub enum Error {
         detail: String,
     },
 
+    /// Publishing a pack found an object under its name that is not that
+    /// pack (a pack's name is the hash of its bytes, so an existing object of
+    /// that name must hash to it): the object is damaged or misplaced, and is
+    /// never taken for the pack.
+    #[error("pack {pack} cannot be published: {object} already exists and is not that pack ({detail}); run `tessera repair index`")]
+    PackNameTaken {
+        /// The pack being published.
+        pack: PackId,
+        /// The existing object under its name.
+        object: String,
+        /// What hashing the existing object found.
+        detail: String,
+    },
+
     /// A pack file is shorter than its structure requires.
     #[error("pack {pack} is truncated: {len} bytes, {detail}")]
     PackTruncated {
@@ -435,6 +449,7 @@ impl Error {
             Error::ChunkCorrupt { .. }
                 | Error::PackCorrupt { .. }
                 | Error::PackTruncated { .. }
+                | Error::PackNameTaken { .. }
                 | Error::RecipeCorrupt { .. }
                 | Error::PackMissing { .. }
                 | Error::RefDangling { .. }

@@ -122,8 +122,7 @@ impl PackBuilder {
         };
         match self.staged.publish(&key, mode) {
             Ok(()) => {}
-            // Same name, same bytes: the pack is already there.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => the_same_pack(objects, &id)?,
             Err(e) => return Err(Error::io("publish pack", objects.describe(&key), e)),
         }
         Ok(SealedPack {
@@ -407,6 +406,22 @@ impl PackReader {
                 detail: format!("read failed: {err}"),
             })
     }
+}
+
+/// For a create-only publish of pack `id` that found an object of its name
+/// there: Ok when that object is the pack (the same chunks in the same order
+/// build the same bytes, §6.5), [`Error::PackNameTaken`] when it hashes to
+/// anything else — a damaged or misplaced object, never taken for the pack
+/// (its chunks would be indexed where they are not). Reads the object whole;
+/// a publish meets an existing pack rarely.
+pub(crate) fn the_same_pack(objects: &dyn ObjectStore, id: &PackId) -> Result<()> {
+    check_pack_name(objects, id)
+        .map(|_| ())
+        .map_err(|detail| Error::PackNameTaken {
+            pack: *id,
+            object: objects.describe(&pack_key(id)),
+            detail,
+        })
 }
 
 /// Hashes a whole pack in 1 MiB pieces and compares it with its name;

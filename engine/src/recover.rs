@@ -359,11 +359,9 @@ fn index_pack(
             return Ok(());
         }
     };
-    if let Err(detail) = check_pack_name(objects, &id) {
-        // Index its intact chunks anyway: each is verified below.
-        rep.problem(format!("pack {id}"), detail);
-    }
+    let misnamed = check_pack_name(objects, &id).err();
     let mut good: Vec<(u32, ChunkEntry)> = Vec::new();
+    let mut bad = Vec::new();
     let mut raw = 0u64;
     for i in 0..reader.chunk_count() {
         let verified = reader
@@ -374,8 +372,27 @@ fn index_pack(
                 raw += u64::from(e.raw_len);
                 good.push((i, e));
             }
-            Err(e) => rep.problem(format!("pack {id} chunk {i}"), e.to_string()),
+            Err(e) => bad.push((format!("pack {id} chunk {i}"), e.to_string())),
         }
+    }
+    if let Some(detail) = misnamed {
+        if bad.is_empty() {
+            // Every chunk verifies, yet the bytes are not the pack the name
+            // says: another pack under the wrong name (files swapped or
+            // copied over each other). Indexed under this name, it would
+            // stay here for good and take the place of the pack it names;
+            // left out of the index, `repair index` re-packs it (§10.3).
+            rep.problem(
+                format!("pack {id}"),
+                format!("{detail}, though every chunk in it verifies: not indexed; `tessera repair index` stores it under its own name"),
+            );
+            return Ok(());
+        }
+        // A damaged pack: index its intact chunks anyway (each verified above).
+        rep.problem(format!("pack {id}"), detail);
+    }
+    for (object, detail) in bad {
+        rep.problem(object, detail);
     }
     let info = PackInfo {
         size: reader.file_len(),

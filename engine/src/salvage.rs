@@ -16,13 +16,15 @@ use std::collections::HashSet;
 use crate::codec::decode_chunk;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::format::{ChunkEntry, Recipe, Term, CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_HEADER_LEN};
-use crate::ids::{ChunkId, FileId, PackId};
+use crate::format::{
+    ChunkEntry, Compression, Recipe, Term, CHUNK_HEADER_LEN, CHUNK_MAGIC, PACK_HEADER_LEN,
+};
+use crate::ids::{ChunkId, FileId, PackId, PackIdHasher};
 use crate::index::PackInfo;
 use crate::inventory;
 use crate::layout::Layout;
 use crate::lease::{Lease, LeaseOptions, GC_LEASE};
-use crate::pack::PackBuilder;
+use crate::pack::{PackBuilder, SealedPack};
 use crate::paths::{damaged_key, pack_key, recipe_key};
 use crate::report::RepairReport;
 use crate::storage::{ObjectStore, PutMode, ReadHandle};
@@ -95,27 +97,41 @@ fn salvage_pack(core: &Core, id: PackId, rep: &mut RepairReport) -> Result<()> {
     drop(handle);
     let kept = damaged_key(&key);
     put_replace(objects, &kept, &bytes)?;
+    let content = {
+        let mut h = PackIdHasher::new();
+        h.update(&bytes);
+        h.finish()
+    };
     drop(bytes);
     let mut new_pack = None;
+    let mut recoded = false;
     if !found.is_empty() {
-        let mut b = PackBuilder::create(objects)?;
-        for (entry, stored) in &found {
-            b.append(objects, entry.id, entry.raw_len, entry.compression, stored)?;
-        }
-        // Every record intact and in order rebuilds the very same pack: it
-        // then replaces the damaged object under its own name.
-        let sealed = b.seal_over(objects, Some(id))?;
+        let sealed = match repack(objects, &found, id, false) {
+            // The pack these records rebuild has its name taken by other
+            // bytes (two packs stored under each other's names): one record
+            // in another encoding makes a pack of another name, holding the
+            // same chunks, so neither object is lost.
+            Err(Error::PackNameTaken { .. }) => {
+                recoded = true;
+                repack(objects, &found, id, true)?
+            }
+            r => r?,
+        };
         let chunks: Vec<(u32, ChunkEntry)> = (0u32..).zip(sealed.entries.iter().copied()).collect();
         let info = PackInfo {
             size: sealed.size,
             chunk_count: sealed.entries.len() as u32,
             raw_bytes: sealed.raw_bytes,
         };
+        // (A pack stored under another name may be one the index holds.)
+        let new = core.index.pack(&sealed.id)?.is_none();
         core.index.add_pack(sealed.id, info, &chunks)?;
         core.index.flush()?;
         // The report's figures are of the index as rebuilt: with this pack.
-        rep.packs += 1;
-        rep.chunks += chunks.len() as u64;
+        if new {
+            rep.packs += 1;
+            rep.chunks += chunks.len() as u64;
+        }
         new_pack = Some(sealed.id);
     }
     if new_pack != Some(id) {
@@ -124,6 +140,14 @@ fn salvage_pack(core: &Core, id: PackId, rep: &mut RepairReport) -> Result<()> {
             .map_err(|e| Error::io("remove pack", objects.describe(&key), e))?;
     }
     let what = match new_pack {
+        Some(p) if p == content => format!(
+            "its bytes ({len}) are pack {content}, not the pack of its name, and all {} of its chunks verify: stored under its own name",
+            found.len()
+        ),
+        Some(p) if recoded => format!(
+            "its bytes ({len}) are pack {content}, not the pack of its name, and that name holds other bytes: its {} verified chunks were stored as pack {p}",
+            found.len()
+        ),
         Some(p) if p == id => format!(
             "unreadable ({len} bytes), but all {} of its records verify: rewritten whole, with a good footer",
             found.len()
@@ -145,6 +169,42 @@ fn salvage_pack(core: &Core, id: PackId, rep: &mut RepairReport) -> Result<()> {
         ),
     );
     Ok(())
+}
+
+/// Writes `records` (verified) into a new pack, replacing the object of
+/// pack `damaged` if they rebuild exactly that pack. With `recode_first`,
+/// the first record is stored in another encoding (raw if it was encoded,
+/// else zstd), which makes other bytes, so a pack of another name.
+fn repack(
+    objects: &dyn ObjectStore,
+    records: &[(ChunkEntry, bytes::Bytes)],
+    damaged: PackId,
+    recode_first: bool,
+) -> Result<SealedPack> {
+    let mut b = PackBuilder::create(objects)?;
+    for (n, (e, stored)) in records.iter().enumerate() {
+        if n == 0 && recode_first {
+            let (compression, other) = recode(e, stored)?;
+            b.append(objects, e.id, e.raw_len, compression, &other)?;
+        } else {
+            b.append(objects, e.id, e.raw_len, e.compression, stored)?;
+        }
+    }
+    b.seal_over(objects, Some(damaged))
+}
+
+/// A verified record's chunk in another encoding than its own.
+fn recode(e: &ChunkEntry, stored: &bytes::Bytes) -> Result<(Compression, bytes::Bytes)> {
+    let bug = |d: String| Error::Bug(format!("re-encoding verified chunk {}: {d}", e.id));
+    let raw = decode_chunk(stored, e.compression, e.raw_len).map_err(bug)?;
+    if e.compression != Compression::None {
+        return Ok((Compression::None, raw));
+    }
+    let z = bytes::Bytes::from(zstd::bulk::compress(&raw, 1).map_err(|x| bug(x.to_string()))?);
+    match decode_chunk(&z, Compression::Zstd, e.raw_len) {
+        Ok(back) if back == raw => Ok((Compression::Zstd, z)),
+        _ => Err(bug("the zstd frame does not decode to the chunk".into())),
+    }
 }
 
 fn put_replace(objects: &dyn ObjectStore, key: &str, data: &[u8]) -> Result<()> {

@@ -589,3 +589,173 @@ fn repair_puts_swapped_ref_files_back() {
     let store = Store::open(dir.path(), small_packs()).expect("open");
     check_all(&store, &files);
 }
+
+/// The pack a pack file's bytes are (the hash of its bytes, spec §2).
+fn content_id(path: &std::path::Path) -> String {
+    tessera::testing::pack_id_of(&std::fs::read(path).expect("read pack")).to_string()
+}
+
+fn name_of(path: &std::path::Path) -> String {
+    let stem = path.file_stem().expect("pack file name");
+    stem.to_string_lossy().into_owned()
+}
+
+#[test]
+fn repair_stores_packs_found_under_each_others_names_under_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let packs = pack_files(dir.path());
+    assert!(packs.len() >= 3, "{packs:?}");
+    // Three packs' files rotated: each intact, under another's name (the
+    // name of the next one is the one its bytes are).
+    let bytes: Vec<Vec<u8>> = packs[..3]
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect();
+    for i in 0..3 {
+        std::fs::write(&packs[i], &bytes[(i + 1) % 3]).expect("write");
+    }
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    for p in &packs[..3] {
+        let object = format!("pack {}", name_of(p));
+        assert!(
+            rep.healed
+                .iter()
+                .any(|h| h.object == object && h.detail.contains("not the pack of its name")),
+            "{object}: {:?}",
+            rep.healed
+        );
+    }
+    // Every pack file is now the pack its name says, and the files as
+    // found are kept.
+    for p in pack_files(dir.path()) {
+        assert_eq!(content_id(&p), name_of(&p), "{p:?}");
+    }
+    for (i, p) in packs[..3].iter().enumerate() {
+        let kept = dir
+            .path()
+            .join("damaged")
+            .join(p.strip_prefix(dir.path()).expect("inside the store"));
+        assert_eq!(std::fs::read(&kept).expect("kept"), bytes[(i + 1) % 3]);
+    }
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let v = store.verify(VerifyOptions::default()).expect("verify");
+    assert!(v.is_clean(), "{:?}", v.problems);
+    check_all(&store, &files);
+    drop(store);
+    // Nothing is left to do.
+    let again = Store::repair_index(dir.path(), small_packs()).expect("repair again");
+    assert!(again.problems.is_empty(), "{:?}", again.problems);
+    assert!(
+        !again.healed.iter().any(|h| h.object.starts_with("pack ")),
+        "{:?}",
+        again.healed
+    );
+}
+
+#[test]
+fn a_pack_copied_over_another_is_kept_once_and_what_is_lost_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let packs = pack_files(dir.path());
+    let (kept, lost) = (&packs[0], &packs[1]);
+    std::fs::copy(kept, lost).expect("copy a pack over another");
+    let rep = Store::repair_index(dir.path(), small_packs()).expect("repair");
+    assert!(
+        rep.healed
+            .iter()
+            .any(|h| h.object == format!("pack {}", name_of(lost))
+                && h.detail.contains("stored under its own name")),
+        "{:?}",
+        rep.healed
+    );
+    // The lost pack's chunks are reported, per file; no pack is.
+    assert!(!rep.problems.is_empty());
+    assert!(
+        rep.problems
+            .iter()
+            .all(|p| p.object.starts_with("file ") && p.detail.contains("stored nowhere")),
+        "{:?}",
+        rep.problems
+    );
+    assert_eq!(content_id(kept), name_of(kept));
+    assert!(!lost.exists(), "the copy stays in packs/");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let v = store.verify(VerifyOptions::default()).expect("verify");
+    assert!(
+        v.problems.iter().all(|p| !p.object.starts_with("pack ")),
+        "{:?}",
+        v.problems
+    );
+    // Every file the report does not name reads back whole.
+    let mut whole = 0;
+    for (id, data, _) in &files {
+        if rep
+            .problems
+            .iter()
+            .all(|p| p.object != format!("file {id}"))
+        {
+            let back = store.read(id).expect("open").read_all().expect("read");
+            assert!(back == *data, "file {id} differs");
+            whole += 1;
+        }
+    }
+    assert!(whole > 0);
+}
+
+#[test]
+fn a_put_never_takes_another_object_under_its_packs_name_for_its_pack() {
+    let a = noise(400_000, 7);
+    let b = noise(500_000, 8);
+    // The pack a put of `a` builds, from a store of its own.
+    let first = tempfile::tempdir().expect("tempdir");
+    Store::open(first.path(), common::opts())
+        .expect("open")
+        .put_bytes(&a, &["x/a"])
+        .expect("put a");
+    let [pack_a] = pack_files(first.path()).try_into().expect("one pack");
+    // Another store, whose object under that name is another pack.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), common::opts()).expect("open");
+    let fb = store.put_bytes(&b, &["x/b"]).expect("put b").file_id;
+    let [pack_b] = pack_files(dir.path()).try_into().expect("one pack");
+    let planted = dir
+        .path()
+        .join(pack_a.strip_prefix(first.path()).expect("inside"));
+    std::fs::create_dir_all(planted.parent().expect("fanout")).expect("mkdir");
+    std::fs::copy(&pack_b, &planted).expect("plant");
+    let err = store
+        .put_bytes(&a, &["x/a"])
+        .expect_err("the name is taken");
+    assert!(
+        matches!(err, Error::PackNameTaken { .. }) && err.is_corruption(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("repair index"), "{err}");
+    assert!(store
+        .resolve_ref("x/a")
+        .expect_err("not stored")
+        .is_not_found());
+    // The same for a pack a client uploads (`push`).
+    let upload = std::fs::read(&pack_a).expect("read");
+    let id_a = tessera::testing::pack_id_of(&upload);
+    let err = store
+        .admit_pack(id_a, upload.into(), 1 << 30)
+        .expect_err("the name is taken");
+    assert!(matches!(err, Error::PackNameTaken { .. }), "{err}");
+    let back = store.read(&fb).expect("open").read_all().expect("read b");
+    assert!(back == b);
+    drop(store);
+    // Repair stores the planted copy under its own name; then `a` goes in.
+    let rep = Store::repair_index(dir.path(), common::opts()).expect("repair");
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    let store = Store::open(dir.path(), common::opts()).expect("open");
+    let fa = store.put_bytes(&a, &["x/a"]).expect("put a").file_id;
+    let back = store.read(&fa).expect("open").read_all().expect("read a");
+    assert!(back == a);
+    assert!(store
+        .verify(VerifyOptions::default())
+        .expect("verify")
+        .is_clean());
+}

@@ -307,7 +307,10 @@ enum RepairCmd {
     ///
     /// First, recipe and ref files that are missing or damaged are rewritten
     /// from the current index's verified copies (HEALED lines); then the
-    /// index is deleted and rebuilt; last, model descriptions that do not
+    /// index is deleted and rebuilt; then the chunks that verify in packs
+    /// that do not open are re-packed, and so are those of a pack found
+    /// under another pack's name (it lands under its own), the files as
+    /// found kept under damaged/; last, model descriptions that do not
     /// check (damaged, or written by an older version) are recomputed from
     /// their files. What cannot be recovered is listed (UNRECOVERED lines,
     /// exit 4); everything else is recovered.
@@ -315,7 +318,7 @@ enum RepairCmd {
     /// Rarely needed by hand: every open already catches the index up with
     /// the files after a crash, or when sled reports damage or comes back
     /// older than the last clean close (logged as a warning). Run it when
-    /// `verify` reports damaged recipe or ref files, or index errors.
+    /// `verify` reports damaged recipe, ref or pack files, or index errors.
     ///
     /// On an s3:// store it rebuilds this node's cache from a listing of the
     /// bucket alone (every pack's footer checked, every recipe and ref

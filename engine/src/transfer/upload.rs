@@ -20,7 +20,7 @@ use crate::format::{Recipe, PACK_HEADER_LEN};
 use crate::ids::{ChunkId, FileId, FileIdHasher, PackId, PackIdHasher, Sha256};
 use crate::index::PackInfo;
 use crate::ingest::{admit_encoded, publish_files, terms_for, NewRecipe, PutReport};
-use crate::pack::{encode_pack, PackReader};
+use crate::pack::{encode_pack, the_same_pack, PackReader};
 use crate::paths::pack_key;
 use crate::read::layout;
 use crate::refs;
@@ -151,7 +151,9 @@ pub(crate) fn admit_pack(
     let key = pack_key(&claimed);
     let published = match core.objects.put(&key, &bytes, PutMode::Create) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            the_same_pack(core.objects.as_ref(), &claimed)
+        }
         Err(e) => Err(Error::io("publish pack", core.objects.describe(&key), e)),
     };
     core.poison_on(published)?;
