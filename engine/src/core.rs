@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{lock, Lru};
 use crate::error::{Error, Result};
-use crate::format::{decode_clean, encode_clean, StoreConfig};
+use crate::format::{decode_clean, encode_clean, CleanRecord, StoreConfig};
 use crate::ids::FileId;
 use crate::index::Index;
 use crate::layout::Layout;
@@ -18,7 +18,7 @@ use crate::local::LockGuard;
 use crate::options::StoreOptions;
 use crate::pack::PackCache;
 use crate::packwriter::PackWriter;
-use crate::paths::{CLEAN, DIRTY};
+use crate::paths::{CLEAN, DIRTY, REFS};
 use crate::report::Problem;
 use crate::report::{CatchUpReason, Recovery};
 use crate::storage::{ObjectStore, PutMode};
@@ -147,7 +147,7 @@ impl Core {
         }
         self.check_poison()?;
         self.index.flush()?;
-        let record = clean_record(&self.index)?;
+        let record = clean_record(self.objects.as_ref(), &self.index)?;
         self.objects
             .put(CLEAN, &record, PutMode::Replace)
             .map_err(|e| Error::io("write", self.objects.describe(CLEAN), e))?;
@@ -202,12 +202,24 @@ fn record_values(index: &Index) -> Result<[u64; 8]> {
     Ok([a, b, c, d, e, f, g, index.generation()?])
 }
 
-/// The bytes of the clean-close record for the index as it is now.
-fn clean_record(index: &Index) -> Result<Vec<u8>> {
-    Ok(encode_clean(&record_values(index)?))
+/// The stamp of the ref tree (zeros where the backend has none).
+fn refs_stamp(objects: &dyn ObjectStore) -> Result<[u8; 32]> {
+    objects
+        .tree_stamp(REFS)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Error::io("stat", objects.describe(REFS), e))
 }
 
-/// Whether the index matches the clean-close record; `None` when it does.
+/// The bytes of the clean-close record for the store as it is now.
+fn clean_record(objects: &dyn ObjectStore, index: &Index) -> Result<Vec<u8>> {
+    Ok(encode_clean(&CleanRecord {
+        counters: record_values(index)?,
+        refs_stamp: refs_stamp(objects)?,
+    }))
+}
+
+/// Whether the index and the ref tree match the clean-close record; `None`
+/// when they do.
 pub(crate) fn check_clean_record(
     objects: &dyn ObjectStore,
     index: &Index,
@@ -215,7 +227,12 @@ pub(crate) fn check_clean_record(
     match objects.get(CLEAN) {
         Ok(b) => match decode_clean(&b) {
             Ok(rec) => Ok(match record_values(index) {
-                Ok(now) if now == rec => None,
+                Ok(now) if now == rec.counters => {
+                    // The index is the one closed; a ref file written since
+                    // (the index and the record restored from an older
+                    // copy) would otherwise be hidden by its older entry.
+                    (refs_stamp(objects)? != rec.refs_stamp).then_some(CatchUpReason::RefsChanged)
+                }
                 // Different, or the counters do not decode.
                 _ => Some(CatchUpReason::CountersDiffer),
             }),

@@ -62,6 +62,10 @@ pub enum CatchUpReason {
     CountersDiffer,
     /// The clean-close record is missing or unreadable.
     NoCleanRecord,
+    /// Ref files were added, replaced or removed since the last clean close
+    /// (the index and the record restored from an older copy), or the store
+    /// was copied without its directories' modification times.
+    RefsChanged,
     /// A write failed while the store was open, and the store was brought
     /// back without closing it ([`crate::Store::recover_poisoned`]).
     FailedWrite,
@@ -77,6 +81,9 @@ impl std::fmt::Display for CatchUpReason {
                 "the index disagrees with the record of the last clean close"
             }
             CatchUpReason::NoCleanRecord => "there is no record of a clean close",
+            CatchUpReason::RefsChanged => {
+                "ref files changed since the last clean close (the index restored from an older copy, or the store copied without modification times)"
+            }
             CatchUpReason::FailedWrite => "a write failed while the store was open",
         })
     }

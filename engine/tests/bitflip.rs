@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::noise;
+use common::{copy_tree, noise};
 use tessera::storage::{DirStore, ReadMode};
 use tessera::testing::PackReader;
 use tessera::testing::PACK_HEADER_LEN;
@@ -27,18 +27,6 @@ fn opts() -> StoreOptions {
             normalization: 1,
         }),
         ..Default::default()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).expect("copy");
-        }
     }
 }
 
@@ -124,7 +112,7 @@ fn random_bit_flips_are_detected_and_never_yield_wrong_bytes() {
     for case in 0..cases {
         let work = tempfile::tempdir().expect("tempdir");
         let dir = work.path().join("store");
-        copy_dir(&tdir, &dir);
+        copy_tree(&tdir, &dir);
         let packs = files_under(&dir.join("packs"), "pack");
         let recipes = files_under(&dir.join("recipes"), "recipe");
         let in_recipe = rnd(5) == 0;

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{noise, small_packs};
+use common::{copy_tree, noise, small_packs};
 use tessera::testing::{model_key, recipe_key, ref_key};
 use tessera::{Error, FileId, Store, StoreOptions};
 use tessera::{Problem, VerifyOptions};
@@ -721,14 +721,29 @@ fn repair_salvages_what_verifies_of_a_truncated_pack() {
 /// crash rewrite it from the index — the ref is never dropped (which would
 /// let GC delete a named file). `ref rm` still deletes for good: it leaves
 /// a tombstone, which is how recovery tells the two apart.
+///
+/// The open notices a ref file removed since the last clean close (its
+/// fan-out directory's modification time is in the clean-close record's
+/// stamp) and catches up; where it cannot tell (the directory's time put
+/// back: a coarse clock), `verify` reports the loss and `repair` heals it.
 #[test]
 fn a_missing_ref_file_is_rewritten_from_the_index() {
-    for how in ["repair", "crash"] {
+    for how in ["repair", "open", "crash"] {
         let fx = Fixture::new();
         let (id, _, name) = fx.files[1].clone();
         let rel = ref_key(&name);
+        let fanout = fx.path(&rel).parent().expect("fan-out dir").to_path_buf();
+        let modified = std::fs::metadata(&fanout)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        // Filesystem times may come from a coarse clock (a few ms): let it
+        // tick between the ref writes of the fixture and the removal.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::remove_file(fx.path(&rel)).expect("rm ref file");
         if how == "repair" {
+            std::fs::File::open(&fanout)
+                .and_then(|d| d.set_modified(modified))
+                .expect("put the time back");
             let store = fx.open();
             let v = verify(&store);
             assert!(!v.is_clean(), "{how}: a missing ref file is clean");
@@ -741,9 +756,20 @@ fn a_missing_ref_file_is_rewritten_from_the_index() {
                 names(&rep.healed)
             );
         } else {
-            fx.leave_dirty();
+            if how == "crash" {
+                fx.leave_dirty();
+            }
             let store = fx.open();
             let rec = store.recovery().expect("caught up");
+            assert_eq!(
+                rec.reason,
+                if how == "crash" {
+                    tessera::CatchUpReason::UncleanShutdown
+                } else {
+                    tessera::CatchUpReason::RefsChanged
+                },
+                "{how}"
+            );
             assert!(
                 rec.report
                     .healed
@@ -934,19 +960,6 @@ fn a_put_never_names_chunks_in_a_lost_pack_and_a_re_put_heals() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("entry");
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
-}
-
 /// Found by a hostile probe: an index older than a GC (restored from a
 /// copy) made the catch-up rewrite the recipes of the files that GC had
 /// deleted, from the index's copies: they came back unreadable (their pack
@@ -964,7 +977,7 @@ fn an_index_older_than_a_gc_does_not_bring_collected_files_back() {
     let gone_id = store.put_bytes(&gone, &["m/gone"]).expect("put").file_id;
     store.close().expect("close");
     let old_index = dir.path().join("old-index");
-    copy_dir(&dir.path().join("index"), &old_index);
+    copy_tree(&dir.path().join("index"), &old_index);
 
     let store = Store::open(dir.path(), small_packs()).expect("open");
     store.delete_ref("m/gone").expect("rm");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{noise, pack_files, small_packs};
+use common::{copy_tree, noise, pack_files, small_packs};
 use tessera::VerifyOptions;
 use tessera::{Error, FileId, Store, StoreOptions};
 
@@ -348,18 +348,6 @@ fn damaged_index_is_a_clear_error_when_rebuilding_is_off() {
     check_all(&store, &files);
 }
 
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    for e in std::fs::read_dir(from).expect("read dir").flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            std::fs::create_dir_all(&dest).expect("mkdir");
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).expect("copy");
-        }
-    }
-}
-
 /// Losing a write that changes no count (a ref pointed at another file) is
 /// still noticed: every write transaction bumps the index's generation,
 /// which the clean-close record holds.
@@ -382,6 +370,60 @@ fn a_lost_ref_retarget_is_caught_up() {
     assert_eq!(rec.reason, tessera::CatchUpReason::CountersDiffer);
     assert_eq!(rec.report.refs, 1, "{rec:?}");
     assert_eq!(store.resolve_ref(&files[0].2).expect("ref"), files[2].0);
+}
+
+/// The index and the clean-close record restored together from an older
+/// copy agree with each other; the ref files written since do not. The
+/// record holds a stamp of the ref tree, so the open catches up and the
+/// ref files win: no stale target, no deleted ref, no missing new one
+/// (hostile probe F5: `cat` of a re-pointed ref gave the old file, exit 0).
+#[test]
+fn an_index_restored_with_its_clean_record_does_not_hide_newer_ref_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = populate(dir.path());
+    let snap = tempfile::tempdir().expect("tempdir");
+    copy_tree(&dir.path().join("index"), snap.path());
+    let clean = std::fs::read(dir.path().join("clean")).expect("clean record");
+    // Filesystem timestamps come from a coarse clock (a few ms): let it
+    // tick between the close above and the ref writes below.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let new = noise(200_000, 99);
+    let new_id = {
+        let store = Store::open(dir.path(), small_packs()).expect("open");
+        store.set_ref(&files[0].2, files[2].0).expect("retarget");
+        store.delete_ref(&files[4].2).expect("delete");
+        store
+            .put_bytes(&new, &["org/new@v1:w.bin"])
+            .expect("put")
+            .file_id
+    };
+    std::fs::remove_dir_all(dir.path().join("index")).expect("rm");
+    std::fs::create_dir_all(dir.path().join("index")).expect("mkdir");
+    copy_tree(snap.path(), &dir.path().join("index"));
+    std::fs::write(dir.path().join("clean"), clean).expect("restore the record");
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    let rec = store.recovery().expect("caught up");
+    assert_eq!(rec.reason, tessera::CatchUpReason::RefsChanged);
+    assert!(rec.report.problems.is_empty(), "{rec:?}");
+    assert_eq!(store.resolve_ref(&files[0].2).expect("ref"), files[2].0);
+    assert!(store
+        .resolve_ref(&files[4].2)
+        .expect_err("deleted")
+        .is_not_found());
+    assert_eq!(
+        store.resolve_ref("org/new@v1:w.bin").expect("new ref"),
+        new_id
+    );
+    let back = store.read(&new_id).expect("open").read_all().expect("read");
+    assert!(back == new);
+    assert!(store
+        .verify(VerifyOptions::default())
+        .expect("verify")
+        .is_clean());
+    drop(store);
+    // Closed cleanly, the store opens without catching up again.
+    let store = Store::open(dir.path(), small_packs()).expect("open");
+    assert!(store.recovery().is_none(), "{:?}", store.recovery());
 }
 
 /// A catch-up that fails leaves the `dirty` marker, so the next open tries

@@ -14,7 +14,7 @@ mod refs;
 // The whole format is re-exported for the `testing` feature; the engine
 // itself uses only part of it.
 #[allow(unused_imports)]
-pub use clean::{decode_clean, encode_clean, CLEAN_LEN, CLEAN_MAGIC};
+pub use clean::{decode_clean, encode_clean, CleanRecord, CLEAN_LEN, CLEAN_MAGIC};
 #[allow(unused_imports)]
 pub use config::{
     ConfigError, StoreConfig, CHUNKER_FASTCDC_2020, CONFIG_LEN, CONFIG_MAGIC, STORE_VERSION,

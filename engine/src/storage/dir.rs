@@ -223,6 +223,31 @@ impl ObjectStore for DirStore {
         self.fs.sync_dir(parent(key))
     }
 
+    fn tree_stamp(&self, prefix: &str) -> io::Result<Option<[u8; 32]>> {
+        let fs = self.fs.as_ref();
+        let mut h = blake3::Hasher::new();
+        let mut add = |name: &str, stamp: Option<u128>| {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            match stamp {
+                Some(t) => h.update(&[1]).update(&t.to_le_bytes()),
+                None => h.update(&[0]),
+            };
+        };
+        let dir = prefix.trim_end_matches('/');
+        add(dir, fs.dir_stamp(dir)?);
+        let names = match fs.list_dir(dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for name in names {
+            let rel = join(dir, &name);
+            add(&rel, fs.dir_stamp(&rel)?);
+        }
+        Ok(Some(*h.finalize().as_bytes()))
+    }
+
     fn discard_staged(&self) -> io::Result<()> {
         let names = match self.fs.list_dir(STAGING) {
             Ok(n) => n,

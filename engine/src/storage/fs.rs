@@ -52,6 +52,10 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn exists(&self, rel: &str) -> io::Result<bool>;
     /// Whether `rel` is a directory (false when it does not exist).
     fn is_dir(&self, rel: &str) -> io::Result<bool>;
+    /// A value that changes whenever an entry of directory `rel` is added,
+    /// removed or replaced (on a real filesystem, its modification time);
+    /// `None` when there is no such directory.
+    fn dir_stamp(&self, rel: &str) -> io::Result<Option<u128>>;
     /// See [`super::ObjectStore::check_index_write`].
     fn check_index_write(&self) -> io::Result<()> {
         Ok(())
@@ -243,6 +247,21 @@ impl Fs for RealFs {
         match fs::metadata(self.path(rel)) {
             Ok(m) => Ok(m.is_dir()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    fn dir_stamp(&self, rel: &str) -> io::Result<Option<u128>> {
+        match fs::metadata(self.path(rel)) {
+            Ok(m) if m.is_dir() => {
+                let t = m.modified()?;
+                // Before the epoch: the distance back, told apart by the top bit.
+                Ok(Some(match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => d.as_nanos(),
+                    Err(e) => e.duration().as_nanos() | 1 << 127,
+                }))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }

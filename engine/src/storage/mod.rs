@@ -113,6 +113,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn check_index_write(&self) -> io::Result<()> {
         Ok(())
     }
+    /// A digest that changes whenever an object under `prefix` is added,
+    /// removed or replaced, if the backend can tell cheaply (without reading
+    /// every object); `None` when it cannot. A directory store digests the
+    /// modification times of the prefix's directory and of its fan-out
+    /// directories (spec §8.1).
+    fn tree_stamp(&self, _prefix: &str) -> io::Result<Option<[u8; 32]>> {
+        Ok(None)
+    }
 
     // ------------------------------------------------------------ shared stores
 

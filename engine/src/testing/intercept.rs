@@ -126,6 +126,9 @@ impl<H: Interceptor> ObjectStore for Intercepted<H> {
     fn check_index_write(&self) -> io::Result<()> {
         self.inner.check_index_write()
     }
+    fn tree_stamp(&self, prefix: &str) -> io::Result<Option<[u8; 32]>> {
+        self.inner.tree_stamp(prefix)
+    }
     fn shared(&self) -> bool {
         self.inner.shared()
     }

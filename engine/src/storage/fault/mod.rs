@@ -507,6 +507,30 @@ impl Fs for FaultStorage {
             .is_some_and(|ino| matches!(s.nodes.get(&ino), Some(Node::Dir { .. }))))
     }
 
+    fn dir_stamp(&self, rel: &str) -> io::Result<Option<u128>> {
+        // The model has no clock: the live entries themselves (name and
+        // inode; a replaced entry has a new inode) stand for the time.
+        let s = self.lock();
+        let Some(d) = s.lookup(rel) else {
+            return Ok(None);
+        };
+        match s.nodes.get(&d) {
+            Some(Node::Dir { live, .. }) => {
+                let mut h = blake3::Hasher::new();
+                for (name, ino) in live {
+                    h.update(name.as_bytes());
+                    h.update(&[0]);
+                    h.update(&ino.to_le_bytes());
+                }
+                let b = h.finalize();
+                let mut v = [0u8; 16];
+                v.copy_from_slice(&b.as_bytes()[..16]);
+                Ok(Some(u128::from_le_bytes(v)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn check_index_write(&self) -> io::Result<()> {
         self.lock()
             .op(OpKind::Index, || "index".to_string(), |_| Ok(()))
