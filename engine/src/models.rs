@@ -130,6 +130,25 @@ pub(crate) fn recompute_unchecked(
     Ok(())
 }
 
+/// The store's pickle policy applied to a file's description: `Refused`,
+/// naming `source`, when the policy forbids the file. Every way a file
+/// enters the store or a new name — a put, an upload, a ref a transfer sets
+/// to a file stored already, a pull of one — passes here.
+pub(crate) fn check_policy(core: &Core, source: &str, info: &ModelInfo) -> Result<()> {
+    let policy = core.opts.pickle_policy;
+    policy.check(info).map_err(|v| Error::Refused {
+        source_name: source.to_string(),
+        policy: policy.as_str().to_string(),
+        reason: v.to_string(),
+    })
+}
+
+/// A file's stored model description, if there is one that checks.
+pub(crate) fn stored(core: &Core, file: &FileId) -> Option<ModelInfo> {
+    let bytes = core.objects.get(&model_key(file)).ok()?;
+    parse(file, &bytes).ok()
+}
+
 /// A file's model description: the stored one, or, when it is missing or
 /// cannot be trusted (a file stored before descriptions, damage, an older
 /// version), computed

@@ -232,6 +232,15 @@ impl Store {
         crate::models::read(&self.core, file)
     }
 
+    /// Applies the store's pickle policy to a stored file, by its model
+    /// description: `Refused` (naming the file and its unsafe imports) when
+    /// the policy forbids it. What a pull checks before it writes out a file
+    /// the store holds already (perhaps stored under another policy).
+    pub fn check_policy(&self, file: &FileId) -> Result<()> {
+        let info = self.model_info(file)?;
+        crate::models::check_policy(&self.core, &format!("file {file}"), &info)
+    }
+
     /// Where tensor `name` of a model file lies: (offset, length) of its
     /// bytes in the file. `NotFound` (naming the tensor, the file and its
     /// format) when the description has no such tensor; `TensorUnreadable`

@@ -32,7 +32,9 @@ pub(crate) struct PullArgs {
     json: bool,
     /// Files with pickles (code that runs when loaded): `deny-unsafe` refuses
     /// those importing anything but what ordinary checkpoints use, `deny`
-    /// any pickle, `allow` none (exit status 5 on a refusal).
+    /// any pickle, `allow` none (exit status 5 on a refusal). A file the
+    /// local store holds already (stored under another policy) is judged
+    /// by its stored description, and refused the same way.
     #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
     pickle: tessera::PicklePolicy,
     #[command(flatten)]

@@ -30,7 +30,9 @@ pub(crate) struct ServeArgs {
     /// Uploaded files with pickles (code that runs when loaded):
     /// `deny-unsafe` refuses those importing anything but what ordinary
     /// checkpoints use, `deny` any pickle, `allow` none (a refusal is a 422
-    /// naming the file and the imports).
+    /// naming the file and the imports). It applies as well to a push that
+    /// names a file the store holds already (stored earlier under another
+    /// policy): no new ref to a file it forbids.
     #[arg(long, value_name = "POLICY", default_value = "deny-unsafe")]
     pickle: tessera::PicklePolicy,
     /// Request-body memory, in MiB, over all uploads at once (pack

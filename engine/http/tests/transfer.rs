@@ -695,6 +695,99 @@ async fn a_failed_pull_leaves_no_empty_download_directory() {
     srv.stop().await;
 }
 
+/// Found by a probe: the pickle policy was applied only to files new to a
+/// store. A pull of a file the local store held already (stored under
+/// `allow`) wrote it out under `deny-unsafe`, and a push of a file the
+/// server held already (stored under `allow`) set a new ref to it on a
+/// server running `deny-unsafe`. The stored description decides now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pickle_policy_applies_to_files_a_store_holds_already() {
+    use tessera::PicklePolicy;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let evil = b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+    let with = |dir: &str, pickle_policy| {
+        Store::open(
+            tmp.path().join(dir),
+            tessera::StoreOptions {
+                pickle_policy,
+                ..common::opts()
+            },
+        )
+        .expect("open")
+    };
+    // Refused by this store's policy, or by the server's (422).
+    let refused = |e: &tessera_http::client::ClientError| {
+        use tessera_http::client::ClientError;
+        match e {
+            ClientError::Engine(tessera::Error::Refused { .. }) => true,
+            ClientError::Http { status, code, .. } => {
+                status.as_u16() == 422 && code == "refused_by_policy"
+            }
+            _ => false,
+        }
+    };
+    // The server stores it under `allow`; the client store holds it too.
+    let srv_store = with("srv", PicklePolicy::Allow);
+    srv_store.put_bytes(evil, &["m@v1:evil.pkl"]).expect("put");
+    with("local", PicklePolicy::Allow)
+        .put_bytes(evil, &[])
+        .expect("put");
+    let srv = TestServer::start(srv_store, Policy::open(), ServerConfig::default()).await;
+    let c = client(&srv.url);
+    let out = tmp.path().join("evil.pkl");
+    for policy in [PicklePolicy::DenyUnsafe, PicklePolicy::Deny] {
+        let local = with("local", policy);
+        let e = pull(&c, &local, "m@v1:evil.pkl", &out, Arc::new(NoProgress))
+            .await
+            .expect_err("refused by the local policy");
+        assert!(refused(&e), "{e:?}");
+        assert!(!out.exists());
+        drop(local);
+    }
+    // `allow` writes it out.
+    pull(
+        &c,
+        &with("local", PicklePolicy::Allow),
+        "m@v1:evil.pkl",
+        &out,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("allowed");
+    assert!(std::fs::read(&out).expect("out") == evil);
+    srv.stop().await;
+
+    // A server running `deny-unsafe` that holds the file (stored under
+    // `allow`) refuses a new ref to it, as it refuses its upload.
+    let srv_store = with("srv2", PicklePolicy::Allow);
+    let file = srv_store.put_bytes(evil, &[]).expect("put").file_id;
+    drop(srv_store);
+    let server = with("srv2", PicklePolicy::DenyUnsafe);
+    let srv = TestServer::start(server.clone(), Policy::open(), ServerConfig::default()).await;
+    let c = client(&srv.url);
+    let input = tmp.path().join("evil2.pkl");
+    std::fs::write(&input, evil).expect("write");
+    let e = push(
+        &c,
+        &with("local2", PicklePolicy::Allow),
+        &[PushInput {
+            path: Some(input),
+            shown: "evil2.pkl".into(),
+            ref_name: Some("attacker/x@v1:evil.pkl".into()),
+        }],
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect_err("refused by the server's policy");
+    assert!(refused(&e), "{e:?}");
+    assert!(server
+        .resolve_ref("attacker/x@v1:evil.pkl")
+        .expect_err("no such ref")
+        .is_not_found());
+    assert!(server.contains(&file).expect("contains"));
+    srv.stop().await;
+}
+
 /// Found by a second hostile probe: two pulls to one output at once each
 /// wrote their temp file and renamed it into place by name, so the first
 /// could move the second's half-written file into place and exit 0. Now a

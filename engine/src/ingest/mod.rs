@@ -259,14 +259,7 @@ impl<'s> Ingest<'s> {
         };
         let size = out.size;
         let model = sniffer.finish(size);
-        let policy = core.opts.pickle_policy;
-        if let Err(v) = policy.check(&model) {
-            return Err(Error::Refused {
-                source_name: source.to_string(),
-                policy: policy.as_str().to_string(),
-                reason: v.to_string(),
-            });
-        }
+        models::check_policy(core, source, &model)?;
         Ok(Staged {
             file: out.fid.finish(),
             sha,

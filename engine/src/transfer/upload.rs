@@ -275,7 +275,15 @@ pub(crate) fn register_file(
                 usable = false;
             }
         }
-        if usable {
+        // New names for it pass the store's policy as its upload would
+        // have (it may have been stored under another). Without a stored
+        // description that checks, it is registered anew below, which
+        // computes one.
+        let model = crate::models::stored(core, &file);
+        if let Some(m) = &model {
+            crate::models::check_policy(core, &format!("file {file}"), m)?;
+        }
+        if usable && model.is_some() {
             return publish_one(core, existing, ref_names, None);
         }
     }
@@ -341,14 +349,7 @@ pub(super) fn register_hashed(
     ref_names: &[&str],
 ) -> Result<PutReport> {
     let Hashed { sha256: sha, model } = hashed;
-    let policy = core.opts.pickle_policy;
-    if let Err(v) = policy.check(&model) {
-        return Err(Error::Refused {
-            source_name: format!("file {file}"),
-            policy: policy.as_str().to_string(),
-            reason: v.to_string(),
-        });
-    }
+    crate::models::check_policy(core, &format!("file {file}"), &model)?;
     if claimed_sha256.is_some_and(|c| c != sha) {
         return Err(Error::Rejected {
             what: format!("file {file}"),

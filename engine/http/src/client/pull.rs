@@ -400,6 +400,12 @@ pub async fn pull(
     check_reconstruction(&rec, name, &rec_url)?;
     let (st, r) = (store.clone(), rec.clone());
     let have_file = blocking(move || st.contains(&r.file_id)).await?;
+    if have_file {
+        // Stored already, perhaps under another policy: the local store's
+        // policy applies to what this pull writes out, as to a download.
+        let (st, f) = (store.clone(), rec.file_id);
+        blocking(move || st.check_policy(&f)).await?;
+    }
     // The download directory, held (locked) for this run: part files and
     // the output being assembled. None is needed for a file stored already.
     let fixed = dest.download_dir(&rec.file_id)?;
