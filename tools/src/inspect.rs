@@ -41,6 +41,14 @@ pub(crate) fn info(store: &Store, name: &str, json: bool, tensors: bool) -> CliR
     if let Some(r) = &model.reason {
         writeln!(out, "         ({})", crate::printable(r, false)).map_err(out_err)?;
     }
+    if let Some(v) = &model.variant {
+        writeln!(out, "variant  {}", crate::printable(v, false)).map_err(out_err)?;
+    }
+    // What the sniffer noticed (a TorchScript archive's code that runs on
+    // load, fields it did not read): said here as in --json.
+    for w in &model.warnings {
+        writeln!(out, "warning  {}", crate::printable(w, false)).map_err(out_err)?;
+    }
     if !model.tensors.is_empty() {
         writeln!(out, "tensors  {}", model.tensors.len()).map_err(out_err)?;
         if tensors {

@@ -416,6 +416,37 @@ fn info_and_stat_json() {
     assert_eq!(stat["unique_bytes"], s.unique_bytes);
 }
 
+/// Plain `info` says what the sniffer warned about, as `--json` does (a
+/// probe: a TorchScript archive's "code runs on load" warning was only in
+/// the JSON). Here a GGUF tensor of a ggml type the sniffer does not know.
+#[test]
+fn info_prints_the_sniffers_warnings() {
+    let env = Env::new();
+    let mut g = b"GGUF".to_vec();
+    g.extend_from_slice(&3u32.to_le_bytes());
+    g.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    g.extend_from_slice(&0u64.to_le_bytes()); // metadata keys
+    let name = b"blk.0.weight";
+    g.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    g.extend_from_slice(name);
+    g.extend_from_slice(&1u32.to_le_bytes()); // dims
+    g.extend_from_slice(&64u64.to_le_bytes());
+    g.extend_from_slice(&99u32.to_le_bytes()); // no such ggml type
+    g.extend_from_slice(&0u64.to_le_bytes()); // offset
+    g.resize(g.len().div_ceil(32) * 32, 0);
+    g.extend((0..64u32).map(|i| i as u8));
+    let id = env.put("m.gguf", &g, &["--ref", "t/m"]);
+    let info: Value = serde_json::from_str(&env.ok_text(&["info", "--json", &id])).expect("json");
+    let warnings = info["warnings"].as_array().expect("warnings");
+    assert!(!warnings.is_empty(), "{info}");
+    let text = env.ok_text(&["info", "t/m"]);
+    assert!(text.contains("format   gguf"), "{text}");
+    for w in warnings {
+        let w = w.as_str().expect("text");
+        assert!(text.contains(&format!("warning  {w}")), "{w}: {text}");
+    }
+}
+
 /// `TESSERA_READ_MODE=pread` reads the same bytes without mapping packs;
 /// an unknown mode is named in a warning and mmap is used.
 #[test]
