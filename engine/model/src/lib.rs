@@ -1001,6 +1001,11 @@ fn finish_tflite(buf: &tflite::Buf<'_>, total_len: u64, max_string: usize) -> Mo
         ));
         return i;
     }
+    if let Some((field, at)) = tflite::points_past_end(buf, total_len) {
+        i.reason = Some(format!(
+            "TFLite {field} at offset {at} is past the end of the file ({total_len} bytes): truncated or damaged"
+        ));
+    }
     let h = tflite::parse(buf, max_string);
     let unknown: Vec<&str> = [
         ("version", h.version.is_none()),

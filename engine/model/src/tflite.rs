@@ -62,6 +62,28 @@ impl<'a> Buf<'a> {
     }
 }
 
+/// The first place the root table points at that lies at or past the end of
+/// the file (`total_len` bytes), by name: the file was cut short, or is
+/// damaged. Only what the kept parts let it read is checked.
+pub(crate) fn points_past_end(b: &Buf<'_>, total_len: u64) -> Option<(&'static str, u64)> {
+    let root = b.u32(0)? as usize;
+    let vt = (root as i64).checked_sub(i64::from(b.i32(root)?))?;
+    if vt >= 0 && vt as u64 >= total_len {
+        return Some(("vtable", vt as u64));
+    }
+    let fields = [
+        (1, "operator_codes"),
+        (2, "subgraphs"),
+        (3, "description"),
+        (4, "buffers"),
+    ];
+    fields.into_iter().find_map(|(n, name)| {
+        let f = b.field(root, n)?;
+        let target = f as u64 + u64::from(b.u32(f)?);
+        (target >= total_len).then_some((name, target))
+    })
+}
+
 /// Reads what it can of the Model table from the kept parts of the file.
 pub(crate) fn parse(b: &Buf<'_>, max_string: usize) -> TfliteHeader {
     let Some(root) = b.u32(0).map(|r| r as usize) else {

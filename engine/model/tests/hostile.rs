@@ -387,6 +387,22 @@ fn tflite_bad_root() {
     assert_eq!(info.tflite.unwrap().version, None);
 }
 
+/// Found by a probe with real files: a TFLite file cut short was described
+/// as a healthy one (no reason), its root table pointing past its end.
+#[test]
+fn tflite_truncated_is_degraded() {
+    let f = tflite(3, "TOCO Converted.", 0);
+    assert_eq!(sniff_all(&f).reason, None);
+    // The description string starts at 32: cut there, its offset points
+    // past the end.
+    let info = sniff_all(&f[..32]);
+    assert_eq!(info.format, Format::Tflite);
+    assert!(
+        reason(&info).contains("description at offset 32 is past the end of the file (32 bytes)"),
+        "{info:?}"
+    );
+}
+
 #[test]
 fn onnx_truncated_is_degraded() {
     let (f, _) = onnx(&[("w", vec![64])]);
