@@ -140,7 +140,7 @@ fn salvage_pack(core: &Core, id: PackId, rep: &mut RepairReport) -> Result<()> {
             .map_err(|e| Error::io("remove pack", objects.describe(&key), e))?;
     }
     let what = match new_pack {
-        Some(p) if p == content => format!(
+        Some(p) if p == content && content != id => format!(
             "its bytes ({len}) are pack {content}, not the pack of its name, and all {} of its chunks verify: stored under its own name",
             found.len()
         ),
